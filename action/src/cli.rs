@@ -1,0 +1,89 @@
+//! Command-line interface. Every flag can also come from an environment
+//! variable, because CI systems pass configuration that way.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Show what would be built from config.yaml in the current directory
+  bakery plan
+
+  # Plan the api and worker services of a compose file, as JSON
+  bakery --compose compose.yaml --services api,worker plan --json
+
+  # config.yaml as the base, compose services merged on top
+  bakery --config config.yaml --compose compose.yaml plan
+
+  # Pack each build context into ./dist as a content-addressed tar.gz
+  bakery pack --output dist
+";
+
+/// On-demand native multi-arch container image builds.
+#[derive(Debug, Parser)]
+#[command(name = "bakery", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub input: Input,
+
+    /// Output style of logs: simple (message only), plain (no colour), json (one JSON object per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the build plan comes from (the original client's flags).
+#[derive(Debug, Args)]
+pub struct Input {
+    /// Build config file (default: config.yaml in --repo when no --compose is given).
+    #[arg(long, env = "BAKERY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// docker-compose file; services with a `build` section are built.
+    #[arg(long, env = "BAKERY_COMPOSE", global = true)]
+    pub compose: Option<PathBuf>,
+
+    /// Services to build, comma-separated (default: all).
+    #[arg(long, env = "BAKERY_SERVICES", value_delimiter = ',', global = true)]
+    pub services: Vec<String>,
+
+    /// Build all selected services at once instead of one after another.
+    #[arg(long = "async", env = "BAKERY_ASYNC", global = true)]
+    pub async_mode: bool,
+
+    /// Source code path: config.yaml context paths are relative to it.
+    #[arg(long, env = "BAKERY_REPO", default_value = ".", global = true)]
+    pub repo: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve config and compose into the list of builds, and check it.
+    Plan {
+        /// Print the plan as JSON (secrets masked).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pack each build context as a content-addressed archive.
+    Pack {
+        /// Directory the archives are written to.
+        #[arg(long, short, default_value = ".")]
+        output: PathBuf,
+        /// gzip (what Kaniko reads) or zstd (faster; read by bakery's agent).
+        #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
+        codec: bakery_core::context::Codec,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Simple,
+    Plain,
+    Json,
+}

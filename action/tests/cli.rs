@@ -1,0 +1,174 @@
+//! The `bakery` binary as CI runs it: flags, environment, exit codes, output.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bakery(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bakery"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("Dockerfile"), "FROM alpine\nRUN true\n").unwrap();
+    fs::write(dir.path().join("Dockerfile.arm64"), "FROM alpine\n").unwrap();
+    fs::write(
+        dir.path().join("config.yaml"),
+        "global:\n  kaniko-credentials:\n    - {registry: r.io, username: u, password: s3cr3t-value}\n  kaniko:\n    destination: r.io/team/app:1.0\nbake:\n  - arch: amd64\n  - arch: arm64\n    kaniko:\n      dockerfile: Dockerfile.arm64\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  api:\n    image: r.io/api:${TAG:-dev}\n    build:\n      context: .\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n  web:\n    image: r.io/web:1\n    build: .\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn plan_prints_a_table_with_per_arch_tags_and_the_index() {
+    let dir = repo();
+    let out = bakery(dir.path(), &["plan"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("SERVICE") && lines[0].contains("PUSH"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains("amd64") && lines[1].contains("r.io/team/app:1.0_amd64"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].contains("arm64") && lines[2].contains("Dockerfile.arm64"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("app → r.io/team/app:1.0 (linux/amd64, linux/arm64)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn plan_json_masks_secrets() {
+    let dir = repo();
+    let out = bakery(dir.path(), &["plan", "--json"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("s3cr3t-value") && !stderr.contains("s3cr3t-value"));
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        plan["services"][0]["builds"][0]["spec"]["credentials"][0]["password"],
+        "***"
+    );
+    assert_eq!(plan["services"][0]["destination"], "r.io/team/app:1.0");
+}
+
+#[test]
+fn flags_come_from_the_environment_too() {
+    let dir = repo();
+    let out = bakery(
+        dir.path(),
+        &["plan", "--json"],
+        &[
+            ("BAKERY_COMPOSE", "compose.yaml"),
+            ("BAKERY_SERVICES", "api"),
+            ("TAG", "ci-7"),
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["services"].as_array().unwrap().len(), 1);
+    assert_eq!(plan["services"][0]["destination"], "r.io/api:ci-7");
+}
+
+#[test]
+fn invalid_input_exits_non_zero_with_location() {
+    let dir = repo();
+    fs::write(
+        dir.path().join("bad.yaml"),
+        "global:\n  kaniko:\n    destinaton: r.io/a:1\n",
+    )
+    .unwrap();
+    let out = bakery(dir.path(), &["--config", "bad.yaml", "plan"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("bad.yaml:3:5: unknown key `destinaton`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `destination`?"), "{stderr}");
+
+    let out = bakery(
+        dir.path(),
+        &["--compose", "compose.yaml", "--services", "nope", "plan"],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unknown service nope; known services: api, web"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pack_writes_content_addressed_archives_once_per_context() {
+    let dir = repo();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_path = out_dir.path().to_str().unwrap();
+    let out = bakery(dir.path(), &["pack", "--output", out_path, "--json"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // Two Dockerfiles in one context: .dockerignore resolution may differ, so two packs.
+    assert_eq!(results.as_array().unwrap().len(), 2);
+    let first = &results[0];
+    let sha = first["packed"]["sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+    let path = first["path"].as_str().unwrap();
+    assert!(Path::new(path).is_file() && path.ends_with(&format!("sha256-{sha}.tar.gz")));
+    assert_eq!(first["key"], format!("contexts/sha256-{sha}.tar.gz"));
+
+    // Same input, same archive.
+    let again = bakery(dir.path(), &["pack", "--output", out_path, "--json"], &[]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again[0]["packed"]["sha256"], first["packed"]["sha256"]);
+
+    let out = bakery(
+        dir.path(),
+        &["pack", "--output", out_path, "--codec", "zstd"],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(".tar.zst"), "{stdout}");
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = bakery(Path::new("."), &["--help"], &[]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("Examples:") && stdout.contains("bakery plan"));
+    for flag in ["--config", "--compose", "--services", "--async", "--repo"] {
+        assert!(stdout.contains(flag), "{flag} missing from --help");
+    }
+}

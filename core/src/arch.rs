@@ -1,0 +1,134 @@
+//! The architectures and execution platforms bakery knows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A CPU architecture an agent can build natively on.
+///
+/// Only the two that Fargate and common Kubernetes node pools offer: a build
+/// for anything else would need emulation, which is what bakery exists to avoid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The OCI platform string, as `docker buildx --platform` spells it.
+    pub fn platform(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "linux/amd64",
+            Arch::Arm64 => "linux/arm64",
+        }
+    }
+
+    /// The architecture of the machine running this code, so that a compose
+    /// service without platforms builds for the client's own arch (as the
+    /// original tool did and as `docker compose build` does).
+    pub fn host() -> Arch {
+        match std::env::consts::ARCH {
+            "aarch64" => Arch::Arm64,
+            _ => Arch::Amd64,
+        }
+    }
+
+    /// Parses an OCI platform (`linux/arm64`, `linux/arm64/v8`, `linux/amd64`).
+    pub fn from_platform(s: &str) -> Result<Arch, String> {
+        let parts: Vec<&str> = s.trim().split('/').collect();
+        match parts.as_slice() {
+            ["linux", "amd64"] => Ok(Arch::Amd64),
+            ["linux", "arm64"] | ["linux", "arm64", "v8"] => Ok(Arch::Arm64),
+            _ => Err(format!(
+                "unsupported platform `{s}`: bakery builds natively on linux/amd64 and linux/arm64"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "amd64" => Ok(Arch::Amd64),
+            "arm64" => Ok(Arch::Arm64),
+            "x86_64" | "x86-64" => Err(format!("unsupported arch `{s}`; write `amd64`")),
+            "aarch64" | "arm64/v8" => Err(format!("unsupported arch `{s}`; write `arm64`")),
+            _ => Err(format!(
+                "unsupported arch `{s}`; expected `amd64` or `arm64`"
+            )),
+        }
+    }
+}
+
+/// Where the controller runs the agents of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// AWS ECS on Fargate (or Fargate Spot).
+    Ecs,
+    /// Kubernetes pods on nodes of the build's arch.
+    K8s,
+    /// Child processes of the controller, on its own machine.
+    Local,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ecs => "ecs",
+            Platform::K8s => "k8s",
+            Platform::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_parse_as_buildx_writes_them() {
+        assert_eq!(Arch::from_platform("linux/amd64"), Ok(Arch::Amd64));
+        assert_eq!(Arch::from_platform("linux/arm64/v8"), Ok(Arch::Arm64));
+        assert!(Arch::from_platform("linux/arm/v7")
+            .unwrap_err()
+            .contains("linux/arm/v7"));
+        assert!(Arch::from_platform("windows/amd64").is_err());
+    }
+
+    #[test]
+    fn common_aliases_get_a_pointed_error() {
+        assert!("aarch64"
+            .parse::<Arch>()
+            .unwrap_err()
+            .contains("write `arm64`"));
+        assert!("x86_64"
+            .parse::<Arch>()
+            .unwrap_err()
+            .contains("write `amd64`"));
+    }
+}

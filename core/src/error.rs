@@ -1,0 +1,115 @@
+//! Errors of the plan and context layers.
+//!
+//! Every error a user can cause carries the file, line and column it comes
+//! from, plus a hint where one exists: CI logs are read by people who did not
+//! write the config, so "what and where and what to do" has to fit in one
+//! message.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A position in a user's file, 1-based like every editor shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    pub fn new(file: &Path, line: usize, column: usize) -> Self {
+        Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One thing wrong with the user's input, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub location: Location,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a build plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+    #[error("no build configuration found: looked for {looked_for}; pass --config or --compose")]
+    NothingToBuild { looked_for: String },
+    #[error("unknown service{} {}; known services: {}", if .unknown.len() > 1 { "s" } else { "" }, .unknown.join(", "), .known.join(", "))]
+    UnknownServices {
+        unknown: Vec<String>,
+        known: Vec<String>,
+    },
+}
+
+impl PlanError {
+    pub(crate) fn invalid(location: Location, message: impl Into<String>) -> Self {
+        PlanError::Invalid(Box::new(Diagnostic {
+            location,
+            message: message.into(),
+            hint: None,
+        }))
+    }
+
+    pub(crate) fn invalid_with_hint(
+        location: Location,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        PlanError::Invalid(Box::new(Diagnostic {
+            location,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }))
+    }
+
+    /// The located diagnostic, when the error is about a place in a file.
+    pub fn diagnostic(&self) -> Option<&Diagnostic> {
+        match self {
+            PlanError::Invalid(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The closest candidate to a misspelt name, if it is close enough to be a
+/// plausible typo rather than a different word.
+pub fn did_you_mean<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(given, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}

@@ -1,0 +1,30 @@
+//! bakery-core: what every part of bakery agrees on.
+//!
+//! Read top-down:
+//!
+//! * [`plan`] turns config.yaml and/or a compose file into a [`plan::Plan`]:
+//!   every (service, arch) with a fully resolved, validated build spec.
+//!   Its inputs are [`settings`] (the config model and merge rules) and
+//!   [`compose`] (compose import and interpolation).
+//! * [`context`] packs a build context as a deterministic archive that
+//!   honours `.dockerignore`, so its SHA-256 can name it in object storage.
+//! * [`error`] holds the located errors every user-facing failure becomes.
+//!
+//! Nothing here talks to a network: the client calls it before it contacts
+//! anything, so bad input fails fast and nothing is left half-uploaded.
+
+pub mod arch;
+pub mod compose;
+pub mod context;
+pub mod error;
+pub mod location;
+pub mod plan;
+pub mod reference;
+pub mod resources;
+mod scalar;
+pub mod settings;
+mod yaml;
+
+pub use arch::{Arch, Platform};
+pub use error::{Diagnostic, Location, PlanError};
+pub use plan::{ArchBuild, BuildSpec, Plan, PlanOptions, ServicePlan};

@@ -1,0 +1,708 @@
+//! The build plan: every (service, arch) to build, fully resolved and checked.
+//!
+//! Resolution stacks [`Settings`] layers from general to specific:
+//!
+//! * config.yaml only: `global`, then the `bake` entry of the arch;
+//! * compose (with or without config.yaml): config `global`, then the
+//!   compose service, then the config `bake` entry of the arch, if any.
+//!
+//! Every check that can fail does so here, before anything is packed or
+//! uploaded, and points at the layer that set the offending value.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{Arch, Platform};
+use crate::compose::{ComposeFile, Service};
+use crate::error::{Location, PlanError};
+use crate::location::Locations;
+use crate::reference::ImageRef;
+use crate::resources::{Cpu, Memory};
+use crate::settings::{Cache, Credential, Kaniko, Secret, Settings};
+
+/// What to plan from.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// The repository root: config.yaml context paths are relative to it.
+    pub repo: PathBuf,
+    pub config: Option<PathBuf>,
+    pub compose: Option<PathBuf>,
+    /// Services to build; empty means all.
+    pub services: Vec<String>,
+    /// The environment for compose interpolation and valueless build args.
+    pub env: HashMap<String, String>,
+    /// The arch to build when nothing names one.
+    pub host_arch: Arch,
+}
+
+impl PlanOptions {
+    pub fn new(repo: impl Into<PathBuf>) -> Self {
+        PlanOptions {
+            repo: repo.into(),
+            config: None,
+            compose: None,
+            services: Vec::new(),
+            env: std::env::vars().collect(),
+            host_arch: Arch::host(),
+        }
+    }
+}
+
+/// Everything to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub services: Vec<ServicePlan>,
+    /// Things the user should know that do not stop the build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One image: its arches and the multi-arch tag that joins them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub name: String,
+    /// The multi-arch index tag; `None` when the build does not push.
+    pub destination: Option<String>,
+    pub builds: Vec<ArchBuild>,
+}
+
+/// One agent's work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchBuild {
+    pub arch: Arch,
+    /// The per-arch tag the agent pushes; `None` for a build without push.
+    pub push: Option<String>,
+    pub spec: BuildSpec,
+}
+
+/// A fully resolved build: no field is left to be inherited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub platform: Option<Platform>,
+    /// The context directory on the client.
+    pub context_dir: PathBuf,
+    /// The Dockerfile, relative to the context, `/`-separated.
+    pub dockerfile: String,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub pre_script: Option<String>,
+    pub post_script: Option<String>,
+    pub credentials: Vec<Credential>,
+    pub cpu: Option<Cpu>,
+    pub memory: Option<Memory>,
+    pub spot: bool,
+    pub cache: Cache,
+    pub cache_from: Vec<String>,
+    pub snapshot_mode: Option<String>,
+    pub use_new_run: bool,
+    pub cleanup: bool,
+    /// The platform the builder targets: `linux/<arch>` unless overridden.
+    pub custom_platform: String,
+    pub no_push: bool,
+    pub ignore_path: Vec<String>,
+    pub extra_flags: Vec<String>,
+}
+
+impl Plan {
+    /// Resolves and validates a plan from files on disk.
+    pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
+        let repo = absolute(&opts.repo);
+        let (config_path, compose_path) = match (&opts.config, &opts.compose) {
+            (None, None) => {
+                let default = repo.join("config.yaml");
+                if !default.is_file() {
+                    return Err(PlanError::NothingToBuild {
+                        looked_for: default.display().to_string(),
+                    });
+                }
+                (Some(default), None)
+            }
+            (config, compose) => (config.clone(), compose.clone()),
+        };
+        let config = config_path.as_deref().map(ConfigFile::load).transpose()?;
+        let compose = compose_path
+            .as_deref()
+            .map(|p| ComposeFile::load(p, &opts.env))
+            .transpose()?;
+        let resolver = Resolver {
+            repo: &repo,
+            config: config.as_ref(),
+            host_arch: opts.host_arch,
+        };
+        let mut plan = match &compose {
+            Some(compose) => resolver.plan_compose(compose, &opts.services)?,
+            None => resolver.plan_config(&opts.services)?,
+        };
+        if let Some(compose) = &compose {
+            for name in &compose.unset_variables {
+                plan.warnings.push(format!(
+                    "{}: variable `{name}` is not set; it was replaced by an empty string",
+                    compose.path.display()
+                ));
+            }
+            for (service, key) in compose.ignored_keys() {
+                plan.warnings.push(format!(
+                    "{}: `services.{service}.build.{key}` is not supported by bakery and is ignored",
+                    compose.path.display()
+                ));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// A copy safe to show: every password replaced by `***`.
+    pub fn redacted(&self) -> Plan {
+        let mut plan = self.clone();
+        for build in plan.services.iter_mut().flat_map(|s| s.builds.iter_mut()) {
+            for cred in &mut build.spec.credentials {
+                cred.password = Secret::redacted();
+            }
+        }
+        plan
+    }
+
+    /// Every (service, arch) pair.
+    pub fn builds(&self) -> impl Iterator<Item = (&ServicePlan, &ArchBuild)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.builds.iter().map(move |b| (s, b)))
+    }
+}
+
+/// config.yaml as read from disk.
+struct ConfigFile {
+    path: PathBuf,
+    locations: Locations,
+    global: Settings,
+    bake: Vec<Settings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    global: Settings,
+    #[serde(default)]
+    bake: Vec<Settings>,
+}
+
+impl ConfigFile {
+    fn load(path: &Path) -> Result<ConfigFile, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawConfig = crate::yaml::parse(path, &text)?;
+        let file = ConfigFile {
+            path: path.to_path_buf(),
+            locations: Locations::index(&text),
+            global: raw.global,
+            bake: raw.bake,
+        };
+        file.check_bake_arches()?;
+        Ok(file)
+    }
+
+    fn location_of(&self, path: &str) -> Location {
+        let pos = self.locations.nearest(path);
+        Location::new(&self.path, pos.line, pos.column)
+    }
+
+    /// Each bake entry names one arch, and no arch twice.
+    fn check_bake_arches(&self) -> Result<(), PlanError> {
+        let mut seen: Vec<Arch> = Vec::new();
+        for (i, entry) in self.bake.iter().enumerate() {
+            let Some(arch) = entry.arch else {
+                return Err(PlanError::invalid_with_hint(
+                    self.location_of(&format!("bake[{i}]")),
+                    format!("bake entry {} has no `arch`", i + 1),
+                    "add `arch: amd64` or `arch: arm64` to the entry",
+                ));
+            };
+            if seen.contains(&arch) {
+                return Err(PlanError::invalid_with_hint(
+                    self.location_of(&format!("bake[{i}].arch")),
+                    format!("arch `{arch}` has two bake entries"),
+                    "merge them into one entry",
+                ));
+            }
+            seen.push(arch);
+        }
+        Ok(())
+    }
+
+    fn bake_for(&self, arch: Arch) -> Option<(usize, &Settings)> {
+        self.bake
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.arch == Some(arch))
+    }
+
+    fn layer(&self, settings: &Settings, prefix: String) -> Layer<'_> {
+        Layer {
+            settings: settings.clone(),
+            file: &self.path,
+            locations: &self.locations,
+            prefix,
+            kind: LayerKind::Config,
+        }
+    }
+}
+
+/// The fields whose origin an error may need to point at.
+#[derive(Clone, Copy)]
+enum Field {
+    ContextPath,
+    Dockerfile,
+    Destination,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum LayerKind {
+    Config,
+    Compose,
+}
+
+/// One layer of settings and the place in a file it came from.
+struct Layer<'a> {
+    settings: Settings,
+    file: &'a Path,
+    locations: &'a Locations,
+    prefix: String,
+    kind: LayerKind,
+}
+
+impl Layer<'_> {
+    fn has(&self, field: Field) -> bool {
+        let k = self.settings.kaniko.as_ref();
+        match field {
+            Field::ContextPath => k.and_then(|k| k.context_path.as_ref()).is_some(),
+            Field::Dockerfile => k.and_then(|k| k.dockerfile.as_ref()).is_some(),
+            Field::Destination => k.and_then(|k| k.destination.as_ref()).is_some(),
+        }
+    }
+
+    fn yaml_path(&self, field: Field) -> String {
+        let suffix = match (self.kind, field) {
+            (LayerKind::Config, Field::ContextPath) => "kaniko.context-path",
+            (LayerKind::Config, Field::Dockerfile) => "kaniko.dockerfile",
+            (LayerKind::Config, Field::Destination) => "kaniko.destination",
+            (LayerKind::Compose, Field::ContextPath) => "build.context",
+            (LayerKind::Compose, Field::Dockerfile) => "build.dockerfile",
+            (LayerKind::Compose, Field::Destination) => "image",
+        };
+        format!("{}.{suffix}", self.prefix)
+    }
+
+    fn is_bake(&self) -> bool {
+        self.kind == LayerKind::Config && self.prefix.starts_with("bake[")
+    }
+
+    fn location(&self, path: &str) -> Location {
+        let pos = self.locations.nearest(path);
+        Location::new(self.file, pos.line, pos.column)
+    }
+}
+
+/// Where a merged value came from: the most specific layer that set it, or
+/// (when none did) the most specific layer, where it should be added.
+fn origin(layers: &[Layer], field: Field) -> Location {
+    match layers.iter().rev().find(|l| l.has(field)) {
+        Some(layer) => layer.location(&layer.yaml_path(field)),
+        None => {
+            let top = layers.last().expect("at least one layer");
+            top.location(&top.prefix)
+        }
+    }
+}
+
+struct Resolver<'a> {
+    repo: &'a Path,
+    config: Option<&'a ConfigFile>,
+    host_arch: Arch,
+}
+
+impl Resolver<'_> {
+    fn plan_config(&self, filter: &[String]) -> Result<Plan, PlanError> {
+        let config = self
+            .config
+            .expect("config present when there is no compose");
+        let arches: Vec<(Arch, Option<usize>)> = if config.bake.is_empty() {
+            vec![(config.global.arch.unwrap_or(self.host_arch), None)]
+        } else {
+            config
+                .bake
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| b.arch.map(|a| (a, Some(i))))
+                .collect()
+        };
+        let mut builds = Vec::new();
+        for (arch, bake_index) in arches {
+            let mut layers = vec![config.layer(&config.global, "global".into())];
+            if let Some(i) = bake_index {
+                layers.push(config.layer(&config.bake[i], format!("bake[{i}]")));
+            }
+            builds.push(self.resolve_arch(arch, &layers)?);
+        }
+        let name = service_name(builds.iter().map(|(b, _)| b), self.repo);
+        if !filter.is_empty() && !filter.iter().any(|f| f == &name) {
+            return Err(PlanError::UnknownServices {
+                unknown: filter.iter().filter(|f| **f != name).cloned().collect(),
+                known: vec![name],
+            });
+        }
+        Ok(Plan {
+            services: vec![service_plan(name, builds)],
+            warnings: Vec::new(),
+        })
+    }
+
+    fn plan_compose(&self, compose: &ComposeFile, filter: &[String]) -> Result<Plan, PlanError> {
+        let buildable: Vec<&String> = compose
+            .services
+            .iter()
+            .filter(|(_, s)| s.build.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        let unknown: Vec<String> = filter
+            .iter()
+            .filter(|f| !buildable.iter().any(|b| b == f))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(PlanError::UnknownServices {
+                unknown,
+                known: buildable.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        if buildable.is_empty() {
+            return Err(PlanError::invalid_with_hint(
+                compose.location_of("services"),
+                "no service has a `build` section",
+                "add `build: .` (or a build mapping) to the services bakery should build",
+            ));
+        }
+        let mut services = Vec::new();
+        for name in buildable {
+            if !filter.is_empty() && !filter.contains(name) {
+                continue;
+            }
+            let service = &compose.services[name];
+            let prefix = format!("services.{name}");
+            let service_settings = self.compose_settings(compose, service);
+            let mut builds = Vec::new();
+            for arch in self.compose_arches(compose, service, &prefix)? {
+                let mut layers = Vec::new();
+                if let Some(config) = self.config {
+                    layers.push(config.layer(&config.global, "global".into()));
+                }
+                layers.push(Layer {
+                    settings: service_settings.clone(),
+                    file: &compose.path,
+                    locations: &compose.locations,
+                    prefix: prefix.clone(),
+                    kind: LayerKind::Compose,
+                });
+                if let Some((i, bake)) = self.config.and_then(|c| c.bake_for(arch)) {
+                    let config = self.config.expect("bake entry implies config");
+                    layers.push(config.layer(bake, format!("bake[{i}]")));
+                }
+                builds.push(self.resolve_arch(arch, &layers)?);
+            }
+            services.push(service_plan(name.clone(), builds));
+        }
+        Ok(Plan {
+            services,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// A compose service as a settings layer. Its context is rewritten
+    /// relative to the repository so that all layers share one base.
+    fn compose_settings(&self, compose: &ComposeFile, service: &Service) -> Settings {
+        let build = &service.build.as_ref().expect("buildable service").0;
+        let compose_dir = absolute(compose.path.parent().unwrap_or(Path::new(".")));
+        let context = normalize(&compose_dir.join(build.context.as_deref().unwrap_or(".")));
+        let context = match context.strip_prefix(self.repo) {
+            Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
+            Ok(rel) => rel.to_string_lossy().into_owned(),
+            Err(_) => context.to_string_lossy().into_owned(),
+        };
+        let from_env = |vars: &Option<BTreeMap<String, Option<String>>>| {
+            vars.as_ref().map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        v.clone()
+                            .or_else(|| compose.vars.get(k).cloned())
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        Settings {
+            kaniko: Some(Kaniko {
+                context_path: Some(context),
+                dockerfile: build.dockerfile.clone(),
+                destination: service.image.clone(),
+                target: build.target.clone(),
+                build_args: from_env(&build.args),
+                labels: from_env(&build.labels),
+                cache_from: build.cache_from.clone(),
+                ..Kaniko::default()
+            }),
+            ..Settings::default()
+        }
+    }
+
+    /// The arches of a compose service, from the most specific place that names them.
+    fn compose_arches(
+        &self,
+        compose: &ComposeFile,
+        service: &Service,
+        prefix: &str,
+    ) -> Result<Vec<Arch>, PlanError> {
+        let build = &service.build.as_ref().expect("buildable service").0;
+        let listed = [
+            (
+                build.x_bake.as_ref().and_then(|x| x.platforms.clone()),
+                "build.x-bake.platforms",
+            ),
+            (
+                service.x_bake.as_ref().and_then(|x| x.platforms.clone()),
+                "x-bake.platforms",
+            ),
+            (build.platforms.clone(), "build.platforms"),
+            (service.platform.clone().map(|p| vec![p]), "platform"),
+        ]
+        .into_iter()
+        .find_map(|(list, path)| list.map(|l| (l, path)));
+        let Some((platforms, path)) = listed else {
+            return Ok(match self.config {
+                Some(c) if !c.bake.is_empty() => c.bake.iter().filter_map(|b| b.arch).collect(),
+                Some(c) => vec![c.global.arch.unwrap_or(self.host_arch)],
+                None => vec![self.host_arch],
+            });
+        };
+        let mut arches = Vec::new();
+        for (i, platform) in platforms.iter().enumerate() {
+            let item = if path == "platform" {
+                format!("{prefix}.platform")
+            } else {
+                format!("{prefix}.{path}[{i}]")
+            };
+            let arch = Arch::from_platform(platform)
+                .map_err(|m| PlanError::invalid(compose.location_of(&item), m))?;
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        if arches.is_empty() {
+            return Err(PlanError::invalid(
+                compose.location_of(&format!("{prefix}.{path}")),
+                "the platform list is empty",
+            ));
+        }
+        Ok(arches)
+    }
+
+    /// Merges `layers` and checks the result for one arch.
+    fn resolve_arch(
+        &self,
+        arch: Arch,
+        layers: &[Layer],
+    ) -> Result<(ArchBuild, Option<String>), PlanError> {
+        let merged = layers
+            .iter()
+            .fold(Settings::default(), |acc, l| acc.overlay(&l.settings));
+        let kaniko = merged.kaniko();
+        let no_push = kaniko.no_push.unwrap_or(false);
+
+        let context_rel = kaniko.context_path.clone().unwrap_or_else(|| ".".into());
+        let context_dir = normalize(&self.repo.join(&context_rel));
+        if !context_dir.is_dir() {
+            return Err(PlanError::invalid_with_hint(
+                origin(layers, Field::ContextPath),
+                format!("build context `{}` is not a directory", context_dir.display()),
+                "context paths are relative to the repository (--repo) in config.yaml and to the compose file's directory in compose",
+            ));
+        }
+
+        let dockerfile = kaniko
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| "Dockerfile".into());
+        check_dockerfile(&context_dir, &dockerfile).map_err(|(msg, hint)| {
+            PlanError::invalid_with_hint(origin(layers, Field::Dockerfile), msg, hint)
+        })?;
+
+        // The index tag comes from the layers shared by every arch; a bake
+        // entry's own destination is where that arch alone is pushed.
+        let (shared, arch_layer) = match layers.split_last() {
+            Some((top, rest)) if top.is_bake() => (rest, Some(top)),
+            _ => (layers, None),
+        };
+        let index_dest = shared
+            .iter()
+            .fold(Kaniko::default(), |acc, l| {
+                acc.overlay(&l.settings.kaniko())
+            })
+            .destination;
+        let parse = |dest: &str, from: &[Layer]| {
+            ImageRef::parse(dest)
+                .map_err(|m| PlanError::invalid(origin(from, Field::Destination), m))
+        };
+        let index = index_dest
+            .as_deref()
+            .map(|d| parse(d, shared))
+            .transpose()?;
+        let own = arch_layer
+            .filter(|l| l.has(Field::Destination))
+            .and_then(|l| l.settings.kaniko().destination);
+        let push = match (own, &index) {
+            (_, _) if no_push => None,
+            (Some(own), _) => Some(parse(&own, layers)?),
+            (None, Some(index)) => Some(
+                index
+                    .with_arch_suffix(arch)
+                    .map_err(|m| PlanError::invalid(origin(layers, Field::Destination), m))?,
+            ),
+            (None, None) => {
+                let top = layers.last().expect("at least one layer");
+                let hint = match top.kind {
+                    LayerKind::Compose => "set `image:` on the service",
+                    LayerKind::Config => {
+                        "set `kaniko.destination` in `global` (or in this bake entry)"
+                    }
+                };
+                return Err(PlanError::invalid_with_hint(
+                    top.location(&top.prefix),
+                    format!("no destination for the {arch} build"),
+                    hint,
+                ));
+            }
+        };
+        let index = if no_push {
+            None
+        } else {
+            index.map(|r| r.to_string())
+        };
+
+        let build = ArchBuild {
+            arch,
+            push: push.map(|p| p.to_string()),
+            spec: BuildSpec {
+                platform: merged.platform,
+                context_dir,
+                dockerfile,
+                target: kaniko.target,
+                build_args: kaniko.build_args.unwrap_or_default(),
+                labels: kaniko.labels.unwrap_or_default(),
+                env: merged.env.unwrap_or_default(),
+                pre_script: merged.pre_script,
+                post_script: merged.post_script,
+                credentials: merged.kaniko_credentials.unwrap_or_default(),
+                cpu: merged.cpu,
+                memory: merged.memory,
+                spot: merged.spot.unwrap_or(false),
+                cache: kaniko.cache.unwrap_or_default(),
+                cache_from: kaniko.cache_from.unwrap_or_default(),
+                snapshot_mode: kaniko.snapshot_mode,
+                use_new_run: kaniko.use_new_run.unwrap_or(false),
+                cleanup: kaniko.cleanup.unwrap_or(false),
+                custom_platform: kaniko
+                    .custom_platform
+                    .unwrap_or_else(|| arch.platform().into()),
+                no_push,
+                ignore_path: kaniko.ignore_path.unwrap_or_default(),
+                extra_flags: kaniko.extra_flags.unwrap_or_default(),
+            },
+        };
+        Ok((build, index))
+    }
+}
+
+/// Groups arch builds into a service, under the index tag they share.
+fn service_plan(name: String, resolved: Vec<(ArchBuild, Option<String>)>) -> ServicePlan {
+    let destination = resolved.iter().find_map(|(_, index)| index.clone());
+    ServicePlan {
+        name,
+        destination,
+        builds: resolved.into_iter().map(|(b, _)| b).collect(),
+    }
+}
+
+/// A config.yaml describes one image: name it after its repository.
+fn service_name<'a>(builds: impl Iterator<Item = &'a ArchBuild>, repo: &Path) -> String {
+    builds
+        .filter_map(|b| b.push.as_deref())
+        .filter_map(|p| ImageRef::parse(p).ok())
+        .map(|r| r.short_name().to_string())
+        .next()
+        .or_else(|| repo.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "app".into())
+}
+
+/// The Dockerfile must be a file inside the context, since the context is
+/// all the agent receives. Errors are (message, hint).
+fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), (String, String)> {
+    let rel = Path::new(dockerfile);
+    if rel.is_absolute() || rel.components().any(|c| c == Component::ParentDir) {
+        return Err((
+            format!("dockerfile `{dockerfile}` is outside the build context"),
+            "the agent only receives the context; give the Dockerfile's path relative to the context".into(),
+        ));
+    }
+    let path = context.join(rel);
+    if !path.is_file() {
+        let mut near: Vec<String> = std::fs::read_dir(context)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.contains("Dockerfile")
+                    || n.contains("dockerfile")
+                    || n.ends_with(".Containerfile")
+                    || n == "Containerfile"
+            })
+            .collect();
+        near.sort();
+        let hint = if near.is_empty() {
+            "dockerfile paths are relative to the build context".to_string()
+        } else {
+            format!("the context has: {}", near.join(", "))
+        };
+        return Err((
+            format!(
+                "dockerfile `{dockerfile}` not found in the build context `{}`",
+                context.display()
+            ),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// Lexically removes `.` and `..`, so paths compare as users expect.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}

@@ -1,0 +1,133 @@
+//! Image references: enough of the distribution grammar to check a
+//! destination early and to derive the per-arch tags.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Arch;
+
+static COMPONENT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$").unwrap());
+static TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").unwrap());
+
+/// A tagged image reference: `registry/repository:tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+}
+
+impl ImageRef {
+    /// Parses a destination. Digests are refused: a build produces a new
+    /// digest, so only a tag can be pushed to.
+    pub fn parse(s: &str) -> Result<ImageRef, String> {
+        let s = s.trim();
+        if s.contains('@') {
+            return Err(format!(
+                "`{s}` is pinned to a digest; a destination must be a tag"
+            ));
+        }
+        let (registry, rest) = match s.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_string(), rest)
+            }
+            _ => ("docker.io".to_string(), s),
+        };
+        let (repository, tag) = match rest.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (rest, "latest"),
+        };
+        let repository = if registry == "docker.io" && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository.to_string()
+        };
+        if repository.is_empty() || !repository.split('/').all(|c| COMPONENT.is_match(c)) {
+            return Err(format!(
+                "`{s}` is not a valid image name (lowercase letters, digits and . _ - separators)"
+            ));
+        }
+        if !TAG.is_match(tag) {
+            return Err(format!("`{s}` has an invalid tag `{tag}`"));
+        }
+        Ok(ImageRef {
+            registry,
+            repository,
+            tag: tag.to_string(),
+        })
+    }
+
+    /// The per-arch tag the original tool pushed to: `app:1.0` → `app:1.0_amd64`.
+    pub fn with_arch_suffix(&self, arch: Arch) -> Result<ImageRef, String> {
+        let tag = format!("{}_{}", self.tag, arch);
+        if tag.len() > 128 {
+            return Err(format!("tag `{tag}` would exceed 128 characters"));
+        }
+        Ok(ImageRef {
+            tag,
+            ..self.clone()
+        })
+    }
+
+    /// The last path component, a natural short name for a service.
+    pub fn short_name(&self) -> &str {
+        self.repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.repository)
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_usual_forms() {
+        let r = ImageRef::parse("registry.example.com/myapp:1.0.0").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("registry.example.com", "myapp", "1.0.0")
+        );
+        let r = ImageRef::parse("localhost:5000/team/app").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("localhost:5000", "team/app", "latest")
+        );
+        assert_eq!(
+            ImageRef::parse("alpine").unwrap().to_string(),
+            "docker.io/library/alpine:latest"
+        );
+    }
+
+    #[test]
+    fn arch_suffix_matches_the_original_naming() {
+        let r = ImageRef::parse("r.io/app:1.0").unwrap();
+        assert_eq!(
+            r.with_arch_suffix(Arch::Amd64).unwrap().to_string(),
+            "r.io/app:1.0_amd64"
+        );
+        let long = ImageRef::parse(&format!("r.io/app:{}", "x".repeat(125))).unwrap();
+        assert!(long.with_arch_suffix(Arch::Arm64).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_destinations() {
+        assert!(ImageRef::parse("r.io/app@sha256:abc")
+            .unwrap_err()
+            .contains("digest"));
+        assert!(ImageRef::parse("r.io/App:1").is_err());
+        assert!(ImageRef::parse("r.io/app:-bad").is_err());
+    }
+}

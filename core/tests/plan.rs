@@ -1,0 +1,718 @@
+//! Plan resolution from real files: the reference README's example, compose
+//! forms, the config + compose merge, and every validation error with its
+//! location.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bakery_core::{Arch, Plan, PlanError, PlanOptions, Platform};
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new(files: &[(&str, &str)]) -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+        Repo { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn opts(&self) -> PlanOptions {
+        PlanOptions {
+            env: HashMap::new(),
+            host_arch: Arch::Amd64,
+            ..PlanOptions::new(self.dir.path())
+        }
+    }
+
+    fn config(&self) -> Result<Plan, PlanError> {
+        Plan::resolve(&self.opts())
+    }
+
+    fn compose(&self, file: &str, services: &[&str]) -> Result<Plan, PlanError> {
+        self.compose_env(file, services, &[])
+    }
+
+    fn compose_env(
+        &self,
+        file: &str,
+        services: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Plan, PlanError> {
+        let mut opts = self.opts();
+        opts.compose = Some(self.path(file));
+        opts.services = services.iter().map(|s| s.to_string()).collect();
+        opts.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Plan::resolve(&opts)
+    }
+}
+
+/// The config.yaml of the original README, verbatim.
+const README_CONFIG: &str = r#"global:
+  # Execution platform: ecs or k8s
+  platform: ecs
+  # Default architecture
+  arch: amd64
+  # Environment variables passed to the Agent container
+  env:
+    FOO: bar
+  # Script to run before Kaniko execution
+  pre-script: |
+    echo 'setting up...'
+  # Script to run after successful Kaniko build
+  post-script: |
+    echo 'done'
+  # Private registry credentials
+  kaniko-credentials:
+    - registry: registry.example.com
+      username: user
+      password: pass
+  # Kaniko build options
+  kaniko:
+    context-path: .
+    dockerfile: Dockerfile
+    destination: registry.example.com/myapp:latest
+    build-args:
+      BASE_IMAGE: alpine:latest
+    cache:
+      enable: true
+      repo: cache.example.com
+      ttl: 24h
+
+# Per-architecture build config (inherits from global, same keys override)
+bake:
+  - arch: amd64
+    kaniko:
+      build-args:
+        BUILD_PLATFORM: amd64
+  - arch: arm64
+    kaniko:
+      dockerfile: Dockerfile.arm64
+      build-args:
+        BUILD_PLATFORM: arm64
+"#;
+
+fn with_dockerfiles<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut files = vec![
+        ("Dockerfile", "FROM alpine\n"),
+        ("Dockerfile.arm64", "FROM alpine\n"),
+    ];
+    files.extend_from_slice(extra);
+    files
+}
+
+/// Asserts a located error: file name, line, and a fragment of the message.
+fn assert_located(
+    err: PlanError,
+    file: &str,
+    line: usize,
+    fragment: &str,
+) -> bakery_core::Diagnostic {
+    let d = err
+        .diagnostic()
+        .unwrap_or_else(|| panic!("not located: {err}"))
+        .clone();
+    assert_eq!(d.location.file.file_name().unwrap(), file, "{d}");
+    assert_eq!(d.location.line, line, "{d}");
+    assert!(d.to_string().contains(fragment), "`{fragment}` not in: {d}");
+    d
+}
+
+#[test]
+fn reference_readme_example() {
+    let repo = Repo::new(&with_dockerfiles(&[("config.yaml", README_CONFIG)]));
+    let plan = repo.config().unwrap();
+    assert_eq!(plan.services.len(), 1);
+    let service = &plan.services[0];
+    assert_eq!(service.name, "myapp");
+    assert_eq!(
+        service.destination.as_deref(),
+        Some("registry.example.com/myapp:latest")
+    );
+    let [amd, arm] = &service.builds[..] else {
+        panic!("two arches")
+    };
+
+    assert_eq!((amd.arch, arm.arch), (Arch::Amd64, Arch::Arm64));
+    assert_eq!(
+        amd.push.as_deref(),
+        Some("registry.example.com/myapp:latest_amd64")
+    );
+    assert_eq!(
+        arm.push.as_deref(),
+        Some("registry.example.com/myapp:latest_arm64")
+    );
+    // maps merge: global BASE_IMAGE + the entry's BUILD_PLATFORM
+    assert_eq!(amd.spec.build_args["BASE_IMAGE"], "alpine:latest");
+    assert_eq!(amd.spec.build_args["BUILD_PLATFORM"], "amd64");
+    assert_eq!(arm.spec.build_args["BUILD_PLATFORM"], "arm64");
+    // other values: replaced where the entry sets them, inherited where not
+    assert_eq!(amd.spec.dockerfile, "Dockerfile");
+    assert_eq!(arm.spec.dockerfile, "Dockerfile.arm64");
+    for b in [amd, arm] {
+        assert_eq!(b.spec.platform, Some(Platform::Ecs));
+        assert_eq!(b.spec.env["FOO"], "bar");
+        assert_eq!(b.spec.pre_script.as_deref(), Some("echo 'setting up...'\n"));
+        assert_eq!(b.spec.post_script.as_deref(), Some("echo 'done'\n"));
+        assert_eq!(b.spec.cache.enable, Some(true));
+        assert_eq!(b.spec.cache.repo.as_deref(), Some("cache.example.com"));
+        assert_eq!(b.spec.cache.ttl.as_deref(), Some("24h"));
+        assert_eq!(b.spec.credentials[0].password.expose(), "pass");
+    }
+    assert_eq!(amd.spec.custom_platform, "linux/amd64");
+    assert_eq!(arm.spec.custom_platform, "linux/arm64");
+}
+
+#[test]
+fn redacted_plan_has_no_password() {
+    let repo = Repo::new(&with_dockerfiles(&[("config.yaml", README_CONFIG)]));
+    let plan = repo.config().unwrap().redacted();
+    let json = serde_json::to_string(&plan).unwrap();
+    assert!(!json.contains("\"pass\""), "{json}");
+    assert!(json.contains("\"***\""));
+    assert!(!format!("{plan:?}").contains("\"pass\""));
+}
+
+#[test]
+fn config_without_bake_builds_global_arch_and_default_dockerfile() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "global:\n  arch: arm64\n  cpu: 1\n  memory: 2G\n  kaniko:\n    destination: r.io/app:v1\n"),
+    ]);
+    let plan = repo.config().unwrap();
+    let b = &plan.services[0].builds[0];
+    assert_eq!(plan.services[0].builds.len(), 1);
+    assert_eq!(b.arch, Arch::Arm64);
+    assert_eq!(b.spec.dockerfile, "Dockerfile");
+    assert_eq!(b.spec.cpu.unwrap().millis(), 1000);
+    assert_eq!(b.spec.memory.unwrap().mib(), 2048);
+    assert_eq!(b.push.as_deref(), Some("r.io/app:v1_arm64"));
+    assert_eq!(plan.services[0].destination.as_deref(), Some("r.io/app:v1"));
+}
+
+#[test]
+fn bake_entry_with_own_destination_pushes_there() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\nbake:\n  - arch: amd64\n  - arch: arm64\n    kaniko:\n      destination: r.io/app:arm-special\n",
+        ),
+    ]);
+    let plan = repo.config().unwrap();
+    let builds = &plan.services[0].builds;
+    assert_eq!(builds[0].push.as_deref(), Some("r.io/app:v1_amd64"));
+    assert_eq!(builds[1].push.as_deref(), Some("r.io/app:arm-special"));
+    assert_eq!(plan.services[0].destination.as_deref(), Some("r.io/app:v1"));
+}
+
+#[test]
+fn no_config_and_no_compose_is_a_clear_error() {
+    let repo = Repo::new(&[("Dockerfile", "FROM alpine\n")]);
+    let err = repo.config().unwrap_err();
+    assert!(matches!(err, PlanError::NothingToBuild { .. }));
+    assert!(
+        err.to_string().contains("config.yaml") && err.to_string().contains("--compose"),
+        "{err}"
+    );
+}
+
+const COMPOSE: &str = r#"services:
+  web:
+    build: ./web
+    image: r.io/web:${TAG:-dev}
+  api:
+    image: r.io/api:1.0.0
+    build:
+      context: api
+      dockerfile: build/Dockerfile
+      target: runtime
+      args:
+        VERSION: "1.0.0"
+        COMMIT:
+      labels:
+        - org.opencontainers.image.source=https://example.com/api
+      cache_from:
+        - r.io/api:cache
+      x-bake:
+        platforms:
+          - linux/amd64
+          - linux/arm64
+  worker:
+    image: r.io/worker:${TAG}
+    build:
+      context: .
+      dockerfile: worker.Dockerfile
+      args:
+        - MODE=batch
+        - REGION
+    platform: linux/arm64
+  db:
+    image: postgres:16
+"#;
+
+fn compose_repo() -> Repo {
+    Repo::new(&[
+        ("compose.yaml", COMPOSE),
+        ("web/Dockerfile", "FROM alpine\n"),
+        ("api/build/Dockerfile", "FROM alpine\n"),
+        ("worker.Dockerfile", "FROM alpine\n"),
+        (".env", "TAG=from-dotenv\nREGION=eu\n"),
+    ])
+}
+
+#[test]
+fn compose_string_and_object_forms() {
+    let repo = compose_repo();
+    let plan = repo
+        .compose_env("compose.yaml", &[], &[("COMMIT", "abc123")])
+        .unwrap();
+    let names: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["web", "api", "worker"],
+        "file order, services without build skipped"
+    );
+
+    let web = &plan.services[0];
+    assert_eq!(web.builds.len(), 1);
+    assert_eq!(
+        web.builds[0].arch,
+        Arch::Amd64,
+        "no platforms: the client's arch"
+    );
+    assert_eq!(web.builds[0].spec.context_dir, repo.path("web"));
+    assert_eq!(
+        web.destination.as_deref(),
+        Some("r.io/web:from-dotenv"),
+        ".env fills interpolation"
+    );
+
+    let api = &plan.services[1];
+    let arches: Vec<Arch> = api.builds.iter().map(|b| b.arch).collect();
+    assert_eq!(arches, [Arch::Amd64, Arch::Arm64]);
+    let spec = &api.builds[0].spec;
+    assert_eq!(spec.dockerfile, "build/Dockerfile");
+    assert_eq!(spec.target.as_deref(), Some("runtime"));
+    assert_eq!(spec.build_args["VERSION"], "1.0.0");
+    assert_eq!(
+        spec.build_args["COMMIT"], "abc123",
+        "valueless arg comes from the environment"
+    );
+    assert_eq!(
+        spec.labels["org.opencontainers.image.source"],
+        "https://example.com/api"
+    );
+    assert_eq!(spec.cache_from, ["r.io/api:cache"]);
+    assert_eq!(api.builds[1].push.as_deref(), Some("r.io/api:1.0.0_arm64"));
+    assert_eq!(api.destination.as_deref(), Some("r.io/api:1.0.0"));
+
+    let worker = &plan.services[2];
+    assert_eq!(worker.builds[0].arch, Arch::Arm64, "service-level platform");
+    assert_eq!(worker.builds[0].spec.build_args["MODE"], "batch");
+    assert_eq!(
+        worker.builds[0].spec.build_args["REGION"], "eu",
+        "list form, valueless, from .env"
+    );
+}
+
+#[test]
+fn process_environment_beats_dotenv() {
+    let repo = compose_repo();
+    let plan = repo
+        .compose_env("compose.yaml", &["web"], &[("TAG", "ci-42")])
+        .unwrap();
+    assert_eq!(
+        plan.services[0].destination.as_deref(),
+        Some("r.io/web:ci-42")
+    );
+}
+
+#[test]
+fn services_filter_and_unknown_service() {
+    let repo = compose_repo();
+    let plan = repo.compose("compose.yaml", &["worker", "api"]).unwrap();
+    let names: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "worker"]);
+
+    let err = repo.compose("compose.yaml", &["api", "wrker"]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("wrker") && text.contains("web, api, worker"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("db"),
+        "only buildable services are listed: {text}"
+    );
+}
+
+#[test]
+fn config_global_is_the_base_and_compose_merges_on_top() {
+    let repo = Repo::new(&[
+        ("app/Dockerfile", "FROM alpine\n"),
+        ("app/Dockerfile.arm64", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  platform: k8s\n  cpu: 2\n  env: {A: global}\n  kaniko:\n    build-args: {BASE: alpine, VERSION: old}\n    cache: {enable: true}\nbake:\n  - arch: arm64\n    memory: 4G\n    kaniko:\n      dockerfile: Dockerfile.arm64\n",
+        ),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/app:2\n    build:\n      context: app\n      args: {VERSION: new}\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n",
+        ),
+    ]);
+    let mut opts = repo.opts();
+    opts.config = Some(repo.path("config.yaml"));
+    opts.compose = Some(repo.path("compose.yaml"));
+    let plan = Plan::resolve(&opts).unwrap();
+    let [amd, arm] = &plan.services[0].builds[..] else {
+        panic!()
+    };
+    for b in [amd, arm] {
+        assert_eq!(b.spec.platform, Some(Platform::K8s), "from global");
+        assert_eq!(b.spec.build_args["BASE"], "alpine", "global map key kept");
+        assert_eq!(b.spec.build_args["VERSION"], "new", "compose wins per key");
+        assert_eq!(b.spec.env["A"], "global");
+        assert_eq!(b.spec.cache.enable, Some(true));
+    }
+    assert_eq!(amd.spec.dockerfile, "Dockerfile");
+    assert_eq!(
+        arm.spec.dockerfile, "Dockerfile.arm64",
+        "bake entry applies per arch"
+    );
+    assert_eq!(arm.spec.memory.unwrap().mib(), 4096);
+    assert!(amd.spec.memory.is_none());
+}
+
+// ---- validation: every error names file and line ----
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/a:1\n    bulid-args: {A: b}\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        4,
+        "unknown key `bulid-args`",
+    );
+    assert_eq!(d.hint.as_deref(), Some("did you mean `build-args`?"));
+    assert_eq!(d.location.column, 5);
+}
+
+#[test]
+fn unknown_top_level_and_bake_keys() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "globl:\n  arch: amd64\n"),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        1,
+        "unknown key `globl`",
+    );
+    assert_eq!(d.hint.as_deref(), Some("did you mean `global`?"));
+
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "global:\n  kaniko: {destination: r.io/a:1}\nbake:\n  - arch: amd64\n    pre-scirpt: echo\n"),
+    ]);
+    let d = assert_located(repo.config().unwrap_err(), "config.yaml", 5, "pre-scirpt");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `pre-script`?"));
+}
+
+#[test]
+fn wrong_types_are_located() {
+    let cases = [
+        ("global:\n  env: [A, B]\n", 2, "env"),
+        (
+            "global:\n  kaniko:\n    cache:\n      enable: maybe\n",
+            4,
+            "enable",
+        ),
+        ("global:\n  cpu: lots\n", 2, "cpu `lots`"),
+        ("global:\n  memory: 2048\n", 2, "no unit"),
+        ("bake: {arch: amd64}\n", 1, "bake"),
+    ];
+    for (text, line, fragment) in cases {
+        let repo = Repo::new(&[("Dockerfile", "FROM alpine\n"), ("config.yaml", text)]);
+        assert_located(repo.config().unwrap_err(), "config.yaml", line, fragment);
+    }
+}
+
+#[test]
+fn unsupported_arch_in_config_and_compose() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko: {destination: r.io/a:1}\nbake:\n  - arch: arm\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        4,
+        "unknown value `arm`",
+    );
+    assert!(d.hint.unwrap().contains("arm64"));
+
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: .\n      x-bake:\n        platforms:\n          - linux/amd64\n          - linux/arm/v7\n",
+        ),
+    ]);
+    let err = repo.compose("compose.yaml", &[]).unwrap_err();
+    let d = assert_located(err, "compose.yaml", 9, "linux/arm/v7");
+    assert_eq!(d.location.column, 13);
+}
+
+#[test]
+fn missing_destination_points_at_the_block() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "global:\n  arch: amd64\n"),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        1,
+        "no destination",
+    );
+    assert!(d.hint.unwrap().contains("kaniko.destination"));
+
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "services:\n  app:\n    build: .\n"),
+    ]);
+    let d = assert_located(
+        repo.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        2,
+        "no destination",
+    );
+    assert!(d.hint.unwrap().contains("image:"));
+}
+
+#[test]
+fn invalid_destination_is_located() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/App@sha256:00\n",
+        ),
+    ]);
+    assert_located(repo.config().unwrap_err(), "config.yaml", 3, "digest");
+}
+
+#[test]
+fn dockerfile_not_found_points_where_it_was_set() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/a:1\nbake:\n  - arch: amd64\n  - arch: arm64\n    kaniko:\n      dockerfile: Dockerfile.arm\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        8,
+        "`Dockerfile.arm` not found",
+    );
+    assert!(
+        d.hint.unwrap().contains("Dockerfile"),
+        "lists what the context has"
+    );
+
+    // Default Dockerfile missing: reported at the entry that should set it.
+    let repo = Repo::new(&[
+        ("Containerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/a:1\n",
+        ),
+    ]);
+    assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        1,
+        "`Dockerfile` not found",
+    );
+
+    // Outside the context.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("sub/x", ""),
+        ("config.yaml", "global:\n  kaniko:\n    context-path: sub\n    dockerfile: ../Dockerfile\n    destination: r.io/a:1\n"),
+    ]);
+    assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        4,
+        "outside the build context",
+    );
+
+    // Compose: at build.dockerfile.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: .\n      dockerfile: Nope\n"),
+    ]);
+    assert_located(
+        repo.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        6,
+        "`Nope` not found",
+    );
+}
+
+#[test]
+fn missing_context_directory() {
+    let repo = Repo::new(&[(
+        "compose.yaml",
+        "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: nowhere\n",
+    )]);
+    assert_located(
+        repo.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        5,
+        "not a directory",
+    );
+}
+
+#[test]
+fn bake_entries_need_distinct_arches() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko: {destination: r.io/a:1}\nbake:\n  - arch: amd64\n  - arch: amd64\n",
+        ),
+    ]);
+    assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        5,
+        "two bake entries",
+    );
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko: {destination: r.io/a:1}\nbake:\n  - env: {A: b}\n",
+        ),
+    ]);
+    assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        4,
+        "has no `arch`",
+    );
+}
+
+#[test]
+fn compose_build_keys() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: .\n      dockerfil: Dockerfile\n"),
+    ]);
+    let d = assert_located(
+        repo.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        6,
+        "unknown key `dockerfil`",
+    );
+    assert_eq!(d.hint.as_deref(), Some("did you mean `dockerfile`?"));
+
+    // Real compose keys bakery does not apply are warnings, not errors.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "services:\n  app:\n    image: r.io/a:1\n    ports: ['80:80']\n    build:\n      context: .\n      ssh: [default]\n      x-custom: 1\n"),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("services.app.build.ssh")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn compose_interpolation_errors_and_warnings() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/a:${TAG:?set TAG to the release}\n    build: .\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        3,
+        "set TAG to the release",
+    );
+    assert_eq!(d.location.column, 19);
+
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/a:1${SUFFIX}\n    build: .\n",
+        ),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("`SUFFIX` is not set")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn yaml_syntax_error_is_located() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "global:\n  arch: amd64\n   bad: indent\n"),
+    ]);
+    let err = repo.config().unwrap_err();
+    let d = err.diagnostic().expect("located");
+    assert_eq!(d.location.file.file_name().unwrap(), "config.yaml");
+    assert!(d.location.line >= 2, "{d}");
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let repo = Repo::new(&[("Dockerfile", "FROM alpine\n")]);
+    let mut opts = repo.opts();
+    opts.config = Some(repo.path("missing.yaml"));
+    let err = Plan::resolve(&opts).unwrap_err();
+    assert!(err.to_string().contains("missing.yaml"), "{err}");
+    let _: &Path = repo.dir.path();
+}
