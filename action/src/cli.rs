@@ -7,6 +7,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
 Examples:
+  # Build config.yaml's images on this machine (no CONTROLLER_URL: embedded controller)
+  bakery build
+
+  # Build two compose services at once through a remote controller
+  CONTROLLER_URL=https://bakery.example.com bakery --compose compose.yaml --services api,worker --async build
+
   # Show what would be built from config.yaml in the current directory
   bakery plan
 
@@ -31,8 +37,13 @@ pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
 
+    /// The controller's URL. Unset: an embedded controller runs the build
+    /// on this machine (local platform).
+    #[arg(long, env = "CONTROLLER_URL", global = true)]
+    pub controller_url: Option<String>,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// Where the build plan comes from (the original client's flags).
@@ -61,6 +72,24 @@ pub struct Input {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build and push every planned image (the default command).
+    Build {
+        /// Submit, print the build ids, and return without following.
+        #[arg(long, env = "BAKERY_DETACH")]
+        detach: bool,
+        /// Context archive codec: gzip or zstd.
+        #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
+        codec: bakery_core::context::Codec,
+    },
+    /// Follow the log of a submitted build (needs CONTROLLER_URL).
+    Logs { id: String },
+    /// Show the state of a submitted build (needs CONTROLLER_URL).
+    Status {
+        id: String,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resolve config and compose into the list of builds, and check it.
     Plan {
         /// Print the plan as JSON (secrets masked).

@@ -1,6 +1,8 @@
 //! `bakery`: the client CI runs.
 
+mod build;
 mod cli;
+mod client;
 mod render;
 
 use std::io::IsTerminal;
@@ -16,7 +18,17 @@ use cli::{Cli, Command, Input, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match run(cli) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -27,7 +39,8 @@ fn main() -> ExitCode {
 
 fn init_logging(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAKERY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The embedded controller's own progress is in the build log already.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,bakery_controller=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -61,8 +74,88 @@ fn plan(input: &Input) -> Result<Plan> {
     Ok(plan)
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let command = cli.command.unwrap_or(Command::Build {
+        detach: false,
+        codec: bakery_core::context::Codec::Gzip,
+    });
+    match command {
+        Command::Build { detach, codec } => {
+            let plan = plan(&cli.input)?;
+            let target = match &cli.controller_url {
+                Some(url) => build::Target::Remote(url.clone()),
+                None => build::Target::Embedded,
+            };
+            let opts = build::BuildOptions {
+                async_mode: cli.input.async_mode,
+                detach,
+                codec,
+                format: cli.log_format,
+            };
+            if detach && cli.controller_url.is_none() {
+                anyhow::bail!(
+                    "--detach needs CONTROLLER_URL: an embedded controller ends with this process"
+                );
+            }
+            let ok = build::build(plan, target, opts).await?;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Logs { id } => {
+            let controller = client::Controller::new(
+                cli.controller_url
+                    .as_deref()
+                    .context("`bakery logs` needs CONTROLLER_URL")?,
+            );
+            let printer = build::Printer::standalone(cli.log_format);
+            let status = controller.follow(&id, |f| printer.line("", &f)).await?;
+            println!(
+                "{}: {:?}{}",
+                status.id,
+                status.state,
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            return Ok(if status.state == bakery_core::api::BuildState::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Status { id, json } => {
+            let controller = client::Controller::new(
+                cli.controller_url
+                    .as_deref()
+                    .context("`bakery status` needs CONTROLLER_URL")?,
+            );
+            let status = controller.status(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{} {} {:?}", status.id, status.service, status.state);
+                for t in &status.tasks {
+                    println!(
+                        "  {} {:?} {}",
+                        t.arch,
+                        t.state,
+                        t.digest.clone().or(t.error.clone()).unwrap_or_default()
+                    );
+                }
+                if let Some(d) = &status.index_digest {
+                    println!(
+                        "  index {}@{d}",
+                        status.destination.clone().unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(if status.state == bakery_core::api::BuildState::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Command::Plan { json } => {
             let plan = plan(&cli.input)?.redacted();
             if json {
@@ -84,10 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut done: Vec<(std::path::PathBuf, String)> = Vec::new();
             let mut results = Vec::new();
             for (_, build) in plan.builds() {
-                let key = (
-                    build.spec.context_dir.clone(),
-                    build.spec.dockerfile.clone(),
-                );
+                let key = (build.context_dir.clone(), build.spec.dockerfile.clone());
                 if done.contains(&key) {
                     continue;
                 }

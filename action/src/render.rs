@@ -19,7 +19,6 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
     .map(String::from)];
     for (service, build) in plan.builds() {
         let context = build
-            .spec
             .context_dir
             .strip_prefix(&repo)
             .map(|p| {
@@ -29,7 +28,7 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
                     p.display().to_string()
                 }
             })
-            .unwrap_or_else(|_| build.spec.context_dir.display().to_string());
+            .unwrap_or_else(|_| build.context_dir.display().to_string());
         rows.push([
             service.name.clone(),
             build.arch.to_string(),

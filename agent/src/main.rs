@@ -1,7 +1,41 @@
-//! bakery-agent: arrives with issue #3. This crate exists so the workspace
-//! has its final shape; it does nothing yet and says so.
+//! `bakery-agent`: started by a platform with its task in the environment.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("bakery-agent is not implemented yet (issue #3)");
-    std::process::ExitCode::FAILURE
+use std::process::ExitCode;
+
+use bakery_agent::AgentConfig;
+use bakery_core::api::agent_env;
+
+fn var(name: &str) -> Result<String, String> {
+    std::env::var(name)
+        .map_err(|_| format!("{name} is not set; the agent is started by the bakery controller"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = (|| -> Result<AgentConfig, String> {
+        Ok(AgentConfig {
+            controller_url: var(agent_env::CONTROLLER_URL)?,
+            task_id: var(agent_env::TASK_ID)?,
+            token: var(agent_env::TASK_TOKEN)?,
+            builder: std::env::var(agent_env::BUILDER).unwrap_or_else(|_| "kaniko".into()),
+            work_dir: std::env::var(agent_env::WORK_DIR)
+                .map(Into::into)
+                .unwrap_or_else(|_| std::env::temp_dir().join("bakery-agent")),
+            insecure: bakery_core::registry::parse_list(
+                &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
+            ),
+        })
+    })();
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bakery-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if bakery_agent::run(config).await {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

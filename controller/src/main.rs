@@ -1,7 +1,30 @@
-//! bakery-controller: arrives with issue #3. This crate exists so the workspace
-//! has its final shape; it does nothing yet and says so.
+//! `bakery-controller`: configured from the environment (see the README).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("bakery-controller is not implemented yet (issue #3)");
-    std::process::ExitCode::FAILURE
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAKERY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+
+    let config = bakery_controller::Config::from_env()?;
+    let running = bakery_controller::start(config)
+        .await
+        .context("starting the controller")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: cancelling unfinished builds and stopping their agents");
+    running.shutdown().await;
+    Ok(())
 }

@@ -13,13 +13,16 @@
 //! Nothing here talks to a network: the client calls it before it contacts
 //! anything, so bad input fails fast and nothing is left half-uploaded.
 
+pub mod api;
 pub mod arch;
 pub mod compose;
 pub mod context;
 pub mod error;
 pub mod location;
 pub mod plan;
+pub mod redact;
 pub mod reference;
+pub mod registry;
 pub mod resources;
 mod scalar;
 pub mod settings;

@@ -74,6 +74,8 @@ pub struct ArchBuild {
     pub arch: Arch,
     /// The per-arch tag the agent pushes; `None` for a build without push.
     pub push: Option<String>,
+    /// The context directory on the client; the agent gets it as an archive.
+    pub context_dir: PathBuf,
     pub spec: BuildSpec,
 }
 
@@ -81,8 +83,6 @@ pub struct ArchBuild {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildSpec {
     pub platform: Option<Platform>,
-    /// The context directory on the client.
-    pub context_dir: PathBuf,
     /// The Dockerfile, relative to the context, `/`-separated.
     pub dockerfile: String,
     pub target: Option<String>,
@@ -565,7 +565,22 @@ impl Resolver<'_> {
             .and_then(|l| l.settings.kaniko().destination);
         let push = match (own, &index) {
             (_, _) if no_push => None,
-            (Some(own), _) => Some(parse(&own, layers)?),
+            (Some(own), index) => {
+                let own_ref = parse(&own, layers)?;
+                // An index can only reference manifests in its own repository.
+                if let Some(index) = index.as_ref().filter(|i| {
+                    (&i.registry, &i.repository) != (&own_ref.registry, &own_ref.repository)
+                }) {
+                    return Err(PlanError::invalid_with_hint(
+                        origin(layers, Field::Destination),
+                        format!(
+                            "the {arch} destination `{own_ref}` is not in the repository of the multi-arch tag `{index}`"
+                        ),
+                        format!("an image index can only reference images in its own repository; push to {}/{}:<tag>", index.registry, index.repository),
+                    ));
+                }
+                Some(own_ref)
+            }
             (None, Some(index)) => Some(
                 index
                     .with_arch_suffix(arch)
@@ -595,9 +610,9 @@ impl Resolver<'_> {
         let build = ArchBuild {
             arch,
             push: push.map(|p| p.to_string()),
+            context_dir,
             spec: BuildSpec {
                 platform: merged.platform,
-                context_dir,
                 dockerfile,
                 target: kaniko.target,
                 build_args: kaniko.build_args.unwrap_or_default(),

@@ -220,6 +220,24 @@ fn bake_entry_with_own_destination_pushes_there() {
 }
 
 #[test]
+fn bake_destination_in_another_repository_is_refused() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\nbake:\n  - arch: amd64\n    kaniko:\n      destination: r.io/other:v1\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        7,
+        "not in the repository",
+    );
+    assert!(d.hint.unwrap().contains("r.io/app:<tag>"));
+}
+
+#[test]
 fn no_config_and_no_compose_is_a_clear_error() {
     let repo = Repo::new(&[("Dockerfile", "FROM alpine\n")]);
     let err = repo.config().unwrap_err();
@@ -294,7 +312,7 @@ fn compose_string_and_object_forms() {
         Arch::Amd64,
         "no platforms: the client's arch"
     );
-    assert_eq!(web.builds[0].spec.context_dir, repo.path("web"));
+    assert_eq!(web.builds[0].context_dir, repo.path("web"));
     assert_eq!(
         web.destination.as_deref(),
         Some("r.io/web:from-dotenv"),

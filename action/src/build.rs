@@ -1,0 +1,406 @@
+//! `bakery build`: plan, pack, upload, submit, follow, summarise.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bakery_core::api::{
+    BuildState, BuildStatus, ContextStore, CreateBuild, LogEvent, TaskRequest, TaskState,
+};
+use bakery_core::context::{pack_to_dir, Codec, PackOptions};
+use bakery_core::{Plan, ServicePlan};
+
+use crate::cli::LogFormat;
+use crate::client::Controller;
+
+/// How the build runs and prints.
+pub struct BuildOptions {
+    pub async_mode: bool,
+    pub detach: bool,
+    pub codec: Codec,
+    pub format: Option<LogFormat>,
+}
+
+/// Where the controller is: a URL, or one started in this process.
+pub enum Target {
+    Remote(String),
+    Embedded,
+}
+
+pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
+    let embedded;
+    let controller = match target {
+        Target::Remote(url) => Controller::new(&url),
+        Target::Embedded => {
+            embedded = start_embedded().await?;
+            Controller::new(&embedded.url())
+        }
+    };
+    let info = controller.info().await?;
+    let keys = upload_contexts(&plan, &controller, &info.context_store, opts.codec).await?;
+
+    let printer = Printer::new(&plan, opts.format);
+    let services: Vec<&ServicePlan> = plan.services.iter().collect();
+    let submitted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let cancel_on_signal = {
+        let controller = controller.clone();
+        let submitted = Arc::clone(&submitted);
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("interrupted: cancelling the builds");
+            let ids = submitted.lock().map(|s| s.clone()).unwrap_or_default();
+            for id in ids {
+                let _ = controller.cancel(&id).await;
+            }
+        }
+    };
+
+    let run = async {
+        let mut results: Vec<(String, Option<BuildStatus>, f64)> = Vec::new();
+        if opts.detach || opts.async_mode {
+            let mut ids = Vec::new();
+            for service in &services {
+                let id = controller.create(&request(service, &keys)?).await?;
+                submitted.lock().expect("lock").push(id.clone());
+                ids.push((service.name.clone(), id));
+            }
+            if opts.detach {
+                for (service, id) in &ids {
+                    println!("{service}\t{id}");
+                }
+                return Ok(None);
+            }
+            let follows = ids.iter().map(|(service, id)| {
+                let controller = controller.clone();
+                let printer = &printer;
+                async move {
+                    let started = Instant::now();
+                    let status = controller.follow(id, |f| printer.line(service, &f)).await;
+                    (service.clone(), status, started.elapsed().as_secs_f64())
+                }
+            });
+            for (service, status, secs) in futures_util::future::join_all(follows).await {
+                results.push((service, Some(status?), secs));
+            }
+        } else {
+            for service in &services {
+                let started = Instant::now();
+                let id = controller.create(&request(service, &keys)?).await?;
+                submitted.lock().expect("lock").push(id.clone());
+                let status = controller
+                    .follow(&id, |f| printer.line(&service.name, &f))
+                    .await?;
+                let failed = status.state != BuildState::Succeeded;
+                results.push((
+                    service.name.clone(),
+                    Some(status),
+                    started.elapsed().as_secs_f64(),
+                ));
+                if failed {
+                    break;
+                }
+            }
+            for service in services.iter().skip(results.len()) {
+                results.push((service.name.clone(), None, 0.0));
+            }
+        }
+        Ok::<_, anyhow::Error>(Some(results))
+    };
+
+    let results = tokio::select! {
+        r = run => r?,
+        _ = cancel_on_signal => {
+            // Give the controller a moment to stop the agents, then report.
+            let ids = submitted.lock().map(|s| s.clone()).unwrap_or_default();
+            for id in &ids {
+                for _ in 0..100 {
+                    if controller.status(id).await.map(|s| s.state.is_terminal()).unwrap_or(true) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+            bail!("cancelled");
+        }
+    };
+    let Some(results) = results else {
+        return Ok(true);
+    };
+    let ok = results
+        .iter()
+        .all(|(_, s, _)| s.as_ref().is_some_and(|s| s.state == BuildState::Succeeded));
+    print_summary(&results, &printer);
+    Ok(ok)
+}
+
+async fn start_embedded() -> Result<bakery_controller::Running> {
+    let mut config = bakery_controller::Config::from_env()?;
+    config.listen_addr = "127.0.0.1:0".into();
+    config.controller_url = None;
+    config.default_platform = bakery_core::Platform::Local;
+    config.s3_bucket = None;
+    bakery_controller::start(config)
+        .await
+        .context("starting the embedded controller")
+}
+
+/// Packs each distinct context once and uploads what the store lacks.
+async fn upload_contexts(
+    plan: &Plan,
+    controller: &Controller,
+    store: &ContextStore,
+    codec: Codec,
+) -> Result<HashMap<(PathBuf, String), String>> {
+    let tmp = tempfile::tempdir().context("creating a temporary directory for context archives")?;
+    let mut keys = HashMap::new();
+    for (_, build) in plan.builds() {
+        let id = (build.context_dir.clone(), build.spec.dockerfile.clone());
+        if keys.contains_key(&id) {
+            continue;
+        }
+        let started = Instant::now();
+        let (path, packed) = {
+            let (dir, df, out) = (id.0.clone(), id.1.clone(), tmp.path().to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                pack_to_dir(
+                    &dir,
+                    &df,
+                    &out,
+                    &PackOptions {
+                        codec,
+                        ..PackOptions::default()
+                    },
+                )
+            })
+            .await?
+            .with_context(|| format!("packing {}", id.0.display()))?
+        };
+        for w in &packed.warnings {
+            tracing::warn!("{w}");
+        }
+        let key = packed.key();
+        let sent = match store {
+            ContextStore::Controller => controller.upload_context(&key, &path).await?,
+            ContextStore::S3 { bucket } => {
+                bail!("this controller stores contexts in S3 bucket `{bucket}`, and this client cannot upload to S3 yet")
+            }
+        };
+        eprintln!(
+            "context {}: {} files, {} → {} ({}) in {:.2}s",
+            id.0.display(),
+            packed.entries,
+            crate::render::bytes(packed.content_bytes),
+            crate::render::bytes(packed.size),
+            if sent {
+                "uploaded"
+            } else {
+                "unchanged, not uploaded"
+            },
+            started.elapsed().as_secs_f64()
+        );
+        keys.insert(id, key);
+    }
+    Ok(keys)
+}
+
+fn request(
+    service: &ServicePlan,
+    keys: &HashMap<(PathBuf, String), String>,
+) -> Result<CreateBuild> {
+    let tasks = service
+        .builds
+        .iter()
+        .map(|b| {
+            let key = keys
+                .get(&(b.context_dir.clone(), b.spec.dockerfile.clone()))
+                .context("context was not packed")?
+                .clone();
+            Ok(TaskRequest {
+                arch: b.arch,
+                push: b.push.clone(),
+                context_key: key,
+                spec: b.spec.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CreateBuild {
+        service: service.name.clone(),
+        destination: service.destination.clone(),
+        tasks,
+    })
+}
+
+/// Prints log lines with `docker compose`-style prefixes.
+pub struct Printer {
+    width: usize,
+    color: bool,
+    format: Option<LogFormat>,
+    colors: Mutex<HashMap<String, usize>>,
+    /// Last lines per task, shown again under a failure.
+    tails: Mutex<HashMap<String, Vec<String>>>,
+}
+
+const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+
+impl Printer {
+    pub fn new(plan: &Plan, format: Option<LogFormat>) -> Printer {
+        let width = plan
+            .builds()
+            .map(|(s, b)| s.name.len() + 1 + b.arch.as_str().len())
+            .max()
+            .unwrap_or(10);
+        Printer {
+            width,
+            color: format.is_none() && std::io::stdout().is_terminal(),
+            format,
+            colors: Mutex::default(),
+            tails: Mutex::default(),
+        }
+    }
+
+    pub fn standalone(format: Option<LogFormat>) -> Printer {
+        Printer {
+            width: 12,
+            color: format.is_none() && std::io::stdout().is_terminal(),
+            format,
+            colors: Mutex::default(),
+            tails: Mutex::default(),
+        }
+    }
+
+    pub fn line(&self, service: &str, event: &LogEvent) {
+        let label = format!("{service}-{}", event.arch);
+        let text = strip_ansi(&event.line);
+        {
+            let mut tails = self.tails.lock().expect("lock");
+            let tail = tails.entry(label.clone()).or_default();
+            tail.push(text.clone());
+            if tail.len() > 15 {
+                tail.remove(0);
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = match self.format {
+            Some(LogFormat::Json) => {
+                let mut v = serde_json::to_value(event).unwrap_or_default();
+                v["service"] = serde_json::json!(service);
+                writeln!(out, "{v}")
+            }
+            Some(LogFormat::Simple) => writeln!(out, "{text}"),
+            _ if self.color => {
+                let n = {
+                    let mut colors = self.colors.lock().expect("lock");
+                    let next = colors.len();
+                    *colors.entry(label.clone()).or_insert(next)
+                };
+                writeln!(
+                    out,
+                    "\x1b[{}m{label:<w$} |\x1b[0m {text}",
+                    PALETTE[n % PALETTE.len()],
+                    w = self.width
+                )
+            }
+            _ => writeln!(out, "{label:<w$} | {text}", w = self.width),
+        };
+    }
+
+    fn tail(&self, label: &str) -> Vec<String> {
+        self.tails
+            .lock()
+            .expect("lock")
+            .get(label)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    static ANSI: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").expect("valid regex")
+    });
+    ANSI.replace_all(s, "").into_owned()
+}
+
+/// The table CI users read first: one row per (service, arch), the index,
+/// and for failures the last lines of the failing arch's log.
+fn print_summary(results: &[(String, Option<BuildStatus>, f64)], printer: &Printer) {
+    let mut rows = vec![["SERVICE", "ARCH", "STATUS", "DURATION", "DIGEST"].map(String::from)];
+    let mut failures = Vec::new();
+    let mut indexes = Vec::new();
+    for (service, status, _) in results {
+        let Some(status) = status else {
+            rows.push([
+                service.clone(),
+                "-".into(),
+                "skipped".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            continue;
+        };
+        for t in &status.tasks {
+            let secs = match (t.started_ms, t.finished_ms) {
+                (Some(s), Some(f)) => format!("{:.1}s", f.saturating_sub(s) as f64 / 1000.0),
+                _ => "-".into(),
+            };
+            let state = match t.state {
+                TaskState::Succeeded => "pushed",
+                TaskState::Failed => "failed",
+                TaskState::Cancelled => "cancelled",
+                TaskState::Starting | TaskState::Running => "unfinished",
+            };
+            rows.push([
+                service.clone(),
+                t.arch.to_string(),
+                state.into(),
+                secs,
+                t.digest.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            if t.state == TaskState::Failed {
+                failures.push((
+                    format!("{service}-{}", t.arch),
+                    t.error.clone().unwrap_or_default(),
+                ));
+            }
+        }
+        match (&status.destination, &status.index_digest, status.state) {
+            (Some(dest), Some(digest), _) => indexes.push(format!("{service}: {dest} → {digest}")),
+            (_, _, BuildState::Failed)
+                if !status.tasks.iter().any(|t| t.state == TaskState::Failed) =>
+            {
+                failures.push((service.clone(), status.error.clone().unwrap_or_default()))
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::from("\n");
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for line in &indexes {
+        out.push_str(&format!("multi-arch index {line}\n"));
+    }
+    for (label, error) in &failures {
+        out.push_str(&format!("\n{label} failed: {error}\n"));
+        let tail = printer.tail(label);
+        if !tail.is_empty() {
+            out.push_str(&format!("last lines of {label}:\n"));
+            for l in tail {
+                out.push_str(&format!("  {l}\n"));
+            }
+        }
+    }
+    print!("{out}");
+}

@@ -1,0 +1,116 @@
+//! Buildah, rootful with chroot isolation: daemonless, unprivileged-friendly,
+//! and runnable on a plain Linux host. The local platform and the tests use it.
+//!
+//! Each task gets its own storage under the work dir (vfs driver: no kernel
+//! overlay needed), so parallel agents never contend for locks and cleanup is
+//! deleting one directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{Builder, Job, Step};
+
+pub struct Buildah {
+    pub program: String,
+}
+
+impl Default for Buildah {
+    fn default() -> Self {
+        Buildah {
+            program: "buildah".into(),
+        }
+    }
+}
+
+impl Builder for Buildah {
+    fn name(&self) -> &'static str {
+        "buildah"
+    }
+
+    fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>> {
+        let spec = &job.task.spec;
+        let work = job.work_dir;
+        // Plain-HTTP registries and the short-name default, for this task only.
+        let mut conf = String::from("unqualified-search-registries = [\"docker.io\"]\n");
+        for registry in job.insecure {
+            let _ = write!(
+                conf,
+                "\n[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"
+            );
+        }
+        let conf_path = work.join("registries.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut env = BTreeMap::from([(
+            "CONTAINERS_REGISTRIES_CONF".to_string(),
+            conf_path.display().to_string(),
+        )]);
+        if let Some(dir) = job.docker_config {
+            env.insert(
+                "REGISTRY_AUTH_FILE".to_string(),
+                dir.join("config.json").display().to_string(),
+            );
+        }
+        let base = vec![
+            self.program.clone(),
+            "--storage-driver=vfs".into(),
+            format!("--root={}", work.join("storage").display()),
+            format!("--runroot={}", work.join("run").display()),
+        ];
+        let image = format!("localhost/bakery-task:{}", job.task.arch);
+
+        let mut build = base.clone();
+        build.extend([
+            "build".into(),
+            "--isolation=chroot".into(),
+            format!("--platform={}", spec.custom_platform),
+            format!("--file={}", job.dockerfile().display()),
+            format!("--tag={image}"),
+        ]);
+        // Buildah defines TARGETPLATFORM and friends from --platform itself.
+        for (k, v) in &spec.build_args {
+            build.push(format!("--build-arg={k}={v}"));
+        }
+        if let Some(target) = &spec.target {
+            build.push(format!("--target={target}"));
+        }
+        for (k, v) in &spec.labels {
+            build.push(format!("--label={k}={v}"));
+        }
+        if spec.cache.enable == Some(true) {
+            build.push("--layers".into());
+            if let Some(repo) = &spec.cache.repo {
+                build.push(format!("--cache-from={repo}"));
+                build.push(format!("--cache-to={repo}"));
+            }
+            if let Some(ttl) = &spec.cache.ttl {
+                build.push(format!("--cache-ttl={ttl}"));
+            }
+        }
+        for from in &spec.cache_from {
+            build.push(format!("--cache-from={from}"));
+        }
+        build.extend(spec.extra_flags.iter().cloned());
+        build.push(job.context_dir.display().to_string());
+        let mut steps = vec![Step {
+            argv: build,
+            env: env.clone(),
+            what: "build",
+        }];
+
+        if let (Some(dest), false) = (&job.task.push, spec.no_push) {
+            let mut push = base;
+            push.extend([
+                "push".into(),
+                format!("--digestfile={}", job.digest_file().display()),
+                image,
+                format!("docker://{dest}"),
+            ]);
+            steps.push(Step {
+                argv: push,
+                env,
+                what: "push",
+            });
+        }
+        Ok(steps)
+    }
+}

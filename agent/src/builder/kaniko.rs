@@ -1,0 +1,92 @@
+//! Kaniko's executor, as in the production agent image.
+
+use std::collections::BTreeMap;
+
+use super::{Builder, Job, Step};
+
+pub struct Kaniko {
+    pub executor: String,
+}
+
+impl Default for Kaniko {
+    fn default() -> Self {
+        Kaniko {
+            executor: "/kaniko/executor".into(),
+        }
+    }
+}
+
+impl Builder for Kaniko {
+    fn name(&self) -> &'static str {
+        "kaniko"
+    }
+
+    fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>> {
+        let spec = &job.task.spec;
+        let mut a = vec![
+            self.executor.clone(),
+            format!("--context=dir://{}", job.context_dir.display()),
+            format!("--dockerfile={}", job.dockerfile().display()),
+        ];
+        match (&job.task.push, spec.no_push) {
+            (Some(dest), false) => a.push(format!("--destination={dest}")),
+            _ => a.push("--no-push".into()),
+        }
+        a.push(format!("--digest-file={}", job.digest_file().display()));
+        a.push(format!("--custom-platform={}", spec.custom_platform));
+        for (k, v) in job.build_args() {
+            a.push(format!("--build-arg={k}={v}"));
+        }
+        if let Some(target) = &spec.target {
+            a.push(format!("--target={target}"));
+        }
+        for (k, v) in &spec.labels {
+            a.push(format!("--label={k}={v}"));
+        }
+        if spec.cache.enable == Some(true) {
+            a.push("--cache=true".into());
+            if let Some(repo) = &spec.cache.repo {
+                a.push(format!("--cache-repo={repo}"));
+            }
+            if let Some(ttl) = &spec.cache.ttl {
+                a.push(format!("--cache-ttl={ttl}"));
+            }
+            if spec.cache.copy_layers == Some(true) {
+                a.push("--cache-copy-layers".into());
+            }
+            if let Some(run) = spec.cache.run_layers {
+                a.push(format!("--cache-run-layers={run}"));
+            }
+            if let Some(compressed) = spec.cache.compressed {
+                a.push(format!("--compressed-caching={compressed}"));
+            }
+        }
+        if let Some(mode) = &spec.snapshot_mode {
+            a.push(format!("--snapshot-mode={mode}"));
+        }
+        if spec.use_new_run {
+            a.push("--use-new-run".into());
+        }
+        if spec.cleanup {
+            a.push("--cleanup".into());
+        }
+        for path in &spec.ignore_path {
+            a.push(format!("--ignore-path={path}"));
+        }
+        // The agent's own work dir must never end up in the image.
+        a.push(format!("--ignore-path={}", job.work_dir.display()));
+        for registry in job.insecure {
+            a.push(format!("--insecure-registry={registry}"));
+        }
+        a.extend(spec.extra_flags.iter().cloned());
+        let mut env = BTreeMap::new();
+        if let Some(dir) = job.docker_config {
+            env.insert("DOCKER_CONFIG".to_string(), dir.display().to_string());
+        }
+        Ok(vec![Step {
+            argv: a,
+            env,
+            what: "build and push",
+        }])
+    }
+}

@@ -1,0 +1,84 @@
+//! Daemonless builders. Each turns a task into the command lines that build
+//! and push it and leave the pushed manifest digest in `<work>/digest`.
+//! Command lines are plain data so tests can check them exactly.
+
+mod buildah;
+mod kaniko;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bakery_core::api::AgentTask;
+use bakery_core::Arch;
+
+pub use buildah::Buildah;
+pub use kaniko::Kaniko;
+
+/// Everything a builder needs besides the task.
+pub struct Job<'a> {
+    pub task: &'a AgentTask,
+    pub context_dir: &'a Path,
+    pub work_dir: &'a Path,
+    /// A directory holding `config.json` with registry logins, if any.
+    pub docker_config: Option<&'a Path>,
+    /// Registries reached over plain HTTP.
+    pub insecure: &'a [String],
+}
+
+impl Job<'_> {
+    pub fn digest_file(&self) -> PathBuf {
+        self.work_dir.join("digest")
+    }
+
+    pub fn dockerfile(&self) -> PathBuf {
+        self.context_dir.join(&self.task.spec.dockerfile)
+    }
+
+    /// Build args: the platform variables BuildKit defines, then the user's
+    /// (which win on a clash).
+    pub fn build_args(&self) -> BTreeMap<String, String> {
+        let target = &self.task.spec.custom_platform;
+        let mut parts = target.split('/');
+        let (os, arch, variant) = (
+            parts.next().unwrap_or("linux").to_string(),
+            parts.next().unwrap_or(self.task.arch.as_str()).to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let host = Arch::host();
+        let mut args = BTreeMap::from([
+            ("TARGETPLATFORM".to_string(), target.clone()),
+            ("TARGETOS".to_string(), os),
+            ("TARGETARCH".to_string(), arch),
+            ("TARGETVARIANT".to_string(), variant),
+            ("BUILDPLATFORM".to_string(), host.platform().to_string()),
+            ("BUILDOS".to_string(), "linux".to_string()),
+            ("BUILDARCH".to_string(), host.as_str().to_string()),
+        ]);
+        args.extend(self.task.spec.build_args.clone());
+        args
+    }
+}
+
+/// One process to run: argv and extra environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// What the step is, for messages ("build", "push").
+    pub what: &'static str,
+}
+
+pub trait Builder: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Prepares files the steps need (configuration), then lists the steps.
+    fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>>;
+}
+
+/// Picks a builder by name (`BAKERY_BUILDER`).
+pub fn by_name(name: &str) -> Option<Box<dyn Builder>> {
+    match name {
+        "kaniko" => Some(Box::new(Kaniko::default())),
+        "buildah" => Some(Box::new(Buildah::default())),
+        _ => None,
+    }
+}

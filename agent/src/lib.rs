@@ -1,0 +1,311 @@
+//! bakery-agent: one build of one arch, then exit.
+//!
+//! Read top-down: [`run`] checks in with the controller ([`controller`]),
+//! downloads and safely unpacks the context ([`extract`]), runs the
+//! pre-script, builds and pushes with a daemonless [`builder`], runs the
+//! post-script, and reports the pushed digest. Every line printed on the way
+//! is redacted and streamed to the controller as it happens ([`logs`]).
+
+pub mod builder;
+pub mod controller;
+pub mod extract;
+pub mod logs;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bakery_core::api::{AgentResult, AgentTask, ContextSource};
+use bakery_core::redact::Redactor;
+use base64::Engine;
+use futures_util::TryStreamExt;
+use tokio::process::Command;
+
+use builder::Job;
+use controller::{Controller, ControllerError};
+use logs::LogSink;
+
+/// The agent's settings, from the environment the platform gave it.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub controller_url: String,
+    pub task_id: String,
+    pub token: String,
+    pub builder: String,
+    pub work_dir: PathBuf,
+    pub insecure: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+    #[error("unknown builder `{0}`; expected kaniko or buildah")]
+    UnknownBuilder(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed ({status}){}", last_line.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
+    Step {
+        what: String,
+        status: String,
+        last_line: Option<String>,
+    },
+    #[error("the context source {0} is not supported by this agent")]
+    ContextSource(String),
+    #[error("the builder did not write the pushed digest to {0}")]
+    NoDigest(PathBuf),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Runs the task to the end and reports. Returns whether it succeeded.
+pub async fn run(cfg: AgentConfig) -> bool {
+    let controller = Controller::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
+    let (log, shipper) = logs::start(controller.clone());
+    let outcome = work(&cfg, &controller, &log).await;
+    let result = match outcome {
+        Ok(digest) => AgentResult::Succeeded { digest },
+        Err(AgentError::Controller(ControllerError::Refused {
+            status, message, ..
+        })) if status == reqwest::StatusCode::CONFLICT
+            || status == reqwest::StatusCode::UNAUTHORIZED =>
+        {
+            // The controller does not want this agent (already checked in,
+            // finished, or cancelled): nothing to report.
+            eprintln!("bakery-agent: the controller refused this task: {message}");
+            shipper.finish(log).await;
+            let _ = std::fs::remove_dir_all(&cfg.work_dir);
+            return false;
+        }
+        Err(e) => {
+            log.line(format!("error: {e}"));
+            AgentResult::Failed {
+                error: e.to_string(),
+            }
+        }
+    };
+    shipper.finish(log).await;
+    let _ = std::fs::remove_dir_all(&cfg.work_dir);
+    let ok = matches!(result, AgentResult::Succeeded { .. });
+    if let Err(e) = controller.result(&result).await {
+        eprintln!("bakery-agent: could not report the result: {e}");
+        return false;
+    }
+    ok
+}
+
+async fn work(
+    cfg: &AgentConfig,
+    controller: &Controller,
+    log: &LogSink,
+) -> Result<Option<String>, AgentError> {
+    let builder = builder::by_name(&cfg.builder)
+        .ok_or_else(|| AgentError::UnknownBuilder(cfg.builder.clone()))?;
+    let task = controller.spec().await?;
+    log.set_redactor(Redactor::for_spec(&task.spec));
+    log.line(format!(
+        "bakery-agent {} building {} for {} with {}",
+        env!("CARGO_PKG_VERSION"),
+        task.push.as_deref().unwrap_or("(no push)"),
+        task.spec.custom_platform,
+        builder.name()
+    ));
+
+    let context_dir = cfg.work_dir.join("context");
+    std::fs::create_dir_all(&context_dir)
+        .map_err(io(format!("creating {}", context_dir.display())))?;
+    let started = Instant::now();
+    let extracted = download(controller, &task, &context_dir).await?;
+    log.line(format!(
+        "context: {} entries, {} bytes, unpacked in {:.2}s",
+        extracted.entries,
+        extracted.bytes,
+        started.elapsed().as_secs_f64()
+    ));
+
+    let docker_config = write_docker_config(&cfg.work_dir, &task)?;
+    let mut insecure = cfg.insecure.clone();
+    if let Some(dest) = &task.push {
+        let host = dest.split('/').next().unwrap_or_default().to_string();
+        if bakery_core::registry::is_insecure(&host, &cfg.insecure) && !insecure.contains(&host) {
+            insecure.push(host);
+        }
+    }
+
+    if let Some(script) = &task.spec.pre_script {
+        log.line("running pre-script");
+        script_step("pre-script", script, &context_dir, &task, log).await?;
+    }
+
+    let job = Job {
+        task: &task,
+        context_dir: &context_dir,
+        work_dir: &cfg.work_dir,
+        docker_config: docker_config.as_deref(),
+        insecure: &insecure,
+    };
+    let steps = builder.steps(&job).map_err(io("preparing the builder"))?;
+    for step in steps {
+        let mut cmd = Command::new(&step.argv[0]);
+        cmd.args(&step.argv[1..])
+            .envs(&task.spec.env)
+            .envs(&step.env)
+            .current_dir(&context_dir);
+        let started = Instant::now();
+        let (status, tail) = process::run_streaming(cmd, log, 20)
+            .await
+            .map_err(io(format!("starting {}", step.argv[0])))?;
+        if !status.success() {
+            return Err(AgentError::Step {
+                what: format!("{} {}", builder.name(), step.what),
+                status: describe(status),
+                last_line: last_meaningful(&tail),
+            });
+        }
+        log.line(format!(
+            "{} {} finished in {:.1}s",
+            builder.name(),
+            step.what,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+
+    let digest = if task.push.is_some() && !task.spec.no_push {
+        let file = job.digest_file();
+        let text =
+            std::fs::read_to_string(&file).map_err(|_| AgentError::NoDigest(file.clone()))?;
+        let digest = text.trim().to_string();
+        if !digest.starts_with("sha256:") {
+            return Err(AgentError::NoDigest(file));
+        }
+        Some(digest)
+    } else {
+        None
+    };
+
+    if let Some(script) = &task.spec.post_script {
+        log.line("running post-script");
+        script_step("post-script", script, &context_dir, &task, log).await?;
+    }
+    Ok(digest)
+}
+
+/// Streams the context from where the controller says it is into the
+/// extractor: no temporary archive on disk.
+async fn download(
+    controller: &Controller,
+    task: &AgentTask,
+    dest: &Path,
+) -> Result<extract::Extracted, AgentError> {
+    let (key, response) = match &task.context {
+        ContextSource::Controller { key } => (key.clone(), controller.context().await?),
+        ContextSource::S3 { bucket, key } => {
+            return Err(AgentError::ContextSource(format!("s3://{bucket}/{key}")));
+        }
+    };
+    let zstd = key.ends_with(".zst");
+    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let sync = tokio_util::io::SyncIoBridge::new(reader);
+        extract::extract_compressed(sync, zstd, &dest, extract::Limits::default())
+    })
+    .await
+    .map_err(|e| AgentError::Io {
+        what: "unpacking the context".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(AgentError::from)
+}
+
+/// Registry logins as a Docker `config.json`, readable by the agent only.
+fn write_docker_config(work: &Path, task: &AgentTask) -> Result<Option<PathBuf>, AgentError> {
+    if task.spec.credentials.is_empty() {
+        return Ok(None);
+    }
+    let mut auths = serde_json::Map::new();
+    for c in &task.spec.credentials {
+        let key = if c.registry == "docker.io" || c.registry == "index.docker.io" {
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            c.registry.clone()
+        };
+        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            c.username,
+            c.password.expose()
+        ));
+        auths.insert(key, serde_json::json!({ "auth": token }));
+    }
+    let dir = work.join("docker");
+    std::fs::create_dir_all(&dir).map_err(io("creating the registry config dir"))?;
+    let path = dir.join("config.json");
+    let body = serde_json::to_vec(&serde_json::json!({ "auths": auths })).expect("json serialises");
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("writing the registry config"))?;
+        f.write_all(&body)
+            .map_err(io("writing the registry config"))?;
+    }
+    Ok(Some(dir))
+}
+
+async fn script_step(
+    what: &str,
+    script: &str,
+    dir: &Path,
+    task: &AgentTask,
+    log: &LogSink,
+) -> Result<(), AgentError> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-ce")
+        .arg(script)
+        .current_dir(dir)
+        .envs(&task.spec.env);
+    let (status, tail) = process::run_streaming(cmd, log, 20)
+        .await
+        .map_err(io(format!("starting the {what}")))?;
+    if !status.success() {
+        return Err(AgentError::Step {
+            what: what.to_string(),
+            status: describe(status),
+            last_line: last_meaningful(&tail),
+        });
+    }
+    Ok(())
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => "killed by a signal".into(),
+    }
+}
+
+/// The last line that says something: builders end with blank lines and
+/// generic trailers ("error building at STEP").
+fn last_meaningful(tail: &[String]) -> Option<String> {
+    tail.iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(500).collect())
+}

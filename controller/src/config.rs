@@ -1,0 +1,165 @@
+//! Controller configuration, from environment variables as the original
+//! README names them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bakery_core::resources::{Cpu, Memory};
+use bakery_core::Platform;
+use serde::{Deserialize, Deserializer};
+
+/// Everything the controller reads from its environment.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen_addr: String,
+    /// The URL agents use to reach the controller. Default: derived from the
+    /// listen address (right for the local platform only).
+    pub controller_url: Option<String>,
+    /// The platform for builds that name none.
+    #[serde(default = "default_platform")]
+    pub default_platform: Platform,
+    /// How long an agent may take to start and check in.
+    #[serde(default = "ten_minutes", deserialize_with = "duration")]
+    pub build_task_timeout: Duration,
+    /// How long a checked-in agent may take to report its result.
+    #[serde(default = "ten_minutes", deserialize_with = "duration")]
+    pub build_result_timeout: Duration,
+    #[serde(default = "default_cpu")]
+    pub default_build_cpu: Cpu,
+    #[serde(default = "default_memory")]
+    pub default_build_memory: Memory,
+    /// S3 bucket for build contexts. Unset: contexts are stored in DATA_DIR
+    /// and uploaded to the controller itself.
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_ssl: Option<bool>,
+    /// Where the controller keeps contexts (without S3) and agent work dirs.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The agent executable for the local platform. Default: `bakery-agent`
+    /// next to the running executable, then on PATH.
+    pub agent_binary: Option<PathBuf>,
+    /// Registries reached over plain HTTP besides loopback ones, comma-separated.
+    #[serde(default)]
+    pub insecure_registries: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_platform() -> Platform {
+    Platform::Local
+}
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_cpu() -> Cpu {
+    Cpu::from_millis(500)
+}
+fn default_memory() -> Memory {
+    Memory::from_mib(2048)
+}
+fn default_data_dir() -> PathBuf {
+    std::env::temp_dir().join("bakery-controller")
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!("`{text}` is not a duration like 10m or 90s: {e}"))
+    })
+}
+
+/// A configuration variable that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("controller configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads configuration from `vars` (the environment, or a test's map).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // Empty values mean unset, as in most .env files.
+        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
+        envy::from_iter::<_, Config>(vars).map_err(|e| {
+            // envy names fields in lowercase; users set them in uppercase.
+            let text = e.to_string();
+            let upper = regex::Regex::new(r"field `?([a-z0-9_]+)`?")
+                .map(|re| {
+                    re.replace_all(&text, |c: &regex::Captures| {
+                        format!("variable {}", c[1].to_uppercase())
+                    })
+                    .into_owned()
+                })
+                .unwrap_or(text);
+            ConfigError(upper)
+        })
+    }
+
+    pub fn insecure_registries(&self) -> Vec<String> {
+        bakery_core::registry::parse_list(&self.insecure_registries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_match_the_reference_readme() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.build_task_timeout, Duration::from_secs(600));
+        assert_eq!(c.build_result_timeout, Duration::from_secs(600));
+        assert_eq!(c.default_build_cpu.millis(), 500);
+        assert_eq!(c.default_build_memory.mib(), 2048);
+        assert_eq!(c.default_platform, Platform::Local);
+    }
+
+    #[test]
+    fn reads_the_documented_variables() {
+        let c = config(&[
+            ("BUILD_TASK_TIMEOUT", "90s"),
+            ("BUILD_RESULT_TIMEOUT", "1h"),
+            ("DEFAULT_BUILD_CPU", "2"),
+            ("DEFAULT_BUILD_MEMORY", "4G"),
+            ("DEFAULT_PLATFORM", "ecs"),
+            ("S3_BUCKET", "b"),
+            ("S3_SSL", "false"),
+            ("CONTROLLER_URL", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.build_task_timeout, Duration::from_secs(90));
+        assert_eq!(c.build_result_timeout, Duration::from_secs(3600));
+        assert_eq!(c.default_build_cpu.millis(), 2000);
+        assert_eq!(c.default_build_memory.mib(), 4096);
+        assert_eq!(c.default_platform, Platform::Ecs);
+        assert_eq!(c.s3_bucket.as_deref(), Some("b"));
+        assert_eq!(c.s3_ssl, Some(false));
+        assert_eq!(c.controller_url, None, "empty means unset");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = config(&[("BUILD_TASK_TIMEOUT", "ten minutes")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ten minutes"), "{e}");
+        let e = config(&[("DEFAULT_BUILD_MEMORY", "2048")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no unit"), "{e}");
+    }
+}

@@ -1,0 +1,164 @@
+//! Joining per-arch images into one multi-arch index.
+//!
+//! The index pins the exact digests the agents reported (the original tool
+//! re-pulled the per-arch tags, which a concurrent push could have moved).
+//! Its type follows the per-arch manifests: an OCI image index over OCI
+//! manifests, a Docker manifest list over Docker v2 manifests. The body is
+//! built and hashed here, so the digest we report is the one we pushed.
+
+use std::time::Duration;
+
+use bakery_core::settings::Credential;
+use bakery_core::Arch;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("`{0}` is not an image reference: {1}")]
+    Reference(String, String),
+    #[error("reading the {arch} manifest {digest} from {repo}: {message}")]
+    Read {
+        arch: Arch,
+        digest: String,
+        repo: String,
+        message: String,
+    },
+    #[error(
+        "the {arch} manifest {digest} has media type `{media_type}`, which cannot go in an index"
+    )]
+    MediaType {
+        arch: Arch,
+        digest: String,
+        media_type: String,
+    },
+    #[error("pushing the index to {dest}: {message}")]
+    Push { dest: String, message: String },
+}
+
+/// Writes the index at `destination` over `entries` (arch, manifest digest)
+/// and returns its digest.
+pub async fn write_index(
+    destination: &str,
+    entries: &[(Arch, String)],
+    credentials: &[Credential],
+    insecure: &[String],
+) -> Result<String, IndexError> {
+    let reference: Reference = destination.parse().map_err(|e: oci_client::ParseError| {
+        IndexError::Reference(destination.into(), e.to_string())
+    })?;
+    let registry = reference.registry().to_string();
+    let mut http_hosts = insecure.to_vec();
+    if bakery_core::registry::is_insecure(&registry, insecure) {
+        http_hosts.push(registry.clone());
+    }
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(http_hosts),
+        ..ClientConfig::default()
+    });
+    let auth = credentials
+        .iter()
+        .find(|c| {
+            c.registry == registry || (registry == "docker.io" && c.registry.contains("docker.io"))
+        })
+        .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string()))
+        .unwrap_or(RegistryAuth::Anonymous);
+
+    let mut manifests = Vec::new();
+    let mut media_types = Vec::new();
+    for (arch, digest) in entries {
+        let by_digest = Reference::with_digest(
+            registry.clone(),
+            reference.repository().to_string(),
+            digest.clone(),
+        );
+        let (body, _) = retry(|| {
+            client.pull_manifest_raw(
+                &by_digest,
+                &auth,
+                &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
+            )
+        })
+        .await
+        .map_err(|e| IndexError::Read {
+            arch: *arch,
+            digest: digest.clone(),
+            repo: format!("{registry}/{}", reference.repository()),
+            message: e.to_string(),
+        })?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_string());
+        if media_type != OCI_IMAGE_MEDIA_TYPE && media_type != IMAGE_MANIFEST_MEDIA_TYPE {
+            return Err(IndexError::MediaType {
+                arch: *arch,
+                digest: digest.clone(),
+                media_type,
+            });
+        }
+        let mut platform = json!({"architecture": arch.as_str(), "os": "linux"});
+        if *arch == Arch::Arm64 {
+            platform["variant"] = json!("v8");
+        }
+        manifests.push(json!({
+            "mediaType": media_type,
+            "digest": digest,
+            "size": body.len(),
+            "platform": platform,
+        }));
+        media_types.push(media_type);
+    }
+    let index_type = if media_types.iter().all(|m| m == IMAGE_MANIFEST_MEDIA_TYPE) {
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE
+    } else {
+        OCI_IMAGE_INDEX_MEDIA_TYPE
+    };
+    let index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests});
+    let body = serde_json::to_vec(&index).expect("json values serialise");
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    let content_type = index_type
+        .parse()
+        .expect("media types are valid header values");
+    client.store_auth_if_needed(&registry, &auth).await;
+    retry(|| client.push_manifest_raw(&reference, body.clone(), Clone::clone(&content_type)))
+        .await
+        .map_err(|e| IndexError::Push {
+            dest: destination.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(digest)
+}
+
+/// Three tries with growing pauses: registries drop the odd request.
+async fn retry<T, E: std::fmt::Display, F, Fut>(mut call: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 3 => {
+                tracing::warn!("registry request failed (attempt {attempt}), retrying: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! HTTP handlers. Client endpoints first, then the agent's.
+//!
+//! Every failure answers 4xx/5xx with `{"error": "..."}` that says what to
+//! do; no handler panics on input.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bakery_core::api::{
+    self, AgentLogs, AgentResult, AgentTask, ApiError, BuildStatus, ContextSource, ContextStore,
+    CreateBuild, Created, Info, TaskState,
+};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+
+use crate::state::{new_build_id, token_matches, Build};
+use crate::App;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/builds", post(create_build))
+        .route("/v1/builds/{id}", get(build_status))
+        .route("/v1/builds/{id}/logs", get(follow_logs))
+        .route("/v1/builds/{id}/cancel", post(cancel_build))
+        .route("/v1/contexts/{*key}", put(put_context).head(head_context))
+        .route("/v1/agent/tasks/{task}/spec", get(agent_spec))
+        .route("/v1/agent/tasks/{task}/context", get(agent_context))
+        .route("/v1/agent/tasks/{task}/logs", post(agent_logs))
+        .route("/v1/agent/tasks/{task}/result", post(agent_result))
+        .layer(axum::extract::DefaultBodyLimit::max(app.body_limit))
+        .with_state(app)
+}
+
+/// An API error: a status and a message for the caller.
+pub struct Failure(StatusCode, String);
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Failure(status, message.into())
+    }
+    fn not_found(what: &str, id: &str) -> Self {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("no {what} `{id}` on this controller"),
+        )
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+async fn info(State(app): State<Arc<App>>) -> Json<Info> {
+    Json(Info {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        context_store: match &app.config.s3_bucket {
+            Some(bucket) => ContextStore::S3 {
+                bucket: bucket.clone(),
+            },
+            None => ContextStore::Controller,
+        },
+        default_platform: app.config.default_platform,
+    })
+}
+
+async fn create_build(
+    State(app): State<Arc<App>>,
+    request: std::result::Result<Json<CreateBuild>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Created>)> {
+    let Json(request) =
+        request.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if request.tasks.is_empty() {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a build needs at least one task",
+        ));
+    }
+    for (i, t) in request.tasks.iter().enumerate() {
+        if request.tasks[..i].iter().any(|o| o.arch == t.arch) {
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("arch {} appears twice", t.arch),
+            ));
+        }
+        if t.push.is_none() && !t.spec.no_push {
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the {} task has no push destination", t.arch),
+            ));
+        }
+        app.disk
+            .path(&t.context_key)
+            .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    }
+    let platform = request
+        .tasks
+        .iter()
+        .find_map(|t| t.spec.platform)
+        .unwrap_or(app.config.default_platform);
+    if platform != app.config.default_platform {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "this controller runs agents on `{}`; the build asks for `{platform}` (remove `platform` from the config, or use a controller for {platform})",
+                app.config.default_platform
+            ),
+        ));
+    }
+    if app.config.s3_bucket.is_none() {
+        for t in &request.tasks {
+            if !app.disk.exists(&t.context_key).await.unwrap_or(false) {
+                return Err(Failure::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "context {} was not uploaded; PUT it to /v1/contexts/{} first",
+                        t.context_key, t.context_key
+                    ),
+                ));
+            }
+        }
+    }
+    let id = new_build_id();
+    let build = Arc::new(Build::new(id.clone(), request, platform));
+    app.builds.insert(Arc::clone(&build));
+    tracing::info!(build = %id, service = %build.status().service, "build created");
+    tokio::spawn(crate::supervisor::run(Arc::clone(&app), build));
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+fn find(app: &App, id: &str) -> Result<Arc<Build>> {
+    app.builds
+        .get(id)
+        .ok_or_else(|| Failure::not_found("build", id))
+}
+
+async fn build_status(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<BuildStatus>> {
+    Ok(Json(find(&app, &id)?.status()))
+}
+
+async fn cancel_build(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<BuildStatus>)> {
+    let build = find(&app, &id)?;
+    {
+        let mut inner = build.lock();
+        if !inner.status.state.is_terminal() {
+            inner.cancel_requested = true;
+        }
+    }
+    build.touch();
+    Ok((StatusCode::ACCEPTED, Json(build.status())))
+}
+
+#[derive(Deserialize)]
+struct FollowQuery {
+    /// Resume after this seq (same as the `Last-Event-ID` header).
+    after: Option<u64>,
+}
+
+/// Server-sent events: `log` lines (id = seq), `status` changes, and a final
+/// `end`. A reconnecting client sends `Last-Event-ID` and gets every line
+/// after it exactly once.
+async fn follow_logs(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(query): Query<FollowQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let build = find(&app, &id)?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(query.after)
+        .unwrap_or(0);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let mut changed = build.subscribe();
+        let mut cursor = after;
+        let mut last_status: Option<BuildStatus> = None;
+        loop {
+            let (lines, status) = build.snapshot_after(cursor);
+            for line in lines {
+                cursor = line.seq;
+                let event = Event::default()
+                    .event(api::event::LOG)
+                    .id(line.seq.to_string())
+                    .json_data(&line)
+                    .expect("log events serialise");
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            let terminal = status.state.is_terminal();
+            if last_status.as_ref() != Some(&status) {
+                let name = if terminal {
+                    api::event::END
+                } else {
+                    api::event::STATUS
+                };
+                let event = Event::default()
+                    .event(name)
+                    .json_data(&status)
+                    .expect("status serialises");
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+                last_status = Some(status);
+            }
+            if terminal {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let events = stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+async fn head_context(State(app): State<Arc<App>>, Path(key): Path<String>) -> Result<StatusCode> {
+    match app.disk.exists(&key).await {
+        Ok(true) => Ok(StatusCode::OK),
+        Ok(false) => Ok(StatusCode::NOT_FOUND),
+        Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+async fn put_context(
+    State(app): State<Arc<App>>,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<StatusCode> {
+    if app.config.s3_bucket.is_some() {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "this controller stores contexts in S3; upload there (S3_BUCKET)",
+        ));
+    }
+    if app.disk.exists(&key).await.unwrap_or(false) {
+        return Ok(StatusCode::OK);
+    }
+    use crate::store::StoreError;
+    match app.disk.put(&key, body.into_data_stream()).await {
+        Ok(_) => Ok(StatusCode::CREATED),
+        Err(
+            e @ (StoreError::BadKey(_) | StoreError::DigestMismatch { .. } | StoreError::Body(_)),
+        ) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ StoreError::TooLarge(_)) => {
+            Err(Failure::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+        }
+        Err(e) => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
+}
+
+/// Resolves an agent's bearer token to its task. Tokens of finished tasks
+/// are no longer accepted.
+fn agent_task(app: &App, task: &str, headers: &HeaderMap) -> Result<(Arc<Build>, usize)> {
+    let unauthorized = || Failure::new(StatusCode::UNAUTHORIZED, "missing or wrong task token");
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    let (build, index) = app.builds.task(task).ok_or_else(unauthorized)?;
+    let valid = {
+        let inner = build.lock();
+        token_matches(given, &inner.runtime[index].token)
+            && !inner.status.tasks[index].state.is_terminal()
+    };
+    if !valid {
+        return Err(unauthorized());
+    }
+    Ok((build, index))
+}
+
+async fn agent_spec(
+    State(app): State<Arc<App>>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<AgentTask>> {
+    let (build, index) = agent_task(&app, &task, &headers)?;
+    let spec = {
+        let mut inner = build.lock();
+        if inner.status.tasks[index].state != TaskState::Starting {
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "this task has already checked in",
+            ));
+        }
+        inner.status.tasks[index].state = TaskState::Running;
+        inner.runtime[index].checked_in_at = Some(Instant::now());
+        let req = &inner.request.tasks[index];
+        AgentTask {
+            build_id: build.id.clone(),
+            task_id: task.clone(),
+            arch: req.arch,
+            push: req.push.clone(),
+            context: match &app.config.s3_bucket {
+                Some(bucket) => ContextSource::S3 {
+                    bucket: bucket.clone(),
+                    key: req.context_key.clone(),
+                },
+                None => ContextSource::Controller {
+                    key: req.context_key.clone(),
+                },
+            },
+            spec: req.spec.clone(),
+        }
+    };
+    build.log(index, "agent started");
+    Ok(Json(spec))
+}
+
+async fn agent_context(
+    State(app): State<Arc<App>>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (build, index) = agent_task(&app, &task, &headers)?;
+    let key = build.lock().request.tasks[index].context_key.clone();
+    let path = app
+        .disk
+        .path(&key)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Failure::new(StatusCode::NOT_FOUND, format!("context {key}: {e}")))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 16));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+async fn agent_logs(
+    State(app): State<Arc<App>>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+    batch: std::result::Result<Json<AgentLogs>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode> {
+    let (build, index) = agent_task(&app, &task, &headers)?;
+    let Json(batch) = batch.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    build.append_agent_lines(index, &batch.lines);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn agent_result(
+    State(app): State<Arc<App>>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+    result: std::result::Result<Json<AgentResult>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode> {
+    let (build, index) = agent_task(&app, &task, &headers)?;
+    let Json(result) = result.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let message = {
+        let mut inner = build.lock();
+        let arch = inner.status.tasks[index].arch;
+        match result {
+            AgentResult::Succeeded { digest } => {
+                let wants_push = inner.status.tasks[index].push.is_some();
+                if wants_push && digest.is_none() {
+                    inner.finish_task(
+                        index,
+                        TaskState::Failed,
+                        Some("the agent reported success without a digest".into()),
+                    );
+                    format!("error: the {arch} agent reported success without a digest")
+                } else {
+                    inner.status.tasks[index].digest = digest.clone();
+                    inner.finish_task(index, TaskState::Succeeded, None);
+                    match digest {
+                        Some(d) => format!(
+                            "pushed {}@{d}",
+                            inner.status.tasks[index].push.clone().unwrap_or_default()
+                        ),
+                        None => "built (not pushed)".to_string(),
+                    }
+                }
+            }
+            AgentResult::Failed { error } => {
+                inner.finish_task(index, TaskState::Failed, Some(error.clone()));
+                format!("error: {error}")
+            }
+        }
+    };
+    // The line goes in after the state change; the token is now spent, so log directly.
+    build.log(index, &message);
+    Ok(StatusCode::NO_CONTENT)
+}

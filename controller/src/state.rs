@@ -1,0 +1,270 @@
+//! Builds, their tasks and their logs, in memory.
+//!
+//! Each build keeps its whole log, so any number of followers can read it
+//! from any point: every follower sees every line (the original tool's
+//! followers shared one channel and split the lines between them). A
+//! `watch` channel wakes followers and the supervisor on every change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bakery_core::api::{
+    now_ms, AgentLine, BuildState, BuildStatus, CreateBuild, LogEvent, TaskState, TaskStatus,
+};
+use bakery_core::redact::Redactor;
+use bakery_core::Platform;
+use tokio::sync::watch;
+
+/// A task's private bookkeeping, beside its public [`TaskStatus`].
+#[derive(Debug)]
+pub struct TaskRuntime {
+    pub token: String,
+    /// Highest agent line seq received, to drop resent batches.
+    pub agent_seq: u64,
+    pub launched_at: Option<Instant>,
+    pub checked_in_at: Option<Instant>,
+    /// The platform's handle, once launched.
+    pub handle: Option<String>,
+    /// Set when the platform reports the agent gone.
+    pub exited: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub status: BuildStatus,
+    pub request: CreateBuild,
+    pub runtime: Vec<TaskRuntime>,
+    pub logs: Vec<LogEvent>,
+    pub cancel_requested: bool,
+    pub redactor: Redactor,
+}
+
+/// One build: shared by the API handlers, its supervisor and its followers.
+#[derive(Debug)]
+pub struct Build {
+    pub id: String,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+impl Build {
+    pub fn new(id: String, request: CreateBuild, platform: Platform) -> Build {
+        let tasks: Vec<TaskStatus> = request
+            .tasks
+            .iter()
+            .map(|t| TaskStatus {
+                id: format!("{id}-{}", t.arch),
+                arch: t.arch,
+                state: TaskState::Starting,
+                push: t.push.clone(),
+                digest: None,
+                error: None,
+                started_ms: None,
+                finished_ms: None,
+            })
+            .collect();
+        let runtime = tasks
+            .iter()
+            .map(|_| TaskRuntime {
+                token: random_token(),
+                agent_seq: 0,
+                launched_at: None,
+                checked_in_at: None,
+                handle: None,
+                exited: None,
+            })
+            .collect();
+        let redactor = Redactor::new(request.tasks.iter().flat_map(|t| {
+            t.spec
+                .credentials
+                .iter()
+                .map(|c| c.password.expose().to_string())
+        }));
+        let status = BuildStatus {
+            id: id.clone(),
+            service: request.service.clone(),
+            state: BuildState::Running,
+            destination: request.destination.clone(),
+            index_digest: None,
+            error: None,
+            platform,
+            created_ms: now_ms(),
+            finished_ms: None,
+            tasks,
+        };
+        Build {
+            id,
+            inner: Mutex::new(Inner {
+                status,
+                request,
+                runtime,
+                logs: Vec::new(),
+                cancel_requested: false,
+                redactor,
+            }),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Locks the build. Callers that change it call [`Build::touch`] after.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes everyone waiting on this build.
+    pub fn touch(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn status(&self) -> BuildStatus {
+        self.lock().status.clone()
+    }
+
+    /// Lines after `seq`, and the status as of the same moment.
+    pub fn snapshot_after(&self, seq: u64) -> (Vec<LogEvent>, BuildStatus) {
+        let inner = self.lock();
+        let start = (seq as usize).min(inner.logs.len());
+        (inner.logs[start..].to_vec(), inner.status.clone())
+    }
+
+    /// Appends a line on behalf of task `index`, redacted.
+    pub fn log(&self, index: usize, line: &str) {
+        {
+            let mut inner = self.lock();
+            inner.push_line(index, line);
+        }
+        self.touch();
+    }
+
+    /// Appends an agent's batch, skipping lines already received.
+    pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) {
+        {
+            let mut inner = self.lock();
+            for l in lines {
+                if l.seq <= inner.runtime[index].agent_seq {
+                    continue;
+                }
+                inner.runtime[index].agent_seq = l.seq;
+                inner.push_line(index, &l.line);
+            }
+        }
+        self.touch();
+    }
+}
+
+impl Inner {
+    fn push_line(&mut self, index: usize, line: &str) {
+        let line = self.redactor.redact(line);
+        let seq = self.logs.len() as u64 + 1;
+        let task = &self.status.tasks[index];
+        self.logs.push(LogEvent {
+            seq,
+            task: task.id.clone(),
+            arch: task.arch,
+            line,
+            ms: now_ms(),
+        });
+    }
+
+    /// Moves a task to a terminal state, once.
+    pub fn finish_task(&mut self, index: usize, state: TaskState, error: Option<String>) -> bool {
+        let task = &mut self.status.tasks[index];
+        if task.state.is_terminal() {
+            return false;
+        }
+        task.state = state;
+        task.error = error.map(|e| self.redactor.redact(&e));
+        task.finished_ms = Some(now_ms());
+        true
+    }
+
+    pub fn finish_build(&mut self, state: BuildState, error: Option<String>) {
+        if self.status.state.is_terminal() {
+            return;
+        }
+        self.status.state = state;
+        self.status.error = error.map(|e| self.redactor.redact(&e));
+        self.status.finished_ms = Some(now_ms());
+    }
+}
+
+/// Every build this controller knows, and which task belongs to which.
+#[derive(Debug, Default)]
+pub struct Registry {
+    builds: Mutex<HashMap<String, Arc<Build>>>,
+    tasks: Mutex<HashMap<String, (Arc<Build>, usize)>>,
+}
+
+impl Registry {
+    pub fn insert(&self, build: Arc<Build>) {
+        let task_ids: Vec<String> = build
+            .lock()
+            .status
+            .tasks
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, id) in task_ids.into_iter().enumerate() {
+            tasks.insert(id, (Arc::clone(&build), i));
+        }
+        drop(tasks);
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(build.id.clone(), build);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Build>> {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn task(&self, task_id: &str) -> Option<(Arc<Build>, usize)> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(task_id)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Build>> {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// 256 random bits, hex: build ids and task tokens.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    hex::encode(bytes)
+}
+
+/// A short id that is still unique enough for the life of a controller.
+pub fn new_build_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!("b{}", hex::encode(bytes))
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

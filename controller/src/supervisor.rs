@@ -1,0 +1,266 @@
+//! One build from launch to cleanup.
+//!
+//! The supervisor starts an agent per arch, then watches the build until it
+//! ends: an agent that does not check in within BUILD_TASK_TIMEOUT, does not
+//! report within BUILD_RESULT_TIMEOUT of checking in, or exits without
+//! reporting fails its task; a failed task stops its siblings (no point
+//! paying for an image that will not be published). Whatever happens, every
+//! agent it started is stopped before it returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bakery_core::api::{agent_env, now_ms, BuildState, TaskState};
+
+use crate::platform::{Exited, Launch};
+use crate::state::Build;
+use crate::App;
+
+/// How often deadlines are checked when nothing else wakes the supervisor.
+const TICK: Duration = Duration::from_millis(500);
+
+pub async fn run(app: Arc<App>, build: Arc<Build>) {
+    launch_all(&app, &build).await;
+    let mut changed = build.subscribe();
+    loop {
+        if evaluate(&app, &build) {
+            break;
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+    stop_all(&app, &build).await;
+    if build.status().state == BuildState::Indexing {
+        write_index(&app, &build).await;
+    }
+    let status = build.status();
+    tracing::info!(build = %build.id, state = ?status.state, error = ?status.error, "build finished");
+}
+
+async fn launch_all(app: &App, build: &Build) {
+    let launches: Vec<Launch> = {
+        let inner = build.lock();
+        inner
+            .request
+            .tasks
+            .iter()
+            .zip(&inner.status.tasks)
+            .zip(&inner.runtime)
+            .map(|((req, status), rt)| Launch {
+                build_id: build.id.clone(),
+                task_id: status.id.clone(),
+                arch: req.arch,
+                cpu: req.spec.cpu.unwrap_or(app.config.default_build_cpu),
+                memory: req.spec.memory.unwrap_or(app.config.default_build_memory),
+                spot: req.spec.spot,
+                env: BTreeMap::from([
+                    (agent_env::CONTROLLER_URL.to_string(), app.agent_url.clone()),
+                    (agent_env::TASK_ID.to_string(), status.id.clone()),
+                    (agent_env::TASK_TOKEN.to_string(), rt.token.clone()),
+                ]),
+            })
+            .collect()
+    };
+    for (index, launch) in launches.into_iter().enumerate() {
+        if build.lock().cancel_requested {
+            break;
+        }
+        let arch = launch.arch;
+        build.log(
+            index,
+            &format!("starting the {arch} agent on {}", app.platform.name()),
+        );
+        let result = app.platform.launch(launch).await;
+        {
+            let mut inner = build.lock();
+            match result {
+                Ok(handle) => {
+                    inner.runtime[index].handle = Some(handle);
+                    inner.runtime[index].launched_at = Some(Instant::now());
+                    inner.status.tasks[index].started_ms = Some(now_ms());
+                }
+                Err(e) => {
+                    inner.finish_task(index, TaskState::Failed, Some(e.to_string()));
+                }
+            }
+        }
+        build.touch();
+    }
+}
+
+/// Applies deadlines, exits and cancellation. Returns true when the build
+/// needs no more supervision (it ended, or every arch pushed).
+fn evaluate(app: &App, build: &Build) -> bool {
+    let task_timeout = app.config.build_task_timeout;
+    let result_timeout = app.config.build_result_timeout;
+    let mut messages: Vec<(usize, String)> = Vec::new();
+    let done = {
+        let mut inner = build.lock();
+        let now = Instant::now();
+        for i in 0..inner.status.tasks.len() {
+            if inner.status.tasks[i].state.is_terminal() {
+                continue;
+            }
+            let rt = &inner.runtime[i];
+            let failure = if let Some(reason) = &rt.exited {
+                Some(format!("{reason} before reporting a result"))
+            } else if inner.status.tasks[i].state == TaskState::Starting
+                && rt.launched_at.is_some_and(|t| now - t > task_timeout)
+            {
+                Some(format!(
+                    "the agent did not start within BUILD_TASK_TIMEOUT ({}); check that the platform can schedule it and pull the agent image",
+                    humantime::format_duration(task_timeout)
+                ))
+            } else if rt.checked_in_at.is_some_and(|t| now - t > result_timeout) {
+                Some(format!(
+                    "no result within BUILD_RESULT_TIMEOUT ({}) of the agent starting",
+                    humantime::format_duration(result_timeout)
+                ))
+            } else {
+                None
+            };
+            if let Some(error) = failure {
+                messages.push((i, format!("error: {error}")));
+                inner.finish_task(i, TaskState::Failed, Some(error));
+            }
+        }
+
+        if inner.cancel_requested {
+            for i in 0..inner.status.tasks.len() {
+                if inner.finish_task(i, TaskState::Cancelled, Some("cancelled".into())) {
+                    messages.push((i, "cancelled".into()));
+                }
+            }
+            inner.finish_build(BuildState::Cancelled, Some("cancelled by request".into()));
+        }
+
+        let first_failure = inner
+            .status
+            .tasks
+            .iter()
+            .find(|t| t.state == TaskState::Failed)
+            .map(|t| {
+                format!(
+                    "{} build failed: {}",
+                    t.arch,
+                    t.error.clone().unwrap_or_default()
+                )
+            });
+        if let Some(error) = first_failure {
+            for i in 0..inner.status.tasks.len() {
+                if !inner.status.tasks[i].state.is_terminal() {
+                    let arch = inner.status.tasks[i].arch;
+                    messages.push((i, format!("stopping the {arch} agent: another arch failed")));
+                    inner.finish_task(
+                        i,
+                        TaskState::Cancelled,
+                        Some("stopped: another arch failed".into()),
+                    );
+                }
+            }
+            inner.finish_build(BuildState::Failed, Some(error));
+        }
+
+        let all_pushed = inner
+            .status
+            .tasks
+            .iter()
+            .all(|t| t.state == TaskState::Succeeded);
+        if all_pushed && inner.status.state == BuildState::Running {
+            if inner.request.destination.is_some() {
+                inner.status.state = BuildState::Indexing;
+            } else {
+                inner.finish_build(BuildState::Succeeded, None);
+            }
+        }
+        inner.status.state != BuildState::Running
+    };
+    for (i, m) in messages {
+        build.log(i, &m);
+    }
+    build.touch();
+    done
+}
+
+/// Stops every agent this build launched; failures are logged, not fatal.
+async fn stop_all(app: &App, build: &Build) {
+    let handles: Vec<(usize, String)> = build
+        .lock()
+        .runtime
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rt)| rt.handle.clone().map(|h| (i, h)))
+        .collect();
+    for (i, handle) in handles {
+        if let Err(e) = app.platform.stop(&handle).await {
+            build.log(i, &format!("warning: {e}"));
+        }
+    }
+}
+
+async fn write_index(app: &App, build: &Build) {
+    let (destination, entries, credentials) = {
+        let inner = build.lock();
+        let entries: Vec<_> = inner
+            .status
+            .tasks
+            .iter()
+            .filter_map(|t| t.digest.clone().map(|d| (t.arch, d)))
+            .collect();
+        let credentials: Vec<_> = inner
+            .request
+            .tasks
+            .iter()
+            .flat_map(|t| t.spec.credentials.clone())
+            .collect();
+        (inner.request.destination.clone(), entries, credentials)
+    };
+    let Some(destination) = destination else {
+        return;
+    };
+    build.log(0, &format!("writing the multi-arch index {destination}"));
+    let result = crate::index::write_index(
+        &destination,
+        &entries,
+        &credentials,
+        &app.config.insecure_registries(),
+    )
+    .await;
+    {
+        let mut inner = build.lock();
+        match result {
+            Ok(digest) => {
+                inner.status.index_digest = Some(digest);
+                inner.finish_build(BuildState::Succeeded, None);
+            }
+            Err(e) => {
+                inner.finish_build(BuildState::Failed, Some(e.to_string()));
+            }
+        }
+    }
+    let status = build.status();
+    match (&status.index_digest, &status.error) {
+        (Some(d), _) => build.log(0, &format!("pushed {destination}@{d}")),
+        (None, Some(e)) => build.log(0, &format!("error: {e}")),
+        _ => {}
+    }
+}
+
+/// Records agents that ended by themselves; the supervisor acts on it.
+pub async fn watch_exits(app: Arc<App>, mut exits: tokio::sync::mpsc::UnboundedReceiver<Exited>) {
+    while let Some(exit) = exits.recv().await {
+        let Some((build, index)) = app.builds.task(&exit.task_id) else {
+            continue;
+        };
+        {
+            let mut inner = build.lock();
+            if !inner.status.tasks[index].state.is_terminal() {
+                inner.runtime[index].exited = Some(exit.reason.clone());
+            }
+        }
+        build.touch();
+    }
+}

@@ -1,0 +1,231 @@
+//! The controller's HTTP API, as types both sides compile against.
+//!
+//! Client-facing (`/v1/builds…`, `/v1/contexts…`, `/v1/info`) and
+//! agent-facing (`/v1/agent/tasks/{task}/…`, authenticated with the task's
+//! own token) endpoints share these shapes, so a change breaks the build of
+//! every party rather than a production run.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{Arch, Platform};
+use crate::plan::BuildSpec;
+
+/// `GET /v1/info`: what a client needs to know before submitting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    pub version: String,
+    /// Where build contexts go.
+    pub context_store: ContextStore,
+    /// The platform used when a build names none.
+    pub default_platform: Platform,
+}
+
+/// Where contexts are stored, as the controller is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ContextStore {
+    /// An S3 bucket: clients upload there with their own credentials.
+    S3 { bucket: String },
+    /// The controller's own disk: clients `PUT /v1/contexts/{key}`.
+    Controller,
+}
+
+/// `POST /v1/builds`: one service, all of its arches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateBuild {
+    pub service: String,
+    /// The multi-arch index tag, if the build pushes.
+    pub destination: Option<String>,
+    pub tasks: Vec<TaskRequest>,
+}
+
+/// One arch of a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub arch: Arch,
+    pub push: Option<String>,
+    /// The storage key of the context archive.
+    pub context_key: String,
+    pub spec: BuildSpec,
+}
+
+/// `POST /v1/builds` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    /// Agents are being started or are running.
+    Running,
+    /// Every arch pushed; the multi-arch index is being written.
+    Indexing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BuildState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BuildState::Succeeded | BuildState::Failed | BuildState::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Launched; the agent has not checked in yet.
+    Starting,
+    /// The agent fetched its spec and is working.
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+/// `GET /v1/builds/{id}`, and the `status`/`end` events of the log stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildStatus {
+    pub id: String,
+    pub service: String,
+    pub state: BuildState,
+    pub destination: Option<String>,
+    /// The digest of the multi-arch index, once written.
+    pub index_digest: Option<String>,
+    /// Why the build failed or was cancelled.
+    pub error: Option<String>,
+    pub platform: Platform,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub id: String,
+    pub arch: Arch,
+    pub state: TaskState,
+    pub push: Option<String>,
+    /// The digest of the pushed per-arch manifest.
+    pub digest: Option<String>,
+    pub error: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// One line of a build's log, as followers receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEvent {
+    /// Position in the build's log, from 1; `Last-Event-ID` resumes after it.
+    pub seq: u64,
+    pub task: String,
+    pub arch: Arch,
+    pub line: String,
+    /// Unix milliseconds at which the controller received the line.
+    pub ms: u64,
+}
+
+/// Names of the server-sent events of `GET /v1/builds/{id}/logs`.
+pub mod event {
+    /// A [`super::LogEvent`]; its SSE id is the seq.
+    pub const LOG: &str = "log";
+    /// A [`super::BuildStatus`] whenever a task or the build changes state.
+    pub const STATUS: &str = "status";
+    /// The final [`super::BuildStatus`]; the stream closes after it.
+    pub const END: &str = "end";
+}
+
+/// `GET /v1/agent/tasks/{task}/spec`: everything an agent needs. Fetching it
+/// is the agent's check-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentTask {
+    pub build_id: String,
+    pub task_id: String,
+    pub arch: Arch,
+    pub push: Option<String>,
+    pub context: ContextSource,
+    pub spec: BuildSpec,
+}
+
+/// Where the agent downloads its context from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ContextSource {
+    S3 {
+        bucket: String,
+        key: String,
+    },
+    /// `GET /v1/agent/tasks/{task}/context` on the controller.
+    Controller {
+        key: String,
+    },
+}
+
+/// `POST /v1/agent/tasks/{task}/logs`. `seq` numbers lines per task, so a
+/// batch sent twice (a retry after a lost answer) is not logged twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLogs {
+    pub lines: Vec<AgentLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLine {
+    pub seq: u64,
+    pub line: String,
+}
+
+/// `POST /v1/agent/tasks/{task}/result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum AgentResult {
+    /// Built and pushed; `digest` is the per-arch manifest digest.
+    /// A build without push succeeds with no digest.
+    Succeeded {
+        digest: Option<String>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// The body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// Environment variables the platforms set for an agent. The token is the
+/// only sensitive one, and it is narrow: it reads this task's spec once (the
+/// check-in; a second read is refused, so a token seen later in a task
+/// description is worthless for that) and writes this task's log and result
+/// until the task ends.
+pub mod agent_env {
+    pub const CONTROLLER_URL: &str = "BAKERY_CONTROLLER_URL";
+    pub const TASK_ID: &str = "BAKERY_TASK_ID";
+    pub const TASK_TOKEN: &str = "BAKERY_TASK_TOKEN";
+    pub const BUILDER: &str = "BAKERY_BUILDER";
+    pub const WORK_DIR: &str = "BAKERY_WORK_DIR";
+}
+
+/// Milliseconds since the Unix epoch, the time unit of the API.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
