@@ -155,6 +155,12 @@ async fn upload_contexts(
     codec: Codec,
 ) -> Result<HashMap<(PathBuf, String), String>> {
     let tmp = tempfile::tempdir().context("creating a temporary directory for context archives")?;
+    let s3 = match store {
+        ContextStore::S3(location) => {
+            Some(bakery_store::S3Store::connect(s3_settings(location)).await)
+        }
+        ContextStore::Controller => None,
+    };
     let mut keys = HashMap::new();
     for (_, build) in plan.builds() {
         let id = (build.context_dir.clone(), build.spec.dockerfile.clone());
@@ -182,11 +188,10 @@ async fn upload_contexts(
             tracing::warn!("{w}");
         }
         let key = packed.key();
-        let sent = match store {
-            ContextStore::Controller => controller.upload_context(&key, &path).await?,
-            ContextStore::S3 { bucket } => {
-                bail!("this controller stores contexts in S3 bucket `{bucket}`, and this client cannot upload to S3 yet")
-            }
+        let sent = match (store, &s3) {
+            (ContextStore::Controller, _) => controller.upload_context(&key, &path).await?,
+            (ContextStore::S3(_), Some(s3)) => s3.upload_if_absent(&key, &path).await?,
+            (ContextStore::S3(_), None) => unreachable!("connected above"),
         };
         eprintln!(
             "context {}: {} files, {} → {} ({}) in {:.2}s",
@@ -204,6 +209,30 @@ async fn upload_contexts(
         keys.insert(id, key);
     }
     Ok(keys)
+}
+
+/// The controller's bucket, with the client's own `S3_*` variables winning:
+/// the client may reach S3 through another endpoint than the controller.
+fn s3_settings(location: &bakery_core::api::S3Location) -> bakery_store::S3Settings {
+    let mut settings = bakery_store::S3Settings {
+        bucket: location.bucket.clone(),
+        endpoint: location.endpoint.clone(),
+        region: location.region.clone(),
+        ssl: location.ssl,
+    };
+    if let Some(own) = bakery_store::S3Settings::from_env() {
+        if own.bucket != settings.bucket {
+            tracing::warn!(
+                "S3_BUCKET is `{}` but the controller uses `{}`; uploading to the controller's",
+                own.bucket,
+                settings.bucket
+            );
+        }
+        settings.endpoint = own.endpoint.or(settings.endpoint);
+        settings.region = own.region.or(settings.region);
+        settings.ssl = own.ssl;
+    }
+    settings
 }
 
 fn request(

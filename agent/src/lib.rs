@@ -56,8 +56,8 @@ pub enum AgentError {
         status: String,
         last_line: Option<String>,
     },
-    #[error("the context source {0} is not supported by this agent")]
-    ContextSource(String),
+    #[error("downloading the context: {0}")]
+    Download(#[from] bakery_store::StoreError),
     #[error("the builder did not write the pushed digest to {0}")]
     NoDigest(PathBuf),
 }
@@ -206,15 +206,31 @@ async fn download(
     task: &AgentTask,
     dest: &Path,
 ) -> Result<extract::Extracted, AgentError> {
-    let (key, response) = match &task.context {
-        ContextSource::Controller { key } => (key.clone(), controller.context().await?),
-        ContextSource::S3 { bucket, key } => {
-            return Err(AgentError::ContextSource(format!("s3://{bucket}/{key}")));
+    let (key, reader): (String, Box<dyn tokio::io::AsyncRead + Send + Unpin>) = match &task.context
+    {
+        ContextSource::Controller { key } => {
+            let stream = controller
+                .context()
+                .await?
+                .bytes_stream()
+                .map_err(std::io::Error::other);
+            (
+                key.clone(),
+                Box::new(tokio_util::io::StreamReader::new(stream)),
+            )
+        }
+        ContextSource::S3 { location, key } => {
+            let store = bakery_store::S3Store::connect(bakery_store::S3Settings {
+                bucket: location.bucket.clone(),
+                endpoint: location.endpoint.clone(),
+                region: location.region.clone(),
+                ssl: location.ssl,
+            })
+            .await;
+            (key.clone(), Box::new(store.download(key).await?))
         }
     };
     let zstd = key.ends_with(".zst");
-    let stream = response.bytes_stream().map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(stream);
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let sync = tokio_util::io::SyncIoBridge::new(reader);

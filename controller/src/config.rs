@@ -105,6 +105,18 @@ impl Config {
         })
     }
 
+    /// The contexts bucket, when S3 is configured.
+    pub fn s3(&self) -> Option<bakery_core::api::S3Location> {
+        self.s3_bucket
+            .as_ref()
+            .map(|bucket| bakery_core::api::S3Location {
+                bucket: bucket.clone(),
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                ssl: self.s3_ssl.unwrap_or(true),
+            })
+    }
+
     pub fn insecure_registries(&self) -> Vec<String> {
         bakery_core::registry::parse_list(&self.insecure_registries)
     }

@@ -66,10 +66,8 @@ type Result<T> = std::result::Result<T, Failure>;
 async fn info(State(app): State<Arc<App>>) -> Json<Info> {
     Json(Info {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        context_store: match &app.config.s3_bucket {
-            Some(bucket) => ContextStore::S3 {
-                bucket: bucket.clone(),
-            },
+        context_store: match app.config.s3() {
+            Some(location) => ContextStore::S3(location),
             None => ContextStore::Controller,
         },
         default_platform: app.config.default_platform,
@@ -80,8 +78,7 @@ async fn create_build(
     State(app): State<Arc<App>>,
     request: std::result::Result<Json<CreateBuild>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Created>)> {
-    let Json(request) =
-        request.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(request) = request.map_err(|e| Failure::new(e.status(), e.body_text()))?;
     if request.tasks.is_empty() {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -320,9 +317,9 @@ async fn agent_spec(
             task_id: task.clone(),
             arch: req.arch,
             push: req.push.clone(),
-            context: match &app.config.s3_bucket {
-                Some(bucket) => ContextSource::S3 {
-                    bucket: bucket.clone(),
+            context: match app.config.s3() {
+                Some(location) => ContextSource::S3 {
+                    location,
                     key: req.context_key.clone(),
                 },
                 None => ContextSource::Controller {
@@ -361,7 +358,7 @@ async fn agent_logs(
     batch: std::result::Result<Json<AgentLogs>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode> {
     let (build, index) = agent_task(&app, &task, &headers)?;
-    let Json(batch) = batch.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(batch) = batch.map_err(|e| Failure::new(e.status(), e.body_text()))?;
     build.append_agent_lines(index, &batch.lines);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -373,7 +370,7 @@ async fn agent_result(
     result: std::result::Result<Json<AgentResult>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode> {
     let (build, index) = agent_task(&app, &task, &headers)?;
-    let Json(result) = result.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(result) = result.map_err(|e| Failure::new(e.status(), e.body_text()))?;
     let message = {
         let mut inner = build.lock();
         let arch = inner.status.tasks[index].arch;

@@ -25,9 +25,18 @@ pub struct Info {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ContextStore {
     /// An S3 bucket: clients upload there with their own credentials.
-    S3 { bucket: String },
+    S3(S3Location),
     /// The controller's own disk: clients `PUT /v1/contexts/{key}`.
     Controller,
+}
+
+/// An S3 bucket and how to reach it (`S3_ENDPOINT`, `S3_REGION`, `S3_SSL`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Location {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub ssl: bool,
 }
 
 /// `POST /v1/builds`: one service, all of its arches.
@@ -167,13 +176,12 @@ pub struct AgentTask {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ContextSource {
     S3 {
-        bucket: String,
+        #[serde(flatten)]
+        location: S3Location,
         key: String,
     },
     /// `GET /v1/agent/tasks/{task}/context` on the controller.
-    Controller {
-        key: String,
-    },
+    Controller { key: String },
 }
 
 /// `POST /v1/agent/tasks/{task}/logs`. `seq` numbers lines per task, so a

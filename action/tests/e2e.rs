@@ -1,0 +1,381 @@
+//! Whole builds against real components: a Debian docker-registry, buildah,
+//! moto_server as S3, and the controller and agent binaries.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const DOCKERFILE_AMD64: &str = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG TARGETARCH\nCOPY hello.txt /hello.txt\nRUN echo \"built natively for ${TARGETARCH}\" > /built-by-run.txt\n";
+const DOCKERFILE_ARM64: &str = "FROM scratch\nCOPY hello.txt /hello.txt\n";
+
+fn hello_project(registry: &Server, base: &str) -> tempfile::TempDir {
+    let config = format!(
+        "global:\n  kaniko:\n    destination: {}/e2e/hello:1.0\n    build-args:\n      BASE_IMAGE: {base}\nbake:\n  - arch: amd64\n  - arch: arm64\n    kaniko:\n      dockerfile: Dockerfile.arm64\n",
+        registry.host()
+    );
+    project(&[
+        ("Dockerfile", DOCKERFILE_AMD64),
+        ("Dockerfile.arm64", DOCKERFILE_ARM64),
+        ("hello.txt", "hello\n"),
+        ("config.yaml", &config),
+    ])
+}
+
+fn bakery(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("CONTROLLER_URL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Checks the registry holds a two-arch index over the right images.
+fn assert_multi_arch(registry: &Server, tag: &str) {
+    let index_ref = format!("{}/e2e/hello:{tag}", registry.host());
+    let index = raw_manifest(&index_ref);
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    let mut platforms: Vec<String> = manifests
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    platforms.sort();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for m in manifests {
+        let arch = m["platform"]["architecture"].as_str().unwrap();
+        let by_digest = format!(
+            "{}/e2e/hello@{}",
+            registry.host(),
+            m["digest"].as_str().unwrap()
+        );
+        assert_eq!(
+            image_config(&by_digest)["architecture"],
+            arch,
+            "config of the {arch} manifest"
+        );
+        // The per-arch tag points at the digest the index pins.
+        let per_arch = raw_manifest(&format!("{}/e2e/hello:{tag}_{arch}", registry.host()));
+        assert_eq!(
+            per_arch,
+            raw_manifest(&by_digest),
+            "{arch} tag and pinned digest agree"
+        );
+    }
+    let amd64 = manifests
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .unwrap();
+    let amd64_ref = format!(
+        "{}/e2e/hello@{}",
+        registry.host(),
+        amd64["digest"].as_str().unwrap()
+    );
+    assert_eq!(
+        file_in_image(&amd64_ref, "/built-by-run.txt").as_deref(),
+        Some("built natively for amd64\n"),
+        "the amd64 RUN step ran"
+    );
+}
+
+#[test]
+fn embedded_build_pushes_a_multi_arch_index() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let repo = hello_project(&registry, &base);
+    let data = tempfile::tempdir().unwrap();
+    let out = bakery(
+        repo.path(),
+        &["build"],
+        &[("DATA_DIR", data.path().to_str().unwrap())],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // docker-compose style prefixes, then the summary table.
+    assert!(all.contains("hello-amd64 | "), "{all}");
+    assert!(all.contains("hello-arm64 | "), "{all}");
+    assert!(all.contains("SERVICE  ARCH   STATUS"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "multi-arch index hello: {}/e2e/hello:1.0 → sha256:",
+            registry.host()
+        )),
+        "{all}"
+    );
+    assert_multi_arch(&registry, "1.0");
+    assert!(processes_mentioning(data.path().to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn s3_contexts_are_uploaded_once_and_read_by_agents() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let s3 = s3("contexts");
+    let s3_env = [
+        ("S3_BUCKET", "contexts"),
+        ("S3_ENDPOINT", &*s3.host()),
+        ("S3_SSL", "false"),
+        ("S3_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let controller = controller(&s3_env);
+    let repo = hello_project(&registry, &base);
+    let mut env = s3_env.to_vec();
+    let url = controller.url();
+    env.push(("CONTROLLER_URL", &url));
+
+    let first = bakery(repo.path(), &["build"], &env);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("(uploaded)"), "{}", text(&first));
+    assert_multi_arch(&registry, "1.0");
+
+    // Unchanged context: nothing is sent again.
+    let second = bakery(repo.path(), &["build"], &env);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(!text(&second).contains("(uploaded)"), "{}", text(&second));
+    assert!(text(&second).contains("unchanged, not uploaded"));
+
+    let listing = Command::new("curl")
+        .args(["-fsS", &format!("{}/contexts?list-type=2", s3.url())])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(
+        listing.matches("<Key>contexts/sha256-").count(),
+        1,
+        "{listing}"
+    );
+}
+
+#[test]
+fn failing_dockerfile_fails_the_build_with_the_builders_error() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let repo = project(&[
+        (
+            "Dockerfile",
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo compiling && echo 'fatal: missing-dependency-xyz' >&2 && exit 3\n",
+        ),
+        (
+            "config.yaml",
+            &format!(
+                "global:\n  arch: amd64\n  kaniko:\n    destination: {}/e2e/broken:1\n    build-args: {{BASE_IMAGE: {base}}}\n",
+                registry.host()
+            ),
+        ),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let out = bakery(
+        repo.path(),
+        &["build"],
+        &[("DATA_DIR", data.path().to_str().unwrap())],
+    );
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("broken-amd64 | fatal: missing-dependency-xyz"),
+        "{all}"
+    );
+    // The summary repeats the failing step's last lines at the end.
+    let summary = &all[all.find("SERVICE  ARCH").expect("summary")..];
+    assert!(summary.contains("failed"), "{summary}");
+    assert!(summary.contains("missing-dependency-xyz"), "{summary}");
+    assert!(
+        processes_mentioning(data.path().to_str().unwrap()).is_empty(),
+        "nothing left running"
+    );
+}
+
+/// A RUN step that prints numbered lines slowly.
+fn slow_project(registry: &Server, base: &str, lines: u32, name: &str) -> tempfile::TempDir {
+    project(&[
+        (
+            "Dockerfile",
+            &format!(
+                "ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN for i in $(seq 1 {lines}); do echo line-$i; sleep 0.02; done; sleep 600\n"
+            ),
+        ),
+        (
+            "config.yaml",
+            &format!(
+                "global:\n  arch: amd64\n  kaniko:\n    destination: {}/e2e/{name}:1\n    build-args: {{BASE_IMAGE: {base}}}\n",
+                registry.host()
+            ),
+        ),
+    ])
+}
+
+#[test]
+fn interrupting_the_client_cancels_the_build_and_stops_agents() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let controller = controller(&[]);
+    let repo = slow_project(&registry, &base, 3, "slow");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .arg("build")
+        .env("CONTROLLER_URL", controller.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !line.contains("line-3") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the build ended before it ran"
+        );
+        assert!(Instant::now() < deadline);
+    }
+    let data = controller.dir.path().join("data");
+    assert!(
+        !processes_mentioning(data.to_str().unwrap()).is_empty(),
+        "the agent runs"
+    );
+    let interrupted = Instant::now();
+    nix_kill(child.id(), "INT");
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // Agents gone within 10 s of the interrupt.
+    loop {
+        let left = processes_mentioning(data.to_str().unwrap());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            interrupted.elapsed() < Duration::from_secs(10),
+            "still running: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Reads SSE `log` events from a raw HTTP stream until `stop` says so.
+fn read_events(
+    url: &str,
+    last_event_id: Option<u64>,
+    mut stop: impl FnMut(u64, &str) -> bool,
+) -> (Vec<(u64, String)>, bool) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sN", url]);
+    if let Some(id) = last_event_id {
+        cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut events, mut event, mut id, mut ended) = (Vec::new(), String::new(), 0u64, false);
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if event == "log" {
+                let data: serde_json::Value = serde_json::from_str(v.trim()).unwrap();
+                let text = data["line"].as_str().unwrap().to_string();
+                assert_eq!(data["seq"].as_u64(), Some(id));
+                events.push((id, text.clone()));
+                if stop(id, &text) {
+                    break;
+                }
+            } else if event == "end" {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (events, ended)
+}
+
+#[test]
+fn a_follower_that_reconnects_gets_every_line_once() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let controller = controller(&[]);
+    let repo = slow_project(&registry, &base, 120, "chatty");
+    let out = bakery(
+        repo.path(),
+        &["build", "--detach"],
+        &[("CONTROLLER_URL", &controller.url())],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let logs = format!("{}/v1/builds/{id}/logs", controller.url());
+
+    // First connection: drop it in the middle of the RUN output.
+    let (first, _) = read_events(&logs, None, |_, line| line == "line-40");
+    let last = first.last().unwrap().0;
+    // Second connection resumes after the last line seen, until line-120.
+    let (second, _) = read_events(&logs, Some(last), |_, line| line == "line-120");
+    let mut seen: Vec<(u64, String)> = first.into_iter().chain(second).collect();
+    let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    seen.retain(|(_, l)| l.starts_with("line-"));
+    let numbers: Vec<String> = seen.iter().map(|(_, l)| l.clone()).collect();
+    assert_eq!(
+        numbers,
+        (1..=120).map(|i| format!("line-{i}")).collect::<Vec<_>>()
+    );
+
+    // A second follower from the start sees the same lines: followers do not share a channel.
+    let (again, _) = read_events(&logs, None, |_, line| line == "line-120");
+    assert_eq!(again.len() as u64, seqs.len() as u64);
+
+    let cancel = Command::new("curl")
+        .args([
+            "-fsS",
+            "-X",
+            "POST",
+            &format!("{}/v1/builds/{id}/cancel", controller.url()),
+        ])
+        .output()
+        .unwrap();
+    assert!(cancel.status.success());
+    let (_, ended) = read_events(&logs, Some(u64::MAX), |_, _| false);
+    assert!(ended, "the stream ends with the build");
+}

@@ -1,0 +1,267 @@
+//! Real components for end-to-end tests, each on a random port in its own
+//! temporary directory, stopped when dropped: a Debian `docker-registry`,
+//! `moto_server` for S3, and controllers as separate processes.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A binary built next to the test's own executable (`cargo build --workspace --bins`).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not become ready");
+}
+
+fn http_ok(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-fsS", "-o", "/dev/null", url])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub struct Server {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A real OCI registry (Debian's docker-registry) with filesystem storage.
+pub fn registry() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry is installed (scripts/setup)");
+    let server = Server { child, dir, port };
+    wait_for("the registry", || http_ok(&format!("{}/v2/", server.url())));
+    server
+}
+
+/// Pushes the busybox base image the examples build on, with the project's script.
+pub fn push_base_image(registry: &Server) -> String {
+    let reference = format!("{}/bakery/busybox:latest", registry.host());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "base image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+/// moto_server as the S3 stand-in, with `bucket` created.
+pub fn s3(bucket: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("moto_server is installed (scripts/setup)");
+    let server = Server { child, dir, port };
+    wait_for("moto_server", || {
+        http_ok(&format!("{}/moto-api/", server.url()))
+    });
+    let status = Command::new("curl")
+        .args(["-fsS", "-X", "PUT", &format!("{}/{bucket}", server.url())])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "creating the bucket");
+    server
+}
+
+/// `bakery-controller` as its own process.
+pub fn controller(env: &[(&str, &str)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+    let child = Command::new(sibling_binary("bakery-controller"))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("BAKERY_LOG", "info,bakery_controller=debug")
+        .envs(env.iter().copied())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Server { child, dir, port };
+    wait_for("the controller", || {
+        http_ok(&format!("{}/v1/info", server.url()))
+    });
+    server
+}
+
+/// Processes whose command line mentions `needle` (a test's own temp dir).
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-a", "-f", needle])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(String::from)
+        .collect()
+}
+
+/// `skopeo inspect --raw` of a reference, as JSON.
+pub fn raw_manifest(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `skopeo inspect --config` of a reference, as JSON.
+pub fn image_config(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The content of `path` inside an image's layers (the last layer that has it).
+pub fn file_in_image(reference: &str, path: &str) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &format!("dir:{}", dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let mut found = None;
+    for layer in manifest["layers"].as_array().unwrap() {
+        let digest = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let file = std::fs::File::open(dir.path().join(digest)).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            if name == path.trim_start_matches('/') {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
+                found = Some(s);
+            }
+        }
+    }
+    found
+}
+
+/// Writes files into a new temporary directory.
+pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}

@@ -1,0 +1,421 @@
+//! The controller's HTTP API in-process, with stand-in agents (small shell
+//! scripts) to drive timeouts and crashes deterministically.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bakery_controller::Config;
+use bakery_core::api::{BuildState, BuildStatus, CreateBuild, TaskRequest, TaskState};
+use bakery_core::plan::BuildSpec;
+use bakery_core::settings::{Cache, Credential, Secret};
+use bakery_core::Arch;
+use reqwest::StatusCode;
+use serde_json::json;
+
+struct Harness {
+    running: Option<bakery_controller::Running>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    /// A controller whose agents are `agent_script` (a shell script body).
+    async fn new(agent_script: &str, env: &[(&str, &str)]) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent.sh");
+        std::fs::write(&agent, format!("#!/bin/sh\n{agent_script}\n")).unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&agent)
+            .status()
+            .unwrap();
+        let mut vars = vec![
+            ("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "DATA_DIR".to_string(),
+                dir.path().join("data").display().to_string(),
+            ),
+            ("AGENT_BINARY".to_string(), agent.display().to_string()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = Config::from_vars(vars).unwrap();
+        let running = bakery_controller::start(config).await.unwrap();
+        Harness {
+            running: Some(running),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.running.as_ref().unwrap().url())
+    }
+
+    /// Stores a context the way a client uploads it, returning its key.
+    async fn upload(&self, body: &[u8]) -> String {
+        use sha2::Digest;
+        let key = format!(
+            "contexts/sha256-{}.tar.gz",
+            hex::encode(sha2::Sha256::digest(body))
+        );
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/contexts/{key}")))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        key
+    }
+
+    async fn create(&self, request: &CreateBuild) -> String {
+        let resp = self
+            .http
+            .post(self.url("/v1/builds"))
+            .json(request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        resp.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn status(&self, id: &str) -> BuildStatus {
+        self.http
+            .get(self.url(&format!("/v1/builds/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_end(&self, id: &str, limit: Duration) -> BuildStatus {
+        let start = Instant::now();
+        loop {
+            let status = self.status(id).await;
+            if status.state.is_terminal() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "build still {:?} after {limit:?}",
+                status.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+fn spec() -> BuildSpec {
+    BuildSpec {
+        platform: None,
+        dockerfile: "Dockerfile".into(),
+        target: None,
+        build_args: Default::default(),
+        labels: Default::default(),
+        env: Default::default(),
+        pre_script: None,
+        post_script: None,
+        credentials: vec![Credential {
+            registry: "r.example".into(),
+            username: "u".into(),
+            password: Secret::new("top-secret-pw"),
+        }],
+        cpu: None,
+        memory: None,
+        spot: false,
+        cache: Cache::default(),
+        cache_from: vec![],
+        snapshot_mode: None,
+        use_new_run: false,
+        cleanup: false,
+        custom_platform: "linux/amd64".into(),
+        no_push: false,
+        ignore_path: vec![],
+        extra_flags: vec![],
+    }
+}
+
+fn request(key: &str, arches: &[Arch]) -> CreateBuild {
+    CreateBuild {
+        service: "svc".into(),
+        destination: Some("r.example/app:1".into()),
+        tasks: arches
+            .iter()
+            .map(|a| TaskRequest {
+                arch: *a,
+                push: Some(format!("r.example/app:1_{a}")),
+                context_key: key.to_string(),
+                spec: spec(),
+            })
+            .collect(),
+    }
+}
+
+fn no_agents_left(dir: &str) -> bool {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", dir])
+        .output()
+        .unwrap();
+    out.stdout.is_empty()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_with_a_message() {
+    let h = Harness::new("sleep 30", &[]).await;
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode)> = vec![
+        (
+            h.http
+                .post(h.url("/v1/builds"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            h.http
+                .post(h.url("/v1/builds"))
+                .json(&json!({"service": 3})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            h.http
+                .post(h.url("/v1/builds"))
+                .json(&json!({"service": "s", "destination": null, "tasks": []})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (h.http.get(h.url("/v1/builds/nope")), StatusCode::NOT_FOUND),
+        (
+            h.http.get(h.url("/v1/builds/nope/logs")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            h.http.post(h.url("/v1/builds/nope/cancel")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            h.http
+                .put(h.url("/v1/contexts/contexts/..%2F..%2Fsecret"))
+                .body("x"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            h.http
+                .put(h.url(&format!(
+                    "/v1/contexts/contexts/sha256-{}.tar.gz",
+                    "0".repeat(64)
+                )))
+                .body("not that"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            h.http.get(h.url("/v1/agent/tasks/x/spec")),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (req, want) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), want);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(!body["error"].as_str().unwrap().is_empty());
+    }
+    // A context that was never uploaded is refused before anything starts.
+    let missing = format!("contexts/sha256-{}.tar.gz", "a".repeat(64));
+    let resp = h
+        .http
+        .post(h.url("/v1/builds"))
+        .json(&request(&missing, &[Arch::Amd64]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(resp.text().await.unwrap().contains("was not uploaded"));
+}
+
+#[tokio::test]
+async fn agent_that_never_checks_in_fails_at_the_task_timeout_and_is_stopped() {
+    let h = Harness::new("sleep 300", &[("BUILD_TASK_TIMEOUT", "1s")]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64, Arch::Arm64])).await;
+    let status = h.wait_end(&id, Duration::from_secs(10)).await;
+    assert_eq!(status.state, BuildState::Failed);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("did not start within BUILD_TASK_TIMEOUT (1s)"),
+        "{error}"
+    );
+    assert!(status.tasks.iter().all(|t| t.state.is_terminal()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(no_agents_left(&h.data()), "agents stopped");
+}
+
+#[tokio::test]
+async fn agent_that_exits_without_reporting_fails_at_once() {
+    let h = Harness::new("echo dying >&2; exit 3", &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let start = Instant::now();
+    let status = h.wait_end(&id, Duration::from_secs(10)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "not after a timeout"
+    );
+    assert_eq!(status.state, BuildState::Failed);
+    assert_eq!(status.tasks[0].state, TaskState::Failed);
+    let error = status.tasks[0].error.clone().unwrap();
+    assert!(
+        error.contains("agent exited with code 3 before reporting a result"),
+        "{error}"
+    );
+}
+
+/// A stand-in agent speaking the real protocol with curl.
+fn curl_agent(after_spec: &str) -> String {
+    format!(
+        r#"auth="Authorization: Bearer $BAKERY_TASK_TOKEN"
+base="$BAKERY_CONTROLLER_URL/v1/agent/tasks/$BAKERY_TASK_ID"
+mkdir -p "$(dirname "$BAKERY_WORK_DIR")"
+curl -fsS -H "$auth" "$base/spec" > "$BAKERY_WORK_DIR.spec" || exit 9
+{after_spec}"#
+    )
+}
+
+#[tokio::test]
+async fn agent_that_checks_in_but_never_reports_fails_at_the_result_timeout() {
+    let h = Harness::new(&curl_agent("sleep 300"), &[("BUILD_RESULT_TIMEOUT", "1s")]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let status = h.wait_end(&id, Duration::from_secs(10)).await;
+    assert_eq!(status.state, BuildState::Failed);
+    assert!(status.error.unwrap().contains("BUILD_RESULT_TIMEOUT (1s)"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(no_agents_left(&h.data()));
+}
+
+#[tokio::test]
+async fn agent_tokens_are_per_task_and_single_use_for_the_spec() {
+    // The agent checks in, logs a line with a secret in it, then waits.
+    let script = curl_agent(
+        r#"curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"lines":[{"seq":1,"line":"pw is top-secret-pw"},{"seq":1,"line":"dup"}]}' "$base/logs"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" "$base/spec")
+echo "second spec: $code" > "$BAKERY_WORK_DIR.second"
+sleep 300"#,
+    );
+    let h = Harness::new(&script, &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let task = format!("{id}-amd64");
+    let second = h
+        .dir
+        .path()
+        .join("data/work")
+        .join(format!("{task}.second"));
+    let start = Instant::now();
+    while !second.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&second).unwrap().trim(),
+        "second spec: 409"
+    );
+    let spec = std::fs::read_to_string(h.dir.path().join("data/work").join(format!("{task}.spec")))
+        .unwrap();
+    assert!(
+        spec.contains("top-secret-pw"),
+        "the agent does get its credentials"
+    );
+
+    // Another token, or another task's path, is refused.
+    let wrong = h
+        .http
+        .post(h.url(&format!("/v1/agent/tasks/{task}/logs")))
+        .bearer_auth("0".repeat(64))
+        .json(&json!({"lines": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    // The log has the line once (dup seq dropped), redacted.
+    let logs = h.http.get(h.url(&format!("/v1/builds/{id}/logs"))).send();
+    let logs = tokio::time::timeout(Duration::from_millis(500), async {
+        logs.await.unwrap().text().await
+    })
+    .await;
+    // The stream stays open while the build runs; cancel, then read it all.
+    drop(logs);
+    let cancel = h
+        .http
+        .post(h.url(&format!("/v1/builds/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    let status = h.wait_end(&id, Duration::from_secs(10)).await;
+    assert_eq!(status.state, BuildState::Cancelled);
+    let text = h
+        .http
+        .get(h.url(&format!("/v1/builds/{id}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("pw is ***"), "{text}");
+    assert!(!text.contains("top-secret-pw"));
+    assert!(!text.contains("\"dup\""), "{text}");
+    let status_json = h
+        .http
+        .get(h.url(&format!("/v1/builds/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!status_json.contains("top-secret-pw"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(no_agents_left(&h.data()));
+}
+
+#[tokio::test]
+async fn shutdown_stops_every_agent() {
+    let h = Harness::new(&curl_agent("sleep 300"), &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64, Arch::Arm64])).await;
+    let start = Instant::now();
+    while h
+        .status(&id)
+        .await
+        .tasks
+        .iter()
+        .any(|t| t.state == TaskState::Starting)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!no_agents_left(&h.data()));
+    let mut h = h;
+    h.running.take().unwrap().shutdown().await;
+    assert!(
+        no_agents_left(&h.data()),
+        "nothing left running after shutdown"
+    );
+    let _ = Path::new(&h.data());
+}

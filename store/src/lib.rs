@@ -1,0 +1,176 @@
+//! bakery-store: build contexts in S3.
+//!
+//! Keys are content addresses (`contexts/sha256-….tar.gz`), so an object that
+//! exists is the right one: [`S3Store::upload_if_absent`] asks first and
+//! sends nothing for an unchanged context. Downloads are streams, so the
+//! agent unpacks while it downloads.
+//!
+//! Configuration is the original tool's: `S3_ENDPOINT` (host, or URL),
+//! `S3_REGION`, `S3_BUCKET`, `S3_SSL`; credentials come from the standard AWS
+//! chain (environment, profile, ECS task role, instance profile).
+
+use std::path::Path;
+
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+/// Where contexts live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// A host (`s3.amazonaws.com`, `minio:9000`) or a URL. Unset: AWS's own.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Whether a host-only endpoint is reached over HTTPS.
+    pub ssl: bool,
+}
+
+impl S3Settings {
+    /// Reads `S3_*` from the environment; `None` without `S3_BUCKET`.
+    pub fn from_env() -> Option<S3Settings> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Some(S3Settings {
+            bucket: get("S3_BUCKET")?,
+            endpoint: get("S3_ENDPOINT"),
+            region: get("S3_REGION").or_else(|| get("AWS_REGION")),
+            ssl: get("S3_SSL").is_none_or(|v| v != "false"),
+        })
+    }
+
+    /// The endpoint as a URL, scheme from `S3_SSL` unless given.
+    pub fn endpoint_url(&self) -> Option<String> {
+        self.endpoint.as_ref().map(|e| {
+            if e.starts_with("http://") || e.starts_with("https://") {
+                e.clone()
+            } else {
+                format!("{}://{e}", if self.ssl { "https" } else { "http" })
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("s3://{bucket}/{key}: {message}")]
+    S3 {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("reading {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// An S3 client bound to the contexts bucket.
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    pub settings: S3Settings,
+}
+
+impl S3Store {
+    pub async fn connect(settings: S3Settings) -> S3Store {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        } else {
+            loader = loader.region(aws_config::Region::new("us-east-1"));
+        }
+        let shared = loader.load().await;
+        let mut config = aws_sdk_s3::config::Builder::from(&shared);
+        if let Some(url) = settings.endpoint_url() {
+            // Custom endpoints (MinIO, moto, s3s) rarely serve virtual-host buckets.
+            config = config.endpoint_url(url).force_path_style(true);
+        }
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            settings,
+        }
+    }
+
+    fn error<E>(&self, key: &str, e: SdkError<E>) -> StoreError
+    where
+        E: std::error::Error + 'static,
+    {
+        StoreError::S3 {
+            bucket: self.settings.bucket.clone(),
+            key: key.to_string(),
+            message: DisplayErrorContext(&e).to_string(),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(false),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    /// Uploads `file` under `key` unless it is there already. Returns whether
+    /// anything was sent.
+    pub async fn upload_if_absent(&self, key: &str, file: &Path) -> Result<bool, StoreError> {
+        if self.exists(key).await? {
+            return Ok(false);
+        }
+        let body = ByteStream::from_path(file)
+            .await
+            .map_err(|e| StoreError::File {
+                path: file.display().to_string(),
+                message: e.to_string(),
+            })?;
+        self.client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(true)
+    }
+
+    /// The object's bytes as an async reader.
+    pub async fn download(
+        &self,
+        key: &str,
+    ) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(out.body.into_async_read())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_scheme_follows_s3_ssl() {
+        let mut s = S3Settings {
+            bucket: "b".into(),
+            endpoint: Some("minio:9000".into()),
+            region: None,
+            ssl: false,
+        };
+        assert_eq!(s.endpoint_url().as_deref(), Some("http://minio:9000"));
+        s.ssl = true;
+        assert_eq!(s.endpoint_url().as_deref(), Some("https://minio:9000"));
+        s.endpoint = Some("http://127.0.0.1:1234".into());
+        assert_eq!(s.endpoint_url().as_deref(), Some("http://127.0.0.1:1234"));
+    }
+}
