@@ -188,6 +188,12 @@ async fn upload_contexts(
             tracing::warn!("{w}");
         }
         let key = packed.key();
+        if keys.values().any(|k| k == &key) {
+            // Same bytes as a context already handled (another Dockerfile in
+            // the same directory, say): nothing more to report.
+            keys.insert(id, key);
+            continue;
+        }
         let sent = match (store, &s3) {
             (ContextStore::Controller, _) => controller.upload_context(&key, &path).await?,
             (ContextStore::S3(_), Some(s3)) => s3.upload_if_absent(&key, &path).await?,
@@ -290,9 +296,10 @@ impl Printer {
         }
     }
 
-    pub fn standalone(format: Option<LogFormat>) -> Printer {
+    /// A printer for one service's log (`bakery logs`).
+    pub fn standalone(service: &str, format: Option<LogFormat>) -> Printer {
         Printer {
-            width: 12,
+            width: service.len() + 6,
             color: format.is_none() && std::io::stdout().is_terminal(),
             format,
             colors: Mutex::default(),

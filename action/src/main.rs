@@ -110,8 +110,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .as_deref()
                     .context("`bakery logs` needs CONTROLLER_URL")?,
             );
-            let printer = build::Printer::standalone(cli.log_format);
-            let status = controller.follow(&id, |f| printer.line("", &f)).await?;
+            let service = controller.status(&id).await?.service;
+            let printer = build::Printer::standalone(&service, cli.log_format);
+            let status = controller
+                .follow(&id, |f| printer.line(&service, &f))
+                .await?;
             println!(
                 "{}: {:?}{}",
                 status.id,

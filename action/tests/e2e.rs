@@ -379,3 +379,114 @@ fn a_follower_that_reconnects_gets_every_line_once() {
     let (_, ended) = read_events(&logs, Some(u64::MAX), |_, _| false);
     assert!(ended, "the stream ends with the build");
 }
+
+/// Whether some line carries the `docker compose`-style prefix of `label`.
+fn has_prefixed(output: &str, label: &str) -> bool {
+    output.lines().any(|l| {
+        l.split_once(" | ")
+            .is_some_and(|(prefix, _)| prefix.trim_end() == label)
+    })
+}
+
+/// Two COPY-only services; `bad` copies a file that does not exist.
+fn two_services(registry: &Server) -> tempfile::TempDir {
+    let compose = format!(
+        "services:\n  bad:\n    image: {r}/e2e/bad:1\n    build:\n      context: bad\n  good:\n    image: {r}/e2e/good:1\n    build:\n      context: good\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n",
+        r = registry.host()
+    );
+    project(&[
+        ("compose.yaml", &compose),
+        ("bad/Dockerfile", "FROM scratch\nCOPY no-such-file.txt /\n"),
+        ("good/Dockerfile", "FROM scratch\nCOPY hello.txt /\n"),
+        ("good/hello.txt", "hi\n"),
+    ])
+}
+
+#[test]
+fn sequential_builds_stop_at_the_first_failure() {
+    let registry = registry();
+    let repo = two_services(&registry);
+    let out = bakery(repo.path(), &["--compose", "compose.yaml", "build"], &[]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(has_prefixed(&all, "bad-amd64"), "{all}");
+    assert!(
+        !has_prefixed(&all, "good-amd64"),
+        "good never started: {all}"
+    );
+    assert!(all.contains("good     -      skipped"), "{all}");
+}
+
+#[test]
+fn async_builds_everything_at_once_and_reports_failures_together() {
+    let registry = registry();
+    let repo = two_services(&registry);
+    let out = bakery(
+        repo.path(),
+        &["--compose", "compose.yaml", "--async", "build"],
+        &[],
+    );
+    let all = text(&out);
+    assert!(!out.status.success(), "one service failed: {all}");
+    assert!(has_prefixed(&all, "good-arm64"), "{all}");
+    assert!(all.contains("bad-amd64 failed"), "{all}");
+    assert!(all.contains("multi-arch index good: "), "{all}");
+    let index = raw_manifest(&format!("{}/e2e/good:1", registry.host()));
+    assert_eq!(
+        index["manifests"].as_array().unwrap().len(),
+        2,
+        "the good service still pushed its index"
+    );
+}
+
+#[test]
+fn detached_builds_are_followed_later_with_status_and_logs() {
+    let registry = registry();
+    let controller = controller(&[]);
+    let repo = two_services(&registry);
+    let url = controller.url();
+    let env = [("CONTROLLER_URL", url.as_str())];
+    let out = bakery(
+        repo.path(),
+        &[
+            "--compose",
+            "compose.yaml",
+            "--services",
+            "good",
+            "build",
+            "--detach",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let (service, id) = stdout.trim().split_once('\t').expect("service<TAB>id");
+    assert_eq!(service, "good");
+
+    let logs = bakery(repo.path(), &["logs", id], &env);
+    assert!(logs.status.success(), "{}", text(&logs));
+    assert!(
+        text(&logs)
+            .lines()
+            .any(|l| l.starts_with("good-arm64") && l.contains(" | pushed")),
+        "{}",
+        text(&logs)
+    );
+
+    let status = bakery(repo.path(), &["status", id, "--json"], &env);
+    assert!(status.status.success(), "{}", text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["state"], "succeeded");
+    assert!(status["index_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+
+    let unknown = bakery(repo.path(), &["status", "b000000000000"], &env);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no build `b000000000000`"),
+        "{}",
+        text(&unknown)
+    );
+}
