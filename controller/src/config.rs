@@ -45,6 +45,50 @@ pub struct Config {
     /// Registries reached over plain HTTP besides loopback ones, comma-separated.
     #[serde(default)]
     pub insecure_registries: String,
+
+    // ---- ECS (DEFAULT_PLATFORM=ecs) ----
+    pub aws_region: Option<String>,
+    pub ecs_cluster: Option<String>,
+    /// Comma-separated subnet ids for the agents' awsvpc network.
+    #[serde(default)]
+    pub ecs_subnets: String,
+    /// Comma-separated security group ids.
+    #[serde(default)]
+    pub ecs_security_groups: String,
+    pub ecs_exec_role_arn: Option<String>,
+    pub ecs_task_role_arn: Option<String>,
+    /// The agent container image (Kaniko executor plus bakery-agent).
+    pub agent_image: Option<String>,
+    /// Secrets Manager secret with the agent image registry login.
+    pub agent_image_secret_arn: Option<String>,
+    /// A registry login to store in Secrets Manager when no secret ARN is given.
+    pub agent_image_username: Option<String>,
+    pub agent_image_password: Option<bakery_core::settings::Secret>,
+    /// CloudWatch Logs group for the agents' own output.
+    pub ecs_log_group: Option<String>,
+    /// Deregister this controller's stale task definitions at start-up.
+    #[serde(default)]
+    pub cleanup_ecs_task_definitions: bool,
+    /// Give agents a public IP (subnets without a NAT gateway).
+    #[serde(default)]
+    pub ecs_assign_public_ip: bool,
+    /// Run tasks with this launch type instead of a capacity provider
+    /// strategy (clusters without capacity providers; Spot needs providers).
+    pub ecs_launch_type: Option<String>,
+    /// How often running agent tasks are described.
+    #[serde(default = "five_seconds", deserialize_with = "duration")]
+    pub ecs_poll_interval: Duration,
+    /// Names and tags what this controller owns in ECS, so two controllers in
+    /// one account never clean up each other's task definitions.
+    #[serde(default = "default_owner")]
+    pub bakery_owner: String,
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_owner() -> String {
+    "bakery".into()
 }
 
 fn default_listen() -> String {

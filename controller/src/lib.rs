@@ -19,6 +19,7 @@ pub mod state;
 pub mod store;
 pub mod supervisor;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -40,7 +41,9 @@ pub struct App {
     /// The URL agents are given to reach this controller.
     pub agent_url: String,
     pub builds: state::Registry,
-    pub platform: Box<dyn AgentPlatform>,
+    /// The platforms this controller can run agents on: DEFAULT_PLATFORM,
+    /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
+    pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
     pub disk: store::DiskStore,
     pub body_limit: usize,
 }
@@ -63,6 +66,8 @@ pub enum StartError {
     },
     #[error("the {0} platform is not available in this build of the controller")]
     Platform(Platform),
+    #[error(transparent)]
+    PlatformSetup(#[from] platform::PlatformError),
 }
 
 impl Running {
@@ -105,6 +110,16 @@ impl Running {
     }
 }
 
+impl App {
+    /// The platform a task runs on.
+    pub fn platform(&self, p: Platform) -> &dyn AgentPlatform {
+        self.platforms
+            .get(&p)
+            .expect("tasks are only accepted for configured platforms")
+            .as_ref()
+    }
+}
+
 /// Binds `config.listen_addr` and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let listener = TcpListener::bind(&config.listen_addr)
@@ -122,23 +137,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let platform: Box<dyn AgentPlatform> = match config.default_platform {
-        Platform::Local => Box::new(LocalPlatform::new(
-            config
-                .agent_binary
-                .clone()
-                .unwrap_or_else(LocalPlatform::find_agent),
-            config.data_dir.join("work"),
-            exit_tx,
-        )),
-        other => return Err(StartError::Platform(other)),
-    };
+    let mut wanted = vec![config.default_platform];
+    if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
+        wanted.push(Platform::Ecs);
+    }
+    let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
+    for p in wanted {
+        let exits = exit_tx.clone();
+        let platform: Box<dyn AgentPlatform> = match p {
+            Platform::Local => Box::new(LocalPlatform::new(
+                config
+                    .agent_binary
+                    .clone()
+                    .unwrap_or_else(LocalPlatform::find_agent),
+                config.data_dir.join("work"),
+                exits,
+            )),
+            Platform::Ecs => Box::new(platform::ecs::EcsPlatform::start(&config, exits).await?),
+            other => return Err(StartError::Platform(other)),
+        };
+        platforms.insert(p, platform);
+    }
     let app = Arc::new(App {
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         config,
         agent_url,
         builds: state::Registry::default(),
-        platform,
+        platforms,
         body_limit: MAX_CONTEXT_BYTES as usize,
     });
     tokio::spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
@@ -151,7 +176,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })
             .await
     });
-    tracing::info!(%addr, platform = %app.platform.name(), "controller listening");
+    let names: Vec<&str> = app.platforms.values().map(|p| p.name()).collect();
+    tracing::info!(%addr, platforms = ?names, default = %app.config.default_platform, "controller listening");
     Ok(Running {
         app,
         addr,

@@ -102,19 +102,21 @@ async fn create_build(
             .path(&t.context_key)
             .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     }
-    let platform = request
-        .tasks
-        .iter()
-        .find_map(|t| t.spec.platform)
-        .unwrap_or(app.config.default_platform);
-    if platform != app.config.default_platform {
-        return Err(Failure::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "this controller runs agents on `{}`; the build asks for `{platform}` (remove `platform` from the config, or use a controller for {platform})",
-                app.config.default_platform
-            ),
-        ));
+    for t in &request.tasks {
+        let platform = t.spec.platform.unwrap_or(app.config.default_platform);
+        if !app.platforms.contains_key(&platform) {
+            let mut have: Vec<String> = app.platforms.keys().map(|p| p.to_string()).collect();
+            have.sort();
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the {} build asks for platform `{platform}`, which this controller does not run (it runs: {}); remove `platform` from the config to use the default, `{}`",
+                    t.arch,
+                    have.join(", "),
+                    app.config.default_platform
+                ),
+            ));
+        }
     }
     if app.config.s3_bucket.is_none() {
         for t in &request.tasks {
@@ -130,7 +132,7 @@ async fn create_build(
         }
     }
     let id = new_build_id();
-    let build = Arc::new(Build::new(id.clone(), request, platform));
+    let build = Arc::new(Build::new(id.clone(), request, app.config.default_platform));
     app.builds.insert(Arc::clone(&build));
     tracing::info!(build = %id, service = %build.status().service, "build created");
     tokio::spawn(crate::supervisor::run(Arc::clone(&app), build));

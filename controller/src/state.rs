@@ -49,13 +49,15 @@ pub struct Build {
 }
 
 impl Build {
-    pub fn new(id: String, request: CreateBuild, platform: Platform) -> Build {
+    /// `default` is the platform of tasks whose spec names none.
+    pub fn new(id: String, request: CreateBuild, default: Platform) -> Build {
         let tasks: Vec<TaskStatus> = request
             .tasks
             .iter()
             .map(|t| TaskStatus {
                 id: format!("{id}-{}", t.arch),
                 arch: t.arch,
+                platform: t.spec.platform.unwrap_or(default),
                 state: TaskState::Starting,
                 push: t.push.clone(),
                 digest: None,
@@ -64,7 +66,7 @@ impl Build {
                 finished_ms: None,
             })
             .collect();
-        let runtime = tasks
+        let runtime: Vec<TaskRuntime> = tasks
             .iter()
             .map(|_| TaskRuntime {
                 token: random_token(),
@@ -75,12 +77,20 @@ impl Build {
                 exited: None,
             })
             .collect();
-        let redactor = Redactor::new(request.tasks.iter().flat_map(|t| {
-            t.spec
-                .credentials
+        // Registry passwords and the agents' own tokens never reach a log
+        // line, an error or a status.
+        let redactor = Redactor::new(
+            request
+                .tasks
                 .iter()
-                .map(|c| c.password.expose().to_string())
-        }));
+                .flat_map(|t| {
+                    t.spec
+                        .credentials
+                        .iter()
+                        .map(|c| c.password.expose().to_string())
+                })
+                .chain(runtime.iter().map(|rt| rt.token.clone())),
+        );
         let status = BuildStatus {
             id: id.clone(),
             service: request.service.clone(),
@@ -88,7 +98,6 @@ impl Build {
             destination: request.destination.clone(),
             index_digest: None,
             error: None,
-            platform,
             created_ms: now_ms(),
             finished_ms: None,
             tasks,
@@ -158,7 +167,7 @@ impl Build {
 }
 
 impl Inner {
-    fn push_line(&mut self, index: usize, line: &str) {
+    pub fn push_line(&mut self, index: usize, line: &str) {
         let line = self.redactor.redact(line);
         let seq = self.logs.len() as u64 + 1;
         let task = &self.status.tasks[index];

@@ -41,7 +41,7 @@ pub async fn run(app: Arc<App>, build: Arc<Build>) {
 }
 
 async fn launch_all(app: &App, build: &Build) {
-    let launches: Vec<Launch> = {
+    let launches: Vec<(Launch, bakery_core::Platform)> = {
         let inner = build.lock();
         inner
             .request
@@ -49,35 +49,44 @@ async fn launch_all(app: &App, build: &Build) {
             .iter()
             .zip(&inner.status.tasks)
             .zip(&inner.runtime)
-            .map(|((req, status), rt)| Launch {
-                build_id: build.id.clone(),
-                task_id: status.id.clone(),
-                arch: req.arch,
-                cpu: req.spec.cpu.unwrap_or(app.config.default_build_cpu),
-                memory: req.spec.memory.unwrap_or(app.config.default_build_memory),
-                spot: req.spec.spot,
-                env: BTreeMap::from([
-                    (agent_env::CONTROLLER_URL.to_string(), app.agent_url.clone()),
-                    (agent_env::TASK_ID.to_string(), status.id.clone()),
-                    (agent_env::TASK_TOKEN.to_string(), rt.token.clone()),
-                ]),
+            .map(|((req, status), rt)| {
+                (
+                    Launch {
+                        build_id: build.id.clone(),
+                        task_id: status.id.clone(),
+                        arch: req.arch,
+                        cpu: req.spec.cpu.unwrap_or(app.config.default_build_cpu),
+                        memory: req.spec.memory.unwrap_or(app.config.default_build_memory),
+                        spot: req.spec.spot,
+                        env: BTreeMap::from([
+                            (agent_env::CONTROLLER_URL.to_string(), app.agent_url.clone()),
+                            (agent_env::TASK_ID.to_string(), status.id.clone()),
+                            (agent_env::TASK_TOKEN.to_string(), rt.token.clone()),
+                        ]),
+                    },
+                    status.platform,
+                )
             })
             .collect()
     };
-    for (index, launch) in launches.into_iter().enumerate() {
+    for (index, (launch, platform)) in launches.into_iter().enumerate() {
+        let platform = app.platform(platform);
         if build.lock().cancel_requested {
             break;
         }
         let arch = launch.arch;
         build.log(
             index,
-            &format!("starting the {arch} agent on {}", app.platform.name()),
+            &format!("starting the {arch} agent on {}", platform.name()),
         );
-        let result = app.platform.launch(launch).await;
+        let result = platform.launch(launch).await;
         {
             let mut inner = build.lock();
             match result {
                 Ok(handle) => {
+                    if handle != inner.status.tasks[index].id {
+                        inner.push_line(index, &format!("agent launched: {handle}"));
+                    }
                     inner.runtime[index].handle = Some(handle);
                     inner.runtime[index].launched_at = Some(Instant::now());
                     inner.status.tasks[index].started_ms = Some(now_ms());
@@ -187,15 +196,18 @@ fn evaluate(app: &App, build: &Build) -> bool {
 
 /// Stops every agent this build launched; failures are logged, not fatal.
 async fn stop_all(app: &App, build: &Build) {
-    let handles: Vec<(usize, String)> = build
-        .lock()
-        .runtime
-        .iter()
-        .enumerate()
-        .filter_map(|(i, rt)| rt.handle.clone().map(|h| (i, h)))
-        .collect();
-    for (i, handle) in handles {
-        if let Err(e) = app.platform.stop(&handle).await {
+    let handles: Vec<(usize, String, bakery_core::Platform)> = {
+        let inner = build.lock();
+        inner
+            .runtime
+            .iter()
+            .zip(&inner.status.tasks)
+            .enumerate()
+            .filter_map(|(i, (rt, t))| rt.handle.clone().map(|h| (i, h, t.platform)))
+            .collect()
+    };
+    for (i, handle, platform) in handles {
+        if let Err(e) = app.platform(platform).stop(&handle).await {
             build.log(i, &format!("warning: {e}"));
         }
     }

@@ -117,7 +117,6 @@ pub struct BuildStatus {
     pub index_digest: Option<String>,
     /// Why the build failed or was cancelled.
     pub error: Option<String>,
-    pub platform: Platform,
     /// Unix milliseconds.
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
@@ -128,6 +127,8 @@ pub struct BuildStatus {
 pub struct TaskStatus {
     pub id: String,
     pub arch: Arch,
+    /// Where the agent runs.
+    pub platform: Platform,
     pub state: TaskState,
     pub push: Option<String>,
     /// The digest of the pushed per-arch manifest.

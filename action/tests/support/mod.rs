@@ -116,6 +116,18 @@ pub fn push_base_image(registry: &Server) -> String {
 
 /// moto_server as the S3 stand-in, with `bucket` created.
 pub fn s3(bucket: &str) -> Server {
+    let server = moto();
+    let status = Command::new("curl")
+        .args(["-fsS", "-X", "PUT", &format!("{}/{bucket}", server.url())])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "creating the bucket");
+    server
+}
+
+/// moto_server (S3, ECS, EC2, IAM, Secrets Manager) on a random port.
+pub fn moto() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
@@ -129,19 +141,52 @@ pub fn s3(bucket: &str) -> Server {
     wait_for("moto_server", || {
         http_ok(&format!("{}/moto-api/", server.url()))
     });
-    let status = Command::new("curl")
-        .args(["-fsS", "-X", "PUT", &format!("{}/{bucket}", server.url())])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "creating the bucket");
     server
+}
+
+/// The project's type-fixing proxy in front of moto (see scripts/moto-compat-proxy.py).
+pub fn moto_proxy(moto: &Server) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto-compat-proxy.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(moto.url())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, dir, port };
+    wait_for("the moto proxy", || {
+        http_ok(&format!("{}/moto-api/", server.url()))
+    });
+    server
+}
+
+/// Runs scripts/moto-ecs-fixture.py and parses its JSON output.
+pub fn ecs_fixture(args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto-ecs-fixture.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fixture {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 /// `bakery-controller` as its own process.
 pub fn controller(env: &[(&str, &str)]) -> Server {
+    controller_on(free_port(), env)
+}
+
+/// `bakery-controller` on a given port (when its URL must be known before it starts).
+pub fn controller_on(port: u16, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
     let child = Command::new(sibling_binary("bakery-controller"))
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))

@@ -2,6 +2,7 @@
 //! it reports agents that end on their own through a channel, so the
 //! controller learns of a crash at once instead of at a timeout.
 
+pub mod ecs;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,8 @@ pub type ExitSender = mpsc::UnboundedSender<Exited>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
+    #[error("{0}")]
+    Config(String),
     #[error("could not start the agent: {0}")]
     Launch(String),
     #[error("could not stop the agent: {0}")]

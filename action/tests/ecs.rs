@@ -1,0 +1,414 @@
+//! The ECS platform against moto_server (through scripts/moto-compat-proxy.py,
+//! which only fixes moto's number-for-string container fields).
+//!
+//! moto registers task definitions and records tasks but runs no container,
+//! so the test plays Fargate: for each RUNNING task it starts `bakery-agent`
+//! with exactly the environment the task's RunTask override gives it (with
+//! buildah in place of the Kaniko image, which cannot run here), and the build
+//! runs to a pushed image in a real registry.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const SECRET: &str = "ecs-registry-password-7f3a";
+const IMAGE_PULL_SECRET: &str = "agent-image-pull-password-91c2";
+
+struct Ecs {
+    moto: Server,
+    _proxy: Server,
+    controller: Server,
+    registry: Server,
+    base: String,
+    agents: Vec<Child>,
+    started: HashSet<String>,
+    work: tempfile::TempDir,
+}
+
+impl Drop for Ecs {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+impl Ecs {
+    /// moto with the account set up, `pre` run against it, then a controller on ECS.
+    fn start(pre: impl FnOnce(&str)) -> Ecs {
+        let registry = registry();
+        let base = push_base_image(&registry);
+        let moto = moto();
+        let fixture = ecs_fixture(&["setup", &moto.url()]);
+        pre(&moto.url());
+        let proxy = moto_proxy(&moto);
+        let port = free_port();
+        let controller_url = format!("http://127.0.0.1:{port}");
+        let env = [
+            ("DEFAULT_PLATFORM", "ecs"),
+            ("AWS_ENDPOINT_URL", &*proxy.url()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("ECS_CLUSTER", fixture["cluster"].as_str().unwrap()),
+            ("ECS_SUBNETS", fixture["subnet"].as_str().unwrap()),
+            (
+                "ECS_SECURITY_GROUPS",
+                fixture["security_group"].as_str().unwrap(),
+            ),
+            ("ECS_EXEC_ROLE_ARN", fixture["exec_role"].as_str().unwrap()),
+            ("ECS_TASK_ROLE_ARN", fixture["task_role"].as_str().unwrap()),
+            ("AGENT_IMAGE", "registry.example/bakery-agent:test"),
+            ("CONTROLLER_URL", &controller_url),
+            // moto 500s on capacityProviderStrategy; Spot selection is unit-tested on the request.
+            ("ECS_LAUNCH_TYPE", "FARGATE"),
+            ("ECS_POLL_INTERVAL", "200ms"),
+            ("CLEANUP_ECS_TASK_DEFINITIONS", "true"),
+            ("AGENT_IMAGE_USERNAME", "puller"),
+            ("AGENT_IMAGE_PASSWORD", IMAGE_PULL_SECRET),
+            ("ECS_LOG_GROUP", "/bakery/agents"),
+        ];
+        let controller = controller_on(port, &env);
+        Ecs {
+            moto,
+            _proxy: proxy,
+            controller,
+            registry,
+            base,
+            agents: Vec::new(),
+            started: HashSet::new(),
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn dump(&self) -> Value {
+        ecs_fixture(&["dump", &self.moto.url()])
+    }
+
+    fn project(&self) -> tempfile::TempDir {
+        project(&[
+            ("Dockerfile", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo ok > /ok.txt\n"),
+            ("Dockerfile.arm64", "FROM scratch\nCOPY Dockerfile /\n"),
+            (
+                "config.yaml",
+                &format!(
+                    "global:\n  kaniko-credentials:\n    - {{registry: {r}, username: ci, password: {SECRET}}}\n  kaniko:\n    destination: {r}/ecs/app:1\n    build-args: {{BASE_IMAGE: {b}}}\nbake:\n  - arch: amd64\n  - arch: arm64\n    cpu: 1\n    memory: 3G\n    kaniko: {{dockerfile: Dockerfile.arm64}}\n",
+                    r = self.registry.host(),
+                    b = self.base
+                ),
+            ),
+        ])
+    }
+
+    fn submit(&self, repo: &std::path::Path) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+            .current_dir(repo)
+            .args(["build", "--detach"])
+            .env("CONTROLLER_URL", self.controller.url())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+
+    /// Plays Fargate: starts an agent for every RUNNING task not started yet.
+    fn run_agents(&mut self) {
+        for task in self.dump()["tasks"].as_array().unwrap() {
+            let arn = task["taskArn"].as_str().unwrap().to_string();
+            if task["lastStatus"] != "RUNNING" || self.started.contains(&arn) {
+                continue;
+            }
+            let env = &task["overrides"]["containerOverrides"][0]["environment"];
+            let mut cmd = Command::new(sibling_binary("bakery-agent"));
+            cmd.env_clear().env("PATH", std::env::var("PATH").unwrap());
+            for kv in env.as_array().unwrap() {
+                cmd.env(kv["name"].as_str().unwrap(), kv["value"].as_str().unwrap());
+            }
+            cmd.env("BAKERY_BUILDER", "buildah").env(
+                "BAKERY_WORK_DIR",
+                self.work.path().join(arn.rsplit('/').next().unwrap()),
+            );
+            self.agents.push(cmd.spawn().unwrap());
+            self.started.insert(arn);
+        }
+    }
+
+    fn status(&self, id: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-fsS", &format!("{}/v1/builds/{id}", self.controller.url())])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait(&mut self, id: &str, play_fargate: bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if play_fargate {
+                self.run_agents();
+            }
+            let status = self.status(id);
+            if ["succeeded", "failed", "cancelled"].contains(&status["state"].as_str().unwrap()) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "build still running: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn family_revisions(dump: &Value, family: &str, status: &str) -> Vec<u64> {
+    dump["task_definitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["family"] == family && d["status"] == status)
+        .map(|d| d["revision"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
+    let mut ecs = Ecs::start(|moto| {
+        // Left over by this controller with other settings: stale, ours.
+        ecs_fixture(&[
+            "register",
+            moto,
+            "bakery-agent-amd64-512cpu-2048mib",
+            "bakery",
+            "0000000000000000",
+        ]);
+        // Someone else's, although the family name matches our prefix.
+        ecs_fixture(&[
+            "register",
+            moto,
+            "bakery-agent-amd64-512cpu-2048mib",
+            "-",
+            "-",
+        ]);
+        ecs_fixture(&["register", moto, "bakery-agent-custom", "other-team", "x"]);
+        ecs_fixture(&["register", moto, "unrelated-service", "-", "-"]);
+    });
+
+    // Start-up cleanup removed exactly our stale revision.
+    let dump = ecs.dump();
+    assert_eq!(
+        family_revisions(&dump, "bakery-agent-amd64-512cpu-2048mib", "INACTIVE"),
+        [1]
+    );
+    assert_eq!(
+        family_revisions(&dump, "bakery-agent-amd64-512cpu-2048mib", "ACTIVE"),
+        [2]
+    );
+    assert_eq!(
+        family_revisions(&dump, "bakery-agent-custom", "ACTIVE"),
+        [1]
+    );
+    assert_eq!(family_revisions(&dump, "unrelated-service", "ACTIVE"), [1]);
+
+    let repo = ecs.project();
+    let id = ecs.submit(repo.path());
+    let status = ecs.wait(&id, true);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert!(status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["platform"] == "ecs"));
+
+    // The index joins both arches in the real registry.
+    let index = raw_manifest(&format!("{}/ecs/app:1", ecs.registry.host()));
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+
+    let dump = ecs.dump();
+    // One family per (arch, size); arm64 asked for 1 vCPU / 3G, a valid Fargate pair.
+    let ours: Vec<&Value> = dump["task_definitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["status"] == "ACTIVE"
+                && d["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["key"] == "bakery:owner" && t["value"] == "bakery")
+                && d["containerDefinitions"][0]["image"] == "registry.example/bakery-agent:test"
+        })
+        .collect();
+    let mut families: Vec<&str> = ours.iter().map(|d| d["family"].as_str().unwrap()).collect();
+    families.sort();
+    assert_eq!(
+        families,
+        [
+            "bakery-agent-amd64-512cpu-2048mib",
+            "bakery-agent-arm64-1024cpu-3072mib"
+        ]
+    );
+    for d in &ours {
+        let arm = d["family"].as_str().unwrap().contains("arm64");
+        assert_eq!(
+            d["runtimePlatform"]["cpuArchitecture"],
+            if arm { "ARM64" } else { "X86_64" }
+        );
+        assert_eq!(d["runtimePlatform"]["operatingSystemFamily"], "LINUX");
+        assert_eq!(d["networkMode"], "awsvpc");
+        assert_eq!(d["requiresCompatibilities"], serde_json::json!(["FARGATE"]));
+        assert_eq!(d["cpu"], if arm { "1024" } else { "512" });
+        assert_eq!(d["memory"], if arm { "3072" } else { "2048" });
+        assert!(d["executionRoleArn"]
+            .as_str()
+            .unwrap()
+            .ends_with("role/bakery-agent-execution"));
+        assert!(d["taskRoleArn"]
+            .as_str()
+            .unwrap()
+            .ends_with("role/bakery-agent-task"));
+    }
+    // The agent image login went to Secrets Manager, referenced by ARN only.
+    let secret = dump["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "bakery/agent-image-registry")
+        .expect("secret created");
+    for d in &ours {
+        let container = &d["containerDefinitions"][0];
+        assert_eq!(
+            container["repositoryCredentials"]["credentialsParameter"],
+            secret["arn"]
+        );
+        assert_eq!(container["logConfiguration"]["logDriver"], "awslogs");
+        assert_eq!(
+            container["logConfiguration"]["options"]["awslogs-group"],
+            "/bakery/agents"
+        );
+    }
+    assert!(!dump.to_string().contains(IMAGE_PULL_SECRET));
+    // Every task this build started is stopped, and no secret is anywhere in ECS.
+    let tasks = dump["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    for t in tasks {
+        assert_eq!(t["lastStatus"], "STOPPED", "{t}");
+        assert_eq!(t["launchType"], "FARGATE");
+        let names: Vec<&str> = t["overrides"]["containerOverrides"][0]["environment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| kv["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "BAKERY_CONTROLLER_URL",
+                "BAKERY_TASK_ID",
+                "BAKERY_TASK_TOKEN",
+                "BAKERY_BUILDER"
+            ]
+        );
+    }
+    assert!(
+        !dump.to_string().contains(SECRET),
+        "a registry password reached ECS"
+    );
+
+    // The foreign revision 2 was left alone; ours is revision 3.
+    assert_eq!(
+        family_revisions(&dump, "bakery-agent-amd64-512cpu-2048mib", "ACTIVE"),
+        [2, 3]
+    );
+    assert_eq!(
+        family_revisions(&dump, "bakery-agent-arm64-1024cpu-3072mib", "ACTIVE"),
+        [1]
+    );
+
+    // A second build reuses the task definitions: no new revision.
+    let id = ecs.submit(repo.path());
+    assert_eq!(ecs.wait(&id, true)["state"], "succeeded");
+    let again = ecs.dump();
+    assert_eq!(
+        family_revisions(&again, "bakery-agent-amd64-512cpu-2048mib", "ACTIVE"),
+        [2, 3]
+    );
+    assert_eq!(
+        family_revisions(&again, "bakery-agent-arm64-1024cpu-3072mib", "ACTIVE"),
+        [1]
+    );
+    assert_eq!(again["tasks"].as_array().unwrap().len(), 4);
+    assert!(again["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["lastStatus"] == "STOPPED"));
+}
+
+#[test]
+fn a_task_that_stops_before_reporting_fails_the_build_with_the_ecs_reason() {
+    let mut ecs = Ecs::start(|_| {});
+    let repo = ecs.project();
+    let id = ecs.submit(repo.path());
+    // Do not play Fargate: ECS stops the amd64 task itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let amd64 = loop {
+        let dump = ecs.dump();
+        let found = dump["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| {
+                t["lastStatus"] == "RUNNING"
+                    && t["taskDefinitionArn"].as_str().unwrap().contains("amd64")
+            })
+            .map(|t| t["taskArn"].as_str().unwrap().to_string());
+        if let Some(arn) = found {
+            break arn;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ecs_fixture(&[
+        "stop",
+        &ecs.moto.url(),
+        &amd64,
+        "Essential container in task exited: CannotPullContainerError",
+    ]);
+    let started = Instant::now();
+    let status = ecs.wait(&id, false);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed at once, not at a timeout"
+    );
+    assert_eq!(status["state"], "failed");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains(
+            "ECS task stopped: Essential container in task exited: CannotPullContainerError"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("before reporting a result"), "{error}");
+    // The arm64 task was stopped too.
+    let dump = ecs.dump();
+    assert!(
+        dump["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["lastStatus"] == "STOPPED"),
+        "{dump}"
+    );
+}

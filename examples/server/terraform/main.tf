@@ -1,0 +1,228 @@
+# The AWS side of bakery's ECS platform: a Fargate cluster with on-demand and
+# Spot capacity, the context bucket, the agents' security group, and the three
+# sets of permissions of the README (server, agent execution, agent task),
+# plus the client's upload policy.
+
+data "aws_caller_identity" "current" {}
+
+locals {
+  account = data.aws_caller_identity.current.account_id
+}
+
+# ---- cluster ---------------------------------------------------------------
+
+resource "aws_ecs_cluster" "bakery" {
+  name = "${var.name}-cluster"
+}
+
+resource "aws_ecs_cluster_capacity_providers" "bakery" {
+  cluster_name       = aws_ecs_cluster.bakery.name
+  capacity_providers = ["FARGATE", "FARGATE_SPOT"]
+
+  default_capacity_provider_strategy {
+    capacity_provider = "FARGATE"
+    weight            = 1
+  }
+}
+
+resource "aws_cloudwatch_log_group" "agents" {
+  count             = var.log_group == "" ? 0 : 1
+  name              = var.log_group
+  retention_in_days = 14
+}
+
+# ---- context bucket ---------------------------------------------------------
+
+resource "aws_s3_bucket" "contexts" {
+  bucket = var.context_bucket
+}
+
+resource "aws_s3_bucket_public_access_block" "contexts" {
+  bucket                  = aws_s3_bucket.contexts.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "contexts" {
+  bucket = aws_s3_bucket.contexts.id
+
+  rule {
+    id     = "expire-contexts"
+    status = "Enabled"
+    filter {
+      prefix = "contexts/"
+    }
+    expiration {
+      days = var.context_retention_days
+    }
+  }
+}
+
+# ---- network: agents need egress only ---------------------------------------
+
+resource "aws_security_group" "agents" {
+  name        = "${var.name}-agents"
+  description = "bakery agents: outbound to S3, the controller and registries; no inbound"
+  vpc_id      = var.vpc_id
+
+  egress {
+    description = "S3, Controller, container registries"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
+# ---- agent execution role (ECS pulls the image, writes logs) -----------------
+
+data "aws_iam_policy_document" "ecs_tasks_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "agent_execution" {
+  name               = "${var.name}-agent-execution"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+}
+
+resource "aws_iam_role_policy_attachment" "agent_execution_managed" {
+  role       = aws_iam_role.agent_execution.name
+  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+resource "aws_iam_role_policy" "agent_execution_image_secret" {
+  count = var.agent_image_secret_arn == "" ? 0 : 1
+  name  = "agent-image-secret"
+  role  = aws_iam_role.agent_execution.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid      = "PullAgentImageFromPrivateRegistry"
+      Effect   = "Allow"
+      Action   = ["secretsmanager:GetSecretValue"]
+      Resource = var.agent_image_secret_arn
+    }]
+  })
+}
+
+# ---- agent task role (the agent downloads its context) -----------------------
+
+resource "aws_iam_role" "agent_task" {
+  name               = "${var.name}-agent-task"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+}
+
+resource "aws_iam_role_policy" "agent_task" {
+  name = "download-contexts"
+  role = aws_iam_role.agent_task.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "DownloadBuildContext"
+        Effect   = "Allow"
+        Action   = ["s3:GetObject"]
+        Resource = "${aws_s3_bucket.contexts.arn}/*"
+      },
+      {
+        Sid      = "ListContextBucket"
+        Effect   = "Allow"
+        Action   = ["s3:ListBucket"]
+        Resource = aws_s3_bucket.contexts.arn
+      },
+    ]
+  })
+}
+
+# ---- server (controller) permissions -----------------------------------------
+
+resource "aws_iam_policy" "server" {
+  name        = "${var.name}-server"
+  description = "bakery-controller: run and clean up agent tasks on ECS"
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid    = "ManageAgentTasks"
+        Effect = "Allow"
+        Action = [
+          "ecs:RegisterTaskDefinition",
+          "ecs:DescribeTaskDefinition",
+          "ecs:DeregisterTaskDefinition",
+          "ecs:ListTaskDefinitions",
+          "ecs:ListTaskDefinitionFamilies",
+          "ecs:RunTask",
+          "ecs:DescribeTasks",
+          # Beyond the original README: bakery stops every task it started
+          # (success, failure, timeout, cancel) and tags what it owns.
+          "ecs:StopTask",
+          "ecs:TagResource",
+        ]
+        Resource = "*"
+      },
+      {
+        Sid      = "AgentImageCredentials"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:CreateSecret", "secretsmanager:DescribeSecret"]
+        Resource = "arn:aws:secretsmanager:${var.region}:${local.account}:secret:${var.name}/*"
+      },
+      {
+        Sid      = "PassAgentRoles"
+        Effect   = "Allow"
+        Action   = ["iam:PassRole"]
+        Resource = [aws_iam_role.agent_execution.arn, aws_iam_role.agent_task.arn]
+      },
+      {
+        Sid      = "AgentLogs"
+        Effect   = "Allow"
+        Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+        Resource = "arn:aws:logs:${var.region}:${local.account}:log-group:${var.log_group == "" ? "none" : var.log_group}:*"
+      },
+    ]
+  })
+}
+
+resource "aws_iam_role" "server" {
+  name               = "${var.name}-server"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+}
+
+resource "aws_iam_role_policy_attachment" "server" {
+  role       = aws_iam_role.server.name
+  policy_arn = aws_iam_policy.server.arn
+}
+
+# ---- client (CI job) permissions ---------------------------------------------
+
+resource "aws_iam_policy" "client" {
+  name        = "${var.name}-client"
+  description = "bakery client: upload build contexts"
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "UploadBuildContext"
+        Effect   = "Allow"
+        Action   = ["s3:PutObject"]
+        Resource = "${aws_s3_bucket.contexts.arn}/*"
+      },
+      {
+        # Beyond the original README: the client asks (HeadObject) before it
+        # uploads, so an unchanged context is never sent twice. HeadObject needs
+        # s3:GetObject, and s3:ListBucket makes a missing object a 404, not a 403.
+        Sid      = "SkipUnchangedContexts"
+        Effect   = "Allow"
+        Action   = ["s3:GetObject", "s3:ListBucket"]
+        Resource = [aws_s3_bucket.contexts.arn, "${aws_s3_bucket.contexts.arn}/*"]
+      },
+    ]
+  })
+}

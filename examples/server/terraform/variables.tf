@@ -1,0 +1,43 @@
+variable "region" {
+  description = "AWS region (AWS_REGION / S3_REGION of the controller)"
+  type        = string
+}
+
+variable "name" {
+  description = "Prefix of every resource name; also a good BAKERY_OWNER"
+  type        = string
+  default     = "bakery"
+}
+
+variable "vpc_id" {
+  description = "VPC the agents run in"
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Subnets with a route to the internet (or a NAT gateway) for the agents (ECS_SUBNETS)"
+  type        = list(string)
+}
+
+variable "context_bucket" {
+  description = "S3 bucket for build contexts (S3_BUCKET)"
+  type        = string
+}
+
+variable "context_retention_days" {
+  description = "Contexts are content-addressed and re-uploaded only when they change; expire old ones after this many days"
+  type        = number
+  default     = 14
+}
+
+variable "agent_image_secret_arn" {
+  description = "Secrets Manager ARN of the agent image registry login (AGENT_IMAGE_SECRET_ARN), or empty for a public image"
+  type        = string
+  default     = ""
+}
+
+variable "log_group" {
+  description = "CloudWatch Logs group for the agents' own output (ECS_LOG_GROUP), or empty for none"
+  type        = string
+  default     = "/bakery/agents"
+}
