@@ -78,6 +78,13 @@ pub struct Config {
     /// How often running agent tasks are described.
     #[serde(default = "five_seconds", deserialize_with = "duration")]
     pub ecs_poll_interval: Duration,
+    // ---- Kubernetes ----
+    /// Namespace of the agent pods; setting it enables the k8s platform.
+    pub k8s_namespace: Option<String>,
+    /// YAML file with the agent pods' settings (service account, node
+    /// selectors, tolerations, image pull secrets).
+    pub k8s_agent_config: Option<PathBuf>,
+
     /// Names and tags what this controller owns in ECS, so two controllers in
     /// one account never clean up each other's task definitions.
     #[serde(default = "default_owner")]

@@ -64,8 +64,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the {0} platform is not available in this build of the controller")]
-    Platform(Platform),
     #[error(transparent)]
     PlatformSetup(#[from] platform::PlatformError),
 }
@@ -122,6 +120,9 @@ impl App {
 
 /// Binds `config.listen_addr` and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // kube and the AWS SDK both use rustls: pick its crypto provider once,
+    // or the first TLS client panics on the ambiguity.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let listener = TcpListener::bind(&config.listen_addr)
         .await
         .map_err(|source| StartError::Listen {
@@ -141,6 +142,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
         wanted.push(Platform::Ecs);
     }
+    if config.k8s_namespace.is_some() && !wanted.contains(&Platform::K8s) {
+        wanted.push(Platform::K8s);
+    }
     let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
     for p in wanted {
         let exits = exit_tx.clone();
@@ -154,7 +158,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 exits,
             )),
             Platform::Ecs => Box::new(platform::ecs::EcsPlatform::start(&config, exits).await?),
-            other => return Err(StartError::Platform(other)),
+            Platform::K8s => Box::new(platform::k8s::K8sPlatform::start(&config, exits).await?),
         };
         platforms.insert(p, platform);
     }

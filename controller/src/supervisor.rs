@@ -119,10 +119,18 @@ fn evaluate(app: &App, build: &Build) -> bool {
             } else if inner.status.tasks[i].state == TaskState::Starting
                 && rt.launched_at.is_some_and(|t| now - t > task_timeout)
             {
-                Some(format!(
-                    "the agent did not start within BUILD_TASK_TIMEOUT ({}); check that the platform can schedule it and pull the agent image",
-                    humantime::format_duration(task_timeout)
-                ))
+                let platform = app.platform(inner.status.tasks[i].platform);
+                let last = rt.handle.as_deref().and_then(|h| platform.diagnosis(h));
+                Some(match last {
+                    Some(why) => format!(
+                        "the agent did not start within BUILD_TASK_TIMEOUT ({}): {why}",
+                        humantime::format_duration(task_timeout)
+                    ),
+                    None => format!(
+                        "the agent did not start within BUILD_TASK_TIMEOUT ({}); check that the platform can schedule it and pull the agent image",
+                        humantime::format_duration(task_timeout)
+                    ),
+                })
             } else if rt.checked_in_at.is_some_and(|t| now - t > result_timeout) {
                 Some(format!(
                     "no result within BUILD_RESULT_TIMEOUT ({}) of the agent starting",

@@ -50,7 +50,7 @@ fn http_ok(url: &str) -> bool {
 }
 
 pub struct Server {
-    child: Child,
+    pub child: Child,
     pub dir: tempfile::TempDir,
     pub port: u16,
 }

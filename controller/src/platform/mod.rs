@@ -3,6 +3,7 @@
 //! controller learns of a crash at once instead of at a timeout.
 
 pub mod ecs;
+pub mod k8s;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -55,4 +56,10 @@ pub trait AgentPlatform: Send + Sync + 'static {
 
     /// Stops an agent. Stopping one that already ended is not an error.
     async fn stop(&self, handle: &str) -> Result<(), PlatformError>;
+
+    /// What the platform last said about an agent that has not started
+    /// (unschedulable, pulling its image…), for the timeout message.
+    fn diagnosis(&self, _handle: &str) -> Option<String> {
+        None
+    }
 }
