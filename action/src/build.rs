@@ -13,6 +13,7 @@ use bakery_core::api::{
 use bakery_core::context::{pack_to_dir, Codec, PackOptions};
 use bakery_core::{Plan, ServicePlan};
 
+use crate::ci::Ci;
 use crate::cli::LogFormat;
 use crate::client::Controller;
 
@@ -49,7 +50,18 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
         let controller = controller.clone();
         let submitted = Arc::clone(&submitted);
         async move {
-            let _ = tokio::signal::ctrl_c().await;
+            // CI systems cancel a job with SIGTERM; a person with Ctrl-C.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
             eprintln!("interrupted: cancelling the builds");
             let ids = submitted.lock().map(|s| s.clone()).unwrap_or_default();
             for id in ids {
@@ -132,7 +144,9 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
     let ok = results
         .iter()
         .all(|(_, s, _)| s.as_ref().is_some_and(|s| s.state == BuildState::Succeeded));
+    printer.end_block();
     print_summary(&results, &printer);
+    printer.report(&plan, &results);
     Ok(ok)
 }
 
@@ -276,6 +290,9 @@ pub struct Printer {
     colors: Mutex<HashMap<String, usize>>,
     /// Last lines per task, shown again under a failure.
     tails: Mutex<HashMap<String, Vec<String>>>,
+    ci: Ci,
+    /// The CI log block (group/section) open now: label and its number.
+    block: Mutex<Option<(String, usize)>>,
 }
 
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
@@ -293,6 +310,8 @@ impl Printer {
             format,
             colors: Mutex::default(),
             tails: Mutex::default(),
+            ci: Ci::detect(),
+            block: Mutex::default(),
         }
     }
 
@@ -304,6 +323,8 @@ impl Printer {
             format,
             colors: Mutex::default(),
             tails: Mutex::default(),
+            ci: Ci::detect(),
+            block: Mutex::default(),
         }
     }
 
@@ -319,6 +340,16 @@ impl Printer {
             }
         }
         let mut out = std::io::stdout().lock();
+        {
+            // In CI, each run of lines from one arch goes in a collapsible block.
+            let mut block = self.block.lock().expect("lock");
+            if block.as_ref().map(|(l, _)| l.as_str()) != Some(label.as_str()) {
+                let n = block.as_ref().map_or(0, |(_, n)| n + 1);
+                let previous = block.as_ref().map(|(l, n)| (l.as_str(), *n));
+                let _ = out.write_all(self.ci.switch_block(previous, &label, n).as_bytes());
+                *block = Some((label.clone(), n));
+            }
+        }
         let _ = match self.format {
             Some(LogFormat::Json) => {
                 let mut v = serde_json::to_value(event).unwrap_or_default();
@@ -350,6 +381,30 @@ impl Printer {
             .get(label)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Ends the open CI log block, so what follows is not folded away.
+    pub fn end_block(&self) {
+        let open = self.block.lock().expect("lock").take();
+        print!(
+            "{}",
+            self.ci
+                .close_block(open.as_ref().map(|(l, n)| (l.as_str(), *n)))
+        );
+    }
+
+    /// Writes the CI reports (outputs, summary, annotations, dotenv).
+    pub fn report(&self, plan: &Plan, results: &[(String, Option<BuildStatus>, f64)]) {
+        let tails: std::collections::BTreeMap<String, Vec<String>> = self
+            .tails
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Err(e) = self.ci.report(plan, results, &tails) {
+            tracing::warn!("could not write the CI report: {e}");
+        }
     }
 }
 

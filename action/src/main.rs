@@ -1,6 +1,7 @@
 //! `bakery`: the client CI runs.
 
 mod build;
+mod ci;
 mod cli;
 mod client;
 mod render;

@@ -230,6 +230,16 @@ fn slow_project(registry: &Server, base: &str, lines: u32, name: &str) -> tempfi
 
 #[test]
 fn interrupting_the_client_cancels_the_build_and_stops_agents() {
+    interrupt_cancels("INT");
+}
+
+/// CI systems cancel a job with SIGTERM.
+#[test]
+fn terminating_the_client_cancels_the_build_and_stops_agents() {
+    interrupt_cancels("TERM");
+}
+
+fn interrupt_cancels(signal: &str) {
     let registry = registry();
     let base = push_base_image(&registry);
     let controller = controller(&[]);
@@ -259,7 +269,7 @@ fn interrupting_the_client_cancels_the_build_and_stops_agents() {
         "the agent runs"
     );
     let interrupted = Instant::now();
-    nix_kill(child.id(), "INT");
+    nix_kill(child.id(), signal);
     let status = child.wait().unwrap();
     assert!(!status.success());
     // Agents gone within 10 s of the interrupt.
@@ -489,4 +499,120 @@ fn detached_builds_are_followed_later_with_status_and_logs() {
         "{}",
         text(&unknown)
     );
+}
+
+#[test]
+fn github_actions_gets_groups_annotations_outputs_and_a_summary() {
+    let registry = registry();
+    let repo = two_services(&registry);
+    let ci = tempfile::tempdir().unwrap();
+    let (output, summary) = (ci.path().join("output"), ci.path().join("summary"));
+    let out = bakery(
+        repo.path(),
+        &["--compose", "compose.yaml", "--async", "build"],
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_OUTPUT", output.to_str().unwrap()),
+            ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
+            ("GITHUB_WORKSPACE", repo.path().to_str().unwrap()),
+        ],
+    );
+    let all = text(&out);
+    assert!(!out.status.success());
+    assert!(all.contains("::group::good-arm64\n"), "{all}");
+    assert!(all.contains("::endgroup::\n"), "{all}");
+    assert!(!all.contains("\x1b["), "no colour codes without a TTY");
+    // The buildah error names the step; the annotation points at its line.
+    assert!(
+        all.contains("::error file=bad/Dockerfile,line=2,title=bad (amd64) build failed::buildah build failed"),
+        "{all}"
+    );
+    // The summary table comes after the last group, so it is not folded away.
+    let last_end = all.rfind("::endgroup::").unwrap();
+    assert!(all.find("SERVICE  ARCH").unwrap() > last_end, "{all}");
+
+    let outputs = std::fs::read_to_string(&output).unwrap();
+    let get = |k: &str| {
+        outputs
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_string()
+    };
+    let metadata: serde_json::Value = serde_json::from_str(&get("metadata")).unwrap();
+    let good_digest = metadata["good"]["containerimage.digest"].as_str().unwrap();
+    assert!(good_digest.starts_with("sha256:"));
+    assert_eq!(
+        get("digest"),
+        good_digest,
+        "bad pushed no index, so the digest is good's"
+    );
+    assert_eq!(
+        get("images"),
+        format!("{}/e2e/good:1@{good_digest}", registry.host())
+    );
+    assert_eq!(metadata["bad"]["state"], "failed");
+    assert!(metadata["good"]["arches"]["arm64"]["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("| good | amd64 | ✅ pushed |"), "{md}");
+    assert!(md.contains("| bad | amd64 | ❌ failed |"), "{md}");
+    assert!(
+        md.contains(&format!(
+            "- **good**: `{}/e2e/good:1@{good_digest}`",
+            registry.host()
+        )),
+        "{md}"
+    );
+    assert!(md.contains("<details><summary><b>bad-amd64</b>"), "{md}");
+    assert!(
+        md.contains("COPY no-such-file.txt /"),
+        "the failing log excerpt: {md}"
+    );
+}
+
+#[test]
+fn gitlab_ci_gets_sections_and_a_dotenv_report() {
+    let registry = registry();
+    let repo = two_services(&registry);
+    let dotenv = repo.path().join("build.env");
+    let out = bakery(
+        repo.path(),
+        &["--compose", "compose.yaml", "--services", "good", "build"],
+        &[
+            ("GITLAB_CI", "true"),
+            ("BAKERY_DOTENV", dotenv.to_str().unwrap()),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("section_start:") && all.contains(":bakery_good-amd64_"),
+        "{all}"
+    );
+    assert!(all.contains("[collapsed=true]"), "{all}");
+    assert_eq!(
+        all.matches("section_start:").count(),
+        all.matches("section_end:").count(),
+        "{all}"
+    );
+    let report = std::fs::read_to_string(&dotenv).unwrap();
+    let digest = report
+        .lines()
+        .find_map(|l| l.strip_prefix("BAKERY_GOOD_DIGEST="))
+        .expect("index digest");
+    assert!(digest.starts_with("sha256:"));
+    assert!(report.contains(&format!(
+        "BAKERY_GOOD_IMAGE={}/e2e/good:1@{digest}",
+        registry.host()
+    )));
+    assert!(report
+        .lines()
+        .any(|l| l.starts_with("BAKERY_GOOD_AMD64_DIGEST=sha256:")));
+    assert!(report
+        .lines()
+        .any(|l| l.starts_with("BAKERY_GOOD_ARM64_DIGEST=sha256:")));
 }

@@ -1,0 +1,407 @@
+//! Results where CI users look, behind one interface for both CI systems.
+//!
+//! * GitHub Actions (`GITHUB_ACTIONS=true`): each arch's log in `::group::`
+//!   blocks, `::error file=…,line=…::` annotations pointing at the Dockerfile
+//!   line a builder failed on, step outputs (`digest`, `images`, `metadata`)
+//!   in `$GITHUB_OUTPUT`, and a job summary table in `$GITHUB_STEP_SUMMARY`.
+//! * GitLab CI (`GITLAB_CI=true`): collapsible log sections per arch, and a
+//!   dotenv report (`BAKERY_DOTENV`, default `bakery.env`) with the digests.
+//!
+//! Anywhere else nothing extra is printed or written.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use bakery_core::api::{BuildStatus, TaskState};
+use bakery_core::Plan;
+use regex::Regex;
+
+/// Which CI system runs us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ci {
+    None,
+    GitHub {
+        output: Option<PathBuf>,
+        summary: Option<PathBuf>,
+        workspace: PathBuf,
+    },
+    GitLab {
+        dotenv: PathBuf,
+    },
+}
+
+impl Ci {
+    pub fn detect() -> Ci {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if var("GITHUB_ACTIONS").as_deref() == Some("true") {
+            Ci::GitHub {
+                output: var("GITHUB_OUTPUT").map(PathBuf::from),
+                summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
+                workspace: var("GITHUB_WORKSPACE")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::current_dir().ok())
+                    .unwrap_or_default(),
+            }
+        } else if var("GITLAB_CI").as_deref() == Some("true") {
+            Ci::GitLab {
+                dotenv: var("BAKERY_DOTENV")
+                    .unwrap_or_else(|| "bakery.env".into())
+                    .into(),
+            }
+        } else {
+            Ci::None
+        }
+    }
+
+    /// What to print before a run of lines from `label`, after `previous`.
+    pub fn switch_block(&self, previous: Option<(&str, usize)>, label: &str, n: usize) -> String {
+        let mut out = String::new();
+        match self {
+            Ci::None => {}
+            Ci::GitHub { .. } => {
+                if previous.is_some() {
+                    out.push_str("::endgroup::\n");
+                }
+                let _ = writeln!(out, "::group::{label}");
+            }
+            Ci::GitLab { .. } => {
+                let now = now_secs();
+                if let Some((prev, pn)) = previous {
+                    let _ = writeln!(
+                        out,
+                        "\x1b[0Ksection_end:{now}:{}\r\x1b[0K",
+                        section(prev, pn)
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "\x1b[0Ksection_start:{now}:{}[collapsed=true]\r\x1b[0K{label}",
+                    section(label, n)
+                );
+            }
+        }
+        out
+    }
+
+    /// Closes the open block, if any.
+    pub fn close_block(&self, open: Option<(&str, usize)>) -> String {
+        match (self, open) {
+            (Ci::GitHub { .. }, Some(_)) => "::endgroup::\n".into(),
+            (Ci::GitLab { .. }, Some((label, n))) => {
+                format!(
+                    "\x1b[0Ksection_end:{}:{}\r\x1b[0K\n",
+                    now_secs(),
+                    section(label, n)
+                )
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// Writes outputs, summary, annotations or dotenv report for `results`.
+    /// `tails` are the last log lines of each `<service>-<arch>`.
+    pub fn report(
+        &self,
+        plan: &Plan,
+        results: &[(String, Option<BuildStatus>, f64)],
+        tails: &BTreeMap<String, Vec<String>>,
+    ) -> std::io::Result<()> {
+        match self {
+            Ci::None => Ok(()),
+            Ci::GitHub {
+                output,
+                summary,
+                workspace,
+            } => {
+                for line in annotations(plan, results, workspace) {
+                    println!("{line}");
+                }
+                if let Some(path) = output {
+                    append(path, &github_outputs(results))?;
+                }
+                if let Some(path) = summary {
+                    append(path, &markdown_summary(results, tails))?;
+                }
+                Ok(())
+            }
+            Ci::GitLab { dotenv } => std::fs::write(dotenv, dotenv_report(results)),
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    bakery_core::api::now_ms() / 1000
+}
+
+/// GitLab section names allow `[A-Za-z0-9_.-]`; each run of lines gets its own.
+fn section(label: &str, n: usize) -> String {
+    let clean: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("bakery_{clean}_{n}")
+}
+
+fn append(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// The digest of the first service's index (like docker/build-push-action's
+/// single-image `digest`), every pushed reference, and everything as JSON.
+pub fn github_outputs(results: &[(String, Option<BuildStatus>, f64)]) -> String {
+    let mut metadata = serde_json::Map::new();
+    let mut images = Vec::new();
+    let mut digest = String::new();
+    for (service, status) in results
+        .iter()
+        .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
+    {
+        let arches: serde_json::Map<String, serde_json::Value> = status
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.arch.to_string(),
+                    serde_json::json!({"image.name": t.push, "containerimage.digest": t.digest, "status": t.state}),
+                )
+            })
+            .collect();
+        if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {
+            images.push(format!("{dest}@{d}"));
+            if digest.is_empty() {
+                digest = d.clone();
+            }
+        }
+        metadata.insert(
+            service.clone(),
+            serde_json::json!({
+                "image.name": status.destination,
+                "containerimage.digest": status.index_digest,
+                "state": status.state,
+                "build.id": status.id,
+                "arches": arches,
+            }),
+        );
+    }
+    format!(
+        "digest={digest}\nimages={}\nmetadata={}\n",
+        images.join(","),
+        serde_json::Value::Object(metadata)
+    )
+}
+
+/// The job summary: a row per service × arch, the indexes, and for each
+/// failure the error and the last log lines.
+pub fn markdown_summary(
+    results: &[(String, Option<BuildStatus>, f64)],
+    tails: &BTreeMap<String, Vec<String>>,
+) -> String {
+    let mut md = String::from(
+        "### bakery\n\n| service | arch | status | duration | digest |\n|---|---|---|---|---|\n",
+    );
+    let mut failures = String::new();
+    let mut indexes = String::new();
+    for (service, status, _) in results {
+        let Some(status) = status else {
+            let _ = writeln!(md, "| {service} | – | ⏭️ skipped | – | – |");
+            continue;
+        };
+        for t in &status.tasks {
+            let icon = match t.state {
+                TaskState::Succeeded => "✅ pushed",
+                TaskState::Failed => "❌ failed",
+                TaskState::Cancelled => "⏹️ cancelled",
+                _ => "⏳ unfinished",
+            };
+            let secs = match (t.started_ms, t.finished_ms) {
+                (Some(s), Some(f)) => format!("{:.1}s", f.saturating_sub(s) as f64 / 1000.0),
+                _ => "–".into(),
+            };
+            let digest = t
+                .digest
+                .as_deref()
+                .map(|d| format!("`{d}`"))
+                .unwrap_or_else(|| "–".into());
+            let _ = writeln!(
+                md,
+                "| {service} | {} | {icon} | {secs} | {digest} |",
+                t.arch
+            );
+            if t.state == TaskState::Failed {
+                let label = format!("{service}-{}", t.arch);
+                let _ = write!(
+                    failures,
+                    "\n<details><summary><b>{label}</b>: {}</summary>\n\n```\n{}\n```\n</details>\n",
+                    html_escape(t.error.as_deref().unwrap_or("failed")),
+                    tails.get(&label).map(|l| l.join("\n")).unwrap_or_default()
+                );
+            }
+        }
+        if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {
+            let _ = writeln!(indexes, "- **{service}**: `{dest}@{d}`");
+        }
+    }
+    if !indexes.is_empty() {
+        let _ = write!(md, "\nMulti-arch images:\n{indexes}");
+    }
+    md.push_str(&failures);
+    md.push('\n');
+    md
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `BAKERY_<SERVICE>_DIGEST`, `_IMAGE`, and per arch `_<ARCH>_DIGEST`.
+pub fn dotenv_report(results: &[(String, Option<BuildStatus>, f64)]) -> String {
+    let key = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    let mut out = String::new();
+    for (service, status) in results
+        .iter()
+        .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
+    {
+        let k = key(service);
+        if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {
+            let _ = writeln!(out, "BAKERY_{k}_DIGEST={d}");
+            let _ = writeln!(out, "BAKERY_{k}_IMAGE={dest}@{d}");
+        }
+        for t in &status.tasks {
+            if let Some(d) = &t.digest {
+                let _ = writeln!(out, "BAKERY_{k}_{}_DIGEST={d}", key(t.arch.as_str()));
+            }
+        }
+    }
+    out
+}
+
+static STEP: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"STEP "([^"]+)""#).expect("valid regex"));
+static LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(?:dockerfile(?: parse error)?[: ]+line |Dockerfile:)(\d+)")
+        .expect("valid regex")
+});
+
+/// `::error` annotations for failed arches, at the Dockerfile line the
+/// builder failed on when it can be found (buildah names the step, Kaniko
+/// and BuildKit the line).
+pub fn annotations(
+    plan: &Plan,
+    results: &[(String, Option<BuildStatus>, f64)],
+    workspace: &Path,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (service, status) in results
+        .iter()
+        .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
+    {
+        for t in status.tasks.iter().filter(|t| t.state == TaskState::Failed) {
+            let error = t.error.clone().unwrap_or_else(|| "failed".into());
+            let title = format!("{service} ({}) build failed", t.arch);
+            let dockerfile = plan
+                .services
+                .iter()
+                .find(|s| &s.name == service)
+                .and_then(|s| s.builds.iter().find(|b| b.arch == t.arch))
+                .map(|b| b.context_dir.join(&b.spec.dockerfile));
+            let location = dockerfile
+                .as_ref()
+                .and_then(|df| locate(df, &error).map(|line| (df, line)));
+            match location {
+                Some((df, line)) => {
+                    let file = df.strip_prefix(workspace).unwrap_or(df);
+                    out.push(format!(
+                        "::error file={},line={line},title={}::{}",
+                        escape_property(&file.display().to_string()),
+                        escape_property(&title),
+                        escape_data(&error)
+                    ));
+                }
+                None => out.push(format!(
+                    "::error title={}::{}",
+                    escape_property(&title),
+                    escape_data(&error)
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// The 1-based Dockerfile line an error names, by line number or by the
+/// step's text.
+pub fn locate(dockerfile: &Path, error: &str) -> Option<usize> {
+    if let Some(n) = LINE.captures(error).and_then(|c| c[1].parse().ok()) {
+        return Some(n);
+    }
+    let step = STEP.captures(error)?.get(1)?.as_str().to_string();
+    let text = std::fs::read_to_string(dockerfile).ok()?;
+    let want: String = step.split_whitespace().collect::<Vec<_>>().join(" ");
+    text.lines()
+        .position(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want)
+        .map(|i| i + 1)
+}
+
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_dockerfile_lines_from_builder_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let df = dir.path().join("Dockerfile");
+        std::fs::write(&df, "FROM scratch\n\nCOPY  no-such-file.txt /\nRUN make\n").unwrap();
+        let buildah = r#"buildah build failed (exit code 125): Error: building at STEP "COPY no-such-file.txt /": checking on sources"#;
+        assert_eq!(locate(&df, buildah), Some(3));
+        assert_eq!(locate(&df, "error building image: parsing dockerfile: Dockerfile parse error line 4: unknown instruction: MKAE"), Some(4));
+        assert_eq!(locate(&df, "Dockerfile:2 something"), Some(2));
+        assert_eq!(locate(&df, "no hint at all"), None);
+    }
+
+    #[test]
+    fn workflow_command_escaping() {
+        assert_eq!(escape_data("50%\nnext"), "50%25%0Anext");
+        assert_eq!(escape_property("a:b,c"), "a%3Ab%2Cc");
+    }
+
+    #[test]
+    fn gitlab_section_names_are_valid() {
+        assert_eq!(section("api-amd64", 2), "bakery_api-amd64_2");
+        assert_eq!(section("my app/x", 0), "bakery_my_app_x_0");
+    }
+}
