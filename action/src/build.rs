@@ -16,6 +16,7 @@ use bakery_core::{Plan, ServicePlan};
 use crate::ci::Ci;
 use crate::cli::LogFormat;
 use crate::client::Controller;
+use crate::status::StatusReporter;
 
 /// How the build runs and prints.
 pub struct BuildOptions {
@@ -44,6 +45,7 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
     let keys = upload_contexts(&plan, &controller, &info.context_store, opts.codec).await?;
 
     let printer = Printer::new(&plan, opts.format);
+    let reporter = StatusReporter::from_env().await;
     let services: Vec<&ServicePlan> = plan.services.iter().collect();
     let submitted: Arc<Mutex<Vec<String>>> = Arc::default();
     let cancel_on_signal = {
@@ -85,12 +87,14 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
                 }
                 return Ok(None);
             }
+            let (reporter, plan) = (&reporter, &plan);
             let follows = ids.iter().map(|(service, id)| {
                 let controller = controller.clone();
                 let printer = &printer;
                 async move {
                     let started = Instant::now();
-                    let status = controller.follow(id, |f| printer.line(service, &f)).await;
+                    let status =
+                        follow_one(&controller, printer, reporter, plan, service, id).await;
                     (service.clone(), status, started.elapsed().as_secs_f64())
                 }
             });
@@ -102,9 +106,8 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
                 let started = Instant::now();
                 let id = controller.create(&request(service, &keys)?).await?;
                 submitted.lock().expect("lock").push(id.clone());
-                let status = controller
-                    .follow(&id, |f| printer.line(&service.name, &f))
-                    .await?;
+                let status =
+                    follow_one(&controller, &printer, &reporter, &plan, &service.name, &id).await?;
                 let failed = status.state != BuildState::Succeeded;
                 results.push((
                     service.name.clone(),
@@ -148,6 +151,44 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
     print_summary(&results, &printer);
     printer.report(&plan, &results);
     Ok(ok)
+}
+
+/// Follows one build to its end, keeping the commit status in step.
+async fn follow_one(
+    controller: &Controller,
+    printer: &Printer,
+    reporter: &StatusReporter,
+    plan: &Plan,
+    service: &str,
+    id: &str,
+) -> Result<BuildStatus> {
+    if let Ok(status) = controller.status(id).await {
+        reporter.started(&status).await;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BuildStatus>();
+    let follow = async move {
+        controller
+            .follow(
+                id,
+                |line| printer.line(service, &line),
+                |status| {
+                    let _ = tx.send(status);
+                },
+            )
+            .await
+    };
+    let updates = async {
+        while let Some(status) = rx.recv().await {
+            reporter.updated(&status).await;
+        }
+    };
+    let (status, ()) = tokio::join!(follow, updates);
+    let status = status?;
+    let one = [(service.to_string(), Some(status.clone()), 0.0)];
+    let summary = crate::ci::markdown_summary(&one, &printer.tails());
+    let annotations = crate::ci::annotations(plan, &one, &printer.ci.workspace());
+    reporter.finished(&status, &summary, &annotations).await;
+    Ok(status)
 }
 
 async fn start_embedded() -> Result<bakery_controller::Running> {
@@ -290,7 +331,7 @@ pub struct Printer {
     colors: Mutex<HashMap<String, usize>>,
     /// Last lines per task, shown again under a failure.
     tails: Mutex<HashMap<String, Vec<String>>>,
-    ci: Ci,
+    pub ci: Ci,
     /// The CI log block (group/section) open now: label and its number.
     block: Mutex<Option<(String, usize)>>,
 }
@@ -391,6 +432,16 @@ impl Printer {
             self.ci
                 .close_block(open.as_ref().map(|(l, n)| (l.as_str(), *n)))
         );
+    }
+
+    /// The last lines of every task's log.
+    pub fn tails(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.tails
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Writes the CI reports (outputs, summary, annotations, dotenv).

@@ -34,6 +34,14 @@ pub enum Ci {
 }
 
 impl Ci {
+    /// The directory annotation paths are relative to.
+    pub fn workspace(&self) -> PathBuf {
+        match self {
+            Ci::GitHub { workspace, .. } => workspace.clone(),
+            _ => std::env::current_dir().unwrap_or_default(),
+        }
+    }
+
     pub fn detect() -> Ci {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if var("GITHUB_ACTIONS").as_deref() == Some("true") {
@@ -116,8 +124,8 @@ impl Ci {
                 summary,
                 workspace,
             } => {
-                for line in annotations(plan, results, workspace) {
-                    println!("{line}");
+                for a in annotations(plan, results, workspace) {
+                    println!("{}", a.workflow_command());
                 }
                 if let Some(path) = output {
                     append(path, &github_outputs(results))?;
@@ -307,47 +315,67 @@ static LINE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 
-/// `::error` annotations for failed arches, at the Dockerfile line the
-/// builder failed on when it can be found (buildah names the step, Kaniko
-/// and BuildKit the line).
+/// A failed arch, pointed at the Dockerfile line the builder failed on when
+/// it can be found (buildah names the step, Kaniko and BuildKit the line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// The Dockerfile, relative to the workspace.
+    pub path: Option<String>,
+    pub line: Option<usize>,
+    pub title: String,
+    pub message: String,
+}
+
+impl Annotation {
+    /// As a GitHub Actions workflow command.
+    pub fn workflow_command(&self) -> String {
+        match (&self.path, self.line) {
+            (Some(path), Some(line)) => format!(
+                "::error file={},line={line},title={}::{}",
+                escape_property(path),
+                escape_property(&self.title),
+                escape_data(&self.message)
+            ),
+            _ => format!(
+                "::error title={}::{}",
+                escape_property(&self.title),
+                escape_data(&self.message)
+            ),
+        }
+    }
+}
+
 pub fn annotations(
     plan: &Plan,
     results: &[(String, Option<BuildStatus>, f64)],
     workspace: &Path,
-) -> Vec<String> {
+) -> Vec<Annotation> {
     let mut out = Vec::new();
     for (service, status) in results
         .iter()
         .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
     {
         for t in status.tasks.iter().filter(|t| t.state == TaskState::Failed) {
-            let error = t.error.clone().unwrap_or_else(|| "failed".into());
-            let title = format!("{service} ({}) build failed", t.arch);
+            let message = t.error.clone().unwrap_or_else(|| "failed".into());
             let dockerfile = plan
                 .services
                 .iter()
                 .find(|s| &s.name == service)
                 .and_then(|s| s.builds.iter().find(|b| b.arch == t.arch))
                 .map(|b| b.context_dir.join(&b.spec.dockerfile));
-            let location = dockerfile
-                .as_ref()
-                .and_then(|df| locate(df, &error).map(|line| (df, line)));
-            match location {
-                Some((df, line)) => {
-                    let file = df.strip_prefix(workspace).unwrap_or(df);
-                    out.push(format!(
-                        "::error file={},line={line},title={}::{}",
-                        escape_property(&file.display().to_string()),
-                        escape_property(&title),
-                        escape_data(&error)
-                    ));
-                }
-                None => out.push(format!(
-                    "::error title={}::{}",
-                    escape_property(&title),
-                    escape_data(&error)
-                )),
-            }
+            let line = dockerfile.as_ref().and_then(|df| locate(df, &message));
+            let path = dockerfile.filter(|_| line.is_some()).map(|df| {
+                df.strip_prefix(workspace)
+                    .unwrap_or(&df)
+                    .display()
+                    .to_string()
+            });
+            out.push(Annotation {
+                path,
+                line,
+                title: format!("{service} ({}) build failed", t.arch),
+                message,
+            });
         }
     }
     out

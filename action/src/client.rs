@@ -127,7 +127,12 @@ impl Controller {
     /// Follows a build's log to its end, calling `on` for each line and
     /// status. A dropped connection is resumed after the last line received
     /// (`Last-Event-ID`), so no line is lost or repeated. Returns the final status.
-    pub async fn follow(&self, id: &str, mut on: impl FnMut(LogEvent)) -> Result<BuildStatus> {
+    pub async fn follow(
+        &self,
+        id: &str,
+        mut on: impl FnMut(LogEvent),
+        mut on_status: impl FnMut(BuildStatus),
+    ) -> Result<BuildStatus> {
         use eventsource_stream::Eventsource;
         let mut last_seq: u64 = 0;
         let mut failures = 0u32;
@@ -150,6 +155,7 @@ impl Controller {
                                 on(line);
                             }
                         }
+                        api::event::STATUS => on_status(serde_json::from_str(&event.data)?),
                         api::event::END => return Ok(Some(serde_json::from_str(&event.data)?)),
                         _ => {}
                     }

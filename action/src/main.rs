@@ -5,6 +5,7 @@ mod ci;
 mod cli;
 mod client;
 mod render;
+mod status;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -114,7 +115,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let service = controller.status(&id).await?.service;
             let printer = build::Printer::standalone(&service, cli.log_format);
             let status = controller
-                .follow(&id, |f| printer.line(&service, &f))
+                .follow(&id, |f| printer.line(&service, &f), |_| {})
                 .await?;
             println!(
                 "{}: {:?}{}",

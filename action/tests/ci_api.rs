@@ -1,0 +1,255 @@
+//! Commit status through the CI systems' APIs, against stand-ins that check
+//! the requests: GitHub through Prism serving GitHub's published OpenAPI
+//! description (it answers 4xx to any request the real API would refuse),
+//! GitLab through a server that answers as its REST API documents. Both
+//! record every call (scripts/api-recorder.py), and the test asserts on them.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
+
+fn npm_dir() -> PathBuf {
+    std::env::var("BAKERY_NPM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bakery/npm"))
+}
+
+fn wait_port(port: u16, what: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn recorder(upstream: &str) -> (Server, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("calls.jsonl");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/api-recorder.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(&log)
+        .arg(upstream)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, "the recorder", 20);
+    (Server { child, dir, port }, log)
+}
+
+fn calls(log: &PathBuf) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A passing and a failing service (the failure names its Dockerfile step).
+fn two_services(registry: &Server) -> tempfile::TempDir {
+    let compose = format!(
+        "services:\n  bad:\n    image: {r}/ci/bad:1\n    build:\n      context: bad\n  good:\n    image: {r}/ci/good:1\n    build:\n      context: good\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n",
+        r = registry.host()
+    );
+    project(&[
+        ("compose.yaml", &compose),
+        ("bad/Dockerfile", "FROM scratch\nCOPY no-such-file.txt /\n"),
+        ("good/Dockerfile", "FROM scratch\nCOPY hello.txt /\n"),
+        ("good/hello.txt", "hi\n"),
+    ])
+}
+
+fn run_bakery(repo: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo)
+        .args(["--compose", "compose.yaml", "--async", "build"])
+        .env_remove("CONTROLLER_URL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn github_check_runs_follow_each_build_and_pass_prism_validation() {
+    let prism_port = free_port();
+    let dir = npm_dir();
+    let prism = Command::new(dir.join("node_modules/.bin/prism"))
+        .args(["mock", "-h", "127.0.0.1", "-p", &prism_port.to_string()])
+        .arg(dir.join("node_modules/@octokit/openapi/generated/api.github.com.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Prism is installed (scripts/setup)");
+    let _prism = Server {
+        child: prism,
+        dir: tempfile::tempdir().unwrap(),
+        port: prism_port,
+    };
+    let registry = registry();
+    let repo = two_services(&registry);
+    wait_port(prism_port, "Prism", 120);
+    let (api, log) = recorder(&format!("http://127.0.0.1:{prism_port}"));
+
+    let (ok, output) = run_bakery(
+        repo.path(),
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_WORKSPACE", repo.path().to_str().unwrap()),
+            ("GITHUB_API_URL", &api.url()),
+            ("GITHUB_SERVER_URL", "https://github.com"),
+            ("GITHUB_REPOSITORY", "octo-org/hello"),
+            ("GITHUB_RUN_ID", "4242"),
+            ("GITHUB_SHA", SHA),
+            ("BAKERY_GITHUB_TOKEN", "ghs_test_token_value"),
+        ],
+    );
+    assert!(!ok, "bad fails: {output}");
+    assert!(
+        !output.contains("could not"),
+        "every API call was accepted: {output}"
+    );
+    assert!(!output.contains("ghs_test_token_value"));
+
+    let calls = calls(&log);
+    for call in &calls {
+        assert!(
+            call["status"].as_u64().unwrap() < 300,
+            "Prism refused a request: {call}"
+        );
+        assert_eq!(call["authorization"], "Bearer ghs_test_token_value");
+    }
+    for (service, conclusion) in [("good", "success"), ("bad", "failure")] {
+        let create = calls
+            .iter()
+            .find(|c| c["method"] == "POST" && c["body"]["name"] == format!("bakery: {service}"))
+            .unwrap_or_else(|| panic!("no check run for {service}: {calls:?}"));
+        assert_eq!(create["path"], "/repos/octo-org/hello/check-runs");
+        assert_eq!(create["body"]["head_sha"], SHA);
+        assert_eq!(create["body"]["status"], "in_progress");
+        assert_eq!(
+            create["body"]["details_url"],
+            "https://github.com/octo-org/hello/actions/runs/4242"
+        );
+        assert!(
+            create["body"]["external_id"]
+                .as_str()
+                .unwrap()
+                .starts_with('b'),
+            "the build id"
+        );
+        let update = calls
+            .iter()
+            .find(|c| c["method"] == "PATCH" && c["body"]["conclusion"] == conclusion)
+            .unwrap_or_else(|| panic!("no completed check run for {service}: {calls:?}"));
+        assert!(update["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/repos/octo-org/hello/check-runs/"));
+        assert_eq!(update["body"]["status"], "completed");
+        assert!(update["body"]["completed_at"].is_string());
+        let summary = update["body"]["output"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains(&format!("| {service} | amd64 |")),
+            "{summary}"
+        );
+        if service == "bad" {
+            let a = &update["body"]["output"]["annotations"][0];
+            assert_eq!(a["path"], "bad/Dockerfile");
+            assert_eq!(
+                (a["start_line"].as_u64(), a["end_line"].as_u64()),
+                (Some(2), Some(2))
+            );
+            assert_eq!(a["annotation_level"], "failure");
+            assert!(a["message"]
+                .as_str()
+                .unwrap()
+                .contains("COPY no-such-file.txt /"));
+        } else {
+            assert!(update["body"]["output"]["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("pushed "));
+            assert!(update["body"]["output"].get("annotations").is_none());
+        }
+    }
+}
+
+#[test]
+fn gitlab_commit_statuses_go_pending_running_and_final_per_arch() {
+    let registry = registry();
+    let repo = two_services(&registry);
+    let (api, log) = recorder("gitlab");
+    let (ok, output) = run_bakery(
+        repo.path(),
+        &[
+            ("GITLAB_CI", "true"),
+            (
+                "BAKERY_DOTENV",
+                repo.path().join("bakery.env").to_str().unwrap(),
+            ),
+            ("CI_SERVER_URL", &api.url()),
+            ("CI_PROJECT_ID", "42"),
+            ("CI_COMMIT_SHA", SHA),
+            ("CI_COMMIT_REF_NAME", "main"),
+            (
+                "CI_JOB_URL",
+                "https://gitlab.example.com/group/app/-/jobs/7",
+            ),
+            ("BAKERY_GITLAB_TOKEN", "glpat-test-token-value"),
+        ],
+    );
+    assert!(!ok, "{output}");
+    assert!(!output.contains("could not"), "{output}");
+    let calls = calls(&log);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["authorization"] == "glpat-test-token-value"),
+        "{calls:?}"
+    );
+    let statuses: Vec<&Value> = calls.iter().filter(|c| c["method"] == "POST").collect();
+    for (name, last) in [
+        ("bakery/good/amd64", "success"),
+        ("bakery/good/arm64", "success"),
+        ("bakery/bad/amd64", "failed"),
+    ] {
+        let states: Vec<&str> = statuses
+            .iter()
+            .filter(|c| c["body"]["name"] == name)
+            .map(|c| c["body"]["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.first(), Some(&"pending"), "{name}: {states:?}");
+        assert_eq!(states.last(), Some(&last), "{name}: {states:?}");
+        assert!(
+            states.windows(2).all(|w| w[0] != w[1]),
+            "no repeated state: {states:?}"
+        );
+        for c in statuses.iter().filter(|c| c["body"]["name"] == name) {
+            assert_eq!(c["path"], format!("/api/v4/projects/42/statuses/{SHA}"));
+            assert_eq!(c["status"], 201);
+            assert_eq!(
+                c["body"]["target_url"],
+                "https://gitlab.example.com/group/app/-/jobs/7"
+            );
+            assert_eq!(c["body"]["ref"], "main");
+        }
+    }
+}
