@@ -319,6 +319,7 @@ fn request(
     Ok(CreateBuild {
         service: service.name.clone(),
         destination: service.destination.clone(),
+        tags: service.tags.clone(),
         tasks,
     })
 }

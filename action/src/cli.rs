@@ -22,6 +22,9 @@ Examples:
   # config.yaml as the base, compose services merged on top
   bakery --config config.yaml --compose compose.yaml plan
 
+  # No config file: flags like docker buildx build
+  bakery --tag registry.example.com/app:1.0 --platform linux/amd64,linux/arm64 --build-arg VERSION=1.0 build
+
   # Pack each build context into ./dist as a content-addressed tar.gz
   bakery pack --output dist
 ";
@@ -68,6 +71,55 @@ pub struct Input {
     /// Source code path: config.yaml context paths are relative to it.
     #[arg(long, env = "BAKERY_REPO", default_value = ".", global = true)]
     pub repo: PathBuf,
+
+    /// Image to build and push, without a config file (repeat or comma-separate for more tags of the same image).
+    #[arg(
+        long = "tag",
+        short = 't',
+        env = "BAKERY_TAGS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub tags: Vec<String>,
+
+    /// Build context for --tag builds, relative to --repo.
+    #[arg(long, env = "BAKERY_CONTEXT", default_value = ".", global = true)]
+    pub context: String,
+
+    /// Dockerfile for --tag builds, relative to the context.
+    #[arg(long, short = 'f', env = "BAKERY_FILE", global = true)]
+    pub file: Option<String>,
+
+    /// Platforms for --tag builds: linux/amd64, linux/arm64 (comma-separated).
+    #[arg(
+        long = "platform",
+        env = "BAKERY_PLATFORMS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub platforms: Vec<String>,
+
+    /// Build arguments for --tag builds (KEY=VALUE; repeat for more).
+    #[arg(
+        long = "build-arg",
+        env = "BAKERY_BUILD_ARGS",
+        value_delimiter = '\n',
+        global = true
+    )]
+    pub build_args: Vec<String>,
+
+    /// Image labels for --tag builds (KEY=VALUE; repeat for more).
+    #[arg(
+        long = "label",
+        env = "BAKERY_LABELS",
+        value_delimiter = '\n',
+        global = true
+    )]
+    pub labels: Vec<String>,
+
+    /// Dockerfile stage for --tag builds.
+    #[arg(long, env = "BAKERY_TARGET", global = true)]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -63,10 +63,46 @@ fn init_logging(format: Option<LogFormat>) {
 }
 
 fn plan(input: &Input) -> Result<Plan> {
+    let pairs =
+        |items: &[String], flag: &str| -> Result<std::collections::BTreeMap<String, String>> {
+            items
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| match s.split_once('=') {
+                    Some((k, v)) => Ok((k.trim().to_string(), v.to_string())),
+                    None => anyhow::bail!("{flag} `{s}` is not KEY=VALUE"),
+                })
+                .collect()
+        };
+    let inline = if input.tags.is_empty() {
+        None
+    } else {
+        Some(bakery_core::InlineBuild {
+            context: input.context.clone(),
+            dockerfile: input.file.clone(),
+            tags: input
+                .tags
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            platforms: input
+                .platforms
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            build_args: pairs(&input.build_args, "--build-arg")?,
+            labels: pairs(&input.labels, "--label")?,
+            target: input.target.clone(),
+        })
+    };
     let opts = PlanOptions {
         config: input.config.clone(),
         compose: input.compose.clone(),
         services: input.services.clone(),
+        inline,
         ..PlanOptions::new(&input.repo)
     };
     let plan = Plan::resolve(&opts)?;

@@ -616,3 +616,35 @@ fn gitlab_ci_gets_sections_and_a_dotenv_report() {
         .lines()
         .any(|l| l.starts_with("BAKERY_GOOD_ARM64_DIGEST=sha256:")));
 }
+
+#[test]
+fn flags_build_like_buildx_and_tag_the_index_twice() {
+    let registry = registry();
+    let repo = project(&[
+        ("Dockerfile.copy", "FROM scratch\nCOPY hello.txt /\n"),
+        ("hello.txt", "hi\n"),
+    ]);
+    let (one, two) = (
+        format!("{}/e2e/flags:1.0", registry.host()),
+        format!("{}/e2e/flags:latest", registry.host()),
+    );
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &one,
+            "--tag",
+            &two,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--file",
+            "Dockerfile.copy",
+            "build",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let a = raw_manifest(&one);
+    assert_eq!(a["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(a, raw_manifest(&two), "both tags name the same index");
+}

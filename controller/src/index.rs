@@ -43,10 +43,11 @@ pub enum IndexError {
     Push { dest: String, message: String },
 }
 
-/// Writes the index at `destination` over `entries` (arch, manifest digest)
-/// and returns its digest.
+/// Writes the index at `destination` (and at each of `extra_tags`, in the
+/// same repository) over `entries` (arch, manifest digest) and returns its digest.
 pub async fn write_index(
     destination: &str,
+    extra_tags: &[String],
     entries: &[(Arch, String)],
     credentials: &[Credential],
     insecure: &[String],
@@ -132,12 +133,21 @@ pub async fn write_index(
         .parse()
         .expect("media types are valid header values");
     client.store_auth_if_needed(&registry, &auth).await;
-    retry(|| client.push_manifest_raw(&reference, body.clone(), Clone::clone(&content_type)))
-        .await
-        .map_err(|e| IndexError::Push {
-            dest: destination.to_string(),
-            message: e.to_string(),
+    let mut targets = vec![(reference.clone(), destination.to_string())];
+    for tag in extra_tags {
+        let r: Reference = tag.parse().map_err(|e: oci_client::ParseError| {
+            IndexError::Reference(tag.clone(), e.to_string())
         })?;
+        targets.push((r, tag.clone()));
+    }
+    for (target, name) in &targets {
+        retry(|| client.push_manifest_raw(target, body.clone(), Clone::clone(&content_type)))
+            .await
+            .map_err(|e| IndexError::Push {
+                dest: name.clone(),
+                message: e.to_string(),
+            })?;
+    }
     Ok(digest)
 }
 

@@ -238,12 +238,14 @@ async fn write_index(app: &App, build: &Build) {
             .collect();
         (inner.request.destination.clone(), entries, credentials)
     };
+    let tags = build.lock().request.tags.clone();
     let Some(destination) = destination else {
         return;
     };
     build.log(0, &format!("writing the multi-arch index {destination}"));
     let result = crate::index::write_index(
         &destination,
+        &tags,
         &entries,
         &credentials,
         &app.config.insecure_registries(),
@@ -263,7 +265,12 @@ async fn write_index(app: &App, build: &Build) {
     }
     let status = build.status();
     match (&status.index_digest, &status.error) {
-        (Some(d), _) => build.log(0, &format!("pushed {destination}@{d}")),
+        (Some(d), _) => {
+            build.log(0, &format!("pushed {destination}@{d}"));
+            for tag in &tags {
+                build.log(0, &format!("tagged {tag}@{d}"));
+            }
+        }
         (None, Some(e)) => build.log(0, &format!("error: {e}")),
         _ => {}
     }

@@ -155,6 +155,7 @@ fn request(key: &str, arches: &[Arch]) -> CreateBuild {
     CreateBuild {
         service: "svc".into(),
         destination: Some("r.example/app:1".into()),
+        tags: vec![],
         tasks: arches
             .iter()
             .map(|a| TaskRequest {

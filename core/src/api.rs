@@ -45,6 +45,9 @@ pub struct CreateBuild {
     pub service: String,
     /// The multi-arch index tag, if the build pushes.
     pub destination: Option<String>,
+    /// More tags for the same index, in the destination's repository.
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub tasks: Vec<TaskRequest>,
 }
 

@@ -62,6 +62,8 @@ pub struct BuildSection {
     pub labels: Option<BTreeMap<String, Option<String>>>,
     pub cache_from: Option<Vec<String>>,
     pub platforms: Option<Vec<String>>,
+    /// More tags for the image, in the same repository as `image`.
+    pub tags: Option<Vec<String>>,
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,
     /// Every other key, checked by [`check_build_keys`].
@@ -105,6 +107,7 @@ const SUPPORTED_BUILD_KEYS: &[&str] = &[
     "labels",
     "cache_from",
     "platforms",
+    "tags",
     "x-bake",
 ];
 
@@ -124,7 +127,6 @@ const IGNORED_BUILD_KEYS: &[&str] = &[
     "secrets",
     "shm_size",
     "ssh",
-    "tags",
     "ulimits",
 ];
 

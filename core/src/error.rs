@@ -63,6 +63,8 @@ pub enum PlanError {
     Invalid(Box<Diagnostic>),
     #[error("no build configuration found: looked for {looked_for}; pass --config or --compose")]
     NothingToBuild { looked_for: String },
+    #[error("{0}")]
+    Conflict(String),
     #[error("unknown service{} {}; known services: {}", if .unknown.len() > 1 { "s" } else { "" }, .unknown.join(", "), .known.join(", "))]
     UnknownServices {
         unknown: Vec<String>,

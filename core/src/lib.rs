@@ -30,4 +30,4 @@ mod yaml;
 
 pub use arch::{Arch, Platform};
 pub use error::{Diagnostic, Location, PlanError};
-pub use plan::{ArchBuild, BuildSpec, Plan, PlanOptions, ServicePlan};
+pub use plan::{ArchBuild, BuildSpec, InlineBuild, Plan, PlanOptions, ServicePlan};

@@ -35,6 +35,24 @@ pub struct PlanOptions {
     pub env: HashMap<String, String>,
     /// The arch to build when nothing names one.
     pub host_arch: Arch,
+    /// A build described by command-line flags instead of a file
+    /// (`--tag`, `--file`, …, as docker/build-push-action's inputs).
+    pub inline: Option<InlineBuild>,
+}
+
+/// A single image described by flags.
+#[derive(Debug, Clone, Default)]
+pub struct InlineBuild {
+    /// The context, relative to the repository.
+    pub context: String,
+    pub dockerfile: Option<String>,
+    /// The first is the destination; the others tag the same index.
+    pub tags: Vec<String>,
+    /// `linux/amd64`, `linux/arm64`; empty means the host's arch.
+    pub platforms: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub target: Option<String>,
 }
 
 impl PlanOptions {
@@ -46,6 +64,7 @@ impl PlanOptions {
             services: Vec::new(),
             env: std::env::vars().collect(),
             host_arch: Arch::host(),
+            inline: None,
         }
     }
 }
@@ -65,6 +84,10 @@ pub struct ServicePlan {
     pub name: String,
     /// The multi-arch index tag; `None` when the build does not push.
     pub destination: Option<String>,
+    /// More tags for the same index, in the destination's repository
+    /// (compose `build.tags`, or every `--tag` after the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub builds: Vec<ArchBuild>,
 }
 
@@ -111,6 +134,19 @@ impl Plan {
     /// Resolves and validates a plan from files on disk.
     pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
         let repo = absolute(&opts.repo);
+        if let Some(inline) = &opts.inline {
+            if opts.config.is_some() || opts.compose.is_some() {
+                return Err(PlanError::Conflict(
+                    "--tag describes the build by flags; it cannot be combined with --config or --compose".into(),
+                ));
+            }
+            return Resolver {
+                repo: &repo,
+                config: None,
+                host_arch: opts.host_arch,
+            }
+            .plan_inline(inline, &opts.services);
+        }
         let (config_path, compose_path) = match (&opts.config, &opts.compose) {
             (None, None) => {
                 let default = repo.join("config.yaml");
@@ -362,6 +398,63 @@ impl Resolver<'_> {
         })
     }
 
+    /// A build from flags: the same checks, reported against the flags.
+    fn plan_inline(&self, inline: &InlineBuild, filter: &[String]) -> Result<Plan, PlanError> {
+        let flags = Path::new("command line");
+        let at = |_: usize| Location::new(flags, 1, 1);
+        let Some(first) = inline.tags.first() else {
+            return Err(PlanError::invalid(at(0), "no --tag given"));
+        };
+        let mut arches = Vec::new();
+        for p in &inline.platforms {
+            let arch = Arch::from_platform(p)
+                .map_err(|m| PlanError::invalid(at(0), format!("--platform: {m}")))?;
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        if arches.is_empty() {
+            arches.push(self.host_arch);
+        }
+        let settings = Settings {
+            kaniko: Some(Kaniko {
+                context_path: Some(inline.context.clone()),
+                dockerfile: inline.dockerfile.clone(),
+                destination: Some(first.clone()),
+                target: inline.target.clone(),
+                build_args: Some(inline.build_args.clone()),
+                labels: Some(inline.labels.clone()),
+                ..Kaniko::default()
+            }),
+            ..Settings::default()
+        };
+        let locations = Locations::default();
+        let layer = Layer {
+            settings,
+            file: flags,
+            locations: &locations,
+            prefix: String::new(),
+            kind: LayerKind::Config,
+        };
+        let mut builds = Vec::new();
+        for arch in arches {
+            builds.push(self.resolve_arch(arch, std::slice::from_ref(&layer))?);
+        }
+        let name = service_name(builds.iter().map(|(b, _)| b), self.repo);
+        if !filter.is_empty() && !filter.iter().any(|f| f == &name) {
+            return Err(PlanError::UnknownServices {
+                unknown: filter.iter().filter(|f| **f != name).cloned().collect(),
+                known: vec![name],
+            });
+        }
+        let mut plan = service_plan(name, builds);
+        plan.tags = extra_tags(plan.destination.as_deref(), &inline.tags[1..], at)?;
+        Ok(Plan {
+            services: vec![plan],
+            warnings: Vec::new(),
+        })
+    }
+
     fn plan_compose(&self, compose: &ComposeFile, filter: &[String]) -> Result<Plan, PlanError> {
         let buildable: Vec<&String> = compose
             .services
@@ -414,7 +507,16 @@ impl Resolver<'_> {
                 }
                 builds.push(self.resolve_arch(arch, &layers)?);
             }
-            services.push(service_plan(name.clone(), builds));
+            let mut plan = service_plan(name.clone(), builds);
+            let tags = service
+                .build
+                .as_ref()
+                .and_then(|b| b.0.tags.clone())
+                .unwrap_or_default();
+            plan.tags = extra_tags(plan.destination.as_deref(), &tags, |i| {
+                compose.location_of(&format!("{prefix}.build.tags[{i}]"))
+            })?;
+            services.push(plan);
         }
         Ok(Plan {
             services,
@@ -647,8 +749,38 @@ fn service_plan(name: String, resolved: Vec<(ArchBuild, Option<String>)>) -> Ser
     ServicePlan {
         name,
         destination,
+        tags: Vec::new(),
         builds: resolved.into_iter().map(|(b, _)| b).collect(),
     }
+}
+
+/// Checks extra tags: tags, in the index's repository (an index can only
+/// reference manifests in its own repository). Returns them normalised.
+fn extra_tags(
+    destination: Option<&str>,
+    tags: &[String],
+    at: impl Fn(usize) -> Location,
+) -> Result<Vec<String>, PlanError> {
+    let Some(dest) = destination.and_then(|d| ImageRef::parse(d).ok()) else {
+        return Ok(Vec::new());
+    };
+    tags.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let r = ImageRef::parse(t).map_err(|m| PlanError::invalid(at(i), m))?;
+            if (&r.registry, &r.repository) != (&dest.registry, &dest.repository) {
+                return Err(PlanError::invalid_with_hint(
+                    at(i),
+                    format!("tag `{t}` is not in the repository of `{dest}`"),
+                    format!(
+                        "extra tags name the same image in {}/{}",
+                        dest.registry, dest.repository
+                    ),
+                ));
+            }
+            Ok(r.to_string())
+        })
+        .collect()
 }
 
 /// A config.yaml describes one image: name it after its repository.

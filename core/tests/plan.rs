@@ -734,3 +734,65 @@ fn unreadable_file_names_the_path() {
     assert!(err.to_string().contains("missing.yaml"), "{err}");
     let _: &Path = repo.dir.path();
 }
+
+#[test]
+fn flags_describe_a_build_without_a_file() {
+    let repo = Repo::new(&[("docker/Dockerfile", "FROM alpine\n")]);
+    let mut opts = repo.opts();
+    opts.inline = Some(bakery_core::InlineBuild {
+        context: "docker".into(),
+        tags: vec!["r.io/team/app:1.2".into(), "r.io/team/app:latest".into()],
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        build_args: [("V".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    });
+    let plan = Plan::resolve(&opts).unwrap();
+    let s = &plan.services[0];
+    assert_eq!(s.name, "app");
+    assert_eq!(s.destination.as_deref(), Some("r.io/team/app:1.2"));
+    assert_eq!(s.tags, ["r.io/team/app:latest"]);
+    assert_eq!(s.builds.len(), 2);
+    assert_eq!(s.builds[1].push.as_deref(), Some("r.io/team/app:1.2_arm64"));
+    assert_eq!(s.builds[0].spec.build_args["V"], "1");
+
+    // Another repository cannot share the index.
+    opts.inline
+        .as_mut()
+        .unwrap()
+        .tags
+        .push("r.io/other:1".into());
+    let err = Plan::resolve(&opts).unwrap_err().to_string();
+    assert!(
+        err.contains("command line") && err.contains("not in the repository"),
+        "{err}"
+    );
+
+    // Flags and files do not mix.
+    opts.config = Some(repo.path("config.yaml"));
+    assert!(Plan::resolve(&opts)
+        .unwrap_err()
+        .to_string()
+        .contains("cannot be combined"));
+}
+
+#[test]
+fn compose_build_tags_tag_the_same_index() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/app:1\n    build:\n      context: .\n      tags: [r.io/app:stable, 'r.io/elsewhere:1']\n",
+        ),
+    ]);
+    let err = repo.compose("compose.yaml", &[]).unwrap_err();
+    assert_located(err, "compose.yaml", 6, "not in the repository");
+    std::fs::write(
+        repo.path("compose.yaml"),
+        "services:\n  app:\n    image: r.io/app:1\n    build:\n      context: .\n      tags: [r.io/app:stable]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        repo.compose("compose.yaml", &[]).unwrap().services[0].tags,
+        ["r.io/app:stable"]
+    );
+}
