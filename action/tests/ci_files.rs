@@ -186,3 +186,138 @@ fn gitlab_component_declares_typed_documented_inputs_and_uses_them() {
         }
     }
 }
+
+#[test]
+fn the_action_installs_a_checked_release_binary_once() {
+    let releases = tempfile::tempdir().unwrap();
+    let arch = if std::env::consts::ARCH == "aarch64" {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
+    let name = format!("bakery-{arch}-unknown-linux-musl");
+    let version_dir = releases.path().join("v9.9.9");
+    std::fs::create_dir_all(&version_dir).unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    // A small executable stands in for the release binary (the script only runs `--version`).
+    std::fs::write(
+        bin.path().join("bakery"),
+        "#!/bin/sh\necho \"bakery 9.9.9\"\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.path().join("bakery"))
+        .status()
+        .unwrap();
+    let tarball = version_dir.join(format!("{name}.tar.gz"));
+    assert!(Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(bin.path())
+        .arg("bakery")
+        .status()
+        .unwrap()
+        .success());
+    let sum = Command::new("sha256sum").arg(&tarball).output().unwrap();
+    let digest = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        version_dir.join(format!("{name}.tar.gz.sha256")),
+        format!("{digest}  {name}.tar.gz\n"),
+    )
+    .unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(releases.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let github_path = cache.path().join("GITHUB_PATH");
+    let install = |version: &str| {
+        Command::new("bash")
+            .arg(root().join("scripts/install-bakery"))
+            .env("BAKERY_VERSION", version)
+            .env("BAKERY_RELEASES", format!("http://127.0.0.1:{port}"))
+            .env("RUNNER_TOOL_CACHE", cache.path())
+            .env("GITHUB_PATH", &github_path)
+            .output()
+            .unwrap()
+    };
+    let out = install("v9.9.9");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bakery "),
+        "it runs the installed binary"
+    );
+    let installed = cache.path().join(format!("bakery/v9.9.9/{arch}"));
+    assert!(installed.join("bakery").is_file());
+    assert_eq!(
+        std::fs::read_to_string(&github_path).unwrap().trim(),
+        installed.display().to_string()
+    );
+
+    // Cached: a second install needs no server.
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(install("v9.9.9").status.success());
+
+    // A tampered download is refused.
+    std::fs::write(
+        version_dir.join(format!("{name}.tar.gz.sha256")),
+        format!("{}  {name}.tar.gz\n", "0".repeat(64)),
+    )
+    .unwrap();
+    std::fs::rename(&version_dir, releases.path().join("v9.9.8")).unwrap();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(releases.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = install("v9.9.8");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!out.status.success(), "a checksum mismatch must fail");
+    assert!(!cache
+        .path()
+        .join(format!("bakery/v9.9.8/{arch}/bakery"))
+        .exists());
+}
