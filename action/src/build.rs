@@ -346,21 +346,17 @@ impl Printer {
             .map(|(s, b)| s.name.len() + 1 + b.arch.as_str().len())
             .max()
             .unwrap_or(10);
-        Printer {
-            width,
-            color: format.is_none() && std::io::stdout().is_terminal(),
-            format,
-            colors: Mutex::default(),
-            tails: Mutex::default(),
-            ci: Ci::detect(),
-            block: Mutex::default(),
-        }
+        Printer::with_width(width, format)
     }
 
     /// A printer for one service's log (`bakery logs`).
     pub fn standalone(service: &str, format: Option<LogFormat>) -> Printer {
+        Printer::with_width(service.len() + "-amd64".len(), format)
+    }
+
+    fn with_width(width: usize, format: Option<LogFormat>) -> Printer {
         Printer {
-            width: service.len() + 6,
+            width,
             color: format.is_none() && std::io::stdout().is_terminal(),
             format,
             colors: Mutex::default(),

@@ -219,30 +219,20 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
 
 /// `skopeo inspect --raw` of a reference, as JSON.
 pub fn raw_manifest(reference: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--raw",
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    skopeo_inspect("--raw", reference)
 }
 
 /// `skopeo inspect --config` of a reference, as JSON.
 pub fn image_config(reference: &str) -> serde_json::Value {
+    skopeo_inspect("--config", reference)
+}
+
+fn skopeo_inspect(what: &str, reference: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
         .args([
             "inspect",
             "--tls-verify=false",
-            "--config",
+            what,
             &format!("docker://{reference}"),
         ])
         .output()

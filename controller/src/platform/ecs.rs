@@ -56,14 +56,7 @@ pub struct EcsSettings {
     pub agent_env: Vec<(String, String)>,
 }
 
-fn list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
+use bakery_core::registry::parse_list as list;
 
 impl EcsSettings {
     /// Reads the ECS variables, naming every missing one at once.
