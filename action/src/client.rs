@@ -14,13 +14,35 @@ pub struct Controller {
     base: String,
 }
 
+/// CONTROLLER_TOKEN, or the content of CONTROLLER_TOKEN_FILE.
+fn client_token() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    var("CONTROLLER_TOKEN").or_else(|| {
+        var("CONTROLLER_TOKEN_FILE")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.trim().to_string())
+    })
+}
+
 impl Controller {
     pub fn new(base: &str) -> Controller {
         Controller {
-            http: Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .expect("the HTTP client builds with default settings"),
+            http: {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Some(token) = client_token() {
+                    if let Ok(mut value) =
+                        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    {
+                        value.set_sensitive(true);
+                        headers.insert(reqwest::header::AUTHORIZATION, value);
+                    }
+                }
+                Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .default_headers(headers)
+                    .build()
+                    .expect("the HTTP client builds with default settings")
+            },
             base: base.trim_end_matches('/').to_string(),
         }
     }

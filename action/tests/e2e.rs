@@ -648,3 +648,38 @@ fn flags_build_like_buildx_and_tag_the_index_twice() {
     assert_eq!(a["manifests"].as_array().unwrap().len(), 2);
     assert_eq!(a, raw_manifest(&two), "both tags name the same index");
 }
+
+#[test]
+fn the_client_presents_the_controller_token() {
+    let registry = registry();
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), "a-long-controller-token-0123456789\n").unwrap();
+    let controller = controller(&[("CONTROLLER_TOKEN_FILE", token_file.path().to_str().unwrap())]);
+    let repo = project(&[("Dockerfile", "FROM scratch\nCOPY Dockerfile /\n")]);
+    let tag = format!("{}/e2e/auth:1", registry.host());
+    let url = controller.url();
+    let without = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[("CONTROLLER_URL", &url)],
+    );
+    assert!(!without.status.success());
+    assert!(
+        text(&without).contains("set CONTROLLER_TOKEN"),
+        "{}",
+        text(&without)
+    );
+    let with = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[
+            ("CONTROLLER_URL", &url),
+            ("CONTROLLER_TOKEN", "a-long-controller-token-0123456789"),
+        ],
+    );
+    assert!(with.status.success(), "{}", text(&with));
+    assert!(
+        !text(&with).contains("a-long-controller-token"),
+        "the token is never printed"
+    );
+}

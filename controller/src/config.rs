@@ -46,6 +46,11 @@ pub struct Config {
     #[serde(default)]
     pub insecure_registries: String,
 
+    /// Token clients must present (`Authorization: Bearer …`).
+    pub controller_token: Option<bakery_core::settings::Secret>,
+    /// A file holding that token (a mounted Kubernetes Secret, say).
+    pub controller_token_file: Option<PathBuf>,
+
     // ---- ECS (DEFAULT_PLATFORM=ecs) ----
     pub aws_region: Option<String>,
     pub ecs_cluster: Option<String>,
@@ -154,6 +159,26 @@ impl Config {
                 .unwrap_or(text);
             ConfigError(upper)
         })
+    }
+
+    /// The client token, from CONTROLLER_TOKEN or CONTROLLER_TOKEN_FILE.
+    pub fn client_token(&self) -> Result<Option<bakery_core::settings::Secret>, ConfigError> {
+        if let Some(t) = &self.controller_token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.controller_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("CONTROLLER_TOKEN_FILE {}: {e}", path.display())))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(ConfigError(format!(
+                "CONTROLLER_TOKEN_FILE {} holds fewer than 16 characters; use a long random token",
+                path.display()
+            )));
+        }
+        Ok(Some(bakery_core::settings::Secret::new(token)))
     }
 
     /// The contexts bucket, when S3 is configured.

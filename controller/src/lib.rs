@@ -46,6 +46,8 @@ pub struct App {
     pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
     pub disk: store::DiskStore,
     pub body_limit: usize,
+    /// What clients must present, if anything.
+    pub client_token: Option<bakery_core::settings::Secret>,
 }
 
 /// A controller serving on a socket.
@@ -66,6 +68,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     PlatformSetup(#[from] platform::PlatformError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 impl Running {
@@ -162,7 +166,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         platforms.insert(p, platform);
     }
+    let client_token = config.client_token()?;
     let app = Arc::new(App {
+        client_token,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         config,
         agent_url,

@@ -25,19 +25,52 @@ use crate::state::{new_build_id, token_matches, Build};
 use crate::App;
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    // Client endpoints need the controller token when one is configured;
+    // agent endpoints authenticate with their own per-task token.
+    let client = Router::new()
         .route("/v1/info", get(info))
         .route("/v1/builds", post(create_build))
         .route("/v1/builds/{id}", get(build_status))
         .route("/v1/builds/{id}/logs", get(follow_logs))
         .route("/v1/builds/{id}/cancel", post(cancel_build))
         .route("/v1/contexts/{*key}", put(put_context).head(head_context))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            require_client_token,
+        ));
+    Router::new()
+        .merge(client)
         .route("/v1/agent/tasks/{task}/spec", get(agent_spec))
         .route("/v1/agent/tasks/{task}/context", get(agent_context))
         .route("/v1/agent/tasks/{task}/logs", post(agent_logs))
         .route("/v1/agent/tasks/{task}/result", post(agent_result))
         .layer(axum::extract::DefaultBodyLimit::max(app.body_limit))
         .with_state(app)
+}
+
+/// Checks `Authorization: Bearer <CONTROLLER_TOKEN>` in constant time.
+async fn require_client_token(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = &app.client_token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if token_matches(token, expected.expose()) => next.run(request).await,
+        Some(_) => Failure::new(StatusCode::UNAUTHORIZED, "wrong controller token; check CONTROLLER_TOKEN").into_response(),
+        None => Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client",
+        )
+        .into_response(),
+    }
 }
 
 /// An API error: a status and a message for the caller.

@@ -420,3 +420,79 @@ async fn shutdown_stops_every_agent() {
     );
     let _ = Path::new(&h.data());
 }
+
+#[tokio::test]
+async fn client_endpoints_need_the_controller_token_when_one_is_set() {
+    let token = "t0k3n-with-enough-entropy-123456";
+    let h = Harness::new("sleep 30", &[("CONTROLLER_TOKEN", token)]).await;
+    let info = h.url("/v1/info");
+    let missing = h.http.get(&info).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert!(missing
+        .text()
+        .await
+        .unwrap()
+        .contains("set CONTROLLER_TOKEN"));
+    let wrong = h.http.get(&info).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong
+        .text()
+        .await
+        .unwrap()
+        .contains("wrong controller token"));
+    let right = h.http.get(&info).bearer_auth(token).send().await.unwrap();
+    assert_eq!(right.status(), StatusCode::OK);
+    // Every client endpoint is covered, agent endpoints use their own tokens.
+    for path in ["/v1/builds/x", "/v1/builds/x/logs"] {
+        assert_eq!(
+            h.http.get(h.url(path)).send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    let post = h
+        .http
+        .post(h.url("/v1/builds"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
+    let agent = h
+        .http
+        .get(h.url("/v1/agent/tasks/x/spec"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        agent.status(),
+        StatusCode::UNAUTHORIZED,
+        "the controller token is not a task token"
+    );
+    assert!(agent.text().await.unwrap().contains("task token"));
+}
+
+#[tokio::test]
+async fn a_short_token_file_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "short\n").unwrap();
+    let config = Config::from_vars([
+        ("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        (
+            "CONTROLLER_TOKEN_FILE".to_string(),
+            file.display().to_string(),
+        ),
+    ])
+    .unwrap();
+    let err = bakery_controller::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("CONTROLLER_TOKEN_FILE") && err.contains("fewer than 16"),
+        "{err}"
+    );
+}
