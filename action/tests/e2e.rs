@@ -683,3 +683,50 @@ fn the_client_presents_the_controller_token() {
         "the token is never printed"
     );
 }
+
+/// A registry password used by a build, echoed by its pre-script and by a
+/// RUN step, appears nowhere: not in the client's output, the API's answers,
+/// the log stream, nor the controller's own log.
+#[test]
+fn secrets_appear_in_no_output_of_a_whole_build() {
+    const SECRET: &str = "s3cr3t-Registry-Passw0rd";
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let controller = controller(&[]);
+    let repo = project(&[
+        ("Dockerfile", &format!("ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nARG PW\nRUN echo \"the password is $PW\"\n")),
+        (
+            "config.yaml",
+            &format!(
+                "global:\n  arch: amd64\n  pre-script: echo \"pre-script sees {SECRET}\"\n  kaniko-credentials:\n    - {{registry: {r}, username: ci, password: {SECRET}}}\n  kaniko:\n    destination: {r}/e2e/secret:1\n    build-args: {{BASE_IMAGE: {base}, PW: {SECRET}}}\n",
+                r = registry.host()
+            ),
+        ),
+    ]);
+    let url = controller.url();
+    let out = bakery(repo.path(), &["build"], &[("CONTROLLER_URL", &url)]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("pre-script sees ***"),
+        "the line is there, masked: {all}"
+    );
+    assert!(all.contains("the password is ***"), "{all}");
+
+    let plan = bakery(repo.path(), &["plan", "--json"], &[]);
+    let mut everything = format!("{all}{}", text(&plan));
+    // The controller's own log.
+    for entry in std::fs::read_dir(controller.dir.path()).unwrap().flatten() {
+        if entry.path().is_file() {
+            everything.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    assert!(
+        everything.contains("controller listening"),
+        "the controller log was read"
+    );
+    assert!(
+        !everything.contains(SECRET),
+        "a secret leaked:\n{everything}"
+    );
+}

@@ -20,7 +20,7 @@ use crate::error::{Location, PlanError};
 use crate::location::Locations;
 use crate::reference::ImageRef;
 use crate::resources::{Cpu, Memory};
-use crate::settings::{Cache, Credential, Kaniko, Secret, Settings};
+use crate::settings::{Cache, Credential, Kaniko, Settings};
 
 /// What to plan from.
 #[derive(Debug, Clone)]
@@ -190,15 +190,22 @@ impl Plan {
         Ok(plan)
     }
 
-    /// A copy safe to show: every password replaced by `***`.
+    /// A copy safe to show: every password replaced by `***`, wherever its
+    /// value appears (a build arg or a script can carry it too).
     pub fn redacted(&self) -> Plan {
-        let mut plan = self.clone();
-        for build in plan.services.iter_mut().flat_map(|s| s.builds.iter_mut()) {
-            for cred in &mut build.spec.credentials {
-                cred.password = Secret::redacted();
-            }
-        }
-        plan
+        let redactor = crate::redact::Redactor::new(
+            self.builds()
+                .flat_map(|(_, b)| {
+                    b.spec
+                        .credentials
+                        .iter()
+                        .map(|c| c.password.expose().to_string())
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut value = serde_json::to_value(self).expect("plans serialise");
+        redact_strings(&mut value, &redactor);
+        serde_json::from_value(value).expect("a redacted plan is still a plan")
     }
 
     /// Every (service, arch) pair.
@@ -206,6 +213,19 @@ impl Plan {
         self.services
             .iter()
             .flat_map(|s| s.builds.iter().map(move |b| (s, b)))
+    }
+}
+
+fn redact_strings(value: &mut serde_json::Value, redactor: &crate::redact::Redactor) {
+    match value {
+        serde_json::Value::String(s) => *s = redactor.redact(s),
+        serde_json::Value::Array(items) => {
+            items.iter_mut().for_each(|v| redact_strings(v, redactor))
+        }
+        serde_json::Value::Object(map) => {
+            map.values_mut().for_each(|v| redact_strings(v, redactor))
+        }
+        _ => {}
     }
 }
 

@@ -123,9 +123,6 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    pub fn redacted() -> Self {
-        Secret(REDACTED.to_string())
-    }
 }
 
 impl fmt::Debug for Secret {
