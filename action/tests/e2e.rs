@@ -694,7 +694,7 @@ fn secrets_appear_in_no_output_of_a_whole_build() {
     let base = push_base_image(&registry);
     let controller = controller(&[]);
     let repo = project(&[
-        ("Dockerfile", &format!("ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nARG PW\nRUN echo \"the password is $PW\"\n")),
+        ("Dockerfile", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG PW\nRUN echo \"the password is $PW\"\n"),
         (
             "config.yaml",
             &format!(
