@@ -46,6 +46,9 @@ pub struct Config {
     #[serde(default)]
     pub insecure_registries: String,
 
+    /// Most agents running at once on each platform; more wait in a queue.
+    /// Default: 4 on the local platform (one machine), 100 elsewhere.
+    pub max_concurrent_agents: Option<usize>,
     /// Token clients must present (`Authorization: Bearer …`).
     pub controller_token: Option<bakery_core::settings::Secret>,
     /// A file holding that token (a mounted Kubernetes Secret, say).

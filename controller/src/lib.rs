@@ -48,6 +48,8 @@ pub struct App {
     pub body_limit: usize,
     /// What clients must present, if anything.
     pub client_token: Option<bakery_core::settings::Secret>,
+    /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
+    pub slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
 }
 
 /// A controller serving on a socket.
@@ -167,8 +169,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         platforms.insert(p, platform);
     }
     let client_token = config.client_token()?;
+    let slots = platforms
+        .keys()
+        .map(|p| {
+            let n = config
+                .max_concurrent_agents
+                .unwrap_or(if *p == Platform::Local { 4 } else { 100 });
+            (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
+        })
+        .collect();
     let app = Arc::new(App {
         client_token,
+        slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         config,
         agent_url,

@@ -28,6 +28,8 @@ pub struct TaskRuntime {
     pub handle: Option<String>,
     /// Set when the platform reports the agent gone.
     pub exited: Option<String>,
+    /// The platform slot this task holds while its agent runs.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,7 @@ impl Build {
                 checked_in_at: None,
                 handle: None,
                 exited: None,
+                slot: None,
             })
             .collect();
         // Registry passwords and the agents' own tokens never reach a log

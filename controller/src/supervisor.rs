@@ -69,8 +69,12 @@ async fn launch_all(app: &App, build: &Build) {
             })
             .collect()
     };
-    for (index, (launch, platform)) in launches.into_iter().enumerate() {
-        let platform = app.platform(platform);
+    for (index, (launch, platform_name)) in launches.into_iter().enumerate() {
+        let Some(slot) = wait_for_slot(app, build, index, platform_name).await else {
+            break; // cancelled while queued
+        };
+        build.lock().runtime[index].slot = Some(slot);
+        let platform = app.platform(platform_name);
         if build.lock().cancel_requested {
             break;
         }
@@ -97,6 +101,38 @@ async fn launch_all(app: &App, build: &Build) {
             }
         }
         build.touch();
+    }
+}
+
+/// Waits for a free agent slot on the platform, logging that the task is
+/// queued. Returns `None` if the build is cancelled meanwhile.
+async fn wait_for_slot(
+    app: &App,
+    build: &Build,
+    index: usize,
+    platform: bakery_core::Platform,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slots = Arc::clone(&app.slots[&platform]);
+    if let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+        return Some(permit);
+    }
+    build.log(
+        index,
+        &format!("queued: every agent slot on {platform} is taken (MAX_CONCURRENT_AGENTS); waiting for one"),
+    );
+    let mut changed = build.subscribe();
+    loop {
+        {
+            // Cancelled, or an arch already failed: nothing to wait for.
+            let inner = build.lock();
+            if inner.cancel_requested || inner.runtime.iter().any(|rt| rt.exited.is_some()) {
+                return None;
+            }
+        }
+        tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => return permit.ok(),
+            _ = changed.changed() => {}
+        }
     }
 }
 
@@ -218,6 +254,10 @@ async fn stop_all(app: &App, build: &Build) {
         if let Err(e) = app.platform(platform).stop(&handle).await {
             build.log(i, &format!("warning: {e}"));
         }
+    }
+    // The agents are gone: their slots go to queued tasks.
+    for rt in build.lock().runtime.iter_mut() {
+        rt.slot = None;
     }
 }
 

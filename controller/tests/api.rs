@@ -496,3 +496,62 @@ async fn a_short_token_file_is_refused_at_start_up() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn agents_beyond_the_cap_wait_in_a_queue_instead_of_failing() {
+    let h = Harness::new(&curl_agent("sleep 300"), &[("MAX_CONCURRENT_AGENTS", "1")]).await;
+    let key = h.upload(b"ctx").await;
+    let first = h.create(&request(&key, &[Arch::Amd64])).await;
+    let second = h.create(&request(&key, &[Arch::Amd64])).await;
+    let running = |id: String| {
+        let h = &h;
+        async move { h.status(&id).await.tasks[0].state == TaskState::Running }
+    };
+    let start = Instant::now();
+    while !running(first.clone()).await {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = h.status(&second).await;
+    assert_eq!(queued.state, BuildState::Running, "queued, not failed");
+    assert_eq!(queued.tasks[0].state, TaskState::Starting);
+    assert!(queued.tasks[0].started_ms.is_none(), "not launched yet");
+
+    // The first build ends; its slot goes to the queued one.
+    h.http
+        .post(h.url(&format!("/v1/builds/{first}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while !running(second.clone()).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the queued task never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.http
+        .post(h.url(&format!("/v1/builds/{second}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    let status = h.wait_end(&second, Duration::from_secs(10)).await;
+    assert_eq!(status.state, BuildState::Cancelled);
+    let text = h
+        .http
+        .get(h.url(&format!("/v1/builds/{second}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("queued: every agent slot on local is taken"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(no_agents_left(&h.data()));
+}
