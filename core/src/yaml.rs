@@ -21,6 +21,14 @@ pub(crate) fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, P
             "the file is empty",
         ));
     }
+    if text.contains("<<") {
+        // Merge keys (`<<: *defaults`) must be resolved before typed parsing.
+        // Positions are lost on this path, so errors name the key path instead.
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| to_plan_error(file, &e))?;
+        value.apply_merge().map_err(|e| to_plan_error(file, &e))?;
+        return serde_yaml_ng::from_value(value).map_err(|e| to_plan_error(file, &e));
+    }
     serde_yaml_ng::from_str(text).map_err(|e| to_plan_error(file, &e))
 }
 

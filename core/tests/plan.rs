@@ -796,3 +796,23 @@ fn compose_build_tags_tag_the_same_index() {
         ["r.io/app:stable"]
     );
 }
+
+#[test]
+fn compose_merge_keys_are_resolved() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "x-build: &build\n  context: .\n  args: {SHARED: yes}\nservices:\n  a:\n    image: r.io/a:1\n    build:\n      <<: *build\n      target: a\n  b:\n    image: r.io/b:1\n    build:\n      <<: *build\n      args: {OWN: x}\n",
+        ),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    assert_eq!(plan.services[0].builds[0].spec.target.as_deref(), Some("a"));
+    assert_eq!(plan.services[0].builds[0].spec.build_args["SHARED"], "yes");
+    // A local key replaces the merged one, as YAML merge keys define.
+    assert_eq!(
+        plan.services[1].builds[0].spec.build_args.get("SHARED"),
+        None
+    );
+    assert_eq!(plan.services[1].builds[0].spec.build_args["OWN"], "x");
+}
