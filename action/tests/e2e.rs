@@ -730,3 +730,96 @@ fn secrets_appear_in_no_output_of_a_whole_build() {
         "a secret leaked:\n{everything}"
     );
 }
+
+/// An agent killed mid-build (OOM killer, node loss) fails its build within
+/// seconds, with the reason, not after BUILD_RESULT_TIMEOUT.
+#[test]
+fn a_killed_agent_fails_the_build_within_seconds() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let controller = controller(&[]);
+    let repo = slow_project(&registry, &base, 3, "killed");
+    let out = bakery(
+        repo.path(),
+        &["build", "--detach"],
+        &[("CONTROLLER_URL", &controller.url())],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let data = controller.dir.path().join("data");
+    // Wait until the RUN step runs (its `sleep 600` is up), then kill the agent process itself.
+    let status_url = format!("{}/v1/builds/{id}", controller.url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The log stream stays open while the build runs: read what is there for a second.
+        let log = Command::new("curl")
+            .args([
+                "-sN",
+                "--max-time",
+                "1",
+                &format!("{}/v1/builds/{id}/logs", controller.url()),
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&log.stdout).contains("line-3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the RUN step never started");
+    }
+    let pids = Command::new("pgrep")
+        .args(["-f", "bakery-agent"])
+        .output()
+        .unwrap();
+    let mine: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| {
+                    String::from_utf8_lossy(&env).contains(&format!("BAKERY_TASK_ID={id}-amd64"))
+                })
+                .unwrap_or(false)
+        })
+        .map(String::from)
+        .collect();
+    assert_eq!(mine.len(), 1, "exactly this build's agent");
+    let killed = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-9", &mine[0]])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        let s = Command::new("curl")
+            .args(["-fsS", &status_url])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+        if status["state"] == "failed" {
+            let error = status["error"].as_str().unwrap();
+            assert!(
+                error.contains("agent was killed by signal 9 before reporting a result"),
+                "{error}"
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "not failed within seconds: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its builder (same process group) is gone too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(data.to_str().unwrap()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            processes_mentioning(data.to_str().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

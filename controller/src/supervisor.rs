@@ -142,8 +142,9 @@ fn evaluate(app: &App, build: &Build) -> bool {
     let task_timeout = app.config.build_task_timeout;
     let result_timeout = app.config.build_result_timeout;
     let mut messages: Vec<(usize, String)> = Vec::new();
-    let done = {
+    let (done, changed) = {
         let mut inner = build.lock();
+        let before = inner.status.clone();
         let now = Instant::now();
         for i in 0..inner.status.tasks.len() {
             if inner.status.tasks[i].state.is_terminal() {
@@ -229,12 +230,19 @@ fn evaluate(app: &App, build: &Build) -> bool {
                 inner.finish_build(BuildState::Succeeded, None);
             }
         }
-        inner.status.state != BuildState::Running
+        (
+            inner.status.state != BuildState::Running,
+            inner.status != before,
+        )
     };
     for (i, m) in messages {
         build.log(i, &m);
     }
-    build.touch();
+    // Only a real change wakes anyone: the supervisor itself waits on these
+    // notifications, so an unconditional one would spin it.
+    if changed {
+        build.touch();
+    }
     done
 }
 

@@ -110,11 +110,11 @@ impl AgentPlatform for LocalPlatform {
         }
 
         let exits = self.exits.clone();
-        let running = Arc::clone(&self.running);
         let task_id = launch.task_id.clone();
+        // The group stays registered after the agent exits: its builder may
+        // outlive it (an agent killed mid-build), and stop() ends the group.
         tokio::spawn(async move {
             let status = child.wait().await;
-            running.lock().expect("lock").remove(&task_id);
             let (success, reason) = match status {
                 Ok(s) if s.success() => (true, "agent exited with code 0".to_string()),
                 Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
@@ -134,16 +134,20 @@ impl AgentPlatform for LocalPlatform {
     }
 
     async fn stop(&self, handle: &str) -> Result<(), PlatformError> {
-        let Some(pgid) = self.running.lock().expect("lock").get(handle).copied() else {
+        let Some(pgid) = self.running.lock().expect("lock").remove(handle) else {
             return Ok(());
         };
         let group = Pid::from_raw(pgid);
+        let gone = || matches!(killpg(group, None), Err(nix::errno::Errno::ESRCH));
+        if gone() {
+            return Ok(());
+        }
         let _ = killpg(group, Signal::SIGTERM);
         // Give the builder a moment to clean up, then make sure.
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if !self.running.lock().expect("lock").contains_key(handle) {
-                break;
+            if gone() {
+                return Ok(());
             }
         }
         match killpg(group, Signal::SIGKILL) {
