@@ -53,6 +53,15 @@ pub struct Config {
     pub controller_token: Option<bakery_core::settings::Secret>,
     /// A file holding that token (a mounted Kubernetes Secret, say).
     pub controller_token_file: Option<PathBuf>,
+    /// Issuers whose OpenID Connect ID tokens are accepted, comma-separated.
+    #[serde(default)]
+    pub oidc_issuers: String,
+    /// The audience those tokens must carry.
+    #[serde(default = "default_audience")]
+    pub oidc_audience: String,
+    /// Which jobs may build: `claim=pattern,…` rules separated by `;`.
+    #[serde(default)]
+    pub oidc_allow: String,
 
     // ---- ECS (DEFAULT_PLATFORM=ecs) ----
     pub aws_region: Option<String>,
@@ -99,6 +108,9 @@ pub struct Config {
     pub bakery_owner: String,
 }
 
+fn default_audience() -> String {
+    "bakery".into()
+}
 fn five_seconds() -> Duration {
     Duration::from_secs(5)
 }
@@ -136,6 +148,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[derive(Debug, thiserror::Error)]
 #[error("controller configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+}
 
 impl Config {
     /// Reads the process environment.

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod index;
+pub mod oidc;
 pub mod platform;
 pub mod routes;
 pub mod state;
@@ -48,6 +49,8 @@ pub struct App {
     pub body_limit: usize,
     /// What clients must present, if anything.
     pub client_token: Option<bakery_core::settings::Secret>,
+    /// OpenID Connect ID tokens accepted instead, if configured.
+    pub oidc: Option<oidc::Oidc>,
     /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
     pub slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
 }
@@ -169,6 +172,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         platforms.insert(p, platform);
     }
     let client_token = config.client_token()?;
+    let oidc = oidc::Oidc::from_config(
+        &config.oidc_issuers,
+        &config.oidc_audience,
+        &config.oidc_allow,
+    )
+    .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
     let slots = platforms
         .keys()
         .map(|p| {
@@ -180,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .collect();
     let app = Arc::new(App {
         client_token,
+        oidc,
         slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         config,

@@ -54,23 +54,40 @@ async fn require_client_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(expected) = &app.client_token else {
+    if app.client_token.is_none() && app.oidc.is_none() {
         return next.run(request).await;
-    };
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if token_matches(token, expected.expose()) => next.run(request).await,
-        Some(_) => Failure::new(StatusCode::UNAUTHORIZED, "wrong controller token; check CONTROLLER_TOKEN").into_response(),
-        None => Failure::new(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let Some(token) = given else {
+        return Failure::new(
             StatusCode::UNAUTHORIZED,
-            "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client",
+            "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client, or send a CI ID token",
         )
-        .into_response(),
+        .into_response();
+    };
+    if let Some(expected) = &app.client_token {
+        if token_matches(&token, expected.expose()) {
+            return next.run(request).await;
+        }
     }
+    // Three dot-separated parts: an ID token, checked against the issuers.
+    if let (Some(oidc), 3) = (&app.oidc, token.split('.').count()) {
+        return match oidc.verify(&token).await {
+            Ok(_) => next.run(request).await,
+            Err(why) => Failure::new(StatusCode::UNAUTHORIZED, format!("ID token refused: {why}"))
+                .into_response(),
+        };
+    }
+    Failure::new(
+        StatusCode::UNAUTHORIZED,
+        "wrong controller token; check CONTROLLER_TOKEN",
+    )
+    .into_response()
 }
 
 /// An API error: a status and a message for the caller.
