@@ -49,6 +49,14 @@ fn http_ok(url: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `url` answers with any HTTP status.
+fn http_answers(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout != b"000")
+}
+
 pub struct Server {
     pub child: Child,
     pub dir: tempfile::TempDir,
@@ -198,9 +206,11 @@ pub fn controller_on(port: u16, env: &[(&str, &str)]) -> Server {
         .spawn()
         .unwrap();
     let server = Server { child, dir, port };
-    // Any answer will do: /v1/info may rightly be 401 behind a token.
+    // Any HTTP answer will do (/v1/info may rightly be 401 behind a token),
+    // but it must be an answer: the socket is bound before start-up work
+    // (orphan cleanup, say) is done.
     wait_for("the controller", || {
-        std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok()
+        http_answers(&format!("{}/v1/info", server.url()))
     });
     server
 }
