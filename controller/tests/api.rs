@@ -170,10 +170,17 @@ fn request(key: &str, arches: &[Arch]) -> CreateBuild {
 
 fn no_agents_left(dir: &str) -> bool {
     let out = std::process::Command::new("pgrep")
-        .args(["-f", dir])
+        .args(["-a", "-f", dir])
         .output()
         .unwrap();
-    out.stdout.is_empty()
+    let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    if !left.is_empty() {
+        eprintln!("still running: {left:?}");
+    }
+    left.is_empty()
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +24,9 @@ pub struct LocalPlatform {
     agent: PathBuf,
     work_root: PathBuf,
     exits: ExitSender,
-    /// Running agents: task id → process group id.
-    running: Arc<Mutex<HashMap<String, i32>>>,
+    /// Agents: task id → process group id, and whether the agent (the
+    /// group's leader) has exited. Kept until stop(): the group may outlive it.
+    running: Arc<Mutex<HashMap<String, (i32, Arc<AtomicBool>)>>>,
 }
 
 impl LocalPlatform {
@@ -76,10 +78,11 @@ impl AgentPlatform for LocalPlatform {
             .id()
             .ok_or_else(|| PlatformError::Launch("agent exited at once".into()))?
             as i32;
+        let exited = Arc::new(AtomicBool::new(false));
         self.running
             .lock()
             .expect("lock")
-            .insert(launch.task_id.clone(), pid);
+            .insert(launch.task_id.clone(), (pid, Arc::clone(&exited)));
 
         // The agent sends its build log to the controller over HTTP; what it
         // prints itself is the controller's diagnostics.
@@ -115,6 +118,7 @@ impl AgentPlatform for LocalPlatform {
         // outlive it (an agent killed mid-build), and stop() ends the group.
         tokio::spawn(async move {
             let status = child.wait().await;
+            exited.store(true, Ordering::SeqCst);
             let (success, reason) = match status {
                 Ok(s) if s.success() => (true, "agent exited with code 0".to_string()),
                 Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
@@ -134,22 +138,22 @@ impl AgentPlatform for LocalPlatform {
     }
 
     async fn stop(&self, handle: &str) -> Result<(), PlatformError> {
-        let Some(pgid) = self.running.lock().expect("lock").remove(handle) else {
+        let Some((pgid, exited)) = self.running.lock().expect("lock").remove(handle) else {
             return Ok(());
         };
         let group = Pid::from_raw(pgid);
-        let gone = || matches!(killpg(group, None), Err(nix::errno::Errno::ESRCH));
-        if gone() {
-            return Ok(());
-        }
-        let _ = killpg(group, Signal::SIGTERM);
-        // Give the builder a moment to clean up, then make sure.
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if gone() {
-                return Ok(());
+        if !exited.load(Ordering::SeqCst) {
+            // Ask the agent to stop, and give it a moment to do so.
+            let _ = killpg(group, Signal::SIGTERM);
+            for _ in 0..50 {
+                if exited.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        // Whatever is left of its group (a builder the agent left behind,
+        // or the agent itself if it would not stop) is killed.
         match killpg(group, Signal::SIGKILL) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(PlatformError::Stop(e.to_string())),
