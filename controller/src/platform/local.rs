@@ -20,13 +20,15 @@ use tokio::process::Command;
 use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
 use bakery_core::api::agent_env;
 
+/// An agent's process group, and whether the agent (the group's leader) has exited.
+type Agent = (i32, Arc<AtomicBool>);
+
 pub struct LocalPlatform {
     agent: PathBuf,
     work_root: PathBuf,
     exits: ExitSender,
-    /// Agents: task id → process group id, and whether the agent (the
-    /// group's leader) has exited. Kept until stop(): the group may outlive it.
-    running: Arc<Mutex<HashMap<String, (i32, Arc<AtomicBool>)>>>,
+    /// Agents by task id. Kept until stop(): the group may outlive its agent.
+    running: Arc<Mutex<HashMap<String, Agent>>>,
 }
 
 impl LocalPlatform {
