@@ -55,20 +55,6 @@ fn calls(log: &PathBuf) -> Vec<Value> {
         .collect()
 }
 
-/// A passing and a failing service (the failure names its Dockerfile step).
-fn two_services(registry: &Server) -> tempfile::TempDir {
-    let compose = format!(
-        "services:\n  bad:\n    image: {r}/ci/bad:1\n    build:\n      context: bad\n  good:\n    image: {r}/ci/good:1\n    build:\n      context: good\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n",
-        r = registry.host()
-    );
-    project(&[
-        ("compose.yaml", &compose),
-        ("bad/Dockerfile", "FROM scratch\nCOPY no-such-file.txt /\n"),
-        ("good/Dockerfile", "FROM scratch\nCOPY hello.txt /\n"),
-        ("good/hello.txt", "hi\n"),
-    ])
-}
-
 fn run_bakery(repo: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
         .current_dir(repo)
@@ -104,7 +90,7 @@ fn github_check_runs_follow_each_build_and_pass_prism_validation() {
         port: prism_port,
     };
     let registry = registry();
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "ci");
     wait_port(prism_port, "Prism", 120);
     let (api, log) = recorder(&format!("http://127.0.0.1:{prism_port}"));
 
@@ -195,7 +181,7 @@ fn github_check_runs_follow_each_build_and_pass_prism_validation() {
 #[test]
 fn gitlab_commit_statuses_go_pending_running_and_final_per_arch() {
     let registry = registry();
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "ci");
     let (api, log) = recorder("gitlab");
     let (ok, output) = run_bakery(
         repo.path(),

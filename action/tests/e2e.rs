@@ -340,17 +340,7 @@ fn a_follower_that_reconnects_gets_every_line_once() {
     let base = push_base_image(&registry);
     let controller = controller(&[]);
     let repo = slow_project(&registry, &base, 120, "chatty");
-    let out = bakery(
-        repo.path(),
-        &["build", "--detach"],
-        &[("CONTROLLER_URL", &controller.url())],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let id = submit_detached(repo.path(), &controller.url());
     let logs = format!("{}/v1/builds/{id}/logs", controller.url());
 
     // First connection: drop it in the middle of the RUN output.
@@ -398,24 +388,10 @@ fn has_prefixed(output: &str, label: &str) -> bool {
     })
 }
 
-/// Two COPY-only services; `bad` copies a file that does not exist.
-fn two_services(registry: &Server) -> tempfile::TempDir {
-    let compose = format!(
-        "services:\n  bad:\n    image: {r}/e2e/bad:1\n    build:\n      context: bad\n  good:\n    image: {r}/e2e/good:1\n    build:\n      context: good\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n",
-        r = registry.host()
-    );
-    project(&[
-        ("compose.yaml", &compose),
-        ("bad/Dockerfile", "FROM scratch\nCOPY no-such-file.txt /\n"),
-        ("good/Dockerfile", "FROM scratch\nCOPY hello.txt /\n"),
-        ("good/hello.txt", "hi\n"),
-    ])
-}
-
 #[test]
 fn sequential_builds_stop_at_the_first_failure() {
     let registry = registry();
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "e2e");
     let out = bakery(repo.path(), &["--compose", "compose.yaml", "build"], &[]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
@@ -430,7 +406,7 @@ fn sequential_builds_stop_at_the_first_failure() {
 #[test]
 fn async_builds_everything_at_once_and_reports_failures_together() {
     let registry = registry();
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "e2e");
     let out = bakery(
         repo.path(),
         &["--compose", "compose.yaml", "--async", "build"],
@@ -453,7 +429,7 @@ fn async_builds_everything_at_once_and_reports_failures_together() {
 fn detached_builds_are_followed_later_with_status_and_logs() {
     let registry = registry();
     let controller = controller(&[]);
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "e2e");
     let url = controller.url();
     let env = [("CONTROLLER_URL", url.as_str())];
     let out = bakery(
@@ -504,7 +480,7 @@ fn detached_builds_are_followed_later_with_status_and_logs() {
 #[test]
 fn github_actions_gets_groups_annotations_outputs_and_a_summary() {
     let registry = registry();
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "e2e");
     let ci = tempfile::tempdir().unwrap();
     let (output, summary) = (ci.path().join("output"), ci.path().join("summary"));
     let out = bakery(
@@ -577,7 +553,7 @@ fn github_actions_gets_groups_annotations_outputs_and_a_summary() {
 #[test]
 fn gitlab_ci_gets_sections_and_a_dotenv_report() {
     let registry = registry();
-    let repo = two_services(&registry);
+    let repo = two_services(&registry, "e2e");
     let dotenv = repo.path().join("build.env");
     let out = bakery(
         repo.path(),
@@ -739,17 +715,7 @@ fn a_killed_agent_fails_the_build_within_seconds() {
     let base = push_base_image(&registry);
     let controller = controller(&[]);
     let repo = slow_project(&registry, &base, 3, "killed");
-    let out = bakery(
-        repo.path(),
-        &["build", "--detach"],
-        &[("CONTROLLER_URL", &controller.url())],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let id = submit_detached(repo.path(), &controller.url());
     let data = controller.dir.path().join("data");
     // Wait until the RUN step runs (its `sleep 600` is up), then kill the agent process itself.
     let status_url = format!("{}/v1/builds/{id}", controller.url());

@@ -107,22 +107,7 @@ impl Ecs {
     }
 
     fn submit(&self, repo: &std::path::Path) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-            .current_dir(repo)
-            .args(["build", "--detach"])
-            .env("CONTROLLER_URL", self.controller.url())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string()
+        submit_detached(repo, &self.controller.url())
     }
 
     /// Plays Fargate: starts an agent for every RUNNING task not started yet.

@@ -163,25 +163,7 @@ impl Kube {
                 ),
             ),
         ]);
-        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-            .current_dir(repo.path())
-            .args(["build", "--detach"])
-            .env("CONTROLLER_URL", self.controller.url())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .to_string(),
-            repo,
-        )
+        (submit_detached(repo.path(), &self.controller.url()), repo)
     }
 
     fn status(&self, id: &str) -> Value {

@@ -311,3 +311,38 @@ pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Two COPY-only compose services under `<registry>/<ns>/`: `good` for both
+/// arches, and `bad`, whose Dockerfile copies a file that does not exist.
+pub fn two_services(registry: &Server, ns: &str) -> tempfile::TempDir {
+    let compose = format!(
+        "services:\n  bad:\n    image: {r}/{ns}/bad:1\n    build:\n      context: bad\n  good:\n    image: {r}/{ns}/good:1\n    build:\n      context: good\n      x-bake:\n        platforms: [linux/amd64, linux/arm64]\n",
+        r = registry.host()
+    );
+    project(&[
+        ("compose.yaml", &compose),
+        ("bad/Dockerfile", "FROM scratch\nCOPY no-such-file.txt /\n"),
+        ("good/Dockerfile", "FROM scratch\nCOPY hello.txt /\n"),
+        ("good/hello.txt", "hi\n"),
+    ])
+}
+
+/// `bakery build --detach` in `repo` against `controller_url`; the build id.
+pub fn submit_detached(repo: &Path, controller_url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo)
+        .args(["build", "--detach"])
+        .env("CONTROLLER_URL", controller_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("service<TAB>id")
+        .to_string()
+}
