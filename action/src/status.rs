@@ -201,7 +201,7 @@ impl GitHub {
             .update_check_run(id)
             .status(CheckRunStatus::Completed)
             .conclusion(conclusion)
-            .completed_at(chrono_now())
+            .completed_at(chrono::Utc::now())
             .output(CheckRunOutput {
                 title,
                 summary: summary.chars().take(60_000).collect(),
@@ -213,10 +213,6 @@ impl GitHub {
             .await?;
         Ok(())
     }
-}
-
-fn chrono_now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
 }
 
 impl GitLab {

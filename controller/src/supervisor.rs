@@ -270,7 +270,7 @@ async fn stop_all(app: &App, build: &Build) {
 }
 
 async fn write_index(app: &App, build: &Build) {
-    let (destination, entries, credentials) = {
+    let (destination, tags, entries, credentials) = {
         let inner = build.lock();
         let entries: Vec<_> = inner
             .status
@@ -284,9 +284,13 @@ async fn write_index(app: &App, build: &Build) {
             .iter()
             .flat_map(|t| t.spec.credentials.clone())
             .collect();
-        (inner.request.destination.clone(), entries, credentials)
+        (
+            inner.request.destination.clone(),
+            inner.request.tags.clone(),
+            entries,
+            credentials,
+        )
     };
-    let tags = build.lock().request.tags.clone();
     let Some(destination) = destination else {
         return;
     };

@@ -116,6 +116,25 @@ impl Harness {
         }
     }
 
+    /// Cancels a build; the answer's status.
+    async fn cancel(&self, id: &str) -> StatusCode {
+        let url = self.url(&format!("/v1/builds/{id}/cancel"));
+        self.http.post(url).send().await.unwrap().status()
+    }
+
+    /// A finished build's whole log stream, as text.
+    async fn log_text(&self, id: &str) -> String {
+        let url = self.url(&format!("/v1/builds/{id}/logs"));
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     fn data(&self) -> String {
         self.dir.path().display().to_string()
     }
@@ -359,32 +378,11 @@ sleep 300"#,
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
 
-    // The log has the line once (dup seq dropped), redacted.
-    let logs = h.http.get(h.url(&format!("/v1/builds/{id}/logs"))).send();
-    let logs = tokio::time::timeout(Duration::from_millis(500), async {
-        logs.await.unwrap().text().await
-    })
-    .await;
-    // The stream stays open while the build runs; cancel, then read it all.
-    drop(logs);
-    let cancel = h
-        .http
-        .post(h.url(&format!("/v1/builds/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    // The log has the line once (dup seq dropped), redacted: cancel, then read it all.
+    assert_eq!(h.cancel(&id).await, StatusCode::ACCEPTED);
     let status = h.wait_end(&id, Duration::from_secs(10)).await;
     assert_eq!(status.state, BuildState::Cancelled);
-    let text = h
-        .http
-        .get(h.url(&format!("/v1/builds/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.log_text(&id).await;
     assert!(text.contains("pw is ***"), "{text}");
     assert!(!text.contains("top-secret-pw"));
     assert!(!text.contains("\"dup\""), "{text}");
@@ -526,11 +524,7 @@ async fn agents_beyond_the_cap_wait_in_a_queue_instead_of_failing() {
     assert!(queued.tasks[0].started_ms.is_none(), "not launched yet");
 
     // The first build ends; its slot goes to the queued one.
-    h.http
-        .post(h.url(&format!("/v1/builds/{first}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    h.cancel(&first).await;
     let start = Instant::now();
     while !running(second.clone()).await {
         assert!(
@@ -539,22 +533,10 @@ async fn agents_beyond_the_cap_wait_in_a_queue_instead_of_failing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    h.http
-        .post(h.url(&format!("/v1/builds/{second}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    h.cancel(&second).await;
     let status = h.wait_end(&second, Duration::from_secs(10)).await;
     assert_eq!(status.state, BuildState::Cancelled);
-    let text = h
-        .http
-        .get(h.url(&format!("/v1/builds/{second}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.log_text(&second).await;
     assert!(
         text.contains("queued: every agent slot on local is taken"),
         "{text}"
