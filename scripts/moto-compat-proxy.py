@@ -7,8 +7,14 @@ parses strictly) has them as strings. This proxy turns those numbers into
 strings and changes nothing else, so the controller under test talks to moto
 exactly as it would to ECS. Every other request and answer passes through.
 
+For fault-injection tests, FAIL_RUNTASK=N makes the first N RunTask calls
+answer 503 ServiceUnavailableException, as ECS does during an outage, and
+FAIL_S3=N the first N S3 requests 503 SlowDown, without reaching moto.
+
 usage: moto-compat-proxy.py LISTEN_PORT MOTO_URL
 """
+import os
+import threading
 import http.server
 import json
 import sys
@@ -18,6 +24,25 @@ import urllib.request
 LISTEN_PORT = int(sys.argv[1])
 UPSTREAM = sys.argv[2].rstrip("/")
 STRING_FIELDS = ("cpu", "memory", "memoryReservation")
+LIMITS = {"ecs": int(os.environ.get("FAIL_RUNTASK", "0")), "s3": int(os.environ.get("FAIL_S3", "0"))}
+failed = {"ecs": 0, "s3": 0}
+lock = threading.Lock()
+
+
+def inject_failure(target, path):
+    """The service to fail this request as ("ecs" or "s3"), or None: RunTask
+    calls and S3 calls (no X-Amz-Target; moto's own API aside), each up to
+    its limit."""
+    if path.startswith("/moto-api"):
+        return None
+    kind = "ecs" if target.endswith(".RunTask") else "s3" if not target else None
+    if kind is None:
+        return None
+    with lock:
+        if failed[kind] < LIMITS[kind]:
+            failed[kind] += 1
+            return kind
+    return None
 
 
 def fix(doc):
@@ -35,6 +60,22 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def forward(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        kind = inject_failure(self.headers.get("X-Amz-Target", ""), self.path)
+        if kind:
+            if kind == "ecs":
+                data = json.dumps({"__type": "ServiceUnavailableException",
+                                   "message": "injected by moto-compat-proxy (FAIL_RUNTASK)"}).encode()
+                content_type = "application/x-amz-json-1.1"
+            else:
+                data = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                        b"<Message>injected by moto-compat-proxy (FAIL_S3)</Message></Error>")
+                content_type = "application/xml"
+            self.send_response(503)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
         req = urllib.request.Request(UPSTREAM + self.path, data=body, headers=headers, method=self.command)
         try:

@@ -38,7 +38,7 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
         Target::Remote(url) => Controller::new(&url),
         Target::Embedded => {
             embedded = start_embedded().await?;
-            Controller::new(&embedded.url())
+            Controller::new(&embedded.0.url())
         }
     };
     let info = controller.info().await?;
@@ -191,15 +191,30 @@ async fn follow_one(
     Ok(status)
 }
 
-async fn start_embedded() -> Result<bakery_controller::Running> {
+/// A controller inside this process, with a data dir of its own unless
+/// DATA_DIR names one: two CI jobs on one machine must not share a journal
+/// (the second could not open it), and a build of this run is not resumed by
+/// a later one (its agents end with this process).
+async fn start_embedded() -> Result<(bakery_controller::Running, Option<tempfile::TempDir>)> {
     let mut config = bakery_controller::Config::from_env()?;
+    let data = if std::env::var_os("DATA_DIR").is_none() {
+        let dir = tempfile::Builder::new()
+            .prefix("bakery-embedded-")
+            .tempdir()
+            .context("creating the embedded controller's data directory")?;
+        config.data_dir = dir.path().to_path_buf();
+        Some(dir)
+    } else {
+        None
+    };
     config.listen_addr = "127.0.0.1:0".into();
     config.controller_url = None;
     config.default_platform = bakery_core::Platform::Local;
     config.s3_bucket = None;
-    bakery_controller::start(config)
+    let running = bakery_controller::start(config)
         .await
-        .context("starting the embedded controller")
+        .context("starting the embedded controller")?;
+    Ok((running, data))
 }
 
 /// Packs each distinct context once and uploads what the store lacks.

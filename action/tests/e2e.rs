@@ -789,3 +789,115 @@ fn a_killed_agent_fails_the_build_within_seconds() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The controller crashes (SIGKILL) in the middle of a RUN step and a new one
+/// starts on the same DATA_DIR: the build carries on to a pushed image, the
+/// following client prints every line exactly once, and the stored log has
+/// no gap and no duplicate.
+#[test]
+fn a_controller_restart_mid_build_loses_nothing() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let env = [("DATA_DIR", data_dir.as_str())];
+    let mut first = controller_on(port, &env);
+    let lines = 150;
+    let repo = project(&[
+        (
+            "Dockerfile",
+            &format!(
+                "ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN for i in $(seq 1 {lines}); do echo line-$i; sleep 0.04; done\n"
+            ),
+        ),
+        (
+            "config.yaml",
+            &format!(
+                "global:\n  arch: amd64\n  kaniko:\n    destination: {}/e2e/restart:1\n    build-args: {{BASE_IMAGE: {base}}}\n",
+                registry.host()
+            ),
+        ),
+    ]);
+    let mut client = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .arg("build")
+        .env("CONTROLLER_URL", first.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.iter().any(|l: &String| l.ends_with("line-20")) {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the build ended early"
+        );
+        printed.push(line.trim_end().to_string());
+        assert!(Instant::now() < deadline, "the RUN step never started");
+    }
+    // Crash: no graceful anything.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let second = controller_on(port, &env);
+
+    for line in stdout.lines() {
+        printed.push(line.unwrap());
+    }
+    let status = client.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut stderr).unwrap();
+    let output = printed.join("\n");
+    assert!(status.success(), "{output}\n{stderr}");
+    for i in 1..=lines {
+        let n = printed
+            .iter()
+            .filter(|l| l.ends_with(&format!(" line-{i}")) || **l == format!("line-{i}"))
+            .count();
+        assert_eq!(n, 1, "line-{i} printed {n} times:\n{output}");
+    }
+    // The stored log, from the start: seqs 1..n, each RUN line once.
+    let logs = format!(
+        "{}/v1/builds/{}/logs",
+        second.url(),
+        only_build_id(&data_dir)
+    );
+    let (events, ended) = read_events(&logs, None, |_, _| false);
+    assert!(ended);
+    let seqs: Vec<u64> = events.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let run_lines: Vec<&String> = events
+        .iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.starts_with("line-"))
+        .collect();
+    assert_eq!(run_lines.len(), lines as usize);
+    assert!(events
+        .iter()
+        .any(|(_, l)| l.contains("the controller restarted")));
+    let index = raw_manifest(&format!("{}/e2e/restart:1", registry.host()));
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&data_dir).is_empty() {
+        assert!(Instant::now() < deadline, "left running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The id of the one build run under `data_dir`, from its agent's log file
+/// (`work/<build>-<arch>.log`).
+fn only_build_id(data_dir: &str) -> String {
+    let work = std::path::Path::new(data_dir).join("work");
+    let names: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix("-amd64.log").map(String::from))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].clone()
+}

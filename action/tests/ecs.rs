@@ -42,12 +42,17 @@ impl Drop for Ecs {
 impl Ecs {
     /// moto with the account set up, `pre` run against it, then a controller on ECS.
     fn start(pre: impl FnOnce(&str)) -> Ecs {
+        Ecs::start_with(pre, &[])
+    }
+
+    /// With fault injection in the proxy (see scripts/moto-compat-proxy.py).
+    fn start_with(pre: impl FnOnce(&str), proxy_env: &[(&str, &str)]) -> Ecs {
         let registry = registry();
         let base = push_base_image(&registry);
         let moto = moto();
         let fixture = ecs_fixture(&["setup", &moto.url()]);
         pre(&moto.url());
-        let proxy = moto_proxy(&moto);
+        let proxy = moto_proxy_with(&moto, proxy_env);
         let port = free_port();
         let controller_url = format!("http://127.0.0.1:{port}");
         let env = [
@@ -396,4 +401,30 @@ fn a_task_that_stops_before_reporting_fails_the_build_with_the_ecs_reason() {
             .all(|t| t["lastStatus"] == "STOPPED"),
         "{dump}"
     );
+}
+
+/// ECS answering 503 twice (an outage, throttling): RunTask is retried with
+/// backoff and the build goes on to a pushed image.
+#[test]
+fn a_brief_ecs_outage_is_retried() {
+    let mut ecs = Ecs::start_with(|_| {}, &[("FAIL_RUNTASK", "2")]);
+    let repo = ecs.project();
+    let id = ecs.submit(repo.path());
+    let status = ecs.wait(&id, true);
+    assert_eq!(status["state"], "succeeded", "{status}");
+}
+
+/// ECS down for good: the build fails naming the call and ECS's answer,
+/// once the retries are spent, and nothing is left running.
+#[test]
+fn a_persistent_ecs_outage_fails_the_build_with_the_cause() {
+    let mut ecs = Ecs::start_with(|_| {}, &[("FAIL_RUNTASK", "1000")]);
+    let repo = ecs.project();
+    let id = ecs.submit(repo.path());
+    let status = ecs.wait(&id, false);
+    assert_eq!(status["state"], "failed");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("RunTask"), "{error}");
+    assert!(error.contains("ServiceUnavailableException"), "{error}");
+    assert!(ecs.dump()["tasks"].as_array().unwrap().is_empty());
 }

@@ -39,6 +39,10 @@ pub struct Config {
     /// Where the controller keeps contexts (without S3) and agent work dirs.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// How long finished builds (status and log) are kept, in memory and in
+    /// the journal in DATA_DIR, for `bakery logs` / `status` to read.
+    #[serde(default = "one_day", deserialize_with = "duration")]
+    pub build_retention: Duration,
     /// The agent executable for the local platform. Default: `bakery-agent`
     /// next to the running executable, then on PATH.
     pub agent_binary: Option<PathBuf>,
@@ -110,6 +114,9 @@ pub struct Config {
 
 fn default_audience() -> String {
     "bakery".into()
+}
+fn one_day() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn five_seconds() -> Duration {
     Duration::from_secs(5)

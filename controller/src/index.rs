@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bakery_core::settings::Credential;
 use bakery_core::Arch;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
@@ -43,6 +45,36 @@ pub enum IndexError {
     Push { dest: String, message: String },
 }
 
+/// How registry requests are retried: transient failures only (no answer,
+/// 5xx, 429), with exponential backoff and jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: usize,
+    pub first_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// About 30 s of patience: a registry restarting or a load balancer
+    /// failing over comes back within that; a registry that is down stays down.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            first_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.first_delay)
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(self.attempts.saturating_sub(1))
+            .with_jitter()
+    }
+}
+
 /// Writes the index at `destination` (and at each of `extra_tags`, in the
 /// same repository) over `entries` (arch, manifest digest) and returns its digest.
 pub async fn write_index(
@@ -51,6 +83,7 @@ pub async fn write_index(
     entries: &[(Arch, String)],
     credentials: &[Credential],
     insecure: &[String],
+    policy: RetryPolicy,
 ) -> Result<String, IndexError> {
     let reference: Reference = destination.parse().map_err(|e: oci_client::ParseError| {
         IndexError::Reference(destination.into(), e.to_string())
@@ -80,7 +113,7 @@ pub async fn write_index(
             reference.repository().to_string(),
             digest.clone(),
         );
-        let (body, _) = retry(|| {
+        let (body, _) = retry(policy, || {
             client.pull_manifest_raw(
                 &by_digest,
                 &auth,
@@ -92,7 +125,7 @@ pub async fn write_index(
             arch: *arch,
             digest: digest.clone(),
             repo: format!("{registry}/{}", reference.repository()),
-            message: e.to_string(),
+            message: e,
         })?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -141,34 +174,68 @@ pub async fn write_index(
         targets.push((r, tag.clone()));
     }
     for (target, name) in &targets {
-        retry(|| client.push_manifest_raw(target, body.clone(), Clone::clone(&content_type)))
-            .await
-            .map_err(|e| IndexError::Push {
-                dest: name.clone(),
-                message: e.to_string(),
-            })?;
+        retry(policy, || {
+            client.push_manifest_raw(target, body.clone(), Clone::clone(&content_type))
+        })
+        .await
+        .map_err(|e| IndexError::Push {
+            dest: name.clone(),
+            message: e,
+        })?;
     }
     Ok(digest)
 }
 
-/// Three tries with growing pauses: registries drop the odd request.
-async fn retry<T, E: std::fmt::Display, F, Fut>(mut call: F) -> Result<T, E>
+/// Runs `call` under `policy`; the error, when it comes, says how many
+/// tries it took and what the last one answered.
+async fn retry<T, F, Fut>(policy: RetryPolicy, call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
 {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 3 => {
-                tracing::warn!("registry request failed (attempt {attempt}), retrying: {e}");
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-                attempt += 1;
+    let mut tries = 1;
+    call.retry(policy.backoff())
+        .when(is_transient)
+        .notify(|e, pause| {
+            tries += 1;
+            tracing::warn!("registry request failed, retrying in {pause:?}: {e}");
+        })
+        .await
+        .map_err(|e| {
+            let e = describe(&e);
+            if tries > 1 {
+                format!("{e} (gave up after {tries} attempts)")
+            } else {
+                e
             }
-            Err(e) => return Err(e),
-        }
+        })
+}
+
+/// Worth another try: no answer at all, a server error, or "too many requests".
+fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::Toomanyrequests),
+        _ => false,
     }
+}
+
+/// reqwest's own message ("error sending request") hides the cause
+/// ("Connection refused"): walk the chain.
+fn describe(e: &OciDistributionError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }

@@ -6,6 +6,7 @@
 //! * [`routes`]: the HTTP API (clients: create, status, follow, cancel;
 //!   agents: spec, context, logs, result).
 //! * [`state`]: builds, tasks and their logs in memory.
+//! * [`journal`]: the same on disk, so a restart resumes every build.
 //! * [`supervisor`]: one build from launch through timeouts to cleanup.
 //! * [`platform`]: where agents run, behind one trait (`local` here).
 //! * [`index`]: joining per-arch images into the multi-arch index.
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod index;
+pub mod journal;
 pub mod oidc;
 pub mod platform;
 pub mod routes;
@@ -20,7 +22,7 @@ pub mod state;
 pub mod store;
 pub mod supervisor;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -41,7 +43,8 @@ pub struct App {
     pub config: Config,
     /// The URL agents are given to reach this controller.
     pub agent_url: String,
-    pub builds: state::Registry,
+    pub builds: Arc<state::Registry>,
+    pub journal: Arc<journal::Journal>,
     /// The platforms this controller can run agents on: DEFAULT_PLATFORM,
     /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
     pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
@@ -53,6 +56,11 @@ pub struct App {
     pub oidc: Option<oidc::Oidc>,
     /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
     pub slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
+    /// Supervisors and the journal writer: ended with the controller, so
+    /// that nothing of it (the journal file's lock included) outlives it.
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One per unfinished build.
+    supervisors: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A controller serving on a socket.
@@ -75,6 +83,8 @@ pub enum StartError {
     PlatformSetup(#[from] platform::PlatformError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 impl Running {
@@ -97,33 +107,131 @@ impl Running {
             build.lock().cancel_requested = true;
             build.touch();
         }
-        for build in &unfinished {
-            let mut changed = build.subscribe();
-            while !build.status().state.is_terminal()
-                || build.status().state == BuildState::Indexing
+        // Each supervisor ends once its agents are stopped (and its index,
+        // if it was writing one, is written).
+        let supervisors = std::mem::take(&mut *self.app.supervisors.lock().expect("lock"));
+        for task in supervisors {
+            if tokio::time::timeout(std::time::Duration::from_secs(60), task)
+                .await
+                .is_err()
             {
-                if tokio::time::timeout(std::time::Duration::from_secs(30), changed.changed())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+                tracing::warn!("a build did not finish stopping within 60 s");
             }
         }
-        // The supervisor stops agents right after the build turns terminal.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.stop_serving().await;
+    }
+
+    /// Stops serving and leaves unfinished builds as they are: their agents
+    /// keep running (and retrying their reports), and the next controller
+    /// started on the same DATA_DIR resumes them. What a rolling restart
+    /// wants. Returns how many builds were left to resume.
+    pub async fn suspend(self) -> usize {
+        let unfinished = self
+            .app
+            .builds
+            .all()
+            .iter()
+            .filter(|b| !b.status().state.is_terminal())
+            .count();
+        self.stop_serving().await;
+        unfinished
+    }
+
+    async fn stop_serving(self) {
+        if let Err(e) = self.app.journal.flush().await {
+            tracing::error!("{e}");
+        }
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        let mut tasks = std::mem::take(&mut *self.app.background.lock().expect("lock"));
+        tasks.extend(std::mem::take(
+            &mut *self.app.supervisors.lock().expect("lock"),
+        ));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 }
 
 impl App {
+    /// Runs `work` in the background until it ends or the controller stops.
+    pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        push_task(&self.background, work);
+    }
+
+    /// Runs a build's supervisor; [`Running::shutdown`] waits for them.
+    pub fn spawn_supervisor(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        push_task(&self.supervisors, work);
+    }
+
     /// The platform a task runs on.
     pub fn platform(&self, p: Platform) -> &dyn AgentPlatform {
         self.platforms
             .get(&p)
             .expect("tasks are only accepted for configured platforms")
             .as_ref()
+    }
+}
+
+fn push_task(
+    list: &std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mut tasks = list.lock().expect("lock");
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(tokio::spawn(work));
+}
+
+/// Puts the journal's builds back in the registry and resumes the unfinished
+/// ones. A build on a platform this controller no longer runs fails, named.
+fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
+    let mut resumed = 0;
+    for saved in restored {
+        let build = Arc::new(state::Build::restore(saved, Some(app.journal.signal())));
+        app.builds.insert(Arc::clone(&build));
+        let status = build.status();
+        if status.state.is_terminal() {
+            continue;
+        }
+        if let Some(missing) = status
+            .tasks
+            .iter()
+            .find(|t| !app.platforms.contains_key(&t.platform))
+        {
+            let error = format!(
+                "the controller restarted without the {} platform this build's {} agent runs on",
+                missing.platform, missing.arch
+            );
+            build.lock().finish_build(BuildState::Failed, Some(error));
+            build.touch();
+            continue;
+        }
+        resumed += 1;
+        app.spawn_supervisor(supervisor::resume(Arc::clone(app), build));
+    }
+    if resumed > 0 {
+        tracing::info!(
+            resumed,
+            "resuming the builds an earlier run left unfinished"
+        );
+    }
+}
+
+/// Drops finished builds older than BUILD_RETENTION, hourly.
+async fn forget_old_builds(app: Arc<App>) {
+    loop {
+        match app
+            .journal
+            .forget_older_than(&app.builds, app.config.build_retention)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "forgot builds past BUILD_RETENTION"),
+            Err(e) => tracing::warn!("cleaning up old builds: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 
@@ -146,6 +254,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .controller_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
+    // Builds an earlier run left behind: their agents may still be running,
+    // and must be neither deleted as orphans nor started twice.
+    let journal = Arc::new(journal::Journal::open(
+        &config.data_dir.join("builds.redb"),
+    )?);
+    let restored = journal.load()?;
+    let keep: HashSet<String> = restored
+        .iter()
+        .filter(|r| !r.record.status.state.is_terminal())
+        .flat_map(|r| r.record.tasks.iter().filter_map(|t| t.handle.clone()))
+        .collect();
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut wanted = vec![config.default_platform];
     if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
@@ -167,7 +286,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 exits,
             )),
             Platform::Ecs => Box::new(platform::ecs::EcsPlatform::start(&config, exits).await?),
-            Platform::K8s => Box::new(platform::k8s::K8sPlatform::start(&config, exits).await?),
+            Platform::K8s => {
+                Box::new(platform::k8s::K8sPlatform::start(&config, exits, &keep).await?)
+            }
         };
         platforms.insert(p, platform);
     }
@@ -194,11 +315,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         config,
         agent_url,
-        builds: state::Registry::default(),
+        builds: Arc::new(state::Registry::default()),
+        journal: Arc::clone(&journal),
         platforms,
         body_limit: MAX_CONTEXT_BYTES as usize,
+        background: Default::default(),
+        supervisors: Default::default(),
     });
-    tokio::spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
+    app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds)));
+    app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
+    resume_builds(&app, restored);
+    app.spawn(forget_old_builds(Arc::clone(&app)));
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
     let router = routes::router(Arc::clone(&app));
     let server = tokio::spawn(async move {

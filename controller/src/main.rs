@@ -36,7 +36,12 @@ async fn run() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down: cancelling unfinished builds and stopping their agents");
-    running.shutdown().await;
+    // A restart (a deploy, a moved pod) must not cost anyone their build:
+    // agents keep running and the next start resumes what is unfinished.
+    let left = running.suspend().await;
+    tracing::info!(
+        unfinished = left,
+        "stopped; unfinished builds resume when a controller starts on the same DATA_DIR"
+    );
     Ok(())
 }

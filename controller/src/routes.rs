@@ -105,6 +105,16 @@ impl Failure {
     }
 }
 
+/// Waits until the changes made so far are in the journal: what a handler
+/// acknowledges must survive a controller crash. 503 otherwise, which
+/// agents and clients retry.
+async fn durable(app: &App) -> Result<()> {
+    app.journal
+        .flush()
+        .await
+        .map_err(|e| Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         (self.0, Json(ApiError { error: self.1 })).into_response()
@@ -182,10 +192,20 @@ async fn create_build(
         }
     }
     let id = new_build_id();
-    let build = Arc::new(Build::new(id.clone(), request, app.config.default_platform));
+    let build = Arc::new(Build::new(
+        id.clone(),
+        request,
+        app.config.default_platform,
+        Some(app.journal.signal()),
+    ));
     app.builds.insert(Arc::clone(&build));
+    // The id goes out only once the build would survive a restart.
+    if let Err(e) = durable(&app).await {
+        app.builds.remove(&id);
+        return Err(e);
+    }
     tracing::info!(build = %id, service = %build.status().service, "build created");
-    tokio::spawn(crate::supervisor::run(Arc::clone(&app), build));
+    app.spawn_supervisor(crate::supervisor::run(Arc::clone(&app), build));
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
 
@@ -214,6 +234,7 @@ async fn cancel_build(
         }
     }
     build.touch();
+    durable(&app).await?;
     Ok((StatusCode::ACCEPTED, Json(build.status())))
 }
 
@@ -245,7 +266,7 @@ async fn follow_logs(
         let mut cursor = after;
         let mut last_status: Option<BuildStatus> = None;
         loop {
-            let (lines, status) = build.snapshot_after(cursor);
+            let (lines, status, caught_up) = build.snapshot_after(cursor);
             for line in lines {
                 cursor = line.seq;
                 let event = Event::default()
@@ -258,7 +279,9 @@ async fn follow_logs(
                 }
             }
             let terminal = status.state.is_terminal();
-            if last_status.as_ref() != Some(&status) {
+            // The end waits for the last lines to be saved (and sent).
+            let hold = terminal && !caught_up;
+            if !hold && last_status.as_ref() != Some(&status) {
                 let name = if terminal {
                     api::event::END
                 } else {
@@ -273,7 +296,7 @@ async fn follow_logs(
                 }
                 last_status = Some(status);
             }
-            if terminal {
+            if terminal && !hold {
                 return;
             }
             if changed.changed().await.is_err() {
@@ -382,6 +405,9 @@ async fn agent_spec(
         }
     };
     build.log(index, "agent started");
+    // Checked in is recorded before the agent gets its spec: resumed after
+    // a crash, the task must not wait for a check-in that already happened.
+    durable(&app).await?;
     Ok(Json(spec))
 }
 
@@ -412,6 +438,8 @@ async fn agent_logs(
     let (build, index) = agent_task(&app, &task, &headers)?;
     let Json(batch) = batch.map_err(|e| Failure::new(e.status(), e.body_text()))?;
     build.append_agent_lines(index, &batch.lines);
+    // The agent forgets the batch once answered: it must be on disk first.
+    durable(&app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -456,5 +484,6 @@ async fn agent_result(
     };
     // The line goes in after the state change; the token is now spent, so log directly.
     build.log(index, &message);
+    durable(&app).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,4 +1,5 @@
-//! Builds, their tasks and their logs, in memory.
+//! Builds, their tasks and their logs, in memory (and, through
+//! [`crate::journal`], on disk).
 //!
 //! Each build keeps its whole log, so any number of followers can read it
 //! from any point: every follower sees every line (the original tool's
@@ -6,6 +7,7 @@
 //! `watch` channel wakes followers and the supervisor on every change.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -15,6 +17,8 @@ use bakery_core::api::{
 use bakery_core::redact::Redactor;
 use bakery_core::Platform;
 use tokio::sync::watch;
+
+use crate::journal::{self, Record, Restored, TaskRecord};
 
 /// A task's private bookkeeping, beside its public [`TaskStatus`].
 #[derive(Debug)]
@@ -48,11 +52,22 @@ pub struct Build {
     pub id: String,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// Where changes are announced to the journal writer, if there is one.
+    journal: Option<Arc<journal::Signal>>,
+    /// Changed since the journal last saved it.
+    dirty: AtomicBool,
+    /// How many log lines the journal holds.
+    persisted: AtomicUsize,
 }
 
 impl Build {
     /// `default` is the platform of tasks whose spec names none.
-    pub fn new(id: String, request: CreateBuild, default: Platform) -> Build {
+    pub fn new(
+        id: String,
+        request: CreateBuild,
+        default: Platform,
+        journal: Option<Arc<journal::Signal>>,
+    ) -> Build {
         let tasks: Vec<TaskStatus> = request
             .tasks
             .iter()
@@ -80,20 +95,7 @@ impl Build {
                 slot: None,
             })
             .collect();
-        // Registry passwords and the agents' own tokens never reach a log
-        // line, an error or a status.
-        let redactor = Redactor::new(
-            request
-                .tasks
-                .iter()
-                .flat_map(|t| {
-                    t.spec
-                        .credentials
-                        .iter()
-                        .map(|c| c.password.expose().to_string())
-                })
-                .chain(runtime.iter().map(|rt| rt.token.clone())),
-        );
+        let redactor = redactor_for(&request, &runtime);
         let status = BuildStatus {
             id: id.clone(),
             service: request.service.clone(),
@@ -116,6 +118,92 @@ impl Build {
                 redactor,
             }),
             changed: watch::channel(0).0,
+            journal,
+            dirty: AtomicBool::new(true),
+            persisted: AtomicUsize::new(0),
+        }
+    }
+
+    /// A build read back from the journal after a restart. Its agents, if
+    /// any were running, are re-attached by the supervisor.
+    pub fn restore(saved: Restored, journal: Option<Arc<journal::Signal>>) -> Build {
+        let Restored { record, logs } = saved;
+        let runtime: Vec<TaskRuntime> = record
+            .tasks
+            .into_iter()
+            .map(|t| TaskRuntime {
+                token: t.token,
+                agent_seq: t.agent_seq,
+                launched_at: t.launched_ms.map(journal::instant_from_ms),
+                checked_in_at: t.checked_in_ms.map(journal::instant_from_ms),
+                handle: t.handle,
+                exited: None,
+                slot: None,
+            })
+            .collect();
+        let redactor = redactor_for(&record.request, &runtime);
+        let persisted = logs.len();
+        Build {
+            id: record.status.id.clone(),
+            inner: Mutex::new(Inner {
+                status: record.status,
+                request: record.request,
+                runtime,
+                logs,
+                cancel_requested: record.cancel_requested,
+                redactor,
+            }),
+            changed: watch::channel(0).0,
+            journal,
+            dirty: AtomicBool::new(false),
+            persisted: AtomicUsize::new(persisted),
+        }
+    }
+
+    /// What the journal saves: the record, and the lines from `from` on.
+    pub fn to_record(&self, from: usize) -> (Record, Vec<LogEvent>) {
+        let inner = self.lock();
+        let tasks = inner
+            .runtime
+            .iter()
+            .map(|rt| TaskRecord {
+                token: rt.token.clone(),
+                agent_seq: rt.agent_seq,
+                handle: rt.handle.clone(),
+                launched_ms: rt.launched_at.map(journal::ms_from_instant),
+                checked_in_ms: rt.checked_in_at.map(journal::ms_from_instant),
+            })
+            .collect();
+        let record = Record {
+            status: inner.status.clone(),
+            request: inner.request.clone(),
+            tasks,
+            cancel_requested: inner.cancel_requested,
+        };
+        let from = from.min(inner.logs.len());
+        (record, inner.logs[from..].to_vec())
+    }
+
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if let Some(j) = &self.journal {
+            j.wake();
+        }
+    }
+
+    pub fn persisted(&self) -> usize {
+        self.persisted.load(Ordering::SeqCst)
+    }
+
+    /// Records what the journal saved, and wakes followers for those lines.
+    pub fn set_persisted(&self, lines: usize) {
+        let before = self.persisted.swap(lines, Ordering::SeqCst);
+        if before != lines {
+            self.changed.send_modify(|v| *v += 1);
         }
     }
 
@@ -124,8 +212,9 @@ impl Build {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wakes everyone waiting on this build.
+    /// Wakes everyone waiting on this build, and has the journal save it.
     pub fn touch(&self) {
+        self.mark_dirty();
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -137,11 +226,23 @@ impl Build {
         self.lock().status.clone()
     }
 
-    /// Lines after `seq`, and the status as of the same moment.
-    pub fn snapshot_after(&self, seq: u64) -> (Vec<LogEvent>, BuildStatus) {
+    /// Lines after `seq`, and the status as of the same moment. With a
+    /// journal, only lines already on disk: a line a follower has seen must
+    /// keep its seq through a crash, or a resumed follower would see it
+    /// twice (the agent resends what was not saved, under new seqs).
+    /// The flag says whether these are all the lines there are.
+    pub fn snapshot_after(&self, seq: u64) -> (Vec<LogEvent>, BuildStatus, bool) {
         let inner = self.lock();
-        let start = (seq as usize).min(inner.logs.len());
-        (inner.logs[start..].to_vec(), inner.status.clone())
+        let visible = match self.journal {
+            Some(_) => self.persisted().min(inner.logs.len()),
+            None => inner.logs.len(),
+        };
+        let start = (seq as usize).min(visible);
+        (
+            inner.logs[start..visible].to_vec(),
+            inner.status.clone(),
+            visible == inner.logs.len(),
+        )
     }
 
     /// Appends a line on behalf of task `index`, redacted.
@@ -167,6 +268,23 @@ impl Build {
         }
         self.touch();
     }
+}
+
+/// Registry passwords and the agents' own tokens never reach a log line, an
+/// error or a status.
+fn redactor_for(request: &CreateBuild, runtime: &[TaskRuntime]) -> Redactor {
+    Redactor::new(
+        request
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                t.spec
+                    .credentials
+                    .iter()
+                    .map(|c| c.password.expose().to_string())
+            })
+            .chain(runtime.iter().map(|rt| rt.token.clone())),
+    )
 }
 
 impl Inner {
@@ -230,6 +348,21 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(build.id.clone(), build);
+    }
+
+    /// Forgets a finished build (and its tasks).
+    pub fn remove(&self, id: &str) {
+        let removed = self
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(build) = removed {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            for t in &build.lock().status.tasks {
+                tasks.remove(&t.id);
+            }
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Build>> {

@@ -22,6 +22,56 @@ const TICK: Duration = Duration::from_millis(500);
 
 pub async fn run(app: Arc<App>, build: Arc<Build>) {
     launch_all(&app, &build).await;
+    supervise(app, build).await;
+}
+
+/// Takes over a build that a previous run of this controller left
+/// unfinished: re-attaches its agents, launches the ones it had not yet
+/// started, and supervises it as if nothing happened. A build that was
+/// writing its index writes it again (the same digests, so the same index).
+pub async fn resume(app: Arc<App>, build: Arc<Build>) {
+    if build.status().state != BuildState::Indexing {
+        reattach(&app, &build).await;
+        launch_all(&app, &build).await;
+    }
+    supervise(app, build).await;
+}
+
+async fn reattach(app: &App, build: &Build) {
+    let running: Vec<(usize, String, String, bakery_core::Platform)> = {
+        let inner = build.lock();
+        inner
+            .status
+            .tasks
+            .iter()
+            .zip(&inner.runtime)
+            .enumerate()
+            .filter(|(_, (t, _))| !t.state.is_terminal())
+            .filter_map(|(i, (t, rt))| rt.handle.clone().map(|h| (i, t.id.clone(), h, t.platform)))
+            .collect()
+    };
+    for (index, task_id, handle, platform) in running {
+        // The agent holds a slot as before; if the cap was lowered meanwhile
+        // it runs over it rather than being stopped.
+        let slot = Arc::clone(&app.slots[&platform]).try_acquire_owned().ok();
+        build.lock().runtime[index].slot = slot;
+        match app.platform(platform).adopt(&task_id, &handle).await {
+            Ok(()) => build.log(
+                index,
+                &format!("the controller restarted: following the agent {handle} again"),
+            ),
+            Err(e) => {
+                build.lock().runtime[index].exited = Some(format!(
+                    "the controller restarted and cannot find the agent again ({e})"
+                ));
+                build.touch();
+            }
+        }
+    }
+}
+
+/// Watches a launched build to its end, then cleans up and writes the index.
+async fn supervise(app: Arc<App>, build: Arc<Build>) {
     let mut changed = build.subscribe();
     loop {
         if evaluate(&app, &build) {
@@ -41,7 +91,7 @@ pub async fn run(app: Arc<App>, build: Arc<Build>) {
 }
 
 async fn launch_all(app: &App, build: &Build) {
-    let launches: Vec<(Launch, bakery_core::Platform)> = {
+    let launches: Vec<(usize, Launch, bakery_core::Platform)> = {
         let inner = build.lock();
         inner
             .request
@@ -49,8 +99,12 @@ async fn launch_all(app: &App, build: &Build) {
             .iter()
             .zip(&inner.status.tasks)
             .zip(&inner.runtime)
-            .map(|((req, status), rt)| {
+            .enumerate()
+            // Finished or already running (a resumed build): nothing to start.
+            .filter(|(_, ((_, status), rt))| !status.state.is_terminal() && rt.handle.is_none())
+            .map(|(index, ((req, status), rt))| {
                 (
+                    index,
                     Launch {
                         build_id: build.id.clone(),
                         task_id: status.id.clone(),
@@ -69,7 +123,7 @@ async fn launch_all(app: &App, build: &Build) {
             })
             .collect()
     };
-    for (index, (launch, platform_name)) in launches.into_iter().enumerate() {
+    for (index, launch, platform_name) in launches {
         let Some(slot) = wait_for_slot(app, build, index, platform_name).await else {
             break; // cancelled while queued
         };
@@ -301,6 +355,7 @@ async fn write_index(app: &App, build: &Build) {
         &entries,
         &credentials,
         &app.config.insecure_registries(),
+        crate::index::RetryPolicy::default(),
     )
     .await;
     {

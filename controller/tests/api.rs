@@ -29,22 +29,38 @@ impl Harness {
             .arg(&agent)
             .status()
             .unwrap();
-        let mut vars = vec![
-            ("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "DATA_DIR".to_string(),
-                dir.path().join("data").display().to_string(),
-            ),
-            ("AGENT_BINARY".to_string(), agent.display().to_string()),
-        ];
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = Config::from_vars(vars).unwrap();
-        let running = bakery_controller::start(config).await.unwrap();
+        let running = bakery_controller::start(Harness::config(dir.path(), env))
+            .await
+            .unwrap();
         Harness {
             running: Some(running),
             dir,
             http: reqwest::Client::new(),
         }
+    }
+
+    fn config(dir: &Path, env: &[(&str, &str)]) -> Config {
+        let mut vars = vec![
+            ("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "DATA_DIR".to_string(),
+                dir.join("data").display().to_string(),
+            ),
+            (
+                "AGENT_BINARY".to_string(),
+                dir.join("agent.sh").display().to_string(),
+            ),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_vars(vars).unwrap()
+    }
+
+    /// Stops this controller the way SIGTERM does (builds left to resume)
+    /// and starts another on the same DATA_DIR.
+    async fn restart(&mut self, env: &[(&str, &str)]) {
+        self.running.take().unwrap().suspend().await;
+        let config = Harness::config(self.dir.path(), env);
+        self.running = Some(bakery_controller::start(config).await.unwrap());
     }
 
     fn url(&self, path: &str) -> String {
@@ -543,4 +559,38 @@ async fn agents_beyond_the_cap_wait_in_a_queue_instead_of_failing() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(no_agents_left(&h.data()));
+}
+
+/// Finished builds outlive a restart (status and log, for `bakery logs`),
+/// until BUILD_RETENTION has passed.
+#[tokio::test]
+async fn finished_builds_survive_a_restart_until_their_retention_ends() {
+    let mut h = Harness::new("echo dying >&2; exit 3", &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let before = h.wait_end(&id, Duration::from_secs(10)).await;
+    // The end of the log is saved a moment after the state changes.
+    let log = h.log_text(&id).await;
+    assert!(log.contains("agent exited with code 3"), "{log}");
+
+    h.restart(&[]).await;
+    assert_eq!(h.status(&id).await, before);
+    assert_eq!(h.log_text(&id).await, log);
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.restart(&[("BUILD_RETENTION", "10ms")]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = h
+            .http
+            .get(h.url(&format!("/v1/builds/{id}")))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -52,6 +52,7 @@ fn kustomize_example_renders_what_the_readme_lists() {
             "ConfigMap",
             "Deployment",
             "Ingress",
+            "PersistentVolumeClaim",
             "Role",
             "RoleBinding",
             "Secret",

@@ -60,9 +60,9 @@ impl FromStr for Cpu {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.millis % 1000 == 0 {
+        if self.millis.is_multiple_of(1000) {
             write!(f, "{}", self.millis / 1000)
-        } else if self.millis % 100 == 0 || self.millis % 250 == 0 {
+        } else if self.millis.is_multiple_of(100) || self.millis.is_multiple_of(250) {
             write!(f, "{}", f64::from(self.millis) / 1000.0)
         } else {
             write!(f, "{}m", self.millis)
@@ -125,7 +125,7 @@ impl FromStr for Memory {
 
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.mib % 1024 == 0 {
+        if self.mib.is_multiple_of(1024) {
             write!(f, "{}Gi", self.mib / 1024)
         } else {
             write!(f, "{}Mi", self.mib)

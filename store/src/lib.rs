@@ -51,10 +51,11 @@ impl S3Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("s3://{bucket}/{key}: {message}")]
+    #[error("s3://{bucket}/{key} (at {endpoint}): {message}")]
     S3 {
         bucket: String,
         key: String,
+        endpoint: String,
         message: String,
     },
     #[error("reading {path}: {message}")]
@@ -70,7 +71,10 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn connect(settings: S3Settings) -> S3Store {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // Five tries with exponential backoff (the SDK's standard mode):
+        // rides out a restarting S3-compatible server or throttling.
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         } else {
@@ -95,6 +99,10 @@ impl S3Store {
         StoreError::S3 {
             bucket: self.settings.bucket.clone(),
             key: key.to_string(),
+            endpoint: self
+                .settings
+                .endpoint_url()
+                .unwrap_or_else(|| "AWS S3".to_string()),
             message: DisplayErrorContext(&e).to_string(),
         }
     }

@@ -82,13 +82,23 @@ impl Server {
 /// A real OCI registry (Debian's docker-registry) with filesystem storage.
 pub fn registry() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let storage = dir.path().join("data");
+    start_registry(free_port(), &storage, dir)
+}
+
+/// A registry on `port` over `storage`: stop it and start another on the
+/// same two, and it is the same registry restarted.
+pub fn registry_with_storage(port: u16, storage: &Path) -> Server {
+    start_registry(port, storage, tempfile::tempdir().unwrap())
+}
+
+fn start_registry(port: u16, storage: &Path, dir: tempfile::TempDir) -> Server {
     let config = dir.path().join("config.yml");
     std::fs::write(
         &config,
         format!(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
+            storage.display()
         ),
     )
     .unwrap();
@@ -154,6 +164,11 @@ pub fn moto() -> Server {
 
 /// The project's type-fixing proxy in front of moto (see scripts/moto-compat-proxy.py).
 pub fn moto_proxy(moto: &Server) -> Server {
+    moto_proxy_with(moto, &[])
+}
+
+/// The proxy with fault injection (`FAIL_RUNTASK`, see the script).
+pub fn moto_proxy_with(moto: &Server, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto-compat-proxy.py");
@@ -161,6 +176,7 @@ pub fn moto_proxy(moto: &Server) -> Server {
         .arg(script)
         .arg(port.to_string())
         .arg(moto.url())
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -445,7 +445,10 @@ impl EcsPlatform {
         if let Some(lt) = &placement.launch_type {
             request = request.launch_type(LaunchType::from(lt.as_str()));
         }
-        let out = request.send().await.map_err(|e| sdk_error(&e))?;
+        let out = request
+            .send()
+            .await
+            .map_err(|e| format!("RunTask: {}", sdk_error(&e)))?;
         if let Some(task) = out.tasks().first().and_then(|t| t.task_arn()) {
             return Ok(task.to_string());
         }
@@ -528,6 +531,16 @@ impl AgentPlatform for EcsPlatform {
             .unwrap_or_else(|p| p.into_inner())
             .insert(arn.clone(), launch.task_id.clone());
         Ok(arn)
+    }
+
+    async fn adopt(&self, task_id: &str, handle: &str) -> Result<(), PlatformError> {
+        // The watcher describes it at its next poll, and reports it if it
+        // stopped while the controller was down.
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.to_string(), task_id.to_string());
+        Ok(())
     }
 
     async fn stop(&self, handle: &str) -> Result<(), PlatformError> {

@@ -15,7 +15,7 @@
 //! controller's are orphans of an earlier run and are deleted; pods without
 //! our owner label are never touched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -313,12 +313,18 @@ pub struct K8sPlatform {
     watched: Arc<Mutex<HashMap<String, String>>>,
     /// Pod name → the last Pending reason seen.
     pending: Arc<Mutex<HashMap<String, String>>>,
+    exits: ExitSender,
 }
 
 impl K8sPlatform {
     /// Connects (in-cluster service account, else the kubeconfig), deletes
-    /// this controller's orphaned pods, and starts the watch.
-    pub async fn start(config: &Config, exits: ExitSender) -> Result<K8sPlatform, PlatformError> {
+    /// this controller's orphaned pods (all but `keep`: the agents of builds
+    /// a restarted controller resumes), and starts the watch.
+    pub async fn start(
+        config: &Config,
+        exits: ExitSender,
+        keep: &HashSet<String>,
+    ) -> Result<K8sPlatform, PlatformError> {
         let settings = K8sSettings::from_config(config).map_err(PlatformError::Config)?;
         let client = kube::Client::try_default()
             .await
@@ -329,8 +335,9 @@ impl K8sPlatform {
             settings,
             watched: Arc::default(),
             pending: Arc::default(),
+            exits: exits.clone(),
         };
-        let removed = platform.delete_orphans().await?;
+        let removed = platform.delete_orphans(keep).await?;
         if removed > 0 {
             tracing::info!(removed, "deleted orphaned agent pods of an earlier run");
         }
@@ -344,7 +351,7 @@ impl K8sPlatform {
         Ok(platform)
     }
 
-    async fn delete_orphans(&self) -> Result<usize, PlatformError> {
+    async fn delete_orphans(&self, keep: &HashSet<String>) -> Result<usize, PlatformError> {
         let list = self
             .pods
             .list(&ListParams::default().labels(&self.settings.selector()))
@@ -361,6 +368,9 @@ impl K8sPlatform {
             let Some(name) = pod.metadata.name else {
                 continue;
             };
+            if keep.contains(&name) {
+                continue;
+            }
             match self.pods.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => removed += 1,
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -399,6 +409,40 @@ impl AgentPlatform for K8sPlatform {
             )));
         }
         Ok(name)
+    }
+
+    async fn adopt(&self, task_id: &str, handle: &str) -> Result<(), PlatformError> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.to_string(), task_id.to_string());
+        // The watch only reports changes: a pod that ended while the
+        // controller was down changes no more, so look at it once now.
+        let ended = match self.pods.get_opt(handle).await {
+            Ok(None) => Some((false, "the agent pod is gone".to_string())),
+            Ok(Some(pod)) => match pod_outcome(&pod) {
+                PodOutcome::Ended { success, reason } => Some((success, reason)),
+                _ => None,
+            },
+            Err(e) => {
+                return Err(PlatformError::Config(format!(
+                    "reading pod {handle} in {}: {e}",
+                    self.settings.namespace
+                )))
+            }
+        };
+        if let Some((success, reason)) = ended {
+            self.watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(handle);
+            let _ = self.exits.send(Exited {
+                task_id: task_id.to_string(),
+                reason,
+                success,
+            });
+        }
+        Ok(())
     }
 
     async fn stop(&self, handle: &str) -> Result<(), PlatformError> {

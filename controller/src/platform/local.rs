@@ -1,7 +1,12 @@
 //! The embedded default: agents as child processes of the controller.
 //!
 //! Each agent runs in its own process group, so stopping it also stops the
-//! builder it started. Both arches run here: arm64 builds without emulation
+//! builder it started, and writes its own output to `<task>.log` beside its
+//! work dir rather than to a pipe: an agent must outlive a controller crash
+//! (it keeps retrying until the controller is back), and a pipe to a dead
+//! parent would break its first write. Its handle is `pid <pgid>`, which a
+//! restarted controller adopts after checking, in /proc, that the process
+//! is still that task's agent. Both arches run here: arm64 builds without emulation
 //! can only do COPY-style steps (see the README), which is what the remote
 //! platforms are for.
 
@@ -14,7 +19,6 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
@@ -23,11 +27,14 @@ use bakery_core::api::agent_env;
 /// An agent's process group, and whether the agent (the group's leader) has exited.
 type Agent = (i32, Arc<AtomicBool>);
 
+/// How often an adopted agent (not our child: no wait()) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
 pub struct LocalPlatform {
     agent: PathBuf,
     work_root: PathBuf,
     exits: ExitSender,
-    /// Agents by task id. Kept until stop(): the group may outlive its agent.
+    /// Agents by handle. Kept until stop(): the group may outlive its agent.
     running: Arc<Mutex<HashMap<String, Agent>>>,
 }
 
@@ -64,15 +71,21 @@ impl AgentPlatform for LocalPlatform {
 
     async fn launch(&self, launch: Launch) -> Result<String, PlatformError> {
         let work = self.work_root.join(&launch.task_id);
+        let log_path = self.work_root.join(format!("{}.log", launch.task_id));
+        let log = std::fs::create_dir_all(&self.work_root)
+            .and_then(|()| std::fs::File::create(&log_path))
+            .map_err(|e| PlatformError::Launch(format!("{}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| PlatformError::Launch(format!("{}: {e}", log_path.display())))?;
         let mut cmd = Command::new(&self.agent);
         cmd.envs(&launch.env)
             .env(agent_env::WORK_DIR, &work)
             .env(agent_env::BUILDER, "buildah")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
         let mut child = cmd
             .spawn()
             .map_err(|e| PlatformError::Launch(format!("{}: {e}", self.agent.display())))?;
@@ -80,39 +93,13 @@ impl AgentPlatform for LocalPlatform {
             .id()
             .ok_or_else(|| PlatformError::Launch("agent exited at once".into()))?
             as i32;
+        let handle = format!("pid {pid}");
+        tracing::debug!(task = %launch.task_id, log = %log_path.display(), "agent started as {handle}");
         let exited = Arc::new(AtomicBool::new(false));
         self.running
             .lock()
             .expect("lock")
-            .insert(launch.task_id.clone(), (pid, Arc::clone(&exited)));
-
-        // The agent sends its build log to the controller over HTTP; what it
-        // prints itself is the controller's diagnostics.
-        for (stream, name) in [
-            (
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                "stdout",
-            ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                "stderr",
-            ),
-        ] {
-            let Some(stream) = stream else { continue };
-            let task = launch.task_id.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(task = %task, stream = name, "agent: {line}");
-                }
-            });
-        }
+            .insert(handle.clone(), (pid, Arc::clone(&exited)));
 
         let exits = self.exits.clone();
         let task_id = launch.task_id.clone();
@@ -136,7 +123,44 @@ impl AgentPlatform for LocalPlatform {
                 success,
             });
         });
-        Ok(launch.task_id)
+        Ok(handle)
+    }
+
+    async fn adopt(&self, task_id: &str, handle: &str) -> Result<(), PlatformError> {
+        let pid: i32 = handle
+            .strip_prefix("pid ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| PlatformError::Config(format!("not a local agent handle: {handle}")))?;
+        let gone = |reason: &str| {
+            let _ = self.exits.send(Exited {
+                task_id: task_id.to_string(),
+                reason: reason.to_string(),
+                success: false,
+            });
+        };
+        if !is_agent_of(pid, task_id) {
+            gone("the agent ended while the controller was down");
+            return Ok(());
+        }
+        let exited = Arc::new(AtomicBool::new(false));
+        self.running
+            .lock()
+            .expect("lock")
+            .insert(handle.to_string(), (pid, Arc::clone(&exited)));
+        let exits = self.exits.clone();
+        let task_id = task_id.to_string();
+        tokio::spawn(async move {
+            while is_agent_of(pid, &task_id) {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            exited.store(true, Ordering::SeqCst);
+            let _ = exits.send(Exited {
+                task_id,
+                reason: "the agent exited (its exit code is unknown: it was adopted after a controller restart)".into(),
+                success: false,
+            });
+        });
+        Ok(())
     }
 
     async fn stop(&self, handle: &str) -> Result<(), PlatformError> {
@@ -161,4 +185,24 @@ impl AgentPlatform for LocalPlatform {
             Err(e) => Err(PlatformError::Stop(e.to_string())),
         }
     }
+}
+
+/// Whether `pid` is alive (not a zombie) and is the agent of `task_id`: a
+/// pid can be reused, so its environment must name the task.
+fn is_agent_of(pid: i32, task_id: &str) -> bool {
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesised command name.
+            let after = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(after != 'Z' && after != 'X')
+        })
+        .unwrap_or(false);
+    if !alive {
+        return false;
+    }
+    let wanted = format!("{}={task_id}", agent_env::TASK_ID);
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
+        .unwrap_or(false)
 }

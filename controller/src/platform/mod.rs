@@ -57,6 +57,12 @@ pub trait AgentPlatform: Send + Sync + 'static {
     /// Stops an agent. Stopping one that already ended is not an error.
     async fn stop(&self, handle: &str) -> Result<(), PlatformError>;
 
+    /// Takes back an agent that an earlier run of this controller launched
+    /// (a restart mid-build): [`AgentPlatform::stop`] works on it again, and
+    /// its end is reported like any other. An agent that is already gone is
+    /// reported as ended, not returned as an error.
+    async fn adopt(&self, task_id: &str, handle: &str) -> Result<(), PlatformError>;
+
     /// What the platform last said about an agent that has not started
     /// (unschedulable, pulling its image…), for the timeout message.
     fn diagnosis(&self, _handle: &str) -> Option<String> {

@@ -1,0 +1,156 @@
+//! Registries that go away: the multi-arch index write rides out a registry
+//! restart and names the cause when the registry stays down.
+
+mod support;
+
+use std::time::Duration;
+
+use bakery_controller::index::{write_index, RetryPolicy};
+use bakery_core::Arch;
+use support::*;
+
+fn digest_of(reference: &str) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_write_rides_out_a_registry_restart() {
+    let storage = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let first = registry_with_storage(port, storage.path());
+    let base = push_base_image(&first);
+    let digest = digest_of(&base);
+    drop(first);
+    let root = storage.path().to_path_buf();
+    let restarted = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        registry_with_storage(port, &root)
+    });
+    let destination = format!("127.0.0.1:{port}/bakery/busybox:multi");
+    let result = write_index(
+        &destination,
+        &[],
+        &[(Arch::Amd64, digest.clone())],
+        &[],
+        &[],
+        RetryPolicy {
+            attempts: 8,
+            first_delay: Duration::from_millis(300),
+        },
+    )
+    .await;
+    let _second = restarted.join().unwrap();
+    result.unwrap();
+    let index = raw_manifest(&destination);
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+}
+
+#[tokio::test]
+async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
+    let port = free_port();
+    let error = write_index(
+        &format!("127.0.0.1:{port}/app/x:1"),
+        &[],
+        &[(Arch::Amd64, format!("sha256:{}", "a".repeat(64)))],
+        &[],
+        &[],
+        RetryPolicy {
+            attempts: 3,
+            first_delay: Duration::from_millis(50),
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    assert!(
+        error.to_lowercase().contains("connection refused"),
+        "{error}"
+    );
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_manifest_is_not_retried() {
+    let registry = registry();
+    let error = write_index(
+        &format!("{}/app/x:1", registry.host()),
+        &[],
+        &[(Arch::Arm64, format!("sha256:{}", "b".repeat(64)))],
+        &[],
+        &[],
+        RetryPolicy::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("arm64 manifest sha256:bbbb"), "{error}");
+    assert!(!error.contains("gave up"), "{error}");
+}
+
+fn s3_through(proxy: &Server) -> bakery_store::S3Settings {
+    bakery_store::S3Settings {
+        bucket: "contexts".into(),
+        endpoint: Some(proxy.url()),
+        region: Some("us-east-1".into()),
+        ssl: false,
+    }
+}
+
+fn with_aws_test_credentials() {
+    // moto accepts any; set once for every test in this binary.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    }
+}
+
+/// S3 answering 503 SlowDown twice: the upload is retried and lands.
+#[tokio::test]
+async fn a_brief_s3_outage_is_retried() {
+    with_aws_test_credentials();
+    let moto = s3("contexts");
+    let proxy = moto_proxy_with(&moto, &[("FAIL_S3", "2")]);
+    let store = bakery_store::S3Store::connect(s3_through(&proxy)).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"context").unwrap();
+    assert!(store
+        .upload_if_absent("contexts/sha256-x.tar.gz", file.path())
+        .await
+        .unwrap());
+    assert!(store.exists("contexts/sha256-x.tar.gz").await.unwrap());
+}
+
+/// S3 down for good: the error names the object, the endpoint and S3's answer.
+#[tokio::test]
+async fn a_persistent_s3_outage_names_the_endpoint_and_the_answer() {
+    with_aws_test_credentials();
+    let moto = s3("contexts");
+    let proxy = moto_proxy_with(&moto, &[("FAIL_S3", "1000")]);
+    let store = bakery_store::S3Store::connect(s3_through(&proxy)).await;
+    let error = store
+        .exists("contexts/sha256-y.tar.gz")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("s3://contexts/contexts/sha256-y.tar.gz"),
+        "{error}"
+    );
+    assert!(error.contains(&proxy.url()), "{error}");
+    assert!(
+        error.contains("503") || error.contains("SlowDown"),
+        "{error}"
+    );
+}

@@ -1,0 +1,332 @@
+//! Builds on disk, so that a controller restart loses none of them.
+//!
+//! An embedded database (redb, one file in DATA_DIR) rather than the object
+//! store or the orchestrator's objects: it works the same on every platform,
+//! needs no server, and commits a batch atomically, which is what makes
+//! "every log line exactly once" hold across a crash.
+//!
+//! Writes are group commits. Anything that changes a build marks it dirty
+//! and wakes one writer task; the writer saves every dirty build's record
+//! and its new log lines in one transaction. Handlers whose answer promises
+//! durability (a build accepted, an agent's batch or result acknowledged)
+//! wait for the commit that covers their change with [`Journal::flush`]: an
+//! agent only forgets lines the controller has on disk, so after a crash it
+//! resends exactly what was lost, and the seq numbers drop what was not.
+//!
+//! Log lines are stored in chunks (one row per build per commit), not one
+//! row per line: a busy controller commits thousands of lines at a time.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bakery_core::api::{now_ms, BuildStatus, CreateBuild, LogEvent};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use crate::state::{Build, Registry};
+
+/// Build id → [`Record`] as JSON.
+const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
+/// (build id, seq of the chunk's first line) → JSON array of [`LogEvent`]s.
+const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+
+/// How long a handler waits for its change to reach the disk before it
+/// answers 503 (the agent retries; the client sees an error it can retry).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("build journal {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("build journal: {0}")]
+    Db(#[from] redb::Error),
+    #[error("build journal: a record does not parse ({0}); move the file aside to start empty")]
+    Decode(#[from] serde_json::Error),
+    #[error("the build journal did not confirm the write within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What is saved of a build besides its log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub status: BuildStatus,
+    /// The request as the client sent it, registry credentials included:
+    /// a resumed build needs them to write its index (see SECURITY.md).
+    pub request: CreateBuild,
+    pub tasks: Vec<TaskRecord>,
+    pub cancel_requested: bool,
+}
+
+/// A task's private state that must outlive the process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The agent keeps using this token after a restart.
+    pub token: String,
+    pub agent_seq: u64,
+    pub handle: Option<String>,
+    /// Wall-clock times, since `Instant`s do not survive a restart.
+    pub launched_ms: Option<u64>,
+    pub checked_in_ms: Option<u64>,
+}
+
+/// A build as read back at start-up.
+pub struct Restored {
+    pub record: Record,
+    pub logs: Vec<LogEvent>,
+}
+
+/// The shared half: builds mark themselves dirty and wake the writer here.
+#[derive(Debug)]
+pub struct Signal {
+    wake: Notify,
+    requested: AtomicU64,
+    committed: watch::Sender<u64>,
+}
+
+impl Signal {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+pub struct Journal {
+    db: Arc<Database>,
+    signal: Arc<Signal>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal file, with permissions for its owner
+    /// only: it holds registry credentials of unfinished builds.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| JournalError::Open {
+                path: path.display().to_string(),
+                source: redb::Error::Io(e),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| JournalError::Open {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+        restrict_permissions(path);
+        // Both tables exist from the start, so readers never see "no table".
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(BUILDS).map_err(redb::Error::from)?;
+        txn.open_table(LOGS).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(Journal {
+            db: Arc::new(db),
+            signal: Arc::new(Signal {
+                wake: Notify::new(),
+                requested: AtomicU64::new(0),
+                committed: watch::channel(0).0,
+            }),
+        })
+    }
+
+    pub fn signal(&self) -> Arc<Signal> {
+        Arc::clone(&self.signal)
+    }
+
+    /// Every saved build, oldest first.
+    pub fn load(&self) -> Result<Vec<Restored>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
+        let logs = txn.open_table(LOGS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for entry in builds.iter().map_err(redb::Error::from)? {
+            let (id, value) = entry.map_err(redb::Error::from)?;
+            let record: Record = serde_json::from_slice(value.value())?;
+            let mut lines = Vec::new();
+            for chunk in logs
+                .range((id.value(), 0)..=(id.value(), u64::MAX))
+                .map_err(redb::Error::from)?
+            {
+                let (_, v) = chunk.map_err(redb::Error::from)?;
+                let part: Vec<LogEvent> = serde_json::from_slice(v.value())?;
+                lines.extend(part);
+            }
+            out.push(Restored {
+                record,
+                logs: lines,
+            });
+        }
+        out.sort_by_key(|r| r.record.status.created_ms);
+        Ok(out)
+    }
+
+    /// Waits until every change made before this call is on disk.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let mine = self.signal.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.signal.wake();
+        let mut committed = self.signal.committed.subscribe();
+        let reached = tokio::time::timeout(FLUSH_TIMEOUT, committed.wait_for(|c| *c >= mine))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(JournalError::Timeout(FLUSH_TIMEOUT))
+        }
+    }
+
+    /// Removes finished builds that ended more than `retention` ago.
+    pub fn forget_older_than(
+        &self,
+        registry: &Registry,
+        retention: Duration,
+    ) -> Result<usize, JournalError> {
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        let old: Vec<String> = registry
+            .all()
+            .into_iter()
+            .filter(|b| {
+                let s = b.status();
+                s.state.is_terminal() && s.finished_ms.is_some_and(|f| f < cutoff)
+            })
+            .map(|b| b.id.clone())
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
+            let mut logs = txn.open_table(LOGS).map_err(redb::Error::from)?;
+            for id in &old {
+                builds.remove(id.as_str()).map_err(redb::Error::from)?;
+                logs.retain_in((id.as_str(), 0)..=(id.as_str(), u64::MAX), |_, _| false)
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        for id in &old {
+            registry.remove(id);
+        }
+        Ok(old.len())
+    }
+
+    /// The writer: saves dirty builds, one transaction per wake-up, until the
+    /// process ends. A failed commit is retried; its waiters keep waiting
+    /// (and time out into a 503) rather than being told a lie.
+    pub async fn run_writer(self: Arc<Self>, registry: Arc<Registry>) {
+        loop {
+            self.signal.wake.notified().await;
+            loop {
+                let target = self.signal.requested.load(Ordering::SeqCst);
+                match self.commit_dirty(&registry).await {
+                    Ok(()) => {
+                        self.signal.committed.send_replace(target);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!("saving builds failed, retrying in 1s: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit_dirty(&self, registry: &Registry) -> Result<(), JournalError> {
+        let mut batch: Vec<Pending> = Vec::new();
+        for build in registry.all() {
+            if let Some(p) = Pending::take(&build)? {
+                batch.push(p);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let builds: Vec<Arc<Build>> = batch.iter().map(|p| Arc::clone(&p.build)).collect();
+        let db = Arc::clone(&self.db);
+        let written = tokio::task::spawn_blocking(move || -> Result<Vec<Pending>, redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(BUILDS)?;
+                let mut logs = txn.open_table(LOGS)?;
+                for p in &batch {
+                    table.insert(p.build.id.as_str(), p.record.as_slice())?;
+                    if let Some((first, chunk)) = &p.chunk {
+                        logs.insert((p.build.id.as_str(), *first), chunk.as_slice())?;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(batch)
+        })
+        .await;
+        let error = match written {
+            Ok(Ok(batch)) => {
+                for p in batch {
+                    p.build.set_persisted(p.logs_end);
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => JournalError::Db(e),
+            Err(join) => JournalError::Db(redb::Error::Io(std::io::Error::other(join))),
+        };
+        // Nothing of the transaction is on disk: the retry saves these builds
+        // whole (rewriting a chunk is harmless, its key is its first seq).
+        for b in &builds {
+            b.mark_dirty();
+        }
+        Err(error)
+    }
+}
+
+/// One build's share of a commit.
+struct Pending {
+    build: Arc<Build>,
+    record: Vec<u8>,
+    /// The first seq of the new lines, and the lines as JSON.
+    chunk: Option<(u64, Vec<u8>)>,
+    logs_end: usize,
+}
+
+impl Pending {
+    fn take(build: &Arc<Build>) -> Result<Option<Pending>, JournalError> {
+        if !build.take_dirty() {
+            return Ok(None);
+        }
+        let from = build.persisted();
+        let (record, new_lines) = build.to_record(from);
+        let logs_end = from + new_lines.len();
+        let chunk = match new_lines.first() {
+            Some(first) => Some((first.seq, serde_json::to_vec(&new_lines)?)),
+            None => None,
+        };
+        Ok(Some(Pending {
+            build: Arc::clone(build),
+            record: serde_json::to_vec(&record)?,
+            chunk,
+            logs_end,
+        }))
+    }
+}
+
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!("cannot restrict {} to its owner: {e}", path.display());
+    }
+}
+
+/// Turns saved wall-clock times back into `Instant`s on this process's clock.
+pub fn instant_from_ms(ms: u64) -> std::time::Instant {
+    let ago = Duration::from_millis(now_ms().saturating_sub(ms));
+    let now = std::time::Instant::now();
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// The inverse of [`instant_from_ms`].
+pub fn ms_from_instant(at: std::time::Instant) -> u64 {
+    now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
