@@ -99,13 +99,29 @@ fn kustomize_example_renders_what_the_readme_lists() {
 
     // The ConfigMap is mounted where K8S_AGENT_CONFIG points, and parses as agent settings.
     let config_map = find(&objects, "ConfigMap", "bakery-agent-config");
+    let named = |list: &serde_json::Value, name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+    };
     assert_eq!(
-        pod["volumes"][0]["configMap"]["name"],
+        named(&pod["volumes"], "agent-config")["configMap"]["name"],
         config_map["metadata"]["name"]
     );
+    let mounts = &pod["containers"][0]["volumeMounts"];
+    assert_eq!(named(mounts, "agent-config")["mountPath"], "/etc/bakery");
+    // DATA_DIR (the build journal) is on the persistent volume.
+    let pvc = find(&objects, "PersistentVolumeClaim", "bakery-data");
     assert_eq!(
-        pod["containers"][0]["volumeMounts"][0]["mountPath"],
-        "/etc/bakery"
+        named(&pod["volumes"], "data")["persistentVolumeClaim"]["claimName"],
+        pvc["metadata"]["name"]
+    );
+    assert_eq!(
+        named(&pod["containers"][0]["env"], "DATA_DIR")["value"],
+        named(mounts, "data")["mountPath"]
     );
     let agent: AgentPodConfig =
         serde_yaml_ng::from_str(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
