@@ -9,6 +9,7 @@
 pub mod builder;
 pub mod controller;
 pub mod extract;
+pub mod load;
 pub mod logs;
 pub mod process;
 
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub builder: String,
     pub work_dir: PathBuf,
     pub insecure: Vec<String>,
+    /// Benchmark mode: stream lines instead of building ([`load`]).
+    pub load: Option<load::Load>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,16 @@ async fn work(
         .ok_or_else(|| AgentError::UnknownBuilder(cfg.builder.clone()))?;
     let task = controller.spec().await?;
     log.set_redactor(Redactor::for_spec(&task.spec));
+    if let Some(load) = cfg.load {
+        log.line(format!(
+            "bakery-agent {} in load mode: {} lines at {}/s",
+            env!("CARGO_PKG_VERSION"),
+            load.lines,
+            load.per_second
+        ));
+        load::run(load, log).await;
+        return Ok(None);
+    }
     log.line(format!(
         "bakery-agent {} building {} for {} with {}",
         env!("CARGO_PKG_VERSION"),

@@ -1,9 +1,8 @@
 //! Shipping log lines to the controller as they are produced.
 //!
 //! Lines are redacted, numbered and queued; a background task sends them in
-//! batches (whatever has accumulated while the previous batch was in flight),
-//! so a chatty build costs few requests and a quiet one shows each line at
-//! once. Retried batches carry the same numbers, and the controller drops
+//! batches (what accumulates within 30 ms of a batch's first line, and while
+//! the previous batch was in flight), so a chatty build costs few requests. Retried batches carry the same numbers, and the controller drops
 //! lines it already has.
 
 use bakery_core::api::AgentLine;
@@ -13,6 +12,11 @@ use tokio::sync::mpsc;
 use crate::controller::Controller;
 
 const MAX_BATCH: usize = 1000;
+/// How long a batch waits for more lines after its first: a chatty build
+/// sends a few requests a second instead of one per line (each request also
+/// costs the controller a journal commit), at a delay nobody reading a log
+/// can see.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// Cheap to clone; every clone feeds the same stream.
 #[derive(Clone)]
@@ -48,13 +52,15 @@ pub fn start(controller: Controller) -> (LogSink, Shipper) {
             let Some(first) = rx.recv().await else { break };
             seq += 1;
             batch.push(AgentLine { seq, line: first });
+            let deadline = tokio::time::Instant::now() + LINGER;
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(line) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(line)) => {
                         seq += 1;
                         batch.push(AgentLine { seq, line });
                     }
-                    Err(_) => break,
+                    // Closed (the rest goes out now) or the linger is over.
+                    Ok(None) | Err(_) => break,
                 }
             }
             if let Err(e) = controller.logs(&batch).await {

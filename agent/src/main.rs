@@ -24,6 +24,10 @@ async fn main() -> ExitCode {
             insecure: bakery_core::registry::parse_list(
                 &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
             ),
+            load: match std::env::var(bakery_agent::load::ENV) {
+                Ok(v) => Some(v.parse()?),
+                Err(_) => None,
+            },
         })
     })();
     let config = match config {

@@ -30,7 +30,7 @@ use crate::state::{Build, Registry};
 
 /// Build id → [`Record`] as JSON.
 const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
-/// (build id, seq of the chunk's first line) → JSON array of [`LogEvent`]s.
+/// (build id, seq of the chunk's first line) → JSON [`Chunk`].
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 
 /// How long a handler waits for its change to reach the disk before it
@@ -76,10 +76,20 @@ pub struct TaskRecord {
     pub checked_in_ms: Option<u64>,
 }
 
+/// Lines added by one commit, and each task's agent seq after them (so a
+/// commit of lines alone need not rewrite the record).
+#[derive(Debug, Serialize, Deserialize)]
+struct Chunk {
+    agent_seqs: Vec<u64>,
+    lines: Vec<LogEvent>,
+}
+
 /// A build as read back at start-up.
 pub struct Restored {
     pub record: Record,
     pub logs: Vec<LogEvent>,
+    /// Each task's agent seq as of the last chunk.
+    pub agent_seqs: Vec<u64>,
 }
 
 /// The shared half: builds mark themselves dirty and wake the writer here.
@@ -145,17 +155,20 @@ impl Journal {
             let (id, value) = entry.map_err(redb::Error::from)?;
             let record: Record = serde_json::from_slice(value.value())?;
             let mut lines = Vec::new();
+            let mut agent_seqs = Vec::new();
             for chunk in logs
                 .range((id.value(), 0)..=(id.value(), u64::MAX))
                 .map_err(redb::Error::from)?
             {
                 let (_, v) = chunk.map_err(redb::Error::from)?;
-                let part: Vec<LogEvent> = serde_json::from_slice(v.value())?;
-                lines.extend(part);
+                let chunk: Chunk = serde_json::from_slice(v.value())?;
+                lines.extend(chunk.lines);
+                agent_seqs = chunk.agent_seqs;
             }
             out.push(Restored {
                 record,
                 logs: lines,
+                agent_seqs,
             });
         }
         out.sort_by_key(|r| r.record.status.created_ms);
@@ -253,7 +266,9 @@ impl Journal {
                 let mut table = txn.open_table(BUILDS)?;
                 let mut logs = txn.open_table(LOGS)?;
                 for p in &batch {
-                    table.insert(p.build.id.as_str(), p.record.as_slice())?;
+                    if let Some(record) = &p.record {
+                        table.insert(p.build.id.as_str(), record.as_slice())?;
+                    }
                     if let Some((first, chunk)) = &p.chunk {
                         logs.insert((p.build.id.as_str(), *first), chunk.as_slice())?;
                     }
@@ -285,7 +300,7 @@ impl Journal {
 /// One build's share of a commit.
 struct Pending {
     build: Arc<Build>,
-    record: Vec<u8>,
+    record: Option<Vec<u8>>,
     /// The first seq of the new lines, and the lines as JSON.
     chunk: Option<(u64, Vec<u8>)>,
     logs_end: usize,
@@ -297,15 +312,15 @@ impl Pending {
             return Ok(None);
         }
         let from = build.persisted();
-        let (record, new_lines) = build.to_record(from);
-        let logs_end = from + new_lines.len();
-        let chunk = match new_lines.first() {
-            Some(first) => Some((first.seq, serde_json::to_vec(&new_lines)?)),
+        let (record, lines, agent_seqs) = build.to_record(from);
+        let logs_end = from + lines.len();
+        let chunk = match lines.first() {
+            Some(first) => Some((first.seq, serde_json::to_vec(&Chunk { agent_seqs, lines })?)),
             None => None,
         };
         Ok(Some(Pending {
             build: Arc::clone(build),
-            record: serde_json::to_vec(&record)?,
+            record: record.map(|r| serde_json::to_vec(&r)).transpose()?,
             chunk,
             logs_end,
         }))

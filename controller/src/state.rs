@@ -56,6 +56,9 @@ pub struct Build {
     journal: Option<Arc<journal::Signal>>,
     /// Changed since the journal last saved it.
     dirty: AtomicBool,
+    /// More than the log changed (state, tasks, handles): the record must
+    /// be rewritten, not only the new lines appended.
+    meta_dirty: AtomicBool,
     /// How many log lines the journal holds.
     persisted: AtomicUsize,
 }
@@ -120,6 +123,7 @@ impl Build {
             changed: watch::channel(0).0,
             journal,
             dirty: AtomicBool::new(true),
+            meta_dirty: AtomicBool::new(true),
             persisted: AtomicUsize::new(0),
         }
     }
@@ -127,13 +131,19 @@ impl Build {
     /// A build read back from the journal after a restart. Its agents, if
     /// any were running, are re-attached by the supervisor.
     pub fn restore(saved: Restored, journal: Option<Arc<journal::Signal>>) -> Build {
-        let Restored { record, logs } = saved;
+        let Restored {
+            record,
+            logs,
+            agent_seqs,
+        } = saved;
         let runtime: Vec<TaskRuntime> = record
             .tasks
             .into_iter()
-            .map(|t| TaskRuntime {
+            .enumerate()
+            .map(|(i, t)| TaskRuntime {
                 token: t.token,
-                agent_seq: t.agent_seq,
+                // The chunks carry the newer value when only lines changed.
+                agent_seq: t.agent_seq.max(agent_seqs.get(i).copied().unwrap_or(0)),
                 launched_at: t.launched_ms.map(journal::instant_from_ms),
                 checked_in_at: t.checked_in_ms.map(journal::instant_from_ms),
                 handle: t.handle,
@@ -156,13 +166,22 @@ impl Build {
             changed: watch::channel(0).0,
             journal,
             dirty: AtomicBool::new(false),
+            meta_dirty: AtomicBool::new(false),
             persisted: AtomicUsize::new(persisted),
         }
     }
 
-    /// What the journal saves: the record, and the lines from `from` on.
-    pub fn to_record(&self, from: usize) -> (Record, Vec<LogEvent>) {
+    /// What the journal saves: the record (if it changed), the lines from
+    /// `from` on, and each task's agent seq as of those lines.
+    pub fn to_record(&self, from: usize) -> (Option<Record>, Vec<LogEvent>, Vec<u64>) {
+        let meta = self.meta_dirty.swap(false, Ordering::SeqCst);
         let inner = self.lock();
+        let agent_seqs = inner.runtime.iter().map(|rt| rt.agent_seq).collect();
+        let from = from.min(inner.logs.len());
+        let lines = inner.logs[from..].to_vec();
+        if !meta {
+            return (None, lines, agent_seqs);
+        }
         let tasks = inner
             .runtime
             .iter()
@@ -180,15 +199,21 @@ impl Build {
             tasks,
             cancel_requested: inner.cancel_requested,
         };
-        let from = from.min(inner.logs.len());
-        (record, inner.logs[from..].to_vec())
+        (Some(record), lines, agent_seqs)
     }
 
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::SeqCst)
     }
 
+    /// Has the journal rewrite the whole record at its next commit.
     pub fn mark_dirty(&self) {
+        self.meta_dirty.store(true, Ordering::SeqCst);
+        self.mark_log_dirty();
+    }
+
+    /// Has the journal append the new lines at its next commit.
+    fn mark_log_dirty(&self) {
         self.dirty.store(true, Ordering::SeqCst);
         if let Some(j) = &self.journal {
             j.wake();
@@ -215,6 +240,13 @@ impl Build {
     /// Wakes everyone waiting on this build, and has the journal save it.
     pub fn touch(&self) {
         self.mark_dirty();
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Like [`Build::touch`] when only lines were added: the journal appends
+    /// them (with the agents' seqs) without rewriting the record.
+    pub fn touch_log(&self) {
+        self.mark_log_dirty();
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -251,6 +283,8 @@ impl Build {
             let mut inner = self.lock();
             inner.push_line(index, line);
         }
+        // Callers log right after changing state under the same lock
+        // (check-in, result): save the record too.
         self.touch();
     }
 
@@ -266,7 +300,7 @@ impl Build {
                 inner.push_line(index, &l.line);
             }
         }
-        self.touch();
+        self.touch_log();
     }
 }
 

@@ -1,0 +1,320 @@
+//! `bakery-loadgen`: the controller under many builds at once.
+//!
+//! Starts a real `bakery-controller` (local platform) whose agents run in
+//! load mode (`BAKERY_AGENT_LOAD`: they check in, stream timestamped lines at
+//! a fixed rate and report), creates N builds, follows each with its own SSE
+//! client from line 1, and prints: aggregate line throughput, agent→client
+//! delivery latency (p50/p99), the controller's peak RSS, agent start-up
+//! (launch → first agent line, as the controller timestamps them), and
+//! whether every line arrived exactly once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bakery_core::api::{BuildStatus, CreateBuild, LogEvent, TaskRequest};
+use bakery_core::plan::BuildSpec;
+use bakery_core::Arch;
+use clap::Parser;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use sha2::Digest;
+
+#[derive(Parser)]
+struct Args {
+    /// Builds at once (each with one agent and one follower).
+    #[arg(long, default_value_t = 10)]
+    builds: usize,
+    /// Lines each agent sends.
+    #[arg(long, default_value_t = 1000)]
+    lines: u64,
+    /// Lines per second per agent.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Directory holding bakery-controller and bakery-agent.
+    #[arg(long)]
+    bin_dir: PathBuf,
+}
+
+/// What one follower saw.
+#[derive(Default)]
+struct Seen {
+    load_lines: Vec<u64>,
+    latencies_us: Vec<u64>,
+    first_ms: Option<u64>,
+    last_ms: Option<u64>,
+    launch_ms: Option<u64>,
+    agent_first_ms: Option<u64>,
+    seqs_ok: bool,
+    status: Option<BuildStatus>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let data = tempfile::tempdir()?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut controller = std::process::Command::new(args.bin_dir.join("bakery-controller"))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATA_DIR", data.path())
+        .env("AGENT_BINARY", args.bin_dir.join("bakery-agent"))
+        .env("MAX_CONCURRENT_AGENTS", args.builds.to_string())
+        .env("BAKERY_LOG", "warn")
+        .env("BAKERY_AGENT_LOAD", format!("{}@{}", args.lines, args.rate))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting bakery-controller")?;
+    let result = run(&args, port, controller.id()).await;
+    let _ = controller.kill();
+    let _ = controller.wait();
+    result
+}
+
+async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/v1/info")).send().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the controller did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A context the load-mode agents never read, stored like any other.
+    let body = b"load-mode context".to_vec();
+    let key = format!(
+        "contexts/sha256-{}.tar.gz",
+        hex::encode(sha2::Sha256::digest(&body))
+    );
+    http.put(format!("{base}/v1/contexts/{key}"))
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?;
+
+    let started = Instant::now();
+    let mut followers = Vec::new();
+    for i in 0..args.builds {
+        let request = request(&key, i);
+        let resp = http
+            .post(format!("{base}/v1/builds"))
+            .json(&request)
+            .send()
+            .await?
+            .error_for_status()?;
+        let id = resp.json::<serde_json::Value>().await?["id"]
+            .as_str()
+            .context("build id")?
+            .to_string();
+        let url = format!("{base}/v1/builds/{id}/logs");
+        let http = http.clone();
+        followers.push(tokio::spawn(follow(http, url)));
+    }
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                if let Some(kb) = vm_hwm_kb(pid) {
+                    peak.store(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    for f in followers {
+        seen.push(f.await??);
+    }
+    let wall = started.elapsed();
+    sampler.abort();
+    let peak_kb = vm_hwm_kb(pid).unwrap_or(peak.load(std::sync::atomic::Ordering::Relaxed));
+    let controller_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let own_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0);
+
+    // Exactly once, in order, for every build.
+    let expected: Vec<u64> = (1..=args.lines).collect();
+    let mut lost = 0usize;
+    for s in &seen {
+        if s.load_lines != expected || !s.seqs_ok {
+            lost += 1;
+        }
+        let state = s.status.as_ref().map(|st| st.state);
+        if state != Some(bakery_core::api::BuildState::Succeeded) {
+            bail!("a build ended {state:?}");
+        }
+    }
+    let total: usize = seen.iter().map(|s| s.load_lines.len()).sum();
+    let first = seen.iter().filter_map(|s| s.first_ms).min().unwrap_or(0);
+    let last = seen.iter().filter_map(|s| s.last_ms).max().unwrap_or(0);
+    let span = (last.saturating_sub(first)).max(1) as f64 / 1000.0;
+    let mut lat: Vec<u64> = seen.iter().flat_map(|s| s.latencies_us.clone()).collect();
+    lat.sort_unstable();
+    let mut starts: Vec<u64> = seen
+        .iter()
+        .filter_map(|s| Some(s.agent_first_ms? - s.launch_ms?))
+        .collect();
+    starts.sort_unstable();
+    println!(
+        "builds={} lines/build={} rate/agent={}/s total_lines={} wall={:.1}s",
+        args.builds,
+        args.lines,
+        args.rate,
+        total,
+        wall.as_secs_f64()
+    );
+    println!(
+        "  throughput: {:.0} lines/s (first to last line delivered: {:.1}s; offered {} lines/s)",
+        total as f64 / span,
+        span,
+        args.builds as u64 * args.rate
+    );
+    println!(
+        "  delivery latency agent->client: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&lat, 50.0) as f64 / 1000.0,
+        pct(&lat, 99.0) as f64 / 1000.0,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    println!("  controller peak RSS: {:.1} MB", peak_kb as f64 / 1024.0);
+    println!(
+        "  CPU: controller {:.1} s, this load generator (the followers) {:.1} s, over {:.1} s wall on {} cores; the agents had the rest",
+        controller_cpu,
+        own_cpu,
+        wall.as_secs_f64(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!(
+        "  agent start (launch -> first agent line at the controller): p50 {} ms, p99 {} ms",
+        pct(&starts, 50.0),
+        pct(&starts, 99.0)
+    );
+    println!(
+        "  builds with a lost, repeated or reordered line: {lost} of {}",
+        seen.len()
+    );
+    if lost > 0 {
+        bail!("lines were lost");
+    }
+    Ok(())
+}
+
+async fn follow(http: reqwest::Client, url: String) -> Result<Seen> {
+    let mut seen = Seen {
+        seqs_ok: true,
+        ..Seen::default()
+    };
+    let mut last_seq = 0u64;
+    let resp = http.get(&url).send().await?.error_for_status()?;
+    let mut events = resp.bytes_stream().eventsource();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| anyhow::anyhow!("{e}"))?;
+        match event.event.as_str() {
+            "log" => {
+                let line: LogEvent = serde_json::from_str(&event.data)?;
+                if line.seq != last_seq + 1 {
+                    seen.seqs_ok = false;
+                }
+                last_seq = line.seq;
+                if line.line.starts_with("starting the ") {
+                    seen.launch_ms = Some(line.ms);
+                } else if line.line.starts_with("bakery-agent ") {
+                    seen.agent_first_ms = Some(line.ms);
+                } else if let Some(rest) = line.line.strip_prefix("load ") {
+                    let mut parts = rest.split(' ');
+                    let n: u64 = parts.next().unwrap_or("0").parse()?;
+                    let sent_us: u128 = parts.next().unwrap_or("0").parse()?;
+                    let now = unix_micros();
+                    seen.load_lines.push(n);
+                    seen.latencies_us.push(now.saturating_sub(sent_us) as u64);
+                    let now_ms = (now / 1000) as u64;
+                    seen.first_ms.get_or_insert(now_ms);
+                    seen.last_ms = Some(now_ms);
+                }
+            }
+            "end" => {
+                seen.status = Some(serde_json::from_str(&event.data)?);
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(seen)
+}
+
+fn request(key: &str, i: usize) -> CreateBuild {
+    CreateBuild {
+        service: format!("load-{i}"),
+        destination: None,
+        tags: vec![],
+        tasks: vec![TaskRequest {
+            arch: Arch::Amd64,
+            push: None,
+            context_key: key.to_string(),
+            spec: spec(),
+        }],
+    }
+}
+
+fn spec() -> BuildSpec {
+    BuildSpec {
+        platform: None,
+        dockerfile: "Dockerfile".into(),
+        target: None,
+        build_args: Default::default(),
+        labels: Default::default(),
+        env: Default::default(),
+        pre_script: None,
+        post_script: None,
+        credentials: vec![],
+        cpu: None,
+        memory: None,
+        spot: false,
+        cache: Default::default(),
+        cache_from: vec![],
+        snapshot_mode: None,
+        use_new_run: false,
+        cleanup: false,
+        custom_platform: "linux/amd64".into(),
+        no_push: true,
+        ignore_path: vec![],
+        extra_flags: vec![],
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i]
+}
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// utime + stime of a process, in seconds (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
