@@ -254,6 +254,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .controller_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
+    // Configuration mistakes first: they need no journal or platform to report.
+    let client_token = config.client_token()?;
+    let oidc = oidc::Oidc::from_config(
+        &config.oidc_issuers,
+        &config.oidc_audience,
+        &config.oidc_allow,
+    )
+    .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
     let journal = Arc::new(journal::Journal::open(
@@ -292,13 +300,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         platforms.insert(p, platform);
     }
-    let client_token = config.client_token()?;
-    let oidc = oidc::Oidc::from_config(
-        &config.oidc_issuers,
-        &config.oidc_audience,
-        &config.oidc_allow,
-    )
-    .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
     let slots = platforms
         .keys()
         .map(|p| {

@@ -502,6 +502,10 @@ async fn a_short_token_file_is_refused_at_start_up() {
     let config = Config::from_vars([
         ("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string()),
         (
+            "DATA_DIR".to_string(),
+            dir.path().join("data").display().to_string(),
+        ),
+        (
             "CONTROLLER_TOKEN_FILE".to_string(),
             file.display().to_string(),
         ),
