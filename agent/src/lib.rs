@@ -185,7 +185,7 @@ async fn work(
             });
         }
         log.line(format!(
-            "{} {} finished in {:.1}s",
+            "{} {} finished in {:.3}s",
             builder.name(),
             step.what,
             started.elapsed().as_secs_f64()

@@ -1,8 +1,9 @@
 //! Shipping log lines to the controller as they are produced.
 //!
 //! Lines are redacted, numbered and queued; a background task sends them in
-//! batches (what accumulates within 30 ms of a batch's first line, and while
-//! the previous batch was in flight), so a chatty build costs few requests. Retried batches carry the same numbers, and the controller drops
+//! batches (at most one per 30 ms; what accumulates meanwhile, and while the
+//! previous batch was in flight, joins it), so a chatty build costs few
+//! requests and a quiet one shows each line at once. Retried batches carry the same numbers, and the controller drops
 //! lines it already has.
 
 use bakery_core::api::AgentLine;
@@ -12,10 +13,10 @@ use tokio::sync::mpsc;
 use crate::controller::Controller;
 
 const MAX_BATCH: usize = 1000;
-/// How long a batch waits for more lines after its first: a chatty build
-/// sends a few requests a second instead of one per line (each request also
-/// costs the controller a journal commit), at a delay nobody reading a log
-/// can see.
+/// Least time between two batches: a chatty build sends ~30 requests a
+/// second instead of one per line (each request also costs the controller a
+/// journal commit), at a delay nobody reading a log can see; a line after a
+/// quiet spell goes out at once.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// Cheap to clone; every clone feeds the same stream.
@@ -48,11 +49,14 @@ pub fn start(controller: Controller) -> (LogSink, Shipper) {
     let handle = tokio::spawn(async move {
         let mut seq = 0u64;
         let mut batch: Vec<AgentLine> = Vec::new();
+        let mut last_sent = tokio::time::Instant::now() - LINGER;
         loop {
             let Some(first) = rx.recv().await else { break };
             seq += 1;
             batch.push(AgentLine { seq, line: first });
-            let deadline = tokio::time::Instant::now() + LINGER;
+            // A quiet log goes out at once; a chatty one at most once per
+            // LINGER (what arrives meanwhile joins the batch).
+            let deadline = last_sent + LINGER;
             while batch.len() < MAX_BATCH {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(line)) => {
@@ -63,6 +67,7 @@ pub fn start(controller: Controller) -> (LogSink, Shipper) {
                     Ok(None) | Err(_) => break,
                 }
             }
+            last_sent = tokio::time::Instant::now();
             if let Err(e) = controller.logs(&batch).await {
                 // The controller is gone or refuses us: keep the build going,
                 // the result report will say what it can.

@@ -11,10 +11,12 @@
 //! * [`platform`]: where agents run, behind one trait (`local` here).
 //! * [`index`]: joining per-arch images into the multi-arch index.
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
+//! * [`metrics`]: what `/metrics` exposes to Prometheus.
 
 pub mod config;
 pub mod index;
 pub mod journal;
+pub mod metrics;
 pub mod oidc;
 pub mod platform;
 pub mod routes;
@@ -49,6 +51,7 @@ pub struct App {
     /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
     pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
     pub disk: store::DiskStore,
+    pub metrics: Arc<metrics::Metrics>,
     pub body_limit: usize,
     /// What clients must present, if anything.
     pub client_token: Option<bakery_core::settings::Secret>,
@@ -281,6 +284,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if config.k8s_namespace.is_some() && !wanted.contains(&Platform::K8s) {
         wanted.push(Platform::K8s);
     }
+    let metrics = Arc::new(metrics::Metrics::new());
     let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
     for p in wanted {
         let exits = exit_tx.clone();
@@ -293,11 +297,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 config.data_dir.join("work"),
                 exits,
             )),
-            Platform::Ecs => Box::new(platform::ecs::EcsPlatform::start(&config, exits).await?),
-            Platform::K8s => {
-                Box::new(platform::k8s::K8sPlatform::start(&config, exits, &keep).await?)
-            }
+            Platform::Ecs => Box::new(
+                platform::ecs::EcsPlatform::start(&config, exits, Arc::clone(&metrics)).await?,
+            ),
+            Platform::K8s => Box::new(
+                platform::k8s::K8sPlatform::start(&config, exits, &keep, Arc::clone(&metrics))
+                    .await?,
+            ),
         };
+        metrics.platform_operations(platform.name(), &["launch", "stop", "adopt"]);
         platforms.insert(p, platform);
     }
     let slots = platforms
@@ -314,6 +322,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         oidc,
         slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
+        metrics,
         config,
         agent_url,
         builds: Arc::new(state::Registry::default()),

@@ -40,12 +40,60 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     Router::new()
         .merge(client)
+        // Probes and scrapes carry no secrets and need no token, as a
+        // kubelet or Prometheus expects.
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.yaml", get(openapi))
         .route("/v1/agent/tasks/{task}/spec", get(agent_spec))
         .route("/v1/agent/tasks/{task}/context", get(agent_context))
         .route("/v1/agent/tasks/{task}/logs", post(agent_logs))
         .route("/v1/agent/tasks/{task}/result", post(agent_result))
         .layer(axum::extract::DefaultBodyLimit::max(app.body_limit))
         .with_state(app)
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the journal accepts writes, so a build submitted now can be
+/// acknowledged (a full or read-only disk makes this fail, and a load
+/// balancer stops sending builds here).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), app.journal.flush()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(e)) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
+            .into_response(),
+        Err(_) => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the build journal did not commit within 5 s (is DATA_DIR's disk full or slow?)",
+        )
+        .into_response(),
+    }
+}
+
+/// Prometheus text exposition; names in [`crate::metrics::NAMES`].
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let states: Vec<_> = app.builds.all().iter().map(|b| b.status().state).collect();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(states),
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 description of this API, kept beside the code and
+/// checked against the router by a test.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
 
 /// Checks `Authorization: Bearer <CONTROLLER_TOKEN>` in constant time.
@@ -386,6 +434,11 @@ async fn agent_spec(
         }
         inner.status.tasks[index].state = TaskState::Running;
         inner.runtime[index].checked_in_at = Some(Instant::now());
+        if let Some(launched) = inner.runtime[index].launched_at {
+            let platform = app.platform(inner.status.tasks[index].platform).name();
+            app.metrics
+                .agent_started(platform, inner.status.tasks[index].arch, launched.elapsed());
+        }
         let req = &inner.request.tasks[index];
         AgentTask {
             build_id: build.id.clone(),
@@ -437,7 +490,8 @@ async fn agent_logs(
 ) -> Result<StatusCode> {
     let (build, index) = agent_task(&app, &task, &headers)?;
     let Json(batch) = batch.map_err(|e| Failure::new(e.status(), e.body_text()))?;
-    build.append_agent_lines(index, &batch.lines);
+    let added = build.append_agent_lines(index, &batch.lines);
+    app.metrics.log_lines(added);
     // The agent forgets the batch once answered: it must be on disk first.
     durable(&app).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -289,7 +289,9 @@ impl Build {
     }
 
     /// Appends an agent's batch, skipping lines already received.
-    pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) {
+    /// Returns how many lines were new (a retried batch repeats some).
+    pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) -> usize {
+        let mut added = 0;
         {
             let mut inner = self.lock();
             for l in lines {
@@ -298,9 +300,11 @@ impl Build {
                 }
                 inner.runtime[index].agent_seq = l.seq;
                 inner.push_line(index, &l.line);
+                added += 1;
             }
         }
         self.touch_log();
+        added
     }
 }
 

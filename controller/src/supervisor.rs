@@ -61,6 +61,8 @@ async fn reattach(app: &App, build: &Build) {
                 &format!("the controller restarted: following the agent {handle} again"),
             ),
             Err(e) => {
+                app.metrics
+                    .platform_error(app.platform(platform).name(), "adopt");
                 build.lock().runtime[index].exited = Some(format!(
                     "the controller restarted and cannot find the agent again ({e})"
                 ));
@@ -82,11 +84,29 @@ async fn supervise(app: Arc<App>, build: Arc<Build>) {
             _ = tokio::time::sleep(TICK) => {}
         }
     }
-    stop_all(&app, &build).await;
+    // Every arch has pushed: the index needs nothing from the agents, so it
+    // is pushed while they exit rather than after; the build is declared
+    // done only once both are over, so "succeeded" still means "nothing left
+    // running".
     if build.status().state == BuildState::Indexing {
-        write_index(&app, &build).await;
+        let (pushed, ()) = tokio::join!(push_index(&app, &build), stop_all(&app, &build));
+        if let Some(pushed) = pushed {
+            record_index(&build, pushed);
+        }
+    } else {
+        stop_all(&app, &build).await;
     }
     let status = build.status();
+    for task in &status.tasks {
+        if let (Some(start), Some(end)) = (task.started_ms, task.finished_ms) {
+            let outcome = serde_json::to_value(task.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let took = std::time::Duration::from_millis(end.saturating_sub(start));
+            app.metrics.arch_finished(task.arch, &outcome, took);
+        }
+    }
     tracing::info!(build = %build.id, state = ?status.state, error = ?status.error, "build finished");
 }
 
@@ -150,6 +170,7 @@ async fn launch_all(app: &App, build: &Build) {
                     inner.status.tasks[index].started_ms = Some(now_ms());
                 }
                 Err(e) => {
+                    app.metrics.platform_error(platform.name(), "launch");
                     inner.finish_task(index, TaskState::Failed, Some(e.to_string()));
                 }
             }
@@ -313,7 +334,9 @@ async fn stop_all(app: &App, build: &Build) {
             .collect()
     };
     for (i, handle, platform) in handles {
-        if let Err(e) = app.platform(platform).stop(&handle).await {
+        let platform = app.platform(platform);
+        if let Err(e) = platform.stop(&handle).await {
+            app.metrics.platform_error(platform.name(), "stop");
             build.log(i, &format!("warning: {e}"));
         }
     }
@@ -323,7 +346,15 @@ async fn stop_all(app: &App, build: &Build) {
     }
 }
 
-async fn write_index(app: &App, build: &Build) {
+/// Pushes the multi-arch index; `None` when the build has no destination.
+async fn push_index(
+    app: &App,
+    build: &Build,
+) -> Option<(
+    String,
+    Vec<String>,
+    Result<String, crate::index::IndexError>,
+)> {
     let (destination, tags, entries, credentials) = {
         let inner = build.lock();
         let entries: Vec<_> = inner
@@ -345,9 +376,7 @@ async fn write_index(app: &App, build: &Build) {
             credentials,
         )
     };
-    let Some(destination) = destination else {
-        return;
-    };
+    let destination = destination?;
     build.log(0, &format!("writing the multi-arch index {destination}"));
     let result = crate::index::write_index(
         &destination,
@@ -358,6 +387,18 @@ async fn write_index(app: &App, build: &Build) {
         crate::index::RetryPolicy::default(),
     )
     .await;
+    Some((destination, tags, result))
+}
+
+/// Ends the build with the index push's outcome.
+fn record_index(
+    build: &Build,
+    (destination, tags, result): (
+        String,
+        Vec<String>,
+        Result<String, crate::index::IndexError>,
+    ),
+) {
     {
         let mut inner = build.lock();
         match result {

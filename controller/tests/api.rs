@@ -598,3 +598,121 @@ async fn finished_builds_survive_a_restart_until_their_retention_ends() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn probes_metrics_and_the_api_description_are_served_without_a_token() {
+    let token = "t0k3n-with-enough-entropy-123456";
+    let script = curl_agent(
+        r#"curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"lines":[{"seq":1,"line":"one"},{"seq":2,"line":"two"}]}' "$base/logs"
+curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"failed","error":"boom"}' "$base/result""#,
+    );
+    let h = Harness::new(&script, &[("CONTROLLER_TOKEN", token)]).await;
+    for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let r = h.http.get(h.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    // One build through to its end, to give every metric a sample.
+    let key = {
+        use sha2::Digest;
+        format!(
+            "contexts/sha256-{}.tar.gz",
+            hex::encode(sha2::Sha256::digest(b"ctx"))
+        )
+    };
+    let put = h
+        .http
+        .put(h.url(&format!("/v1/contexts/{key}")))
+        .bearer_auth(token)
+        .body(b"ctx".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let created: serde_json::Value = h
+        .http
+        .post(h.url("/v1/builds"))
+        .bearer_auth(token)
+        .json(&request(&key, &[Arch::Arm64]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    loop {
+        let s: BuildStatus = h
+            .http
+            .get(h.url(&format!("/v1/builds/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s.state.is_terminal() {
+            assert_eq!(s.state, BuildState::Failed);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The supervisor records durations just after the state turns final.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = h.http.get(h.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = metrics.text().await.unwrap();
+    for name in bakery_controller::metrics::NAMES {
+        let family = name.trim_end_matches("_total");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{name}:\n{text}"
+        );
+    }
+    for sample in [
+        "bakery_builds{state=\"failed\"} 1",
+        "bakery_builds{state=\"running\"} 0",
+        "bakery_log_lines_total 2",
+        "bakery_agent_start_seconds_count{platform=\"local\",arch=\"arm64\"} 1",
+        "bakery_build_duration_seconds_count{arch=\"arm64\",outcome=\"failed\"} 1",
+        "bakery_platform_api_errors_total{platform=\"local\",operation=\"launch\"} 0",
+    ] {
+        assert!(text.contains(sample), "{sample} missing:\n{text}");
+    }
+    assert!(!text.contains(token));
+    // Every route the router serves is described, and nothing else.
+    let described: serde_json::Value = serde_yaml_ng::from_str(
+        &h.http
+            .get(h.url("/openapi.yaml"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(described["openapi"], "3.1.0");
+    let mut documented: Vec<String> = described["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let source = include_str!("../src/routes.rs");
+    let mut served: Vec<String> = source
+        .split(".route(\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().replace("{*", "{"))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+}

@@ -116,7 +116,7 @@ async fn a_watch_that_expires_relists_and_still_reports_the_failed_pod() {
     )
     .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let platform = K8sPlatform::start(&config, tx, &Default::default())
+    let platform = K8sPlatform::start(&config, tx, &Default::default(), Default::default())
         .await
         .unwrap();
     let handle = platform

@@ -194,7 +194,11 @@ pub struct EcsPlatform {
 impl EcsPlatform {
     /// Connects, settles the agent image credentials, cleans up stale task
     /// definitions if asked, and starts watching tasks.
-    pub async fn start(config: &Config, exits: ExitSender) -> Result<EcsPlatform, PlatformError> {
+    pub async fn start(
+        config: &Config,
+        exits: ExitSender,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<EcsPlatform, PlatformError> {
         let mut settings = EcsSettings::from_config(config).map_err(PlatformError::Config)?;
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(6));
@@ -218,6 +222,7 @@ impl EcsPlatform {
             platform.settings.clone(),
             Arc::clone(&platform.watched),
             exits,
+            metrics,
         ));
         Ok(platform)
     }
@@ -582,7 +587,9 @@ async fn watch(
     settings: EcsSettings,
     watched: Arc<Mutex<HashMap<String, String>>>,
     exits: ExitSender,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    metrics.platform_operations("ecs", &["DescribeTasks"]);
     let mut delay = settings.poll_interval;
     loop {
         tokio::time::sleep(delay).await;
@@ -604,6 +611,7 @@ async fn watch(
                 Ok(out) => out,
                 Err(e) => {
                     tracing::warn!("DescribeTasks failed, backing off: {}", sdk_error(&e));
+                    metrics.platform_error("ecs", "DescribeTasks");
                     failed = true;
                     break;
                 }

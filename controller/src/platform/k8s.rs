@@ -324,6 +324,7 @@ impl K8sPlatform {
         config: &Config,
         exits: ExitSender,
         keep: &HashSet<String>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<K8sPlatform, PlatformError> {
         let settings = K8sSettings::from_config(config).map_err(PlatformError::Config)?;
         let client = kube::Client::try_default()
@@ -347,6 +348,7 @@ impl K8sPlatform {
             Arc::clone(&platform.watched),
             Arc::clone(&platform.pending),
             exits,
+            metrics,
         ));
         Ok(platform)
     }
@@ -477,7 +479,9 @@ async fn watch(
     watched: Arc<Mutex<HashMap<String, String>>>,
     pending: Arc<Mutex<HashMap<String, String>>>,
     exits: ExitSender,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    metrics.platform_operations("k8s", &["watch"]);
     let config = watcher::Config::default().labels(&selector);
     let mut stream = watcher(pods, config).boxed();
     while let Some(event) = stream.next().await {
@@ -488,6 +492,7 @@ async fn watch(
             Err(e) => {
                 // The watcher re-lists and resumes by itself; back off a little.
                 tracing::warn!("pod watch: {e}");
+                metrics.platform_error("k8s", "watch");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }

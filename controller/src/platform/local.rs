@@ -171,11 +171,13 @@ impl AgentPlatform for LocalPlatform {
         if !exited.load(Ordering::SeqCst) {
             // Ask the agent to stop, and give it a moment to do so.
             let _ = killpg(group, Signal::SIGTERM);
-            for _ in 0..50 {
+            // Usually the agent is already on its way out (it has
+            // reported): look often, so the build's end is not held up.
+            for _ in 0..500 {
                 if exited.load(Ordering::SeqCst) {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         // Whatever is left of its group (a builder the agent left behind,
