@@ -68,6 +68,7 @@ fn kaniko_command_line() {
         "--destination=r.io/app:1_arm64",
         "--digest-file=/w/digest",
         "--custom-platform=linux/arm64",
+        "--skip-unused-stages",
         &format!("--build-arg=BUILDARCH={host}"),
         "--build-arg=BUILDOS=linux",
         &format!("--build-arg=BUILDPLATFORM=linux/{host}"),

@@ -716,3 +716,37 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"failed"
     served.sort();
     assert_eq!(documented, served);
 }
+
+#[test]
+fn log_format_json_makes_every_log_line_a_json_object() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bakery-controller"))
+        .env("LOG_FORMAT", "json")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", dir.path())
+        .env_remove("BAKERY_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap().unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["fields"]["message"], "controller listening");
+    assert!(event["timestamp"].is_string());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    for line in lines {
+        let line = line.unwrap();
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(child.wait().unwrap().success());
+}

@@ -111,6 +111,21 @@ fn kustomize_example_renders_what_the_readme_lists() {
         named(&pod["volumes"], "agent-config")["configMap"]["name"],
         config_map["metadata"]["name"]
     );
+    // Probes and the image's user, as the controller image and routes have them.
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"],
+        "/metrics"
+    );
+    let dockerfile = include_str!("../../Dockerfile");
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(container["image"]
+        .as_str()
+        .unwrap()
+        .contains("/bakery-controller:"));
     let mounts = &pod["containers"][0]["volumeMounts"];
     assert_eq!(named(mounts, "agent-config")["mountPath"], "/etc/bakery");
     // DATA_DIR (the build journal) is on the persistent volume.

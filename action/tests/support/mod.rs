@@ -274,6 +274,11 @@ fn skopeo_inspect(what: &str, reference: &str) -> serde_json::Value {
 
 /// The content of `path` inside an image's layers (the last layer that has it).
 pub fn file_in_image(reference: &str, path: &str) -> Option<String> {
+    file_bytes_in_image(reference, path).map(|b| String::from_utf8(b).unwrap())
+}
+
+/// The same, as bytes.
+pub fn file_bytes_in_image(reference: &str, path: &str) -> Option<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("skopeo")
         .args([
@@ -308,9 +313,9 @@ pub fn file_in_image(reference: &str, path: &str) -> Option<String> {
                 .trim_start_matches("./")
                 .to_string();
             if name == path.trim_start_matches('/') {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
-                found = Some(s);
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+                found = Some(bytes);
             }
         }
     }

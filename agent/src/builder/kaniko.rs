@@ -34,6 +34,10 @@ impl Builder for Kaniko {
         }
         a.push(format!("--digest-file={}", job.digest_file().display()));
         a.push(format!("--custom-platform={}", spec.custom_platform));
+        // Build only the stages the target needs, as BuildKit does: a
+        // Dockerfile with alternative stages (bakery's own) must not fail
+        // on a stage nothing uses.
+        a.push("--skip-unused-stages".into());
         for (k, v) in job.build_args() {
             a.push(format!("--build-arg={k}={v}"));
         }
