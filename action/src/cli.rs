@@ -120,6 +120,14 @@ pub struct Input {
     /// Dockerfile stage for --tag builds.
     #[arg(long, env = "BAKERY_TARGET", global = true)]
     pub target: Option<String>,
+
+    /// Registry layer cache for --tag builds, per arch in <destination>-cache-<arch> unless --cache-repo names one.
+    #[arg(long, env = "BAKERY_CACHE", global = true)]
+    pub cache: bool,
+
+    /// Layer cache repository for --tag builds (implies --cache); each arch uses <repo>-<arch>.
+    #[arg(long, env = "BAKERY_CACHE_REPO", global = true)]
+    pub cache_repo: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -96,6 +96,8 @@ fn plan(input: &Input) -> Result<Plan> {
             build_args: pairs(&input.build_args, "--build-arg")?,
             labels: pairs(&input.labels, "--label")?,
             target: input.target.clone(),
+            cache: input.cache,
+            cache_repo: input.cache_repo.clone().filter(|r| !r.trim().is_empty()),
         })
     };
     let opts = PlanOptions {

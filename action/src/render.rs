@@ -15,6 +15,7 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
         "CONTEXT",
         "DOCKERFILE",
         "PUSH",
+        "CACHE",
     ]
     .map(String::from)];
     for (service, build) in plan.builds() {
@@ -39,9 +40,16 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
             context,
             build.spec.dockerfile.clone(),
             build.push.clone().unwrap_or_else(|| "(no push)".into()),
+            // The resolved per-arch repository: where a derived one lands is
+            // the first thing to check when a registry refuses the push.
+            match (&build.spec.cache.enable, &build.spec.cache.repo) {
+                (Some(true), Some(repo)) => repo.clone(),
+                (Some(true), None) => "(local layers only)".into(),
+                _ => "-".into(),
+            },
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

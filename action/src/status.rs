@@ -83,6 +83,16 @@ impl StatusReporter {
                 tracing::warn!("could not create the GitHub check run: {e}");
             }
         }
+        // Every arch shows `pending` first, even when its agent has already
+        // checked in by the time the client first reads the build: GitLab
+        // users read the pipeline as queued → running → result.
+        let mut pending = status.clone();
+        for task in &mut pending.tasks {
+            task.state = TaskState::Starting;
+            task.digest = None;
+            task.error = None;
+        }
+        self.gitlab_update(&pending).await;
         self.gitlab_update(status).await;
     }
 

@@ -78,6 +78,8 @@ fn action_yml_declares_uses_and_passes_every_input() {
         "BAKERY_CONTEXT",
         "BAKERY_FILE",
         "BAKERY_TARGET",
+        "BAKERY_CACHE",
+        "BAKERY_CACHE_REPO",
         "LOG_FORMAT",
     ] {
         assert!(
@@ -94,7 +96,7 @@ fn the_action_build_step_maps_inputs_to_bakery() {
     std::fs::write(
         stub.path().join("bakery"),
         format!(
-            "#!/bin/sh\n{{ echo \"args=$*\"; for v in BAKERY_TAGS BAKERY_PLATFORMS BAKERY_BUILD_ARGS BAKERY_ASYNC BAKERY_CONFIG BAKERY_CONTEXT; do [ -n \"$(printenv $v)\" ] && printf '%s=%s\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
+            "#!/bin/sh\n{{ echo \"args=$*\"; for v in BAKERY_TAGS BAKERY_PLATFORMS BAKERY_BUILD_ARGS BAKERY_ASYNC BAKERY_CONFIG BAKERY_CONTEXT BAKERY_CACHE BAKERY_CACHE_REPO; do [ -n \"$(printenv $v)\" ] && printf '%s=%s\\n' $v \"$(printenv $v)\" || true; done; }} > {}\n",
             dump.display()
         ),
     )
@@ -115,6 +117,8 @@ fn the_action_build_step_maps_inputs_to_bakery() {
         .env("INPUT_BUILD_ARGS", "A=1\n\nB=two words\n")
         .env("INPUT_ASYNC", "true")
         .env("INPUT_CONTEXT", ".")
+        .env("INPUT_CACHE", "true")
+        .env("INPUT_CACHE_REPO", "")
         .status()
         .unwrap();
     assert!(status.success());
@@ -133,6 +137,8 @@ fn the_action_build_step_maps_inputs_to_bakery() {
         "{dumped}"
     );
     assert!(dumped.contains("BAKERY_ASYNC=true\n"), "{dumped}");
+    assert!(dumped.contains("BAKERY_CACHE=true\n"), "{dumped}");
+    assert!(!dumped.contains("BAKERY_CACHE_REPO"), "{dumped}");
     assert!(
         !dumped.contains("BAKERY_CONFIG"),
         "empty inputs stay unset: {dumped}"

@@ -63,6 +63,29 @@ fn plan_prints_a_table_with_per_arch_tags_and_the_index() {
         stdout.contains("app → r.io/team/app:1.0 (linux/amd64, linux/arm64)"),
         "{stdout}"
     );
+    assert!(
+        lines[0].ends_with("CACHE") && lines[1].ends_with(" -"),
+        "{stdout}"
+    );
+
+    // With --cache, each arch shows the cache repository it will use.
+    let out = bakery(
+        dir.path(),
+        &[
+            "-t",
+            "r.io/team/app:2",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache",
+            "plan",
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[1].ends_with(" r.io/team/app-cache-amd64"), "{stdout}");
+    assert!(lines[2].ends_with(" r.io/team/app-cache-arm64"), "{stdout}");
 }
 
 #[test]

@@ -901,3 +901,117 @@ fn only_build_id(data_dir: &str) -> String {
     assert_eq!(names.len(), 1, "{names:?}");
     names[0].clone()
 }
+
+/// `--cache` keeps RUN layers in a per-arch registry cache, so the next
+/// build on a fresh agent (its own empty storage) reuses them: the RUN step's
+/// output is byte for byte the first build's, although it records the time.
+#[test]
+fn the_layer_cache_carries_run_steps_to_a_fresh_agent() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let repo = project(&[
+        (
+            "Dockerfile",
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN date +%s%N > /ran-at.txt\nCOPY late.txt /late.txt\n",
+        ),
+        ("late.txt", "one\n"),
+    ]);
+    let tag = format!("{}/e2e/cached:1", registry.host());
+    let build = || {
+        let out = bakery(
+            repo.path(),
+            &[
+                "--tag",
+                &tag,
+                "--platform",
+                "linux/amd64",
+                "--build-arg",
+                &format!("BASE_IMAGE={base}"),
+                "--cache",
+                "build",
+            ],
+            &[],
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        all
+    };
+    let cold = build();
+    assert!(!cold.contains("Using cache"), "{cold}");
+    let first = file_in_image(&tag, "/ran-at.txt").unwrap();
+    // The cache went to the derived amd64 repository, and only there.
+    let tags = |repository: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                &format!("{}/v2/{repository}/tags/list", registry.url()),
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let cached = tags("e2e/cached-cache-amd64");
+    assert!(
+        !cached["tags"].as_array().unwrap().is_empty(),
+        "cache layers pushed: {cached}"
+    );
+    assert!(
+        tags("e2e/cached-cache-arm64").get("tags").is_none()
+            || tags("e2e/cached-cache-arm64")["tags"].is_null(),
+        "no arm64 cache from an amd64 build"
+    );
+
+    std::fs::write(repo.path().join("late.txt"), "two\n").unwrap();
+    let warm = build();
+    assert!(warm.contains("Using cache"), "{warm}");
+    assert_eq!(
+        file_in_image(&tag, "/ran-at.txt").unwrap(),
+        first,
+        "the RUN layer came from the cache"
+    );
+    assert_eq!(
+        file_in_image(&tag, "/late.txt").as_deref(),
+        Some("two\n"),
+        "the changed COPY ran again"
+    );
+}
+
+/// `kaniko.compression: zstd` reaches the builder: the layers the build
+/// adds are pushed as zstd, and the index over them is written as usual.
+#[test]
+fn zstd_compression_pushes_zstd_layers() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let config = format!(
+        "global:\n  kaniko:\n    destination: {}/e2e/zstd:1\n    compression: zstd\n    build-args:\n      BASE_IMAGE: {base}\nbake:\n  - arch: amd64\n",
+        registry.host()
+    );
+    let repo = project(&[
+        ("Dockerfile", DOCKERFILE_AMD64),
+        ("hello.txt", "hello\n"),
+        ("config.yaml", &config),
+    ]);
+    let out = bakery(repo.path(), &["build"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let index = raw_manifest(&format!("{}/e2e/zstd:1", registry.host()));
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = raw_manifest(&format!("{}/e2e/zstd@{digest}", registry.host()));
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    // The base image's layers are reused as the registry has them; the
+    // layers this build adds are zstd.
+    let base_layers = raw_manifest(&base)["layers"].as_array().unwrap().len();
+    let (reused, added) = types.split_at(base_layers);
+    assert!(!added.is_empty(), "{types:?}");
+    assert!(
+        added
+            .iter()
+            .all(|t| *t == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+    assert!(reused.iter().all(|t| t.ends_with("+gzip")), "{types:?}");
+}

@@ -72,9 +72,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
 
 /// Runs the task to the end and reports. Returns whether it succeeded.
 pub async fn run(cfg: AgentConfig) -> bool {
+    let born = Instant::now();
     let controller = Controller::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
     let (log, shipper) = logs::start(controller.clone());
-    let outcome = work(&cfg, &controller, &log).await;
+    let outcome = work(&cfg, &controller, &log, born).await;
     let result = match outcome {
         Ok(digest) => AgentResult::Succeeded { digest },
         Err(AgentError::Controller(ControllerError::Refused {
@@ -110,6 +111,7 @@ async fn work(
     cfg: &AgentConfig,
     controller: &Controller,
     log: &LogSink,
+    born: Instant,
 ) -> Result<Option<String>, AgentError> {
     let builder = builder::by_name(&cfg.builder)
         .ok_or_else(|| AgentError::UnknownBuilder(cfg.builder.clone()))?;
@@ -167,6 +169,13 @@ async fn work(
         insecure: &insecure,
     };
     let steps = builder.steps(&job).map_err(io("preparing the builder"))?;
+    // Cold start as a user feels it (check-in, context download and
+    // extraction, pre-script): what bench/run reports as start-to-builder.
+    log.line(format!(
+        "{} starting {:.3}s after the agent did",
+        builder.name(),
+        born.elapsed().as_secs_f64()
+    ));
     for step in steps {
         let mut cmd = Command::new(&step.argv[0]);
         cmd.args(&step.argv[1..])

@@ -5,7 +5,7 @@ use std::path::Path;
 use bakery_agent::builder::{by_name, Job};
 use bakery_core::api::{AgentTask, ContextSource};
 use bakery_core::plan::BuildSpec;
-use bakery_core::settings::Cache;
+use bakery_core::settings::{Cache, Compression};
 use bakery_core::Arch;
 
 fn task(arch: Arch, push: Option<&str>) -> AgentTask {
@@ -44,6 +44,8 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
             no_push: false,
             ignore_path: vec!["/var/cache".into()],
             extra_flags: vec!["--verbosity=debug".into()],
+            compression: Some(Compression::Zstd),
+            compression_level: Some(3),
         },
     }
 }
@@ -85,6 +87,8 @@ fn kaniko_command_line() {
         "--cache-copy-layers",
         "--cache-run-layers=false",
         "--compressed-caching=false",
+        "--compression=zstd",
+        "--compression-level=3",
         "--snapshot-mode=redo",
         "--use-new-run",
         "--cleanup",
@@ -145,7 +149,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         push,
         format!(
             "buildah --storage-driver=vfs --root={w}/storage --runroot={w}/run push --digestfile={w}/digest \
-             localhost/bakery-task:arm64 docker://127.0.0.1:5000/app:1_arm64"
+             --compression-format=zstd --compression-level=3 localhost/bakery-task:arm64 docker://127.0.0.1:5000/app:1_arm64"
         )
     );
     assert_eq!(steps[0].env["REGISTRY_AUTH_FILE"], "/w/docker/config.json");

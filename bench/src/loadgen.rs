@@ -284,6 +284,8 @@ fn spec() -> BuildSpec {
         no_push: true,
         ignore_path: vec![],
         extra_flags: vec![],
+        compression: None,
+        compression_level: None,
     }
 }
 

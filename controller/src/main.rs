@@ -27,13 +27,16 @@ async fn run() -> anyhow::Result<()> {
         builder.init();
     }
 
+    // Handlers first: a SIGTERM that arrives as soon as the controller says
+    // it listens (a quick redeploy) must suspend it, not kill it mid-write.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = bakery_controller::Config::from_env()?;
     let running = bakery_controller::start(config)
         .await
         .context("starting the controller")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     // A restart (a deploy, a moved pod) must not cost anyone their build:

@@ -183,6 +183,8 @@ fn spec() -> BuildSpec {
         no_push: false,
         ignore_path: vec![],
         extra_flags: vec![],
+        compression: None,
+        compression_level: None,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::error::{Location, PlanError};
 use crate::location::Locations;
 use crate::reference::ImageRef;
 use crate::resources::{Cpu, Memory};
-use crate::settings::{Cache, Credential, Kaniko, Settings};
+use crate::settings::{Cache, Compression, Credential, Kaniko, Settings};
 
 /// What to plan from.
 #[derive(Debug, Clone)]
@@ -53,6 +53,11 @@ pub struct InlineBuild {
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub target: Option<String>,
+    /// `--cache`: the registry layer cache, in `cache_repo` or, when that
+    /// is `None`, in the repository derived from the destination.
+    pub cache: bool,
+    /// `--cache-repo`; implies `cache`.
+    pub cache_repo: Option<String>,
 }
 
 impl PlanOptions {
@@ -128,11 +133,52 @@ pub struct BuildSpec {
     pub no_push: bool,
     pub ignore_path: Vec<String>,
     pub extra_flags: Vec<String>,
+    /// Layer compression of the pushed image (builder default: gzip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<u8>,
 }
 
 impl Plan {
     /// Resolves and validates a plan from files on disk.
     pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
+        let mut plan = Plan::resolve_specs(opts)?;
+        plan.give_each_arch_its_cache();
+        Ok(plan)
+    }
+
+    /// Layer caches are per arch, so that an arm64 build can never pick up
+    /// an amd64 layer whose cache key happens to match (a `FROM scratch`
+    /// stage has no per-arch base digest in its key): each arch with the
+    /// cache on gets `<repo>-<arch>`, where `<repo>` is `cache.repo`, or,
+    /// when none is set, `<destination repository>-cache` in the
+    /// destination's registry (also when `cache.repo` is a bare registry
+    /// host, as in the original README's example: then in that registry).
+    /// A build that neither pushes nor names a repository keeps none.
+    fn give_each_arch_its_cache(&mut self) {
+        for service in &mut self.services {
+            for build in &mut service.builds {
+                let cache = &mut build.spec.cache;
+                if cache.enable != Some(true) {
+                    continue;
+                }
+                let dest = build.push.as_deref().and_then(|p| ImageRef::parse(p).ok());
+                let base = match (cache.repo.as_deref(), dest) {
+                    (Some(repo), _) if repo.contains('/') => Some(repo.to_string()),
+                    (Some(host), Some(dest)) => Some(format!("{host}/{}-cache", dest.repository)),
+                    (Some(repo), None) => Some(repo.to_string()),
+                    (None, Some(dest)) => {
+                        Some(format!("{}/{}-cache", dest.registry, dest.repository))
+                    }
+                    (None, None) => None,
+                };
+                cache.repo = base.map(|b| cache_repo_for(&b, build.arch));
+            }
+        }
+    }
+
+    fn resolve_specs(opts: &PlanOptions) -> Result<Plan, PlanError> {
         let repo = absolute(&opts.repo);
         if let Some(inline) = &opts.inline {
             if opts.config.is_some() || opts.compose.is_some() {
@@ -315,6 +361,7 @@ enum Field {
     ContextPath,
     Dockerfile,
     Destination,
+    CompressionLevel,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -339,6 +386,7 @@ impl Layer<'_> {
             Field::ContextPath => k.and_then(|k| k.context_path.as_ref()).is_some(),
             Field::Dockerfile => k.and_then(|k| k.dockerfile.as_ref()).is_some(),
             Field::Destination => k.and_then(|k| k.destination.as_ref()).is_some(),
+            Field::CompressionLevel => k.and_then(|k| k.compression_level).is_some(),
         }
     }
 
@@ -350,6 +398,7 @@ impl Layer<'_> {
             (LayerKind::Compose, Field::ContextPath) => "build.context",
             (LayerKind::Compose, Field::Dockerfile) => "build.dockerfile",
             (LayerKind::Compose, Field::Destination) => "image",
+            (_, Field::CompressionLevel) => "kaniko.compression-level",
         };
         format!("{}.{suffix}", self.prefix)
     }
@@ -444,6 +493,11 @@ impl Resolver<'_> {
                 target: inline.target.clone(),
                 build_args: Some(inline.build_args.clone()),
                 labels: Some(inline.labels.clone()),
+                cache: (inline.cache || inline.cache_repo.is_some()).then(|| Cache {
+                    enable: Some(true),
+                    repo: inline.cache_repo.clone(),
+                    ..Cache::default()
+                }),
                 ..Kaniko::default()
             }),
             ..Settings::default()
@@ -662,6 +716,20 @@ impl Resolver<'_> {
             PlanError::invalid_with_hint(origin(layers, Field::Dockerfile), msg, hint)
         })?;
 
+        if let Some(level) = kaniko.compression_level {
+            let (name, max) = match kaniko.compression.unwrap_or(Compression::Gzip) {
+                Compression::Gzip => ("gzip", 9),
+                Compression::Zstd => ("zstd", 22),
+            };
+            if !(1..=max).contains(&level) {
+                return Err(PlanError::invalid_with_hint(
+                    origin(layers, Field::CompressionLevel),
+                    format!("compression level {level} is out of range for {name}"),
+                    format!("{name} levels go from 1 to {max}"),
+                ));
+            }
+        }
+
         // The index tag comes from the layers shared by every arch; a bake
         // entry's own destination is where that arch alone is pushed.
         let (shared, arch_layer) = match layers.split_last() {
@@ -757,9 +825,22 @@ impl Resolver<'_> {
                 no_push,
                 ignore_path: kaniko.ignore_path.unwrap_or_default(),
                 extra_flags: kaniko.extra_flags.unwrap_or_default(),
+                compression: kaniko.compression,
+                compression_level: kaniko.compression_level,
             },
         };
         Ok((build, index))
+    }
+}
+
+/// `<repo>-<arch>`: one cache repository per arch. A repository already
+/// ending in `-<arch>` (a per-arch `bake` override) is left as it is.
+pub fn cache_repo_for(repo: &str, arch: Arch) -> String {
+    let suffix = format!("-{arch}");
+    if repo.ends_with(&suffix) {
+        repo.to_string()
+    } else {
+        format!("{repo}{suffix}")
     }
 }
 

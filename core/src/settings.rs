@@ -84,6 +84,29 @@ pub struct Kaniko {
     pub ignore_path: Option<Vec<String>>,
     /// Flags passed to the builder as they are, for options bakery does not model.
     pub extra_flags: Option<Vec<String>>,
+    /// Layer compression of the pushed image. zstd layers unpack faster,
+    /// which is what a Fargate task pays on every start (no layer is kept
+    /// between tasks); every current runtime and registry takes them.
+    pub compression: Option<Compression>,
+    /// 1–9 for gzip, 1–22 for zstd; the builder's default when unset.
+    pub compression_level: Option<u8>,
+}
+
+/// How the builder compresses the layers it pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
 }
 
 /// The `kaniko.cache:` block: a registry-backed layer cache.
@@ -212,6 +235,8 @@ impl Kaniko {
             no_push: pick(&self.no_push, &top.no_push),
             ignore_path: pick(&self.ignore_path, &top.ignore_path),
             extra_flags: pick(&self.extra_flags, &top.extra_flags),
+            compression: pick(&self.compression, &top.compression),
+            compression_level: pick(&self.compression_level, &top.compression_level),
         }
     }
 }

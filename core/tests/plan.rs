@@ -168,7 +168,11 @@ fn reference_readme_example() {
         assert_eq!(b.spec.pre_script.as_deref(), Some("echo 'setting up...'\n"));
         assert_eq!(b.spec.post_script.as_deref(), Some("echo 'done'\n"));
         assert_eq!(b.spec.cache.enable, Some(true));
-        assert_eq!(b.spec.cache.repo.as_deref(), Some("cache.example.com"));
+        // A bare registry host: the per-arch repositories go there.
+        assert_eq!(
+            b.spec.cache.repo.as_deref(),
+            Some(format!("cache.example.com/myapp-cache-{}", b.arch).as_str())
+        );
         assert_eq!(b.spec.cache.ttl.as_deref(), Some("24h"));
         assert_eq!(b.spec.credentials[0].password.expose(), "pass");
     }
@@ -754,6 +758,33 @@ fn flags_describe_a_build_without_a_file() {
     assert_eq!(s.builds.len(), 2);
     assert_eq!(s.builds[1].push.as_deref(), Some("r.io/team/app:1.2_arm64"));
     assert_eq!(s.builds[0].spec.build_args["V"], "1");
+    assert_eq!(s.builds[0].spec.cache.enable, None, "no cache unless asked");
+
+    // --cache: per-arch repositories beside the destination; --cache-repo
+    // names the base.
+    opts.inline.as_mut().unwrap().cache = true;
+    let plan = Plan::resolve(&opts).unwrap();
+    let caches: Vec<_> = plan.services[0]
+        .builds
+        .iter()
+        .map(|b| (b.spec.cache.enable, b.spec.cache.repo.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        caches,
+        [
+            (Some(true), "r.io/team/app-cache-amd64".to_string()),
+            (Some(true), "r.io/team/app-cache-arm64".to_string())
+        ]
+    );
+    let inline = opts.inline.as_mut().unwrap();
+    inline.cache = false;
+    inline.cache_repo = Some("cache.io/team/layers".into());
+    let plan = Plan::resolve(&opts).unwrap();
+    assert_eq!(
+        plan.services[0].builds[1].spec.cache.repo.as_deref(),
+        Some("cache.io/team/layers-arm64")
+    );
+    assert_eq!(plan.services[0].builds[1].spec.cache.enable, Some(true));
 
     // Another repository cannot share the index.
     opts.inline
@@ -815,4 +846,100 @@ fn compose_merge_keys_are_resolved() {
         None
     );
     assert_eq!(plan.services[1].builds[0].spec.build_args["OWN"], "x");
+}
+
+#[test]
+fn each_arch_gets_its_own_cache_repository() {
+    let config = |cache: &str| {
+        format!(
+            "global:\n  kaniko:\n    destination: r.io/team/app:v1\n    cache:\n{cache}\nbake:\n  - arch: amd64\n  - arch: arm64\n"
+        )
+    };
+    let repos = |cache: &str| -> Vec<Option<String>> {
+        let repo = Repo::new(&[
+            ("Dockerfile", "FROM alpine\n"),
+            ("config.yaml", &config(cache)),
+        ]);
+        repo.config().unwrap().services[0]
+            .builds
+            .iter()
+            .map(|b| b.spec.cache.repo.clone())
+            .collect()
+    };
+    // Enabled without a repository: derived from the destination.
+    assert_eq!(
+        repos("      enable: true"),
+        [
+            Some("r.io/team/app-cache-amd64".into()),
+            Some("r.io/team/app-cache-arm64".into())
+        ]
+    );
+    // A repository given: one per arch beside it.
+    assert_eq!(
+        repos("      enable: true\n      repo: cache.r.io/app-cache"),
+        [
+            Some("cache.r.io/app-cache-amd64".into()),
+            Some("cache.r.io/app-cache-arm64".into())
+        ]
+    );
+    // Off: nothing derived, nothing changed.
+    assert_eq!(
+        repos("      enable: false\n      repo: cache.r.io/x"),
+        [Some("cache.r.io/x".into()), Some("cache.r.io/x".into())]
+    );
+    assert_eq!(repos("      ttl: 1h"), [None, None]);
+}
+
+#[test]
+fn layer_compression_merges_and_its_level_is_checked() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\n    compression: zstd\nbake:\n  - arch: amd64\n  - arch: arm64\n    kaniko:\n      compression-level: 19\n",
+        ),
+    ]);
+    let plan = repo.config().unwrap();
+    let got: Vec<_> = plan.services[0]
+        .builds
+        .iter()
+        .map(|b| (b.spec.compression, b.spec.compression_level))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(bakery_core::settings::Compression::Zstd), None),
+            (Some(bakery_core::settings::Compression::Zstd), Some(19))
+        ]
+    );
+
+    // 19 is a zstd level, not a gzip one: the error points at the level.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\n    compression: gzip\nbake:\n  - arch: amd64\n    kaniko:\n      compression-level: 19\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        8,
+        "out of range for gzip",
+    );
+    assert!(d.hint.unwrap().contains("1 to 9"));
+
+    // An unknown codec names the ones there are.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\n    compression: lz4\n",
+        ),
+    ]);
+    let err = repo.config().unwrap_err().to_string();
+    assert!(
+        err.contains("config.yaml:4") && err.contains("zstd"),
+        "{err}"
+    );
 }

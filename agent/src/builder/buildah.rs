@@ -102,9 +102,14 @@ impl Builder for Buildah {
             push.extend([
                 "push".into(),
                 format!("--digestfile={}", job.digest_file().display()),
-                image,
-                format!("docker://{dest}"),
             ]);
+            if let Some(c) = spec.compression {
+                push.push(format!("--compression-format={c}"));
+            }
+            if let Some(level) = spec.compression_level {
+                push.push(format!("--compression-level={level}"));
+            }
+            push.extend([image, format!("docker://{dest}")]);
             steps.push(Step {
                 argv: push,
                 env,

@@ -65,6 +65,12 @@ impl Builder for Kaniko {
                 a.push(format!("--compressed-caching={compressed}"));
             }
         }
+        if let Some(c) = spec.compression {
+            a.push(format!("--compression={c}"));
+        }
+        if let Some(level) = spec.compression_level {
+            a.push(format!("--compression-level={level}"));
+        }
         if let Some(mode) = &spec.snapshot_mode {
             a.push(format!("--snapshot-mode={mode}"));
         }
