@@ -41,9 +41,20 @@ pub struct Inner {
     pub status: BuildStatus,
     pub request: CreateBuild,
     pub runtime: Vec<TaskRuntime>,
-    pub logs: Vec<LogEvent>,
+    pub logs: Vec<StoredLine>,
     pub cancel_requested: bool,
     pub redactor: Redactor,
+}
+
+/// A log line as kept in memory: its task by index, its seq by position.
+/// Every build's whole log stays in memory for followers and `bakery logs`,
+/// so at 1,000 concurrent builds these are most of the controller's RSS; a
+/// [`LogEvent`] (with its own copy of the task id) is made only to send.
+#[derive(Debug, Clone)]
+pub struct StoredLine {
+    task: u32,
+    line: Box<str>,
+    ms: u64,
 }
 
 /// One build: shared by the API handlers, its supervisor and its followers.
@@ -153,6 +164,19 @@ impl Build {
             .collect();
         let redactor = redactor_for(&record.request, &runtime);
         let persisted = logs.len();
+        let logs = logs
+            .into_iter()
+            .map(|e| StoredLine {
+                task: record
+                    .status
+                    .tasks
+                    .iter()
+                    .position(|t| t.id == e.task)
+                    .unwrap_or(0) as u32,
+                line: e.line.into_boxed_str(),
+                ms: e.ms,
+            })
+            .collect();
         Build {
             id: record.status.id.clone(),
             inner: Mutex::new(Inner {
@@ -178,7 +202,7 @@ impl Build {
         let inner = self.lock();
         let agent_seqs = inner.runtime.iter().map(|rt| rt.agent_seq).collect();
         let from = from.min(inner.logs.len());
-        let lines = inner.logs[from..].to_vec();
+        let lines = inner.events(from, inner.logs.len());
         if !meta {
             return (None, lines, agent_seqs);
         }
@@ -271,7 +295,7 @@ impl Build {
         };
         let start = (seq as usize).min(visible);
         (
-            inner.logs[start..visible].to_vec(),
+            inner.events(start, visible),
             inner.status.clone(),
             visible == inner.logs.len(),
         )
@@ -328,15 +352,30 @@ fn redactor_for(request: &CreateBuild, runtime: &[TaskRuntime]) -> Redactor {
 impl Inner {
     pub fn push_line(&mut self, index: usize, line: &str) {
         let line = self.redactor.redact(line);
-        let seq = self.logs.len() as u64 + 1;
-        let task = &self.status.tasks[index];
-        self.logs.push(LogEvent {
-            seq,
-            task: task.id.clone(),
-            arch: task.arch,
-            line,
+        self.logs.push(StoredLine {
+            task: index as u32,
+            line: line.into_boxed_str(),
             ms: now_ms(),
         });
+    }
+
+    /// Lines `from..to` (0-based positions) as followers and the journal
+    /// receive them.
+    pub fn events(&self, from: usize, to: usize) -> Vec<LogEvent> {
+        self.logs[from..to]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let task = &self.status.tasks[l.task as usize];
+                LogEvent {
+                    seq: (from + i) as u64 + 1,
+                    task: task.id.clone(),
+                    arch: task.arch,
+                    line: l.line.to_string(),
+                    ms: l.ms,
+                }
+            })
+            .collect()
     }
 
     /// Moves a task to a terminal state, once.
