@@ -10,7 +10,11 @@ fn var(name: &str) -> Result<String, String> {
         .map_err(|_| format!("{name} is not set; the agent is started by the bakery controller"))
 }
 
-#[tokio::main]
+// One thread: an agent waits on one child process and one controller
+// connection (extraction runs on the blocking pool), and idle worker threads
+// waking each other cost more than they give when many agents share a
+// machine (bench/RESULTS.md, row 4).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = (|| -> Result<AgentConfig, String> {
         Ok(AgentConfig {
