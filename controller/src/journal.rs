@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use bakery_core::api::{now_ms, BuildStatus, CreateBuild, LogEvent};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
 
 /// The journal's page cache (see [`Journal::open`]).
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
 
 use crate::state::{Build, Registry};
 

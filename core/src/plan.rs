@@ -143,42 +143,6 @@ pub struct BuildSpec {
 impl Plan {
     /// Resolves and validates a plan from files on disk.
     pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
-        let mut plan = Plan::resolve_specs(opts)?;
-        plan.give_each_arch_its_cache();
-        Ok(plan)
-    }
-
-    /// Layer caches are per arch, so that an arm64 build can never pick up
-    /// an amd64 layer whose cache key happens to match (a `FROM scratch`
-    /// stage has no per-arch base digest in its key): each arch with the
-    /// cache on gets `<repo>-<arch>`, where `<repo>` is `cache.repo`, or,
-    /// when none is set, `<destination repository>-cache` in the
-    /// destination's registry (also when `cache.repo` is a bare registry
-    /// host, as in the original README's example: then in that registry).
-    /// A build that neither pushes nor names a repository keeps none.
-    fn give_each_arch_its_cache(&mut self) {
-        for service in &mut self.services {
-            for build in &mut service.builds {
-                let cache = &mut build.spec.cache;
-                if cache.enable != Some(true) {
-                    continue;
-                }
-                let dest = build.push.as_deref().and_then(|p| ImageRef::parse(p).ok());
-                let base = match (cache.repo.as_deref(), dest) {
-                    (Some(repo), _) if repo.contains('/') => Some(repo.to_string()),
-                    (Some(host), Some(dest)) => Some(format!("{host}/{}-cache", dest.repository)),
-                    (Some(repo), None) => Some(repo.to_string()),
-                    (None, Some(dest)) => {
-                        Some(format!("{}/{}-cache", dest.registry, dest.repository))
-                    }
-                    (None, None) => None,
-                };
-                cache.repo = base.map(|b| cache_repo_for(&b, build.arch));
-            }
-        }
-    }
-
-    fn resolve_specs(opts: &PlanOptions) -> Result<Plan, PlanError> {
         let repo = absolute(&opts.repo);
         if let Some(inline) = &opts.inline {
             if opts.config.is_some() || opts.compose.is_some() {
@@ -717,10 +681,8 @@ impl Resolver<'_> {
         })?;
 
         if let Some(level) = kaniko.compression_level {
-            let (name, max) = match kaniko.compression.unwrap_or(Compression::Gzip) {
-                Compression::Gzip => ("gzip", 9),
-                Compression::Zstd => ("zstd", 22),
-            };
+            let codec = kaniko.compression.unwrap_or(Compression::Gzip);
+            let (name, max) = (codec.to_string(), codec.max_level());
             if !(1..=max).contains(&level) {
                 return Err(PlanError::invalid_with_hint(
                     origin(layers, Field::CompressionLevel),
@@ -797,6 +759,7 @@ impl Resolver<'_> {
             index.map(|r| r.to_string())
         };
 
+        let cache = per_arch_cache(kaniko.cache.unwrap_or_default(), push.as_ref(), arch);
         let build = ArchBuild {
             arch,
             push: push.map(|p| p.to_string()),
@@ -814,7 +777,7 @@ impl Resolver<'_> {
                 cpu: merged.cpu,
                 memory: merged.memory,
                 spot: merged.spot.unwrap_or(false),
-                cache: kaniko.cache.unwrap_or_default(),
+                cache,
                 cache_from: kaniko.cache_from.unwrap_or_default(),
                 snapshot_mode: kaniko.snapshot_mode,
                 use_new_run: kaniko.use_new_run.unwrap_or(false),
@@ -833,15 +796,35 @@ impl Resolver<'_> {
     }
 }
 
-/// `<repo>-<arch>`: one cache repository per arch. A repository already
-/// ending in `-<arch>` (a per-arch `bake` override) is left as it is.
-pub fn cache_repo_for(repo: &str, arch: Arch) -> String {
-    let suffix = format!("-{arch}");
-    if repo.ends_with(&suffix) {
-        repo.to_string()
-    } else {
-        format!("{repo}{suffix}")
+/// Layer caches are per arch, so that an arm64 build can never pick up an
+/// amd64 layer whose cache key happens to match (a `FROM scratch` stage has
+/// no per-arch base digest in its key): with the cache on, an arch gets
+/// `<repo>-<arch>`, where `<repo>` is `cache.repo`, or, when none is set,
+/// `<destination repository>-cache` in the destination's registry (also when
+/// `cache.repo` is a bare registry host, as in the original README's
+/// example: then in that registry). A build that neither pushes nor names a
+/// repository keeps none.
+fn per_arch_cache(mut cache: Cache, push: Option<&ImageRef>, arch: Arch) -> Cache {
+    if cache.enable != Some(true) {
+        return cache;
     }
+    let base = match (cache.repo.take(), push) {
+        (Some(repo), _) if repo.contains('/') => Some(repo),
+        (Some(host), Some(dest)) => Some(format!("{host}/{}-cache", dest.repository)),
+        (Some(repo), None) => Some(repo),
+        (None, Some(dest)) => Some(format!("{}/{}-cache", dest.registry, dest.repository)),
+        (None, None) => None,
+    };
+    // A repository already ending in `-<arch>` (a bake entry's own) stays.
+    let suffix = format!("-{arch}");
+    cache.repo = base.map(|b| {
+        if b.ends_with(&suffix) {
+            b
+        } else {
+            format!("{b}{suffix}")
+        }
+    });
+    cache
 }
 
 /// Groups arch builds into a service, under the index tag they share.

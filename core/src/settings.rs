@@ -88,7 +88,7 @@ pub struct Kaniko {
     /// which is what a Fargate task pays on every start (no layer is kept
     /// between tasks); every current runtime and registry takes them.
     pub compression: Option<Compression>,
-    /// 1–9 for gzip, 1–22 for zstd; the builder's default when unset.
+    /// 1 to [`Compression::max_level`]; the builder's default when unset.
     pub compression_level: Option<u8>,
 }
 
@@ -98,6 +98,16 @@ pub struct Kaniko {
 pub enum Compression {
     Gzip,
     Zstd,
+}
+
+impl Compression {
+    /// The highest level the codec takes (the lowest is 1).
+    pub fn max_level(self) -> u8 {
+        match self {
+            Compression::Gzip => 9,
+            Compression::Zstd => 22,
+        }
+    }
 }
 
 impl std::fmt::Display for Compression {
