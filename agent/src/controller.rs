@@ -23,6 +23,18 @@ pub enum ControllerError {
     },
 }
 
+/// What came of opening the log stream.
+pub enum StreamOpen {
+    /// Acknowledgements follow in the response body.
+    Open(reqwest::Response),
+    /// Not here or not getting through: use batches.
+    Unsupported(String),
+    /// The controller does not want this task's lines any more.
+    Refused(String),
+    /// Worth another try (connection refused, 5xx).
+    Failed(String),
+}
+
 #[derive(Clone)]
 pub struct Controller {
     http: Client,
@@ -31,12 +43,19 @@ pub struct Controller {
     token: String,
     /// How long to keep retrying one call before giving up.
     pub patience: Duration,
+    /// How long the controller has to answer a new log stream.
+    pub stream_answer: Duration,
 }
 
 impl Controller {
     pub fn new(base: &str, task: &str, token: &str) -> Controller {
-        let http = Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+        let mut http = Client::builder().connect_timeout(Duration::from_secs(10));
+        if base.starts_with("http://") {
+            // Plain HTTP needs no trust store: loading and parsing the
+            // system's CA certificates was a good part of an agent's start.
+            http = http.tls_certs_only(std::iter::empty());
+        }
+        let http = http
             .build()
             .expect("the HTTP client builds with default settings");
         Controller {
@@ -45,6 +64,7 @@ impl Controller {
             task: task.to_string(),
             token: token.to_string(),
             patience: Duration::from_secs(300),
+            stream_answer: Duration::from_secs(10),
         }
     }
 
@@ -117,6 +137,44 @@ impl Controller {
         self.send("log lines", || self.http.post(self.url("logs")).json(&body))
             .await
             .map(|_| ())
+    }
+
+    /// Opens the log stream (see the controller's `log_stream`): one
+    /// attempt; the caller decides what a failure means. A controller that
+    /// does not answer before `body` ends (a proxy that buffers requests
+    /// holds it back) is [`StreamOpen::Unsupported`], like one without the
+    /// endpoint: the caller falls back to batches.
+    pub async fn open_log_stream(&self, body: reqwest::Body) -> StreamOpen {
+        let request = self
+            .http
+            .post(self.url("log-stream"))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+            .send();
+        match tokio::time::timeout(self.stream_answer, request).await {
+            Err(_) => StreamOpen::Unsupported(format!(
+                "no answer within {:?} (a proxy that buffers requests?)",
+                self.stream_answer
+            )),
+            Ok(Err(e)) => StreamOpen::Failed(e.to_string()),
+            Ok(Ok(resp)) if resp.status().is_success() => StreamOpen::Open(resp),
+            Ok(Ok(resp))
+                if resp.status() == StatusCode::NOT_FOUND
+                    || resp.status() == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                StreamOpen::Unsupported(format!("HTTP {}", resp.status()))
+            }
+            Ok(Ok(resp)) if resp.status().is_client_error() => StreamOpen::Refused(format!(
+                "HTTP {}: {}",
+                resp.status(),
+                resp.json::<ApiError>()
+                    .await
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| "no details".into())
+            )),
+            Ok(Ok(resp)) => StreamOpen::Failed(format!("HTTP {}", resp.status())),
+        }
     }
 
     pub async fn result(&self, result: &AgentResult) -> Result<(), ControllerError> {

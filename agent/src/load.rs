@@ -6,9 +6,9 @@
 //! Enabled by `BAKERY_AGENT_LOAD=<lines>@<lines per second>`; never set by
 //! a platform.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::logs::LogSink;
+use crate::logs::{self, LogSink};
 
 /// The variable that turns the mode on.
 pub const ENV: &str = "BAKERY_AGENT_LOAD";
@@ -37,11 +37,14 @@ impl std::str::FromStr for Load {
     }
 }
 
-/// Emits `load <n> <unix micros>` lines on a 10 ms tick: the timestamp lets
-/// a follower measure delivery latency on the same clock.
+/// Emits `load <n> <unix micros>` lines in bursts, as builders write: the
+/// timestamp lets a follower measure delivery latency on the same clock.
+/// A burst per shipping interval ([`logs::LINGER`]): a shorter tick would
+/// only wake a thousand simulated agents more often to queue lines that
+/// wait for the next batch anyway.
 pub async fn run(load: Load, log: &LogSink) {
-    let tick = Duration::from_millis(10);
-    let start = Instant::now();
+    let tick = logs::LINGER;
+    let start = tokio::time::Instant::now();
     let mut sent = 0u64;
     while sent < load.lines {
         let due =
@@ -50,7 +53,10 @@ pub async fn run(load: Load, log: &LogSink) {
             sent += 1;
             log.line(format!("load {sent} {}", unix_micros()));
         }
-        tokio::time::sleep(tick).await;
+        // Line n+1 is due n/rate seconds in; a slow rate sleeps until then
+        // rather than waking every tick for nothing.
+        let next = start + Duration::from_secs_f64(sent as f64 / load.per_second as f64);
+        tokio::time::sleep_until(next.max(tokio::time::Instant::now() + tick)).await;
     }
 }
 

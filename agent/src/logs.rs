@@ -1,23 +1,38 @@
 //! Shipping log lines to the controller as they are produced.
 //!
-//! Lines are redacted, numbered and queued; a background task sends them in
-//! batches (at most one per 30 ms; what accumulates meanwhile, and while the
-//! previous batch was in flight, joins it), so a chatty build costs few
-//! requests and a quiet one shows each line at once. Retried batches carry the same numbers, and the controller drops
-//! lines it already has.
+//! Lines are redacted, numbered and queued, then gathered into batches (at
+//! most one per 30 ms; what arrives meanwhile joins it), so a chatty build
+//! costs few writes and a quiet one shows each line at once.
+//!
+//! The batches go into one long request, the log stream, whose response
+//! acknowledges what the controller has saved (controller `log_stream`).
+//! Every line is kept until acknowledged; after a broken connection (a
+//! controller restart) the unacknowledged ones are sent again under the
+//! same numbers, and the controller drops those it already has. Where the
+//! stream cannot be opened (an older controller, a proxy that buffers
+//! request bodies) each batch is its own request, answered once saved.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bakery_core::api::AgentLine;
 use bakery_core::redact::Redactor;
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
 
-use crate::controller::Controller;
+use crate::controller::{Controller, StreamOpen};
 
 const MAX_BATCH: usize = 1000;
-/// Least time between two batches: a chatty build sends ~30 requests a
-/// second instead of one per line (each request also costs the controller a
-/// journal commit), at a delay nobody reading a log can see; a line after a
-/// quiet spell goes out at once.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(30);
+/// Longest line shipped, in bytes.
+const MAX_LINE: usize = 64 << 10;
+/// Least time between two batches: a chatty build writes ~30 times a second
+/// instead of once per line, at a delay nobody reading a log can see; a
+/// line after a quiet spell goes out at once.
+pub const LINGER: Duration = Duration::from_millis(30);
+/// See [`gather`].
+const SLACK: Duration = Duration::from_millis(5);
 
 /// Cheap to clone; every clone feeds the same stream.
 #[derive(Clone)]
@@ -29,7 +44,17 @@ pub struct LogSink {
 impl LogSink {
     pub fn line(&self, line: impl AsRef<str>) {
         let redactor = self.redactor.read().unwrap_or_else(|p| p.into_inner());
-        let clean = redactor.redact(line.as_ref().trim_end_matches(['\r', '\n']));
+        let mut clean = redactor.redact(line.as_ref().trim_end_matches(['\r', '\n']));
+        if clean.len() > MAX_LINE {
+            // A minified file echoed by a RUN step is not worth megabytes of
+            // log; the cut keeps every line within what the controller takes.
+            let mut end = MAX_LINE;
+            while !clean.is_char_boundary(end) {
+                end -= 1;
+            }
+            clean.truncate(end);
+            clean.push_str(" [line cut at 64 KiB]");
+        }
         let _ = self.tx.send(clean);
     }
 
@@ -45,36 +70,10 @@ pub struct Shipper {
 }
 
 pub fn start(controller: Controller) -> (LogSink, Shipper) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let outbox = Arc::new(Outbox::default());
     let handle = tokio::spawn(async move {
-        let mut seq = 0u64;
-        let mut batch: Vec<AgentLine> = Vec::new();
-        let mut last_sent = tokio::time::Instant::now() - LINGER;
-        loop {
-            let Some(first) = rx.recv().await else { break };
-            seq += 1;
-            batch.push(AgentLine { seq, line: first });
-            // A quiet log goes out at once; a chatty one at most once per
-            // LINGER (what arrives meanwhile joins the batch).
-            let deadline = last_sent + LINGER;
-            while batch.len() < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(line)) => {
-                        seq += 1;
-                        batch.push(AgentLine { seq, line });
-                    }
-                    // Closed (the rest goes out now) or the linger is over.
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            last_sent = tokio::time::Instant::now();
-            if let Err(e) = controller.logs(&batch).await {
-                // The controller is gone or refuses us: keep the build going,
-                // the result report will say what it can.
-                eprintln!("bakery-agent: could not send log lines: {e}");
-            }
-            batch.clear();
-        }
+        tokio::join!(gather(rx, Arc::clone(&outbox)), deliver(controller, outbox));
     });
     (
         LogSink {
@@ -86,9 +85,264 @@ pub fn start(controller: Controller) -> (LogSink, Shipper) {
 }
 
 impl Shipper {
-    /// Waits until every line queued through `sink` (dropped here) is sent.
+    /// Waits until every line queued through `sink` (dropped here) is sent
+    /// and acknowledged, or given up on.
     pub async fn finish(self, sink: LogSink) {
         drop(sink);
         let _ = self.handle.await;
+    }
+}
+
+/// Lines between the sink and the controller's acknowledgement.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    /// Wakes [`deliver`] in batch mode: new lines, or the end.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    /// Sent or not, not yet acknowledged; in seq order.
+    unacked: VecDeque<AgentLine>,
+    /// The open log stream's body, if there is one: new batches are written
+    /// here under the same lock that queues them, so lines go out in order
+    /// even while a reconnect resends the backlog.
+    stream: Option<mpsc::UnboundedSender<Bytes>>,
+    /// The sink is gone: no line will be added.
+    closed: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Numbers the sink's lines, batches them ([`LINGER`]) and queues each
+/// batch in the outbox (and on the open stream).
+async fn gather(mut rx: mpsc::UnboundedReceiver<String>, outbox: Arc<Outbox>) {
+    let mut seq = 0u64;
+    let mut batch: Vec<String> = Vec::new();
+    let mut last_sent = tokio::time::Instant::now() - LINGER;
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        // A quiet log goes out at once; a chatty one at most once per
+        // LINGER (what arrives meanwhile joins the batch). What is already
+        // queued joins without a wait, and a linger with less than SLACK
+        // left is not waited out: a timer that fires a moment later costs
+        // the agent a second wake-up for nothing.
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(_) => break,
+            }
+        }
+        let deadline = last_sent + LINGER;
+        let wait = deadline > tokio::time::Instant::now() + SLACK;
+        while wait && batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(line)) => batch.push(line),
+                // Closed (the rest goes out now) or the linger is over.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        last_sent = tokio::time::Instant::now();
+        {
+            let mut state = outbox.lock();
+            let mut wire = Vec::new();
+            for line in batch.drain(..) {
+                seq += 1;
+                let line = AgentLine { seq, line };
+                if state.stream.is_some() {
+                    encode(&mut wire, &line);
+                }
+                state.unacked.push_back(line);
+            }
+            if let Some(stream) = &state.stream {
+                if stream.send(Bytes::from(wire)).is_err() {
+                    // The connection is gone; deliver resends on the next one.
+                    state.stream = None;
+                }
+            }
+        }
+        outbox.changed.notify_one();
+    }
+    let mut state = outbox.lock();
+    state.closed = true;
+    // Ends the request body: the controller answers with its last
+    // acknowledgement and ends the response.
+    state.stream = None;
+    drop(state);
+    outbox.changed.notify_one();
+}
+
+fn encode(wire: &mut Vec<u8>, line: &AgentLine) {
+    serde_json::to_writer(&mut *wire, line).expect("a log line serialises");
+    wire.push(b'\n');
+}
+
+/// Gets the outbox's lines to the controller until the sink is closed and
+/// every line is acknowledged: over the log stream, reconnecting when it
+/// breaks, or in batches where there is no stream.
+async fn deliver(controller: Controller, outbox: Arc<Outbox>) {
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let body = reqwest::Body::wrap_stream(body_stream(rx));
+        // Everything not yet acknowledged goes first, under the same lock
+        // that hands new batches to this connection.
+        {
+            let mut state = outbox.lock();
+            if state.closed && state.unacked.is_empty() {
+                return;
+            }
+            let mut wire = Vec::new();
+            for line in &state.unacked {
+                encode(&mut wire, line);
+            }
+            if !wire.is_empty() {
+                let _ = tx.send(Bytes::from(wire));
+            }
+            if state.closed {
+                // Nothing more will come: the body ends after the backlog.
+                drop(tx);
+            } else {
+                state.stream = Some(tx);
+            }
+        }
+        let problem = match controller.open_log_stream(body).await {
+            StreamOpen::Open(resp) => {
+                failing_since = None;
+                delay = Duration::from_millis(100);
+                match read_acks(resp, &outbox).await {
+                    Ok(()) => {
+                        let state = outbox.lock();
+                        if state.closed && state.unacked.is_empty() {
+                            return;
+                        }
+                        "the controller ended the log stream".to_string()
+                    }
+                    Err(StreamEnd::Broken(why)) => why,
+                    Err(StreamEnd::Silent) => {
+                        return fall_back(&controller, &outbox, "no acknowledgement came back")
+                            .await
+                    }
+                }
+            }
+            StreamOpen::Unsupported(why) => return fall_back(&controller, &outbox, &why).await,
+            StreamOpen::Refused(why) => {
+                // The task is over for the controller: nothing will be taken.
+                eprintln!("bakery-agent: the controller refused log lines: {why}");
+                let mut state = outbox.lock();
+                state.stream = None;
+                state.unacked.clear();
+                return;
+            }
+            StreamOpen::Failed(why) => why,
+        };
+        outbox.lock().stream = None;
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > controller.patience {
+            // Keep the build going; the result report will say what it can.
+            let mut state = outbox.lock();
+            eprintln!(
+                "bakery-agent: could not send {} log lines: {problem}",
+                state.unacked.len()
+            );
+            state.unacked.clear();
+            failing_since = None;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn body_stream(
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|b| b.map(Ok)))
+}
+
+/// How long lines may wait for an acknowledgement before the connection is
+/// taken for dead (a controller that stopped answering without closing it).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a log stream ended early.
+enum StreamEnd {
+    /// Worth reconnecting.
+    Broken(String),
+    /// Lines went out but nothing ever came back: something between us and
+    /// the controller holds the response.
+    Silent,
+}
+
+/// Drops acknowledged lines until the controller ends the response.
+async fn read_acks(resp: reqwest::Response, outbox: &Outbox) -> Result<(), StreamEnd> {
+    let mut body = resp.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut heard = false;
+    loop {
+        let chunk = match tokio::time::timeout(ACK_TIMEOUT, body.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            // Quiet is fine while there is nothing to acknowledge.
+            Err(_) if outbox.lock().unacked.is_empty() => continue,
+            Err(_) if heard => {
+                return Err(StreamEnd::Broken(format!(
+                    "no acknowledgement within {}s",
+                    ACK_TIMEOUT.as_secs()
+                )))
+            }
+            Err(_) => return Err(StreamEnd::Silent),
+        };
+        heard = true;
+        let chunk = chunk.map_err(|e| StreamEnd::Broken(format!("log stream: {e}")))?;
+        pending.extend_from_slice(&chunk);
+        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let acked = std::str::from_utf8(&pending[..end])
+            .ok()
+            .and_then(|s| s.lines().filter_map(|l| l.trim().parse::<u64>().ok()).max());
+        pending.drain(..=end);
+        if let Some(acked) = acked {
+            let mut state = outbox.lock();
+            while state.unacked.front().is_some_and(|l| l.seq <= acked) {
+                state.unacked.pop_front();
+            }
+        }
+    }
+}
+
+/// One request per batch, answered once saved: for controllers the stream
+/// cannot reach. Batches are what [`gather`] queued since the last one.
+async fn fall_back(controller: &Controller, outbox: &Outbox, why: &str) {
+    outbox.lock().stream = None;
+    eprintln!("bakery-agent: no log stream ({why}); sending lines in batches");
+    loop {
+        let (batch, closed) = {
+            let state = outbox.lock();
+            let batch: Vec<AgentLine> = state.unacked.iter().take(MAX_BATCH).cloned().collect();
+            (batch, state.closed)
+        };
+        if batch.is_empty() {
+            if closed {
+                return;
+            }
+            outbox.changed.notified().await;
+            continue;
+        }
+        if let Err(e) = controller.logs(&batch).await {
+            // The controller is gone or refuses us: keep the build going,
+            // the result report will say what it can.
+            eprintln!("bakery-agent: could not send log lines: {e}");
+        }
+        let mut state = outbox.lock();
+        for _ in 0..batch.len() {
+            state.unacked.pop_front();
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bakery_core::api::{BuildStatus, CreateBuild, LogEvent, TaskRequest};
+use bakery_core::api::{BuildStatus, CreateBuild, TaskRequest};
 use bakery_core::plan::BuildSpec;
 use bakery_core::Arch;
 use clap::Parser;
@@ -32,6 +32,12 @@ struct Args {
     /// Lines per second per agent.
     #[arg(long, default_value_t = 200)]
     rate: u64,
+    /// Seconds over which the builds are created, evenly (0: all at once).
+    /// A fleet of CI jobs does not start in the same millisecond; with a
+    /// ramp, latency is measured on a machine that is not busy starting a
+    /// thousand processes at once.
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
     /// Directory holding bakery-controller and bakery-agent.
     #[arg(long)]
     bin_dir: PathBuf,
@@ -98,23 +104,30 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
         .await?
         .error_for_status()?;
 
+    // Builds are created concurrently (or on a schedule, with --ramp), as a
+    // fleet of CI jobs would: created one after another, each waiting for
+    // its journal commit, the creation itself was the bound of the run.
     let started = Instant::now();
     let mut followers = Vec::new();
     for i in 0..args.builds {
         let request = request(&key, i);
-        let resp = http
-            .post(format!("{base}/v1/builds"))
-            .json(&request)
-            .send()
-            .await?
-            .error_for_status()?;
-        let id = resp.json::<serde_json::Value>().await?["id"]
-            .as_str()
-            .context("build id")?
-            .to_string();
-        let url = format!("{base}/v1/builds/{id}/logs");
         let http = http.clone();
-        followers.push(tokio::spawn(follow(http, url)));
+        let base = base.clone();
+        let at = started + Duration::from_secs_f64(args.ramp * i as f64 / args.builds as f64);
+        followers.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let resp = http
+                .post(format!("{base}/v1/builds"))
+                .json(&request)
+                .send()
+                .await?
+                .error_for_status()?;
+            let id = resp.json::<serde_json::Value>().await?["id"]
+                .as_str()
+                .context("build id")?
+                .to_string();
+            follow(http, format!("{base}/v1/builds/{id}/logs")).await
+        }));
     }
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = {
@@ -136,6 +149,9 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     sampler.abort();
     let peak_kb = vm_hwm_kb(pid).unwrap_or(peak.load(std::sync::atomic::Ordering::Relaxed));
     let controller_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    // The last agents are reaped right after their builds end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agents_cpu = children_cpu_seconds(pid).unwrap_or(0.0);
     let own_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0);
 
     // Exactly once, in order, for every build.
@@ -162,10 +178,11 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
         .collect();
     starts.sort_unstable();
     println!(
-        "builds={} lines/build={} rate/agent={}/s total_lines={} wall={:.1}s",
+        "builds={} lines/build={} rate/agent={}/s ramp={}s total_lines={} wall={:.1}s",
         args.builds,
         args.lines,
         args.rate,
+        args.ramp,
         total,
         wall.as_secs_f64()
     );
@@ -183,8 +200,11 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     );
     println!("  controller peak RSS: {:.1} MB", peak_kb as f64 / 1024.0);
     println!(
-        "  CPU: controller {:.1} s, this load generator (the followers) {:.1} s, over {:.1} s wall on {} cores; the agents had the rest",
+        "  CPU: controller {:.1} s ({:.1} us/line), the {} agents {:.1} s, this load generator (the followers) {:.1} s, over {:.1} s wall on {} cores",
         controller_cpu,
+        controller_cpu * 1e6 / total.max(1) as f64,
+        args.builds,
+        agents_cpu,
         own_cpu,
         wall.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -204,6 +224,17 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// The fields of a `log` event the follower reads, borrowed from the event
+/// (the follower shares the machine with what it measures: it should cost
+/// little).
+#[derive(serde::Deserialize)]
+struct LogLine<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    line: std::borrow::Cow<'a, str>,
+    ms: u64,
+}
+
 async fn follow(http: reqwest::Client, url: String) -> Result<Seen> {
     let mut seen = Seen {
         seqs_ok: true,
@@ -216,7 +247,7 @@ async fn follow(http: reqwest::Client, url: String) -> Result<Seen> {
         let event = event.map_err(|e| anyhow::anyhow!("{e}"))?;
         match event.event.as_str() {
             "log" => {
-                let line: LogEvent = serde_json::from_str(&event.data)?;
+                let line: LogLine = serde_json::from_str(&event.data)?;
                 if line.seq != last_seq + 1 {
                     seen.seqs_ok = false;
                 }
@@ -306,12 +337,25 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
 }
 
 /// utime + stime of a process, in seconds (clock ticks of 1/100 s).
+/// User + system CPU of `pid` itself.
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat_seconds(pid, 11)
+}
+
+/// User + system CPU of `pid`'s children that have exited and been
+/// waited for: the controller's agents, on the local platform.
+fn children_cpu_seconds(pid: u32) -> Option<f64> {
+    stat_seconds(pid, 13)
+}
+
+/// Two consecutive clock-tick fields of /proc/<pid>/stat (counted after
+/// the command name), summed, in seconds.
+fn stat_seconds(pid: u32, first: usize) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    let a: f64 = fields.get(first)?.parse().ok()?;
+    let b: f64 = fields.get(first + 1)?.parse().ok()?;
+    Some((a + b) / 100.0)
 }
 
 fn unix_micros() -> u128 {

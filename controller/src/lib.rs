@@ -5,6 +5,8 @@
 //! * [`config`]: the environment variables it reads.
 //! * [`routes`]: the HTTP API (clients: create, status, follow, cancel;
 //!   agents: spec, context, logs, result).
+//! * [`log_stream`]: an agent's log as one long request, acknowledged as
+//!   it is saved.
 //! * [`state`]: builds, tasks and their logs in memory.
 //! * [`journal`]: the same on disk, so a restart resumes every build.
 //! * [`supervisor`]: one build from launch through timeouts to cleanup.
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod index;
 pub mod journal;
+pub mod log_stream;
 pub mod metrics;
 pub mod oidc;
 pub mod platform;
@@ -238,12 +241,41 @@ async fn forget_old_builds(app: Arc<App>) {
     }
 }
 
+/// Connections the kernel queues for the controller before it accepts them
+/// (capped by `net.core.somaxconn`). tokio's default of 1,024 overflowed
+/// when a thousand builds started at once (each with an agent and a
+/// follower connecting): the kernel dropped the extra SYNs and those
+/// clients waited out TCP's one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` the way `TcpListener::bind` does, with a deeper backlog.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = match candidate {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(candidate)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
 /// Binds `config.listen_addr` and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     // kube and the AWS SDK both use rustls: pick its crypto provider once,
     // or the first TLS client panics on the ambiguity.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let listener = TcpListener::bind(&config.listen_addr)
+    let listener = listen(&config.listen_addr)
         .await
         .map_err(|source| StartError::Listen {
             addr: config.listen_addr.clone(),

@@ -3,6 +3,7 @@
 //! Every failure answers 4xx/5xx with `{"error": "..."}` that says what to
 //! do; no handler panics on input.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/agent/tasks/{task}/spec", get(agent_spec))
         .route("/v1/agent/tasks/{task}/context", get(agent_context))
         .route("/v1/agent/tasks/{task}/logs", post(agent_logs))
+        .route("/v1/agent/tasks/{task}/log-stream", post(agent_log_stream))
         .route("/v1/agent/tasks/{task}/result", post(agent_result))
         .layer(axum::extract::DefaultBodyLimit::max(app.body_limit))
         .with_state(app)
@@ -308,55 +310,88 @@ async fn follow_logs(
         .and_then(|v| v.parse::<u64>().ok())
         .or(query.after)
         .unwrap_or(0);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
-    tokio::spawn(async move {
-        let mut changed = build.subscribe();
-        let mut cursor = after;
-        let mut last_status: Option<BuildStatus> = None;
+    // Produced as the connection reads: no task or channel between the
+    // build and the socket, and a batch of lines is written in one go.
+    let follower = Follower {
+        changed: build.subscribe(),
+        build,
+        cursor: after,
+        last_status: None,
+        queued: VecDeque::new(),
+        finished: false,
+    };
+    let events = stream::unfold(follower, |mut f| async move {
+        f.next().await.map(|e| (Ok::<_, Infallible>(e), f))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// Most lines a follower takes from its build at a time: what a follower
+/// that falls behind holds in memory (a thousand lagging followers of 256
+/// lines each held ~75 MB).
+const FOLLOW_STEP: usize = 64;
+
+/// One client following one build's log.
+struct Follower {
+    build: Arc<Build>,
+    changed: tokio::sync::watch::Receiver<u64>,
+    /// The seq of the last line sent.
+    cursor: u64,
+    last_status: Option<BuildStatus>,
+    /// Events made and not yet taken by the connection.
+    queued: VecDeque<Event>,
+    /// The `end` event is queued: nothing follows it.
+    finished: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Event> {
         loop {
-            let (lines, status, caught_up) = build.snapshot_after(cursor);
-            for line in lines {
-                cursor = line.seq;
-                let event = Event::default()
-                    .event(api::event::LOG)
-                    .id(line.seq.to_string())
-                    .json_data(&line)
-                    .expect("log events serialise");
-                if tx.send(event).await.is_err() {
-                    return;
-                }
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
             }
+            if self.finished {
+                return None;
+            }
+            let (cursor, queued) = (&mut self.cursor, &mut self.queued);
+            let (status, caught_up) = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
+                *cursor = line.seq;
+                queued.push_back(
+                    Event::default()
+                        .event(api::event::LOG)
+                        .id(line.seq.to_string())
+                        .json_data(line)
+                        .expect("log events serialise"),
+                );
+            });
             let terminal = status.state.is_terminal();
             // The end waits for the last lines to be saved (and sent).
             let hold = terminal && !caught_up;
-            if !hold && last_status.as_ref() != Some(&status) {
+            if !hold && self.last_status.as_ref() != Some(&status) {
                 let name = if terminal {
                     api::event::END
                 } else {
                     api::event::STATUS
                 };
-                let event = Event::default()
-                    .event(name)
-                    .json_data(&status)
-                    .expect("status serialises");
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-                last_status = Some(status);
+                self.queued.push_back(
+                    Event::default()
+                        .event(name)
+                        .json_data(&status)
+                        .expect("status serialises"),
+                );
+                self.last_status = Some(status);
             }
             if terminal && !hold {
-                return;
+                self.finished = true;
+                continue;
             }
-            if changed.changed().await.is_err() {
-                return;
+            // Nothing new: wait for saved lines or a status change. (After a
+            // full step the next one is taken as soon as this is sent.)
+            if self.queued.is_empty() && self.changed.changed().await.is_err() {
+                return None;
             }
         }
-    });
-    let events = stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-    );
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    }
 }
 
 async fn head_context(State(app): State<Arc<App>>, Path(key): Path<String>) -> Result<StatusCode> {
@@ -490,11 +525,25 @@ async fn agent_logs(
 ) -> Result<StatusCode> {
     let (build, index) = agent_task(&app, &task, &headers)?;
     let Json(batch) = batch.map_err(|e| Failure::new(e.status(), e.body_text()))?;
-    let added = build.append_agent_lines(index, &batch.lines);
+    let added = build
+        .append_agent_lines(index, &batch.lines)
+        .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "this task has ended"))?;
     app.metrics.log_lines(added);
     // The agent forgets the batch once answered: it must be on disk first.
     durable(&app).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The agent's whole log as one request; see [`crate::log_stream`].
+async fn agent_log_stream(
+    State(app): State<Arc<App>>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let (build, index) = agent_task(&app, &task, &headers)?;
+    let acks = crate::log_stream::serve(app, build, index, body);
+    Ok(([(header::CONTENT_TYPE, "text/plain")], acks).into_response())
 }
 
 async fn agent_result(

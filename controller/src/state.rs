@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bakery_core::api::{
-    now_ms, AgentLine, BuildState, BuildStatus, CreateBuild, LogEvent, TaskState, TaskStatus,
+    now_ms, AgentLine, BuildState, BuildStatus, CreateBuild, LogEventRef, TaskState, TaskStatus,
 };
 use bakery_core::redact::Redactor;
 use bakery_core::Platform;
@@ -57,12 +57,27 @@ pub struct StoredLine {
     ms: u64,
 }
 
+/// What the journal has yet to save of a build ([`Build::to_record`]).
+pub struct Unsaved {
+    /// The build's record, when more than its log changed.
+    pub record: Option<Record>,
+    /// The first seq of the new lines, and the lines as a journal chunk.
+    pub chunk: Option<(u64, Vec<u8>)>,
+    /// How many lines the build holds once this is saved.
+    pub logs_end: usize,
+}
+
 /// One build: shared by the API handlers, its supervisor and its followers.
 #[derive(Debug)]
 pub struct Build {
     pub id: String,
     inner: Mutex<Inner>,
+    /// Anything a follower shows changed: saved lines, the status.
     changed: watch::Sender<u64>,
+    /// The build's or a task's state changed (not its log): what the
+    /// supervisor acts on. Kept apart so that a chatty build's lines do not
+    /// wake its supervisor dozens of times a second.
+    state_changed: watch::Sender<u64>,
     /// Where changes are announced to the journal writer, if there is one.
     journal: Option<Arc<journal::Signal>>,
     /// Changed since the journal last saved it.
@@ -132,6 +147,7 @@ impl Build {
                 redactor,
             }),
             changed: watch::channel(0).0,
+            state_changed: watch::channel(0).0,
             journal,
             dirty: AtomicBool::new(true),
             meta_dirty: AtomicBool::new(true),
@@ -188,6 +204,7 @@ impl Build {
                 redactor,
             }),
             changed: watch::channel(0).0,
+            state_changed: watch::channel(0).0,
             journal,
             dirty: AtomicBool::new(false),
             meta_dirty: AtomicBool::new(false),
@@ -195,16 +212,28 @@ impl Build {
         }
     }
 
-    /// What the journal saves: the record (if it changed), the lines from
-    /// `from` on, and each task's agent seq as of those lines.
-    pub fn to_record(&self, from: usize) -> (Option<Record>, Vec<LogEvent>, Vec<u64>) {
+    /// What the journal saves: the record (if it changed), and the lines
+    /// from `from` on as a chunk (its first seq and its JSON, with each
+    /// task's agent seq as of those lines), serialised straight from the
+    /// log. Also how many lines the build holds once that is saved.
+    pub fn to_record(&self, from: usize) -> Result<Unsaved, serde_json::Error> {
         let meta = self.meta_dirty.swap(false, Ordering::SeqCst);
         let inner = self.lock();
-        let agent_seqs = inner.runtime.iter().map(|rt| rt.agent_seq).collect();
-        let from = from.min(inner.logs.len());
-        let lines = inner.events(from, inner.logs.len());
+        let end = inner.logs.len();
+        let from = from.min(end);
+        let chunk = if from < end {
+            let agent_seqs: Vec<u64> = inner.runtime.iter().map(|rt| rt.agent_seq).collect();
+            let json = journal::encode_chunk(&agent_seqs, inner.events(from, end))?;
+            Some((from as u64 + 1, json))
+        } else {
+            None
+        };
         if !meta {
-            return (None, lines, agent_seqs);
+            return Ok(Unsaved {
+                record: None,
+                chunk,
+                logs_end: end,
+            });
         }
         let tasks = inner
             .runtime
@@ -223,7 +252,11 @@ impl Build {
             tasks,
             cancel_requested: inner.cancel_requested,
         };
-        (Some(record), lines, agent_seqs)
+        Ok(Unsaved {
+            record: Some(record),
+            chunk,
+            logs_end: end,
+        })
     }
 
     pub fn take_dirty(&self) -> bool {
@@ -265,17 +298,28 @@ impl Build {
     pub fn touch(&self) {
         self.mark_dirty();
         self.changed.send_modify(|v| *v += 1);
+        self.state_changed.send_modify(|v| *v += 1);
     }
 
     /// Like [`Build::touch`] when only lines were added: the journal appends
-    /// them (with the agents' seqs) without rewriting the record.
+    /// them (with the agents' seqs) without rewriting the record. With a
+    /// journal, followers are woken once the lines are saved
+    /// ([`Build::set_persisted`]), since they are shown saved lines only.
     pub fn touch_log(&self) {
         self.mark_log_dirty();
-        self.changed.send_modify(|v| *v += 1);
+        if self.journal.is_none() {
+            self.changed.send_modify(|v| *v += 1);
+        }
     }
 
+    /// Wakes on new saved lines and on status changes: for followers.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Wakes on state changes only: for the supervisor.
+    pub fn subscribe_state(&self) -> watch::Receiver<u64> {
+        self.state_changed.subscribe()
     }
 
     pub fn status(&self) -> BuildStatus {
@@ -286,19 +330,25 @@ impl Build {
     /// journal, only lines already on disk: a line a follower has seen must
     /// keep its seq through a crash, or a resumed follower would see it
     /// twice (the agent resends what was not saved, under new seqs).
+    /// At most `max` lines, each handed to `each` under the lock (nothing
+    /// is copied): a follower that is behind catches up in steps, and holds
+    /// one step's events, not the whole backlog, at a time.
     /// The flag says whether these are all the lines there are.
-    pub fn snapshot_after(&self, seq: u64) -> (Vec<LogEvent>, BuildStatus, bool) {
+    pub fn snapshot_after(
+        &self,
+        seq: u64,
+        max: usize,
+        each: impl FnMut(LogEventRef<'_>),
+    ) -> (BuildStatus, bool) {
         let inner = self.lock();
         let visible = match self.journal {
             Some(_) => self.persisted().min(inner.logs.len()),
             None => inner.logs.len(),
         };
         let start = (seq as usize).min(visible);
-        (
-            inner.events(start, visible),
-            inner.status.clone(),
-            visible == inner.logs.len(),
-        )
+        let end = visible.min(start.saturating_add(max));
+        inner.events(start, end).for_each(each);
+        (inner.status.clone(), end == inner.logs.len())
     }
 
     /// Appends a line on behalf of task `index`, redacted.
@@ -313,11 +363,15 @@ impl Build {
     }
 
     /// Appends an agent's batch, skipping lines already received.
-    /// Returns how many lines were new (a retried batch repeats some).
-    pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) -> usize {
+    /// Returns how many lines were new (a retried batch repeats some), or
+    /// `None` once the task has ended: a finished task's agent has no say.
+    pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) -> Option<usize> {
         let mut added = 0;
         {
             let mut inner = self.lock();
+            if inner.status.tasks[index].state.is_terminal() {
+                return None;
+            }
             for l in lines {
                 if l.seq <= inner.runtime[index].agent_seq {
                     continue;
@@ -327,8 +381,10 @@ impl Build {
                 added += 1;
             }
         }
-        self.touch_log();
-        added
+        if added > 0 {
+            self.touch_log();
+        }
+        Some(added)
     }
 }
 
@@ -361,21 +417,17 @@ impl Inner {
 
     /// Lines `from..to` (0-based positions) as followers and the journal
     /// receive them.
-    pub fn events(&self, from: usize, to: usize) -> Vec<LogEvent> {
-        self.logs[from..to]
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let task = &self.status.tasks[l.task as usize];
-                LogEvent {
-                    seq: (from + i) as u64 + 1,
-                    task: task.id.clone(),
-                    arch: task.arch,
-                    line: l.line.to_string(),
-                    ms: l.ms,
-                }
-            })
-            .collect()
+    pub fn events(&self, from: usize, to: usize) -> impl Iterator<Item = LogEventRef<'_>> {
+        self.logs[from..to].iter().enumerate().map(move |(i, l)| {
+            let task = &self.status.tasks[l.task as usize];
+            LogEventRef {
+                seq: (from + i) as u64 + 1,
+                task: &task.id,
+                arch: task.arch,
+                line: &l.line,
+                ms: l.ms,
+            }
+        })
     }
 
     /// Moves a task to a terminal state, once.

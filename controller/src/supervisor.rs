@@ -74,7 +74,7 @@ async fn reattach(app: &App, build: &Build) {
 
 /// Watches a launched build to its end, then cleans up and writes the index.
 async fn supervise(app: Arc<App>, build: Arc<Build>) {
-    let mut changed = build.subscribe();
+    let mut changed = build.subscribe_state();
     loop {
         if evaluate(&app, &build) {
             break;
@@ -195,7 +195,7 @@ async fn wait_for_slot(
         index,
         &format!("queued: every agent slot on {platform} is taken (MAX_CONCURRENT_AGENTS); waiting for one"),
     );
-    let mut changed = build.subscribe();
+    let mut changed = build.subscribe_state();
     loop {
         {
             // Cancelled, or an arch already failed: nothing to wait for.

@@ -418,6 +418,155 @@ sleep 300"#,
     assert!(no_agents_left(&h.data()));
 }
 
+/// One line of a log stream body.
+fn stream_line(seq: u64, line: &str) -> String {
+    format!("{}\n", json!({"seq": seq, "line": line}))
+}
+
+/// Opens a log stream whose body is fed through the returned sender.
+async fn open_log_stream(
+    h: &Harness,
+    task: &str,
+    token: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<String>,
+    reqwest::Response,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|s| s.map(Ok::<_, std::io::Error>))
+    });
+    let resp = h
+        .http
+        .post(h.url(&format!("/v1/agent/tasks/{task}/log-stream")))
+        .bearer_auth(token)
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("the controller answers before the body ends")
+        .unwrap();
+    (tx, resp)
+}
+
+#[tokio::test]
+async fn the_log_stream_acknowledges_saved_lines_and_drops_resent_ones() {
+    use futures_util::StreamExt;
+    let h = Harness::new(
+        &curl_agent(r#"echo "$BAKERY_TASK_TOKEN" > "$BAKERY_WORK_DIR.token"; sleep 300"#),
+        &[],
+    )
+    .await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let task = format!("{id}-amd64");
+    let token_file = h.dir.path().join("data/work").join(format!("{task}.token"));
+    let start = Instant::now();
+    let token = loop {
+        match std::fs::read_to_string(&token_file) {
+            Ok(t) if t.ends_with('\n') => break t.trim().to_string(),
+            _ => {
+                assert!(start.elapsed() < Duration::from_secs(10));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let wrong = h
+        .http
+        .post(h.url(&format!("/v1/agent/tasks/{task}/log-stream")))
+        .bearer_auth("0".repeat(64))
+        .body(stream_line(1, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    // Acknowledged while the body is still open (the stream is full
+    // duplex), with a line split across two writes.
+    let (body, resp) = open_log_stream(&h, &task, &token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut acks = resp.bytes_stream();
+    let two = format!("{}{}", stream_line(1, "one"), stream_line(2, "two"));
+    body.send(two).unwrap();
+    let split = stream_line(3, "three with top-secret-pw");
+    body.send(split[..10].to_string()).unwrap();
+    body.send(split[10..].to_string()).unwrap();
+    // Lines 1-2 may be acknowledged on their own first; 3 follows.
+    let mut heard = String::new();
+    while !heard.ends_with("3\n") {
+        let ack = tokio::time::timeout(Duration::from_secs(5), acks.next())
+            .await
+            .expect("acknowledgements while the body is open")
+            .unwrap()
+            .unwrap();
+        heard.push_str(std::str::from_utf8(&ack).unwrap());
+        assert!(heard == "2\n" || heard.ends_with("3\n"), "{heard}");
+    }
+
+    // A resent line is dropped; the end of the body brings the last
+    // acknowledgement and the end of the response.
+    body.send(format!(
+        "{}{}",
+        stream_line(3, "resent"),
+        stream_line(4, "four")
+    ))
+    .unwrap();
+    drop(body);
+    let mut rest = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), acks.next())
+        .await
+        .expect("the response ends after the body")
+    {
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert_eq!(rest.lines().last(), Some("4"), "{rest}");
+
+    // A new stream (as after a broken connection) resends from 4.
+    let (body, resp) = open_log_stream(&h, &task, &token).await;
+    body.send(format!(
+        "{}{}",
+        stream_line(4, "four again"),
+        stream_line(5, "five")
+    ))
+    .unwrap();
+    drop(body);
+    let acked = resp.text().await.unwrap();
+    assert_eq!(acked.lines().last(), Some("5"), "{acked}");
+
+    // Once the task has ended, the stream is refused.
+    assert_eq!(h.cancel(&id).await, StatusCode::ACCEPTED);
+    let status = h.wait_end(&id, Duration::from_secs(10)).await;
+    assert_eq!(status.state, BuildState::Cancelled);
+    let after = h
+        .http
+        .post(h.url(&format!("/v1/agent/tasks/{task}/log-stream")))
+        .bearer_auth(&token)
+        .body(stream_line(6, "late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+
+    // Each line once, in order, redacted; the resent and late ones nowhere.
+    let text = h.log_text(&id).await;
+    let streamed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["line"].as_str().map(String::from))
+        .skip_while(|l| l != "agent started")
+        .skip(1)
+        .take_while(|l| l != "cancelled")
+        .collect();
+    assert_eq!(
+        streamed,
+        ["one", "two", "three with ***", "four", "five"],
+        "{text}"
+    );
+    assert!(!text.contains("top-secret-pw"));
+}
+
 #[tokio::test]
 async fn shutdown_stops_every_agent() {
     let h = Harness::new(&curl_agent("sleep 300"), &[]).await;

@@ -153,6 +153,18 @@ pub struct LogEvent {
     pub ms: u64,
 }
 
+/// A [`LogEvent`] borrowed from where the controller keeps the line: the
+/// same JSON, without copying the line and the task id for every reader
+/// (the journal and each follower) of every line.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LogEventRef<'a> {
+    pub seq: u64,
+    pub task: &'a str,
+    pub arch: Arch,
+    pub line: &'a str,
+    pub ms: u64,
+}
+
 /// Names of the server-sent events of `GET /v1/builds/{id}/logs`.
 pub mod event {
     /// A [`super::LogEvent`]; its SSE id is the seq.
@@ -240,4 +252,30 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_log_event_is_the_same_json() {
+        let owned = LogEvent {
+            seq: 7,
+            task: "b1-arm64".into(),
+            arch: Arch::Arm64,
+            line: "step \"1\"\tdone".into(),
+            ms: 1_700_000_000_000,
+        };
+        let borrowed = LogEventRef {
+            seq: owned.seq,
+            task: &owned.task,
+            arch: owned.arch,
+            line: &owned.line,
+            ms: owned.ms,
+        };
+        let json = serde_json::to_string(&borrowed).unwrap();
+        assert_eq!(json, serde_json::to_string(&owned).unwrap());
+        assert_eq!(serde_json::from_str::<LogEvent>(&json).unwrap(), owned);
+    }
 }
