@@ -370,6 +370,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     app.spawn(forget_old_builds(Arc::clone(&app)));
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
     let router = routes::router(Arc::clone(&app));
+    // Small writes go out at once: with Nagle's algorithm a response whose
+    // body follows its head in a second write (a streamed context, an SSE
+    // event) waited for the client's delayed ACK, 40 ms on Linux.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
