@@ -35,6 +35,14 @@ pub enum StreamOpen {
     Failed(String),
 }
 
+/// What the controller said when it refused a call (its `{"error": ...}`).
+async fn refusal(resp: reqwest::Response) -> String {
+    resp.json::<ApiError>()
+        .await
+        .map(|e| e.error)
+        .unwrap_or_else(|_| "no details".into())
+}
+
 #[derive(Clone)]
 pub struct Controller {
     http: Client,
@@ -88,11 +96,7 @@ impl Controller {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status().is_client_error() => {
                     let status = resp.status();
-                    let message = resp
-                        .json::<ApiError>()
-                        .await
-                        .map(|e| e.error)
-                        .unwrap_or_else(|_| "no details".into());
+                    let message = refusal(resp).await;
                     return Err(ControllerError::Refused {
                         what,
                         status,
@@ -165,14 +169,10 @@ impl Controller {
             {
                 StreamOpen::Unsupported(format!("HTTP {}", resp.status()))
             }
-            Ok(Ok(resp)) if resp.status().is_client_error() => StreamOpen::Refused(format!(
-                "HTTP {}: {}",
-                resp.status(),
-                resp.json::<ApiError>()
-                    .await
-                    .map(|e| e.error)
-                    .unwrap_or_else(|_| "no details".into())
-            )),
+            Ok(Ok(resp)) if resp.status().is_client_error() => {
+                let status = resp.status();
+                StreamOpen::Refused(format!("HTTP {status}: {}", refusal(resp).await))
+            }
             Ok(Ok(resp)) => StreamOpen::Failed(format!("HTTP {}", resp.status())),
         }
     }

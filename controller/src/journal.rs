@@ -26,6 +26,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
+use crate::state::{Build, Registry};
+
 /// The journal's page cache (see [`Journal::open`]).
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
 
@@ -35,8 +37,6 @@ const JOURNAL_CACHE_BYTES: usize = 16 << 20;
 /// than on the lines. A waiter (an agent's acknowledgement, a follower)
 /// sees at most this much more delay.
 const COMMIT_GAP: Duration = Duration::from_millis(10);
-
-use crate::state::{Build, Registry};
 
 /// Build id → [`Record`] as JSON.
 const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
