@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use bakery_controller::index::{write_index, RetryPolicy};
+use bakery_controller::index::{registry_client, write_index, RetryPolicy};
 use bakery_core::Arch;
 use support::*;
 
@@ -39,10 +39,10 @@ async fn the_index_write_rides_out_a_registry_restart() {
     });
     let destination = format!("127.0.0.1:{port}/bakery/busybox:multi");
     let result = write_index(
+        &registry_client(&destination, &[]),
         &destination,
         &[],
         &[(Arch::Amd64, digest.clone())],
-        &[],
         &[],
         RetryPolicy {
             attempts: 8,
@@ -60,10 +60,10 @@ async fn the_index_write_rides_out_a_registry_restart() {
 async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
     let port = free_port();
     let error = write_index(
+        &registry_client(&format!("127.0.0.1:{port}/app/x:1"), &[]),
         &format!("127.0.0.1:{port}/app/x:1"),
         &[],
         &[(Arch::Amd64, format!("sha256:{}", "a".repeat(64)))],
-        &[],
         &[],
         RetryPolicy {
             attempts: 3,
@@ -85,10 +85,10 @@ async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
 async fn a_missing_manifest_is_not_retried() {
     let registry = registry();
     let error = write_index(
+        &registry_client(&format!("{}/app/x:1", registry.host()), &[]),
         &format!("{}/app/x:1", registry.host()),
         &[],
         &[(Arch::Arm64, format!("sha256:{}", "b".repeat(64)))],
-        &[],
         &[],
         RetryPolicy::default(),
     )

@@ -98,9 +98,14 @@ pub async fn run(cfg: AgentConfig) -> bool {
         }
     };
     shipper.finish(log).await;
-    let _ = std::fs::remove_dir_all(&cfg.work_dir);
     let ok = matches!(result, AgentResult::Succeeded { .. });
-    if let Err(e) = controller.result(&result).await {
+    let reported = controller.result(&result).await;
+    // After the report, not before: the build's end waits for the report
+    // only, and a builder's storage can take seconds to delete. The local
+    // platform deletes the work dir too once the agent is gone (it may be
+    // stopped on the way); on ECS and Kubernetes it goes with the task.
+    let _ = std::fs::remove_dir_all(&cfg.work_dir);
+    if let Err(e) = reported {
         eprintln!("bakery-agent: could not report the result: {e}");
         return false;
     }

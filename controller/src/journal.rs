@@ -17,7 +17,7 @@
 //! row per line: a busy controller commits thousands of lines at a time.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +31,21 @@ use crate::state::{Build, Registry};
 /// The journal's page cache (see [`Journal::open`]).
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
 
-/// Least time between the starts of two commits. Each commit costs an
-/// fsync and a B-tree update per dirty build whatever it holds; under many
-/// chatty builds, committing as fast as the disk allows spent more on that
-/// than on the lines. A waiter (an agent's acknowledgement, a follower)
-/// sees at most this much more delay.
+/// Least time between the starts of two commits of log lines. Each commit
+/// costs an fsync and a B-tree update per dirty build whatever it holds;
+/// under many chatty builds, committing as fast as the disk allows spent
+/// more on that than on the lines. A follower or an agent's paced
+/// acknowledgement sees at most this much more delay.
+///
+/// A change someone is waiting on (a new build, a check-in, a result, a
+/// cancel, a build's end, an agent's last lines) skips the gap
+/// ([`Signal::wake_urgent`]) while the controller is quiet, which is when
+/// the last commit carried one build's changes: a build waits for four of
+/// them in a row, and a 10 ms gap before each was a third of what bakery
+/// added to a one-arch build (bench/RESULTS.md, row 2). Under load every
+/// commit carries many builds and the gap holds for all: skipping it there
+/// doubled the commits at 1,000 builds for no one's benefit (the gap is
+/// what a waiter sees at most anyway).
 const COMMIT_GAP: Duration = Duration::from_millis(10);
 
 /// Build id → [`Record`] as JSON.
@@ -106,12 +116,23 @@ pub struct Restored {
 #[derive(Debug)]
 pub struct Signal {
     wake: Notify,
+    /// Cuts the writer's gap short.
+    hurry: Notify,
+    urgent: AtomicBool,
     requested: AtomicU64,
     committed: watch::Sender<u64>,
 }
 
 impl Signal {
+    /// New lines: saved at the next paced commit.
     pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A change someone waits for: saved at once.
+    pub fn wake_urgent(&self) {
+        self.urgent.store(true, Ordering::SeqCst);
+        self.hurry.notify_one();
         self.wake.notify_one();
     }
 }
@@ -152,6 +173,8 @@ impl Journal {
             db: Arc::new(db),
             signal: Arc::new(Signal {
                 wake: Notify::new(),
+                hurry: Notify::new(),
+                urgent: AtomicBool::new(false),
                 requested: AtomicU64::new(0),
                 committed: watch::channel(0).0,
             }),
@@ -192,10 +215,25 @@ impl Journal {
         Ok(out)
     }
 
-    /// Waits until every change made before this call is on disk.
+    /// Waits until every change made before this call is on disk, which
+    /// is at once: someone is waiting.
     pub async fn flush(&self) -> Result<(), JournalError> {
+        self.flush_when(true).await
+    }
+
+    /// Like [`Journal::flush`], at the next paced commit: for waiters that
+    /// do not hold anything up (an agent's periodic acknowledgement).
+    pub async fn flush_paced(&self) -> Result<(), JournalError> {
+        self.flush_when(false).await
+    }
+
+    async fn flush_when(&self, urgent: bool) -> Result<(), JournalError> {
         let mine = self.signal.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        self.signal.wake();
+        if urgent {
+            self.signal.wake_urgent();
+        } else {
+            self.signal.wake();
+        }
         let mut committed = self.signal.committed.subscribe();
         let reached = tokio::time::timeout(FLUSH_TIMEOUT, committed.wait_for(|c| *c >= mine))
             .await
@@ -248,15 +286,30 @@ impl Journal {
     /// (and time out into a 503) rather than being told a lie.
     pub async fn run_writer(self: Arc<Self>, registry: Arc<Registry>) {
         let mut last = tokio::time::Instant::now() - COMMIT_GAP;
+        let mut busy = false;
         loop {
             self.signal.wake.notified().await;
-            // What arrives within the gap joins this commit.
-            tokio::time::sleep_until(last + COMMIT_GAP).await;
+            if busy || !self.signal.urgent.load(Ordering::SeqCst) {
+                // What arrives within the gap joins this commit.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + COMMIT_GAP) => {}
+                    _ = self.signal.hurry.notified(), if !busy => {}
+                }
+            }
+            // Cleared before the commit: what is marked urgent from here on
+            // may not be in it, and gets a commit of its own.
+            self.signal.urgent.store(false, Ordering::SeqCst);
             last = tokio::time::Instant::now();
             loop {
                 let target = self.signal.requested.load(Ordering::SeqCst);
                 match self.commit_dirty(&registry).await {
-                    Ok(()) => {
+                    Ok(builds) => {
+                        // A flush with nothing left to save says nothing
+                        // about the load (1,000 agents' acknowledgers ask
+                        // ~1,000 times a second, mostly for saved lines).
+                        if builds > 0 {
+                            busy = builds > 1;
+                        }
                         self.signal.committed.send_replace(target);
                         break;
                     }
@@ -269,7 +322,8 @@ impl Journal {
         }
     }
 
-    async fn commit_dirty(&self, registry: &Registry) -> Result<(), JournalError> {
+    /// Returns how many builds the commit carried.
+    async fn commit_dirty(&self, registry: &Registry) -> Result<usize, JournalError> {
         let mut batch: Vec<Pending> = Vec::new();
         for build in registry.all() {
             if let Some(p) = Pending::take(&build)? {
@@ -277,7 +331,7 @@ impl Journal {
             }
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let builds: Vec<Arc<Build>> = batch.iter().map(|p| Arc::clone(&p.build)).collect();
         let db = Arc::clone(&self.db);
@@ -301,10 +355,11 @@ impl Journal {
         .await;
         let error = match written {
             Ok(Ok(batch)) => {
+                let carried = batch.len();
                 for p in batch {
                     p.build.set_persisted(p.logs_end);
                 }
-                return Ok(());
+                return Ok(carried);
             }
             Ok(Err(e)) => JournalError::Db(e),
             Err(join) => JournalError::Db(redb::Error::Io(std::io::Error::other(join))),

@@ -158,7 +158,14 @@ async fn acknowledge(
         }
         let now = *seen.borrow_and_update();
         if now.seq > acked {
-            if let Err(e) = app.journal.flush().await {
+            // The last acknowledgement is what the agent waits for before it
+            // reports; the others hold nothing up.
+            let saved = if now.ended {
+                app.journal.flush().await
+            } else {
+                app.journal.flush_paced().await
+            };
+            if let Err(e) = saved {
                 // Unacknowledged lines are resent by the agent.
                 tracing::warn!("agent log stream: {e}");
                 return;

@@ -159,10 +159,11 @@ impl Failure {
 /// acknowledges must survive a controller crash. 503 otherwise, which
 /// agents and clients retry.
 async fn durable(app: &App) -> Result<()> {
-    app.journal
-        .flush()
-        .await
-        .map_err(|e| Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    app.journal.flush().await.map_err(unavailable)
+}
+
+fn unavailable(e: crate::journal::JournalError) -> Failure {
+    Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 impl IntoResponse for Failure {
@@ -529,8 +530,9 @@ async fn agent_logs(
         .append_agent_lines(index, &batch.lines)
         .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "this task has ended"))?;
     app.metrics.log_lines(added);
-    // The agent forgets the batch once answered: it must be on disk first.
-    durable(&app).await?;
+    // The agent forgets the batch once answered: it must be on disk first
+    // (at the next paced commit, as lines on the log stream are).
+    app.journal.flush_paced().await.map_err(unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -263,13 +263,17 @@ impl Build {
         self.dirty.swap(false, Ordering::SeqCst)
     }
 
-    /// Has the journal rewrite the whole record at its next commit.
+    /// Has the journal rewrite the whole record, at once: a state change
+    /// is what clients, agents and supervisors wait for.
     pub fn mark_dirty(&self) {
         self.meta_dirty.store(true, Ordering::SeqCst);
-        self.mark_log_dirty();
+        self.dirty.store(true, Ordering::SeqCst);
+        if let Some(j) = &self.journal {
+            j.wake_urgent();
+        }
     }
 
-    /// Has the journal append the new lines at its next commit.
+    /// Has the journal append the new lines at its next paced commit.
     fn mark_log_dirty(&self) {
         self.dirty.store(true, Ordering::SeqCst);
         if let Some(j) = &self.journal {

@@ -74,6 +74,7 @@ async fn reattach(app: &App, build: &Build) {
 
 /// Watches a launched build to its end, then cleans up and writes the index.
 async fn supervise(app: Arc<App>, build: Arc<Build>) {
+    let index_client = prepare_index_client(&app, &build);
     let mut changed = build.subscribe_state();
     loop {
         if evaluate(&app, &build) {
@@ -89,7 +90,10 @@ async fn supervise(app: Arc<App>, build: Arc<Build>) {
     // done only once both are over, so "succeeded" still means "nothing left
     // running".
     if build.status().state == BuildState::Indexing {
-        let (pushed, ()) = tokio::join!(push_index(&app, &build), stop_all(&app, &build));
+        let (pushed, ()) = tokio::join!(
+            push_index(&app, &build, index_client),
+            stop_all(&app, &build)
+        );
         if let Some(pushed) = pushed {
             record_index(&build, pushed);
         }
@@ -346,10 +350,25 @@ async fn stop_all(app: &App, build: &Build) {
     }
 }
 
+/// Starts making the registry client for the build's index on a blocking
+/// thread, so that it is ready by the time the agents have pushed (see
+/// [`crate::index::registry_client`]). `None` when the build has no destination.
+fn prepare_index_client(
+    app: &App,
+    build: &Build,
+) -> Option<tokio::task::JoinHandle<oci_client::Client>> {
+    let destination = build.lock().request.destination.clone()?;
+    let insecure = app.config.insecure_registries();
+    Some(tokio::task::spawn_blocking(move || {
+        crate::index::registry_client(&destination, &insecure)
+    }))
+}
+
 /// Pushes the multi-arch index; `None` when the build has no destination.
 async fn push_index(
     app: &App,
     build: &Build,
+    client: Option<tokio::task::JoinHandle<oci_client::Client>>,
 ) -> Option<(
     String,
     Vec<String>,
@@ -378,15 +397,24 @@ async fn push_index(
     };
     let destination = destination?;
     build.log(0, &format!("writing the multi-arch index {destination}"));
-    let result = crate::index::write_index(
-        &destination,
-        &tags,
-        &entries,
-        &credentials,
-        &app.config.insecure_registries(),
-        crate::index::RetryPolicy::default(),
-    )
-    .await;
+    let client = match client {
+        Some(made) => made.await,
+        None => prepare_index_client(app, build)?.await,
+    };
+    let result = match client {
+        Ok(client) => {
+            crate::index::write_index(
+                &client,
+                &destination,
+                &tags,
+                &entries,
+                &credentials,
+                crate::index::RetryPolicy::default(),
+            )
+            .await
+        }
+        Err(e) => Err(crate::index::IndexError::Client(e.to_string())),
+    };
     Some((destination, tags, result))
 }
 

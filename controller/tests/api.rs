@@ -593,6 +593,58 @@ async fn shutdown_stops_every_agent() {
     let _ = Path::new(&h.data());
 }
 
+/// The agent no longer deletes its work dir before it reports (that held up
+/// every build's end): the local platform deletes it once the agent is
+/// stopped, whether it finished, was cancelled or was killed mid-build.
+#[tokio::test]
+async fn a_stopped_agents_work_dir_is_deleted() {
+    let h = Harness::new(
+        &curl_agent(
+            r#"mkdir -p "$BAKERY_WORK_DIR/storage/vfs" && echo layer > "$BAKERY_WORK_DIR/storage/vfs/blob"
+echo '{}' > "$BAKERY_WORK_DIR/config.json"
+sleep 300"#,
+        ),
+        &[],
+    )
+    .await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let task = format!("{id}-amd64");
+    let work = h.dir.path().join("data/work").join(&task);
+    let start = Instant::now();
+    while !work.join("config.json").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the agent never wrote"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.cancel(&id).await, StatusCode::ACCEPTED);
+    assert_eq!(
+        h.wait_end(&id, Duration::from_secs(10)).await.state,
+        BuildState::Cancelled
+    );
+    // Deleted in the background, after the build's end.
+    let start = Instant::now();
+    while work.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} is still there",
+            work.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        h.dir
+            .path()
+            .join("data/work")
+            .join(format!("{task}.log"))
+            .exists(),
+        "the agent's own log stays for a post-mortem"
+    );
+    assert!(no_agents_left(&h.data()));
+}
+
 #[tokio::test]
 async fn client_endpoints_need_the_controller_token_when_one_is_set() {
     let token = "t0k3n-with-enough-entropy-123456";

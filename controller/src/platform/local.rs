@@ -6,26 +6,38 @@
 //! (it keeps retrying until the controller is back), and a pipe to a dead
 //! parent would break its first write. Its handle is `pid <pgid>`, which a
 //! restarted controller adopts after checking, in /proc, that the process
-//! is still that task's agent. Both arches run here: arm64 builds without emulation
+//! is still that task's agent. Once an agent is stopped, its work dir (the
+//! context, the builder's storage, the registry credentials) is deleted in
+//! the background. Both arches run here: arm64 builds without emulation
 //! can only do COPY-style steps (see the README), which is what the remote
 //! platforms are for.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
+use tokio::sync::watch;
 
 use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
 use bakery_core::api::agent_env;
 
-/// An agent's process group, and whether the agent (the group's leader) has exited.
-type Agent = (i32, Arc<AtomicBool>);
+/// One agent as stop() needs it.
+struct Agent {
+    /// Its process group (the agent leads it).
+    group: i32,
+    /// Turns true when the agent itself has exited.
+    exited: watch::Receiver<bool>,
+    work: PathBuf,
+}
+
+/// How long a stopped agent gets to exit after SIGTERM before its group is
+/// killed. One that has reported is usually gone within milliseconds.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How often an adopted agent (not our child: no wait()) is looked at.
 const ADOPTED_POLL: Duration = Duration::from_millis(250);
@@ -95,11 +107,15 @@ impl AgentPlatform for LocalPlatform {
             as i32;
         let handle = format!("pid {pid}");
         tracing::debug!(task = %launch.task_id, log = %log_path.display(), "agent started as {handle}");
-        let exited = Arc::new(AtomicBool::new(false));
-        self.running
-            .lock()
-            .expect("lock")
-            .insert(handle.clone(), (pid, Arc::clone(&exited)));
+        let (exited, exited_rx) = watch::channel(false);
+        self.running.lock().expect("lock").insert(
+            handle.clone(),
+            Agent {
+                group: pid,
+                exited: exited_rx,
+                work,
+            },
+        );
 
         let exits = self.exits.clone();
         let task_id = launch.task_id.clone();
@@ -107,7 +123,7 @@ impl AgentPlatform for LocalPlatform {
         // outlive it (an agent killed mid-build), and stop() ends the group.
         tokio::spawn(async move {
             let status = child.wait().await;
-            exited.store(true, Ordering::SeqCst);
+            exited.send_replace(true);
             let (success, reason) = match status {
                 Ok(s) if s.success() => (true, "agent exited with code 0".to_string()),
                 Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
@@ -142,18 +158,22 @@ impl AgentPlatform for LocalPlatform {
             gone("the agent ended while the controller was down");
             return Ok(());
         }
-        let exited = Arc::new(AtomicBool::new(false));
-        self.running
-            .lock()
-            .expect("lock")
-            .insert(handle.to_string(), (pid, Arc::clone(&exited)));
+        let (exited, exited_rx) = watch::channel(false);
+        self.running.lock().expect("lock").insert(
+            handle.to_string(),
+            Agent {
+                group: pid,
+                exited: exited_rx,
+                work: self.work_root.join(task_id),
+            },
+        );
         let exits = self.exits.clone();
         let task_id = task_id.to_string();
         tokio::spawn(async move {
             while is_agent_of(pid, &task_id) {
                 tokio::time::sleep(ADOPTED_POLL).await;
             }
-            exited.store(true, Ordering::SeqCst);
+            exited.send_replace(true);
             let _ = exits.send(Exited {
                 task_id,
                 reason: "the agent exited (its exit code is unknown: it was adopted after a controller restart)".into(),
@@ -164,28 +184,31 @@ impl AgentPlatform for LocalPlatform {
     }
 
     async fn stop(&self, handle: &str) -> Result<(), PlatformError> {
-        let Some((pgid, exited)) = self.running.lock().expect("lock").remove(handle) else {
+        let Some(mut agent) = self.running.lock().expect("lock").remove(handle) else {
             return Ok(());
         };
-        let group = Pid::from_raw(pgid);
-        if !exited.load(Ordering::SeqCst) {
-            // Ask the agent to stop, and give it a moment to do so.
+        let group = Pid::from_raw(agent.group);
+        if !*agent.exited.borrow() {
+            // Ask the agent to stop, and give it a moment to do so (one
+            // that has reported is already on its way out).
             let _ = killpg(group, Signal::SIGTERM);
-            // Usually the agent is already on its way out (it has
-            // reported): look often, so the build's end is not held up.
-            for _ in 0..500 {
-                if exited.load(Ordering::SeqCst) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let _ = tokio::time::timeout(STOP_GRACE, agent.exited.wait_for(|gone| *gone)).await;
         }
         // Whatever is left of its group (a builder the agent left behind,
         // or the agent itself if it would not stop) is killed.
-        match killpg(group, Signal::SIGKILL) {
+        let killed = match killpg(group, Signal::SIGKILL) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(PlatformError::Stop(e.to_string())),
-        }
+        };
+        // Nothing writes to the work dir any more. The build's end does not
+        // wait for it to go: a builder's storage can take seconds to delete.
+        let work = agent.work;
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&work) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("could not delete {}: {e}", work.display()),
+        });
+        killed
     }
 }
 
