@@ -60,6 +60,20 @@ impl LocalPlatform {
         }
     }
 
+    /// Keeps an agent for stop(); the returned sender tells it the agent exited.
+    fn register(&self, handle: &str, group: i32, work: PathBuf) -> watch::Sender<bool> {
+        let (exited, exited_rx) = watch::channel(false);
+        self.running.lock().expect("lock").insert(
+            handle.to_string(),
+            Agent {
+                group,
+                exited: exited_rx,
+                work,
+            },
+        );
+        exited
+    }
+
     /// `bakery-agent` next to the running executable, else on PATH.
     pub fn find_agent() -> PathBuf {
         std::env::current_exe()
@@ -107,15 +121,7 @@ impl AgentPlatform for LocalPlatform {
             as i32;
         let handle = format!("pid {pid}");
         tracing::debug!(task = %launch.task_id, log = %log_path.display(), "agent started as {handle}");
-        let (exited, exited_rx) = watch::channel(false);
-        self.running.lock().expect("lock").insert(
-            handle.clone(),
-            Agent {
-                group: pid,
-                exited: exited_rx,
-                work,
-            },
-        );
+        let exited = self.register(&handle, pid, work);
 
         let exits = self.exits.clone();
         let task_id = launch.task_id.clone();
@@ -158,15 +164,7 @@ impl AgentPlatform for LocalPlatform {
             gone("the agent ended while the controller was down");
             return Ok(());
         }
-        let (exited, exited_rx) = watch::channel(false);
-        self.running.lock().expect("lock").insert(
-            handle.to_string(),
-            Agent {
-                group: pid,
-                exited: exited_rx,
-                work: self.work_root.join(task_id),
-            },
-        );
+        let exited = self.register(handle, pid, self.work_root.join(task_id));
         let exits = self.exits.clone();
         let task_id = task_id.to_string();
         tokio::spawn(async move {
