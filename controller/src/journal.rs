@@ -17,7 +17,7 @@
 //! row per line: a busy controller commits thousands of lines at a time.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,9 +116,9 @@ pub struct Restored {
 #[derive(Debug)]
 pub struct Signal {
     wake: Notify,
-    /// Cuts the writer's gap short.
+    /// Cuts the writer's gap short (its permit is kept until the writer
+    /// next waits out a gap).
     hurry: Notify,
-    urgent: AtomicBool,
     requested: AtomicU64,
     committed: watch::Sender<u64>,
 }
@@ -131,7 +131,6 @@ impl Signal {
 
     /// A change someone waits for: saved at once.
     pub fn wake_urgent(&self) {
-        self.urgent.store(true, Ordering::SeqCst);
         self.hurry.notify_one();
         self.wake.notify_one();
     }
@@ -174,7 +173,6 @@ impl Journal {
             signal: Arc::new(Signal {
                 wake: Notify::new(),
                 hurry: Notify::new(),
-                urgent: AtomicBool::new(false),
                 requested: AtomicU64::new(0),
                 committed: watch::channel(0).0,
             }),
@@ -289,16 +287,13 @@ impl Journal {
         let mut busy = false;
         loop {
             self.signal.wake.notified().await;
-            if busy || !self.signal.urgent.load(Ordering::SeqCst) {
-                // What arrives within the gap joins this commit.
-                tokio::select! {
-                    _ = tokio::time::sleep_until(last + COMMIT_GAP) => {}
-                    _ = self.signal.hurry.notified(), if !busy => {}
-                }
+            // What arrives within the gap joins this commit. An urgent change
+            // (made before or during the wait) ends it while not busy; one
+            // made after this point keeps its permit for the next commit.
+            tokio::select! {
+                _ = tokio::time::sleep_until(last + COMMIT_GAP) => {}
+                _ = self.signal.hurry.notified(), if !busy => {}
             }
-            // Cleared before the commit: what is marked urgent from here on
-            // may not be in it, and gets a commit of its own.
-            self.signal.urgent.store(false, Ordering::SeqCst);
             last = tokio::time::Instant::now();
             loop {
                 let target = self.signal.requested.load(Ordering::SeqCst);
