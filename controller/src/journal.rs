@@ -433,3 +433,109 @@ pub fn instant_from_ms(ms: u64) -> std::time::Instant {
 pub fn ms_from_instant(at: std::time::Instant) -> u64 {
     now_ms().saturating_sub(at.elapsed().as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bakery_core::api::{AgentLine, BuildState};
+    use bakery_core::Platform;
+    use redb::ReadableTableMetadata;
+
+    fn request() -> CreateBuild {
+        let spec = serde_json::json!({
+            "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
+            "credentials": [], "spot": false, "cache": {}, "cache_from": [],
+            "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
+            "no_push": false, "ignore_path": [], "extra_flags": []
+        });
+        serde_json::from_value(serde_json::json!({
+            "service": "svc", "destination": null,
+            "tasks": [{"arch": "amd64", "push": null, "context_key": "k", "spec": spec}]
+        }))
+        .unwrap()
+    }
+
+    /// A build as read back: its id, its lines (seq, text), its agent seqs.
+    type Saved = (String, Vec<(u64, String)>, Vec<u64>);
+
+    /// What a reopened journal holds of each build.
+    fn reopened(path: &Path) -> Vec<Saved> {
+        Journal::open(path)
+            .unwrap()
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let lines = r.logs.into_iter().map(|l| (l.seq, l.line)).collect();
+                (r.record.status.id, lines, r.agent_seqs)
+            })
+            .collect()
+    }
+
+    fn rows<K: redb::Key + 'static>(path: &Path, table: TableDefinition<K, &[u8]>) -> u64 {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.open_table(table).unwrap().len().unwrap()
+    }
+
+    #[tokio::test]
+    async fn lines_read_back_the_same_after_a_reopen_and_after_forgetting_a_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builds.redb");
+        let registry = Arc::new(Registry::default());
+        {
+            let journal = Journal::open(&path).unwrap();
+            let builds: Vec<Arc<Build>> = ["a", "b"]
+                .into_iter()
+                .map(|id| {
+                    let b = Arc::new(Build::new(
+                        id.into(),
+                        request(),
+                        Platform::Local,
+                        Some(journal.signal()),
+                    ));
+                    registry.insert(Arc::clone(&b));
+                    b
+                })
+                .collect();
+            // A commit per line and build: a chunk per build per commit.
+            for seq in 1..=23u64 {
+                for b in &builds {
+                    let line = format!("{} {seq}", b.id);
+                    b.append_agent_lines(0, &[AgentLine { seq, line }]);
+                }
+                assert_eq!(journal.commit_dirty(&registry).await.unwrap(), 2);
+            }
+        }
+        assert_eq!(rows(&path, LOGS), 46);
+        let expected = |id: &str| -> Vec<(u64, String)> {
+            (1..=23).map(|s| (s, format!("{id} {s}"))).collect()
+        };
+        let mut saved = reopened(&path);
+        saved.sort();
+        assert_eq!(
+            saved,
+            vec![
+                ("a".to_string(), expected("a"), vec![23]),
+                ("b".to_string(), expected("b"), vec![23]),
+            ]
+        );
+
+        // Forgetting a finished build: the other keeps every line, the
+        // forgotten one leaves no row behind.
+        let journal = Journal::open(&path).unwrap();
+        let a = registry.get("a").unwrap();
+        a.lock().finish_build(BuildState::Succeeded, None);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            journal
+                .forget_older_than(&registry, Duration::ZERO)
+                .unwrap(),
+            1
+        );
+        drop(journal);
+        assert_eq!(rows(&path, LOGS), 23);
+        let saved = reopened(&path);
+        assert_eq!(saved, vec![("b".to_string(), expected("b"), vec![23])]);
+    }
+}
