@@ -49,15 +49,16 @@ impl std::str::FromStr for Load {
 /// does: the emitter is a task of its own (a timer that wakes the runtime's
 /// main future also writes the runtime's eventfd) and sleeps on a timerfd
 /// (a tokio timer that crosses one of its wheel's 64 ms slots wakes the
-/// runtime once more on the way). With both, 1,000 simulated agents cost
-/// three wake-ups per line instead of one (bench/RESULTS.md, row 4).
+/// runtime once more on the way). A tokio timer in the main future had
+/// cost three wake-ups per line (bench/RESULTS.md, row 4).
 pub async fn run(load: Load, log: &LogSink) {
     let sink = log.clone();
-    let emitted = tokio::spawn(async move { emit(load, &sink).await }).await;
-    match emitted {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log.line(format!("load mode stopped: {e}")),
-        Err(e) => log.line(format!("load mode stopped: {e}")),
+    let emitted = tokio::spawn(async move { emit(load, &sink).await })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|emitted| emitted);
+    if let Err(e) = emitted {
+        log.line(format!("load mode stopped: {e}"));
     }
 }
 

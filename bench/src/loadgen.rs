@@ -47,9 +47,8 @@ struct Args {
 #[derive(Default)]
 struct Seen {
     load_lines: Vec<u64>,
-    latencies_us: Vec<u64>,
-    /// When the agent made each line (unix micros), beside its latency.
-    sent_us: Vec<u128>,
+    /// Per line: when the agent made it (unix micros), and its latency (µs).
+    latencies_us: Vec<(u128, u64)>,
     first_ms: Option<u64>,
     last_ms: Option<u64>,
     launch_ms: Option<u64>,
@@ -173,15 +172,18 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     let first = seen.iter().filter_map(|s| s.first_ms).min().unwrap_or(0);
     let last = seen.iter().filter_map(|s| s.last_ms).max().unwrap_or(0);
     let span = (last.saturating_sub(first)).max(1) as f64 / 1000.0;
-    let mut lat: Vec<u64> = seen.iter().flat_map(|s| s.latencies_us.clone()).collect();
+    let mut lat: Vec<u64> = seen
+        .iter()
+        .flat_map(|s| s.latencies_us.iter().map(|(_, lat)| *lat))
+        .collect();
     lat.sort_unstable();
     // Apart: lines made while agents are still being started (each start
     // costs ~3 ms of CPU here, see bench/RESULTS.md) and those made after.
     let steady_from = started_us + ((args.ramp + 1.0) * 1e6) as u128;
     let mut steady: Vec<u64> = seen
         .iter()
-        .flat_map(|s| s.sent_us.iter().zip(&s.latencies_us))
-        .filter(|(sent, _)| **sent >= steady_from)
+        .flat_map(|s| &s.latencies_us)
+        .filter(|(sent, _)| *sent >= steady_from)
         .map(|(_, lat)| *lat)
         .collect();
     steady.sort_unstable();
@@ -281,8 +283,8 @@ async fn follow(http: reqwest::Client, url: String) -> Result<Seen> {
                     let sent_us: u128 = parts.next().unwrap_or("0").parse()?;
                     let now = unix_micros();
                     seen.load_lines.push(n);
-                    seen.latencies_us.push(now.saturating_sub(sent_us) as u64);
-                    seen.sent_us.push(sent_us);
+                    seen.latencies_us
+                        .push((sent_us, now.saturating_sub(sent_us) as u64));
                     let now_ms = (now / 1000) as u64;
                     seen.first_ms.get_or_insert(now_ms);
                     seen.last_ms = Some(now_ms);
