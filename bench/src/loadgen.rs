@@ -38,6 +38,10 @@ struct Args {
     /// thousand processes at once.
     #[arg(long, default_value_t = 0.0)]
     ramp: f64,
+    /// Also print the latency of the lines made in each half second, and of
+    /// each agent's first lines: where in the run a tail comes from.
+    #[arg(long)]
+    timeline: bool,
     /// Directory holding bakery-controller and bakery-agent.
     #[arg(long)]
     bin_dir: PathBuf,
@@ -239,10 +243,47 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
         "  builds with a lost, repeated or reordered line: {lost} of {}",
         seen.len()
     );
+    if args.timeline {
+        print_timeline(&seen, started_us);
+    }
     if lost > 0 {
         bail!("lines were lost");
     }
     Ok(())
+}
+
+/// Latency by when lines were made (half seconds from the first build's
+/// creation), then by their place in each build's log.
+fn print_timeline(seen: &[Seen], started_us: u128) {
+    let mut by_time: std::collections::BTreeMap<u128, Vec<u64>> = Default::default();
+    for (sent, latency) in seen.iter().flat_map(|s| &s.latencies_us) {
+        by_time
+            .entry(sent.saturating_sub(started_us) / 500_000)
+            .or_default()
+            .push(*latency);
+    }
+    let print = |what: String, mut lat: Vec<u64>| {
+        lat.sort_unstable();
+        println!(
+            "    {what}: {} lines, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lat.len(),
+            pct(&lat, 50.0) as f64 / 1000.0,
+            pct(&lat, 99.0) as f64 / 1000.0,
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+    };
+    println!("  latency by when lines were made:");
+    for (half_seconds, lat) in by_time {
+        print(format!("from {:>5.1} s", half_seconds as f64 / 2.0), lat);
+    }
+    println!("  latency by place in the build's log:");
+    for i in 0..4 {
+        let lat = seen
+            .iter()
+            .filter_map(|s| Some(s.latencies_us.get(i)?.1))
+            .collect();
+        print(format!("line {}", i + 1), lat);
+    }
 }
 
 /// The fields of a `log` event the follower reads, borrowed from the event

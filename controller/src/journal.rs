@@ -13,16 +13,26 @@
 //! agent only forgets lines the controller has on disk, so after a crash it
 //! resends exactly what was lost, and the seq numbers drop what was not.
 //!
-//! Log lines are stored in chunks (one row per build per commit), not one
-//! row per line: a busy controller commits thousands of lines at a time.
+//! Log lines are stored as one row per commit, keyed by the commit's number,
+//! holding each build's new lines of that commit as a chunk. Keyed by build
+//! instead, each of a commit's ~100 chunks landed on a B-tree page of its
+//! own, and every commit rewrote them all: 1,000 chatty builds had the
+//! controller write ~70 MB/s to disk for 1.5 MB/s of lines (bench/RESULTS.md,
+//! row 4). Appended in key order, a commit rewrites the tree's last pages
+//! only. A build's lines are read back by scanning the rows in order, which
+//! happens once, at start-up; rows go oldest first, up to the first row of
+//! the oldest build kept ([`RowIndex`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bakery_core::api::{now_ms, BuildStatus, CreateBuild, LogEvent, LogEventRef};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
@@ -32,7 +42,7 @@ use crate::state::{Build, Registry};
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
 
 /// Least time between the starts of two commits of log lines. Each commit
-/// costs an fsync and a B-tree update per dirty build whatever it holds;
+/// costs an fsync and a B-tree update whatever it holds;
 /// under many chatty builds, committing as fast as the disk allows spent
 /// more on that than on the lines. A follower or an agent's paced
 /// acknowledgement sees at most this much more delay.
@@ -50,8 +60,14 @@ const COMMIT_GAP: Duration = Duration::from_millis(10);
 
 /// Build id → [`Record`] as JSON.
 const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
-/// (build id, seq of the chunk's first line) → JSON [`Chunk`].
-const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+/// Commit number → each build's new lines in that commit ([`write_rows`]).
+const LOG_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("log_rows");
+/// The layout before [`LOG_ROWS`]: (build id, seq of the chunk's first line)
+/// → JSON [`Chunk`]. Moved into log rows when such a journal is opened.
+const KEYED_LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+
+/// Most bytes in a log row (but for a single larger entry).
+const ROW_BYTES: usize = 16 << 10;
 
 /// How long a handler waits for its change to reach the disk before it
 /// answers 503 (the agent retries; the client sees an error it can retry).
@@ -69,6 +85,8 @@ pub enum JournalError {
     Db(#[from] redb::Error),
     #[error("build journal: a record does not parse ({0}); move the file aside to start empty")]
     Decode(#[from] serde_json::Error),
+    #[error("build journal: log row {0} is cut short; move the file aside to start empty")]
+    Row(u64),
     #[error("the build journal did not confirm the write within {0:?}")]
     Timeout(Duration),
 }
@@ -139,6 +157,55 @@ impl Signal {
 pub struct Journal {
     db: Arc<Database>,
     signal: Arc<Signal>,
+    rows: Mutex<RowIndex>,
+}
+
+/// Which log rows may go. Rows are written in key order and a build's lines
+/// are in rows from its first on, so the rows before the first row of every
+/// build still kept hold forgotten builds' lines only. (A forgotten build's
+/// lines stay until every build that had started logging by then is
+/// forgotten too: no per-row bookkeeping, at the price of some dead lines.)
+#[derive(Debug, Default)]
+struct RowIndex {
+    /// The key of the next row.
+    next: u64,
+    /// Build id → the key of the first row holding its lines.
+    first: HashMap<String, u64>,
+    /// Whether `first` covers the rows on disk (filled by [`Journal::load`]).
+    complete: bool,
+}
+
+impl RowIndex {
+    /// Keys for the rows of a commit holding lines of `builds`: as many
+    /// from the one returned on as there are builds (the most rows they can
+    /// take, see [`write_rows`]; unused keys are skipped).
+    fn assign<'a>(&mut self, builds: impl Iterator<Item = &'a str>) -> u64 {
+        let key = self.next;
+        for id in builds {
+            self.next += 1;
+            if !self.first.contains_key(id) {
+                self.first.insert(id.to_string(), key);
+            }
+        }
+        key
+    }
+
+    /// The key below which no row holds lines of a build other than `gone`.
+    fn kept_from(&self, gone: &[String]) -> u64 {
+        self.first
+            .iter()
+            .filter(|(id, _)| !gone.contains(id))
+            .map(|(_, key)| *key)
+            .min()
+            .unwrap_or(self.next)
+    }
+
+    /// Notes that row `key` holds lines of `id`.
+    fn seen(&mut self, id: &str, key: u64) {
+        if !self.first.contains_key(id) {
+            self.first.insert(id.to_string(), key);
+        }
+    }
 }
 
 impl Journal {
@@ -166,7 +233,13 @@ impl Journal {
         // Both tables exist from the start, so readers never see "no table".
         let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(BUILDS).map_err(redb::Error::from)?;
-        txn.open_table(LOGS).map_err(redb::Error::from)?;
+        migrate_keyed_logs(&txn)?;
+        let next = txn
+            .open_table(LOG_ROWS)
+            .map_err(redb::Error::from)?
+            .last()
+            .map_err(redb::Error::from)?
+            .map_or(0, |(key, _)| key.value() + 1);
         txn.commit().map_err(redb::Error::from)?;
         Ok(Journal {
             db: Arc::new(db),
@@ -175,6 +248,10 @@ impl Journal {
                 hurry: Notify::new(),
                 requested: AtomicU64::new(0),
                 committed: watch::channel(0).0,
+            }),
+            rows: Mutex::new(RowIndex {
+                next,
+                ..RowIndex::default()
             }),
         })
     }
@@ -187,30 +264,83 @@ impl Journal {
     pub fn load(&self) -> Result<Vec<Restored>, JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
-        let logs = txn.open_table(LOGS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
+        let mut by_id = HashMap::new();
         for entry in builds.iter().map_err(redb::Error::from)? {
             let (id, value) = entry.map_err(redb::Error::from)?;
             let record: Record = serde_json::from_slice(value.value())?;
-            let mut lines = Vec::new();
-            let mut agent_seqs = Vec::new();
-            for chunk in logs
-                .range((id.value(), 0)..=(id.value(), u64::MAX))
-                .map_err(redb::Error::from)?
-            {
-                let (_, v) = chunk.map_err(redb::Error::from)?;
-                let chunk: Chunk = serde_json::from_slice(v.value())?;
-                lines.extend(chunk.lines);
-                agent_seqs = chunk.agent_seqs;
-            }
+            by_id.insert(id.value().to_string(), out.len());
             out.push(Restored {
                 record,
-                logs: lines,
-                agent_seqs,
+                logs: Vec::new(),
+                agent_seqs: Vec::new(),
             });
         }
+        let mut index = RowIndex::default();
+        for row in txn
+            .open_table(LOG_ROWS)
+            .map_err(redb::Error::from)?
+            .iter()
+            .map_err(redb::Error::from)?
+        {
+            let (key, row) = row.map_err(redb::Error::from)?;
+            for (id, chunk) in decode_row(key.value(), row.value())? {
+                // Lines of a forgotten build, in a row shared with a kept one.
+                let Some(&i) = by_id.get(id) else { continue };
+                index.seen(id, key.value());
+                let chunk: Chunk = serde_json::from_slice(chunk)?;
+                let build = &mut out[i];
+                // A commit that failed after all reached the disk may have
+                // been written again by its retry.
+                let saved = build.logs.last().map_or(0, |l| l.seq);
+                build
+                    .logs
+                    .extend(chunk.lines.into_iter().filter(|l| l.seq > saved));
+                build.agent_seqs = chunk.agent_seqs;
+            }
+        }
+        let mut rows = self.rows();
+        rows.first = index.first;
+        rows.complete = true;
+        drop(rows);
         out.sort_by_key(|r| r.record.status.created_ms);
         Ok(out)
+    }
+
+    fn rows(&self) -> MutexGuard<'_, RowIndex> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fills the row index where [`Journal::load`] has not.
+    fn index_rows(&self) -> Result<(), JournalError> {
+        if self.rows().complete {
+            return Ok(());
+        }
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
+        let mut index = RowIndex::default();
+        for row in txn
+            .open_table(LOG_ROWS)
+            .map_err(redb::Error::from)?
+            .iter()
+            .map_err(redb::Error::from)?
+        {
+            let (key, row) = row.map_err(redb::Error::from)?;
+            for (id, _) in decode_row(key.value(), row.value())? {
+                if builds.get(id).map_err(redb::Error::from)?.is_some() {
+                    index.seen(id, key.value());
+                }
+            }
+        }
+        let mut rows = self.rows();
+        if !rows.complete {
+            // Rows written meanwhile are already in `first`.
+            for (id, key) in index.first {
+                rows.first.entry(id).or_insert(key);
+            }
+            rows.complete = true;
+        }
+        Ok(())
     }
 
     /// Waits until every change made before this call is on disk, which
@@ -262,18 +392,25 @@ impl Journal {
         if old.is_empty() {
             return Ok(0);
         }
+        self.index_rows()?;
+        // Under the lock that new rows are numbered under: a row written
+        // after this is numbered from here on.
+        let kept_from = self.rows().kept_from(&old);
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
-            let mut logs = txn.open_table(LOGS).map_err(redb::Error::from)?;
             for id in &old {
                 builds.remove(id.as_str()).map_err(redb::Error::from)?;
-                logs.retain_in((id.as_str(), 0)..=(id.as_str(), u64::MAX), |_, _| false)
-                    .map_err(redb::Error::from)?;
             }
+            txn.open_table(LOG_ROWS)
+                .map_err(redb::Error::from)?
+                .retain_in(..kept_from, |_, _| false)
+                .map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
+        let mut rows = self.rows();
         for id in &old {
+            rows.first.remove(id);
             registry.remove(id);
         }
         Ok(old.len())
@@ -329,19 +466,37 @@ impl Journal {
             return Ok(0);
         }
         let builds: Vec<Arc<Build>> = batch.iter().map(|p| Arc::clone(&p.build)).collect();
+        let with_lines = || {
+            batch
+                .iter()
+                .filter_map(|p| Some((p.build.id.as_str(), p.chunk.as_deref()?)))
+        };
+        let row_key = (with_lines().next().is_some())
+            .then(|| self.rows().assign(with_lines().map(|(id, _)| id)));
         let db = Arc::clone(&self.db);
         let written = tokio::task::spawn_blocking(move || -> Result<Vec<Pending>, redb::Error> {
+            let mut batch = batch;
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(BUILDS)?;
-                let mut logs = txn.open_table(LOGS)?;
                 for p in &batch {
                     if let Some(record) = &p.record {
                         table.insert(p.build.id.as_str(), record.as_slice())?;
                     }
-                    if let Some((first, chunk)) = &p.chunk {
-                        logs.insert((p.build.id.as_str(), *first), chunk.as_slice())?;
-                    }
+                }
+                if let Some(mut key) = row_key {
+                    let mut rows = txn.open_table(LOG_ROWS)?;
+                    // Each chunk is freed once copied (a retry serialises
+                    // its lines again): a commit's lines are held once,
+                    // not twice, at 1,000 chatty builds tens of MB.
+                    let chunks = batch
+                        .iter_mut()
+                        .filter_map(|p| Some((p.build.id.as_str(), p.chunk.take()?)));
+                    write_rows(chunks, |row| {
+                        rows.insert(key, row)?;
+                        key += 1;
+                        Ok::<_, redb::Error>(())
+                    })?;
                 }
             }
             txn.commit()?;
@@ -359,8 +514,9 @@ impl Journal {
             Ok(Err(e)) => JournalError::Db(e),
             Err(join) => JournalError::Db(redb::Error::Io(std::io::Error::other(join))),
         };
-        // Nothing of the transaction is on disk: the retry saves these builds
-        // whole (rewriting a chunk is harmless, its key is its first seq).
+        // Nothing of the transaction is on disk, as a rule: the retry saves
+        // these builds whole (should a failed commit have reached the disk
+        // after all, reading back drops the lines written twice).
         for b in &builds {
             b.mark_dirty();
         }
@@ -372,8 +528,8 @@ impl Journal {
 struct Pending {
     build: Arc<Build>,
     record: Option<Vec<u8>>,
-    /// The first seq of the new lines, and the lines as JSON.
-    chunk: Option<(u64, Vec<u8>)>,
+    /// The new lines as a JSON [`Chunk`].
+    chunk: Option<Vec<u8>>,
     logs_end: usize,
 }
 
@@ -413,6 +569,92 @@ impl Pending {
             logs_end,
         }))
     }
+}
+
+/// Hands `put` a commit's `(build id, chunk)` entries as log rows of at
+/// most [`ROW_BYTES`] (but for a single larger entry), so at most one row
+/// per entry, one row buffer at a time. Each entry is `[id length: u32 LE]
+/// [id][chunk length: u32 LE][chunk JSON]`: a length-prefixed frame, not
+/// JSON, since the chunks are JSON already and rows are written at every
+/// commit.
+fn write_rows<'a, E>(
+    entries: impl Iterator<Item = (&'a str, Vec<u8>)>,
+    mut put: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut row = Vec::with_capacity(ROW_BYTES);
+    for (id, chunk) in entries {
+        if !row.is_empty() && row.len() + 8 + id.len() + chunk.len() > ROW_BYTES {
+            put(&row)?;
+            row.clear();
+        }
+        push_entry(&mut row, id, &chunk);
+    }
+    if row.is_empty() {
+        Ok(())
+    } else {
+        put(&row)
+    }
+}
+
+fn push_entry(row: &mut Vec<u8>, id: &str, chunk: &[u8]) {
+    for part in [id.as_bytes(), chunk] {
+        row.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        row.extend_from_slice(part);
+    }
+}
+
+/// The entries of row `key` (see [`write_rows`]).
+fn decode_row(key: u64, mut row: &[u8]) -> Result<Vec<(&str, &[u8])>, JournalError> {
+    fn take<'a>(row: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (len, rest) = row.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let part = rest.get(..len)?;
+        *row = &rest[len..];
+        Some(part)
+    }
+    let mut entries = Vec::new();
+    while !row.is_empty() {
+        let entry = take(&mut row)
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .zip(take(&mut row))
+            .ok_or(JournalError::Row(key))?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Journals written before log rows keyed chunks by build: each build's
+/// chunks move into a row of their own, in the transaction that opens the
+/// journal, and the old table goes.
+fn migrate_keyed_logs(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    if !txn.list_tables()?.any(|t| t.name() == KEYED_LOGS.name()) {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(KEYED_LOGS)?;
+        let mut rows = txn.open_table(LOG_ROWS)?;
+        let mut next = rows.last()?.map_or(0, |(key, _)| key.value() + 1);
+        let mut current: Option<String> = None;
+        let mut row = Vec::new();
+        for entry in old.iter()? {
+            let (key, chunk) = entry?;
+            let (id, _) = key.value();
+            if current.as_deref() != Some(id) {
+                if current.is_some() {
+                    rows.insert(next, row.as_slice())?;
+                    next += 1;
+                    row.clear();
+                }
+                current = Some(id.to_string());
+            }
+            push_entry(&mut row, id, chunk.value());
+        }
+        if current.is_some() {
+            rows.insert(next, row.as_slice())?;
+        }
+    }
+    txn.delete_table(KEYED_LOGS)?;
+    Ok(())
 }
 
 fn restrict_permissions(path: &Path) {
@@ -473,7 +715,10 @@ mod tests {
     }
 
     fn rows<K: redb::Key + 'static>(path: &Path, table: TableDefinition<K, &[u8]>) -> u64 {
-        let db = Database::open(path).unwrap();
+        rows_in(&Database::open(path).unwrap(), table)
+    }
+
+    fn rows_in<K: redb::Key + 'static>(db: &Database, table: TableDefinition<K, &[u8]>) -> u64 {
         let txn = db.begin_read().unwrap();
         txn.open_table(table).unwrap().len().unwrap()
     }
@@ -507,7 +752,8 @@ mod tests {
                 assert_eq!(journal.commit_dirty(&registry).await.unwrap(), 2);
             }
         }
-        assert_eq!(rows(&path, LOGS), 46);
+        // One row per commit, however many builds it carried.
+        assert_eq!(rows(&path, LOG_ROWS), 23);
         let expected = |id: &str| -> Vec<(u64, String)> {
             (1..=23).map(|s| (s, format!("{id} {s}"))).collect()
         };
@@ -521,10 +767,71 @@ mod tests {
             ]
         );
 
-        // Forgetting a finished build: the other keeps every line, the
-        // forgotten one leaves no row behind.
+        // Forgetting a finished build: the other keeps every line, and
+        // the rows they share stay until both are forgotten.
+        let forget = |id: &str| {
+            let journal = Journal::open(&path).unwrap();
+            registry
+                .get(id)
+                .unwrap()
+                .lock()
+                .finish_build(BuildState::Succeeded, None);
+            std::thread::sleep(Duration::from_millis(5));
+            journal
+                .forget_older_than(&registry, Duration::ZERO)
+                .unwrap()
+        };
+        assert_eq!(forget("a"), 1);
+        assert_eq!(rows(&path, LOG_ROWS), 23);
+        let saved = reopened(&path);
+        assert_eq!(saved, vec![("b".to_string(), expected("b"), vec![23])]);
+        assert_eq!(forget("b"), 1);
+        assert_eq!(rows(&path, LOG_ROWS), 0);
+        assert_eq!(reopened(&path), vec![]);
+    }
+
+    #[tokio::test]
+    async fn rows_of_forgotten_builds_go_and_the_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builds.redb");
+        let registry = Arc::new(Registry::default());
         let journal = Journal::open(&path).unwrap();
-        let a = registry.get("a").unwrap();
+        let add = |id: &str| {
+            let b = Arc::new(Build::new(
+                id.into(),
+                request(),
+                Platform::Local,
+                Some(journal.signal()),
+            ));
+            registry.insert(Arc::clone(&b));
+            b
+        };
+        let line = |b: &Build, seq: u64| {
+            b.append_agent_lines(
+                0,
+                &[AgentLine {
+                    seq,
+                    line: format!("{} {seq}", b.id),
+                }],
+            );
+        };
+        // Rows 0-1: a alone; rows 2-3: a and b; row 4: b alone.
+        let a = add("a");
+        for seq in 1..=2 {
+            line(&a, seq);
+            journal.commit_dirty(&registry).await.unwrap();
+        }
+        let b = add("b");
+        for seq in 3..=4 {
+            line(&a, seq);
+            line(&b, seq - 2);
+            journal.commit_dirty(&registry).await.unwrap();
+        }
+        line(&b, 3);
+        journal.commit_dirty(&registry).await.unwrap();
+        assert_eq!(rows_in(&journal.db, LOG_ROWS), 5);
+
+        // a forgotten: the rows only it had go, the shared ones stay.
         a.lock().finish_build(BuildState::Succeeded, None);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(
@@ -533,9 +840,140 @@ mod tests {
                 .unwrap(),
             1
         );
+        assert_eq!(rows_in(&journal.db, LOG_ROWS), 3);
+        // A new row after the forgetting is numbered after the others.
+        let c = add("c");
+        line(&c, 1);
+        journal.commit_dirty(&registry).await.unwrap();
         drop(journal);
-        assert_eq!(rows(&path, LOGS), 23);
-        let saved = reopened(&path);
-        assert_eq!(saved, vec![("b".to_string(), expected("b"), vec![23])]);
+        let mut saved = reopened(&path);
+        saved.sort();
+        assert_eq!(
+            saved,
+            vec![
+                (
+                    "b".into(),
+                    vec![(1, "b 1".into()), (2, "b 2".into()), (3, "b 3".into())],
+                    vec![3]
+                ),
+                ("c".into(), vec![(1, "c 1".into())], vec![1]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_journal_of_chunks_keyed_by_build_is_moved_into_rows_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builds.redb");
+        let registry = Arc::new(Registry::default());
+        {
+            let journal = Journal::open(&path).unwrap();
+            for id in ["a", "b"] {
+                let b = Arc::new(Build::new(
+                    id.into(),
+                    request(),
+                    Platform::Local,
+                    Some(journal.signal()),
+                ));
+                registry.insert(Arc::clone(&b));
+            }
+            for seq in 1..=3u64 {
+                for id in ["a", "b"] {
+                    let line = format!("{id} {seq}");
+                    registry
+                        .get(id)
+                        .unwrap()
+                        .append_agent_lines(0, &[AgentLine { seq, line }]);
+                }
+                journal.commit_dirty(&registry).await.unwrap();
+            }
+        }
+        let expected = reopened(&path);
+        assert_eq!(expected.len(), 2);
+        // The layout before log rows: a row per build per commit, keyed by
+        // (build, first seq), in a table named `logs`.
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let rows = txn.open_table(LOG_ROWS).unwrap();
+                let mut keyed = txn.open_table(KEYED_LOGS).unwrap();
+                for row in rows.iter().unwrap() {
+                    let (key, row) = row.unwrap();
+                    for (id, chunk) in decode_row(key.value(), row.value()).unwrap() {
+                        let first = serde_json::from_slice::<Chunk>(chunk).unwrap().lines[0].seq;
+                        keyed.insert((id, first), chunk).unwrap();
+                    }
+                }
+            }
+            txn.delete_table(LOG_ROWS).unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(rows(&path, KEYED_LOGS), 6);
+
+        assert_eq!(reopened(&path), expected);
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(!tables.contains(&"logs".to_string()), "{tables:?}");
+        drop(txn);
+        drop(db);
+        // One row per build.
+        assert_eq!(rows(&path, LOG_ROWS), 2);
+    }
+
+    fn encoded<'a>(entries: impl Iterator<Item = (&'a str, Vec<u8>)>) -> Vec<Vec<u8>> {
+        let mut rows = Vec::new();
+        write_rows(entries, |row| {
+            rows.push(row.to_vec());
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        rows
+    }
+
+    #[test]
+    fn a_commit_is_cut_into_rows_of_at_most_row_bytes() {
+        let third = vec![b'y'; ROW_BYTES / 3];
+        let whole = vec![b'x'; ROW_BYTES];
+        let entries = [
+            ("a", &third),
+            ("b", &third),
+            ("c", &third),
+            ("d", &whole),
+            ("e", &third),
+        ];
+        let rows = encoded(entries.iter().map(|(id, c)| (*id, c.to_vec())));
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|row| decode_row(0, row).unwrap().iter().map(|e| e.0).collect())
+            .collect();
+        // Two thirds fit with their headers, a third does not; an entry
+        // larger than a row has one of its own.
+        assert_eq!(ids, ["ab", "c", "d", "e"]);
+        assert!(rows[0].len() <= ROW_BYTES && rows[3].len() <= ROW_BYTES);
+        let d = decode_row(0, &rows[2]).unwrap();
+        assert_eq!(d, vec![("d", whole.as_slice())]);
+    }
+
+    #[test]
+    fn a_row_cut_short_is_an_error_naming_it() {
+        let rows = encoded([("a", b"{}".to_vec()), ("bb", b"[1]".to_vec())].into_iter());
+        let [row] = &rows[..] else {
+            panic!("two small entries make one row: {rows:?}")
+        };
+        assert_eq!(
+            decode_row(7, row).unwrap(),
+            vec![("a", &b"{}"[..]), ("bb", &b"[1]"[..])]
+        );
+        // Cut anywhere but between the entries (a row of one entry).
+        for cut in (1..row.len()).filter(|&cut| cut != 4 + 1 + 4 + 2) {
+            let err = decode_row(7, &row[..cut]).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains("log row 7 is cut short"), "{err}");
+        }
     }
 }

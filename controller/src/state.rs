@@ -61,8 +61,8 @@ pub struct StoredLine {
 pub struct Unsaved {
     /// The build's record, when more than its log changed.
     pub record: Option<Record>,
-    /// The first seq of the new lines, and the lines as a journal chunk.
-    pub chunk: Option<(u64, Vec<u8>)>,
+    /// The new lines as a journal chunk.
+    pub chunk: Option<Vec<u8>>,
     /// How many lines the build holds once this is saved.
     pub logs_end: usize,
 }
@@ -213,8 +213,8 @@ impl Build {
     }
 
     /// What the journal saves: the record (if it changed), and the lines
-    /// from `from` on as a chunk (its first seq and its JSON, with each
-    /// task's agent seq as of those lines), serialised straight from the
+    /// from `from` on as a chunk (their JSON, with each task's agent seq
+    /// as of those lines), serialised straight from the
     /// log. Also how many lines the build holds once that is saved.
     pub fn to_record(&self, from: usize) -> Result<Unsaved, serde_json::Error> {
         let meta = self.meta_dirty.swap(false, Ordering::SeqCst);
@@ -223,8 +223,7 @@ impl Build {
         let from = from.min(end);
         let chunk = if from < end {
             let agent_seqs: Vec<u64> = inner.runtime.iter().map(|rt| rt.agent_seq).collect();
-            let json = journal::encode_chunk(&agent_seqs, inner.events(from, end))?;
-            Some((from as u64 + 1, json))
+            Some(journal::encode_chunk(&agent_seqs, inner.events(from, end))?)
         } else {
             None
         };
