@@ -23,7 +23,7 @@
 //! happens once, at start-up; rows go oldest first, up to the first row of
 //! the oldest build kept ([`RowIndex`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -192,9 +192,10 @@ impl RowIndex {
 
     /// The key below which no row holds lines of a build other than `gone`.
     fn kept_from(&self, gone: &[String]) -> u64 {
+        let gone: HashSet<&str> = gone.iter().map(String::as_str).collect();
         self.first
             .iter()
-            .filter(|(id, _)| !gone.contains(id))
+            .filter(|(id, _)| !gone.contains(id.as_str()))
             .map(|(_, key)| *key)
             .min()
             .unwrap_or(self.next)
@@ -205,6 +206,16 @@ impl RowIndex {
         if !self.first.contains_key(id) {
             self.first.insert(id.to_string(), key);
         }
+    }
+
+    /// Takes in what a scan of the rows on disk found (rows numbered
+    /// meanwhile are already here, with later keys).
+    fn merge(&mut self, found: RowIndex) {
+        for (id, key) in found.first {
+            let first = self.first.entry(id).or_insert(key);
+            *first = (*first).min(key);
+        }
+        self.complete = true;
     }
 }
 
@@ -299,10 +310,7 @@ impl Journal {
                 build.agent_seqs = chunk.agent_seqs;
             }
         }
-        let mut rows = self.rows();
-        rows.first = index.first;
-        rows.complete = true;
-        drop(rows);
+        self.rows().merge(index);
         out.sort_by_key(|r| r.record.status.created_ms);
         Ok(out)
     }
@@ -332,14 +340,7 @@ impl Journal {
                 }
             }
         }
-        let mut rows = self.rows();
-        if !rows.complete {
-            // Rows written meanwhile are already in `first`.
-            for (id, key) in index.first {
-                rows.first.entry(id).or_insert(key);
-            }
-            rows.complete = true;
-        }
+        self.rows().merge(index);
         Ok(())
     }
 
