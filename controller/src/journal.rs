@@ -288,28 +288,23 @@ impl Journal {
             });
         }
         let mut index = RowIndex::default();
-        for row in txn
-            .open_table(LOG_ROWS)
-            .map_err(redb::Error::from)?
-            .iter()
-            .map_err(redb::Error::from)?
-        {
-            let (key, row) = row.map_err(redb::Error::from)?;
-            for (id, chunk) in decode_row(key.value(), row.value())? {
-                // Lines of a forgotten build, in a row shared with a kept one.
-                let Some(&i) = by_id.get(id) else { continue };
-                index.seen(id, key.value());
-                let chunk: Chunk = serde_json::from_slice(chunk)?;
-                let build = &mut out[i];
-                // A commit that failed after all reached the disk may have
-                // been written again by its retry.
-                let saved = build.logs.last().map_or(0, |l| l.seq);
-                build
-                    .logs
-                    .extend(chunk.lines.into_iter().filter(|l| l.seq > saved));
-                build.agent_seqs = chunk.agent_seqs;
-            }
-        }
+        for_each_entry(&txn, |key, id, chunk| {
+            // Lines of a forgotten build, in a row shared with a kept one.
+            let Some(&i) = by_id.get(id) else {
+                return Ok(());
+            };
+            index.seen(id, key);
+            let chunk: Chunk = serde_json::from_slice(chunk)?;
+            let build = &mut out[i];
+            // A commit that failed after all reached the disk may have been
+            // written again by its retry.
+            let saved = build.logs.last().map_or(0, |l| l.seq);
+            build
+                .logs
+                .extend(chunk.lines.into_iter().filter(|l| l.seq > saved));
+            build.agent_seqs = chunk.agent_seqs;
+            Ok(())
+        })?;
         self.rows().merge(index);
         out.sort_by_key(|r| r.record.status.created_ms);
         Ok(out)
@@ -327,19 +322,12 @@ impl Journal {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
         let mut index = RowIndex::default();
-        for row in txn
-            .open_table(LOG_ROWS)
-            .map_err(redb::Error::from)?
-            .iter()
-            .map_err(redb::Error::from)?
-        {
-            let (key, row) = row.map_err(redb::Error::from)?;
-            for (id, _) in decode_row(key.value(), row.value())? {
-                if builds.get(id).map_err(redb::Error::from)?.is_some() {
-                    index.seen(id, key.value());
-                }
+        for_each_entry(&txn, |key, id, _| {
+            if builds.get(id).map_err(redb::Error::from)?.is_some() {
+                index.seen(id, key);
             }
-        }
+            Ok(())
+        })?;
         self.rows().merge(index);
         Ok(())
     }
@@ -604,6 +592,22 @@ fn push_entry(row: &mut Vec<u8>, id: &str, chunk: &[u8]) {
     }
 }
 
+/// Calls `f` with each entry of each log row, in order: (row key, build id,
+/// chunk).
+fn for_each_entry(
+    txn: &redb::ReadTransaction,
+    mut f: impl FnMut(u64, &str, &[u8]) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    let rows = txn.open_table(LOG_ROWS).map_err(redb::Error::from)?;
+    for row in rows.iter().map_err(redb::Error::from)? {
+        let (key, row) = row.map_err(redb::Error::from)?;
+        for (id, chunk) in decode_row(key.value(), row.value())? {
+            f(key.value(), id, chunk)?;
+        }
+    }
+    Ok(())
+}
+
 /// The entries of row `key` (see [`write_rows`]).
 fn decode_row(key: u64, mut row: &[u8]) -> Result<Vec<(&str, &[u8])>, JournalError> {
     fn take<'a>(row: &mut &'a [u8]) -> Option<&'a [u8]> {
@@ -698,6 +702,17 @@ mod tests {
         .unwrap()
     }
 
+    fn add_build(registry: &Registry, journal: &Journal, id: &str) -> Arc<Build> {
+        let build = Arc::new(Build::new(
+            id.into(),
+            request(),
+            Platform::Local,
+            Some(journal.signal()),
+        ));
+        registry.insert(Arc::clone(&build));
+        build
+    }
+
     /// A build as read back: its id, its lines (seq, text), its agent seqs.
     type Saved = (String, Vec<(u64, String)>, Vec<u64>);
 
@@ -731,19 +746,7 @@ mod tests {
         let registry = Arc::new(Registry::default());
         {
             let journal = Journal::open(&path).unwrap();
-            let builds: Vec<Arc<Build>> = ["a", "b"]
-                .into_iter()
-                .map(|id| {
-                    let b = Arc::new(Build::new(
-                        id.into(),
-                        request(),
-                        Platform::Local,
-                        Some(journal.signal()),
-                    ));
-                    registry.insert(Arc::clone(&b));
-                    b
-                })
-                .collect();
+            let builds = ["a", "b"].map(|id| add_build(&registry, &journal, id));
             // A commit per line and build: a chunk per build per commit.
             for seq in 1..=23u64 {
                 for b in &builds {
@@ -797,16 +800,7 @@ mod tests {
         let path = dir.path().join("builds.redb");
         let registry = Arc::new(Registry::default());
         let journal = Journal::open(&path).unwrap();
-        let add = |id: &str| {
-            let b = Arc::new(Build::new(
-                id.into(),
-                request(),
-                Platform::Local,
-                Some(journal.signal()),
-            ));
-            registry.insert(Arc::clone(&b));
-            b
-        };
+        let add = |id: &str| add_build(&registry, &journal, id);
         let line = |b: &Build, seq: u64| {
             b.append_agent_lines(
                 0,
@@ -870,13 +864,7 @@ mod tests {
         {
             let journal = Journal::open(&path).unwrap();
             for id in ["a", "b"] {
-                let b = Arc::new(Build::new(
-                    id.into(),
-                    request(),
-                    Platform::Local,
-                    Some(journal.signal()),
-                ));
-                registry.insert(Arc::clone(&b));
+                add_build(&registry, &journal, id);
             }
             for seq in 1..=3u64 {
                 for id in ["a", "b"] {
