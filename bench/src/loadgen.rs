@@ -211,12 +211,7 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
         span,
         args.builds as u64 * args.rate
     );
-    println!(
-        "  delivery latency agent->client: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(&lat, 50.0) as f64 / 1000.0,
-        pct(&lat, 99.0) as f64 / 1000.0,
-        lat.last().copied().unwrap_or(0) as f64 / 1000.0
-    );
+    println!("  delivery latency agent->client: {}", spread(&lat));
     println!(
         "    of lines made from 1 s after the last build was created ({} lines): p50 {:.1} ms, p99 {:.1} ms",
         steady.len(),
@@ -264,13 +259,7 @@ fn print_timeline(seen: &[Seen], started_us: u128) {
     }
     let print = |what: String, mut lat: Vec<u64>| {
         lat.sort_unstable();
-        println!(
-            "    {what}: {} lines, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            lat.len(),
-            pct(&lat, 50.0) as f64 / 1000.0,
-            pct(&lat, 99.0) as f64 / 1000.0,
-            lat.last().copied().unwrap_or(0) as f64 / 1000.0
-        );
+        println!("    {what}: {} lines, {}", lat.len(), spread(&lat));
     };
     println!("  latency by when lines were made:");
     for (half_seconds, lat) in by_time {
@@ -381,6 +370,16 @@ fn spec() -> BuildSpec {
         compression: None,
         compression_level: None,
     }
+}
+
+/// "p50 …, p99 …, max …" of sorted latencies in µs, printed in ms.
+fn spread(sorted: &[u64]) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(sorted, 50.0) as f64 / 1000.0,
+        pct(sorted, 99.0) as f64 / 1000.0,
+        sorted.last().copied().unwrap_or(0) as f64 / 1000.0
+    )
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {

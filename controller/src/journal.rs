@@ -178,16 +178,15 @@ struct RowIndex {
 impl RowIndex {
     /// Keys for the rows of a commit holding lines of `builds`: as many
     /// from the one returned on as there are builds (the most rows they can
-    /// take, see [`write_rows`]; unused keys are skipped).
-    fn assign<'a>(&mut self, builds: impl Iterator<Item = &'a str>) -> u64 {
+    /// take, see [`write_rows`]; unused keys are skipped). None without
+    /// builds.
+    fn assign<'a>(&mut self, builds: impl Iterator<Item = &'a str>) -> Option<u64> {
         let key = self.next;
         for id in builds {
             self.next += 1;
-            if !self.first.contains_key(id) {
-                self.first.insert(id.to_string(), key);
-            }
+            self.seen(id, key);
         }
-        key
+        (self.next > key).then_some(key)
     }
 
     /// The key below which no row holds lines of a build other than `gone`.
@@ -455,13 +454,12 @@ impl Journal {
             return Ok(0);
         }
         let builds: Vec<Arc<Build>> = batch.iter().map(|p| Arc::clone(&p.build)).collect();
-        let with_lines = || {
+        let row_key = self.rows().assign(
             batch
                 .iter()
-                .filter_map(|p| Some((p.build.id.as_str(), p.chunk.as_deref()?)))
-        };
-        let row_key = (with_lines().next().is_some())
-            .then(|| self.rows().assign(with_lines().map(|(id, _)| id)));
+                .filter(|p| p.chunk.is_some())
+                .map(|p| p.build.id.as_str()),
+        );
         let db = Arc::clone(&self.db);
         let written = tokio::task::spawn_blocking(move || -> Result<Vec<Pending>, redb::Error> {
             let mut batch = batch;
