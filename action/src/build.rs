@@ -217,13 +217,21 @@ async fn start_embedded() -> Result<(bakery_controller::Running, Option<tempfile
     Ok((running, data))
 }
 
+/// A packed context as the build request names it.
+#[derive(Clone)]
+struct Uploaded {
+    key: String,
+    /// Bytes of file content it unpacks to.
+    content_bytes: u64,
+}
+
 /// Packs each distinct context once and uploads what the store lacks.
 async fn upload_contexts(
     plan: &Plan,
     controller: &Controller,
     store: &ContextStore,
     codec: Codec,
-) -> Result<HashMap<(PathBuf, String), String>> {
+) -> Result<HashMap<(PathBuf, String), Uploaded>> {
     let tmp = tempfile::tempdir().context("creating a temporary directory for context archives")?;
     let s3 = match store {
         ContextStore::S3(location) => {
@@ -258,10 +266,14 @@ async fn upload_contexts(
             tracing::warn!("{w}");
         }
         let key = packed.key();
-        if keys.values().any(|k| k == &key) {
+        let uploaded = Uploaded {
+            key: key.clone(),
+            content_bytes: packed.content_bytes,
+        };
+        if keys.values().any(|k: &Uploaded| k.key == key) {
             // Same bytes as a context already handled (another Dockerfile in
             // the same directory, say): nothing more to report.
-            keys.insert(id, key);
+            keys.insert(id, uploaded);
             continue;
         }
         let sent = match (store, &s3) {
@@ -282,7 +294,7 @@ async fn upload_contexts(
             },
             started.elapsed().as_secs_f64()
         );
-        keys.insert(id, key);
+        keys.insert(id, uploaded);
     }
     Ok(keys)
 }
@@ -313,20 +325,21 @@ fn s3_settings(location: &bakery_core::api::S3Location) -> bakery_store::S3Setti
 
 fn request(
     service: &ServicePlan,
-    keys: &HashMap<(PathBuf, String), String>,
+    keys: &HashMap<(PathBuf, String), Uploaded>,
 ) -> Result<CreateBuild> {
     let tasks = service
         .builds
         .iter()
         .map(|b| {
-            let key = keys
+            let uploaded = keys
                 .get(&(b.context_dir.clone(), b.spec.dockerfile.clone()))
                 .context("context was not packed")?
                 .clone();
             Ok(TaskRequest {
                 arch: b.arch,
                 push: b.push.clone(),
-                context_key: key,
+                context_key: uploaded.key,
+                context_bytes: Some(uploaded.content_bytes),
                 spec: b.spec.clone(),
             })
         })
@@ -504,7 +517,7 @@ fn print_summary(results: &[(String, Option<BuildStatus>, f64)], printer: &Print
                 TaskState::Succeeded => "pushed",
                 TaskState::Failed => "failed",
                 TaskState::Cancelled => "cancelled",
-                TaskState::Starting | TaskState::Running => "unfinished",
+                TaskState::Queued | TaskState::Starting | TaskState::Running => "unfinished",
             };
             rows.push([
                 service.clone(),

@@ -8,6 +8,32 @@ use bakery_core::api::{self, ApiError, BuildStatus, CreateBuild, Created, Info, 
 use futures_util::StreamExt;
 use reqwest::{Client, Response, StatusCode};
 
+/// One try of a call: worth another, or final.
+enum Attempt {
+    Again(anyhow::Error),
+    Final(anyhow::Error),
+}
+
+impl Attempt {
+    fn error(&self) -> &anyhow::Error {
+        match self {
+            Attempt::Again(e) | Attempt::Final(e) => e,
+        }
+    }
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Attempt::Again(e) | Attempt::Final(e) => e,
+        }
+    }
+}
+
+/// 128 random bits, hex: one per build submitted.
+fn idempotency_key() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    hex::encode(bytes)
+}
+
 #[derive(Clone)]
 pub struct Controller {
     http: Client,
@@ -109,19 +135,50 @@ impl Controller {
         Ok(true)
     }
 
+    /// Submits a build. A connection that fails or a 5xx answer (a
+    /// controller restarting, a journal slow to confirm) is retried with
+    /// backoff under one `Idempotency-Key`, so a retry of a request whose
+    /// answer was lost gets the same build, not a second one.
     pub async fn create(&self, request: &CreateBuild) -> Result<String> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/builds", self.base))
-            .json(request)
-            .send()
+        use backon::{ExponentialBuilder, Retryable};
+        let key = idempotency_key();
+        let url = format!("{}/v1/builds", self.base);
+        let attempt = || async {
+            let resp = self
+                .http
+                .post(&url)
+                .header("Idempotency-Key", &key)
+                .timeout(Duration::from_secs(60))
+                .json(request)
+                .send()
+                .await
+                .map_err(|e| {
+                    Attempt::Again(anyhow::Error::new(e).context("submitting the build"))
+                })?;
+            if resp.status().is_server_error() {
+                let e = Self::check(resp, "submitting the build").await.err();
+                return Err(Attempt::Again(
+                    e.unwrap_or_else(|| anyhow::anyhow!("server error")),
+                ));
+            }
+            let resp = Self::check(resp, "submitting the build")
+                .await
+                .map_err(Attempt::Final)?;
+            let created: Created = resp.json().await.map_err(|e| Attempt::Final(e.into()))?;
+            Ok(created.id)
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(6)
+                    .with_jitter(),
+            )
+            .when(|e| matches!(e, Attempt::Again(_)))
+            .notify(|e, pause| tracing::warn!("{:#}; retrying in {pause:.1?}", e.error()))
             .await
-            .context("submitting the build")?;
-        let created: Created = Self::check(resp, "submitting the build")
-            .await?
-            .json()
-            .await?;
-        Ok(created.id)
+            .map_err(Attempt::into_error)
     }
 
     pub async fn status(&self, id: &str) -> Result<BuildStatus> {

@@ -253,7 +253,7 @@ impl GitLab {
     async fn update(&self, status: &BuildStatus) -> Result<(), String> {
         for task in &status.tasks {
             let state = match task.state {
-                TaskState::Starting => CommitStatusState::Pending,
+                TaskState::Queued | TaskState::Starting => CommitStatusState::Pending,
                 TaskState::Running => CommitStatusState::Running,
                 TaskState::Succeeded => CommitStatusState::Success,
                 TaskState::Failed => CommitStatusState::Failed,

@@ -39,7 +39,7 @@ async fn the_index_write_rides_out_a_registry_restart() {
     });
     let destination = format!("127.0.0.1:{port}/bakery/busybox:multi");
     let result = write_index(
-        &registry_client(&destination, &[]),
+        &registry_client(&destination, &[], std::time::Duration::from_secs(30)),
         &destination,
         &[],
         &[(Arch::Amd64, digest.clone())],
@@ -60,7 +60,11 @@ async fn the_index_write_rides_out_a_registry_restart() {
 async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
     let port = free_port();
     let error = write_index(
-        &registry_client(&format!("127.0.0.1:{port}/app/x:1"), &[]),
+        &registry_client(
+            &format!("127.0.0.1:{port}/app/x:1"),
+            &[],
+            std::time::Duration::from_secs(30),
+        ),
         &format!("127.0.0.1:{port}/app/x:1"),
         &[],
         &[(Arch::Amd64, format!("sha256:{}", "a".repeat(64)))],
@@ -85,7 +89,11 @@ async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
 async fn a_missing_manifest_is_not_retried() {
     let registry = registry();
     let error = write_index(
-        &registry_client(&format!("{}/app/x:1", registry.host()), &[]),
+        &registry_client(
+            &format!("{}/app/x:1", registry.host()),
+            &[],
+            std::time::Duration::from_secs(30),
+        ),
         &format!("{}/app/x:1", registry.host()),
         &[],
         &[(Arch::Arm64, format!("sha256:{}", "b".repeat(64)))],

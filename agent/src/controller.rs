@@ -43,6 +43,12 @@ async fn refusal(resp: reqwest::Response) -> String {
         .unwrap_or_else(|_| "no details".into())
 }
 
+/// Longest silence within one answer from the controller.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest a small call (spec, log batch, result) may take in all.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Controller {
     http: Client,
@@ -57,7 +63,13 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(base: &str, task: &str, token: &str) -> Controller {
-        let mut http = Client::builder().connect_timeout(Duration::from_secs(10));
+        // A controller that accepts the connection and then says nothing
+        // is a failed attempt, retried like a refused one: no call waits
+        // forever. (The log stream's acknowledgements have a deadline of
+        // their own; a long quiet stream just reconnects.)
+        let mut http = Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(READ_TIMEOUT);
         if base.starts_with("http://") {
             // Plain HTTP needs no trust store: loading and parsing the
             // system's CA certificates was a good part of an agent's start.
@@ -120,7 +132,9 @@ impl Controller {
 
     pub async fn spec(&self) -> Result<AgentTask, ControllerError> {
         let resp = self
-            .send("the task spec", || self.http.get(self.url("spec")))
+            .send("the task spec", || {
+                self.http.get(self.url("spec")).timeout(CALL_TIMEOUT)
+            })
             .await?;
         resp.json().await.map_err(|e| ControllerError::Unreachable {
             what: "the task spec",
@@ -138,9 +152,14 @@ impl Controller {
         let body = AgentLogs {
             lines: lines.to_vec(),
         };
-        self.send("log lines", || self.http.post(self.url("logs")).json(&body))
-            .await
-            .map(|_| ())
+        self.send("log lines", || {
+            self.http
+                .post(self.url("logs"))
+                .timeout(CALL_TIMEOUT)
+                .json(&body)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Opens the log stream (see the controller's `log_stream`): one
@@ -179,7 +198,10 @@ impl Controller {
 
     pub async fn result(&self, result: &AgentResult) -> Result<(), ControllerError> {
         self.send("the result", || {
-            self.http.post(self.url("result")).json(result)
+            self.http
+                .post(self.url("result"))
+                .timeout(CALL_TIMEOUT)
+                .json(result)
         })
         .await
         .map(|_| ())

@@ -16,6 +16,8 @@ pub enum ExtractError {
     Refused { entry: String, why: String },
     #[error("context archive is larger than the {0}-byte limit once unpacked")]
     TooLarge(u64),
+    #[error("context archive unpacks to more than the {0} bytes the client packed: it is corrupt or was tampered with")]
+    LargerThanPacked(u64),
     #[error("context archive has more than {0} entries")]
     TooManyEntries(u64),
     #[error("context archive is corrupt or truncated: {0}")]
@@ -33,6 +35,9 @@ pub enum ExtractError {
 pub struct Limits {
     pub max_bytes: u64,
     pub max_entries: u64,
+    /// `max_bytes` is what the client said it packed (not a size cap), so
+    /// passing it means the archive is not what was packed.
+    pub declared: bool,
 }
 
 impl Default for Limits {
@@ -40,6 +45,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 16 << 30,
             max_entries: 1_000_000,
+            declared: false,
         }
     }
 }
@@ -107,7 +113,11 @@ pub fn extract(reader: impl Read, dest: &Path, limits: Limits) -> Result<Extract
         if kind.is_file() || kind == tar::EntryType::Continuous {
             done.bytes += size;
             if done.bytes > limits.max_bytes {
-                return Err(ExtractError::TooLarge(limits.max_bytes));
+                return Err(if limits.declared {
+                    ExtractError::LargerThanPacked(limits.max_bytes)
+                } else {
+                    ExtractError::TooLarge(limits.max_bytes)
+                });
             }
             remove_existing(&target)?;
             let mut file = fs::File::create(&target).map_err(|source| ExtractError::Io {

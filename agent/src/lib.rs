@@ -63,6 +63,8 @@ pub enum AgentError {
     Download(#[from] bakery_store::StoreError),
     #[error("the builder did not write the pushed digest to {0}")]
     NoDigest(PathBuf),
+    #[error("{0}")]
+    Context(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -143,8 +145,10 @@ async fn work(
     let context_dir = cfg.work_dir.join("context");
     std::fs::create_dir_all(&context_dir)
         .map_err(io(format!("creating {}", context_dir.display())))?;
+    let limits = extraction_limits(&cfg.work_dir, task.context_bytes)?;
     let started = Instant::now();
-    let extracted = download(controller, &task, &context_dir).await?;
+    let extracted = download(controller, &task, &context_dir, limits).await?;
+    check_dockerfile(&context_dir, &task.spec.dockerfile)?;
     log.line(format!(
         "context: {} entries, {} bytes, unpacked in {:.2}s",
         extracted.entries,
@@ -187,6 +191,7 @@ async fn work(
             .envs(&task.spec.env)
             .envs(&step.env)
             .current_dir(&context_dir);
+        without_agent_secrets(&mut cmd);
         let started = Instant::now();
         let (status, tail) = process::run_streaming(cmd, log, 20)
             .await
@@ -232,6 +237,7 @@ async fn download(
     controller: &Controller,
     task: &AgentTask,
     dest: &Path,
+    limits: extract::Limits,
 ) -> Result<extract::Extracted, AgentError> {
     let (key, reader): (String, Box<dyn tokio::io::AsyncRead + Send + Unpin>) = match &task.context
     {
@@ -261,7 +267,7 @@ async fn download(
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let sync = tokio_util::io::SyncIoBridge::new(reader);
-        extract::extract_compressed(sync, zstd, &dest, extract::Limits::default())
+        extract::extract_compressed(sync, zstd, &dest, limits)
     })
     .await
     .map_err(|e| AgentError::Io {
@@ -323,6 +329,7 @@ async fn script_step(
         .arg(script)
         .current_dir(dir)
         .envs(&task.spec.env);
+    without_agent_secrets(&mut cmd);
     let (status, tail) = process::run_streaming(cmd, log, 20)
         .await
         .map_err(io(format!("starting the {what}")))?;
@@ -332,6 +339,64 @@ async fn script_step(
             status: describe(status),
             last_line: last_meaningful(&tail),
         });
+    }
+    Ok(())
+}
+
+/// Scripts and builders run the build's own code: they get the agent's
+/// environment without its task token, which speaks for this task to the
+/// controller (the agent keeps it to itself).
+fn without_agent_secrets(cmd: &mut Command) {
+    cmd.env_remove(bakery_core::api::agent_env::TASK_TOKEN);
+}
+
+/// What the context may unpack to: what the client packed (its declared
+/// size, when it sent one), never more than 16 GiB, and never more than
+/// 90 % of the free space on the agent's disk, which other agents may
+/// share. A context that cannot fit fails before a byte is written.
+fn extraction_limits(work: &Path, declared: Option<u64>) -> Result<extract::Limits, AgentError> {
+    let mut limits = extract::Limits::default();
+    let free = nix::sys::statvfs::statvfs(work)
+        .ok()
+        .map(|s| s.blocks_available() * s.fragment_size());
+    let room = free.map(|f| f / 10 * 9);
+    if let (Some(declared), Some(room)) = (declared, room) {
+        if declared > room {
+            return Err(AgentError::Context(format!(
+                "the context unpacks to {declared} bytes, but the agent's disk has only {room} bytes to spare; give the agent more disk or send a smaller context (.dockerignore)"
+            )));
+        }
+    }
+    limits.max_bytes = [Some(limits.max_bytes), declared, room]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(limits.max_bytes);
+    limits.declared = declared.is_some_and(|d| d == limits.max_bytes);
+    Ok(limits)
+}
+
+/// The Dockerfile must be a file inside the context: a Dockerfile that is
+/// a symlink (or under one) leading out of the context would have the
+/// builder read any file of the agent's machine.
+fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentError> {
+    let refuse = |why: String| AgentError::Context(format!("dockerfile `{dockerfile}`: {why}"));
+    bakery_core::validate::check_relative_path("dockerfile", dockerfile)
+        .map_err(|e| refuse(e.message))?;
+    let root = context
+        .canonicalize()
+        .map_err(|e| refuse(format!("the context directory: {e}")))?;
+    let path = context
+        .join(dockerfile)
+        .canonicalize()
+        .map_err(|_| refuse("not found in the build context".into()))?;
+    if !path.starts_with(&root) {
+        return Err(refuse(
+            "it is a symlink that leads out of the build context; the Dockerfile must be a file in the context".into(),
+        ));
+    }
+    if !path.is_file() {
+        return Err(refuse("not a file".into()));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::logs::LogSink;
@@ -25,10 +25,12 @@ pub async fn run_streaming(
         let tail = std::sync::Arc::clone(&tail);
         tokio::spawn(async move {
             let Some(stream) = stream else { return };
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while next_line(&mut reader, &mut buf).await {
+                let text = String::from_utf8_lossy(&buf);
                 // Progress bars redraw with \r: keep the last state of the line.
-                let line = line
+                let line = text
                     .rsplit('\r')
                     .find(|s| !s.is_empty())
                     .unwrap_or("")
@@ -64,4 +66,39 @@ pub async fn run_streaming(
         .cloned()
         .collect();
     Ok((status, tail))
+}
+
+/// Longest line kept whole; the rest of a longer one is skipped (the log
+/// cuts lines at 64 KiB anyway), so a builder printing megabytes without a
+/// newline costs the agent no more than this.
+const MAX_LINE: usize = 128 << 10;
+
+/// Reads the next line (without its `\n`) into `buf`; false at the end.
+/// Whatever the bytes are: output that is not UTF-8 (a binary `cat` in a
+/// RUN step) is shown lossily, and the pipe keeps being drained — a reader
+/// that stopped at the first bad byte left the builder blocked on a full
+/// pipe until the build timed out.
+async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    let mut any = false;
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) => return any,
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return any,
+        };
+        any = true;
+        let (part, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(at) => (&chunk[..at], at + 1),
+            None => (chunk, chunk.len()),
+        };
+        let room = MAX_LINE.saturating_sub(buf.len());
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        let ended = done > part.len();
+        reader.consume(done);
+        if ended {
+            return true;
+        }
+    }
 }

@@ -15,6 +15,7 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
         arch,
         push: push.map(String::from),
         context: ContextSource::Controller { key: "k".into() },
+        context_bytes: None,
         spec: BuildSpec {
             platform: None,
             dockerfile: "docker/Dockerfile".into(),
@@ -71,14 +72,15 @@ fn kaniko_command_line() {
         "--digest-file=/w/digest",
         "--custom-platform=linux/arm64",
         "--skip-unused-stages",
-        &format!("--build-arg=BUILDARCH={host}"),
-        "--build-arg=BUILDOS=linux",
-        &format!("--build-arg=BUILDPLATFORM=linux/{host}"),
-        "--build-arg=TARGETARCH=arm64",
-        "--build-arg=TARGETOS=linux",
-        "--build-arg=TARGETPLATFORM=linux/arm64",
-        "--build-arg=TARGETVARIANT=",
-        "--build-arg=VERSION=1.2",
+        // Names only: the values are in the executor's environment.
+        "--build-arg=BUILDARCH",
+        "--build-arg=BUILDOS",
+        "--build-arg=BUILDPLATFORM",
+        "--build-arg=TARGETARCH",
+        "--build-arg=TARGETOS",
+        "--build-arg=TARGETPLATFORM",
+        "--build-arg=TARGETVARIANT",
+        "--build-arg=VERSION",
         "--target=runtime",
         "--label=team=core",
         "--cache=true",
@@ -101,7 +103,59 @@ fn kaniko_command_line() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(steps[0].argv, want);
-    assert_eq!(steps[0].env["DOCKER_CONFIG"], "/w/docker");
+    let env = &steps[0].env;
+    assert_eq!(env["DOCKER_CONFIG"], "/w/docker");
+    assert_eq!(env["BUILDARCH"], host.as_str());
+    assert_eq!(env["TARGETPLATFORM"], "linux/arm64");
+    assert_eq!(env["TARGETVARIANT"], "");
+    assert_eq!(env["VERSION"], "1.2");
+}
+
+/// A build arg's value is never on a builder's command line (every user of
+/// the machine sees those in `ps`), but for names the builder reads itself.
+#[test]
+fn build_arg_values_stay_off_the_command_line() {
+    let mut t = task(Arch::Amd64, Some("r.io/app:1_amd64"));
+    t.spec.build_args = [
+        ("DB_PASSWORD".to_string(), "hunter2-in-argv".to_string()),
+        ("PATH".to_string(), "/opt/bin".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "aws-key".to_string()),
+    ]
+    .into();
+    let work = tempfile::tempdir().unwrap();
+    let job = Job {
+        task: &t,
+        context_dir: Path::new("/c"),
+        work_dir: work.path(),
+        docker_config: None,
+        insecure: &[],
+    };
+    for builder in ["kaniko", "buildah"] {
+        let steps = by_name(builder).unwrap().steps(&job).unwrap();
+        let argv = steps[0].argv.join(" ");
+        assert!(!argv.contains("hunter2-in-argv"), "{builder}: {argv}");
+        assert!(
+            argv.contains("--build-arg=DB_PASSWORD "),
+            "{builder}: {argv}"
+        );
+        assert_eq!(steps[0].env["DB_PASSWORD"], "hunter2-in-argv", "{builder}");
+        // The builder's own PATH and cloud login are not overridden.
+        assert!(
+            argv.contains("--build-arg=PATH=/opt/bin"),
+            "{builder}: {argv}"
+        );
+        assert!(!steps[0].env.contains_key("PATH"), "{builder}");
+        assert!(
+            !steps[0].env.contains_key("AWS_SECRET_ACCESS_KEY"),
+            "{builder}"
+        );
+        for step in &steps[1..] {
+            assert!(
+                !step.env.contains_key("DB_PASSWORD"),
+                "{builder}: only the build step"
+            );
+        }
+    }
 }
 
 #[test]
@@ -140,7 +194,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         build,
         format!(
             "buildah --storage-driver=vfs --root={w}/storage --runroot={w}/run build --isolation=chroot --platform=linux/arm64 \
-             --file=/c/docker/Dockerfile --tag=localhost/bakery-task:arm64 --build-arg=VERSION=1.2 --target=runtime --label=team=core \
+             --file=/c/docker/Dockerfile --tag=localhost/bakery-task:arm64 --build-arg=VERSION --target=runtime --label=team=core \
              --layers --cache-from=r.io/cache/app --cache-to=r.io/cache/app --cache-ttl=24h --verbosity=debug /c"
         )
     );
@@ -153,6 +207,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         )
     );
     assert_eq!(steps[0].env["REGISTRY_AUTH_FILE"], "/w/docker/config.json");
+    assert_eq!(steps[0].env["VERSION"], "1.2");
     let conf = std::fs::read_to_string(&steps[0].env["CONTAINERS_REGISTRIES_CONF"]).unwrap();
     assert!(
         conf.contains("location = \"127.0.0.1:5000\"\ninsecure = true"),

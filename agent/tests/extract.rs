@@ -183,14 +183,27 @@ fn size_and_entry_limits_stop_bombs() {
     let limits = Limits {
         max_bytes: 10,
         max_entries: 100,
+        declared: false,
     };
     assert!(matches!(
         Tar::new().file("big", &[0u8; 11]).run(&dest, limits),
         Err(ExtractError::TooLarge(10))
     ));
+    // A cap that is what the client said it packed names the archive as
+    // not what was packed (a decompression bomb, or tampering).
+    let declared = Limits {
+        declared: true,
+        ..limits
+    };
+    let e = Tar::new()
+        .file("big", &[0u8; 11])
+        .run(&dest, declared)
+        .unwrap_err();
+    assert!(matches!(e, ExtractError::LargerThanPacked(10)), "{e}");
     let limits = Limits {
         max_bytes: 1 << 20,
         max_entries: 3,
+        declared: false,
     };
     let mut t = Tar::new();
     for i in 0..5 {

@@ -94,7 +94,7 @@ proptest! {
         let root = tempfile::tempdir().unwrap();
         let dest = root.path().join("work");
         std::fs::create_dir(&dest).unwrap();
-        let _ = extract(&bytes[..], &dest, Limits { max_bytes: 1 << 20, max_entries: 100 });
+        let _ = extract(&bytes[..], &dest, Limits { max_bytes: 1 << 20, max_entries: 100, declared: false });
         prop_assert!(outside(root.path()).is_empty(), "wrote outside: {:?}", outside(root.path()));
     }
 

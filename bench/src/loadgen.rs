@@ -339,6 +339,7 @@ fn request(key: &str, i: usize) -> CreateBuild {
             arch: Arch::Amd64,
             push: None,
             context_key: key.to_string(),
+            context_bytes: None,
             spec: spec(),
         }],
     }

@@ -26,6 +26,21 @@ pub struct Config {
     /// How long a checked-in agent may take to report its result.
     #[serde(default = "ten_minutes", deserialize_with = "duration")]
     pub build_result_timeout: Duration,
+    /// How long a task may wait for an agent slot (MAX_CONCURRENT_AGENTS),
+    /// from the build's creation, before it fails: no queue waits forever.
+    #[serde(default = "thirty_minutes", deserialize_with = "duration")]
+    pub build_queue_timeout: Duration,
+    /// Most log bytes one build may send; past it the build fails, named.
+    #[serde(default = "default_log_limit", deserialize_with = "byte_size")]
+    pub build_log_limit: u64,
+    /// How long a request that must be saved (a new build, a check-in, a
+    /// cancel, a result) waits for the journal before it is answered 503.
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub journal_timeout: Duration,
+    /// How long one registry request (the index's reads and pushes) may
+    /// take to connect, and to go without an answer, before it is retried.
+    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    pub registry_timeout: Duration,
     #[serde(default = "default_cpu")]
     pub default_build_cpu: Cpu,
     #[serde(default = "default_memory")]
@@ -134,6 +149,20 @@ fn default_platform() -> Platform {
 fn ten_minutes() -> Duration {
     Duration::from_secs(600)
 }
+fn thirty_minutes() -> Duration {
+    Duration::from_secs(1800)
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+/// 256 MiB: a million lines of a chatty build fit with room to spare;
+/// BuildKit keeps 2 MiB per step by default and GitLab 4 MiB per job log.
+fn default_log_limit() -> u64 {
+    256 << 20
+}
 fn default_cpu() -> Cpu {
     Cpu::from_millis(500)
 }
@@ -151,6 +180,40 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// `256Mi`, `256MiB`, `1G`, `1GiB`, `500K` or a number of bytes; `K`, `M`
+/// and `G` are binary units, as for memory.
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_bytes(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a size like 256Mi, 1G or 500000 (bytes)"
+        ))
+    })
+}
+
+fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let scale: u64 = match unit
+        .trim()
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches('i')
+    {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    number
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(scale)
+        .filter(|n| *n > 0)
+}
+
 /// A configuration variable that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("controller configuration: {0}")]
@@ -161,6 +224,9 @@ impl ConfigError {
         ConfigError(message.into())
     }
 }
+
+/// The shortest client token accepted, from either variable.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 impl Config {
     /// Reads the process environment.
@@ -192,7 +258,12 @@ impl Config {
     /// The client token, from CONTROLLER_TOKEN or CONTROLLER_TOKEN_FILE.
     pub fn client_token(&self) -> Result<Option<bakery_core::settings::Secret>, ConfigError> {
         if let Some(t) = &self.controller_token {
-            return Ok(Some(t.clone()));
+            if t.expose().trim().len() < MIN_TOKEN_CHARS {
+                return Err(ConfigError(format!(
+                    "CONTROLLER_TOKEN has fewer than {MIN_TOKEN_CHARS} characters; use a long random token (openssl rand -hex 32)"
+                )));
+            }
+            return Ok(Some(bakery_core::settings::Secret::new(t.expose().trim())));
         }
         let Some(path) = &self.controller_token_file else {
             return Ok(None);
@@ -200,9 +271,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("CONTROLLER_TOKEN_FILE {}: {e}", path.display())))?;
         let token = text.trim();
-        if token.len() < 16 {
+        if token.len() < MIN_TOKEN_CHARS {
             return Err(ConfigError(format!(
-                "CONTROLLER_TOKEN_FILE {} holds fewer than 16 characters; use a long random token",
+                "CONTROLLER_TOKEN_FILE {} holds fewer than {MIN_TOKEN_CHARS} characters; use a long random token (openssl rand -hex 32)",
                 path.display()
             )));
         }
@@ -265,6 +336,28 @@ mod tests {
         assert_eq!(c.s3_bucket.as_deref(), Some("b"));
         assert_eq!(c.s3_ssl, Some(false));
         assert_eq!(c.controller_url, None, "empty means unset");
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("256Mi"), Some(256 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1 << 30));
+        assert_eq!(parse_bytes("2GiB"), Some(2 << 30));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("0"), None);
+        assert_eq!(parse_bytes("lots"), None);
+        let c = config(&[("BUILD_LOG_LIMIT", "1Mi")]).unwrap();
+        assert_eq!(c.build_log_limit, 1 << 20);
+        assert_eq!(config(&[]).unwrap().build_log_limit, 256 << 20);
+    }
+
+    #[test]
+    fn a_short_controller_token_is_refused() {
+        let c = config(&[("CONTROLLER_TOKEN", "short")]).unwrap();
+        let e = c.client_token().unwrap_err().to_string();
+        assert!(e.contains("CONTROLLER_TOKEN") && e.contains("16"), "{e}");
+        let c = config(&[("CONTROLLER_TOKEN", "0123456789abcdef")]).unwrap();
+        assert!(c.client_token().unwrap().is_some());
     }
 
     #[test]

@@ -84,7 +84,11 @@ impl RetryPolicy {
 /// each reading and parsing the system's CA certificates (~50 ms of CPU on
 /// the bench machine). The supervisor makes it on a blocking thread while
 /// the agents build, so it is ready when the last arch has pushed.
-pub fn registry_client(destination: &str, insecure: &[String]) -> Client {
+///
+/// Every request has `timeout` to connect and, once connected, to go quiet:
+/// a registry that accepts connections and never answers is a failed try
+/// (retried like any other), not a build stuck writing its index.
+pub fn registry_client(destination: &str, insecure: &[String], timeout: Duration) -> Client {
     let mut http_hosts = insecure.to_vec();
     if let Ok(reference) = destination.parse::<Reference>() {
         if bakery_core::registry::is_insecure(reference.registry(), insecure) {
@@ -93,6 +97,8 @@ pub fn registry_client(destination: &str, insecure: &[String]) -> Client {
     }
     Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(http_hosts),
+        connect_timeout: Some(timeout),
+        read_timeout: Some(timeout),
         ..ClientConfig::default()
     })
 }

@@ -70,7 +70,8 @@ const KEYED_LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("lo
 const ROW_BYTES: usize = 16 << 10;
 
 /// How long a handler waits for its change to reach the disk before it
-/// answers 503 (the agent retries; the client sees an error it can retry).
+/// answers 503 (the agent retries; the client sees an error it can retry),
+/// unless JOURNAL_TIMEOUT says otherwise.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,17 @@ pub struct Record {
     pub request: CreateBuild,
     pub tasks: Vec<TaskRecord>,
     pub cancel_requested: bool,
+    /// Whether the client was told the build exists (see
+    /// [`crate::state::Inner::acknowledged`]). Journals written before the
+    /// flag existed acknowledged every build they held.
+    #[serde(default = "yes")]
+    pub acknowledged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A task's private state that must outlive the process.
@@ -112,6 +124,9 @@ pub struct TaskRecord {
     /// Wall-clock times, since `Instant`s do not survive a restart.
     pub launched_ms: Option<u64>,
     pub checked_in_ms: Option<u64>,
+    /// When the task began waiting for an agent slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<u64>,
 }
 
 /// Lines added by one commit, and each task's agent seq after them (so a
@@ -158,6 +173,8 @@ pub struct Journal {
     db: Arc<Database>,
     signal: Arc<Signal>,
     rows: Mutex<RowIndex>,
+    /// How long [`Journal::flush`] waits for its commit.
+    flush_timeout: Duration,
 }
 
 /// Which log rows may go. Rows are written in key order and a build's lines
@@ -220,14 +237,13 @@ impl RowIndex {
 
 impl Journal {
     /// Opens (or creates) the journal file, with permissions for its owner
-    /// only: it holds registry credentials of unfinished builds.
+    /// only from the first byte: it holds registry credentials of
+    /// unfinished builds.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| JournalError::Open {
-                path: path.display().to_string(),
-                source: redb::Error::Io(e),
-            })?;
-        }
+        create_private(path).map_err(|e| JournalError::Open {
+            path: path.display().to_string(),
+            source: redb::Error::Io(e),
+        })?;
         // redb caches up to 1 GiB of pages by default, and keeps what a
         // commit wrote: under 1,000 chatty builds that is every log line a
         // second time in RSS. The journal only appends, and reads once at
@@ -263,7 +279,18 @@ impl Journal {
                 next,
                 ..RowIndex::default()
             }),
+            flush_timeout: FLUSH_TIMEOUT,
         })
+    }
+
+    /// Sets how long a flush waits for its commit before it fails.
+    pub fn with_flush_timeout(mut self, timeout: Duration) -> Journal {
+        self.flush_timeout = timeout;
+        self
+    }
+
+    pub fn flush_timeout(&self) -> Duration {
+        self.flush_timeout
     }
 
     pub fn signal(&self) -> Arc<Signal> {
@@ -351,22 +378,23 @@ impl Journal {
             self.signal.wake();
         }
         let mut committed = self.signal.committed.subscribe();
-        let reached = tokio::time::timeout(FLUSH_TIMEOUT, committed.wait_for(|c| *c >= mine))
+        let reached = tokio::time::timeout(self.flush_timeout, committed.wait_for(|c| *c >= mine))
             .await
             .is_ok_and(|r| r.is_ok());
         if reached {
             Ok(())
         } else {
-            Err(JournalError::Timeout(FLUSH_TIMEOUT))
+            Err(JournalError::Timeout(self.flush_timeout))
         }
     }
 
-    /// Removes finished builds that ended more than `retention` ago.
+    /// Removes finished builds that ended more than `retention` ago;
+    /// returns their ids.
     pub fn forget_older_than(
         &self,
         registry: &Registry,
         retention: Duration,
-    ) -> Result<usize, JournalError> {
+    ) -> Result<Vec<String>, JournalError> {
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
         let old: Vec<String> = registry
             .all()
@@ -378,7 +406,7 @@ impl Journal {
             .map(|b| b.id.clone())
             .collect();
         if old.is_empty() {
-            return Ok(0);
+            return Ok(old);
         }
         self.index_rows()?;
         // Under the lock that new rows are numbered under: a row written
@@ -401,7 +429,7 @@ impl Journal {
             rows.first.remove(id);
             registry.remove(id);
         }
-        Ok(old.len())
+        Ok(old)
     }
 
     /// The writer: saves dirty builds, one transaction per wake-up, until the
@@ -660,6 +688,29 @@ fn migrate_keyed_logs(txn: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Creates the journal's directory (0700) and an empty file (0600) if
+/// they do not exist, so that the file is never readable by others, not
+/// even between its creation and a chmod; redb initialises an empty file.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
@@ -706,6 +757,7 @@ mod tests {
             request(),
             Platform::Local,
             Some(journal.signal()),
+            u64::MAX,
         ));
         registry.insert(Arc::clone(&build));
         build
@@ -782,6 +834,7 @@ mod tests {
             journal
                 .forget_older_than(&registry, Duration::ZERO)
                 .unwrap()
+                .len()
         };
         assert_eq!(forget("a"), 1);
         assert_eq!(rows(&path, LOG_ROWS), 23);
@@ -831,7 +884,7 @@ mod tests {
             journal
                 .forget_older_than(&registry, Duration::ZERO)
                 .unwrap(),
-            1
+            ["a"]
         );
         assert_eq!(rows_in(&journal.db, LOG_ROWS), 3);
         // A new row after the forgetting is numbered after the others.

@@ -3,8 +3,10 @@
 //! Read top-down:
 //!
 //! * [`config`]: the environment variables it reads.
-//! * [`routes`]: the HTTP API (clients: create, status, follow, cancel;
-//!   agents: spec, context, logs, result).
+//! * [`routes`]: the HTTP API: the router, authentication, and the
+//!   client's endpoints (create, status, cancel, contexts); [`follow`]: a
+//!   build's log as server-sent events; [`agent_api`]: the agent's
+//!   endpoints (spec, context, logs, result).
 //! * [`log_stream`]: an agent's log as one long request, acknowledged as
 //!   it is saved.
 //! * [`state`]: builds, tasks and their logs in memory.
@@ -15,7 +17,9 @@
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
 
+pub mod agent_api;
 pub mod config;
+pub mod follow;
 pub mod index;
 pub mod journal;
 pub mod log_stream;
@@ -39,9 +43,14 @@ pub use config::Config;
 use platform::local::LocalPlatform;
 use platform::AgentPlatform;
 
-/// Largest request body accepted: context uploads (when contexts are kept
-/// on the controller) are streamed to disk under this cap.
+/// Largest context upload (when contexts are kept on the controller):
+/// streamed to disk under this cap. Other routes have small limits of
+/// their own ([`routes`]).
 const MAX_CONTEXT_BYTES: u64 = 8 << 30;
+
+/// How long a stopping controller waits for its connections to end once
+/// it has told every stream to end: then it exits regardless.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Everything the handlers and supervisors share.
 pub struct App {
@@ -54,14 +63,22 @@ pub struct App {
     /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
     pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
     pub disk: store::DiskStore,
+    /// Contexts in S3, read on behalf of local agents (which get no cloud
+    /// credentials of the controller's); connected on first use.
+    pub s3: tokio::sync::OnceCell<bakery_store::S3Store>,
     pub metrics: Arc<metrics::Metrics>,
-    pub body_limit: usize,
     /// What clients must present, if anything.
     pub client_token: Option<bakery_core::settings::Secret>,
     /// OpenID Connect ID tokens accepted instead, if configured.
     pub oidc: Option<oidc::Oidc>,
     /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
     pub slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
+    /// Cancelled when the controller stops: log followers and agents' log
+    /// streams end (and reconnect to the next controller) instead of
+    /// holding the shutdown open.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// Idempotency-Key → build id, for builds still known.
+    pub idempotency: std::sync::Mutex<HashMap<String, String>>,
     /// Supervisors and the journal writer: ended with the controller, so
     /// that nothing of it (the journal file's lock included) outlives it.
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -143,12 +160,27 @@ impl Running {
         unfinished
     }
 
+    /// Stops accepting connections, ends every stream (followers and
+    /// agents reconnect to the next controller), saves what came in, and
+    /// gives up on connections that are still open after [`SHUTDOWN_GRACE`]:
+    /// a rollout must not wait on a client.
     async fn stop_serving(self) {
+        let _ = self.shutdown.send(true);
+        self.app.stopping.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open {}s after the shutdown began; closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            server.abort();
+        }
         if let Err(e) = self.app.journal.flush().await {
             tracing::error!("{e}");
         }
-        let _ = self.shutdown.send(true);
-        let _ = self.server.await;
         let mut tasks = std::mem::take(&mut *self.app.background.lock().expect("lock"));
         tasks.extend(std::mem::take(
             &mut *self.app.supervisors.lock().expect("lock"),
@@ -196,10 +228,35 @@ fn push_task(
 fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
     let mut resumed = 0;
     for saved in restored {
-        let build = Arc::new(state::Build::restore(saved, Some(app.journal.signal())));
+        let build = Arc::new(state::Build::restore(
+            saved,
+            Some(app.journal.signal()),
+            app.config.build_log_limit,
+        ));
         app.builds.insert(Arc::clone(&build));
+        if let Some(key) = build.lock().idempotency_key.clone() {
+            app.idempotency
+                .lock()
+                .expect("lock")
+                .insert(key, build.id.clone());
+        }
         let status = build.status();
         if status.state.is_terminal() {
+            continue;
+        }
+        if !build.lock().acknowledged {
+            // Saved, but its creation was answered 503 (or not at all): the
+            // client was not told it exists, so it must not run.
+            let mut inner = build.lock();
+            for i in 0..inner.status.tasks.len() {
+                inner.finish_task(i, bakery_core::api::TaskState::Cancelled, None);
+            }
+            inner.finish_build(
+                BuildState::Failed,
+                Some("the controller stopped before it confirmed this build to the client, so it was never started; submit it again".into()),
+            );
+            drop(inner);
+            build.touch();
             continue;
         }
         if let Some(missing) = status
@@ -226,18 +283,50 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
     }
 }
 
-/// Drops finished builds older than BUILD_RETENTION, hourly.
+/// Drops finished builds older than BUILD_RETENTION, hourly, with what
+/// they left on the controller's disk: the local agents' own logs, and
+/// contexts that no build still kept refers to.
 async fn forget_old_builds(app: Arc<App>) {
     loop {
-        match app
-            .journal
-            .forget_older_than(&app.builds, app.config.build_retention)
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "forgot builds past BUILD_RETENTION"),
-            Err(e) => tracing::warn!("cleaning up old builds: {e}"),
-        }
+        forget_once(&app).await;
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
+
+/// One pass of [`forget_old_builds`].
+pub async fn forget_once(app: &App) {
+    let retention = app.config.build_retention;
+    match app.journal.forget_older_than(&app.builds, retention) {
+        Ok(gone) if gone.is_empty() => {}
+        Ok(gone) => {
+            tracing::info!(removed = gone.len(), "forgot builds past BUILD_RETENTION");
+            let mut keys = app.idempotency.lock().expect("lock");
+            keys.retain(|_, id| !gone.contains(id));
+            drop(keys);
+            platform::local::delete_agent_logs(&app.config.data_dir.join("work"), &gone);
+        }
+        Err(e) => tracing::warn!("cleaning up old builds: {e}"),
+    }
+    if app.config.s3_bucket.is_none() {
+        let used: HashSet<String> = app
+            .builds
+            .all()
+            .iter()
+            .flat_map(|b| {
+                let inner = b.lock();
+                inner
+                    .request
+                    .tasks
+                    .iter()
+                    .map(|t| t.context_key.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        match app.disk.sweep(&used, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "deleted contexts no kept build uses"),
+            Err(e) => tracing::warn!("cleaning up old contexts: {e}"),
+        }
     }
 }
 
@@ -291,6 +380,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .unwrap_or_else(|| format!("http://{addr}"));
     // Configuration mistakes first: they need no journal or platform to report.
     let client_token = config.client_token()?;
+    if client_token.is_none() && config.oidc_issuers.trim().is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "no CONTROLLER_TOKEN (or OIDC_ISSUERS) is set and the controller listens beyond loopback: anyone who can reach it can build, cancel and read logs; set CONTROLLER_TOKEN"
+        );
+    }
     let oidc = oidc::Oidc::from_config(
         &config.oidc_issuers,
         &config.oidc_audience,
@@ -299,9 +394,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
-    let journal = Arc::new(journal::Journal::open(
-        &config.data_dir.join("builds.redb"),
-    )?);
+    let journal = Arc::new(
+        journal::Journal::open(&config.data_dir.join("builds.redb"))?
+            .with_flush_timeout(config.journal_timeout),
+    );
     let restored = journal.load()?;
     let keep: HashSet<String> = restored
         .iter()
@@ -327,6 +423,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     .clone()
                     .unwrap_or_else(LocalPlatform::find_agent),
                 config.data_dir.join("work"),
+                config.insecure_registries.clone(),
                 exits,
             )),
             Platform::Ecs => Box::new(
@@ -354,13 +451,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         oidc,
         slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
+        s3: tokio::sync::OnceCell::new(),
         metrics,
         config,
         agent_url,
         builds: Arc::new(state::Registry::default()),
         journal: Arc::clone(&journal),
         platforms,
-        body_limit: MAX_CONTEXT_BYTES as usize,
+        stopping: tokio_util::sync::CancellationToken::new(),
+        idempotency: Default::default(),
         background: Default::default(),
         supervisors: Default::default(),
     });

@@ -87,8 +87,14 @@ async fn read_lines(
     // parsed straight from the frame: nothing is copied, and no buffer
     // sized for the largest burst stays allocated per stream.
     let mut partial: Vec<u8> = Vec::new();
-    while let Some(frame) = frames.next().await {
-        let Ok(frame) = frame else { break };
+    loop {
+        // A stopping controller ends the stream where it is: the lines so
+        // far are acknowledged, and the agent sends the rest to the next one.
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            () = app.stopping.cancelled() => None,
+        };
+        let Some(Ok(frame)) = frame else { break };
         let Some(last) = frame.iter().rposition(|b| *b == b'\n') else {
             partial.extend_from_slice(&frame);
             if partial.len() > MAX_LINE {

@@ -1,59 +1,109 @@
-//! HTTP handlers. Client endpoints first, then the agent's.
+//! The HTTP API: the router, authentication, and the client's endpoints.
+//! Log following is in [`crate::follow`], the agent's endpoints in
+//! [`crate::agent_api`].
 //!
 //! Every failure answers 4xx/5xx with `{"error": "..."}` that says what to
-//! do; no handler panics on input.
+//! do, unknown paths and methods included; no handler panics on input.
+//! Each route reads at most what it needs: small JSON bodies everywhere,
+//! the context cap only where contexts are uploaded.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bakery_core::api::{
-    self, AgentLogs, AgentResult, AgentTask, ApiError, BuildStatus, ContextSource, ContextStore,
-    CreateBuild, Created, Info, TaskState,
+    ApiError, BuildState, BuildStatus, ContextStore, CreateBuild, Created, Info,
 };
-use futures_util::stream::{self, Stream};
-use serde::Deserialize;
+use bakery_core::validate;
 
+use crate::agent_api::{self, require_task_token};
 use crate::state::{new_build_id, token_matches, Build};
 use crate::App;
 
+/// Body limit of routes that take small JSON (status, cancel, results).
+const SMALL_BODY: usize = 64 << 10;
+
+/// An agent's log batch: up to 1,000 lines of up to 64 KiB each.
+const AGENT_BATCH_BODY: usize = 72 << 20;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
 pub fn router(app: Arc<App>) -> Router {
     // Client endpoints need the controller token when one is configured;
-    // agent endpoints authenticate with their own per-task token.
+    // agent endpoints authenticate with their own per-task token. Both
+    // checks run before any body is read.
     let client = Router::new()
         .route("/v1/info", get(info))
-        .route("/v1/builds", post(create_build))
+        .route(
+            "/v1/builds",
+            post(create_build).layer(DefaultBodyLimit::max(validate::MAX_CREATE_BYTES)),
+        )
         .route("/v1/builds/{id}", get(build_status))
-        .route("/v1/builds/{id}/logs", get(follow_logs))
+        .route("/v1/builds/{id}/logs", get(crate::follow::follow_logs))
         .route("/v1/builds/{id}/cancel", post(cancel_build))
         .route("/v1/contexts/{*key}", put(put_context).head(head_context))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             require_client_token,
         ));
+    let agent = Router::new()
+        .route(
+            "/v1/agent/tasks/{task}/spec",
+            get(agent_api::agent_spec).head(agent_api::agent_spec_head),
+        )
+        .route(
+            "/v1/agent/tasks/{task}/context",
+            get(agent_api::agent_context),
+        )
+        .route(
+            "/v1/agent/tasks/{task}/logs",
+            post(agent_api::agent_logs).layer(DefaultBodyLimit::max(AGENT_BATCH_BODY)),
+        )
+        .route(
+            "/v1/agent/tasks/{task}/log-stream",
+            post(agent_api::agent_log_stream),
+        )
+        .route(
+            "/v1/agent/tasks/{task}/result",
+            post(agent_api::agent_result),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            require_task_token,
+        ));
     Router::new()
         .merge(client)
+        .merge(agent)
         // Probes and scrapes carry no secrets and need no token, as a
         // kubelet or Prometheus expects.
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.yaml", get(openapi))
-        .route("/v1/agent/tasks/{task}/spec", get(agent_spec))
-        .route("/v1/agent/tasks/{task}/context", get(agent_context))
-        .route("/v1/agent/tasks/{task}/logs", post(agent_logs))
-        .route("/v1/agent/tasks/{task}/log-stream", post(agent_log_stream))
-        .route("/v1/agent/tasks/{task}/result", post(agent_result))
-        .layer(axum::extract::DefaultBodyLimit::max(app.body_limit))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(app)
+}
+
+async fn not_found() -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; the API is described at /openapi.yaml",
+    )
+}
+
+async fn method_not_allowed() -> Failure {
+    Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method; see /openapi.yaml",
+    )
 }
 
 /// Liveness: the process serves HTTP.
@@ -98,6 +148,17 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
 
+/// The token of an `Authorization` header, whatever the case of its
+/// `Bearer` scheme (RFC 9110 makes schemes case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Checks `Authorization: Bearer <CONTROLLER_TOKEN>` in constant time.
 async fn require_client_token(
     State(app): State<Arc<App>>,
@@ -107,13 +168,7 @@ async fn require_client_token(
     if app.client_token.is_none() && app.oidc.is_none() {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let Some(token) = given else {
+    let Some(token) = bearer(request.headers()).map(str::to_string) else {
         return Failure::new(
             StatusCode::UNAUTHORIZED,
             "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client, or send a CI ID token",
@@ -144,26 +199,16 @@ async fn require_client_token(
 pub struct Failure(StatusCode, String);
 
 impl Failure {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Failure(status, message.into())
     }
     fn not_found(what: &str, id: &str) -> Self {
+        let shown: String = id.chars().take(80).flat_map(char::escape_default).collect();
         Failure::new(
             StatusCode::NOT_FOUND,
-            format!("no {what} `{id}` on this controller"),
+            format!("no {what} `{shown}` on this controller"),
         )
     }
-}
-
-/// Waits until the changes made so far are in the journal: what a handler
-/// acknowledges must survive a controller crash. 503 otherwise, which
-/// agents and clients retry.
-async fn durable(app: &App) -> Result<()> {
-    app.journal.flush().await.map_err(unavailable)
-}
-
-fn unavailable(e: crate::journal::JournalError) -> Failure {
-    Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 impl IntoResponse for Failure {
@@ -172,7 +217,31 @@ impl IntoResponse for Failure {
     }
 }
 
-type Result<T> = std::result::Result<T, Failure>;
+// axum's own refusals (a body that is not JSON, too large, a bad query)
+// keep their status and message, in the API's error body.
+macro_rules! rejections_are_failures {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Failure {
+            fn from(e: $t) -> Self {
+                Failure::new(e.status(), e.body_text())
+            }
+        }
+    )*};
+}
+rejections_are_failures!(JsonRejection, PathRejection, QueryRejection);
+
+pub type Result<T> = std::result::Result<T, Failure>;
+
+/// Waits until the changes made so far are in the journal: what a handler
+/// acknowledges must survive a controller crash. 503 otherwise, which
+/// agents and clients retry.
+pub async fn durable(app: &App) -> Result<()> {
+    app.journal.flush().await.map_err(unavailable)
+}
+
+pub fn unavailable(e: crate::journal::JournalError) -> Failure {
+    Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
 
 async fn info(State(app): State<Arc<App>>) -> Json<Info> {
     Json(Info {
@@ -185,34 +254,156 @@ async fn info(State(app): State<Arc<App>>) -> Json<Info> {
     })
 }
 
+/// `POST /v1/builds`. Creation is atomic from the client's view: the id
+/// goes out only once the build is saved, and a build whose creation was
+/// answered with an error never runs (it is saved as not acknowledged, and
+/// a controller that restarts fails such builds instead of starting them).
+/// A client that retries with the same `Idempotency-Key` gets the same build.
 async fn create_build(
     State(app): State<Arc<App>>,
-    request: std::result::Result<Json<CreateBuild>, axum::extract::rejection::JsonRejection>,
+    headers: HeaderMap,
+    request: std::result::Result<Json<CreateBuild>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Created>)> {
-    let Json(request) = request.map_err(|e| Failure::new(e.status(), e.body_text()))?;
-    if request.tasks.is_empty() {
+    let Json(request) = request?;
+    validate::check_create(&request)
+        .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    check_platforms_and_contexts(&app, &request).await?;
+    let key = idempotency_key(&headers)?;
+    if let Some(key) = &key {
+        if let Some(id) = same_build(&app, key, &request).await? {
+            return Ok((StatusCode::CREATED, Json(Created { id })));
+        }
+    }
+    let id = new_build_id();
+    let build = Arc::new(Build::new(
+        id.clone(),
+        request,
+        app.config.default_platform,
+        Some(app.journal.signal()),
+        app.config.build_log_limit,
+    ));
+    build.lock().idempotency_key = key.clone();
+    app.builds.insert(Arc::clone(&build));
+    if let Some(key) = &key {
+        app.idempotency
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), id.clone());
+    }
+    // The id goes out only once the build would survive a restart.
+    if let Err(e) = durable(&app).await {
+        withdraw(&app, &build, key.as_deref());
         return Err(Failure::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "a build needs at least one task",
+            e.0,
+            format!("{}; the build was not started, submit it again", e.1),
         ));
     }
-    for (i, t) in request.tasks.iter().enumerate() {
-        if request.tasks[..i].iter().any(|o| o.arch == t.arch) {
-            return Err(Failure::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("arch {} appears twice", t.arch),
-            ));
+    build.lock().acknowledged = true;
+    build.touch();
+    tracing::info!(build = %id, service = %build.status().service, "build created");
+    app.spawn_supervisor(crate::supervisor::run(Arc::clone(&app), build));
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+/// A build whose creation failed: it ends as failed (saved so, in time)
+/// and is never started; its idempotency key is free for the retry.
+fn withdraw(app: &App, build: &Build, key: Option<&str>) {
+    {
+        let mut inner = build.lock();
+        for i in 0..inner.status.tasks.len() {
+            inner.finish_task(i, bakery_core::api::TaskState::Cancelled, None);
         }
-        if t.push.is_none() && !t.spec.no_push {
-            return Err(Failure::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the {} task has no push destination", t.arch),
-            ));
-        }
-        app.disk
-            .path(&t.context_key)
-            .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        inner.finish_build(
+            BuildState::Failed,
+            Some(
+                "the controller could not save this build in time, so it was never started".into(),
+            ),
+        );
     }
+    build.touch();
+    if let Some(key) = key {
+        let mut keys = app.idempotency.lock().expect("lock");
+        if keys.get(key) == Some(&build.id) {
+            keys.remove(key);
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, if sent: printable, at most 255 characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v) if !v.is_empty() && v.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(v.to_string())),
+        _ => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            ),
+        )),
+    }
+}
+
+/// The build an earlier request with this key created, once that request
+/// has settled: `None` when there is none (or it was withdrawn), an error
+/// when the key came with a different request.
+async fn same_build(app: &App, key: &str, request: &CreateBuild) -> Result<Option<String>> {
+    let Some(build) = ({
+        let keys = app.idempotency.lock().expect("lock");
+        keys.get(key).and_then(|id| app.builds.get(id))
+    }) else {
+        return Ok(None);
+    };
+    if !same_request(&build.lock().request, request) {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for a different build request; use a new key",
+        ));
+    }
+    // The first request may still be saving: wait for its outcome.
+    let mut changed = build.subscribe_state();
+    let deadline = tokio::time::Instant::now() + app.journal.flush_timeout() * 2;
+    loop {
+        {
+            let inner = build.lock();
+            if inner.acknowledged {
+                return Ok(Some(build.id.clone()));
+            }
+            if inner.status.state.is_terminal() {
+                return Ok(None);
+            }
+        }
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "an earlier request with this Idempotency-Key is still being saved; retry",
+            ));
+        }
+    }
+}
+
+/// Two requests are the same build when they differ at most in registry
+/// passwords (a finished build forgets those).
+fn same_request(a: &CreateBuild, b: &CreateBuild) -> bool {
+    let strip = |r: &CreateBuild| {
+        let mut r = r.clone();
+        for t in &mut r.tasks {
+            for c in &mut t.spec.credentials {
+                c.password = bakery_core::settings::Secret::new("");
+            }
+        }
+        r
+    };
+    strip(a) == strip(b)
+}
+
+/// Every task's platform runs here, and every context is where the agent
+/// will look for it.
+async fn check_platforms_and_contexts(app: &App, request: &CreateBuild) -> Result<()> {
     for t in &request.tasks {
         let platform = t.spec.platform.unwrap_or(app.config.default_platform);
         if !app.platforms.contains_key(&platform) {
@@ -228,39 +419,21 @@ async fn create_build(
                 ),
             ));
         }
-    }
-    if app.config.s3_bucket.is_none() {
-        for t in &request.tasks {
-            if !app.disk.exists(&t.context_key).await.unwrap_or(false) {
-                return Err(Failure::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "context {} was not uploaded; PUT it to /v1/contexts/{} first",
-                        t.context_key, t.context_key
-                    ),
-                ));
-            }
+        if app.config.s3_bucket.is_none() && !app.disk.exists(&t.context_key).await.unwrap_or(false)
+        {
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "context {} was not uploaded; PUT it to /v1/contexts/{} first",
+                    t.context_key, t.context_key
+                ),
+            ));
         }
     }
-    let id = new_build_id();
-    let build = Arc::new(Build::new(
-        id.clone(),
-        request,
-        app.config.default_platform,
-        Some(app.journal.signal()),
-    ));
-    app.builds.insert(Arc::clone(&build));
-    // The id goes out only once the build would survive a restart.
-    if let Err(e) = durable(&app).await {
-        app.builds.remove(&id);
-        return Err(e);
-    }
-    tracing::info!(build = %id, service = %build.status().service, "build created");
-    app.spawn_supervisor(crate::supervisor::run(Arc::clone(&app), build));
-    Ok((StatusCode::CREATED, Json(Created { id })))
+    Ok(())
 }
 
-fn find(app: &App, id: &str) -> Result<Arc<Build>> {
+pub fn find(app: &App, id: &str) -> Result<Arc<Build>> {
     app.builds
         .get(id)
         .ok_or_else(|| Failure::not_found("build", id))
@@ -268,135 +441,47 @@ fn find(app: &App, id: &str) -> Result<Arc<Build>> {
 
 async fn build_status(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<BuildStatus>> {
+    let Path(id) = id?;
     Ok(Json(find(&app, &id)?.status()))
 }
 
+/// Saved before it is acted on: a cancel answered 503 stopped nothing.
 async fn cancel_build(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<BuildStatus>)> {
+    let Path(id) = id?;
     let build = find(&app, &id)?;
     {
         let mut inner = build.lock();
-        if !inner.status.state.is_terminal() {
+        if inner.status.state.is_terminal() || inner.cancel_requested {
+            drop(inner);
+            return Ok((StatusCode::ACCEPTED, Json(build.status())));
+        }
+        inner.cancel_pending = true;
+    }
+    build.mark_dirty();
+    let saved = durable(&app).await;
+    {
+        let mut inner = build.lock();
+        inner.cancel_pending = false;
+        if saved.is_ok() {
             inner.cancel_requested = true;
         }
     }
     build.touch();
-    durable(&app).await?;
+    saved?;
     Ok((StatusCode::ACCEPTED, Json(build.status())))
 }
 
-#[derive(Deserialize)]
-struct FollowQuery {
-    /// Resume after this seq (same as the `Last-Event-ID` header).
-    after: Option<u64>,
-}
-
-/// Server-sent events: `log` lines (id = seq), `status` changes, and a final
-/// `end`. A reconnecting client sends `Last-Event-ID` and gets every line
-/// after it exactly once.
-async fn follow_logs(
+async fn head_context(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Query(query): Query<FollowQuery>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
-    let build = find(&app, &id)?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .or(query.after)
-        .unwrap_or(0);
-    // Produced as the connection reads: no task or channel between the
-    // build and the socket, and a batch of lines is written in one go.
-    let follower = Follower {
-        changed: build.subscribe(),
-        build,
-        cursor: after,
-        last_status: None,
-        queued: VecDeque::new(),
-        finished: false,
-    };
-    let events = stream::unfold(follower, |mut f| async move {
-        f.next().await.map(|e| (Ok::<_, Infallible>(e), f))
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-/// Most lines a follower takes from its build at a time: what a follower
-/// that falls behind holds in memory (a thousand lagging followers of 256
-/// lines each held ~75 MB).
-const FOLLOW_STEP: usize = 64;
-
-/// One client following one build's log.
-struct Follower {
-    build: Arc<Build>,
-    changed: tokio::sync::watch::Receiver<u64>,
-    /// The seq of the last line sent.
-    cursor: u64,
-    last_status: Option<BuildStatus>,
-    /// Events made and not yet taken by the connection.
-    queued: VecDeque<Event>,
-    /// The `end` event is queued: nothing follows it.
-    finished: bool,
-}
-
-impl Follower {
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.queued.pop_front() {
-                return Some(event);
-            }
-            if self.finished {
-                return None;
-            }
-            let (cursor, queued) = (&mut self.cursor, &mut self.queued);
-            let (status, caught_up) = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
-                *cursor = line.seq;
-                queued.push_back(
-                    Event::default()
-                        .event(api::event::LOG)
-                        .id(line.seq.to_string())
-                        .json_data(line)
-                        .expect("log events serialise"),
-                );
-            });
-            let terminal = status.state.is_terminal();
-            // The end waits for the last lines to be saved (and sent).
-            let hold = terminal && !caught_up;
-            if !hold && self.last_status.as_ref() != Some(&status) {
-                let name = if terminal {
-                    api::event::END
-                } else {
-                    api::event::STATUS
-                };
-                self.queued.push_back(
-                    Event::default()
-                        .event(name)
-                        .json_data(&status)
-                        .expect("status serialises"),
-                );
-                self.last_status = Some(status);
-            }
-            if terminal && !hold {
-                self.finished = true;
-                continue;
-            }
-            // Nothing new: wait for saved lines or a status change. (After a
-            // full step the next one is taken as soon as this is sent.)
-            if self.queued.is_empty() && self.changed.changed().await.is_err() {
-                return None;
-            }
-        }
-    }
-}
-
-async fn head_context(State(app): State<Arc<App>>, Path(key): Path<String>) -> Result<StatusCode> {
-    match app.disk.exists(&key).await {
+    key: std::result::Result<Path<String>, PathRejection>,
+) -> Result<StatusCode> {
+    let Path(key) = key?;
+    match app.disk.exists_and_touch(&key).await {
         Ok(true) => Ok(StatusCode::OK),
         Ok(false) => Ok(StatusCode::NOT_FOUND),
         Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
@@ -405,16 +490,17 @@ async fn head_context(State(app): State<Arc<App>>, Path(key): Path<String>) -> R
 
 async fn put_context(
     State(app): State<Arc<App>>,
-    Path(key): Path<String>,
+    key: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<StatusCode> {
+    let Path(key) = key?;
     if app.config.s3_bucket.is_some() {
         return Err(Failure::new(
             StatusCode::CONFLICT,
             "this controller stores contexts in S3; upload there (S3_BUCKET)",
         ));
     }
-    if app.disk.exists(&key).await.unwrap_or(false) {
+    if app.disk.exists_and_touch(&key).await.unwrap_or(false) {
         return Ok(StatusCode::OK);
     }
     use crate::store::StoreError;
@@ -431,164 +517,4 @@ async fn put_context(
             e.to_string(),
         )),
     }
-}
-
-/// Resolves an agent's bearer token to its task. Tokens of finished tasks
-/// are no longer accepted.
-fn agent_task(app: &App, task: &str, headers: &HeaderMap) -> Result<(Arc<Build>, usize)> {
-    let unauthorized = || Failure::new(StatusCode::UNAUTHORIZED, "missing or wrong task token");
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    let (build, index) = app.builds.task(task).ok_or_else(unauthorized)?;
-    let valid = {
-        let inner = build.lock();
-        token_matches(given, &inner.runtime[index].token)
-            && !inner.status.tasks[index].state.is_terminal()
-    };
-    if !valid {
-        return Err(unauthorized());
-    }
-    Ok((build, index))
-}
-
-async fn agent_spec(
-    State(app): State<Arc<App>>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<AgentTask>> {
-    let (build, index) = agent_task(&app, &task, &headers)?;
-    let spec = {
-        let mut inner = build.lock();
-        if inner.status.tasks[index].state != TaskState::Starting {
-            return Err(Failure::new(
-                StatusCode::CONFLICT,
-                "this task has already checked in",
-            ));
-        }
-        inner.status.tasks[index].state = TaskState::Running;
-        inner.runtime[index].checked_in_at = Some(Instant::now());
-        if let Some(launched) = inner.runtime[index].launched_at {
-            let platform = app.platform(inner.status.tasks[index].platform).name();
-            app.metrics
-                .agent_started(platform, inner.status.tasks[index].arch, launched.elapsed());
-        }
-        let req = &inner.request.tasks[index];
-        AgentTask {
-            build_id: build.id.clone(),
-            task_id: task.clone(),
-            arch: req.arch,
-            push: req.push.clone(),
-            context: match app.config.s3() {
-                Some(location) => ContextSource::S3 {
-                    location,
-                    key: req.context_key.clone(),
-                },
-                None => ContextSource::Controller {
-                    key: req.context_key.clone(),
-                },
-            },
-            spec: req.spec.clone(),
-        }
-    };
-    build.log(index, "agent started");
-    // Checked in is recorded before the agent gets its spec: resumed after
-    // a crash, the task must not wait for a check-in that already happened.
-    durable(&app).await?;
-    Ok(Json(spec))
-}
-
-async fn agent_context(
-    State(app): State<Arc<App>>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let (build, index) = agent_task(&app, &task, &headers)?;
-    let key = build.lock().request.tasks[index].context_key.clone();
-    let path = app
-        .disk
-        .path(&key)
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Failure::new(StatusCode::NOT_FOUND, format!("context {key}: {e}")))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 16));
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
-}
-
-async fn agent_logs(
-    State(app): State<Arc<App>>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-    batch: std::result::Result<Json<AgentLogs>, axum::extract::rejection::JsonRejection>,
-) -> Result<StatusCode> {
-    let (build, index) = agent_task(&app, &task, &headers)?;
-    let Json(batch) = batch.map_err(|e| Failure::new(e.status(), e.body_text()))?;
-    let added = build
-        .append_agent_lines(index, &batch.lines)
-        .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "this task has ended"))?;
-    app.metrics.log_lines(added);
-    // The agent forgets the batch once answered: it must be on disk first
-    // (at the next paced commit, as lines on the log stream are).
-    app.journal.flush_paced().await.map_err(unavailable)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The agent's whole log as one request; see [`crate::log_stream`].
-async fn agent_log_stream(
-    State(app): State<Arc<App>>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let (build, index) = agent_task(&app, &task, &headers)?;
-    let acks = crate::log_stream::serve(app, build, index, body);
-    Ok(([(header::CONTENT_TYPE, "text/plain")], acks).into_response())
-}
-
-async fn agent_result(
-    State(app): State<Arc<App>>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-    result: std::result::Result<Json<AgentResult>, axum::extract::rejection::JsonRejection>,
-) -> Result<StatusCode> {
-    let (build, index) = agent_task(&app, &task, &headers)?;
-    let Json(result) = result.map_err(|e| Failure::new(e.status(), e.body_text()))?;
-    let message = {
-        let mut inner = build.lock();
-        let arch = inner.status.tasks[index].arch;
-        match result {
-            AgentResult::Succeeded { digest } => {
-                let wants_push = inner.status.tasks[index].push.is_some();
-                if wants_push && digest.is_none() {
-                    inner.finish_task(
-                        index,
-                        TaskState::Failed,
-                        Some("the agent reported success without a digest".into()),
-                    );
-                    format!("error: the {arch} agent reported success without a digest")
-                } else {
-                    inner.status.tasks[index].digest = digest.clone();
-                    inner.finish_task(index, TaskState::Succeeded, None);
-                    match digest {
-                        Some(d) => format!(
-                            "pushed {}@{d}",
-                            inner.status.tasks[index].push.clone().unwrap_or_default()
-                        ),
-                        None => "built (not pushed)".to_string(),
-                    }
-                }
-            }
-            AgentResult::Failed { error } => {
-                inner.finish_task(index, TaskState::Failed, Some(error.clone()));
-                format!("error: {error}")
-            }
-        }
-    };
-    // The line goes in after the state change; the token is now spent, so log directly.
-    build.log(index, &message);
-    durable(&app).await?;
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -32,8 +32,32 @@ pub struct TaskRuntime {
     pub handle: Option<String>,
     /// Set when the platform reports the agent gone.
     pub exited: Option<String>,
-    /// The platform slot this task holds while its agent runs.
+    /// The platform slot this task holds while its agent runs: taken
+    /// before launch, given back as soon as the agent is stopped (not when
+    /// the whole build ends, or one build's finished agent would hold a
+    /// slot its queued sibling waits for).
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the task started waiting for a slot (BUILD_QUEUE_TIMEOUT).
+    pub queued_at: Option<Instant>,
+    /// The agent has been stopped (or was never started): nothing of this
+    /// task runs any more.
+    pub stopped: bool,
+}
+
+impl TaskRuntime {
+    fn new(token: String) -> TaskRuntime {
+        TaskRuntime {
+            token,
+            agent_seq: 0,
+            launched_at: None,
+            checked_in_at: None,
+            handle: None,
+            exited: None,
+            slot: None,
+            queued_at: None,
+            stopped: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -42,8 +66,21 @@ pub struct Inner {
     pub request: CreateBuild,
     pub runtime: Vec<TaskRuntime>,
     pub logs: Vec<StoredLine>,
+    /// Bytes of log held, against [`Build::log_limit`].
+    pub log_bytes: u64,
+    /// A cancel the supervisor acts on: saved before it is set.
     pub cancel_requested: bool,
+    /// A cancel being saved: in the journal's record already, not yet
+    /// acted on (undone if it cannot be saved).
+    pub cancel_pending: bool,
     pub redactor: Redactor,
+    /// The client was (or is about to be) told the build exists. A build
+    /// saved but never acknowledged (its creation answered 503, or the
+    /// controller stopped in between) is never started: see
+    /// [`crate::routes`]'s create handler and [`crate::resume_builds`].
+    pub acknowledged: bool,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
 }
 
 /// A log line as kept in memory: its task by index, its seq by position.
@@ -87,6 +124,8 @@ pub struct Build {
     meta_dirty: AtomicBool,
     /// How many log lines the journal holds.
     persisted: AtomicUsize,
+    /// Most log bytes the build may hold (BUILD_LOG_LIMIT).
+    log_limit: u64,
 }
 
 impl Build {
@@ -96,6 +135,7 @@ impl Build {
         request: CreateBuild,
         default: Platform,
         journal: Option<Arc<journal::Signal>>,
+        log_limit: u64,
     ) -> Build {
         let tasks: Vec<TaskStatus> = request
             .tasks
@@ -114,15 +154,7 @@ impl Build {
             .collect();
         let runtime: Vec<TaskRuntime> = tasks
             .iter()
-            .map(|_| TaskRuntime {
-                token: random_token(),
-                agent_seq: 0,
-                launched_at: None,
-                checked_in_at: None,
-                handle: None,
-                exited: None,
-                slot: None,
-            })
+            .map(|_| TaskRuntime::new(random_token()))
             .collect();
         let redactor = redactor_for(&request, &runtime);
         let status = BuildStatus {
@@ -143,8 +175,12 @@ impl Build {
                 request,
                 runtime,
                 logs: Vec::new(),
+                log_bytes: 0,
                 cancel_requested: false,
+                cancel_pending: false,
                 redactor,
+                acknowledged: false,
+                idempotency_key: None,
             }),
             changed: watch::channel(0).0,
             state_changed: watch::channel(0).0,
@@ -152,12 +188,17 @@ impl Build {
             dirty: AtomicBool::new(true),
             meta_dirty: AtomicBool::new(true),
             persisted: AtomicUsize::new(0),
+            log_limit,
         }
     }
 
     /// A build read back from the journal after a restart. Its agents, if
     /// any were running, are re-attached by the supervisor.
-    pub fn restore(saved: Restored, journal: Option<Arc<journal::Signal>>) -> Build {
+    pub fn restore(
+        saved: Restored,
+        journal: Option<Arc<journal::Signal>>,
+        log_limit: u64,
+    ) -> Build {
         let Restored {
             record,
             logs,
@@ -168,18 +209,18 @@ impl Build {
             .into_iter()
             .enumerate()
             .map(|(i, t)| TaskRuntime {
-                token: t.token,
                 // The chunks carry the newer value when only lines changed.
                 agent_seq: t.agent_seq.max(agent_seqs.get(i).copied().unwrap_or(0)),
                 launched_at: t.launched_ms.map(journal::instant_from_ms),
                 checked_in_at: t.checked_in_ms.map(journal::instant_from_ms),
                 handle: t.handle,
-                exited: None,
-                slot: None,
+                queued_at: t.queued_ms.map(journal::instant_from_ms),
+                ..TaskRuntime::new(t.token)
             })
             .collect();
         let redactor = redactor_for(&record.request, &runtime);
         let persisted = logs.len();
+        let log_bytes = logs.iter().map(|e| e.line.len() as u64).sum();
         let logs = logs
             .into_iter()
             .map(|e| StoredLine {
@@ -200,8 +241,12 @@ impl Build {
                 request: record.request,
                 runtime,
                 logs,
+                log_bytes,
                 cancel_requested: record.cancel_requested,
+                cancel_pending: false,
                 redactor,
+                acknowledged: record.acknowledged,
+                idempotency_key: record.idempotency_key,
             }),
             changed: watch::channel(0).0,
             state_changed: watch::channel(0).0,
@@ -209,6 +254,7 @@ impl Build {
             dirty: AtomicBool::new(false),
             meta_dirty: AtomicBool::new(false),
             persisted: AtomicUsize::new(persisted),
+            log_limit,
         }
     }
 
@@ -243,13 +289,16 @@ impl Build {
                 handle: rt.handle.clone(),
                 launched_ms: rt.launched_at.map(journal::ms_from_instant),
                 checked_in_ms: rt.checked_in_at.map(journal::ms_from_instant),
+                queued_ms: rt.queued_at.map(journal::ms_from_instant),
             })
             .collect();
         let record = Record {
             status: inner.status.clone(),
             request: inner.request.clone(),
             tasks,
-            cancel_requested: inner.cancel_requested,
+            cancel_requested: inner.cancel_requested || inner.cancel_pending,
+            acknowledged: inner.acknowledged,
+            idempotency_key: inner.idempotency_key.clone(),
         };
         Ok(Unsaved {
             record: Some(record),
@@ -368,8 +417,11 @@ impl Build {
     /// Appends an agent's batch, skipping lines already received.
     /// Returns how many lines were new (a retried batch repeats some), or
     /// `None` once the task has ended: a finished task's agent has no say.
+    /// Past the build's log limit the task fails (and with it the build),
+    /// and the rest is refused.
     pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) -> Option<usize> {
         let mut added = 0;
+        let mut over = false;
         {
             let mut inner = self.lock();
             if inner.status.tasks[index].state.is_terminal() {
@@ -379,10 +431,24 @@ impl Build {
                 if l.seq <= inner.runtime[index].agent_seq {
                     continue;
                 }
+                if inner.log_bytes + l.line.len() as u64 > self.log_limit {
+                    let error = format!(
+                        "the build log passed BUILD_LOG_LIMIT ({} bytes); the build was stopped (print less, e.g. quieter package installs, or raise BUILD_LOG_LIMIT on the controller)",
+                        self.log_limit
+                    );
+                    inner.push_line(index, &format!("error: {error}"));
+                    inner.finish_task(index, TaskState::Failed, Some(error));
+                    over = true;
+                    break;
+                }
                 inner.runtime[index].agent_seq = l.seq;
-                inner.push_line(index, &l.line);
+                inner.push_line(index, &bakery_core::validate::clean_line(&l.line));
                 added += 1;
             }
+        }
+        if over {
+            self.touch();
+            return None;
         }
         if added > 0 {
             self.touch_log();
@@ -411,6 +477,7 @@ fn redactor_for(request: &CreateBuild, runtime: &[TaskRuntime]) -> Redactor {
 impl Inner {
     pub fn push_line(&mut self, index: usize, line: &str) {
         let line = self.redactor.redact(line);
+        self.log_bytes += line.len() as u64;
         self.logs.push(StoredLine {
             task: index as u32,
             line: line.into_boxed_str(),
@@ -452,6 +519,22 @@ impl Inner {
         self.status.state = state;
         self.status.error = error.map(|e| self.redactor.redact(&e));
         self.status.finished_ms = Some(now_ms());
+        self.forget_secrets();
+    }
+
+    /// A finished build needs no registry password (its index is written)
+    /// and no task token (its agents are refused): neither stays in memory
+    /// or in the journal, which keeps finished builds for BUILD_RETENTION.
+    /// The redactor keeps its own copy, for lines that arrive meanwhile.
+    fn forget_secrets(&mut self) {
+        for task in &mut self.request.tasks {
+            for c in &mut task.spec.credentials {
+                c.password = bakery_core::settings::Secret::new("");
+            }
+        }
+        for rt in &mut self.runtime {
+            rt.token.clear();
+        }
     }
 }
 
@@ -538,9 +621,10 @@ pub fn new_build_id() -> String {
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte.
+/// An empty expected token (a finished task's, forgotten) matches nothing.
 pub fn token_matches(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
-    if a.len() != b.len() {
+    if b.is_empty() || a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -61,6 +61,60 @@ impl DiskStore {
             .unwrap_or(false))
     }
 
+    /// Whether the context is here, and if so marks it as just used: a
+    /// client that finds it skips the upload and submits a build next, so
+    /// [`DiskStore::sweep`] must not take it meanwhile.
+    pub async fn exists_and_touch(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let touched = tokio::task::spawn_blocking(move || {
+            std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        })
+        .await;
+        Ok(matches!(touched, Ok(Ok(()))))
+    }
+
+    /// Deletes contexts that no build in `used` refers to and that nobody
+    /// uploaded or asked for within `unused_for`. Returns how many went.
+    pub async fn sweep(
+        &self,
+        used: &std::collections::HashSet<String>,
+        unused_for: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let dir = self.root.join("contexts");
+        let used: std::collections::HashSet<String> = used.clone();
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(source) => return Err(StoreError::Io { path: dir, source }),
+            };
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(unused_for)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let mut removed = 0;
+            for entry in entries.flatten() {
+                let key = format!("contexts/{}", entry.file_name().to_string_lossy());
+                if !KEY.is_match(&key) || used.contains(&key) {
+                    continue;
+                }
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < cutoff);
+                if old && std::fs::remove_file(root.join(&key)).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .unwrap_or(Ok(0))
+    }
+
     /// Streams an upload to a temporary file, checks its SHA-256 against the
     /// key, and only then moves it into place.
     pub async fn put<S, E>(&self, key: &str, mut body: S) -> Result<u64, StoreError>
@@ -138,6 +192,61 @@ mod tests {
             !store.exists(&wrong).await.unwrap(),
             "nothing lands on a mismatch"
         );
+    }
+
+    #[tokio::test]
+    async fn unused_old_contexts_are_swept_and_used_or_recent_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::new(dir.path(), 1 << 20);
+        let mut keys = Vec::new();
+        for data in [&b"one"[..], b"two", b"three"] {
+            let key = format!(
+                "contexts/sha256-{}.tar.gz",
+                hex::encode(Sha256::digest(data))
+            );
+            store
+                .put(
+                    &key,
+                    futures_util::stream::iter(vec![Ok::<_, String>(
+                        bytes::Bytes::copy_from_slice(data),
+                    )]),
+                )
+                .await
+                .unwrap();
+            keys.push(key);
+        }
+        let used = std::collections::HashSet::from([keys[0].clone()]);
+        // Nothing is old yet.
+        assert_eq!(
+            store
+                .sweep(&used, std::time::Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for key in &keys {
+            let f = std::fs::File::options()
+                .append(true)
+                .open(store.path(key).unwrap())
+                .unwrap();
+            f.set_modified(past).unwrap();
+        }
+        // A client asking for the third marks it as in use.
+        assert!(store.exists_and_touch(&keys[2]).await.unwrap());
+        assert_eq!(
+            store
+                .sweep(&used, std::time::Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(
+            store.exists(&keys[0]).await.unwrap(),
+            "used by a kept build"
+        );
+        assert!(!store.exists(&keys[1]).await.unwrap(), "old and unused");
+        assert!(store.exists(&keys[2]).await.unwrap(), "asked for just now");
     }
 
     #[tokio::test]

@@ -1,17 +1,31 @@
 //! One build from launch to cleanup.
 //!
-//! The supervisor starts an agent per arch, then watches the build until it
-//! ends: an agent that does not check in within BUILD_TASK_TIMEOUT, does not
-//! report within BUILD_RESULT_TIMEOUT of checking in, or exits without
-//! reporting fails its task; a failed task stops its siblings (no point
-//! paying for an image that will not be published). Whatever happens, every
-//! agent it started is stopped before it returns.
+//! The supervisor starts an agent per arch as agent slots allow, then
+//! watches the build until it ends: a task that waits for a slot longer
+//! than BUILD_QUEUE_TIMEOUT, an agent that does not check in within
+//! BUILD_TASK_TIMEOUT, does not report within BUILD_RESULT_TIMEOUT of
+//! checking in, or exits without reporting fails its task; a failed task
+//! stops its siblings (no point paying for an image that will not be
+//! published).
+//!
+//! A slot belongs to a running agent: it is taken just before the launch
+//! and given back as soon as that agent is stopped, not when the whole
+//! build ends. (Held to the build's end, four two-arch builds under four
+//! slots each held one with a finished agent while their second arch waited
+//! for one: a deadlock.) Launches and stops run beside the supervision
+//! loop, so a slow platform call holds up no deadline and no cancel.
+//! Whatever happens, every agent the build started is stopped before the
+//! supervisor returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bakery_core::api::{agent_env, now_ms, BuildState, TaskState};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
 
 use crate::platform::{Exited, Launch};
 use crate::state::Build;
@@ -20,8 +34,34 @@ use crate::App;
 /// How often deadlines are checked when nothing else wakes the supervisor.
 const TICK: Duration = Duration::from_millis(500);
 
+type SlotWait =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+
+/// What the supervisor has under way besides watching.
+#[derive(Default)]
+struct Work {
+    /// Launches and stops in flight, each ending with its task's index.
+    calls: JoinSet<usize>,
+    launching: HashSet<usize>,
+    stopping: HashSet<usize>,
+    /// The task at the head of this build's queue, waiting for a slot (one
+    /// at a time, in arch order: the semaphore serves waiters first come,
+    /// first served, across builds).
+    waiting: Option<(usize, SlotWait)>,
+}
+
+/// The slot the head of the queue waits for, once it is free.
+async fn next_slot(
+    waiting: &mut Option<(usize, SlotWait)>,
+) -> Option<(usize, OwnedSemaphorePermit)> {
+    let (index, wait) = waiting.as_mut()?;
+    let permit = wait.await.ok()?;
+    let index = *index;
+    *waiting = None;
+    Some((index, permit))
+}
+
 pub async fn run(app: Arc<App>, build: Arc<Build>) {
-    launch_all(&app, &build).await;
     supervise(app, build).await;
 }
 
@@ -32,13 +72,12 @@ pub async fn run(app: Arc<App>, build: Arc<Build>) {
 pub async fn resume(app: Arc<App>, build: Arc<Build>) {
     if build.status().state != BuildState::Indexing {
         reattach(&app, &build).await;
-        launch_all(&app, &build).await;
     }
     supervise(app, build).await;
 }
 
 async fn reattach(app: &App, build: &Build) {
-    let running: Vec<(usize, String, String, bakery_core::Platform)> = {
+    let launched: Vec<(usize, String, String, bakery_core::Platform, bool)> = {
         let inner = build.lock();
         inner
             .status
@@ -46,57 +85,81 @@ async fn reattach(app: &App, build: &Build) {
             .iter()
             .zip(&inner.runtime)
             .enumerate()
-            .filter(|(_, (t, _))| !t.state.is_terminal())
-            .filter_map(|(i, (t, rt))| rt.handle.clone().map(|h| (i, t.id.clone(), h, t.platform)))
+            .filter_map(|(i, (t, rt))| {
+                let handle = rt.handle.clone()?;
+                Some((i, t.id.clone(), handle, t.platform, t.state.is_terminal()))
+            })
             .collect()
     };
-    for (index, task_id, handle, platform) in running {
-        // The agent holds a slot as before; if the cap was lowered meanwhile
-        // it runs over it rather than being stopped.
-        let slot = Arc::clone(&app.slots[&platform]).try_acquire_owned().ok();
-        build.lock().runtime[index].slot = slot;
+    for (index, task_id, handle, platform, ended) in launched {
+        // A finished task's agent is adopted only to be stopped.
+        if !ended {
+            // The agent holds a slot as before; if the cap was lowered
+            // meanwhile it runs over it rather than being stopped.
+            let slot = Arc::clone(&app.slots[&platform]).try_acquire_owned().ok();
+            build.lock().runtime[index].slot = slot;
+        }
         match app.platform(platform).adopt(&task_id, &handle).await {
-            Ok(()) => build.log(
+            Ok(()) if !ended => build.log(
                 index,
                 &format!("the controller restarted: following the agent {handle} again"),
             ),
+            Ok(()) => {}
             Err(e) => {
                 app.metrics
                     .platform_error(app.platform(platform).name(), "adopt");
-                build.lock().runtime[index].exited = Some(format!(
-                    "the controller restarted and cannot find the agent again ({e})"
-                ));
+                let mut inner = build.lock();
+                if !ended {
+                    inner.runtime[index].exited = Some(format!(
+                        "the controller restarted and cannot find the agent again ({e})"
+                    ));
+                }
+                drop(inner);
                 build.touch();
             }
         }
     }
 }
 
-/// Watches a launched build to its end, then cleans up and writes the index.
+/// Launches, watches and stops a build's agents to its end, then writes
+/// the index.
 async fn supervise(app: Arc<App>, build: Arc<Build>) {
     let index_client = prepare_index_client(&app, &build);
     let mut changed = build.subscribe_state();
+    let mut work = Work::default();
     loop {
-        if evaluate(&app, &build) {
+        let done = evaluate(&app, &build);
+        stop_ended(&app, &build, &mut work);
+        if done {
             break;
         }
+        start_ready(&app, &build, &mut work);
         tokio::select! {
             _ = changed.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
+            Some((index, permit)) = next_slot(&mut work.waiting) => {
+                got_slot(&app, &build, &mut work, index, permit);
+            }
+            Some(ended) = work.calls.join_next(), if !work.calls.is_empty() => {
+                if let Ok(index) = ended {
+                    work.launching.remove(&index);
+                    work.stopping.remove(&index);
+                }
+            }
         }
     }
+    work.waiting = None;
+    // Launches still in flight may yet produce agents to stop.
+    while work.calls.join_next().await.is_some() {}
     // Every arch has pushed: the index needs nothing from the agents, so it
     // is pushed while they exit rather than after; the build is declared
     // done only once both are over, so "succeeded" still means "nothing left
     // running".
     if build.status().state == BuildState::Indexing {
-        let (pushed, ()) = tokio::join!(
-            push_index(&app, &build, index_client),
+        let ((), ()) = tokio::join!(
+            write_index_unless_cancelled(&app, &build, index_client),
             stop_all(&app, &build)
         );
-        if let Some(pushed) = pushed {
-            record_index(&build, pushed);
-        }
     } else {
         stop_all(&app, &build).await;
     }
@@ -114,112 +177,203 @@ async fn supervise(app: Arc<App>, build: Arc<Build>) {
     tracing::info!(build = %build.id, state = ?status.state, error = ?status.error, "build finished");
 }
 
-async fn launch_all(app: &App, build: &Build) {
-    let launches: Vec<(usize, Launch, bakery_core::Platform)> = {
-        let inner = build.lock();
-        inner
-            .request
-            .tasks
-            .iter()
-            .zip(&inner.status.tasks)
-            .zip(&inner.runtime)
-            .enumerate()
-            // Finished or already running (a resumed build): nothing to start.
-            .filter(|(_, ((_, status), rt))| !status.state.is_terminal() && rt.handle.is_none())
-            .map(|(index, ((req, status), rt))| {
-                (
-                    index,
-                    Launch {
-                        build_id: build.id.clone(),
-                        task_id: status.id.clone(),
-                        arch: req.arch,
-                        cpu: req.spec.cpu.unwrap_or(app.config.default_build_cpu),
-                        memory: req.spec.memory.unwrap_or(app.config.default_build_memory),
-                        spot: req.spec.spot,
-                        env: BTreeMap::from([
-                            (agent_env::CONTROLLER_URL.to_string(), app.agent_url.clone()),
-                            (agent_env::TASK_ID.to_string(), status.id.clone()),
-                            (agent_env::TASK_TOKEN.to_string(), rt.token.clone()),
-                        ]),
-                    },
-                    status.platform,
-                )
-            })
-            .collect()
-    };
-    for (index, launch, platform_name) in launches {
-        let Some(slot) = wait_for_slot(app, build, index, platform_name).await else {
-            break; // cancelled while queued
-        };
-        build.lock().runtime[index].slot = Some(slot);
-        let platform = app.platform(platform_name);
-        if build.lock().cancel_requested {
-            break;
+/// Takes slots for the tasks that wait for one, in order, and launches
+/// each task that has one. A task that finds no free slot is queued (said
+/// in its log and its state) and the supervisor waits for the slot.
+fn start_ready(app: &Arc<App>, build: &Arc<Build>, work: &mut Work) {
+    let mut inner = build.lock();
+    if inner.cancel_requested || inner.status.state.is_terminal() {
+        work.waiting = None;
+        return;
+    }
+    if let Some((i, _)) = &work.waiting {
+        if inner.status.tasks[*i].state.is_terminal() {
+            work.waiting = None;
+        } else {
+            return; // the head of the queue is still waiting
         }
-        let arch = launch.arch;
-        build.log(
-            index,
-            &format!("starting the {arch} agent on {}", platform.name()),
-        );
-        let result = platform.launch(launch).await;
-        {
-            let mut inner = build.lock();
-            match result {
-                Ok(handle) => {
-                    if handle != inner.status.tasks[index].id {
-                        inner.push_line(index, &format!("agent launched: {handle}"));
-                    }
-                    inner.runtime[index].handle = Some(handle);
-                    inner.runtime[index].launched_at = Some(Instant::now());
-                    inner.status.tasks[index].started_ms = Some(now_ms());
+    }
+    for i in 0..inner.status.tasks.len() {
+        let unlaunched = !inner.status.tasks[i].state.is_terminal()
+            && inner.runtime[i].handle.is_none()
+            && !work.launching.contains(&i);
+        if !unlaunched {
+            continue;
+        }
+        let platform = inner.status.tasks[i].platform;
+        let slots = Arc::clone(&app.slots[&platform]);
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => {
+                drop(inner);
+                got_slot(app, build, work, i, permit);
+                inner = build.lock();
+            }
+            Err(_) => {
+                if inner.status.tasks[i].state != TaskState::Queued {
+                    inner.status.tasks[i].state = TaskState::Queued;
+                    inner.runtime[i].queued_at.get_or_insert_with(Instant::now);
+                    let message = format!(
+                        "queued: every agent slot on {platform} is taken (MAX_CONCURRENT_AGENTS={}); waiting up to BUILD_QUEUE_TIMEOUT ({}) for one",
+                        slots_of(app, platform),
+                        humantime::format_duration(app.config.build_queue_timeout)
+                    );
+                    inner.push_line(i, &message);
+                    drop(inner);
+                    build.touch();
                 }
-                Err(e) => {
-                    app.metrics.platform_error(platform.name(), "launch");
-                    inner.finish_task(index, TaskState::Failed, Some(e.to_string()));
-                }
+                work.waiting = Some((i, Box::pin(slots.acquire_owned())));
+                return;
             }
         }
-        build.touch();
     }
 }
 
-/// Waits for a free agent slot on the platform, logging that the task is
-/// queued. Returns `None` if the build is cancelled meanwhile.
-async fn wait_for_slot(
+/// How many slots a platform has in all.
+fn slots_of(app: &App, platform: bakery_core::Platform) -> usize {
+    app.config
+        .max_concurrent_agents
+        .unwrap_or(if platform == bakery_core::Platform::Local {
+            4
+        } else {
+            100
+        })
+        .max(1)
+}
+
+/// A task has its slot: launch its agent beside the supervision loop.
+fn got_slot(
+    app: &Arc<App>,
+    build: &Arc<Build>,
+    work: &mut Work,
+    index: usize,
+    permit: OwnedSemaphorePermit,
+) {
+    {
+        let mut inner = build.lock();
+        if inner.status.tasks[index].state.is_terminal() || inner.cancel_requested {
+            return; // the permit goes back
+        }
+        if let Some(since) = inner.runtime[index].queued_at.take() {
+            let waited = since.elapsed().as_secs_f64();
+            inner.push_line(index, &format!("got an agent slot after {waited:.1}s"));
+        }
+        inner.status.tasks[index].state = TaskState::Starting;
+        inner.runtime[index].slot = Some(permit);
+    }
+    build.touch();
+    work.launching.insert(index);
+    let (app, build) = (Arc::clone(app), Arc::clone(build));
+    work.calls.spawn(async move {
+        launch_one(&app, &build, index).await;
+        index
+    });
+}
+
+async fn launch_one(app: &App, build: &Build, index: usize) {
+    let (launch, platform_name) = {
+        let inner = build.lock();
+        let (req, status, rt) = (
+            &inner.request.tasks[index],
+            &inner.status.tasks[index],
+            &inner.runtime[index],
+        );
+        let launch = Launch {
+            build_id: build.id.clone(),
+            task_id: status.id.clone(),
+            arch: req.arch,
+            cpu: req.spec.cpu.unwrap_or(app.config.default_build_cpu),
+            memory: req.spec.memory.unwrap_or(app.config.default_build_memory),
+            spot: req.spec.spot,
+            env: BTreeMap::from([
+                (agent_env::CONTROLLER_URL.to_string(), app.agent_url.clone()),
+                (agent_env::TASK_ID.to_string(), status.id.clone()),
+                (agent_env::TASK_TOKEN.to_string(), rt.token.clone()),
+            ]),
+        };
+        (launch, status.platform)
+    };
+    let platform = app.platform(platform_name);
+    let arch = launch.arch;
+    build.log(
+        index,
+        &format!("starting the {arch} agent on {}", platform.name()),
+    );
+    // A platform API that hangs must not hold the task forever: the launch
+    // is part of the time the agent has to start.
+    let limit = app.config.build_task_timeout;
+    let result = match tokio::time::timeout(limit, platform.launch(launch)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "could not start the agent: the platform did not answer within BUILD_TASK_TIMEOUT ({})",
+            humantime::format_duration(limit)
+        )),
+    };
+    {
+        let mut inner = build.lock();
+        match result {
+            Ok(handle) => {
+                if handle != inner.status.tasks[index].id {
+                    inner.push_line(index, &format!("agent launched: {handle}"));
+                }
+                inner.runtime[index].handle = Some(handle);
+                inner.runtime[index].launched_at = Some(Instant::now());
+                inner.status.tasks[index].started_ms = Some(now_ms());
+            }
+            Err(e) => {
+                app.metrics.platform_error(platform.name(), "launch");
+                inner.finish_task(index, TaskState::Failed, Some(e));
+            }
+        }
+    }
+    build.touch();
+}
+
+/// Stops the agent of every task that has ended, beside the loop, and
+/// gives its slot back once it is stopped. A task that never launched
+/// gives its slot (if it had one) back at once.
+fn stop_ended(app: &Arc<App>, build: &Arc<Build>, work: &mut Work) {
+    let mut inner = build.lock();
+    for i in 0..inner.status.tasks.len() {
+        let busy = work.launching.contains(&i) || work.stopping.contains(&i);
+        if !inner.status.tasks[i].state.is_terminal() || inner.runtime[i].stopped || busy {
+            continue;
+        }
+        let Some(handle) = inner.runtime[i].handle.clone() else {
+            inner.runtime[i].stopped = true;
+            inner.runtime[i].slot = None;
+            continue;
+        };
+        let platform = inner.status.tasks[i].platform;
+        work.stopping.insert(i);
+        let (app, build) = (Arc::clone(app), Arc::clone(build));
+        work.calls.spawn(async move {
+            stop_one(&app, &build, i, &handle, platform).await;
+            i
+        });
+    }
+}
+
+async fn stop_one(
     app: &App,
     build: &Build,
     index: usize,
+    handle: &str,
     platform: bakery_core::Platform,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let slots = Arc::clone(&app.slots[&platform]);
-    if let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
-        return Some(permit);
+) {
+    let platform = app.platform(platform);
+    if let Err(e) = platform.stop(handle).await {
+        app.metrics.platform_error(platform.name(), "stop");
+        build.log(index, &format!("warning: {e}"));
     }
-    build.log(
-        index,
-        &format!("queued: every agent slot on {platform} is taken (MAX_CONCURRENT_AGENTS); waiting for one"),
-    );
-    let mut changed = build.subscribe_state();
-    loop {
-        {
-            // Cancelled, or an arch already failed: nothing to wait for.
-            let inner = build.lock();
-            if inner.cancel_requested || inner.runtime.iter().any(|rt| rt.exited.is_some()) {
-                return None;
-            }
-        }
-        tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => return permit.ok(),
-            _ = changed.changed() => {}
-        }
-    }
+    let mut inner = build.lock();
+    inner.runtime[index].stopped = true;
+    // The agent is gone: its slot goes to a queued task.
+    inner.runtime[index].slot = None;
 }
 
 /// Applies deadlines, exits and cancellation. Returns true when the build
 /// needs no more supervision (it ended, or every arch pushed).
 fn evaluate(app: &App, build: &Build) -> bool {
-    let task_timeout = app.config.build_task_timeout;
-    let result_timeout = app.config.build_result_timeout;
     let mut messages: Vec<(usize, String)> = Vec::new();
     let (done, changed) = {
         let mut inner = build.lock();
@@ -229,33 +383,7 @@ fn evaluate(app: &App, build: &Build) -> bool {
             if inner.status.tasks[i].state.is_terminal() {
                 continue;
             }
-            let rt = &inner.runtime[i];
-            let failure = if let Some(reason) = &rt.exited {
-                Some(format!("{reason} before reporting a result"))
-            } else if inner.status.tasks[i].state == TaskState::Starting
-                && rt.launched_at.is_some_and(|t| now - t > task_timeout)
-            {
-                let platform = app.platform(inner.status.tasks[i].platform);
-                let last = rt.handle.as_deref().and_then(|h| platform.diagnosis(h));
-                Some(match last {
-                    Some(why) => format!(
-                        "the agent did not start within BUILD_TASK_TIMEOUT ({}): {why}",
-                        humantime::format_duration(task_timeout)
-                    ),
-                    None => format!(
-                        "the agent did not start within BUILD_TASK_TIMEOUT ({}); check that the platform can schedule it and pull the agent image",
-                        humantime::format_duration(task_timeout)
-                    ),
-                })
-            } else if rt.checked_in_at.is_some_and(|t| now - t > result_timeout) {
-                Some(format!(
-                    "no result within BUILD_RESULT_TIMEOUT ({}) of the agent starting",
-                    humantime::format_duration(result_timeout)
-                ))
-            } else {
-                None
-            };
-            if let Some(error) = failure {
+            if let Some(error) = deadline_failure(app, &inner, i, now) {
                 messages.push((i, format!("error: {error}")));
                 inner.finish_task(i, TaskState::Failed, Some(error));
             }
@@ -325,7 +453,57 @@ fn evaluate(app: &App, build: &Build) -> bool {
     done
 }
 
-/// Stops every agent this build launched; failures are logged, not fatal.
+/// Why task `i` fails now, if a deadline passed or its agent is gone.
+fn deadline_failure(
+    app: &App,
+    inner: &crate::state::Inner,
+    i: usize,
+    now: Instant,
+) -> Option<String> {
+    let (task_timeout, result_timeout, queue_timeout) = (
+        app.config.build_task_timeout,
+        app.config.build_result_timeout,
+        app.config.build_queue_timeout,
+    );
+    let rt = &inner.runtime[i];
+    let task = &inner.status.tasks[i];
+    let took = |d: Duration| humantime::format_duration(d).to_string();
+    if let Some(reason) = &rt.exited {
+        return Some(format!("{reason} before reporting a result"));
+    }
+    if task.state == TaskState::Queued && rt.queued_at.is_some_and(|t| now - t > queue_timeout) {
+        return Some(format!(
+            "no agent slot on {} within BUILD_QUEUE_TIMEOUT ({}): all {} (MAX_CONCURRENT_AGENTS) were busy the whole time; raise MAX_CONCURRENT_AGENTS or BUILD_QUEUE_TIMEOUT, or build less at once",
+            task.platform,
+            took(queue_timeout),
+            slots_of(app, task.platform)
+        ));
+    }
+    if task.state == TaskState::Starting && rt.launched_at.is_some_and(|t| now - t > task_timeout) {
+        let platform = app.platform(task.platform);
+        let last = rt.handle.as_deref().and_then(|h| platform.diagnosis(h));
+        return Some(match last {
+            Some(why) => format!(
+                "the agent did not start within BUILD_TASK_TIMEOUT ({}): {why}",
+                took(task_timeout)
+            ),
+            None => format!(
+                "the agent did not start within BUILD_TASK_TIMEOUT ({}); check that the platform can schedule it and pull the agent image",
+                took(task_timeout)
+            ),
+        });
+    }
+    if rt.checked_in_at.is_some_and(|t| now - t > result_timeout) {
+        return Some(format!(
+            "no result within BUILD_RESULT_TIMEOUT ({}) of the agent starting",
+            took(result_timeout)
+        ));
+    }
+    None
+}
+
+/// Stops every agent of this build that is not stopped yet; failures are
+/// logged, not fatal.
 async fn stop_all(app: &App, build: &Build) {
     let handles: Vec<(usize, String, bakery_core::Platform)> = {
         let inner = build.lock();
@@ -334,18 +512,16 @@ async fn stop_all(app: &App, build: &Build) {
             .iter()
             .zip(&inner.status.tasks)
             .enumerate()
+            .filter(|(_, (rt, _))| !rt.stopped)
             .filter_map(|(i, (rt, t))| rt.handle.clone().map(|h| (i, h, t.platform)))
             .collect()
     };
-    for (i, handle, platform) in handles {
-        let platform = app.platform(platform);
-        if let Err(e) = platform.stop(&handle).await {
-            app.metrics.platform_error(platform.name(), "stop");
-            build.log(i, &format!("warning: {e}"));
-        }
-    }
-    // The agents are gone: their slots go to queued tasks.
+    let stops = handles
+        .iter()
+        .map(|(i, handle, platform)| stop_one(app, build, *i, handle, *platform));
+    futures_util::future::join_all(stops).await;
     for rt in build.lock().runtime.iter_mut() {
+        rt.stopped = true;
         rt.slot = None;
     }
 }
@@ -359,9 +535,45 @@ fn prepare_index_client(
 ) -> Option<tokio::task::JoinHandle<oci_client::Client>> {
     let destination = build.lock().request.destination.clone()?;
     let insecure = app.config.insecure_registries();
+    let timeout = app.config.registry_timeout;
     Some(tokio::task::spawn_blocking(move || {
-        crate::index::registry_client(&destination, &insecure)
+        crate::index::registry_client(&destination, &insecure, timeout)
     }))
+}
+
+/// Writes the index, unless the build is cancelled first: a cancel is
+/// heard in every state, this one included (the registry may be slow).
+async fn write_index_unless_cancelled(
+    app: &App,
+    build: &Build,
+    client: Option<tokio::task::JoinHandle<oci_client::Client>>,
+) {
+    let cancelled = async {
+        let mut changed = build.subscribe_state();
+        while !build.lock().cancel_requested {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        pushed = push_index(app, build, client) => {
+            if let Some(pushed) = pushed {
+                record_index(build, pushed);
+            }
+        }
+        () = cancelled => {
+            let destination = build.lock().request.destination.clone().unwrap_or_default();
+            {
+                let mut inner = build.lock();
+                inner.finish_build(
+                    BuildState::Cancelled,
+                    Some(format!("cancelled while the index was being written: {destination} may or may not point at the new images")),
+                );
+            }
+            build.log(0, "cancelled while writing the multi-arch index");
+        }
+    }
 }
 
 /// Pushes the multi-arch index; `None` when the build has no destination.

@@ -39,8 +39,10 @@ pub struct S3Location {
     pub ssl: bool,
 }
 
-/// `POST /v1/builds`: one service, all of its arches.
+/// `POST /v1/builds`: one service, all of its arches. Unknown fields are
+/// refused: a misspelt field would otherwise be dropped without a word.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateBuild {
     pub service: String,
     /// The multi-arch index tag, if the build pushes.
@@ -53,11 +55,17 @@ pub struct CreateBuild {
 
 /// One arch of a build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     pub arch: Arch,
     pub push: Option<String>,
     /// The storage key of the context archive.
     pub context_key: String,
+    /// Bytes of file content the context unpacks to, as the client packed
+    /// it: the agent stops extracting past it, so an archive that inflates
+    /// far beyond what was packed (a decompression bomb) cannot fill a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_bytes: Option<u64>,
     pub spec: BuildSpec,
 }
 
@@ -91,7 +99,10 @@ impl BuildState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
-    /// Launched; the agent has not checked in yet.
+    /// Waiting for an agent slot (`MAX_CONCURRENT_AGENTS`), for at most
+    /// `BUILD_QUEUE_TIMEOUT`.
+    Queued,
+    /// Being launched, or launched and the agent has not checked in yet.
     Starting,
     /// The agent fetched its spec and is working.
     Running,
@@ -184,6 +195,10 @@ pub struct AgentTask {
     pub arch: Arch,
     pub push: Option<String>,
     pub context: ContextSource,
+    /// What the context unpacks to, as the client declared it
+    /// ([`TaskRequest::context_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_bytes: Option<u64>,
     pub spec: BuildSpec,
 }
 

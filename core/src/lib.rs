@@ -26,6 +26,7 @@ pub mod registry;
 pub mod resources;
 mod scalar;
 pub mod settings;
+pub mod validate;
 mod yaml;
 
 pub use arch::{Arch, Platform};

@@ -107,8 +107,10 @@ pub struct ArchBuild {
     pub spec: BuildSpec,
 }
 
-/// A fully resolved build: no field is left to be inherited.
+/// A fully resolved build: no field is left to be inherited. Unknown
+/// fields are refused, on the controller as much as in the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildSpec {
     pub platform: Option<Platform>,
     /// The Dockerfile, relative to the context, `/`-separated.
@@ -143,6 +145,35 @@ pub struct BuildSpec {
 impl Plan {
     /// Resolves and validates a plan from files on disk.
     pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
+        let mut plan = Self::resolve_files(opts)?;
+        plan.warn_secret_build_args();
+        Ok(plan)
+    }
+
+    /// Build args named like secrets end up in the image's history, where
+    /// anyone who can pull the image reads them.
+    fn warn_secret_build_args(&mut self) {
+        let mut named: Vec<(String, String)> = self
+            .builds()
+            .flat_map(|(service, b)| {
+                b.spec
+                    .build_args
+                    .keys()
+                    .filter(|k| looks_secret(k))
+                    .map(|k| (service.name.clone(), k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        named.sort();
+        named.dedup();
+        for (service, arg) in named {
+            self.warnings.push(format!(
+                "build arg `{arg}` of `{service}` looks like a secret: build args are kept in the image's history, readable by anyone who can pull it; pass it as a build secret (RUN --mount=type=secret) instead"
+            ));
+        }
+    }
+
+    fn resolve_files(opts: &PlanOptions) -> Result<Plan, PlanError> {
         let repo = absolute(&opts.repo);
         if let Some(inline) = &opts.inline {
             if opts.config.is_some() || opts.compose.is_some() {
@@ -867,6 +898,22 @@ fn extra_tags(
         .collect()
 }
 
+/// Whether a build arg's name says it holds a secret.
+fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "PASSWD",
+        "TOKEN",
+        "SECRET",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "APIKEY",
+    ]
+    .iter()
+    .any(|s| upper.contains(s))
+}
+
 /// A config.yaml describes one image: name it after its repository.
 fn service_name<'a>(builds: impl Iterator<Item = &'a ArchBuild>, repo: &Path) -> String {
     builds
@@ -874,8 +921,30 @@ fn service_name<'a>(builds: impl Iterator<Item = &'a ArchBuild>, repo: &Path) ->
         .filter_map(|p| ImageRef::parse(p).ok())
         .map(|r| r.short_name().to_string())
         .next()
-        .or_else(|| repo.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| repo.file_name().map(|n| service_safe(&n.to_string_lossy())))
+        .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "app".into())
+}
+
+/// A directory name as a service name: what the controller accepts
+/// ([`crate::validate`]: letters, digits, `.`, `_`, `-`), other characters
+/// as `-`.
+fn service_safe(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    mapped
+        .trim_start_matches(['.', '_', '-'])
+        .chars()
+        .take(crate::validate::MAX_SERVICE_NAME)
+        .collect()
 }
 
 /// The Dockerfile must be a file inside the context, since the context is

@@ -73,8 +73,17 @@ impl S3Store {
     pub async fn connect(settings: S3Settings) -> S3Store {
         // Five tries with exponential backoff (the SDK's standard mode):
         // rides out a restarting S3-compatible server or throttling.
+        // Every attempt has 10 s to connect and 60 s to the first byte of
+        // the answer; a body that stalls mid-transfer is cut by the SDK's
+        // stalled-stream protection (on by default): an S3 endpoint that
+        // accepts connections and never answers fails, it does not hang.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(timeouts);
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         } else {

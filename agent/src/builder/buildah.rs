@@ -67,9 +67,8 @@ impl Builder for Buildah {
             format!("--tag={image}"),
         ]);
         // Buildah defines TARGETPLATFORM and friends from --platform itself.
-        for (k, v) in &spec.build_args {
-            build.push(format!("--build-arg={k}={v}"));
-        }
+        let (arg_flags, arg_env) = super::build_arg_flags(&spec.build_args);
+        build.extend(arg_flags);
         if let Some(target) = &spec.target {
             build.push(format!("--target={target}"));
         }
@@ -91,9 +90,11 @@ impl Builder for Buildah {
         }
         build.extend(spec.extra_flags.iter().cloned());
         build.push(job.context_dir.display().to_string());
+        let mut build_env = env.clone();
+        build_env.extend(arg_env);
         let mut steps = vec![Step {
             argv: build,
-            env: env.clone(),
+            env: build_env,
             what: "build",
         }];
 

@@ -1,7 +1,5 @@
 //! Kaniko's executor, as in the production agent image.
 
-use std::collections::BTreeMap;
-
 use super::{Builder, Job, Step};
 
 pub struct Kaniko {
@@ -38,9 +36,8 @@ impl Builder for Kaniko {
         // Dockerfile with alternative stages (bakery's own) must not fail
         // on a stage nothing uses.
         a.push("--skip-unused-stages".into());
-        for (k, v) in job.build_args() {
-            a.push(format!("--build-arg={k}={v}"));
-        }
+        let (arg_flags, arg_env) = super::build_arg_flags(&job.build_args());
+        a.extend(arg_flags);
         if let Some(target) = &spec.target {
             a.push(format!("--target={target}"));
         }
@@ -89,7 +86,7 @@ impl Builder for Kaniko {
             a.push(format!("--insecure-registry={registry}"));
         }
         a.extend(spec.extra_flags.iter().cloned());
-        let mut env = BTreeMap::new();
+        let mut env = arg_env;
         if let Some(dir) = job.docker_config {
             env.insert("DOCKER_CONFIG".to_string(), dir.display().to_string());
         }

@@ -59,6 +59,73 @@ impl Job<'_> {
     }
 }
 
+/// Build args as the builder's command line and environment: each value
+/// goes in the builder's environment and only its name on the command line
+/// (`--build-arg=NAME`, which buildah and Kaniko both fill from their
+/// environment), so no value — often a password — shows in `ps` to every
+/// user of the machine. A name the builder itself reads from its
+/// environment keeps its value on the command line instead.
+pub fn build_arg_flags(args: &BTreeMap<String, String>) -> (Vec<String>, BTreeMap<String, String>) {
+    let mut argv = Vec::new();
+    let mut env = BTreeMap::new();
+    for (k, v) in args {
+        if builder_reads(k) {
+            argv.push(format!("--build-arg={k}={v}"));
+        } else {
+            argv.push(format!("--build-arg={k}"));
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    (argv, env)
+}
+
+/// Whether the builders (or what they run) read `name` from their own
+/// environment, so that a build arg of that name must not be put there.
+fn builder_reads(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "TMPDIR",
+        "SHELL",
+        "PWD",
+        "TZ",
+        "LANG",
+        "REGISTRY_AUTH_FILE",
+        "DOCKER_CONFIG",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "XDG_RUNTIME_DIR",
+        // Go's runtime (Kaniko, buildah) reads these.
+        "GODEBUG",
+        "GOGC",
+        "GOMAXPROCS",
+        "GOMEMLIMIT",
+        "GOTRACEBACK",
+    ];
+    // Cloud credentials would change which identity the builder pushes
+    // with (Kaniko reads them for ECR, GCR and ACR logins).
+    const PREFIXES: &[&str] = &[
+        "BUILDAH_",
+        "CONTAINERS_",
+        "STORAGE_",
+        "LD_",
+        "LC_",
+        "BAKERY_",
+        "KANIKO_",
+        "AWS_",
+        "GOOGLE_",
+        "AZURE_",
+    ];
+    EXACT.iter().any(|e| e.eq_ignore_ascii_case(name))
+        || PREFIXES
+            .iter()
+            .any(|p| name.to_ascii_uppercase().starts_with(p))
+}
+
 /// One process to run: argv and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {

@@ -200,8 +200,17 @@ impl EcsPlatform {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<EcsPlatform, PlatformError> {
         let mut settings = EcsSettings::from_config(config).map_err(PlatformError::Config)?;
+        // Each attempt has 10 s to connect and 30 s to answer: an endpoint
+        // that accepts connections and says nothing is a failed attempt
+        // (retried), not a launch or a watch that hangs.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .operation_attempt_timeout(std::time::Duration::from_secs(60))
+            .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(6));
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(6))
+            .timeout_config(timeouts);
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }

@@ -11,6 +11,11 @@
 //! the background. Both arches run here: arm64 builds without emulation
 //! can only do COPY-style steps (see the README), which is what the remote
 //! platforms are for.
+//!
+//! An agent starts with a cleared environment plus an allow-list
+//! ([`INHERITED`]): the controller's own environment holds its client token
+//! and cloud credentials (an embedded controller's, the whole CI job's), and
+//! a `pre-script: env` would print them into the build log.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,19 +47,54 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often an adopted agent (not our child: no wait()) is looked at.
 const ADOPTED_POLL: Duration = Duration::from_millis(250);
 
+/// What a local agent inherits from the controller's environment: what a
+/// process needs to run (search path, home, locale, time zone, temporary
+/// directory), to reach registries through the site's proxy and trust its
+/// certificate authorities, where the containers tools' own configuration
+/// is, and the benchmarks' load knob. Nothing else; the controller adds the
+/// agent's own variables and `INSECURE_REGISTRIES`.
+pub const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "XDG_RUNTIME_DIR",
+    "CONTAINERS_CONF",
+    "CONTAINERS_STORAGE_CONF",
+    "RUST_BACKTRACE",
+    "BAKERY_AGENT_LOAD",
+];
+
 pub struct LocalPlatform {
     agent: PathBuf,
     work_root: PathBuf,
+    /// The controller's INSECURE_REGISTRIES, passed on to its agents.
+    insecure: String,
     exits: ExitSender,
     /// Agents by handle. Kept until stop(): the group may outlive its agent.
     running: Arc<Mutex<HashMap<String, Agent>>>,
 }
 
 impl LocalPlatform {
-    pub fn new(agent: PathBuf, work_root: PathBuf, exits: ExitSender) -> Self {
+    pub fn new(agent: PathBuf, work_root: PathBuf, insecure: String, exits: ExitSender) -> Self {
         LocalPlatform {
             agent,
             work_root,
+            insecure,
             exits,
             running: Arc::default(),
         }
@@ -105,13 +145,22 @@ impl AgentPlatform for LocalPlatform {
             .try_clone()
             .map_err(|e| PlatformError::Launch(format!("{}: {e}", log_path.display())))?;
         let mut cmd = Command::new(&self.agent);
-        cmd.envs(&launch.env)
+        cmd.env_clear()
+            .envs(
+                INHERITED
+                    .iter()
+                    .filter_map(|k| Some((*k, std::env::var_os(k)?))),
+            )
+            .envs(&launch.env)
             .env(agent_env::WORK_DIR, &work)
             .env(agent_env::BUILDER, "buildah")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0);
+        if !self.insecure.is_empty() {
+            cmd.env("INSECURE_REGISTRIES", &self.insecure);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| PlatformError::Launch(format!("{}: {e}", self.agent.display())))?;
@@ -193,10 +242,16 @@ impl AgentPlatform for LocalPlatform {
             let _ = tokio::time::timeout(STOP_GRACE, agent.exited.wait_for(|gone| *gone)).await;
         }
         // Whatever is left of its group (a builder the agent left behind,
-        // or the agent itself if it would not stop) is killed.
-        let killed = match killpg(group, Signal::SIGKILL) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(PlatformError::Stop(e.to_string())),
+        // or the agent itself if it would not stop) is killed; a group with
+        // no process left is not signalled at all: its id is free, and may
+        // by now be another program's group.
+        let killed = if group_has_members(agent.group) {
+            match killpg(group, Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                Err(e) => Err(PlatformError::Stop(e.to_string())),
+            }
+        } else {
+            Ok(())
         };
         // Nothing writes to the work dir any more. The build's end does not
         // wait for it to go: a builder's storage can take seconds to delete.
@@ -207,6 +262,56 @@ impl AgentPlatform for LocalPlatform {
             Err(e) => tracing::warn!("could not delete {}: {e}", work.display()),
         });
         killed
+    }
+}
+
+/// Whether any live process is in process group `group`. While one is,
+/// the id cannot be given to another group.
+fn group_has_members(group: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true; // cannot tell: signal, as before
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // After the parenthesised name: state, ppid, pgrp.
+                let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+                let state = fields.next()?;
+                let pgrp: i32 = fields.nth(1)?.parse().ok()?;
+                Some(pgrp == group && state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Deletes the agents' own logs (`<task>.log`) of forgotten builds.
+pub fn delete_agent_logs(work_root: &std::path::Path, builds: &[String]) {
+    let Ok(entries) = std::fs::read_dir(work_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(task) = name.strip_suffix(".log") else {
+            continue;
+        };
+        let of_forgotten = builds.iter().any(|b| {
+            task.strip_prefix(b.as_str())
+                .is_some_and(|rest| rest.starts_with('-'))
+        });
+        if of_forgotten {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("could not delete {}: {e}", entry.path().display());
+            }
+        }
     }
 }
 

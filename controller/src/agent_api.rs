@@ -1,0 +1,253 @@
+//! The agent's endpoints: `/v1/agent/tasks/{task}/…`.
+//!
+//! Each is behind [`require_task_token`], which checks the task's own token
+//! before anything reads the request body: an unauthenticated request
+//! costs the controller a header's worth of memory, whatever it sends.
+//! Every value an agent reports is checked again here
+//! ([`bakery_core::validate`]): the build's own code can read its agent's
+//! token and send anything.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bakery_core::api::{AgentLogs, AgentResult, AgentTask, ContextSource, TaskState};
+use bakery_core::validate;
+use bakery_core::Platform;
+
+use crate::routes::{bearer, durable, unavailable, Failure, Result};
+use crate::state::{token_matches, Build};
+use crate::App;
+
+/// The task an authenticated agent request is for.
+#[derive(Clone)]
+pub struct AgentAuth {
+    pub build: Arc<Build>,
+    pub index: usize,
+}
+
+/// Resolves the bearer token to its task, before any body is read. Tokens
+/// of finished tasks are no longer accepted.
+pub async fn require_task_token(
+    State(app): State<Arc<App>>,
+    task: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let unauthorized = || Failure::new(StatusCode::UNAUTHORIZED, "missing or wrong task token");
+    let Ok(Path(task)) = task else {
+        return unauthorized().into_response();
+    };
+    let Some(given) = bearer(request.headers()).map(str::to_string) else {
+        return unauthorized().into_response();
+    };
+    let Some((build, index)) = app.builds.task(&task) else {
+        return unauthorized().into_response();
+    };
+    let valid = {
+        let inner = build.lock();
+        token_matches(&given, &inner.runtime[index].token)
+            && !inner.status.tasks[index].state.is_terminal()
+    };
+    if !valid {
+        return unauthorized().into_response();
+    }
+    request.extensions_mut().insert(AgentAuth { build, index });
+    next.run(request).await
+}
+
+/// `HEAD …/spec`: whether the token is good, without checking in.
+pub async fn agent_spec_head(Extension(_): Extension<AgentAuth>) -> StatusCode {
+    StatusCode::OK
+}
+
+/// The check-in: the task's spec, once. Recorded before it is answered,
+/// and undone if it cannot be saved, so that the agent's retry (it retries
+/// a 503) gets the spec instead of "already checked in".
+pub async fn agent_spec(
+    State(app): State<Arc<App>>,
+    Extension(AgentAuth { build, index }): Extension<AgentAuth>,
+) -> Result<Json<AgentTask>> {
+    let (spec, launched) = {
+        let mut inner = build.lock();
+        if inner.status.tasks[index].state != TaskState::Starting {
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "this task has already checked in",
+            ));
+        }
+        inner.status.tasks[index].state = TaskState::Running;
+        inner.runtime[index].checked_in_at = Some(Instant::now());
+        let task = &inner.status.tasks[index];
+        let req = &inner.request.tasks[index];
+        // Local agents get no cloud credentials: the controller reads S3
+        // for them (see `agent_context`).
+        let context = match app.config.s3() {
+            Some(location) if task.platform != Platform::Local => ContextSource::S3 {
+                location,
+                key: req.context_key.clone(),
+            },
+            _ => ContextSource::Controller {
+                key: req.context_key.clone(),
+            },
+        };
+        let spec = AgentTask {
+            build_id: build.id.clone(),
+            task_id: task.id.clone(),
+            arch: req.arch,
+            push: req.push.clone(),
+            context,
+            context_bytes: req.context_bytes,
+            spec: req.spec.clone(),
+        };
+        (spec, inner.runtime[index].launched_at)
+    };
+    build.log(index, "agent started");
+    // Checked in is saved before the agent gets its spec: resumed after a
+    // crash, the task must not wait for a check-in that already happened.
+    if let Err(e) = durable(&app).await {
+        let mut inner = build.lock();
+        if inner.status.tasks[index].state == TaskState::Running {
+            inner.status.tasks[index].state = TaskState::Starting;
+            inner.runtime[index].checked_in_at = None;
+        }
+        drop(inner);
+        build.touch();
+        return Err(e);
+    }
+    let (platform, arch) = {
+        let inner = build.lock();
+        let task = &inner.status.tasks[index];
+        (task.platform, task.arch)
+    };
+    if let Some(launched) = launched {
+        let name = app.platform(platform).name();
+        app.metrics.agent_started(name, arch, launched.elapsed());
+    }
+    Ok(Json(spec))
+}
+
+/// The context archive: from the controller's disk, or from S3 on behalf
+/// of a local agent.
+pub async fn agent_context(
+    State(app): State<Arc<App>>,
+    Extension(AgentAuth { build, index }): Extension<AgentAuth>,
+) -> Result<Response> {
+    let key = build.lock().request.tasks[index].context_key.clone();
+    let headers = [(header::CONTENT_TYPE, "application/octet-stream")];
+    if let Some(location) = app.config.s3() {
+        let store = app
+            .s3
+            .get_or_init(|| {
+                bakery_store::S3Store::connect(bakery_store::S3Settings {
+                    bucket: location.bucket,
+                    endpoint: location.endpoint,
+                    region: location.region,
+                    ssl: location.ssl,
+                })
+            })
+            .await;
+        let reader = store
+            .download(&key)
+            .await
+            .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+        let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 16));
+        return Ok((headers, body).into_response());
+    }
+    let path = app
+        .disk
+        .path(&key)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Failure::new(StatusCode::NOT_FOUND, format!("context {key}: {e}")))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 16));
+    Ok((headers, body).into_response())
+}
+
+pub async fn agent_logs(
+    State(app): State<Arc<App>>,
+    Extension(AgentAuth { build, index }): Extension<AgentAuth>,
+    batch: std::result::Result<Json<AgentLogs>, JsonRejection>,
+) -> Result<StatusCode> {
+    let Json(batch) = batch?;
+    let added = build
+        .append_agent_lines(index, &batch.lines)
+        .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "this task has ended"))?;
+    app.metrics.log_lines(added);
+    // The agent forgets the batch once answered: it must be on disk first
+    // (at the next paced commit, as lines on the log stream are).
+    app.journal.flush_paced().await.map_err(unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The agent's whole log as one request; see [`crate::log_stream`].
+pub async fn agent_log_stream(
+    State(app): State<Arc<App>>,
+    Extension(AgentAuth { build, index }): Extension<AgentAuth>,
+    body: Body,
+) -> Result<Response> {
+    let acks = crate::log_stream::serve(app, build, index, body);
+    Ok(([(header::CONTENT_TYPE, "text/plain")], acks).into_response())
+}
+
+pub async fn agent_result(
+    State(app): State<Arc<App>>,
+    Extension(AgentAuth { build, index }): Extension<AgentAuth>,
+    result: std::result::Result<Json<AgentResult>, JsonRejection>,
+) -> Result<StatusCode> {
+    let Json(result) = result?;
+    let (message, refused) = {
+        let mut inner = build.lock();
+        let arch = inner.status.tasks[index].arch;
+        match result {
+            AgentResult::Succeeded { digest } => {
+                let wants_push = inner.status.tasks[index].push.is_some();
+                let checked = digest.as_deref().map(validate::check_digest).transpose();
+                match (checked, &digest) {
+                    (Err(why), _) => {
+                        inner.finish_task(index, TaskState::Failed, Some(why.clone()));
+                        (format!("error: {why}"), Some(why))
+                    }
+                    (Ok(_), None) if wants_push => {
+                        let why = "the agent reported success without a digest".to_string();
+                        inner.finish_task(index, TaskState::Failed, Some(why.clone()));
+                        (
+                            format!("error: the {arch} agent reported success without a digest"),
+                            None,
+                        )
+                    }
+                    (Ok(_), _) => {
+                        inner.status.tasks[index].digest = digest.clone();
+                        inner.finish_task(index, TaskState::Succeeded, None);
+                        let line = match digest {
+                            Some(d) => format!(
+                                "pushed {}@{d}",
+                                inner.status.tasks[index].push.clone().unwrap_or_default()
+                            ),
+                            None => "built (not pushed)".to_string(),
+                        };
+                        (line, None)
+                    }
+                }
+            }
+            AgentResult::Failed { error } => {
+                let error = validate::clean_error(&error);
+                inner.finish_task(index, TaskState::Failed, Some(error.clone()));
+                (format!("error: {error}"), None)
+            }
+        }
+    };
+    // The line goes in after the state change; the token is now spent, so log directly.
+    build.log(index, &message);
+    durable(&app).await?;
+    match refused {
+        Some(why) => Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, why)),
+        None => Ok(StatusCode::NO_CONTENT),
+    }
+}

@@ -1,0 +1,139 @@
+//! `GET /v1/builds/{id}/logs`: a build's log as server-sent events.
+//!
+//! `log` lines (id = seq), `status` changes, and a final `end`. A client
+//! that reconnects sends `Last-Event-ID` and gets every line after it
+//! exactly once. When the controller stops, every follower's stream ends
+//! (without `end`), so that a rollout is not held open by the clients
+//! watching it: they reconnect to the next controller and resume.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use bakery_core::api::{self, BuildStatus};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes::{find, Result};
+use crate::state::Build;
+use crate::App;
+
+#[derive(Deserialize)]
+pub struct FollowQuery {
+    /// Resume after this seq (same as the `Last-Event-ID` header).
+    after: Option<u64>,
+}
+
+pub async fn follow_logs(
+    State(app): State<Arc<App>>,
+    id: std::result::Result<Path<String>, PathRejection>,
+    query: std::result::Result<Query<FollowQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let Path(id) = id?;
+    let Query(query) = query?;
+    let build = find(&app, &id)?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(query.after)
+        .unwrap_or(0);
+    // Produced as the connection reads: no task or channel between the
+    // build and the socket, and a batch of lines is written in one go.
+    let follower = Follower {
+        changed: build.subscribe(),
+        build,
+        cursor: after,
+        last_status: None,
+        queued: VecDeque::new(),
+        finished: false,
+        stopping: app.stopping.clone(),
+    };
+    let events = stream::unfold(follower, |mut f| async move {
+        f.next().await.map(|e| (Ok::<_, Infallible>(e), f))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// Most lines a follower takes from its build at a time: what a follower
+/// that falls behind holds in memory (a thousand lagging followers of 256
+/// lines each held ~75 MB).
+const FOLLOW_STEP: usize = 64;
+
+/// One client following one build's log.
+struct Follower {
+    build: Arc<Build>,
+    changed: tokio::sync::watch::Receiver<u64>,
+    /// The seq of the last line sent.
+    cursor: u64,
+    last_status: Option<BuildStatus>,
+    /// Events made and not yet taken by the connection.
+    queued: VecDeque<Event>,
+    /// The `end` event is queued: nothing follows it.
+    finished: bool,
+    /// The controller is stopping: the stream ends where it is.
+    stopping: CancellationToken,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
+            if self.finished || self.stopping.is_cancelled() {
+                return None;
+            }
+            let (cursor, queued) = (&mut self.cursor, &mut self.queued);
+            let (status, caught_up) = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
+                *cursor = line.seq;
+                queued.push_back(
+                    Event::default()
+                        .event(api::event::LOG)
+                        .id(line.seq.to_string())
+                        .json_data(line)
+                        .expect("log events serialise"),
+                );
+            });
+            let terminal = status.state.is_terminal();
+            // The end waits for the last lines to be saved (and sent).
+            let hold = terminal && !caught_up;
+            if !hold && self.last_status.as_ref() != Some(&status) {
+                let name = if terminal {
+                    api::event::END
+                } else {
+                    api::event::STATUS
+                };
+                self.queued.push_back(
+                    Event::default()
+                        .event(name)
+                        .json_data(&status)
+                        .expect("status serialises"),
+                );
+                self.last_status = Some(status);
+            }
+            if terminal && !hold {
+                self.finished = true;
+                continue;
+            }
+            // Nothing new: wait for saved lines or a status change. (After a
+            // full step the next one is taken as soon as this is sent.)
+            if self.queued.is_empty() {
+                tokio::select! {
+                    changed = self.changed.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    () = self.stopping.cancelled() => return None,
+                }
+            }
+        }
+    }
+}

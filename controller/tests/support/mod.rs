@@ -1,0 +1,235 @@
+//! The controller in-process, with stand-in agents (small shell scripts
+//! speaking the protocol with curl) to drive timeouts, crashes and hostile
+//! input deterministically. Shared by the controller's test files.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bakery_controller::Config;
+use bakery_core::api::{BuildStatus, CreateBuild, TaskRequest};
+use bakery_core::plan::BuildSpec;
+use bakery_core::settings::{Cache, Credential, Secret};
+use bakery_core::Arch;
+use reqwest::StatusCode;
+
+pub struct Harness {
+    pub running: Option<bakery_controller::Running>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    /// A controller whose agents are `agent_script` (a shell script body).
+    pub async fn new(agent_script: &str, env: &[(&str, &str)]) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent.sh");
+        std::fs::write(&agent, format!("#!/bin/sh\n{agent_script}\n")).unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&agent)
+            .status()
+            .unwrap();
+        let running = bakery_controller::start(Harness::config(dir.path(), env))
+            .await
+            .unwrap();
+        Harness {
+            running: Some(running),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn config(dir: &Path, env: &[(&str, &str)]) -> Config {
+        let mut vars = vec![
+            ("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "DATA_DIR".to_string(),
+                dir.join("data").display().to_string(),
+            ),
+            (
+                "AGENT_BINARY".to_string(),
+                dir.join("agent.sh").display().to_string(),
+            ),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_vars(vars).unwrap()
+    }
+
+    /// Stops this controller the way SIGTERM does (builds left to resume)
+    /// and starts another on the same DATA_DIR.
+    pub async fn restart(&mut self, env: &[(&str, &str)]) {
+        self.running.take().unwrap().suspend().await;
+        let config = Harness::config(self.dir.path(), env);
+        self.running = Some(bakery_controller::start(config).await.unwrap());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.running.as_ref().unwrap().url())
+    }
+
+    /// Stores a context the way a client uploads it, returning its key.
+    pub async fn upload(&self, body: &[u8]) -> String {
+        use sha2::Digest;
+        let key = format!(
+            "contexts/sha256-{}.tar.gz",
+            hex::encode(sha2::Sha256::digest(body))
+        );
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/contexts/{key}")))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        key
+    }
+
+    pub async fn create(&self, request: &CreateBuild) -> String {
+        let resp = self
+            .http
+            .post(self.url("/v1/builds"))
+            .json(request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        resp.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn status(&self, id: &str) -> BuildStatus {
+        self.http
+            .get(self.url(&format!("/v1/builds/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_end(&self, id: &str, limit: Duration) -> BuildStatus {
+        let start = Instant::now();
+        loop {
+            let status = self.status(id).await;
+            if status.state.is_terminal() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "build still {:?} after {limit:?}",
+                status.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cancels a build; the answer's status.
+    pub async fn cancel(&self, id: &str) -> StatusCode {
+        let url = self.url(&format!("/v1/builds/{id}/cancel"));
+        self.http.post(url).send().await.unwrap().status()
+    }
+
+    /// A finished build's whole log stream, as text.
+    pub async fn log_text(&self, id: &str) -> String {
+        let url = self.url(&format!("/v1/builds/{id}/logs"));
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn data(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+pub fn spec() -> BuildSpec {
+    BuildSpec {
+        platform: None,
+        dockerfile: "Dockerfile".into(),
+        target: None,
+        build_args: Default::default(),
+        labels: Default::default(),
+        env: Default::default(),
+        pre_script: None,
+        post_script: None,
+        credentials: vec![Credential {
+            registry: "r.example".into(),
+            username: "u".into(),
+            password: Secret::new("top-secret-pw"),
+        }],
+        cpu: None,
+        memory: None,
+        spot: false,
+        cache: Cache::default(),
+        cache_from: vec![],
+        snapshot_mode: None,
+        use_new_run: false,
+        cleanup: false,
+        custom_platform: "linux/amd64".into(),
+        no_push: false,
+        ignore_path: vec![],
+        extra_flags: vec![],
+        compression: None,
+        compression_level: None,
+    }
+}
+
+pub fn request(key: &str, arches: &[Arch]) -> CreateBuild {
+    CreateBuild {
+        service: "svc".into(),
+        destination: Some("r.example/app:1".into()),
+        tags: vec![],
+        tasks: arches
+            .iter()
+            .map(|a| TaskRequest {
+                arch: *a,
+                push: Some(format!("r.example/app:1_{a}")),
+                context_key: key.to_string(),
+                context_bytes: None,
+                spec: spec(),
+            })
+            .collect(),
+    }
+}
+
+pub fn no_agents_left(dir: &str) -> bool {
+    let out = std::process::Command::new("pgrep")
+        .args(["-a", "-f", dir])
+        .output()
+        .unwrap();
+    let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    if !left.is_empty() {
+        eprintln!("still running: {left:?}");
+    }
+    left.is_empty()
+}
+
+/// A stand-in agent speaking the real protocol with curl.
+pub fn curl_agent(after_spec: &str) -> String {
+    format!(
+        r#"auth="Authorization: Bearer $BAKERY_TASK_TOKEN"
+base="$BAKERY_CONTROLLER_URL/v1/agent/tasks/$BAKERY_TASK_ID"
+mkdir -p "$(dirname "$BAKERY_WORK_DIR")"
+curl -fsS -H "$auth" "$base/spec" > "$BAKERY_WORK_DIR.spec" || exit 9
+{after_spec}"#
+    )
+}

@@ -1,0 +1,374 @@
+//! What the controller checks of what crosses the wire.
+//!
+//! The client checks a plan before it sends it, but any holder of a client
+//! token can send a build request without the client, and the build's own
+//! code (a pre-script, a RUN step) can read its agent's task token and
+//! report anything. So the controller checks both again: a build request
+//! before anything is saved or started ([`check_create`]), and every value
+//! an agent reports before it reaches a status, a log or a CI report
+//! ([`check_digest`], [`clean_error`], [`clean_line`]).
+
+use std::path::{Component, Path};
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::api::CreateBuild;
+use crate::plan::BuildSpec;
+use crate::reference::ImageRef;
+use crate::settings::Compression;
+
+/// Largest `POST /v1/builds` body accepted (413 beyond): a build request is
+/// a few KiB; a large one would only stall the journal that saves it.
+pub const MAX_CREATE_BYTES: usize = 1 << 20;
+
+/// Longest service name: it becomes log prefixes, status names and file
+/// names in CI.
+pub const MAX_SERVICE_NAME: usize = 128;
+
+/// Longest error text an agent may report; longer text is cut.
+pub const MAX_ERROR_CHARS: usize = 4096;
+
+/// Longest pre- or post-script.
+pub const MAX_SCRIPT_BYTES: usize = 64 << 10;
+
+static SERVICE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]*$").expect("valid regex"));
+static DIGEST: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^sha256:[0-9a-f]{64}$").expect("valid regex"));
+static PLATFORM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]{1,16}/[a-z0-9_]{1,16}(/[a-z0-9]{1,8})?$").expect("valid regex")
+});
+static CONTEXT_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^contexts/sha256-[0-9a-f]{64}\.tar\.(gz|zst)$").expect("valid regex")
+});
+
+/// A request field that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// Where in the request, e.g. `tasks[1].spec.dockerfile`.
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks a build request as the controller receives it.
+pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
+    check_service(&request.service)?;
+    if request.tasks.is_empty() {
+        return Err(invalid("tasks", "a build needs at least one task"));
+    }
+    let destination = match &request.destination {
+        Some(d) => Some(tag_reference("destination", d)?),
+        None => None,
+    };
+    for (i, tag) in request.tags.iter().enumerate() {
+        let field = format!("tags[{i}]");
+        let r = tag_reference(&field, tag)?;
+        match &destination {
+            Some(d) if d.registry == r.registry && d.repository == r.repository => {}
+            Some(d) => {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{tag}` is not in the destination's repository {}/{}",
+                        d.registry, d.repository
+                    ),
+                ))
+            }
+            None => return Err(invalid(field, "extra tags need a destination")),
+        }
+    }
+    for (i, task) in request.tasks.iter().enumerate() {
+        let at = |f: &str| format!("tasks[{i}].{f}");
+        if request.tasks[..i].iter().any(|o| o.arch == task.arch) {
+            return Err(invalid(
+                at("arch"),
+                format!("arch {} appears twice", task.arch),
+            ));
+        }
+        match &task.push {
+            Some(push) => {
+                tag_reference(&at("push"), push)?;
+            }
+            None if !task.spec.no_push => {
+                return Err(invalid(
+                    at("push"),
+                    format!("the {} task has no push destination", task.arch),
+                ))
+            }
+            None => {}
+        }
+        if !CONTEXT_KEY.is_match(&task.context_key) {
+            return Err(invalid(
+                at("context_key"),
+                format!(
+                    "`{}` is not a context key (contexts/sha256-<64 hex>.tar.gz or .tar.zst)",
+                    shown(&task.context_key)
+                ),
+            ));
+        }
+        check_spec(&task.spec, &at("spec"))?;
+    }
+    Ok(())
+}
+
+fn check_service(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() || name.chars().count() > MAX_SERVICE_NAME || !SERVICE.is_match(name) {
+        return Err(invalid(
+            "service",
+            format!(
+                "`{}` is not a service name: 1 to {MAX_SERVICE_NAME} letters, digits, `.`, `_` or `-`, starting with a letter or digit",
+                shown(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A tag reference (never a digest), as it will be pushed to.
+fn tag_reference(field: &str, text: &str) -> Result<ImageRef, Invalid> {
+    if text.trim() != text || text.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("`{}` has spaces or control characters", shown(text)),
+        ));
+    }
+    ImageRef::parse(text).map_err(|e| invalid(field, e))
+}
+
+fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
+    let f = |name: &str| format!("{at}.{name}");
+    check_relative_path(&f("dockerfile"), &spec.dockerfile)?;
+    if !PLATFORM.is_match(&spec.custom_platform) {
+        return Err(invalid(
+            f("custom_platform"),
+            format!(
+                "`{}` is not a platform like linux/amd64 or linux/arm64/v8",
+                shown(&spec.custom_platform)
+            ),
+        ));
+    }
+    if let Some(level) = spec.compression_level {
+        let codec = spec.compression.unwrap_or(Compression::Gzip);
+        if level == 0 || level > codec.max_level() {
+            return Err(invalid(
+                f("compression_level"),
+                format!(
+                    "{level} is out of range for {codec}: 1 to {}",
+                    codec.max_level()
+                ),
+            ));
+        }
+    }
+    if let Some(mode) = &spec.snapshot_mode {
+        if !["full", "redo", "time"].contains(&mode.as_str()) {
+            return Err(invalid(
+                f("snapshot_mode"),
+                format!("`{}` is not full, redo or time", shown(mode)),
+            ));
+        }
+    }
+    for (name, script) in [
+        ("pre_script", &spec.pre_script),
+        ("post_script", &spec.post_script),
+    ] {
+        if let Some(s) = script {
+            if s.len() > MAX_SCRIPT_BYTES || s.contains('\0') {
+                return Err(invalid(
+                    f(name),
+                    format!("a script must be under {MAX_SCRIPT_BYTES} bytes, without NUL"),
+                ));
+            }
+        }
+    }
+    for (name, map) in [
+        ("build_args", &spec.build_args),
+        ("labels", &spec.labels),
+        ("env", &spec.env),
+    ] {
+        for (k, v) in map {
+            if k.is_empty() || k.contains('=') || k.chars().any(char::is_control) {
+                return Err(invalid(
+                    format!("{}.{}", f(name), shown(k)),
+                    "a name must be non-empty, without `=` or control characters",
+                ));
+            }
+            if v.contains('\0') {
+                return Err(invalid(
+                    format!("{}.{k}", f(name)),
+                    "a value cannot contain NUL",
+                ));
+            }
+        }
+    }
+    for (i, c) in spec.credentials.iter().enumerate() {
+        let field = format!("{}[{i}]", f("credentials"));
+        if c.registry.is_empty() || !one_line(&c.registry) || !one_line(&c.username) {
+            return Err(invalid(
+                field,
+                "registry and username are single lines of text",
+            ));
+        }
+        if c.password.expose().contains('\0') {
+            return Err(invalid(field, "a password cannot contain NUL"));
+        }
+    }
+    let words = spec
+        .target
+        .iter()
+        .map(|t| ("target", t))
+        .chain(spec.cache.repo.iter().map(|r| ("cache.repo", r)))
+        .chain(spec.cache.ttl.iter().map(|t| ("cache.ttl", t)))
+        .chain(spec.cache_from.iter().map(|c| ("cache_from", c)))
+        .chain(spec.ignore_path.iter().map(|p| ("ignore_path", p)))
+        .chain(spec.extra_flags.iter().map(|x| ("extra_flags", x)));
+    for (name, value) in words {
+        if !one_line(value) {
+            return Err(invalid(
+                f(name),
+                format!("`{}` has control characters", shown(value)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A path inside the context: relative, without `..`, and plain text.
+/// The agent checks again after extraction that it does not lead out of
+/// the context through a symlink.
+pub fn check_relative_path(field: &str, path: &str) -> Result<(), Invalid> {
+    let p = Path::new(path);
+    let bad = path.is_empty()
+        || path.len() > 4096
+        || path.chars().any(char::is_control)
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if bad {
+        return Err(invalid(
+            field,
+            format!(
+                "`{}` must be a path relative to the build context, without `..`",
+                shown(path)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> bool {
+    s.len() <= 4096 && !s.chars().any(char::is_control)
+}
+
+/// Checks a digest an agent reports as pushed.
+pub fn check_digest(digest: &str) -> Result<(), String> {
+    if DIGEST.is_match(digest) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the agent reported `{}`, which is not a sha256 digest",
+            shown(digest)
+        ))
+    }
+}
+
+/// An error text an agent reports, made safe to show: control characters
+/// become spaces (a newline could forge a log line or a CI variable) and
+/// the text is cut at [`MAX_ERROR_CHARS`].
+pub fn clean_error(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_ERROR_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > MAX_ERROR_CHARS {
+        out.push_str(" [cut]");
+    }
+    out
+}
+
+/// A log line an agent sends: one line. An embedded line break (which the
+/// agent's own line splitting never produces) becomes a space, so that no
+/// reader sees a line the agent did not print as one; other control
+/// characters (colours, tabs, carriage returns) are the builder's and stay.
+pub fn clean_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.contains(['\n', '\u{0085}', '\u{2028}', '\u{2029}', '\0']) {
+        std::borrow::Cow::Owned(
+            line.chars()
+                .map(|c| match c {
+                    '\n' | '\u{0085}' | '\u{2028}' | '\u{2029}' | '\0' => ' ',
+                    c => c,
+                })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    }
+}
+
+/// At most 80 characters of `text`, control characters escaped, for an
+/// error message that quotes what it refuses.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect();
+    if text.chars().count() > 80 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_must_be_sha256_hex() {
+        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        for bad in [
+            "sha256:0\nX=1",
+            "sha256:0",
+            "sha512:abc",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:{}\n", "a".repeat(64)),
+        ] {
+            let e = check_digest(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_lose_control_characters_and_length() {
+        assert_eq!(clean_error("a\nb\rc\u{1b}[1m"), "a b c [1m");
+        let long = "x".repeat(MAX_ERROR_CHARS * 2);
+        assert!(clean_error(&long).len() < MAX_ERROR_CHARS + 10);
+        assert_eq!(clean_line("one\ntwo"), "one two");
+        assert_eq!(clean_line("\u{1b}[32mgreen\r"), "\u{1b}[32mgreen\r");
+    }
+
+    #[test]
+    fn relative_paths_stay_inside() {
+        for ok in ["Dockerfile", "docker/Dockerfile.prod", "./Dockerfile"] {
+            assert!(check_relative_path("f", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/etc/passwd",
+            "../../../etc/passwd",
+            "a/../../b",
+            "",
+            "a\nb",
+        ] {
+            assert!(check_relative_path("f", bad).is_err(), "{bad:?}");
+        }
+    }
+}
