@@ -379,7 +379,7 @@ fn extraction_limits(work: &Path, declared: Option<u64>) -> Result<extract::Limi
 /// The Dockerfile must be a file inside the context: a Dockerfile that is
 /// a symlink (or under one) leading out of the context would have the
 /// builder read any file of the agent's machine.
-fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentError> {
+pub fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentError> {
     let refuse = |why: String| AgentError::Context(format!("dockerfile `{dockerfile}`: {why}"));
     bakery_core::validate::check_relative_path("dockerfile", dockerfile)
         .map_err(|e| refuse(e.message))?;
@@ -416,4 +416,27 @@ fn last_meaningful(tail: &[String]) -> Option<String> {
         .map(|l| l.trim())
         .find(|l| !l.is_empty())
         .map(|l| l.chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_is_capped_at_what_was_packed_and_what_the_disk_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let packed = extraction_limits(dir.path(), Some(1000)).unwrap();
+        assert_eq!(packed.max_bytes, 1000);
+        assert!(
+            packed.declared,
+            "past it, the archive is not what was packed"
+        );
+        let undeclared = extraction_limits(dir.path(), None).unwrap();
+        assert!(undeclared.max_bytes <= 16 << 30);
+        assert!(!undeclared.declared);
+        let e = extraction_limits(dir.path(), Some(u64::MAX / 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has only") && e.contains("to spare"), "{e}");
+    }
 }

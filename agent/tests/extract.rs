@@ -214,3 +214,35 @@ fn size_and_entry_limits_stop_bombs() {
         Err(ExtractError::TooManyEntries(3))
     ));
 }
+
+/// A context whose Dockerfile is a symlink out of it (the archive may
+/// hold one: links are data) is refused before any builder reads it, and
+/// the refusal quotes nothing of the file it points at.
+#[test]
+fn a_dockerfile_leading_out_of_the_context_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("context");
+    std::fs::create_dir_all(ctx.join("real")).unwrap();
+    std::fs::write(ctx.join("real/Dockerfile"), "FROM scratch\n").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", ctx.join("Dockerfile")).unwrap();
+    std::os::unix::fs::symlink("/etc", ctx.join("etc")).unwrap();
+    std::os::unix::fs::symlink("real/Dockerfile", ctx.join("Inside")).unwrap();
+    for bad in [
+        "Dockerfile",
+        "etc/hostname",
+        "../context/Dockerfile",
+        "/etc/hostname",
+    ] {
+        let e = bakery_agent::check_dockerfile(&ctx, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad), "{e}");
+        let secret = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        assert!(
+            secret.trim().is_empty() || !e.contains(secret.trim()),
+            "{e}"
+        );
+    }
+    bakery_agent::check_dockerfile(&ctx, "real/Dockerfile").unwrap();
+    bakery_agent::check_dockerfile(&ctx, "Inside").unwrap();
+}

@@ -173,8 +173,8 @@ pub struct Journal {
     db: Arc<Database>,
     signal: Arc<Signal>,
     rows: Mutex<RowIndex>,
-    /// How long [`Journal::flush`] waits for its commit.
-    flush_timeout: Duration,
+    /// How long [`Journal::flush`] waits for its commit, in milliseconds.
+    flush_timeout_ms: AtomicU64,
 }
 
 /// Which log rows may go. Rows are written in key order and a build's lines
@@ -279,18 +279,20 @@ impl Journal {
                 next,
                 ..RowIndex::default()
             }),
-            flush_timeout: FLUSH_TIMEOUT,
+            flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
         })
     }
 
-    /// Sets how long a flush waits for its commit before it fails.
-    pub fn with_flush_timeout(mut self, timeout: Duration) -> Journal {
-        self.flush_timeout = timeout;
-        self
+    /// Sets how long a flush waits for its commit before it fails
+    /// (JOURNAL_TIMEOUT; fault-injection tests change it on a running
+    /// controller).
+    pub fn set_flush_timeout(&self, timeout: Duration) {
+        self.flush_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn flush_timeout(&self) -> Duration {
-        self.flush_timeout
+        Duration::from_millis(self.flush_timeout_ms.load(Ordering::SeqCst))
     }
 
     pub fn signal(&self) -> Arc<Signal> {
@@ -378,13 +380,14 @@ impl Journal {
             self.signal.wake();
         }
         let mut committed = self.signal.committed.subscribe();
-        let reached = tokio::time::timeout(self.flush_timeout, committed.wait_for(|c| *c >= mine))
+        let limit = self.flush_timeout();
+        let reached = tokio::time::timeout(limit, committed.wait_for(|c| *c >= mine))
             .await
             .is_ok_and(|r| r.is_ok());
         if reached {
             Ok(())
         } else {
-            Err(JournalError::Timeout(self.flush_timeout))
+            Err(JournalError::Timeout(limit))
         }
     }
 

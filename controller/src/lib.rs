@@ -394,10 +394,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
-    let journal = Arc::new(
-        journal::Journal::open(&config.data_dir.join("builds.redb"))?
-            .with_flush_timeout(config.journal_timeout),
-    );
+    let journal = Arc::new(journal::Journal::open(
+        &config.data_dir.join("builds.redb"),
+    )?);
+    journal.set_flush_timeout(config.journal_timeout);
     let restored = journal.load()?;
     let keep: HashSet<String> = restored
         .iter()

@@ -31,6 +31,10 @@ const SMALL_BODY: usize = 64 << 10;
 /// An agent's log batch: up to 1,000 lines of up to 64 KiB each.
 const AGENT_BATCH_BODY: usize = 72 << 20;
 
+/// An agent's result: its error text is cut to 4 KiB once here, but an
+/// agent is not refused for a long one.
+const AGENT_RESULT_BODY: usize = 1 << 20;
+
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -71,7 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/agent/tasks/{task}/result",
-            post(agent_api::agent_result),
+            post(agent_api::agent_result).layer(DefaultBodyLimit::max(AGENT_RESULT_BODY)),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

@@ -34,6 +34,10 @@ use crate::App;
 /// How often deadlines are checked when nothing else wakes the supervisor.
 const TICK: Duration = Duration::from_millis(500);
 
+/// Longest a platform may take to stop an agent before the build moves on
+/// (with a warning in its log): a hung platform API cannot hold a build.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
 type SlotWait =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
 
@@ -361,7 +365,14 @@ async fn stop_one(
     platform: bakery_core::Platform,
 ) {
     let platform = app.platform(platform);
-    if let Err(e) = platform.stop(handle).await {
+    let stopped = match tokio::time::timeout(STOP_TIMEOUT, platform.stop(handle)).await {
+        Ok(stopped) => stopped.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "could not stop the agent {handle}: the platform did not answer within {}s",
+            STOP_TIMEOUT.as_secs()
+        )),
+    };
+    if let Err(e) = stopped {
         app.metrics.platform_error(platform.name(), "stop");
         build.log(index, &format!("warning: {e}"));
     }

@@ -985,6 +985,19 @@ fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), (String, Str
             hint,
         ));
     }
+    // A symlink (or a directory on the way that is one) leading out of the
+    // context is stored as a link: the agent would find nothing, or a file
+    // of its own machine.
+    let inside = match (context.canonicalize(), path.canonicalize()) {
+        (Ok(root), Ok(real)) => real.starts_with(root),
+        _ => true,
+    };
+    if !inside {
+        return Err((
+            format!("dockerfile `{dockerfile}` is a symlink that leads out of the build context"),
+            "the agent only receives the context; copy the Dockerfile into it, or make the context the directory that holds it".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -597,6 +597,23 @@ fn dockerfile_not_found_points_where_it_was_set() {
         "outside the build context",
     );
 
+    // A Dockerfile in the context that is a symlink leading out of it: the
+    // agent would read a file of its own machine.
+    let repo = Repo::new(&[
+        ("sub/x", ""),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    context-path: sub\n    destination: r.io/a:1\n",
+        ),
+    ]);
+    std::os::unix::fs::symlink("/etc/hostname", repo.path("sub/Dockerfile")).unwrap();
+    assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        1,
+        "symlink that leads out of the build context",
+    );
+
     // Compose: at build.dockerfile.
     let repo = Repo::new(&[
         ("Dockerfile", "FROM alpine\n"),

@@ -244,6 +244,26 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Processes whose environment mentions `needle` (agents carry their work
+/// dir there, not on their command line).
+pub fn processes_with_env_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{name} {}", cmd.replace('\0', " ")));
+        }
+    }
+    found
+}
+
 /// `skopeo inspect --raw` of a reference, as JSON.
 pub fn raw_manifest(reference: &str) -> serde_json::Value {
     skopeo_inspect("--raw", reference)

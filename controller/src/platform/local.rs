@@ -334,3 +334,41 @@ fn is_agent_of(pid: i32, task_id: &str) -> bool {
         .map(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A group whose last process is gone is not signalled: its id may by
+    /// then be another program's group.
+    #[test]
+    fn a_group_counts_as_alive_only_while_a_process_is_in_it() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = child.id() as i32;
+        assert!(group_has_members(group));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!group_has_members(group));
+    }
+
+    #[test]
+    fn only_the_agent_logs_of_forgotten_builds_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b1-amd64.log", "b1-arm64.log", "b12-amd64.log", "b1-amd64"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        delete_agent_logs(dir.path(), &["b1".to_string()]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b1-amd64", "b12-amd64.log"]);
+    }
+}

@@ -23,7 +23,15 @@ pub struct Harness {
 impl Harness {
     /// A controller whose agents are `agent_script` (a shell script body).
     pub async fn new(agent_script: &str, env: &[(&str, &str)]) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        Harness::in_dir(tempfile::tempdir().unwrap(), agent_script, env).await
+    }
+
+    /// The same, in `dir` (whose `data` may hold an earlier journal).
+    pub async fn in_dir(
+        dir: tempfile::TempDir,
+        agent_script: &str,
+        env: &[(&str, &str)],
+    ) -> Harness {
         let agent = dir.path().join("agent.sh");
         std::fs::write(&agent, format!("#!/bin/sh\n{agent_script}\n")).unwrap();
         std::process::Command::new("chmod")
@@ -63,6 +71,11 @@ impl Harness {
         self.running.take().unwrap().suspend().await;
         let config = Harness::config(self.dir.path(), env);
         self.running = Some(bakery_controller::start(config).await.unwrap());
+    }
+
+    /// The controller's shared state, for what only the process can see.
+    pub fn app(&self) -> &std::sync::Arc<bakery_controller::App> {
+        &self.running.as_ref().unwrap().app
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -232,4 +245,32 @@ mkdir -p "$(dirname "$BAKERY_WORK_DIR")"
 curl -fsS -H "$auth" "$base/spec" > "$BAKERY_WORK_DIR.spec" || exit 9
 {after_spec}"#
     )
+}
+
+/// A stand-in agent that checks in and reports success without a push.
+pub fn succeeding_agent(delay: &str) -> String {
+    curl_agent(&format!(
+        r#"sleep {delay}
+curl -fsS -H "$auth" -H 'content-type: application/json' -d '{{"outcome":"succeeded","digest":null}}' "$base/result" || exit 8"#
+    ))
+}
+
+/// A request for a build that pushes nothing (no destination, no registry).
+pub fn unpushed_request(key: &str, arches: &[Arch]) -> CreateBuild {
+    let mut r = request(key, arches);
+    r.destination = None;
+    for t in &mut r.tasks {
+        t.push = None;
+        t.spec.no_push = true;
+    }
+    r
+}
+
+/// Waits until `check` holds, or panics naming `what`.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,107 @@
+//! What the controller leaves behind: finished builds take their contexts
+//! and agent logs with them when they are forgotten, the journal is private
+//! from its first byte, and a finished build keeps no password or token.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use bakery_core::api::BuildState;
+use bakery_core::Arch;
+use reqwest::StatusCode;
+use support::*;
+
+#[tokio::test]
+async fn forgotten_builds_take_their_contexts_and_agent_logs_with_them() {
+    let h = Harness::new(&succeeding_agent("0"), &[("BUILD_RETENTION", "1ms")]).await;
+    let used = h.upload(b"ctx of the finished build").await;
+    let unused = h.upload(b"uploaded and never built").await;
+    let id = h.create(&unpushed_request(&used, &[Arch::Amd64])).await;
+    assert_eq!(
+        h.wait_end(&id, Duration::from_secs(10)).await.state,
+        BuildState::Succeeded
+    );
+    let data = h.dir.path().join("data");
+    let agent_log = data.join(format!("work/{id}-amd64.log"));
+    assert!(agent_log.exists());
+    // A context a running build uses stays, however old.
+    let kept = h.upload(b"ctx of a running build").await;
+    let script_build = h.create(&unpushed_request(&kept, &[Arch::Amd64])).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    bakery_controller::forget_once(h.app()).await;
+
+    let resp = h
+        .http
+        .get(h.url(&format!("/v1/builds/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "the build is forgotten"
+    );
+    assert!(!agent_log.exists(), "its agent's log went with it");
+    for (key, there) in [(&used, false), (&unused, false), (&kept, true)] {
+        assert_eq!(data.join(key).exists(), there, "{key}");
+    }
+    h.cancel(&script_build).await;
+}
+
+#[tokio::test]
+async fn the_journal_is_private_from_its_first_byte() {
+    let h = Harness::new("sleep 30", &[]).await;
+    let data = h.dir.path().join("data");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("builds.redb")), 0o600);
+    assert_eq!(mode(&data), 0o700);
+}
+
+/// Registry passwords and task tokens are needed while a build runs (a
+/// restarted controller writes the index with them); once it has ended,
+/// neither stays in the journal that keeps it for BUILD_RETENTION.
+#[tokio::test]
+async fn a_finished_build_keeps_no_password_or_token_in_the_journal() {
+    let agent = curl_agent(
+        r#"while [ ! -e "$BAKERY_WORK_DIR.go" ]; do sleep 0.05; done
+curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeeded","digest":null}' "$base/result""#,
+    );
+    let mut h = Harness::new(&agent, &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    let journal = h.dir.path().join("data/builds.redb");
+    let holds_password = || {
+        let file = std::fs::read(&journal).unwrap();
+        file.windows(b"top-secret-pw".len())
+            .any(|w| w == b"top-secret-pw")
+    };
+    eventually("the agent checks in", Duration::from_secs(10), async || {
+        h.status(&id).await.tasks[0].state == bakery_core::api::TaskState::Running
+    })
+    .await;
+    // While the build runs, the journal holds the password (this is what
+    // the check below would find).
+    assert!(holds_password());
+    std::fs::write(h.dir.path().join(format!("data/work/{id}-amd64.go")), "").unwrap();
+    assert_eq!(
+        h.wait_end(&id, Duration::from_secs(10)).await.state,
+        BuildState::Succeeded
+    );
+    h.restart(&[]).await;
+    let app = h.app();
+    let build = app.builds.get(&id).unwrap();
+    let inner = build.lock();
+    let password = inner.request.tasks[0].spec.credentials[0].password.expose();
+    assert_eq!(password, "", "the password is gone");
+    assert!(
+        inner.runtime.iter().all(|rt| rt.token.is_empty()),
+        "the tokens are gone"
+    );
+    drop(inner);
+    assert!(
+        !holds_password(),
+        "no copy of the password is left in the file"
+    );
+}
