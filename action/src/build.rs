@@ -33,6 +33,20 @@ pub enum Target {
 }
 
 pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
+    let insecure = bakery_core::registry::parse_list(
+        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
+    );
+    let problems = crate::preflight::check_bases(&plan, &insecure).await;
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!(
+            "{} base image problem{}: nothing was uploaded or built",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+    }
     let embedded;
     let controller = match target {
         Target::Remote(url) => Controller::new(&url),

@@ -82,15 +82,15 @@ pub struct Input {
     )]
     pub tags: Vec<String>,
 
-    /// Build context for --tag builds, relative to --repo.
-    #[arg(long, env = "BAKERY_CONTEXT", default_value = ".", global = true)]
-    pub context: String,
+    /// Build context for --tag builds, relative to --repo (default: .).
+    #[arg(long, env = "BAKERY_CONTEXT", global = true)]
+    pub context: Option<String>,
 
     /// Dockerfile for --tag builds, relative to the context.
     #[arg(long, short = 'f', env = "BAKERY_FILE", global = true)]
     pub file: Option<String>,
 
-    /// Platforms for --tag builds: linux/amd64, linux/arm64 (comma-separated).
+    /// Platforms to build: linux/amd64, linux/arm64 (comma-separated); with a config or compose file, every selected service's.
     #[arg(
         long = "platform",
         env = "BAKERY_PLATFORMS",
@@ -99,7 +99,7 @@ pub struct Input {
     )]
     pub platforms: Vec<String>,
 
-    /// Build arguments for --tag builds (KEY=VALUE; repeat for more).
+    /// Build arguments (KEY=VALUE; repeat for more); with a config or compose file, merged over every selected service's.
     #[arg(
         long = "build-arg",
         env = "BAKERY_BUILD_ARGS",
@@ -108,7 +108,7 @@ pub struct Input {
     )]
     pub build_args: Vec<String>,
 
-    /// Image labels for --tag builds (KEY=VALUE; repeat for more).
+    /// Image labels (KEY=VALUE; repeat for more); with a config or compose file, merged over every selected service's.
     #[arg(
         long = "label",
         env = "BAKERY_LABELS",
@@ -117,15 +117,15 @@ pub struct Input {
     )]
     pub labels: Vec<String>,
 
-    /// Dockerfile stage for --tag builds.
+    /// Dockerfile stage to build; with a config or compose file, for every selected service.
     #[arg(long, env = "BAKERY_TARGET", global = true)]
     pub target: Option<String>,
 
-    /// Registry layer cache for --tag builds, per arch in <destination>-cache-<arch> unless --cache-repo names one.
+    /// Registry layer cache, per arch in <destination>-cache-<arch> unless --cache-repo names one; with a config or compose file, for every selected service.
     #[arg(long, env = "BAKERY_CACHE", global = true)]
     pub cache: bool,
 
-    /// Layer cache repository for --tag builds (implies --cache); each arch uses <repo>-<arch>.
+    /// Layer cache repository (implies --cache); each arch uses <repo>-<arch>.
     #[arg(long, env = "BAKERY_CACHE_REPO", global = true)]
     pub cache_repo: Option<String>,
 }

@@ -4,6 +4,7 @@ mod build;
 mod ci;
 mod cli;
 mod client;
+mod preflight;
 mod render;
 mod status;
 
@@ -75,11 +76,20 @@ fn plan(input: &Input) -> Result<Plan> {
                 })
                 .collect()
         };
+    let build_args = pairs(&input.build_args, "--build-arg")?;
+    let labels = pairs(&input.labels, "--label")?;
+    let platforms: Vec<String> = input
+        .platforms
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let cache_repo = input.cache_repo.clone().filter(|r| !r.trim().is_empty());
     let inline = if input.tags.is_empty() {
         None
     } else {
         Some(bakery_core::InlineBuild {
-            context: input.context.clone(),
+            context: input.context.clone().unwrap_or_else(|| ".".into()),
             dockerfile: input.file.clone(),
             tags: input
                 .tags
@@ -87,29 +97,64 @@ fn plan(input: &Input) -> Result<Plan> {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
                 .collect(),
-            platforms: input
-                .platforms
-                .iter()
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
-            build_args: pairs(&input.build_args, "--build-arg")?,
-            labels: pairs(&input.labels, "--label")?,
+            platforms: platforms.clone(),
+            build_args: build_args.clone(),
+            labels: labels.clone(),
             target: input.target.clone(),
             cache: input.cache,
-            cache_repo: input.cache_repo.clone().filter(|r| !r.trim().is_empty()),
+            cache_repo: cache_repo.clone(),
         })
+    };
+    if inline.is_none() {
+        // The action and the component pass the default context, `.`.
+        let context = input.context.as_deref().is_some_and(|c| c.trim() != ".");
+        for (flag, given) in [("--file", input.file.is_some()), ("--context", context)] {
+            if given {
+                anyhow::bail!(
+                    "{flag} describes a --tag build; with a config or compose file, set the Dockerfile and context there (compose `build.dockerfile`/`build.context`, config.yaml `kaniko.dockerfile`/`kaniko.context-path`)"
+                );
+            }
+        }
+    }
+    // With a config or compose file, these apply to every selected service.
+    let overrides = bakery_core::plan::Overrides {
+        platforms: if inline.is_some() {
+            Vec::new()
+        } else {
+            platforms
+        },
+        build_args: if inline.is_some() {
+            Default::default()
+        } else {
+            build_args
+        },
+        labels: if inline.is_some() {
+            Default::default()
+        } else {
+            labels
+        },
+        target: input.target.clone().filter(|_| inline.is_none()),
+        cache: input.cache && inline.is_none(),
+        cache_repo: cache_repo.filter(|_| inline.is_none()),
     };
     let opts = PlanOptions {
         config: input.config.clone(),
         compose: input.compose.clone(),
         services: input.services.clone(),
         inline,
+        overrides,
         ..PlanOptions::new(&input.repo)
     };
     let plan = Plan::resolve(&opts)?;
+    if let Some(found) = &plan.discovered {
+        eprintln!(
+            "using {} (no config.yaml; pass --compose or --config to choose)",
+            found.display()
+        );
+    }
+    // In the errors' style, so they read alike and stay out of log filters.
     for warning in &plan.warnings {
-        tracing::warn!("{warning}");
+        eprintln!("warning: {warning}");
     }
     Ok(plan)
 }

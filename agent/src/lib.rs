@@ -12,6 +12,7 @@ pub mod extract;
 pub mod load;
 pub mod logs;
 pub mod process;
+pub mod sources;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,7 +80,10 @@ pub async fn run(cfg: AgentConfig) -> bool {
     let (log, shipper) = logs::start(controller.clone());
     let outcome = work(&cfg, &controller, &log, born).await;
     let result = match outcome {
-        Ok(digest) => AgentResult::Succeeded { digest },
+        Ok(built) => AgentResult::Succeeded {
+            digest: built.digest,
+            bases: built.bases,
+        },
         Err(AgentError::Controller(ControllerError::Refused {
             status, message, ..
         })) if status == reqwest::StatusCode::CONFLICT
@@ -114,12 +118,18 @@ pub async fn run(cfg: AgentConfig) -> bool {
     ok
 }
 
+/// What a finished build reports.
+struct Built {
+    digest: Option<String>,
+    bases: Vec<String>,
+}
+
 async fn work(
     cfg: &AgentConfig,
     controller: &Controller,
     log: &LogSink,
     born: Instant,
-) -> Result<Option<String>, AgentError> {
+) -> Result<Built, AgentError> {
     let builder = builder::by_name(&cfg.builder)
         .ok_or_else(|| AgentError::UnknownBuilder(cfg.builder.clone()))?;
     let task = controller.spec().await?;
@@ -132,7 +142,10 @@ async fn work(
             load.per_second
         ));
         load::run(load, log).await;
-        return Ok(None);
+        return Ok(Built {
+            digest: None,
+            bases: Vec::new(),
+        });
     }
     log.line(format!(
         "bakery-agent {} building {} for {} with {}",
@@ -156,14 +169,10 @@ async fn work(
         started.elapsed().as_secs_f64()
     ));
 
+    let sources = sources::read(&context_dir, &task);
+    sources::check_emulation(&task, &sources)?;
     let docker_config = write_docker_config(&cfg.work_dir, &task)?;
-    let mut insecure = cfg.insecure.clone();
-    if let Some(dest) = &task.push {
-        let host = dest.split('/').next().unwrap_or_default().to_string();
-        if bakery_core::registry::is_insecure(&host, &cfg.insecure) && !insecure.contains(&host) {
-            insecure.push(host);
-        }
-    }
+    let insecure = sources::plain_http(&task, &sources, &cfg.insecure);
 
     if let Some(script) = &task.spec.pre_script {
         log.line("running pre-script");
@@ -228,7 +237,10 @@ async fn work(
         log.line("running post-script");
         script_step("post-script", script, &context_dir, &task, log).await?;
     }
-    Ok(digest)
+    Ok(Built {
+        digest,
+        bases: sources.bases,
+    })
 }
 
 /// Streams the context from where the controller says it is into the

@@ -206,7 +206,8 @@ pub async fn agent_result(
         let mut inner = build.lock();
         let arch = inner.status.tasks[index].arch;
         match result {
-            AgentResult::Succeeded { digest } => {
+            AgentResult::Succeeded { digest, bases } => {
+                inner.status.tasks[index].bases = validate::clean_bases(&bases);
                 let wants_push = inner.status.tasks[index].push.is_some();
                 let checked = digest.as_deref().map(validate::check_digest).transpose();
                 match (checked, &digest) {

@@ -3,8 +3,10 @@
 //! The index pins the exact digests the agents reported (the original tool
 //! re-pulled the per-arch tags, which a concurrent push could have moved).
 //! Its type follows the per-arch manifests: an OCI image index over OCI
-//! manifests, a Docker manifest list over Docker v2 manifests. The body is
-//! built and hashed here, so the digest we report is the one we pushed.
+//! manifests, a Docker manifest list over Docker v2 manifests. Each entry's
+//! `platform` is what the image's own config says, read back and checked
+//! against the arch asked for ([`crate::verify`]): never assumed. The body
+//! is built and hashed here, so the digest we report is the one we pushed.
 
 use std::time::Duration;
 
@@ -15,7 +17,6 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -43,6 +44,15 @@ pub enum IndexError {
     },
     #[error("pushing the index to {dest}: {message}")]
     Push { dest: String, message: String },
+    #[error("reading the config of the {arch} image {digest}: {message}")]
+    Config {
+        arch: Arch,
+        digest: String,
+        message: String,
+    },
+    /// The image is not of the architecture it was built for.
+    #[error("the image is {found}")]
+    WrongPlatform { arch: Arch, found: String },
     #[error("preparing the registry client for the index: {0}")]
     Client(String),
 }
@@ -103,9 +113,27 @@ pub fn registry_client(destination: &str, insecure: &[String], timeout: Duration
     })
 }
 
-/// Writes the index at `destination` (and at each of `extra_tags`, in the
-/// same repository) over `entries` (arch, manifest digest) and returns its
-/// digest. `client` is [`registry_client`]'s for `destination`.
+/// The login for `registry` among `credentials`, or none.
+pub fn auth_for(credentials: &[Credential], registry: &str) -> RegistryAuth {
+    credentials
+        .iter()
+        .find(|c| {
+            c.registry == registry || (registry == "docker.io" && c.registry.contains("docker.io"))
+        })
+        .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string()))
+        .unwrap_or(RegistryAuth::Anonymous)
+}
+
+/// The destination as a reference.
+pub fn parse_reference(destination: &str) -> Result<Reference, IndexError> {
+    destination.parse().map_err(|e: oci_client::ParseError| {
+        IndexError::Reference(destination.into(), e.to_string())
+    })
+}
+
+/// Checks `entries` (arch, manifest digest) with [`crate::verify::check`]
+/// and writes the index over them: [`write_checked`]. `client` is
+/// [`registry_client`]'s for `destination`.
 pub async fn write_index(
     client: &Client,
     destination: &str,
@@ -114,68 +142,42 @@ pub async fn write_index(
     credentials: &[Credential],
     policy: RetryPolicy,
 ) -> Result<String, IndexError> {
-    let reference: Reference = destination.parse().map_err(|e: oci_client::ParseError| {
-        IndexError::Reference(destination.into(), e.to_string())
-    })?;
-    let registry = reference.registry().to_string();
-    let auth = credentials
-        .iter()
-        .find(|c| {
-            c.registry == registry || (registry == "docker.io" && c.registry.contains("docker.io"))
-        })
-        .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string()))
-        .unwrap_or(RegistryAuth::Anonymous);
-
-    let mut manifests = Vec::new();
-    let mut media_types = Vec::new();
+    let reference = parse_reference(destination)?;
+    let auth = auth_for(credentials, reference.registry());
+    let mut checked = Vec::new();
     for (arch, digest) in entries {
-        let by_digest = Reference::with_digest(
-            registry.clone(),
-            reference.repository().to_string(),
-            digest.clone(),
-        );
-        let (body, _) = retry(policy, || {
-            client.pull_manifest_raw(
-                &by_digest,
-                &auth,
-                &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
-            )
-        })
-        .await
-        .map_err(|e| IndexError::Read {
-            arch: *arch,
-            digest: digest.clone(),
-            repo: format!("{registry}/{}", reference.repository()),
-            message: e,
-        })?;
-        let media_type = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_string());
-        if media_type != OCI_IMAGE_MEDIA_TYPE && media_type != IMAGE_MANIFEST_MEDIA_TYPE {
-            return Err(IndexError::MediaType {
-                arch: *arch,
-                digest: digest.clone(),
-                media_type,
-            });
-        }
-        let mut platform = json!({"architecture": arch.as_str(), "os": "linux"});
-        if *arch == Arch::Arm64 {
-            platform["variant"] = json!("v8");
-        }
-        manifests.push(json!({
-            "mediaType": media_type,
-            "digest": digest,
-            "size": body.len(),
-            "platform": platform,
-        }));
-        media_types.push(media_type);
+        checked.push(crate::verify::check(client, &reference, *arch, digest, &auth, policy).await?);
     }
-    let index_type = if media_types.iter().all(|m| m == IMAGE_MANIFEST_MEDIA_TYPE) {
+    write_checked(client, destination, extra_tags, &checked, &auth, policy).await
+}
+
+/// Writes the index at `destination` (and at each of `extra_tags`, in the
+/// same repository) over manifests whose platform was checked, each entry's
+/// `platform` as its image's config says, and returns its digest.
+pub async fn write_checked(
+    client: &Client,
+    destination: &str,
+    extra_tags: &[String],
+    checked: &[crate::verify::Checked],
+    auth: &RegistryAuth,
+    policy: RetryPolicy,
+) -> Result<String, IndexError> {
+    let reference = parse_reference(destination)?;
+    let manifests: Vec<serde_json::Value> = checked
+        .iter()
+        .map(|c| {
+            json!({
+                "mediaType": c.media_type,
+                "digest": c.digest,
+                "size": c.size,
+                "platform": c.platform.to_json(),
+            })
+        })
+        .collect();
+    let index_type = if checked
+        .iter()
+        .all(|c| c.media_type == IMAGE_MANIFEST_MEDIA_TYPE)
+    {
         IMAGE_MANIFEST_LIST_MEDIA_TYPE
     } else {
         OCI_IMAGE_INDEX_MEDIA_TYPE
@@ -186,13 +188,12 @@ pub async fn write_index(
     let content_type = index_type
         .parse()
         .expect("media types are valid header values");
-    client.store_auth_if_needed(&registry, &auth).await;
+    client
+        .store_auth_if_needed(reference.registry(), auth)
+        .await;
     let mut targets = vec![(reference.clone(), destination.to_string())];
     for tag in extra_tags {
-        let r: Reference = tag.parse().map_err(|e: oci_client::ParseError| {
-            IndexError::Reference(tag.clone(), e.to_string())
-        })?;
-        targets.push((r, tag.clone()));
+        targets.push((parse_reference(tag)?, tag.clone()));
     }
     for (target, name) in &targets {
         retry(policy, || {
@@ -209,7 +210,7 @@ pub async fn write_index(
 
 /// Runs `call` under `policy`; the error, when it comes, says how many
 /// tries it took and what the last one answered.
-async fn retry<T, F, Fut>(policy: RetryPolicy, call: F) -> Result<T, String>
+pub(crate) async fn retry<T, F, Fut>(policy: RetryPolicy, call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, OciDistributionError>>,

@@ -13,6 +13,7 @@
 //! * [`journal`]: the same on disk, so a restart resumes every build.
 //! * [`supervisor`]: one build from launch through timeouts to cleanup.
 //! * [`platform`]: where agents run, behind one trait (`local` here).
+//! * [`verify`]: each pushed image is the architecture it was built for.
 //! * [`index`]: joining per-arch images into the multi-arch index.
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
@@ -30,6 +31,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 pub mod supervisor;
+pub mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -147,6 +147,7 @@ impl Build {
                 state: TaskState::Starting,
                 push: t.push.clone(),
                 digest: None,
+                bases: Vec::new(),
                 error: None,
                 started_ms: None,
                 finished_ms: None,
@@ -510,6 +511,14 @@ impl Inner {
         task.error = error.map(|e| self.redactor.redact(&e));
         task.finished_ms = Some(now_ms());
         true
+    }
+
+    /// An arch that reported success but whose image turned out not to be
+    /// of its architecture ([`crate::verify`]): failed after all.
+    pub fn fail_verified_task(&mut self, index: usize, error: String) {
+        let task = &mut self.status.tasks[index];
+        task.state = TaskState::Failed;
+        task.error = Some(self.redactor.redact(&error));
     }
 
     pub fn finish_build(&mut self, state: BuildState, error: Option<String>) {

@@ -27,6 +27,7 @@ use bakery_core::api::{agent_env, now_ms, BuildState, TaskState};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
+use crate::index::IndexError;
 use crate::platform::{Exited, Launch};
 use crate::state::Build;
 use crate::App;
@@ -442,7 +443,9 @@ fn evaluate(app: &App, build: &Build) -> bool {
             .iter()
             .all(|t| t.state == TaskState::Succeeded);
         if all_pushed && inner.status.state == BuildState::Running {
-            if inner.request.destination.is_some() {
+            let pushed = inner.status.tasks.iter().any(|t| t.digest.is_some());
+            if inner.request.destination.is_some() || pushed {
+                // The pushed images are checked (and the index written).
                 inner.status.state = BuildState::Indexing;
             } else {
                 inner.finish_build(BuildState::Succeeded, None);
@@ -537,23 +540,41 @@ async fn stop_all(app: &App, build: &Build) {
     }
 }
 
-/// Starts making the registry client for the build's index on a blocking
-/// thread, so that it is ready by the time the agents have pushed (see
-/// [`crate::index::registry_client`]). `None` when the build has no destination.
+/// Starts making the registry client for the build's check and index on a
+/// blocking thread, so that it is ready by the time the agents have pushed
+/// (see [`crate::index::registry_client`]). `None` when nothing is pushed.
 fn prepare_index_client(
     app: &App,
     build: &Build,
 ) -> Option<tokio::task::JoinHandle<oci_client::Client>> {
-    let destination = build.lock().request.destination.clone()?;
-    let insecure = app.config.insecure_registries();
+    let (destination, pushes) = {
+        let inner = build.lock();
+        let pushes: Vec<String> = inner
+            .request
+            .tasks
+            .iter()
+            .filter_map(|t| t.push.clone())
+            .collect();
+        (inner.request.destination.clone(), pushes)
+    };
+    let destination = destination.or_else(|| pushes.first().cloned())?;
+    // Every loopback registry an arch pushed to is plain HTTP too.
+    let mut insecure = app.config.insecure_registries();
+    for push in &pushes {
+        let host = bakery_core::reference::registry_of(push).to_string();
+        if bakery_core::registry::is_insecure(&host, &insecure) && !insecure.contains(&host) {
+            insecure.push(host);
+        }
+    }
     let timeout = app.config.registry_timeout;
     Some(tokio::task::spawn_blocking(move || {
         crate::index::registry_client(&destination, &insecure, timeout)
     }))
 }
 
-/// Writes the index, unless the build is cancelled first: a cancel is
-/// heard in every state, this one included (the registry may be slow).
+/// Checks the pushed images and writes the index, unless the build is
+/// cancelled first: a cancel is heard in every state, this one included
+/// (the registry may be slow).
 async fn write_index_unless_cancelled(
     app: &App,
     build: &Build,
@@ -568,11 +589,7 @@ async fn write_index_unless_cancelled(
         }
     };
     tokio::select! {
-        pushed = push_index(app, build, client) => {
-            if let Some(pushed) = pushed {
-                record_index(build, pushed);
-            }
-        }
+        () = finish_pushed(app, build, client) => {}
         () = cancelled => {
             let destination = build.lock().request.destination.clone().unwrap_or_default();
             {
@@ -587,23 +604,40 @@ async fn write_index_unless_cancelled(
     }
 }
 
-/// Pushes the multi-arch index; `None` when the build has no destination.
-async fn push_index(
+/// One pushed arch, as the check needs it.
+struct Pushed {
+    index: usize,
+    arch: bakery_core::Arch,
+    digest: String,
+    push: String,
+    bases: Vec<String>,
+}
+
+/// Every arch has pushed: checks each image is of its arch (an arch whose
+/// image is not fails, naming the base responsible, and no index is
+/// written), then writes the index over what was checked.
+async fn finish_pushed(
     app: &App,
     build: &Build,
     client: Option<tokio::task::JoinHandle<oci_client::Client>>,
-) -> Option<(
-    String,
-    Vec<String>,
-    Result<String, crate::index::IndexError>,
-)> {
-    let (destination, tags, entries, credentials) = {
+) {
+    build.log(0, "checking that each pushed image is its architecture");
+    let (destination, tags, pushed, credentials) = {
         let inner = build.lock();
-        let entries: Vec<_> = inner
+        let pushed: Vec<Pushed> = inner
             .status
             .tasks
             .iter()
-            .filter_map(|t| t.digest.clone().map(|d| (t.arch, d)))
+            .enumerate()
+            .filter_map(|(index, t)| {
+                Some(Pushed {
+                    index,
+                    arch: t.arch,
+                    digest: t.digest.clone()?,
+                    push: t.push.clone()?,
+                    bases: t.bases.clone(),
+                })
+            })
             .collect();
         let credentials: Vec<_> = inner
             .request
@@ -614,64 +648,153 @@ async fn push_index(
         (
             inner.request.destination.clone(),
             inner.request.tags.clone(),
-            entries,
+            pushed,
             credentials,
         )
     };
-    let destination = destination?;
-    build.log(0, &format!("writing the multi-arch index {destination}"));
     let client = match client {
         Some(made) => made.await,
-        None => prepare_index_client(app, build)?.await,
+        None => {
+            prepare_index_client(app, build)
+                .expect("pushed images have a registry")
+                .await
+        }
     };
-    let result = match client {
-        Ok(client) => {
-            crate::index::write_index(
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => return end_with(build, Err(IndexError::Client(e.to_string()))),
+    };
+    let policy = crate::index::RetryPolicy::default();
+    let bases_client = bases_client(app, &client, &pushed).await;
+    let auth = |host: &str| crate::index::auth_for(&credentials, host);
+    let mut checked = Vec::new();
+    let mut wrong = Vec::new();
+    for p in &pushed {
+        let config = async {
+            let repo = crate::index::parse_reference(&p.push)?;
+            crate::verify::check(
                 &client,
-                &destination,
-                &tags,
-                &entries,
-                &credentials,
-                crate::index::RetryPolicy::default(),
+                &repo,
+                p.arch,
+                &p.digest,
+                &auth(repo.registry()),
+                policy,
             )
             .await
-        }
-        Err(e) => Err(crate::index::IndexError::Client(e.to_string())),
-    };
-    Some((destination, tags, result))
-}
-
-/// Ends the build with the index push's outcome.
-fn record_index(
-    build: &Build,
-    (destination, tags, result): (
-        String,
-        Vec<String>,
-        Result<String, crate::index::IndexError>,
-    ),
-) {
-    {
-        let mut inner = build.lock();
-        match result {
-            Ok(digest) => {
-                inner.status.index_digest = Some(digest);
-                inner.finish_build(BuildState::Succeeded, None);
+        };
+        let bases = crate::verify::check_bases(&bases_client, &p.bases, p.arch, auth);
+        match (config.await, bases.await) {
+            (Ok(c), Ok(())) => checked.push(c),
+            (Ok(_) | Err(IndexError::WrongPlatform { .. }), Err((found, why))) => {
+                wrong.push((p, format!("the image is {found}: {why}")));
             }
-            Err(e) => {
-                inner.finish_build(BuildState::Failed, Some(e.to_string()));
+            (Err(IndexError::WrongPlatform { found, .. }), Ok(())) => {
+                let why = match p.bases.first() {
+                    Some(base) => format!(
+                        "it was built FROM {base}; check that it has a linux/{} variant, and `--platform` on the FROM lines",
+                        p.arch
+                    ),
+                    None => "check `--platform` on the Dockerfile's FROM lines and `custom-platform`".into(),
+                };
+                wrong.push((p, format!("the image is {found}: {why}")));
             }
+            (Err(e), _) => return end_with(build, Err(e)),
         }
     }
-    let status = build.status();
-    match (&status.index_digest, &status.error) {
-        (Some(d), _) => {
-            build.log(0, &format!("pushed {destination}@{d}"));
+    if !wrong.is_empty() {
+        return wrong_platform(build, wrong);
+    }
+    let Some(destination) = destination else {
+        build.lock().finish_build(BuildState::Succeeded, None);
+        build.touch();
+        return;
+    };
+    build.log(0, &format!("writing the multi-arch index {destination}"));
+    let result = async {
+        let reference = crate::index::parse_reference(&destination)?;
+        let auth = crate::index::auth_for(&credentials, reference.registry());
+        crate::index::write_checked(&client, &destination, &tags, &checked, &auth, policy).await
+    }
+    .await;
+    end_with(build, result.map(|digest| (destination, tags, digest)));
+}
+
+/// Fails each arch whose image is of another platform; no index is written.
+fn wrong_platform(build: &Build, wrong: Vec<(&Pushed, String)>) {
+    {
+        let mut inner = build.lock();
+        for (p, error) in &wrong {
+            inner.fail_verified_task(p.index, error.clone());
+        }
+        let (p, error) = &wrong[0];
+        inner.finish_build(
+            BuildState::Failed,
+            Some(format!("{} build failed: {error}", p.arch)),
+        );
+    }
+    for (p, error) in wrong {
+        build.log(
+            p.index,
+            &format!(
+                "error: {}: {error}; the multi-arch index was not written",
+                p.arch
+            ),
+        );
+    }
+    build.touch();
+}
+
+/// A registry client for the base images: the index's client, unless a base
+/// is on a loopback registry that client would speak HTTPS to.
+async fn bases_client(
+    app: &App,
+    client: &oci_client::Client,
+    pushed: &[Pushed],
+) -> oci_client::Client {
+    let configured = app.config.insecure_registries();
+    let hosts: Vec<String> = pushed
+        .iter()
+        .flat_map(|p| p.bases.iter().chain(std::iter::once(&p.push)))
+        .map(|r| bakery_core::reference::registry_of(r).to_string())
+        .filter(|h| bakery_core::registry::is_insecure(h, &configured))
+        .collect();
+    let pushes_cover = hosts.iter().all(|h| {
+        configured.contains(h)
+            || pushed
+                .iter()
+                .any(|p| bakery_core::reference::registry_of(&p.push) == h)
+    });
+    if hosts.is_empty() || pushes_cover {
+        return client.clone();
+    }
+    let timeout = app.config.registry_timeout;
+    let mut insecure = configured;
+    insecure.extend(hosts);
+    tokio::task::spawn_blocking(move || crate::index::registry_client("", &insecure, timeout))
+        .await
+        .unwrap_or_else(|_| client.clone())
+}
+
+/// Ends the build with the index's outcome.
+fn end_with(build: &Build, result: Result<(String, Vec<String>, String), IndexError>) {
+    match result {
+        Ok((destination, tags, digest)) => {
+            {
+                let mut inner = build.lock();
+                inner.status.index_digest = Some(digest.clone());
+                inner.finish_build(BuildState::Succeeded, None);
+            }
+            build.log(0, &format!("pushed {destination}@{digest}"));
             for tag in &tags {
-                build.log(0, &format!("tagged {tag}@{d}"));
+                build.log(0, &format!("tagged {tag}@{digest}"));
             }
         }
-        (None, Some(e)) => build.log(0, &format!("error: {e}")),
-        _ => {}
+        Err(e) => {
+            build
+                .lock()
+                .finish_build(BuildState::Failed, Some(e.to_string()));
+            build.log(0, &format!("error: {e}"));
+        }
     }
 }
 

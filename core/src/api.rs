@@ -147,6 +147,11 @@ pub struct TaskStatus {
     pub push: Option<String>,
     /// The digest of the pushed per-arch manifest.
     pub digest: Option<String>,
+    /// The images the agent built on, the final stage's base first (as
+    /// the agent reported them): named when the image is of another
+    /// architecture than asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<String>,
     pub error: Option<String>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
@@ -233,9 +238,12 @@ pub struct AgentLine {
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum AgentResult {
     /// Built and pushed; `digest` is the per-arch manifest digest.
-    /// A build without push succeeds with no digest.
+    /// A build without push succeeds with no digest. `bases` are the
+    /// images it was built on, the final stage's base first.
     Succeeded {
         digest: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bases: Vec<String>,
     },
     Failed {
         error: String,

@@ -28,14 +28,26 @@ pub struct ComposeFile {
     pub services: IndexMap<String, Service>,
     /// The variables in force: the process environment over `.env`.
     pub vars: HashMap<String, String>,
-    /// Variables the file uses that are not set (compose warns about these too).
-    pub unset_variables: Vec<String>,
+    /// Variables the file uses that are not set (compose warns about these
+    /// too), where each is first used.
+    pub unset_variables: Vec<Unset>,
+}
+
+/// A variable the file uses that is not set, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unset {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
 }
 
 #[derive(Debug, Deserialize)]
 struct RawFile {
     #[serde(default)]
     services: IndexMap<String, Service>,
+    /// Every other top-level key, checked by [`ComposeFile::check_keys`].
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +57,9 @@ pub struct Service {
     pub platform: Option<String>,
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,
+    /// Every other key: `docker compose up`'s, or misspelt.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 /// `build:` is either a context path or a mapping.
@@ -74,7 +89,129 @@ pub struct BuildSection {
 #[derive(Debug, Default, Deserialize)]
 pub struct XBake {
     pub platforms: Option<Vec<String>>,
+    /// Every other key: bake's own, or misspelt.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml_ng::Value>,
 }
+
+/// Top-level keys of the compose specification.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "version", "name", "include", "services", "models", "networks", "volumes", "secrets", "configs",
+];
+
+/// Service keys of the compose specification. bakery reads `build`,
+/// `image`, `platform` and `x-bake`; the others are `docker compose up`'s
+/// and are left alone.
+const SERVICE_KEYS: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "build",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "deploy",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "environment",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "label_file",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "models",
+    "network_mode",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "provider",
+    "pull_policy",
+    "pull_refresh_after",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "userns_mode",
+    "uts",
+    "volumes",
+    "volumes_from",
+    "working_dir",
+    "x-bake",
+];
+
+/// `x-bake` keys `docker buildx bake` reads that bakery does not apply:
+/// warnings, not errors (bakery applies `platforms`).
+const IGNORED_BAKE_KEYS: &[&str] = &[
+    "cache-from",
+    "cache-to",
+    "contexts",
+    "no-cache",
+    "no-cache-filter",
+    "output",
+    "pull",
+    "secret",
+    "ssh",
+    "tags",
+];
 
 impl<'de> Deserialize<'de> for Build {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -145,7 +282,12 @@ impl ComposeFile {
         let text = interpolate(&text, &vars, &mut unset).map_err(|(line, column, msg)| {
             PlanError::invalid(Location::new(path, line, column), msg)
         })?;
-        let raw: RawFile = crate::yaml::parse(path, &text)?;
+        let unset: Vec<Unset> = unset
+            .into_iter()
+            .map(|(name, line, column)| Unset { name, line, column })
+            .collect();
+        let raw: RawFile =
+            crate::yaml::parse(path, &text).map_err(|e| explain_unset(e, path, &unset))?;
         let locations = Locations::index(&text);
         let file = ComposeFile {
             path: path.to_path_buf(),
@@ -154,8 +296,76 @@ impl ComposeFile {
             vars,
             unset_variables: unset,
         };
+        file.check_keys(&raw.other)?;
         file.check_build_keys()?;
         Ok(file)
+    }
+
+    /// Misspelt top-level, service and `x-bake` keys are errors, with the
+    /// key they were probably meant to be (a misspelt `x-bake.platforms`
+    /// silently dropped an arch). `x-` keys are the user's own.
+    fn check_keys(&self, top: &BTreeMap<String, serde_yaml_ng::Value>) -> Result<(), PlanError> {
+        let unknown = |path: String, key: &str, known: &[&str], within: &str| {
+            let hint = match did_you_mean(key, known.iter().copied()) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => format!("the keys {within} are: {}", known.join(", ")),
+            };
+            PlanError::invalid_with_hint(
+                self.location_of(&path),
+                format!("unknown key `{key}` {within}"),
+                hint,
+            )
+        };
+        for key in top.keys().filter(|k| !k.starts_with("x-")) {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                return Err(unknown(
+                    key.clone(),
+                    key,
+                    TOP_LEVEL_KEYS,
+                    "at the top of a compose file",
+                ));
+            }
+        }
+        let bake_keys: Vec<&str> = std::iter::once("platforms")
+            .chain(IGNORED_BAKE_KEYS.iter().copied())
+            .collect();
+        for (name, service) in &self.services {
+            for key in service.other.keys().filter(|k| !k.starts_with("x-")) {
+                if !SERVICE_KEYS.contains(&key.as_str()) {
+                    let within = format!("in `services.{name}`");
+                    return Err(unknown(
+                        format!("services.{name}.{key}"),
+                        key,
+                        SERVICE_KEYS,
+                        &within,
+                    ));
+                }
+            }
+            let bakes = [
+                (service.x_bake.as_ref(), format!("services.{name}.x-bake")),
+                (
+                    service.build.as_ref().and_then(|b| b.0.x_bake.as_ref()),
+                    format!("services.{name}.build.x-bake"),
+                ),
+            ];
+            for (bake, path) in bakes {
+                let Some(bake) = bake else { continue };
+                for key in bake.other.keys() {
+                    if !bake_keys.contains(&key.as_str()) {
+                        let within = format!("in `{path}`");
+                        return Err(unknown(format!("{path}.{key}"), key, &bake_keys, &within));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An error at a line that uses an unset variable is most likely that
+    /// variable's doing (`image: r.io/app:${TAGG}` is an image without a
+    /// tag): say so, at the variable.
+    pub fn explain_unset(&self, error: PlanError) -> PlanError {
+        explain_unset(error, &self.path, &self.unset_variables)
     }
 
     /// Where `path` (dotted, under the file root) is written.
@@ -193,20 +403,59 @@ impl ComposeFile {
         Ok(())
     }
 
-    /// `(service, key)` for each compose build key that bakery ignores.
-    pub fn ignored_keys(&self) -> Vec<(String, String)> {
+    /// The path of each compose build key and `x-bake` key that bakery
+    /// knows but does not apply.
+    pub fn ignored_keys(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, service) in &self.services {
             if let Some(build) = &service.build {
                 for key in build.0.other.keys() {
                     if IGNORED_BUILD_KEYS.contains(&key.as_str()) {
-                        out.push((name.clone(), key.clone()));
+                        out.push(format!("services.{name}.build.{key}"));
+                    }
+                }
+            }
+            let bakes = [
+                (service.x_bake.as_ref(), format!("services.{name}.x-bake")),
+                (
+                    service.build.as_ref().and_then(|b| b.0.x_bake.as_ref()),
+                    format!("services.{name}.build.x-bake"),
+                ),
+            ];
+            for (bake, path) in bakes {
+                for key in bake.into_iter().flat_map(|b| b.other.keys()) {
+                    if IGNORED_BAKE_KEYS.contains(&key.as_str()) {
+                        out.push(format!("{path}.{key}"));
                     }
                 }
             }
         }
         out
     }
+}
+
+/// See [`ComposeFile::explain_unset`].
+fn explain_unset(error: PlanError, path: &Path, unset: &[Unset]) -> PlanError {
+    let Some(d) = error.diagnostic() else {
+        return error;
+    };
+    if d.location.file != path {
+        return error;
+    }
+    let Some(unset) = unset.iter().find(|u| u.line == d.location.line) else {
+        return error;
+    };
+    PlanError::invalid_with_hint(
+        Location::new(path, unset.line, unset.column),
+        format!(
+            "`{}` is not set, so this line reads as something else: {}",
+            unset.name, d.message
+        ),
+        format!(
+            "set {} in the environment or in the .env beside the compose file, or give it a default: ${{{}:-value}}",
+            unset.name, unset.name
+        ),
+    )
 }
 
 /// Reads a `.env` file; a missing file is an empty one.
@@ -239,7 +488,18 @@ fn dotenv_error(path: &Path, e: dotenvy::Error) -> PlanError {
 pub fn interpolate(
     text: &str,
     vars: &HashMap<String, String>,
-    unset: &mut Vec<String>,
+    unset: &mut Vec<(String, usize, usize)>,
+) -> Result<String, (usize, usize, String)> {
+    interpolate_at(text, vars, unset, None)
+}
+
+/// [`interpolate`], with the position of the outer reference when `text`
+/// is a default nested in one (so unset variables are reported there).
+fn interpolate_at(
+    text: &str,
+    vars: &HashMap<String, String>,
+    unset: &mut Vec<(String, usize, usize)>,
+    outer: Option<(usize, usize)>,
 ) -> Result<String, (usize, usize, String)> {
     let mut out = String::with_capacity(text.len());
     let bytes = text.as_bytes();
@@ -252,7 +512,7 @@ pub fn interpolate(
             i += ch.len_utf8().max(1);
             continue;
         }
-        let (line, column) = line_col(text, i);
+        let (line, column) = outer.unwrap_or_else(|| line_col(text, i));
         match bytes.get(i + 1) {
             Some(b'$') => {
                 out.push('$');
@@ -265,7 +525,9 @@ pub fn interpolate(
                     "unterminated `${` in variable reference".to_string(),
                 ))?;
                 let inner = &text[i + 2..end];
-                out.push_str(&expand_braced(inner, vars, unset).map_err(|m| (line, column, m))?);
+                let expanded = expand_braced(inner, vars, unset, (line, column))
+                    .map_err(|m| (line, column, m))?;
+                out.push_str(&expanded);
                 i = end + 1;
             }
             Some(&b) if b == b'_' || b.is_ascii_alphabetic() => {
@@ -274,7 +536,7 @@ pub fn interpolate(
                 while j < bytes.len() && (bytes[j] == b'_' || bytes[j].is_ascii_alphanumeric()) {
                     j += 1;
                 }
-                out.push_str(&lookup(&text[start..j], vars, unset));
+                out.push_str(&lookup(&text[start..j], vars, unset, (line, column)));
                 i = j;
             }
             _ => {
@@ -286,12 +548,17 @@ pub fn interpolate(
     Ok(out)
 }
 
-fn lookup(name: &str, vars: &HashMap<String, String>, unset: &mut Vec<String>) -> String {
+fn lookup(
+    name: &str,
+    vars: &HashMap<String, String>,
+    unset: &mut Vec<(String, usize, usize)>,
+    (line, column): (usize, usize),
+) -> String {
     match vars.get(name) {
         Some(v) => v.clone(),
         None => {
-            if !unset.iter().any(|u| u == name) {
-                unset.push(name.to_string());
+            if !unset.iter().any(|u| u.0 == name) {
+                unset.push((name.to_string(), line, column));
             }
             String::new()
         }
@@ -301,7 +568,8 @@ fn lookup(name: &str, vars: &HashMap<String, String>, unset: &mut Vec<String>) -
 fn expand_braced(
     inner: &str,
     vars: &HashMap<String, String>,
-    unset: &mut Vec<String>,
+    unset: &mut Vec<(String, usize, usize)>,
+    at: (usize, usize),
 ) -> Result<String, String> {
     let name_end = inner
         .find(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
@@ -311,8 +579,9 @@ fn expand_braced(
         return Err(format!("invalid variable reference `${{{inner}}}`"));
     }
     let value = vars.get(name);
-    let nested =
-        |s: &str, unset: &mut Vec<String>| interpolate(s, vars, unset).map_err(|(_, _, m)| m);
+    let nested = |s: &str, unset: &mut Vec<(String, usize, usize)>| {
+        interpolate_at(s, vars, unset, Some(at)).map_err(|(_, _, m)| m)
+    };
     let (op, arg) = if let Some(a) = rest.strip_prefix(":-") {
         (":-", a)
     } else if let Some(a) = rest.strip_prefix(":?") {
@@ -332,7 +601,7 @@ fn expand_braced(
     };
     let empty = value.is_none_or(|v| v.is_empty());
     Ok(match op {
-        "" => lookup(name, vars, unset),
+        "" => lookup(name, vars, unset, at),
         ":-" if empty => nested(arg, unset)?,
         "-" if value.is_none() => nested(arg, unset)?,
         ":?" if empty => return Err(required(name, arg)),
@@ -445,7 +714,8 @@ mod tests {
     #[test]
     fn unset_variables_are_reported_once() {
         let mut unset = Vec::new();
-        interpolate("$A ${A} $B", &vars(), &mut unset).unwrap();
-        assert_eq!(unset, ["A", "B"]);
+        interpolate("$A ${A}\n  $B", &vars(), &mut unset).unwrap();
+        let names: Vec<_> = unset.iter().map(|u| (u.0.as_str(), u.1, u.2)).collect();
+        assert_eq!(names, [("A", 1, 1), ("B", 2, 3)]);
     }
 }

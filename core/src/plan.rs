@@ -38,6 +38,48 @@ pub struct PlanOptions {
     /// A build described by command-line flags instead of a file
     /// (`--tag`, `--file`, …, as docker/build-push-action's inputs).
     pub inline: Option<InlineBuild>,
+    /// Flags that apply to every selected service of a config or compose
+    /// file, as `docker buildx bake --set '*.…'` does.
+    pub overrides: Overrides,
+}
+
+/// `--platform`, `--build-arg`, `--label`, `--target`, `--cache` given with
+/// a config or compose file: applied to every selected service (never
+/// silently dropped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replace each service's platforms.
+    pub platforms: Vec<String>,
+    /// Merged over each service's (the flag wins).
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub cache: bool,
+    pub cache_repo: Option<String>,
+}
+
+impl Overrides {
+    fn settings(&self) -> Option<Settings> {
+        let cache = self.cache || self.cache_repo.is_some();
+        let none = self.build_args.is_empty() && self.labels.is_empty() && self.target.is_none();
+        if none && !cache {
+            return None;
+        }
+        Some(Settings {
+            kaniko: Some(Kaniko {
+                target: self.target.clone(),
+                build_args: (!self.build_args.is_empty()).then(|| self.build_args.clone()),
+                labels: (!self.labels.is_empty()).then(|| self.labels.clone()),
+                cache: cache.then(|| Cache {
+                    enable: Some(true),
+                    repo: self.cache_repo.clone(),
+                    ..Cache::default()
+                }),
+                ..Kaniko::default()
+            }),
+            ..Settings::default()
+        })
+    }
 }
 
 /// A single image described by flags.
@@ -70,6 +112,7 @@ impl PlanOptions {
             env: std::env::vars().collect(),
             host_arch: Arch::host(),
             inline: None,
+            overrides: Overrides::default(),
         }
     }
 }
@@ -78,9 +121,13 @@ impl PlanOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub services: Vec<ServicePlan>,
-    /// Things the user should know that do not stop the build.
+    /// Things the user should know that do not stop the build, each
+    /// `file:line:col: …` where it has a place.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The compose file found in the repository when none was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered: Option<PathBuf>,
 }
 
 /// One image: its arches and the multi-arch tag that joins them.
@@ -185,18 +232,21 @@ impl Plan {
                 repo: &repo,
                 config: None,
                 host_arch: opts.host_arch,
+                overrides: &Overrides::default(),
             }
             .plan_inline(inline, &opts.services);
         }
+        let mut discovered = None;
         let (config_path, compose_path) = match (&opts.config, &opts.compose) {
             (None, None) => {
                 let default = repo.join("config.yaml");
-                if !default.is_file() {
-                    return Err(PlanError::NothingToBuild {
-                        looked_for: default.display().to_string(),
-                    });
+                if default.is_file() {
+                    (Some(default), None)
+                } else {
+                    let found = discover_compose(&repo, &opts.env)?;
+                    discovered = Some(found.clone());
+                    (None, Some(found))
                 }
-                (Some(default), None)
             }
             (config, compose) => (config.clone(), compose.clone()),
         };
@@ -209,22 +259,27 @@ impl Plan {
             repo: &repo,
             config: config.as_ref(),
             host_arch: opts.host_arch,
+            overrides: &opts.overrides,
         };
         let mut plan = match &compose {
-            Some(compose) => resolver.plan_compose(compose, &opts.services)?,
+            Some(compose) => resolver
+                .plan_compose(compose, &opts.services)
+                .map_err(|e| compose.explain_unset(e))?,
             None => resolver.plan_config(&opts.services)?,
         };
+        plan.discovered = discovered;
         if let Some(compose) = &compose {
-            for name in &compose.unset_variables {
+            for unset in &compose.unset_variables {
                 plan.warnings.push(format!(
-                    "{}: variable `{name}` is not set; it was replaced by an empty string",
-                    compose.path.display()
+                    "{}: variable `{}` is not set; it was replaced by an empty string",
+                    Location::new(&compose.path, unset.line, unset.column),
+                    unset.name
                 ));
             }
-            for (service, key) in compose.ignored_keys() {
+            for path in compose.ignored_keys() {
                 plan.warnings.push(format!(
-                    "{}: `services.{service}.build.{key}` is not supported by bakery and is ignored",
-                    compose.path.display()
+                    "{}: `{path}` is not applied by bakery; it is ignored",
+                    compose.location_of(&path)
                 ));
             }
         }
@@ -424,6 +479,7 @@ struct Resolver<'a> {
     repo: &'a Path,
     config: Option<&'a ConfigFile>,
     host_arch: Arch,
+    overrides: &'a Overrides,
 }
 
 impl Resolver<'_> {
@@ -431,15 +487,20 @@ impl Resolver<'_> {
         let config = self
             .config
             .expect("config present when there is no compose");
-        let arches: Vec<(Arch, Option<usize>)> = if config.bake.is_empty() {
-            vec![(config.global.arch.unwrap_or(self.host_arch), None)]
-        } else {
-            config
+        let arches: Vec<(Arch, Option<usize>)> = match self.override_arches()? {
+            Some(arches) => arches
+                .into_iter()
+                .map(|a| (a, config.bake_for(a).map(|(i, _)| i)))
+                .collect(),
+            None if config.bake.is_empty() => {
+                vec![(config.global.arch.unwrap_or(self.host_arch), None)]
+            }
+            None => config
                 .bake
                 .iter()
                 .enumerate()
                 .filter_map(|(i, b)| b.arch.map(|a| (a, Some(i))))
-                .collect()
+                .collect(),
         };
         let mut builds = Vec::new();
         for (arch, bake_index) in arches {
@@ -447,6 +508,7 @@ impl Resolver<'_> {
             if let Some(i) = bake_index {
                 layers.push(config.layer(&config.bake[i], format!("bake[{i}]")));
             }
+            self.push_flags(&mut layers);
             builds.push(self.resolve_arch(arch, &layers)?);
         }
         let name = service_name(builds.iter().map(|(b, _)| b), self.repo);
@@ -459,6 +521,7 @@ impl Resolver<'_> {
         Ok(Plan {
             services: vec![service_plan(name, builds)],
             warnings: Vec::new(),
+            discovered: None,
         })
     }
 
@@ -521,6 +584,7 @@ impl Resolver<'_> {
         Ok(Plan {
             services: vec![plan],
             warnings: Vec::new(),
+            discovered: None,
         })
     }
 
@@ -531,6 +595,30 @@ impl Resolver<'_> {
             .filter(|(_, s)| s.build.is_some())
             .map(|(n, _)| n)
             .collect();
+        if let Some(name) = filter
+            .iter()
+            .find(|f| compose.services.contains_key(*f) && !buildable.iter().any(|b| b == f))
+        {
+            let image = compose.services[name].image.clone();
+            return Err(PlanError::invalid_with_hint(
+                compose.location_of(&format!("services.{name}")),
+                format!(
+                    "service `{name}` has no `build` section{}: bakery builds images, it does not run services",
+                    image.map(|i| format!(" (compose runs it from `{i}`)")).unwrap_or_default()
+                ),
+                format!(
+                    "build only the services that have one{}, or give `{name}` a `build` section",
+                    if buildable.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({})",
+                            buildable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                ),
+            ));
+        }
         let unknown: Vec<String> = filter
             .iter()
             .filter(|f| !buildable.iter().any(|b| b == f))
@@ -574,6 +662,7 @@ impl Resolver<'_> {
                     let config = self.config.expect("bake entry implies config");
                     layers.push(config.layer(bake, format!("bake[{i}]")));
                 }
+                self.push_flags(&mut layers);
                 builds.push(self.resolve_arch(arch, &layers)?);
             }
             let mut plan = service_plan(name.clone(), builds);
@@ -590,6 +679,7 @@ impl Resolver<'_> {
         Ok(Plan {
             services,
             warnings: Vec::new(),
+            discovered: None,
         })
     }
 
@@ -630,6 +720,43 @@ impl Resolver<'_> {
         }
     }
 
+    /// `--platform` given with a config or compose file: the arches of
+    /// every service.
+    fn override_arches(&self) -> Result<Option<Vec<Arch>>, PlanError> {
+        if self.overrides.platforms.is_empty() {
+            return Ok(None);
+        }
+        let mut arches = Vec::new();
+        for p in &self.overrides.platforms {
+            let arch = Arch::from_platform(p).map_err(|m| {
+                PlanError::invalid(
+                    Location::new(Path::new("command line"), 1, 1),
+                    format!("--platform: {m}"),
+                )
+            })?;
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        Ok(Some(arches))
+    }
+
+    /// The flags that apply to every service, as a last layer (errors about
+    /// the fields they set point at the service's own layer).
+    fn push_flags<'l>(&self, layers: &mut Vec<Layer<'l>>) {
+        let (Some(settings), Some(top)) = (self.overrides.settings(), layers.last()) else {
+            return;
+        };
+        let layer = Layer {
+            settings,
+            file: top.file,
+            locations: top.locations,
+            prefix: top.prefix.clone(),
+            kind: top.kind,
+        };
+        layers.push(layer);
+    }
+
     /// The arches of a compose service, from the most specific place that names them.
     fn compose_arches(
         &self,
@@ -637,6 +764,9 @@ impl Resolver<'_> {
         service: &Service,
         prefix: &str,
     ) -> Result<Vec<Arch>, PlanError> {
+        if let Some(arches) = self.override_arches()? {
+            return Ok(arches);
+        }
         let build = &service.build.as_ref().expect("buildable service").0;
         let listed = [
             (
@@ -896,6 +1026,51 @@ fn extra_tags(
             Ok(r.to_string())
         })
         .collect()
+}
+
+/// With neither `--config` nor `--compose` and no config.yaml: the compose
+/// file `docker compose` would use — `COMPOSE_FILE`, then `compose.yaml`,
+/// `compose.yml`, `docker-compose.yaml`, `docker-compose.yml` in the repository.
+fn discover_compose(repo: &Path, env: &HashMap<String, String>) -> Result<PathBuf, PlanError> {
+    const NAMES: [&str; 4] = [
+        "compose.yaml",
+        "compose.yml",
+        "docker-compose.yaml",
+        "docker-compose.yml",
+    ];
+    if let Some(listed) = env.get("COMPOSE_FILE").filter(|v| !v.trim().is_empty()) {
+        let separator = env
+            .get("COMPOSE_PATH_SEPARATOR")
+            .and_then(|s| s.chars().next())
+            .unwrap_or(':');
+        let files: Vec<&str> = listed.split(separator).filter(|f| !f.is_empty()).collect();
+        if files.len() > 1 {
+            return Err(PlanError::Conflict(format!(
+                "COMPOSE_FILE names {} files ({listed}); bakery reads one compose file: pass it with --compose",
+                files.len()
+            )));
+        }
+        let path = repo.join(files[0]);
+        if !path.is_file() {
+            return Err(PlanError::Conflict(format!(
+                "COMPOSE_FILE names {}, which does not exist",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    NAMES
+        .iter()
+        .map(|n| repo.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| PlanError::NothingToBuild {
+            looked_for: format!(
+                "{} and a compose file ({}) in {}",
+                repo.join("config.yaml").display(),
+                NAMES.join(", "),
+                repo.display()
+            ),
+        })
 }
 
 /// Whether a build arg's name says it holds a secret.

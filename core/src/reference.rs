@@ -83,6 +83,16 @@ impl ImageRef {
     }
 }
 
+/// The registry host of any image reference (tag, digest, or none), as
+/// Docker reads it: the first path component when it looks like a host
+/// (has a `.` or a `:`, or is `localhost`), Docker Hub otherwise.
+pub fn registry_of(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
@@ -109,6 +119,18 @@ mod tests {
             ImageRef::parse("alpine").unwrap().to_string(),
             "docker.io/library/alpine:latest"
         );
+    }
+
+    #[test]
+    fn registry_hosts_as_docker_reads_them() {
+        assert_eq!(
+            registry_of("127.0.0.1:5000/base@sha256:ab"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(registry_of("localhost/app"), "localhost");
+        assert_eq!(registry_of("ghcr.io/org/app:1"), "ghcr.io");
+        assert_eq!(registry_of("library/alpine"), "docker.io");
+        assert_eq!(registry_of("alpine:3"), "docker.io");
     }
 
     #[test]

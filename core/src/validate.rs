@@ -280,6 +280,17 @@ pub fn check_digest(digest: &str) -> Result<(), String> {
     }
 }
 
+/// Base image references an agent reports: at most 32, each one line of at
+/// most 512 characters; others are dropped.
+pub fn clean_bases(bases: &[String]) -> Vec<String> {
+    bases
+        .iter()
+        .filter(|b| !b.is_empty() && b.len() <= 512 && !b.chars().any(char::is_control))
+        .take(32)
+        .cloned()
+        .collect()
+}
+
 /// An error text an agent reports, made safe to show: control characters
 /// become spaces (a newline could forge a log line or a CI variable) and
 /// the text is cut at [`MAX_ERROR_CHARS`].

@@ -960,3 +960,196 @@ fn layer_compression_merges_and_its_level_is_checked() {
         "{err}"
     );
 }
+
+/// Misspelt keys anywhere bakery reads are errors with a suggestion: a
+/// misspelt `x-bake.platforms` had silently dropped an arch.
+#[test]
+fn misspelt_compose_keys_are_located_errors_with_a_suggestion() {
+    let cases = [
+        ("service:\n  app:\n    build: .\n", 1, "unknown key `service`", "`services`"),
+        ("services:\n  app:\n    imgae: r.io/a:1\n    build: .\n", 3, "unknown key `imgae` in `services.app`", "`image`"),
+        (
+            "services:\n  app:\n    image: r.io/a:1\n    build: .\n    x-bake:\n      platfroms: [linux/amd64, linux/arm64]\n",
+            6,
+            "unknown key `platfroms` in `services.app.x-bake`",
+            "`platforms`",
+        ),
+        (
+            "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: .\n      x-bake:\n        platfrom: [linux/arm64]\n",
+            7,
+            "unknown key `platfrom` in `services.app.build.x-bake`",
+            "`platforms`",
+        ),
+    ];
+    for (compose, line, message, suggestion) in cases {
+        let repo = Repo::new(&[("Dockerfile", "FROM alpine\n"), ("compose.yaml", compose)]);
+        let d = assert_located(
+            repo.compose("compose.yaml", &[]).unwrap_err(),
+            "compose.yaml",
+            line,
+            message,
+        );
+        assert!(d.hint.as_deref().unwrap_or("").contains(suggestion), "{d}");
+    }
+    // compose's own keys, and x- keys, are fine.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "name: p\nx-anchors: {}\nvolumes: {}\nservices:\n  app:\n    image: r.io/a:1\n    build: .\n    restart: always\n    healthcheck: {test: [CMD, true]}\n    x-mine: 1\n"),
+    ]);
+    repo.compose("compose.yaml", &[]).unwrap();
+}
+
+/// Keys compose (or bake) knows and bakery does not apply are warnings, in
+/// the errors' `file:line:col:` style.
+#[test]
+fn keys_bakery_does_not_apply_are_located_warnings() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: .\n      ssh: [default]\n    x-bake:\n      tags: [r.io/a:2]\n"),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    let file = repo.path("compose.yaml");
+    let want = [
+        format!(
+            "{}:6:7: `services.app.build.ssh` is not applied by bakery",
+            file.display()
+        ),
+        format!(
+            "{}:8:7: `services.app.x-bake.tags` is not applied by bakery",
+            file.display()
+        ),
+    ];
+    for w in want {
+        assert!(
+            plan.warnings.iter().any(|p| p.starts_with(&w)),
+            "{w}\n{:?}",
+            plan.warnings
+        );
+    }
+}
+
+/// `image: r.io/app:${TAGG}` with TAGG unset: the error names the variable,
+/// at its place, not a YAML or tag error at a column of the substituted text.
+#[test]
+fn an_unset_variable_that_breaks_a_value_is_named_at_its_place() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/app:${TAGG}\n    build: .\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        3,
+        "`TAGG` is not set",
+    );
+    assert_eq!(d.location.column, 21);
+    assert!(d.hint.as_deref().unwrap().contains("${TAGG:-value}"), "{d}");
+}
+
+#[test]
+fn a_service_without_build_is_named_as_such() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/a:1\n    build: .\n  redis:\n    image: redis:7\n",
+        ),
+    ]);
+    let d = assert_located(
+        repo.compose("compose.yaml", &["redis"]).unwrap_err(),
+        "compose.yaml",
+        5,
+        "service `redis` has no `build` section (compose runs it from `redis:7`)",
+    );
+    assert!(d.hint.as_deref().unwrap().contains("(app)"), "{d}");
+}
+
+/// With neither --config nor --compose and no config.yaml, the compose file
+/// is found as `docker compose` finds it.
+#[test]
+fn compose_files_are_found_as_docker_compose_finds_them() {
+    let compose = "services:\n  app:\n    image: r.io/a:1\n    build: .\n";
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("docker-compose.yml", compose),
+        ("compose.yml", compose),
+    ]);
+    let plan = repo.config().unwrap();
+    assert_eq!(plan.discovered, Some(repo.path("compose.yml")));
+    assert_eq!(plan.services[0].name, "app");
+    let mut opts = repo.opts();
+    opts.env
+        .insert("COMPOSE_FILE".into(), "docker-compose.yml".into());
+    assert_eq!(
+        Plan::resolve(&opts).unwrap().discovered,
+        Some(repo.path("docker-compose.yml"))
+    );
+    opts.env.insert(
+        "COMPOSE_FILE".into(),
+        "compose.yml:docker-compose.yml".into(),
+    );
+    let e = Plan::resolve(&opts).unwrap_err().to_string();
+    assert!(e.contains("bakery reads one compose file"), "{e}");
+    let empty = Repo::new(&[("Dockerfile", "FROM alpine\n")]);
+    let e = empty.config().unwrap_err().to_string();
+    assert!(
+        e.contains("compose.yaml, compose.yml, docker-compose.yaml"),
+        "{e}"
+    );
+}
+
+/// `--platform`, `--build-arg`, `--label`, `--target`, `--cache` with a
+/// config or compose file apply to every selected service, as `docker
+/// buildx bake --set` does.
+#[test]
+fn flags_apply_to_every_selected_service_of_a_file() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("compose.yaml", "services:\n  a:\n    image: r.io/a:1\n    build:\n      context: .\n      args: {KEEP: k, OVER: file}\n  b:\n    image: r.io/b:1\n    build: .\n"),
+    ]);
+    let mut opts = repo.opts();
+    opts.compose = Some(repo.path("compose.yaml"));
+    opts.overrides = bakery_core::plan::Overrides {
+        platforms: vec!["linux/arm64".into()],
+        build_args: [("OVER".to_string(), "flag".to_string())].into(),
+        labels: [("team".to_string(), "core".to_string())].into(),
+        target: Some("runtime".into()),
+        cache: true,
+        cache_repo: None,
+    };
+    let plan = Plan::resolve(&opts).unwrap();
+    assert_eq!(plan.services.len(), 2);
+    for (service, build) in plan.builds() {
+        assert_eq!(build.arch, Arch::Arm64, "{}", service.name);
+        assert_eq!(
+            build.spec.build_args.get("OVER").map(String::as_str),
+            Some("flag")
+        );
+        assert_eq!(
+            build.spec.labels.get("team").map(String::as_str),
+            Some("core")
+        );
+        assert_eq!(build.spec.target.as_deref(), Some("runtime"));
+        assert_eq!(build.spec.cache.enable, Some(true));
+        assert!(
+            build
+                .spec
+                .cache
+                .repo
+                .as_deref()
+                .unwrap()
+                .ends_with("-cache-arm64"),
+            "{:?}",
+            build.spec.cache
+        );
+    }
+    let a = &plan.services.iter().find(|s| s.name == "a").unwrap().builds[0];
+    assert_eq!(
+        a.spec.build_args.get("KEEP").map(String::as_str),
+        Some("k"),
+        "merged, not replaced"
+    );
+}

@@ -132,6 +132,24 @@ pub fn push_base_image(registry: &Server) -> String {
     reference
 }
 
+/// Pushes a two-arch base image index (scripts/base-image --index:
+/// linux/amd64 busybox, and linux/arm64/v8 with files only, for COPY-only
+/// builds) to `reference`.
+pub fn push_index_base(reference: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(reference)
+        .arg("--index")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "base image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// moto_server as the S3 stand-in, with `bucket` created.
 pub fn s3(bucket: &str) -> Server {
     let server = moto();

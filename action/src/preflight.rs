@@ -1,0 +1,154 @@
+//! Before anything is uploaded or any agent starts: every base image the
+//! build pulls has the platform it is pulled for.
+//!
+//! A builder asked for linux/arm64 on a base image without an arm64 variant
+//! uses the one it has and says so only in a warning mid-log. Here each
+//! stage's `FROM` (and `COPY --from` image) that the build needs is
+//! resolved as the builder will (build args substituted, `--platform`
+//! honoured, `scratch` and stage names skipped) and looked up in its
+//! registry: an index must list the platform, a single image's config must
+//! be it. Every problem is reported at once, at its Dockerfile line. An
+//! image the client cannot read (a login it does not have, a network it
+//! cannot reach) is not an error here: the controller checks each pushed
+//! image's architecture after the build anyway.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bakery_controller::verify::platforms_of;
+use bakery_core::dockerfile;
+use bakery_core::image_platform::ImagePlatform;
+use bakery_core::{Diagnostic, Location, Plan};
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+
+/// Longest one registry request may take: a check that cannot be done
+/// quickly is skipped, not waited for.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Images looked up at once.
+const PARALLEL: usize = 8;
+
+/// One image, pulled for one platform, and every place that pulls it so.
+#[derive(Debug, Clone)]
+struct Wanted {
+    image: String,
+    platform: String,
+    /// Dockerfile lines, with the service that builds there.
+    at: Vec<(PathBuf, usize, String)>,
+    auth: RegistryAuth,
+}
+
+/// Checks every base image of `plan`; the problems, located, if any.
+pub async fn check_bases(plan: &Plan, insecure: &[String]) -> Vec<Diagnostic> {
+    let wanted = wanted(plan);
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut plain: Vec<String> = insecure.to_vec();
+    for w in &wanted {
+        let host = bakery_core::reference::registry_of(&w.image).to_string();
+        if bakery_core::registry::is_insecure(&host, insecure) && !plain.contains(&host) {
+            plain.push(host);
+        }
+    }
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(plain),
+        connect_timeout: Some(TIMEOUT),
+        read_timeout: Some(TIMEOUT),
+        ..ClientConfig::default()
+    });
+    let checks = futures_util::stream::iter(wanted.into_iter().map(|w| {
+        let client = &client;
+        async move {
+            let found = tokio::time::timeout(TIMEOUT * 3, platforms_of(client, &w.image, &w.auth))
+                .await
+                .map_err(|_| "timed out".to_string())
+                .and_then(|r| r);
+            (w, found)
+        }
+    }))
+    .buffer_unordered(PARALLEL)
+    .collect::<Vec<_>>()
+    .await;
+    let mut problems = Vec::new();
+    for (w, found) in checks {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("could not look up base image ({e}); the pushed image is checked after the build");
+                continue;
+            }
+        };
+        let want = ImagePlatform::parse(&w.platform);
+        if found.serves(&want) {
+            continue;
+        }
+        let have = found
+            .platforms
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "another platform's".into());
+        for (file, line, service) in &w.at {
+            problems.push(Diagnostic {
+                location: Location::new(file, *line, 1),
+                message: format!("{} (service `{service}`)", found.shortfall(&w.image, &want)),
+                hint: Some(format!(
+                    "the builder would use the {have} image and publish it as {}; use a base with a {} variant (an index), or do not build {} for this service",
+                    w.platform, w.platform, w.platform
+                )),
+            });
+        }
+    }
+    problems.sort_by_key(ToString::to_string);
+    problems
+}
+
+/// Every (image, platform) the plan's builds pull, with where.
+fn wanted(plan: &Plan) -> Vec<Wanted> {
+    let mut by_key: BTreeMap<(String, String), Wanted> = BTreeMap::new();
+    for (service, build) in plan.builds() {
+        let path = build.context_dir.join(&build.spec.dockerfile);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let target = &build.spec.custom_platform;
+        // The agent runs on the arch it builds: the build platform is the target.
+        let mut args = dockerfile::platform_args(target, target);
+        args.extend(build.spec.build_args.clone());
+        // A Dockerfile the builder would refuse is for the builder to report.
+        let Ok(stages) = dockerfile::stages(&text, &args) else {
+            continue;
+        };
+        let Some(pulls) = dockerfile::pulls(&stages, build.spec.target.as_deref()) else {
+            continue;
+        };
+        for pull in pulls {
+            let platform = pull.platform.clone().unwrap_or_else(|| target.clone());
+            let host = bakery_core::reference::registry_of(&pull.image).to_string();
+            let auth = build
+                .spec
+                .credentials
+                .iter()
+                .find(|c| c.registry == host)
+                .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string()))
+                .unwrap_or(RegistryAuth::Anonymous);
+            let entry = by_key
+                .entry((pull.image.clone(), platform.clone()))
+                .or_insert_with(|| Wanted {
+                    image: pull.image.clone(),
+                    platform,
+                    at: Vec::new(),
+                    auth,
+                });
+            let at = (path.clone(), pull.line, service.name.clone());
+            if !entry.at.contains(&at) {
+                entry.at.push(at);
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
