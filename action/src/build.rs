@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bakery_core::api::{
+use bakery_pack::{pack_to_dir, Codec, PackOptions};
+use bakery_plan::{Plan, ServicePlan};
+use bakery_protocol::api::{
     BuildState, BuildStatus, ContextStore, CreateBuild, LogEvent, TaskRequest, TaskState,
 };
-use bakery_core::context::{pack_to_dir, Codec, PackOptions};
-use bakery_core::{Plan, ServicePlan};
 
 use crate::ci::Ci;
 use crate::cli::LogFormat;
@@ -33,7 +33,7 @@ pub enum Target {
 }
 
 pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
-    let insecure = bakery_core::registry::parse_list(
+    let insecure = bakery_protocol::registry::parse_list(
         &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
     );
     let problems = crate::preflight::check_bases(&plan, &insecure).await;
@@ -223,7 +223,7 @@ async fn start_embedded() -> Result<(bakery_controller::Running, Option<tempfile
     };
     config.listen_addr = "127.0.0.1:0".into();
     config.controller_url = None;
-    config.default_platform = bakery_core::Platform::Local;
+    config.default_platform = bakery_protocol::Platform::Local;
     config.s3_bucket = None;
     let running = bakery_controller::start(config)
         .await
@@ -234,7 +234,7 @@ async fn start_embedded() -> Result<(bakery_controller::Running, Option<tempfile
 /// A packed context as the build request names it.
 #[derive(Clone)]
 struct Uploaded {
-    key: String,
+    key: bakery_protocol::ContextKey,
     /// Bytes of file content it unpacks to.
     content_bytes: u64,
 }
@@ -315,7 +315,7 @@ async fn upload_contexts(
 
 /// The controller's bucket, with the client's own `S3_*` variables winning:
 /// the client may reach S3 through another endpoint than the controller.
-fn s3_settings(location: &bakery_core::api::S3Location) -> bakery_store::S3Settings {
+fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3Settings {
     let mut settings = bakery_store::S3Settings {
         bucket: location.bucket.clone(),
         endpoint: location.endpoint.clone(),

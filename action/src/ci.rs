@@ -15,8 +15,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use bakery_core::api::{BuildStatus, TaskState};
-use bakery_core::Plan;
+use bakery_plan::Plan;
+use bakery_protocol::api::{BuildStatus, TaskState};
 use regex::Regex;
 
 /// Which CI system runs us.
@@ -141,7 +141,7 @@ impl Ci {
 }
 
 fn now_secs() -> u64 {
-    bakery_core::api::now_ms() / 1000
+    bakery_protocol::api::now_ms() / 1000
 }
 
 /// GitLab section names allow `[A-Za-z0-9_.-]`; each run of lines gets its own.

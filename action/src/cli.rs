@@ -139,7 +139,7 @@ pub enum Command {
         detach: bool,
         /// Context archive codec: gzip or zstd.
         #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
-        codec: bakery_core::context::Codec,
+        codec: bakery_pack::Codec,
     },
     /// Follow the log of a submitted build (needs CONTROLLER_URL).
     Logs { id: String },
@@ -163,7 +163,7 @@ pub enum Command {
         output: PathBuf,
         /// gzip (what Kaniko reads) or zstd (faster; read by bakery's agent).
         #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
-        codec: bakery_core::context::Codec,
+        codec: bakery_pack::Codec,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,

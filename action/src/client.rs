@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bakery_core::api::{self, ApiError, BuildStatus, CreateBuild, Created, Info, LogEvent};
+use bakery_protocol::api::{self, ApiError, BuildStatus, CreateBuild, Created, Info, LogEvent};
 use futures_util::StreamExt;
 use reqwest::{Client, Response, StatusCode};
 
@@ -106,7 +106,11 @@ impl Controller {
 
     /// Uploads an archive unless the controller already has it. Returns
     /// whether bytes were sent.
-    pub async fn upload_context(&self, key: &str, file: &Path) -> Result<bool> {
+    pub async fn upload_context(
+        &self,
+        key: &bakery_protocol::ContextKey,
+        file: &Path,
+    ) -> Result<bool> {
         let url = format!("{}/v1/contexts/{key}", self.base);
         let head = self
             .http

@@ -12,8 +12,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use bakery_core::context::{pack_to_dir, PackOptions};
-use bakery_core::{Plan, PlanOptions};
+use bakery_pack::{pack_to_dir, PackOptions};
+use bakery_plan::{Plan, PlanOptions};
 use clap::Parser;
 
 use cli::{Cli, Command, Input, LogFormat};
@@ -88,7 +88,7 @@ fn plan(input: &Input) -> Result<Plan> {
     let inline = if input.tags.is_empty() {
         None
     } else {
-        Some(bakery_core::InlineBuild {
+        Some(bakery_plan::InlineBuild {
             context: input.context.clone().unwrap_or_else(|| ".".into()),
             dockerfile: input.file.clone(),
             tags: input
@@ -117,7 +117,7 @@ fn plan(input: &Input) -> Result<Plan> {
         }
     }
     // With a config or compose file, these apply to every selected service.
-    let overrides = bakery_core::plan::Overrides {
+    let overrides = bakery_plan::Overrides {
         platforms: if inline.is_some() {
             Vec::new()
         } else {
@@ -162,7 +162,7 @@ fn plan(input: &Input) -> Result<Plan> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Build {
         detach: false,
-        codec: bakery_core::context::Codec::Gzip,
+        codec: bakery_pack::Codec::Gzip,
     });
     match command {
         Command::Build { detach, codec } => {
@@ -206,11 +206,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 status.state,
                 status.error.map(|e| format!(": {e}")).unwrap_or_default()
             );
-            return Ok(if status.state == bakery_core::api::BuildState::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(
+                if status.state == bakery_protocol::api::BuildState::Succeeded {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            );
         }
         Command::Status { id, json } => {
             let controller = client::Controller::new(
@@ -238,11 +240,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
-            return Ok(if status.state == bakery_core::api::BuildState::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(
+                if status.state == bakery_protocol::api::BuildState::Succeeded {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            );
         }
         Command::Plan { json } => {
             let plan = plan(&cli.input)?.redacted();

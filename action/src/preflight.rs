@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bakery_controller::verify::platforms_of;
-use bakery_core::dockerfile;
-use bakery_core::image_platform::ImagePlatform;
-use bakery_core::{Diagnostic, Location, Plan};
+use bakery_plan::{Diagnostic, Location, Plan};
+use bakery_protocol::dockerfile;
+use bakery_protocol::image_platform::ImagePlatform;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -50,8 +50,8 @@ pub async fn check_bases(plan: &Plan, insecure: &[String]) -> Vec<Diagnostic> {
     }
     let mut plain: Vec<String> = insecure.to_vec();
     for w in &wanted {
-        let host = bakery_core::reference::registry_of(&w.image).to_string();
-        if bakery_core::registry::is_insecure(&host, insecure) && !plain.contains(&host) {
+        let host = bakery_protocol::reference::registry_of(&w.image).to_string();
+        if bakery_protocol::registry::is_insecure(&host, insecure) && !plain.contains(&host) {
             plain.push(host);
         }
     }
@@ -128,7 +128,7 @@ fn wanted(plan: &Plan) -> Vec<Wanted> {
         };
         for pull in pulls {
             let platform = pull.platform.clone().unwrap_or_else(|| target.clone());
-            let host = bakery_core::reference::registry_of(&pull.image).to_string();
+            let host = bakery_protocol::reference::registry_of(&pull.image).to_string();
             let auth = build
                 .spec
                 .credentials

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use bakery_core::Plan;
+use bakery_plan::Plan;
 
 /// The plan as an aligned table, then one line per multi-arch index.
 pub fn plan_table(plan: &Plan, repo: &Path) -> String {

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use bakery_core::api::{BuildState, BuildStatus, TaskState};
+use bakery_protocol::api::{BuildState, BuildStatus, TaskState};
 use gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
 use gitlab::api::AsyncQuery;
 use octocrab::models::CheckRunId;

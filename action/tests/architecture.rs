@@ -243,7 +243,7 @@ fn the_controller_fails_an_arch_whose_image_is_built_on_another_architecture() {
 fn an_arm64_run_step_without_emulation_fails_before_the_build_with_a_hint() {
     let emulated = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64")
         .is_ok_and(|s| s.starts_with("enabled"));
-    if bakery_core::Arch::host() != bakery_core::Arch::Amd64 || emulated {
+    if bakery_protocol::Arch::host() != bakery_protocol::Arch::Amd64 || emulated {
         eprintln!("this machine runs arm64 programs: nothing to check");
         return;
     }

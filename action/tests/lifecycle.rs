@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bakery_core::api::{BuildState, BuildStatus, LogEvent};
+use bakery_protocol::api::{BuildState, BuildStatus, LogEvent};
 use futures_util::StreamExt;
 use support::*;
 

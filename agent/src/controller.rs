@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bakery_core::api::{AgentLine, AgentLogs, AgentResult, AgentTask, ApiError};
+use bakery_protocol::api::{AgentLine, AgentLogs, AgentResult, AgentTask, ApiError};
 use reqwest::{Client, RequestBuilder, StatusCode};
 
 #[derive(Debug, thiserror::Error)]

@@ -57,14 +57,14 @@ pub struct Extracted {
     pub bytes: u64,
 }
 
-/// Decompresses by codec (`zst` or gzip) and unpacks into `dest`.
+/// Decompresses by codec and unpacks into `dest`.
 pub fn extract_compressed(
     reader: impl Read,
-    zstd: bool,
+    codec: bakery_protocol::Codec,
     dest: &Path,
     limits: Limits,
 ) -> Result<Extracted, ExtractError> {
-    if zstd {
+    if codec == bakery_protocol::Codec::Zstd {
         let decoder = zstd::stream::read::Decoder::new(reader)
             .map_err(|e| ExtractError::Corrupt(e.to_string()))?;
         extract(decoder, dest, limits)

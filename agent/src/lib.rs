@@ -17,8 +17,9 @@ pub mod sources;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bakery_core::api::{AgentResult, AgentTask, ContextSource};
-use bakery_core::redact::Redactor;
+use bakery_protocol::api::{AgentResult, AgentTask, ContextSource};
+use bakery_protocol::redact::Redactor;
+use bakery_protocol::ContextKey;
 use base64::Engine;
 use futures_util::TryStreamExt;
 use tokio::process::Command;
@@ -251,35 +252,32 @@ async fn download(
     dest: &Path,
     limits: extract::Limits,
 ) -> Result<extract::Extracted, AgentError> {
-    let (key, reader): (String, Box<dyn tokio::io::AsyncRead + Send + Unpin>) = match &task.context
-    {
-        ContextSource::Controller { key } => {
-            let stream = controller
-                .context()
-                .await?
-                .bytes_stream()
-                .map_err(std::io::Error::other);
-            (
-                key.clone(),
-                Box::new(tokio_util::io::StreamReader::new(stream)),
-            )
-        }
-        ContextSource::S3 { location, key } => {
-            let store = bakery_store::S3Store::connect(bakery_store::S3Settings {
-                bucket: location.bucket.clone(),
-                endpoint: location.endpoint.clone(),
-                region: location.region.clone(),
-                ssl: location.ssl,
-            })
-            .await;
-            (key.clone(), Box::new(store.download(key).await?))
-        }
-    };
-    let zstd = key.ends_with(".zst");
+    let (key, reader): (&ContextKey, Box<dyn tokio::io::AsyncRead + Send + Unpin>) =
+        match &task.context {
+            ContextSource::Controller { key } => {
+                let stream = controller
+                    .context()
+                    .await?
+                    .bytes_stream()
+                    .map_err(std::io::Error::other);
+                (key, Box::new(tokio_util::io::StreamReader::new(stream)))
+            }
+            ContextSource::S3 { location, key } => {
+                let store = bakery_store::S3Store::connect(bakery_store::S3Settings {
+                    bucket: location.bucket.clone(),
+                    endpoint: location.endpoint.clone(),
+                    region: location.region.clone(),
+                    ssl: location.ssl,
+                })
+                .await;
+                (key, Box::new(store.download(key).await?))
+            }
+        };
+    let codec = key.codec();
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let sync = tokio_util::io::SyncIoBridge::new(reader);
-        extract::extract_compressed(sync, zstd, &dest, limits)
+        extract::extract_compressed(sync, codec, &dest, limits)
     })
     .await
     .map_err(|e| AgentError::Io {
@@ -359,7 +357,7 @@ async fn script_step(
 /// environment without its task token, which speaks for this task to the
 /// controller (the agent keeps it to itself).
 fn without_agent_secrets(cmd: &mut Command) {
-    cmd.env_remove(bakery_core::api::agent_env::TASK_TOKEN);
+    cmd.env_remove(bakery_protocol::api::agent_env::TASK_TOKEN);
 }
 
 /// What the context may unpack to: what the client packed (its declared
@@ -393,7 +391,7 @@ fn extraction_limits(work: &Path, declared: Option<u64>) -> Result<extract::Limi
 /// builder read any file of the agent's machine.
 pub fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentError> {
     let refuse = |why: String| AgentError::Context(format!("dockerfile `{dockerfile}`: {why}"));
-    bakery_core::validate::check_relative_path("dockerfile", dockerfile)
+    bakery_protocol::validate::check_relative_path("dockerfile", dockerfile)
         .map_err(|e| refuse(e.message))?;
     let root = context
         .canonicalize()

@@ -16,8 +16,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bakery_core::api::AgentLine;
-use bakery_core::redact::Redactor;
+use bakery_protocol::api::AgentLine;
+use bakery_protocol::redact::Redactor;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};

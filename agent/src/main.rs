@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use bakery_agent::AgentConfig;
-use bakery_core::api::agent_env;
+use bakery_protocol::api::agent_env;
 
 fn var(name: &str) -> Result<String, String> {
     std::env::var(name)
@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
             work_dir: std::env::var(agent_env::WORK_DIR)
                 .map(Into::into)
                 .unwrap_or_else(|_| std::env::temp_dir().join("bakery-agent")),
-            insecure: bakery_core::registry::parse_list(
+            insecure: bakery_protocol::registry::parse_list(
                 &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
             ),
             load: match std::env::var(bakery_agent::load::ENV) {

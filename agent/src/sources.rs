@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use bakery_core::api::AgentTask;
-use bakery_core::dockerfile::{self, Base};
-use bakery_core::Arch;
+use bakery_protocol::api::AgentTask;
+use bakery_protocol::dockerfile::{self, Base};
+use bakery_protocol::Arch;
 
 use crate::AgentError;
 
@@ -52,7 +52,7 @@ pub fn read(context: &Path, task: &AgentTask) -> Sources {
     let mut hosts: Vec<String> = Vec::new();
     let cache = task.spec.cache.repo.iter().chain(&task.spec.cache_from);
     for image in pulls.iter().map(|p| &p.image).chain(cache) {
-        let host = bakery_core::reference::registry_of(image).to_string();
+        let host = bakery_protocol::reference::registry_of(image).to_string();
         if !hosts.contains(&host) {
             hosts.push(host);
         }
@@ -84,9 +84,9 @@ pub fn plain_http(task: &AgentTask, sources: &Sources, configured: &[String]) ->
     let push = task
         .push
         .iter()
-        .map(|p| bakery_core::reference::registry_of(p).to_string());
+        .map(|p| bakery_protocol::reference::registry_of(p).to_string());
     for host in push.chain(sources.hosts.iter().cloned()) {
-        if bakery_core::registry::is_insecure(&host, configured) && !out.contains(&host) {
+        if bakery_protocol::registry::is_insecure(&host, configured) && !out.contains(&host) {
             out.push(host);
         }
     }
@@ -135,7 +135,7 @@ fn emulates(binfmt: &Path, arch: Arch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bakery_core::api::ContextSource;
+    use bakery_protocol::api::ContextSource;
 
     fn task(
         arch: Arch,
@@ -144,7 +144,7 @@ mod tests {
     ) -> (tempfile::TempDir, AgentTask) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-        let mut spec: bakery_core::plan::BuildSpec = serde_json::from_value(serde_json::json!({
+        let mut spec: bakery_protocol::BuildSpec = serde_json::from_value(serde_json::json!({
             "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
             "labels": {}, "env": {}, "pre_script": null, "post_script": null, "credentials": [],
             "cpu": null, "memory": null, "spot": false, "cache": {}, "cache_from": [],
@@ -161,7 +161,11 @@ mod tests {
             task_id: format!("b-{arch}"),
             arch,
             push: Some("127.0.0.1:5000/app:1".into()),
-            context: ContextSource::Controller { key: "k".into() },
+            context: ContextSource::Controller {
+                key: format!("contexts/sha256-{}.tar.gz", "0".repeat(64))
+                    .parse()
+                    .unwrap(),
+            },
             context_bytes: None,
             spec,
         };

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use bakery_agent::builder::{by_name, Job};
-use bakery_core::api::{AgentTask, ContextSource};
-use bakery_core::plan::BuildSpec;
-use bakery_core::settings::{Cache, Compression};
-use bakery_core::Arch;
+use bakery_protocol::api::{AgentTask, ContextSource};
+use bakery_protocol::spec::{Cache, Compression};
+use bakery_protocol::Arch;
+use bakery_protocol::BuildSpec;
 
 fn task(arch: Arch, push: Option<&str>) -> AgentTask {
     AgentTask {
@@ -14,7 +14,11 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
         task_id: "b1-arm64".into(),
         arch,
         push: push.map(String::from),
-        context: ContextSource::Controller { key: "k".into() },
+        context: ContextSource::Controller {
+            key: format!("contexts/sha256-{}.tar.gz", "0".repeat(64))
+                .parse()
+                .unwrap(),
+        },
         context_bytes: None,
         spec: BuildSpec {
             platform: None,
@@ -38,7 +42,7 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
                 compressed: Some(false),
             },
             cache_from: vec![],
-            snapshot_mode: Some("redo".into()),
+            snapshot_mode: Some(bakery_protocol::SnapshotMode::Redo),
             use_new_run: true,
             cleanup: true,
             custom_platform: arch.platform().into(),

@@ -103,7 +103,8 @@ proptest! {
         let root = tempfile::tempdir().unwrap();
         let dest = root.path().join("work");
         std::fs::create_dir(&dest).unwrap();
-        let _ = extract_compressed(&bytes[..], zstd, &dest, Limits::default());
+        let codec = if zstd { bakery_protocol::Codec::Zstd } else { bakery_protocol::Codec::Gzip };
+        let _ = extract_compressed(&bytes[..], codec, &dest, Limits::default());
         let _ = extract(&bytes[..], &dest, Limits::default());
         prop_assert!(outside(root.path()).is_empty());
     }

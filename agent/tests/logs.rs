@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use bakery_agent::controller::Controller;
-use bakery_core::api::{AgentLine, AgentLogs};
+use bakery_protocol::api::{AgentLine, AgentLogs};
 
 #[derive(Clone, Copy)]
 enum StreamEndpoint {

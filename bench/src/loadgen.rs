@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bakery_core::api::{BuildStatus, CreateBuild, TaskRequest};
-use bakery_core::plan::BuildSpec;
-use bakery_core::Arch;
+use bakery_protocol::api::{BuildStatus, CreateBuild, TaskRequest};
+use bakery_protocol::Arch;
+use bakery_protocol::BuildSpec;
 use clap::Parser;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -168,7 +168,7 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
             lost += 1;
         }
         let state = s.status.as_ref().map(|st| st.state);
-        if state != Some(bakery_core::api::BuildState::Succeeded) {
+        if state != Some(bakery_protocol::api::BuildState::Succeeded) {
             bail!("a build ended {state:?}");
         }
     }
@@ -338,7 +338,7 @@ fn request(key: &str, i: usize) -> CreateBuild {
         tasks: vec![TaskRequest {
             arch: Arch::Amd64,
             push: None,
-            context_key: key.to_string(),
+            context_key: key.parse().expect("a context key"),
             context_bytes: None,
             spec: spec(),
         }],

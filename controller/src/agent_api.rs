@@ -4,7 +4,7 @@
 //! before anything reads the request body: an unauthenticated request
 //! costs the controller a header's worth of memory, whatever it sends.
 //! Every value an agent reports is checked again here
-//! ([`bakery_core::validate`]): the build's own code can read its agent's
+//! ([`bakery_protocol::validate`]): the build's own code can read its agent's
 //! token and send anything.
 
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bakery_core::api::{AgentLogs, AgentResult, AgentTask, ContextSource, TaskState};
-use bakery_core::validate;
-use bakery_core::Platform;
+use bakery_protocol::api::{AgentLogs, AgentResult, AgentTask, ContextSource, TaskState};
+use bakery_protocol::validate;
+use bakery_protocol::Platform;
 
 use crate::routes::{bearer, durable, unavailable, Failure, Result};
 use crate::state::{token_matches, Build};
@@ -159,10 +159,7 @@ pub async fn agent_context(
         let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 16));
         return Ok((headers, body).into_response());
     }
-    let path = app
-        .disk
-        .path(&key)
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let path = app.disk.path(&key);
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Failure::new(StatusCode::NOT_FOUND, format!("context {key}: {e}")))?;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bakery_core::resources::{Cpu, Memory};
-use bakery_core::Platform;
+use bakery_protocol::resources::{Cpu, Memory};
+use bakery_protocol::Platform;
 use serde::{Deserialize, Deserializer};
 
 /// Everything the controller reads from its environment.
@@ -69,7 +69,7 @@ pub struct Config {
     /// Default: 4 on the local platform (one machine), 100 elsewhere.
     pub max_concurrent_agents: Option<usize>,
     /// Token clients must present (`Authorization: Bearer …`).
-    pub controller_token: Option<bakery_core::settings::Secret>,
+    pub controller_token: Option<bakery_protocol::spec::Secret>,
     /// A file holding that token (a mounted Kubernetes Secret, say).
     pub controller_token_file: Option<PathBuf>,
     /// Issuers whose OpenID Connect ID tokens are accepted, comma-separated.
@@ -99,7 +99,7 @@ pub struct Config {
     pub agent_image_secret_arn: Option<String>,
     /// A registry login to store in Secrets Manager when no secret ARN is given.
     pub agent_image_username: Option<String>,
-    pub agent_image_password: Option<bakery_core::settings::Secret>,
+    pub agent_image_password: Option<bakery_protocol::spec::Secret>,
     /// CloudWatch Logs group for the agents' own output.
     pub ecs_log_group: Option<String>,
     /// Deregister this controller's stale task definitions at start-up.
@@ -256,14 +256,14 @@ impl Config {
     }
 
     /// The client token, from CONTROLLER_TOKEN or CONTROLLER_TOKEN_FILE.
-    pub fn client_token(&self) -> Result<Option<bakery_core::settings::Secret>, ConfigError> {
+    pub fn client_token(&self) -> Result<Option<bakery_protocol::spec::Secret>, ConfigError> {
         if let Some(t) = &self.controller_token {
             if t.expose().trim().len() < MIN_TOKEN_CHARS {
                 return Err(ConfigError(format!(
                     "CONTROLLER_TOKEN has fewer than {MIN_TOKEN_CHARS} characters; use a long random token (openssl rand -hex 32)"
                 )));
             }
-            return Ok(Some(bakery_core::settings::Secret::new(t.expose().trim())));
+            return Ok(Some(bakery_protocol::spec::Secret::new(t.expose().trim())));
         }
         let Some(path) = &self.controller_token_file else {
             return Ok(None);
@@ -277,14 +277,14 @@ impl Config {
                 path.display()
             )));
         }
-        Ok(Some(bakery_core::settings::Secret::new(token)))
+        Ok(Some(bakery_protocol::spec::Secret::new(token)))
     }
 
     /// The contexts bucket, when S3 is configured.
-    pub fn s3(&self) -> Option<bakery_core::api::S3Location> {
+    pub fn s3(&self) -> Option<bakery_protocol::api::S3Location> {
         self.s3_bucket
             .as_ref()
-            .map(|bucket| bakery_core::api::S3Location {
+            .map(|bucket| bakery_protocol::api::S3Location {
                 bucket: bucket.clone(),
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
@@ -293,7 +293,7 @@ impl Config {
     }
 
     pub fn insecure_registries(&self) -> Vec<String> {
-        bakery_core::registry::parse_list(&self.insecure_registries)
+        bakery_protocol::registry::parse_list(&self.insecure_registries)
     }
 }
 

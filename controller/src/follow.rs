@@ -14,7 +14,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use bakery_core::api::{self, BuildStatus};
+use bakery_protocol::api::{self, BuildStatus};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use bakery_core::settings::Credential;
-use bakery_core::Arch;
+use bakery_protocol::spec::Credential;
+use bakery_protocol::Arch;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
@@ -101,7 +101,7 @@ impl RetryPolicy {
 pub fn registry_client(destination: &str, insecure: &[String], timeout: Duration) -> Client {
     let mut http_hosts = insecure.to_vec();
     if let Ok(reference) = destination.parse::<Reference>() {
-        if bakery_core::registry::is_insecure(reference.registry(), insecure) {
+        if bakery_protocol::registry::is_insecure(reference.registry(), insecure) {
             http_hosts.push(reference.registry().to_string());
         }
     }

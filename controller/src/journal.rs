@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bakery_core::api::{now_ms, BuildStatus, CreateBuild, LogEvent, LogEventRef};
+use bakery_protocol::api::{now_ms, BuildStatus, CreateBuild, LogEvent, LogEventRef};
 use redb::{
     Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
 };
@@ -736,8 +736,8 @@ pub fn ms_from_instant(at: std::time::Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bakery_core::api::{AgentLine, BuildState};
-    use bakery_core::Platform;
+    use bakery_protocol::api::{AgentLine, BuildState};
+    use bakery_protocol::Platform;
     use redb::ReadableTableMetadata;
 
     fn request() -> CreateBuild {
@@ -749,7 +749,7 @@ mod tests {
         });
         serde_json::from_value(serde_json::json!({
             "service": "svc", "destination": null,
-            "tasks": [{"arch": "amd64", "push": null, "context_key": "k", "spec": spec}]
+            "tasks": [{"arch": "amd64", "push": null, "context_key": format!("contexts/sha256-{}.tar.gz", "0".repeat(64)), "spec": spec}]
         }))
         .unwrap()
     }

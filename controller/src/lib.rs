@@ -37,8 +37,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bakery_core::api::BuildState;
-use bakery_core::Platform;
+use bakery_protocol::api::BuildState;
+use bakery_protocol::Platform;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -70,7 +70,7 @@ pub struct App {
     pub s3: tokio::sync::OnceCell<bakery_store::S3Store>,
     pub metrics: Arc<metrics::Metrics>,
     /// What clients must present, if anything.
-    pub client_token: Option<bakery_core::settings::Secret>,
+    pub client_token: Option<bakery_protocol::spec::Secret>,
     /// OpenID Connect ID tokens accepted instead, if configured.
     pub oidc: Option<oidc::Oidc>,
     /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
@@ -251,7 +251,7 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
             // client was not told it exists, so it must not run.
             let mut inner = build.lock();
             for i in 0..inner.status.tasks.len() {
-                inner.finish_task(i, bakery_core::api::TaskState::Cancelled, None);
+                inner.finish_task(i, bakery_protocol::api::TaskState::Cancelled, None);
             }
             inner.finish_build(
                 BuildState::Failed,
@@ -310,7 +310,7 @@ pub async fn forget_once(app: &App) {
         Err(e) => tracing::warn!("cleaning up old builds: {e}"),
     }
     if app.config.s3_bucket.is_none() {
-        let used: HashSet<String> = app
+        let used: HashSet<bakery_protocol::ContextKey> = app
             .builds
             .all()
             .iter()
@@ -324,7 +324,7 @@ pub async fn forget_once(app: &App) {
                     .collect::<Vec<_>>()
             })
             .collect();
-        match app.disk.sweep(&used, retention).await {
+        match app.disk.sweep(used, retention).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "deleted contexts no kept build uses"),
             Err(e) => tracing::warn!("cleaning up old contexts: {e}"),

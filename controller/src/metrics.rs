@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use bakery_core::api::BuildState;
-use bakery_core::Arch;
+use bakery_protocol::api::BuildState;
+use bakery_protocol::Arch;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -37,7 +37,7 @@ pub struct Oidc {
 impl Oidc {
     /// From `OIDC_ISSUERS`, `OIDC_AUDIENCE` and `OIDC_ALLOW`; `None` when no issuer is set.
     pub fn from_config(issuers: &str, audience: &str, allow: &str) -> Result<Option<Oidc>, String> {
-        let issuers = bakery_core::registry::parse_list(issuers);
+        let issuers = bakery_protocol::registry::parse_list(issuers);
         if issuers.is_empty() {
             return Ok(None);
         }

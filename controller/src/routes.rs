@@ -16,10 +16,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use bakery_core::api::{
+use bakery_protocol::api::{
     ApiError, BuildState, BuildStatus, ContextStore, CreateBuild, Created, Info,
 };
-use bakery_core::validate;
+use bakery_protocol::validate;
+use bakery_protocol::ContextKey;
 
 use crate::agent_api::{self, require_task_token};
 use crate::state::{new_build_id, token_matches, Build};
@@ -315,7 +316,7 @@ fn withdraw(app: &App, build: &Build, key: Option<&str>) {
     {
         let mut inner = build.lock();
         for i in 0..inner.status.tasks.len() {
-            inner.finish_task(i, bakery_core::api::TaskState::Cancelled, None);
+            inner.finish_task(i, bakery_protocol::api::TaskState::Cancelled, None);
         }
         inner.finish_build(
             BuildState::Failed,
@@ -397,7 +398,7 @@ fn same_request(a: &CreateBuild, b: &CreateBuild) -> bool {
         let mut r = r.clone();
         for t in &mut r.tasks {
             for c in &mut t.spec.credentials {
-                c.password = bakery_core::settings::Secret::new("");
+                c.password = bakery_protocol::spec::Secret::new("");
             }
         }
         r
@@ -423,8 +424,7 @@ async fn check_platforms_and_contexts(app: &App, request: &CreateBuild) -> Resul
                 ),
             ));
         }
-        if app.config.s3_bucket.is_none() && !app.disk.exists(&t.context_key).await.unwrap_or(false)
-        {
+        if app.config.s3_bucket.is_none() && !app.disk.exists(&t.context_key).await {
             return Err(Failure::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
@@ -480,15 +480,22 @@ async fn cancel_build(
     Ok((StatusCode::ACCEPTED, Json(build.status())))
 }
 
+/// The context key of `/v1/contexts/{*key}`.
+fn context_key(key: std::result::Result<Path<String>, PathRejection>) -> Result<ContextKey> {
+    let Path(key) = key?;
+    key.parse()
+        .map_err(|e: String| Failure::new(StatusCode::BAD_REQUEST, e))
+}
+
 async fn head_context(
     State(app): State<Arc<App>>,
     key: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode> {
-    let Path(key) = key?;
-    match app.disk.exists_and_touch(&key).await {
-        Ok(true) => Ok(StatusCode::OK),
-        Ok(false) => Ok(StatusCode::NOT_FOUND),
-        Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
+    let key = context_key(key)?;
+    if app.disk.exists_and_touch(&key).await {
+        Ok(StatusCode::OK)
+    } else {
+        Ok(StatusCode::NOT_FOUND)
     }
 }
 
@@ -497,22 +504,22 @@ async fn put_context(
     key: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<StatusCode> {
-    let Path(key) = key?;
+    let key = context_key(key)?;
     if app.config.s3_bucket.is_some() {
         return Err(Failure::new(
             StatusCode::CONFLICT,
             "this controller stores contexts in S3; upload there (S3_BUCKET)",
         ));
     }
-    if app.disk.exists_and_touch(&key).await.unwrap_or(false) {
+    if app.disk.exists_and_touch(&key).await {
         return Ok(StatusCode::OK);
     }
     use crate::store::StoreError;
     match app.disk.put(&key, body.into_data_stream()).await {
         Ok(_) => Ok(StatusCode::CREATED),
-        Err(
-            e @ (StoreError::BadKey(_) | StoreError::DigestMismatch { .. } | StoreError::Body(_)),
-        ) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ (StoreError::DigestMismatch { .. } | StoreError::Body(_))) => {
+            Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string()))
+        }
         Err(e @ StoreError::TooLarge(_)) => {
             Err(Failure::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
         }

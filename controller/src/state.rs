@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bakery_core::api::{
+use bakery_protocol::api::{
     now_ms, AgentLine, BuildState, BuildStatus, CreateBuild, LogEventRef, TaskState, TaskStatus,
 };
-use bakery_core::redact::Redactor;
-use bakery_core::Platform;
+use bakery_protocol::redact::Redactor;
+use bakery_protocol::Platform;
 use tokio::sync::watch;
 
 use crate::journal::{self, Record, Restored, TaskRecord};
@@ -443,7 +443,7 @@ impl Build {
                     break;
                 }
                 inner.runtime[index].agent_seq = l.seq;
-                inner.push_line(index, &bakery_core::validate::clean_line(&l.line));
+                inner.push_line(index, &bakery_protocol::validate::clean_line(&l.line));
                 added += 1;
             }
         }
@@ -538,7 +538,7 @@ impl Inner {
     fn forget_secrets(&mut self) {
         for task in &mut self.request.tasks {
             for c in &mut task.spec.credentials {
-                c.password = bakery_core::settings::Secret::new("");
+                c.password = bakery_protocol::spec::Secret::new("");
             }
         }
         for rt in &mut self.runtime {

@@ -1,23 +1,19 @@
 //! Build contexts kept on the controller's disk, for set-ups without S3
-//! (the local embedded default). Keys are content addresses and are checked
-//! on upload, so a corrupt or mislabelled upload never lands.
+//! (the local embedded default). Keys are content addresses
+//! ([`ContextKey`], parsed before they get here) and are checked on upload,
+//! so a corrupt or mislabelled upload never lands.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
 
+use bakery_protocol::ContextKey;
 use futures_util::{Stream, StreamExt};
-use regex::Regex;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-static KEY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^contexts/sha256-([0-9a-f]{64})\.tar\.(gz|zst)$").expect("valid regex")
-});
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("`{0}` is not a context key (contexts/sha256-<64 hex>.tar.gz or .tar.zst)")]
-    BadKey(String),
     #[error("upload does not match its key: expected sha256 {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("upload exceeds the {0}-byte limit")]
@@ -47,65 +43,61 @@ impl DiskStore {
         }
     }
 
-    /// The file of a valid key.
-    pub fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
-        if !KEY.is_match(key) {
-            return Err(StoreError::BadKey(key.to_string()));
-        }
-        Ok(self.root.join(key))
+    /// The file of a key.
+    pub fn path(&self, key: &ContextKey) -> PathBuf {
+        self.root.join(key.to_string())
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(tokio::fs::try_exists(self.path(key)?)
-            .await
-            .unwrap_or(false))
+    pub async fn exists(&self, key: &ContextKey) -> bool {
+        tokio::fs::try_exists(self.path(key)).await.unwrap_or(false)
     }
 
     /// Whether the context is here, and if so marks it as just used: a
     /// client that finds it skips the upload and submits a build next, so
     /// [`DiskStore::sweep`] must not take it meanwhile.
-    pub async fn exists_and_touch(&self, key: &str) -> Result<bool, StoreError> {
-        let path = self.path(key)?;
+    pub async fn exists_and_touch(&self, key: &ContextKey) -> bool {
+        let path = self.path(key);
         let touched = tokio::task::spawn_blocking(move || {
             std::fs::File::options()
                 .append(true)
                 .open(&path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                .and_then(|f| f.set_modified(SystemTime::now()))
         })
         .await;
-        Ok(matches!(touched, Ok(Ok(()))))
+        matches!(touched, Ok(Ok(())))
     }
 
     /// Deletes contexts that no build in `used` refers to and that nobody
     /// uploaded or asked for within `unused_for`. Returns how many went.
     pub async fn sweep(
         &self,
-        used: &std::collections::HashSet<String>,
-        unused_for: std::time::Duration,
+        used: HashSet<ContextKey>,
+        unused_for: Duration,
     ) -> Result<usize, StoreError> {
         let dir = self.root.join("contexts");
-        let used: std::collections::HashSet<String> = used.clone();
-        let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
                 Err(source) => return Err(StoreError::Io { path: dir, source }),
             };
-            let cutoff = std::time::SystemTime::now()
+            let cutoff = SystemTime::now()
                 .checked_sub(unused_for)
-                .unwrap_or(std::time::UNIX_EPOCH);
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             let mut removed = 0;
             for entry in entries.flatten() {
-                let key = format!("contexts/{}", entry.file_name().to_string_lossy());
-                if !KEY.is_match(&key) || used.contains(&key) {
+                let name = format!("contexts/{}", entry.file_name().to_string_lossy());
+                let Ok(key) = name.parse::<ContextKey>() else {
+                    continue; // an upload in progress, or not ours
+                };
+                if used.contains(&key) {
                     continue;
                 }
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t < cutoff);
-                if old && std::fs::remove_file(root.join(&key)).is_ok() {
+                if old && std::fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
             }
@@ -117,16 +109,12 @@ impl DiskStore {
 
     /// Streams an upload to a temporary file, checks its SHA-256 against the
     /// key, and only then moves it into place.
-    pub async fn put<S, E>(&self, key: &str, mut body: S) -> Result<u64, StoreError>
+    pub async fn put<S, E>(&self, key: &ContextKey, mut body: S) -> Result<u64, StoreError>
     where
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let path = self.path(key)?;
-        let expected = KEY
-            .captures(key)
-            .map(|c| c[1].to_string())
-            .unwrap_or_default();
+        let path = self.path(key);
         let dir = path.parent().expect("keys have a directory").to_path_buf();
         let io = |source| StoreError::Io {
             path: dir.clone(),
@@ -148,8 +136,11 @@ impl DiskStore {
         }
         file.flush().await.map_err(io)?;
         let actual = hex::encode(hasher.finalize());
-        if actual != expected {
-            return Err(StoreError::DigestMismatch { expected, actual });
+        if actual != key.sha256() {
+            return Err(StoreError::DigestMismatch {
+                expected: key.sha256().to_string(),
+                actual,
+            });
         }
         tmp.persist(&path).map_err(|e| io(e.error))?;
         Ok(size)
@@ -159,39 +150,31 @@ impl DiskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bakery_protocol::Codec;
 
-    fn body(data: &'static [u8]) -> impl Stream<Item = Result<bytes::Bytes, String>> + Unpin {
-        futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(data))])
+    fn body(data: &[u8]) -> impl Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures_util::stream::iter(vec![Ok(bytes::Bytes::copy_from_slice(data))])
+    }
+
+    fn key_of(data: &[u8]) -> ContextKey {
+        ContextKey::new(&hex::encode(Sha256::digest(data)), Codec::Gzip).unwrap()
     }
 
     #[tokio::test]
-    async fn keys_are_checked_and_content_must_match() {
+    async fn content_must_match_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::new(dir.path(), 1 << 20);
-        assert!(matches!(
-            store.path("../etc/passwd"),
-            Err(StoreError::BadKey(_))
-        ));
-        assert!(matches!(
-            store.path("contexts/sha256-abc.tar.gz"),
-            Err(StoreError::BadKey(_))
-        ));
-
-        let digest = hex::encode(Sha256::digest(b"hello"));
-        let key = format!("contexts/sha256-{digest}.tar.gz");
-        assert!(!store.exists(&key).await.unwrap());
+        let key = key_of(b"hello");
+        assert!(!store.exists(&key).await);
         assert_eq!(store.put(&key, body(b"hello")).await.unwrap(), 5);
-        assert!(store.exists(&key).await.unwrap());
+        assert!(store.exists(&key).await);
 
-        let wrong = format!("contexts/sha256-{}.tar.gz", "0".repeat(64));
+        let wrong = ContextKey::new(&"0".repeat(64), Codec::Gzip).unwrap();
         assert!(matches!(
             store.put(&wrong, body(b"hello")).await,
             Err(StoreError::DigestMismatch { .. })
         ));
-        assert!(
-            !store.exists(&wrong).await.unwrap(),
-            "nothing lands on a mismatch"
-        );
+        assert!(!store.exists(&wrong).await, "nothing lands on a mismatch");
     }
 
     #[tokio::test]
@@ -200,65 +183,39 @@ mod tests {
         let store = DiskStore::new(dir.path(), 1 << 20);
         let mut keys = Vec::new();
         for data in [&b"one"[..], b"two", b"three"] {
-            let key = format!(
-                "contexts/sha256-{}.tar.gz",
-                hex::encode(Sha256::digest(data))
-            );
-            store
-                .put(
-                    &key,
-                    futures_util::stream::iter(vec![Ok::<_, String>(
-                        bytes::Bytes::copy_from_slice(data),
-                    )]),
-                )
-                .await
-                .unwrap();
+            let key = key_of(data);
+            store.put(&key, body(data)).await.unwrap();
             keys.push(key);
         }
-        let used = std::collections::HashSet::from([keys[0].clone()]);
-        // Nothing is old yet.
+        let used = || HashSet::from([keys[0].clone()]);
+        let hour = Duration::from_secs(3600);
         assert_eq!(
-            store
-                .sweep(&used, std::time::Duration::from_secs(3600))
-                .await
-                .unwrap(),
-            0
+            store.sweep(used(), hour).await.unwrap(),
+            0,
+            "nothing is old yet"
         );
-        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let past = SystemTime::now() - Duration::from_secs(7200);
         for key in &keys {
             let f = std::fs::File::options()
                 .append(true)
-                .open(store.path(key).unwrap())
+                .open(store.path(key))
                 .unwrap();
             f.set_modified(past).unwrap();
         }
         // A client asking for the third marks it as in use.
-        assert!(store.exists_and_touch(&keys[2]).await.unwrap());
-        assert_eq!(
-            store
-                .sweep(&used, std::time::Duration::from_secs(3600))
-                .await
-                .unwrap(),
-            1
-        );
-        assert!(
-            store.exists(&keys[0]).await.unwrap(),
-            "used by a kept build"
-        );
-        assert!(!store.exists(&keys[1]).await.unwrap(), "old and unused");
-        assert!(store.exists(&keys[2]).await.unwrap(), "asked for just now");
+        assert!(store.exists_and_touch(&keys[2]).await);
+        assert_eq!(store.sweep(used(), hour).await.unwrap(), 1);
+        assert!(store.exists(&keys[0]).await, "used by a kept build");
+        assert!(!store.exists(&keys[1]).await, "old and unused");
+        assert!(store.exists(&keys[2]).await, "asked for just now");
     }
 
     #[tokio::test]
     async fn size_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::new(dir.path(), 3);
-        let key = format!(
-            "contexts/sha256-{}.tar.gz",
-            hex::encode(Sha256::digest(b"hello"))
-        );
         assert!(matches!(
-            store.put(&key, body(b"hello")).await,
+            store.put(&key_of(b"hello"), body(b"hello")).await,
             Err(StoreError::TooLarge(3))
         ));
     }

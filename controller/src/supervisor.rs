@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bakery_core::api::{agent_env, now_ms, BuildState, TaskState};
+use bakery_protocol::api::{agent_env, now_ms, BuildState, TaskState};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
@@ -82,7 +82,7 @@ pub async fn resume(app: Arc<App>, build: Arc<Build>) {
 }
 
 async fn reattach(app: &App, build: &Build) {
-    let launched: Vec<(usize, String, String, bakery_core::Platform, bool)> = {
+    let launched: Vec<(usize, String, String, bakery_protocol::Platform, bool)> = {
         let inner = build.lock();
         inner
             .status
@@ -234,10 +234,10 @@ fn start_ready(app: &Arc<App>, build: &Arc<Build>, work: &mut Work) {
 }
 
 /// How many slots a platform has in all.
-fn slots_of(app: &App, platform: bakery_core::Platform) -> usize {
+fn slots_of(app: &App, platform: bakery_protocol::Platform) -> usize {
     app.config
         .max_concurrent_agents
-        .unwrap_or(if platform == bakery_core::Platform::Local {
+        .unwrap_or(if platform == bakery_protocol::Platform::Local {
             4
         } else {
             100
@@ -363,7 +363,7 @@ async fn stop_one(
     build: &Build,
     index: usize,
     handle: &str,
-    platform: bakery_core::Platform,
+    platform: bakery_protocol::Platform,
 ) {
     let platform = app.platform(platform);
     let stopped = match tokio::time::timeout(STOP_TIMEOUT, platform.stop(handle)).await {
@@ -519,7 +519,7 @@ fn deadline_failure(
 /// Stops every agent of this build that is not stopped yet; failures are
 /// logged, not fatal.
 async fn stop_all(app: &App, build: &Build) {
-    let handles: Vec<(usize, String, bakery_core::Platform)> = {
+    let handles: Vec<(usize, String, bakery_protocol::Platform)> = {
         let inner = build.lock();
         inner
             .runtime
@@ -561,8 +561,8 @@ fn prepare_index_client(
     // Every loopback registry an arch pushed to is plain HTTP too.
     let mut insecure = app.config.insecure_registries();
     for push in &pushes {
-        let host = bakery_core::reference::registry_of(push).to_string();
-        if bakery_core::registry::is_insecure(&host, &insecure) && !insecure.contains(&host) {
+        let host = bakery_protocol::reference::registry_of(push).to_string();
+        if bakery_protocol::registry::is_insecure(&host, &insecure) && !insecure.contains(&host) {
             insecure.push(host);
         }
     }
@@ -607,7 +607,7 @@ async fn write_index_unless_cancelled(
 /// One pushed arch, as the check needs it.
 struct Pushed {
     index: usize,
-    arch: bakery_core::Arch,
+    arch: bakery_protocol::Arch,
     digest: String,
     push: String,
     bases: Vec<String>,
@@ -755,14 +755,14 @@ async fn bases_client(
     let hosts: Vec<String> = pushed
         .iter()
         .flat_map(|p| p.bases.iter().chain(std::iter::once(&p.push)))
-        .map(|r| bakery_core::reference::registry_of(r).to_string())
-        .filter(|h| bakery_core::registry::is_insecure(h, &configured))
+        .map(|r| bakery_protocol::reference::registry_of(r).to_string())
+        .filter(|h| bakery_protocol::registry::is_insecure(h, &configured))
         .collect();
     let pushes_cover = hosts.iter().all(|h| {
         configured.contains(h)
             || pushed
                 .iter()
-                .any(|p| bakery_core::reference::registry_of(&p.push) == h)
+                .any(|p| bakery_protocol::reference::registry_of(&p.push) == h)
     });
     if hosts.is_empty() || pushes_cover {
         return client.clone();

@@ -11,8 +11,8 @@
 //! read, never from what was asked. The check reads the registry, not the
 //! builder's output, so Kaniko and buildah go through the same one.
 
-use bakery_core::image_platform::ImagePlatform;
-use bakery_core::Arch;
+use bakery_protocol::image_platform::ImagePlatform;
+use bakery_protocol::Arch;
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
@@ -218,7 +218,7 @@ pub async fn check_bases(
 ) -> Result<(), (String, String)> {
     let wanted = ImagePlatform::parse(arch.platform());
     for base in bases {
-        let host = bakery_core::reference::registry_of(base);
+        let host = bakery_protocol::reference::registry_of(base);
         match platforms_of(client, base, &auth(host)).await {
             Ok(found) if !found.serves(&wanted) => {
                 let first = found

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bakery_controller::Config;
-use bakery_core::api::{BuildState, BuildStatus, TaskState};
-use bakery_core::Arch;
+use bakery_protocol::api::{BuildState, BuildStatus, TaskState};
+use bakery_protocol::Arch;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::*;

@@ -7,8 +7,8 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use bakery_core::api::BuildState;
-use bakery_core::Arch;
+use bakery_protocol::api::BuildState;
+use bakery_protocol::Arch;
 use reqwest::StatusCode;
 use support::*;
 
@@ -36,7 +36,7 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
     std::fs::write(data.join("hold"), &kept).unwrap();
     let script_build = h.create(&unpushed_request(&kept, &[Arch::Amd64])).await;
     eventually("the held build runs", Duration::from_secs(10), async || {
-        h.status(&script_build).await.tasks[0].state == bakery_core::api::TaskState::Running
+        h.status(&script_build).await.tasks[0].state == bakery_protocol::api::TaskState::Running
     })
     .await;
 
@@ -90,7 +90,7 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
             .any(|w| w == b"top-secret-pw")
     };
     eventually("the agent checks in", Duration::from_secs(10), async || {
-        h.status(&id).await.tasks[0].state == bakery_core::api::TaskState::Running
+        h.status(&id).await.tasks[0].state == bakery_protocol::api::TaskState::Running
     })
     .await;
     // While the build runs, the journal holds the password (this is what

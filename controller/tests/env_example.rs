@@ -33,7 +33,15 @@ fn is_var_name(s: &str) -> bool {
 /// constants, and the controller's `Config` fields.
 fn read_by_code() -> BTreeSet<String> {
     let mut files = Vec::new();
-    for krate in ["core", "action", "controller", "agent", "store"] {
+    for krate in [
+        "protocol",
+        "plan",
+        "pack",
+        "action",
+        "controller",
+        "agent",
+        "store",
+    ] {
         rust_sources(&root().join(krate).join("src"), &mut files);
     }
     let mut names = BTreeSet::new();

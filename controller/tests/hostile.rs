@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use bakery_core::api::{BuildState, TaskState};
-use bakery_core::Arch;
+use bakery_protocol::api::{BuildState, TaskState};
+use bakery_protocol::Arch;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::*;

@@ -123,9 +123,9 @@ async fn a_watch_that_expires_relists_and_still_reports_the_failed_pod() {
         .launch(Launch {
             build_id: "b1".into(),
             task_id: "b1-amd64".into(),
-            arch: bakery_core::Arch::Amd64,
-            cpu: bakery_core::resources::Cpu::from_millis(500),
-            memory: bakery_core::resources::Memory::from_mib(2048),
+            arch: bakery_protocol::Arch::Amd64,
+            cpu: bakery_protocol::resources::Cpu::from_millis(500),
+            memory: bakery_protocol::resources::Memory::from_mib(2048),
             spot: false,
             env: Default::default(),
         })

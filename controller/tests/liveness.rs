@@ -9,8 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bakery_core::api::{BuildState, TaskState};
-use bakery_core::Arch;
+use bakery_protocol::api::{BuildState, TaskState};
+use bakery_protocol::Arch;
 use reqwest::StatusCode;
 use support::*;
 
@@ -55,7 +55,7 @@ async fn eight_two_arch_builds_under_the_default_four_slots_all_finish() {
     }
     // Never more than four agents at once: every slot was given back.
     assert_eq!(
-        h.app().slots[&bakery_core::Platform::Local].available_permits(),
+        h.app().slots[&bakery_protocol::Platform::Local].available_permits(),
         4
     );
     assert!(no_agents_left(&h.data()));
@@ -162,7 +162,7 @@ async fn an_unacknowledged_build_in_the_journal_is_failed_on_restart_not_started
         let build = Arc::new(bakery_controller::state::Build::new(
             "bghost".into(),
             request(&key, &[Arch::Amd64]),
-            bakery_core::Platform::Local,
+            bakery_protocol::Platform::Local,
             Some(journal.signal()),
             u64::MAX,
         ));
@@ -186,7 +186,7 @@ async fn an_unacknowledged_build_in_the_journal_is_failed_on_restart_not_started
 async fn a_retried_create_with_the_same_idempotency_key_gets_the_same_build() {
     let h = Harness::new(&curl_agent("sleep 30"), &[]).await;
     let key = h.upload(b"ctx").await;
-    let create = |body: bakery_core::api::CreateBuild| {
+    let create = |body: bakery_protocol::api::CreateBuild| {
         let h = &h;
         async move {
             let resp = h

@@ -11,6 +11,8 @@
 
 use std::path::Path;
 
+use bakery_protocol::ContextKey;
+
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
@@ -101,7 +103,7 @@ impl S3Store {
         }
     }
 
-    fn error<E>(&self, key: &str, e: SdkError<E>) -> StoreError
+    fn error<E>(&self, key: &ContextKey, e: SdkError<E>) -> StoreError
     where
         E: std::error::Error + 'static,
     {
@@ -116,12 +118,12 @@ impl S3Store {
         }
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    pub async fn exists(&self, key: &ContextKey) -> Result<bool, StoreError> {
         match self
             .client
             .head_object()
             .bucket(&self.settings.bucket)
-            .key(key)
+            .key(key.to_string())
             .send()
             .await
         {
@@ -134,7 +136,11 @@ impl S3Store {
 
     /// Uploads `file` under `key` unless it is there already. Returns whether
     /// anything was sent.
-    pub async fn upload_if_absent(&self, key: &str, file: &Path) -> Result<bool, StoreError> {
+    pub async fn upload_if_absent(
+        &self,
+        key: &ContextKey,
+        file: &Path,
+    ) -> Result<bool, StoreError> {
         if self.exists(key).await? {
             return Ok(false);
         }
@@ -147,7 +153,7 @@ impl S3Store {
         self.client
             .put_object()
             .bucket(&self.settings.bucket)
-            .key(key)
+            .key(key.to_string())
             .body(body)
             .send()
             .await
@@ -158,13 +164,13 @@ impl S3Store {
     /// The object's bytes as an async reader.
     pub async fn download(
         &self,
-        key: &str,
+        key: &ContextKey,
     ) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, StoreError> {
         let out = self
             .client
             .get_object()
             .bucket(&self.settings.bucket)
-            .key(key)
+            .key(key.to_string())
             .send()
             .await
             .map_err(|e| self.error(key, e))?;

@@ -8,8 +8,8 @@ mod kaniko;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bakery_core::api::AgentTask;
-use bakery_core::Arch;
+use bakery_protocol::api::AgentTask;
+use bakery_protocol::Arch;
 
 pub use buildah::Buildah;
 pub use kaniko::Kaniko;

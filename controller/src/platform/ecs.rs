@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::platform::fargate::FargateSize;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, Compatibility,
     ContainerDefinition, ContainerOverride, CpuArchitecture, KeyValuePair, LaunchType,
@@ -24,8 +25,7 @@ use aws_sdk_ecs::types::{
     TaskDefinitionStatus, TaskOverride,
 };
 use aws_sdk_ecs::Client;
-use bakery_core::resources::FargateSize;
-use bakery_core::Arch;
+use bakery_protocol::Arch;
 use sha2::{Digest, Sha256};
 
 use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
@@ -56,7 +56,7 @@ pub struct EcsSettings {
     pub agent_env: Vec<(String, String)>,
 }
 
-use bakery_core::registry::parse_list as list;
+use bakery_protocol::registry::parse_list as list;
 
 impl EcsSettings {
     /// Reads the ECS variables, naming every missing one at once.
@@ -179,7 +179,10 @@ pub fn agent_environment(settings: &EcsSettings, launch: &Launch) -> Vec<(String
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    env.push((bakery_core::api::agent_env::BUILDER.into(), "kaniko".into()));
+    env.push((
+        bakery_protocol::api::agent_env::BUILDER.into(),
+        "kaniko".into(),
+    ));
     env.extend(settings.agent_env.iter().cloned());
     env
 }

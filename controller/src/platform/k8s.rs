@@ -160,7 +160,7 @@ pub fn agent_pod(s: &K8sSettings, launch: &Launch) -> Pod {
         })
         .collect();
     env.push(EnvVar {
-        name: bakery_core::api::agent_env::BUILDER.into(),
+        name: bakery_protocol::api::agent_env::BUILDER.into(),
         value: Some("kaniko".into()),
         ..EnvVar::default()
     });

@@ -29,7 +29,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
-use bakery_core::api::agent_env;
+use bakery_protocol::api::agent_env;
 
 /// One agent as stop() needs it.
 struct Agent {

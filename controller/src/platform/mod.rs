@@ -3,13 +3,14 @@
 //! controller learns of a crash at once instead of at a timeout.
 
 pub mod ecs;
+pub mod fargate;
 pub mod k8s;
 pub mod local;
 
 use std::collections::BTreeMap;
 
-use bakery_core::resources::{Cpu, Memory};
-use bakery_core::Arch;
+use bakery_protocol::resources::{Cpu, Memory};
+use bakery_protocol::Arch;
 use tokio::sync::mpsc;
 
 /// What a platform needs to start one agent.

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bakery_controller::Config;
-use bakery_core::api::{BuildStatus, CreateBuild, TaskRequest};
-use bakery_core::plan::BuildSpec;
-use bakery_core::settings::{Cache, Credential, Secret};
-use bakery_core::Arch;
+use bakery_protocol::api::{BuildStatus, CreateBuild, TaskRequest};
+use bakery_protocol::spec::{Cache, Credential, Secret};
+use bakery_protocol::Arch;
+use bakery_protocol::BuildSpec;
 use reqwest::StatusCode;
 
 pub struct Harness {
@@ -213,7 +213,7 @@ pub fn request(key: &str, arches: &[Arch]) -> CreateBuild {
             .map(|a| TaskRequest {
                 arch: *a,
                 push: Some(format!("r.example/app:1_{a}")),
-                context_key: key.to_string(),
+                context_key: key.parse().expect("a context key"),
                 context_bytes: None,
                 spec: spec(),
             })

@@ -7,12 +7,13 @@
 //! included, is replaced by the more specific layer.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::arch::{Arch, Platform};
-use crate::resources::{Cpu, Memory};
+use bakery_protocol::resources::{Cpu, Memory};
+use bakery_protocol::spec::{Compression, Credential, SnapshotMode};
+use bakery_protocol::{Arch, Platform};
+
 use crate::scalar::string_map;
 
 /// One layer of build settings: `global`, a `bake` entry, or a compose service.
@@ -73,7 +74,7 @@ pub struct Kaniko {
     /// Images whose layers may be reused (compose `cache_from`).
     pub cache_from: Option<Vec<String>>,
     /// Kaniko `--snapshot-mode` (full, redo, time).
-    pub snapshot_mode: Option<String>,
+    pub snapshot_mode: Option<SnapshotMode>,
     pub use_new_run: Option<bool>,
     pub cleanup: Option<bool>,
     /// Kaniko `--custom-platform`; defaults to the arch being built.
@@ -92,33 +93,6 @@ pub struct Kaniko {
     pub compression_level: Option<u8>,
 }
 
-/// How the builder compresses the layers it pushes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// The highest level the codec takes (the lowest is 1).
-    pub fn max_level(self) -> u8 {
-        match self {
-            Compression::Gzip => 9,
-            Compression::Zstd => 22,
-        }
-    }
-}
-
-impl std::fmt::Display for Compression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        })
-    }
-}
-
 /// The `kaniko.cache:` block: a registry-backed layer cache.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -129,51 +103,6 @@ pub struct Cache {
     pub copy_layers: Option<bool>,
     pub run_layers: Option<bool>,
     pub compressed: Option<bool>,
-}
-
-/// A registry login. The password never prints: see [`Secret`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credential {
-    pub registry: String,
-    pub username: String,
-    pub password: Secret,
-}
-
-/// A value that must not reach a log. `Debug` and `Display` print `***`;
-/// serialisation keeps the value (it has to travel to the agent), so output
-/// meant for people goes through [`crate::plan::Plan::redacted`].
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-pub const REDACTED: &str = "***";
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
 }
 
 /// The more specific value wins.
@@ -247,6 +176,19 @@ impl Kaniko {
             extra_flags: pick(&self.extra_flags, &top.extra_flags),
             compression: pick(&self.compression, &top.compression),
             compression_level: pick(&self.compression_level, &top.compression_level),
+        }
+    }
+}
+
+impl From<Cache> for bakery_protocol::Cache {
+    fn from(c: Cache) -> Self {
+        bakery_protocol::Cache {
+            enable: c.enable,
+            repo: c.repo,
+            ttl: c.ttl,
+            copy_layers: c.copy_layers,
+            run_layers: c.run_layers,
+            compressed: c.compressed,
         }
     }
 }

@@ -14,9 +14,9 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::api::CreateBuild;
-use crate::plan::BuildSpec;
 use crate::reference::ImageRef;
-use crate::settings::Compression;
+use crate::spec::BuildSpec;
+use crate::spec::Compression;
 
 /// Largest `POST /v1/builds` body accepted (413 beyond): a build request is
 /// a few KiB; a large one would only stall the journal that saves it.
@@ -38,9 +38,6 @@ static DIGEST: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^sha256:[0-9a-f]{64}$").expect("valid regex"));
 static PLATFORM: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[a-z0-9]{1,16}/[a-z0-9_]{1,16}(/[a-z0-9]{1,8})?$").expect("valid regex")
-});
-static CONTEXT_KEY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^contexts/sha256-[0-9a-f]{64}\.tar\.(gz|zst)$").expect("valid regex")
 });
 
 /// A request field that is not acceptable, and why.
@@ -106,15 +103,6 @@ pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
             }
             None => {}
         }
-        if !CONTEXT_KEY.is_match(&task.context_key) {
-            return Err(invalid(
-                at("context_key"),
-                format!(
-                    "`{}` is not a context key (contexts/sha256-<64 hex>.tar.gz or .tar.zst)",
-                    shown(&task.context_key)
-                ),
-            ));
-        }
         check_spec(&task.spec, &at("spec"))?;
     }
     Ok(())
@@ -165,14 +153,6 @@ fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
                     "{level} is out of range for {codec}: 1 to {}",
                     codec.max_level()
                 ),
-            ));
-        }
-    }
-    if let Some(mode) = &spec.snapshot_mode {
-        if !["full", "redo", "time"].contains(&mode.as_str()) {
-            return Err(invalid(
-                f("snapshot_mode"),
-                format!("`{}` is not full, redo or time", shown(mode)),
             ));
         }
     }

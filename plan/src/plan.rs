@@ -14,13 +14,13 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{Arch, Platform};
+use bakery_protocol::reference::ImageRef;
+use bakery_protocol::{Arch, BuildSpec};
+
 use crate::compose::{ComposeFile, Service};
 use crate::error::{Location, PlanError};
 use crate::location::Locations;
-use crate::reference::ImageRef;
-use crate::resources::{Cpu, Memory};
-use crate::settings::{Cache, Compression, Credential, Kaniko, Settings};
+use crate::settings::{Cache, Kaniko, Settings};
 
 /// What to plan from.
 #[derive(Debug, Clone)]
@@ -154,41 +154,6 @@ pub struct ArchBuild {
     pub spec: BuildSpec,
 }
 
-/// A fully resolved build: no field is left to be inherited. Unknown
-/// fields are refused, on the controller as much as in the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BuildSpec {
-    pub platform: Option<Platform>,
-    /// The Dockerfile, relative to the context, `/`-separated.
-    pub dockerfile: String,
-    pub target: Option<String>,
-    pub build_args: BTreeMap<String, String>,
-    pub labels: BTreeMap<String, String>,
-    pub env: BTreeMap<String, String>,
-    pub pre_script: Option<String>,
-    pub post_script: Option<String>,
-    pub credentials: Vec<Credential>,
-    pub cpu: Option<Cpu>,
-    pub memory: Option<Memory>,
-    pub spot: bool,
-    pub cache: Cache,
-    pub cache_from: Vec<String>,
-    pub snapshot_mode: Option<String>,
-    pub use_new_run: bool,
-    pub cleanup: bool,
-    /// The platform the builder targets: `linux/<arch>` unless overridden.
-    pub custom_platform: String,
-    pub no_push: bool,
-    pub ignore_path: Vec<String>,
-    pub extra_flags: Vec<String>,
-    /// Layer compression of the pushed image (builder default: gzip).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<Compression>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression_level: Option<u8>,
-}
-
 impl Plan {
     /// Resolves and validates a plan from files on disk.
     pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
@@ -289,7 +254,7 @@ impl Plan {
     /// A copy safe to show: every password replaced by `***`, wherever its
     /// value appears (a build arg or a script can carry it too).
     pub fn redacted(&self) -> Plan {
-        let redactor = crate::redact::Redactor::new(
+        let redactor = bakery_protocol::redact::Redactor::new(
             self.builds()
                 .flat_map(|(_, b)| {
                     b.spec
@@ -312,7 +277,7 @@ impl Plan {
     }
 }
 
-fn redact_strings(value: &mut serde_json::Value, redactor: &crate::redact::Redactor) {
+fn redact_strings(value: &mut serde_json::Value, redactor: &bakery_protocol::redact::Redactor) {
     match value {
         serde_json::Value::String(s) => *s = redactor.redact(s),
         serde_json::Value::Array(items) => {
@@ -842,7 +807,9 @@ impl Resolver<'_> {
         })?;
 
         if let Some(level) = kaniko.compression_level {
-            let codec = kaniko.compression.unwrap_or(Compression::Gzip);
+            let codec = kaniko
+                .compression
+                .unwrap_or(bakery_protocol::Compression::Gzip);
             let (name, max) = (codec.to_string(), codec.max_level());
             if !(1..=max).contains(&level) {
                 return Err(PlanError::invalid_with_hint(
@@ -938,7 +905,7 @@ impl Resolver<'_> {
                 cpu: merged.cpu,
                 memory: merged.memory,
                 spot: merged.spot.unwrap_or(false),
-                cache,
+                cache: cache.into(),
                 cache_from: kaniko.cache_from.unwrap_or_default(),
                 snapshot_mode: kaniko.snapshot_mode,
                 use_new_run: kaniko.use_new_run.unwrap_or(false),
@@ -1102,7 +1069,7 @@ fn service_name<'a>(builds: impl Iterator<Item = &'a ArchBuild>, repo: &Path) ->
 }
 
 /// A directory name as a service name: what the controller accepts
-/// ([`crate::validate`]: letters, digits, `.`, `_`, `-`), other characters
+/// ([`bakery_protocol::validate`]: letters, digits, `.`, `_`, `-`), other characters
 /// as `-`.
 fn service_safe(name: &str) -> String {
     let mapped: String = name
@@ -1118,7 +1085,7 @@ fn service_safe(name: &str) -> String {
     mapped
         .trim_start_matches(['.', '_', '-'])
         .chars()
-        .take(crate::validate::MAX_SERVICE_NAME)
+        .take(bakery_protocol::validate::MAX_SERVICE_NAME)
         .collect()
 }
 

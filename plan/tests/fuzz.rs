@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use bakery_core::{Arch, Plan, PlanOptions};
+use bakery_plan::{Plan, PlanOptions};
+use bakery_protocol::Arch;
 use proptest::prelude::*;
 
 fn corpus() -> Vec<String> {
@@ -49,7 +50,7 @@ fn mutated() -> impl Strategy<Value = String> {
         })
 }
 
-fn resolve(file: &str, text: &str) -> Result<Plan, bakery_core::PlanError> {
+fn resolve(file: &str, text: &str) -> Result<Plan, bakery_plan::PlanError> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
     std::fs::write(dir.path().join("Dockerfile.arm64"), "FROM scratch\n").unwrap();

@@ -4,7 +4,7 @@
 //! arg, a token echoed by a pre-script. Every line on its way to a log goes
 //! through a [`Redactor`] that knows the build's secrets.
 
-use crate::settings::REDACTED;
+use crate::spec::REDACTED;
 
 /// Replaces each known secret value with `***`.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +32,7 @@ impl Redactor {
     }
 
     /// The secrets of a build spec: registry passwords.
-    pub fn for_spec(spec: &crate::plan::BuildSpec) -> Self {
+    pub fn for_spec(spec: &crate::spec::BuildSpec) -> Self {
         Redactor::new(spec.credentials.iter().map(|c| c.password.expose()))
     }
 

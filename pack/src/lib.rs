@@ -1,4 +1,4 @@
-//! Build contexts as deterministic, content-addressed archives.
+//! bakery-pack: build contexts as deterministic, content-addressed archives.
 //!
 //! The same tree always gives the same bytes (entries sorted, owners and
 //! times normalised), so the archive's SHA-256 names it in object storage and
@@ -18,38 +18,8 @@ use gzp::ZWriter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use bakery_protocol::{Codec, ContextKey};
 pub use ignore::{IgnoreError, IgnoreRules};
-
-/// How the archive is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// tar.gz, compressed on all cores. What Kaniko reads directly.
-    #[default]
-    Gzip,
-    /// tar.zst: several times faster to pack and unpack; bakery's agent reads it.
-    Zstd,
-}
-
-impl Codec {
-    pub fn extension(self) -> &'static str {
-        match self {
-            Codec::Gzip => "tar.gz",
-            Codec::Zstd => "tar.zst",
-        }
-    }
-}
-
-impl std::str::FromStr for Codec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "gzip" | "gz" => Ok(Codec::Gzip),
-            "zstd" | "zst" => Ok(Codec::Zstd),
-            _ => Err(format!("unknown codec `{s}`; expected gzip or zstd")),
-        }
-    }
-}
 
 /// How to pack.
 #[derive(Debug, Clone)]
@@ -91,8 +61,8 @@ pub struct Packed {
 
 impl Packed {
     /// The object key this archive is stored under.
-    pub fn key(&self) -> String {
-        format!("contexts/sha256-{}.{}", self.sha256, self.codec.extension())
+    pub fn key(&self) -> ContextKey {
+        ContextKey::new(&self.sha256, self.codec).expect("a SHA-256 in lowercase hex")
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bakery_core::{Arch, Plan, PlanError, PlanOptions, Platform};
+use bakery_plan::{Plan, PlanError, PlanOptions};
+use bakery_protocol::{Arch, Platform};
 
 struct Repo {
     dir: tempfile::TempDir,
@@ -120,7 +121,7 @@ fn assert_located(
     file: &str,
     line: usize,
     fragment: &str,
-) -> bakery_core::Diagnostic {
+) -> bakery_plan::Diagnostic {
     let d = err
         .diagnostic()
         .unwrap_or_else(|| panic!("not located: {err}"))
@@ -760,7 +761,7 @@ fn unreadable_file_names_the_path() {
 fn flags_describe_a_build_without_a_file() {
     let repo = Repo::new(&[("docker/Dockerfile", "FROM alpine\n")]);
     let mut opts = repo.opts();
-    opts.inline = Some(bakery_core::InlineBuild {
+    opts.inline = Some(bakery_plan::InlineBuild {
         context: "docker".into(),
         tags: vec!["r.io/team/app:1.2".into(), "r.io/team/app:latest".into()],
         platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
@@ -925,8 +926,8 @@ fn layer_compression_merges_and_its_level_is_checked() {
     assert_eq!(
         got,
         [
-            (Some(bakery_core::settings::Compression::Zstd), None),
-            (Some(bakery_core::settings::Compression::Zstd), Some(19))
+            (Some(bakery_protocol::spec::Compression::Zstd), None),
+            (Some(bakery_protocol::spec::Compression::Zstd), Some(19))
         ]
     );
 
@@ -1112,7 +1113,7 @@ fn flags_apply_to_every_selected_service_of_a_file() {
     ]);
     let mut opts = repo.opts();
     opts.compose = Some(repo.path("compose.yaml"));
-    opts.overrides = bakery_core::plan::Overrides {
+    opts.overrides = bakery_plan::Overrides {
         platforms: vec!["linux/arm64".into()],
         build_args: [("OVER".to_string(), "flag".to_string())].into(),
         labels: [("team".to_string(), "core".to_string())].into(),

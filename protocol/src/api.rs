@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{Arch, Platform};
-use crate::plan::BuildSpec;
+use crate::context_key::ContextKey;
+use crate::spec::BuildSpec;
 
 /// `GET /v1/info`: what a client needs to know before submitting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,7 +61,7 @@ pub struct TaskRequest {
     pub arch: Arch,
     pub push: Option<String>,
     /// The storage key of the context archive.
-    pub context_key: String,
+    pub context_key: ContextKey,
     /// Bytes of file content the context unpacks to, as the client packed
     /// it: the agent stops extracting past it, so an archive that inflates
     /// far beyond what was packed (a decompression bomb) cannot fill a disk.
@@ -214,10 +215,10 @@ pub enum ContextSource {
     S3 {
         #[serde(flatten)]
         location: S3Location,
-        key: String,
+        key: ContextKey,
     },
     /// `GET /v1/agent/tasks/{task}/context` on the controller.
-    Controller { key: String },
+    Controller { key: ContextKey },
 }
 
 /// `POST /v1/agent/tasks/{task}/logs`. `seq` numbers lines per task, so a
