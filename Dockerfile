@@ -27,7 +27,10 @@ FROM ${RUST_IMAGE} AS compiled
 RUN apk add --no-cache musl-dev build-base cmake
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin bakery --bin bakery-controller --bin bakery-agent \
+# The client alone first: built together, cargo would give it the
+# controller's ECS and Kubernetes features too (see scripts/release).
+RUN cargo build --release --locked -p bakery --bin bakery \
+ && cargo build --release --locked --bin bakery-controller --bin bakery-agent \
  && mkdir -p /out \
  && cp target/release/bakery target/release/bakery-controller target/release/bakery-agent /out/ \
  && strip /out/*

@@ -15,7 +15,7 @@ use bakery_protocol::api::{
 
 use crate::ci::Ci;
 use crate::cli::LogFormat;
-use crate::client::Controller;
+use crate::client::{self, Controller, Event};
 use crate::status::StatusReporter;
 
 /// How the build runs and prints.
@@ -49,13 +49,18 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
     }
     let embedded;
     let controller = match target {
-        Target::Remote(url) => Controller::new(&url),
+        Target::Remote(url) => client::connect(&url),
         Target::Embedded => {
             embedded = start_embedded().await?;
-            Controller::new(&embedded.0.url())
+            client::connect(&embedded.0.url())
         }
     };
-    let info = controller.info().await?;
+    let info = controller.info().await.map_err(|e| match e {
+        bakery_client::Error::Unreachable { .. } => {
+            anyhow::anyhow!("{e}; is CONTROLLER_URL right?")
+        }
+        e => e.into(),
+    })?;
     let keys = upload_contexts(&plan, &controller, &info.context_store, opts.codec).await?;
 
     let printer = Printer::new(&plan, opts.format);
@@ -80,9 +85,14 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
             }
             eprintln!("interrupted: cancelling the builds");
             let ids = submitted.lock().map(|s| s.clone()).unwrap_or_default();
-            for id in ids {
-                let _ = controller.cancel(&id).await;
-            }
+            let cancels = ids.iter().map(|id| controller.cancel(id));
+            // A CI system kills the job soon after its SIGTERM: cancel every
+            // build at once, and do not wait for a controller that hangs.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(15),
+                futures_util::future::join_all(cancels),
+            )
+            .await;
         }
     };
 
@@ -142,16 +152,21 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
     let results = tokio::select! {
         r = run => r?,
         _ = cancel_on_signal => {
-            // Give the controller a moment to stop the agents, then report.
+            // Give the controller a moment (10 s in all) to stop the agents,
+            // then report.
             let ids = submitted.lock().map(|s| s.clone()).unwrap_or_default();
-            for id in &ids {
-                for _ in 0..100 {
-                    if controller.status(id).await.map(|s| s.state.is_terminal()).unwrap_or(true) {
-                        break;
+            let stopped = async {
+                for id in &ids {
+                    loop {
+                        let status = controller.status(id).await;
+                        if status.map(|s| s.state.is_terminal()).unwrap_or(true) {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
-            }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stopped).await;
             bail!("cancelled");
         }
     };
@@ -182,13 +197,12 @@ async fn follow_one(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BuildStatus>();
     let follow = async move {
         controller
-            .follow(
-                id,
-                |line| printer.line(service, &line),
-                |status| {
+            .follow(id, |event| match event {
+                Event::Log(line) => printer.line(service, &line),
+                Event::Status(status) | Event::End(status) => {
                     let _ = tx.send(status);
-                },
-            )
+                }
+            })
             .await
     };
     let updates = async {

@@ -190,7 +190,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             });
         }
         Command::Logs { id } => {
-            let controller = client::Controller::new(
+            let controller = client::connect(
                 cli.controller_url
                     .as_deref()
                     .context("`bakery logs` needs CONTROLLER_URL")?,
@@ -198,7 +198,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let service = controller.status(&id).await?.service;
             let printer = build::Printer::standalone(&service, cli.log_format);
             let status = controller
-                .follow(&id, |f| printer.line(&service, &f), |_| {})
+                .follow(&id, |event| {
+                    if let client::Event::Log(line) = event {
+                        printer.line(&service, &line)
+                    }
+                })
                 .await?;
             println!(
                 "{}: {:?}{}",
@@ -215,7 +219,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Status { id, json } => {
-            let controller = client::Controller::new(
+            let controller = client::connect(
                 cli.controller_url
                     .as_deref()
                     .context("`bakery status` needs CONTROLLER_URL")?,

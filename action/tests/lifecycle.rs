@@ -286,3 +286,41 @@ async fn soak_fifty_two_arch_builds_three_slots_cancels_and_a_restart() {
     }
     drop(second);
 }
+
+/// A controller that accepts connections and never answers (a hung
+/// process, a black-holing proxy): `bakery build` fails, naming it, instead
+/// of hanging the CI job (it waited for ever).
+#[test]
+fn a_controller_that_never_answers_fails_the_client_in_bounded_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let repo = project(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /\n"),
+        ("a", "a\n"),
+        (
+            "config.yaml",
+            "global:\n  arch: amd64\n  kaniko:\n    destination: 127.0.0.1:1/x/y:1\n",
+        ),
+    ]);
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .arg("build")
+        .env("CONTROLLER_URL", &url)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("cannot reach the controller at {url}")),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}

@@ -7,7 +7,6 @@
 //! is redacted and streamed to the controller as it happens ([`logs`]).
 
 pub mod builder;
-pub mod controller;
 pub mod extract;
 pub mod load;
 pub mod logs;
@@ -24,8 +23,8 @@ use base64::Engine;
 use futures_util::TryStreamExt;
 use tokio::process::Command;
 
+use bakery_client::AgentApi;
 use builder::Job;
-use controller::{Controller, ControllerError};
 use logs::LogSink;
 
 /// The agent's settings, from the environment the platform gave it.
@@ -44,7 +43,7 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Controller(#[from] ControllerError),
+    Controller(#[from] bakery_client::Error),
     #[error(transparent)]
     Extract(#[from] extract::ExtractError),
     #[error("unknown builder `{0}`; expected kaniko or buildah")]
@@ -77,7 +76,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
 /// Runs the task to the end and reports. Returns whether it succeeded.
 pub async fn run(cfg: AgentConfig) -> bool {
     let born = Instant::now();
-    let controller = Controller::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
+    let controller = AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
     let (log, shipper) = logs::start(controller.clone());
     let outcome = work(&cfg, &controller, &log, born).await;
     let result = match outcome {
@@ -85,7 +84,7 @@ pub async fn run(cfg: AgentConfig) -> bool {
             digest: built.digest,
             bases: built.bases,
         },
-        Err(AgentError::Controller(ControllerError::Refused {
+        Err(AgentError::Controller(bakery_client::Error::Refused {
             status, message, ..
         })) if status == reqwest::StatusCode::CONFLICT
             || status == reqwest::StatusCode::UNAUTHORIZED =>
@@ -127,7 +126,7 @@ struct Built {
 
 async fn work(
     cfg: &AgentConfig,
-    controller: &Controller,
+    controller: &AgentApi,
     log: &LogSink,
     born: Instant,
 ) -> Result<Built, AgentError> {
@@ -177,7 +176,15 @@ async fn work(
 
     if let Some(script) = &task.spec.pre_script {
         log.line("running pre-script");
-        script_step("pre-script", script, &context_dir, &task, log).await?;
+        script_step(
+            "pre-script",
+            script,
+            &cfg.work_dir,
+            &context_dir,
+            &task,
+            log,
+        )
+        .await?;
     }
 
     let job = Job {
@@ -236,7 +243,15 @@ async fn work(
 
     if let Some(script) = &task.spec.post_script {
         log.line("running post-script");
-        script_step("post-script", script, &context_dir, &task, log).await?;
+        script_step(
+            "post-script",
+            script,
+            &cfg.work_dir,
+            &context_dir,
+            &task,
+            log,
+        )
+        .await?;
     }
     Ok(Built {
         digest,
@@ -247,7 +262,7 @@ async fn work(
 /// Streams the context from where the controller says it is into the
 /// extractor: no temporary archive on disk.
 async fn download(
-    controller: &Controller,
+    controller: &AgentApi,
     task: &AgentTask,
     dest: &Path,
     limits: extract::Limits,
@@ -327,16 +342,23 @@ fn write_docker_config(work: &Path, task: &AgentTask) -> Result<Option<PathBuf>,
     Ok(Some(dir))
 }
 
+/// Runs a pre- or post-script with `sh -e`, in the context directory. The
+/// script goes to the shell as a file (readable by the agent only), not on
+/// its command line, where every user of the machine could read it (it may
+/// hold a password the plan masks).
 async fn script_step(
     what: &str,
     script: &str,
+    work: &Path,
     dir: &Path,
     task: &AgentTask,
     log: &LogSink,
 ) -> Result<(), AgentError> {
+    let file = work.join(format!("{what}.sh"));
+    write_private(&file, script.as_bytes()).map_err(io(format!("writing the {what}")))?;
     let mut cmd = Command::new("sh");
-    cmd.arg("-ce")
-        .arg(script)
+    cmd.arg("-e")
+        .arg(&file)
         .current_dir(dir)
         .envs(&task.spec.env);
     without_agent_secrets(&mut cmd);
@@ -409,6 +431,19 @@ pub fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentErr
         return Err(refuse("not a file".into()));
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path`, readable and writable by the agent only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 fn describe(status: std::process::ExitStatus) -> String {

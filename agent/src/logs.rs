@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
-use crate::controller::{Controller, StreamOpen};
+use bakery_client::{AgentApi, StreamOpen};
 
 const MAX_BATCH: usize = 1000;
 /// Longest line shipped, in bytes.
@@ -69,7 +69,7 @@ pub struct Shipper {
     handle: tokio::task::JoinHandle<()>,
 }
 
-pub fn start(controller: Controller) -> (LogSink, Shipper) {
+pub fn start(controller: AgentApi) -> (LogSink, Shipper) {
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let outbox = Arc::new(Outbox::default());
     let handle = tokio::spawn(async move {
@@ -186,9 +186,17 @@ fn encode(wire: &mut Vec<u8>, line: &AgentLine) {
 /// Gets the outbox's lines to the controller until the sink is closed and
 /// every line is acknowledged: over the log stream, reconnecting when it
 /// breaks, or in batches where there is no stream.
-async fn deliver(controller: Controller, outbox: Arc<Outbox>) {
-    let mut failing_since: Option<std::time::Instant> = None;
-    let mut delay = Duration::from_millis(100);
+async fn deliver(controller: AgentApi, outbox: Arc<Outbox>) {
+    let backoff = || {
+        backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times(),
+        )
+    };
+    let mut delays = backoff();
     loop {
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         let body = reqwest::Body::wrap_stream(body_stream(rx));
@@ -215,8 +223,8 @@ async fn deliver(controller: Controller, outbox: Arc<Outbox>) {
         }
         let problem = match controller.open_log_stream(body).await {
             StreamOpen::Open(resp) => {
-                failing_since = None;
-                delay = Duration::from_millis(100);
+                controller.reached();
+                delays = backoff();
                 match read_acks(resp, &outbox).await {
                     Ok(()) => {
                         let state = outbox.lock();
@@ -244,8 +252,7 @@ async fn deliver(controller: Controller, outbox: Arc<Outbox>) {
             StreamOpen::Failed(why) => why,
         };
         outbox.lock().stream = None;
-        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() > controller.patience {
+        if controller.unreachable_too_long() {
             // Keep the build going; the result report will say what it can.
             let mut state = outbox.lock();
             eprintln!(
@@ -253,10 +260,8 @@ async fn deliver(controller: Controller, outbox: Arc<Outbox>) {
                 state.unacked.len()
             );
             state.unacked.clear();
-            failing_since = None;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
     }
 }
 
@@ -319,7 +324,7 @@ async fn read_acks(resp: reqwest::Response, outbox: &Outbox) -> Result<(), Strea
 
 /// One request per batch, answered once saved: for controllers the stream
 /// cannot reach. Batches are what [`gather`] queued since the last one.
-async fn fall_back(controller: &Controller, outbox: &Outbox, why: &str) {
+async fn fall_back(controller: &AgentApi, outbox: &Outbox, why: &str) {
     outbox.lock().stream = None;
     eprintln!("bakery-agent: no log stream ({why}); sending lines in batches");
     loop {

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use bakery_agent::controller::Controller;
+use bakery_client::AgentApi;
 use bakery_protocol::api::{AgentLine, AgentLogs};
 
 #[derive(Clone, Copy)]
@@ -92,7 +92,7 @@ async fn serve(endpoint: StreamEndpoint) -> (String, Shared) {
 /// `at_once`, and waits until the shipper is done.
 async fn ship_through(endpoint: StreamEndpoint, at_once: bool) -> Received {
     let (url, received) = serve(endpoint).await;
-    let mut controller = Controller::new(&url, "t", "token");
+    let mut controller = AgentApi::new(&url, "t", "token");
     controller.stream_answer = Duration::from_millis(300);
     let (sink, shipper) = bakery_agent::logs::start(controller);
     for i in 1..=50 {
@@ -141,7 +141,7 @@ async fn lines_queued_when_the_stream_failed_go_on_the_next_one_which_then_ends(
 #[tokio::test(flavor = "current_thread")]
 async fn a_huge_line_is_cut_at_64_kib() {
     let (url, received) = serve(StreamEndpoint::Missing).await;
-    let (sink, shipper) = bakery_agent::logs::start(Controller::new(&url, "t", "token"));
+    let (sink, shipper) = bakery_agent::logs::start(AgentApi::new(&url, "t", "token"));
     sink.line("é".repeat(100_000));
     shipper.finish(sink).await;
     let lines = std::mem::take(&mut received.lock().unwrap().lines);

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bakery_protocol::api::{BuildStatus, CreateBuild, TaskRequest};
+use bakery_client::{Controller, Event};
+use bakery_protocol::api::{BuildStatus, CreateBuild, LogEvent, TaskRequest};
 use bakery_protocol::Arch;
 use bakery_protocol::BuildSpec;
 use clap::Parser;
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use sha2::Digest;
 
 #[derive(Parser)]
@@ -61,6 +60,30 @@ struct Seen {
     status: Option<BuildStatus>,
 }
 
+impl Seen {
+    /// Reads one log line: the launch and agent start-up markers, and the
+    /// load lines' numbers and send times.
+    fn take(&mut self, line: &LogEvent) -> Result<()> {
+        if line.line.starts_with("starting the ") {
+            self.launch_ms = Some(line.ms);
+        } else if line.line.starts_with("bakery-agent ") {
+            self.agent_first_ms = Some(line.ms);
+        } else if let Some(rest) = line.line.strip_prefix("load ") {
+            let mut parts = rest.split(' ');
+            let n: u64 = parts.next().unwrap_or("0").parse()?;
+            let sent_us: u128 = parts.next().unwrap_or("0").parse()?;
+            let now = unix_micros();
+            self.load_lines.push(n);
+            self.latencies_us
+                .push((sent_us, now.saturating_sub(sent_us) as u64));
+            let now_ms = (now / 1000) as u64;
+            self.first_ms.get_or_insert(now_ms);
+            self.last_ms = Some(now_ms);
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -86,12 +109,9 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
+    let controller = Controller::new(&format!("http://127.0.0.1:{port}"), None);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{base}/v1/info")).send().await.is_err() {
+    while controller.info().await.is_err() {
         if Instant::now() > deadline {
             bail!("the controller did not start");
         }
@@ -99,15 +119,15 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     }
     // A context the load-mode agents never read, stored like any other.
     let body = b"load-mode context".to_vec();
-    let key = format!(
+    let key: bakery_protocol::ContextKey = format!(
         "contexts/sha256-{}.tar.gz",
         hex::encode(sha2::Sha256::digest(&body))
-    );
-    http.put(format!("{base}/v1/contexts/{key}"))
-        .body(body)
-        .send()
-        .await?
-        .error_for_status()?;
+    )
+    .parse()
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), &body)?;
+    controller.upload_context(&key, file.path()).await?;
 
     // Builds are created concurrently (or on a schedule, with --ramp), as a
     // fleet of CI jobs would: created one after another, each waiting for
@@ -117,22 +137,12 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     let mut followers = Vec::new();
     for i in 0..args.builds {
         let request = request(&key, i);
-        let http = http.clone();
-        let base = base.clone();
+        let controller = controller.clone();
         let at = started + Duration::from_secs_f64(args.ramp * i as f64 / args.builds as f64);
         followers.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let resp = http
-                .post(format!("{base}/v1/builds"))
-                .json(&request)
-                .send()
-                .await?
-                .error_for_status()?;
-            let id = resp.json::<serde_json::Value>().await?["id"]
-                .as_str()
-                .context("build id")?
-                .to_string();
-            follow(http, format!("{base}/v1/builds/{id}/logs")).await
+            let id = controller.create(&request).await?;
+            follow(&controller, &id).await
         }));
     }
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -275,62 +285,33 @@ fn print_timeline(seen: &[Seen], started_us: u128) {
     }
 }
 
-/// The fields of a `log` event the follower reads, borrowed from the event
-/// (the follower shares the machine with what it measures: it should cost
-/// little).
-#[derive(serde::Deserialize)]
-struct LogLine<'a> {
-    seq: u64,
-    #[serde(borrow)]
-    line: std::borrow::Cow<'a, str>,
-    ms: u64,
-}
-
-async fn follow(http: reqwest::Client, url: String) -> Result<Seen> {
+async fn follow(controller: &Controller, id: &str) -> Result<Seen> {
     let mut seen = Seen {
         seqs_ok: true,
         ..Seen::default()
     };
     let mut last_seq = 0u64;
-    let resp = http.get(&url).send().await?.error_for_status()?;
-    let mut events = resp.bytes_stream().eventsource();
-    while let Some(event) = events.next().await {
-        let event = event.map_err(|e| anyhow::anyhow!("{e}"))?;
-        match event.event.as_str() {
-            "log" => {
-                let line: LogLine = serde_json::from_str(&event.data)?;
-                if line.seq != last_seq + 1 {
-                    seen.seqs_ok = false;
-                }
-                last_seq = line.seq;
-                if line.line.starts_with("starting the ") {
-                    seen.launch_ms = Some(line.ms);
-                } else if line.line.starts_with("bakery-agent ") {
-                    seen.agent_first_ms = Some(line.ms);
-                } else if let Some(rest) = line.line.strip_prefix("load ") {
-                    let mut parts = rest.split(' ');
-                    let n: u64 = parts.next().unwrap_or("0").parse()?;
-                    let sent_us: u128 = parts.next().unwrap_or("0").parse()?;
-                    let now = unix_micros();
-                    seen.load_lines.push(n);
-                    seen.latencies_us
-                        .push((sent_us, now.saturating_sub(sent_us) as u64));
-                    let now_ms = (now / 1000) as u64;
-                    seen.first_ms.get_or_insert(now_ms);
-                    seen.last_ms = Some(now_ms);
-                }
+    let mut problem = None;
+    let status = controller
+        .follow(id, |event| {
+            let Event::Log(line) = event else { return };
+            if line.seq != last_seq + 1 {
+                seen.seqs_ok = false;
             }
-            "end" => {
-                seen.status = Some(serde_json::from_str(&event.data)?);
-                break;
+            last_seq = line.seq;
+            if let Err(e) = seen.take(&line) {
+                problem.get_or_insert(e);
             }
-            _ => {}
-        }
+        })
+        .await?;
+    if let Some(e) = problem {
+        return Err(e);
     }
+    seen.status = Some(status);
     Ok(seen)
 }
 
-fn request(key: &str, i: usize) -> CreateBuild {
+fn request(key: &bakery_protocol::ContextKey, i: usize) -> CreateBuild {
     CreateBuild {
         service: format!("load-{i}"),
         destination: None,
@@ -338,7 +319,7 @@ fn request(key: &str, i: usize) -> CreateBuild {
         tasks: vec![TaskRequest {
             arch: Arch::Amd64,
             push: None,
-            context_key: key.parse().expect("a context key"),
+            context_key: key.clone(),
             context_bytes: None,
             spec: spec(),
         }],

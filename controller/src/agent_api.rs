@@ -16,12 +16,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bakery_protocol::api::{AgentLogs, AgentResult, AgentTask, ContextSource, TaskState};
-use bakery_protocol::validate;
+use bakery_protocol::api::{AgentLogs, AgentResult, AgentTask, ContextSource};
 use bakery_protocol::Platform;
 
 use crate::routes::{bearer, durable, unavailable, Failure, Result};
-use crate::state::{token_matches, Build};
+use crate::state::Build;
 use crate::App;
 
 /// The task an authenticated agent request is for.
@@ -49,12 +48,7 @@ pub async fn require_task_token(
     let Some((build, index)) = app.builds.task(&task) else {
         return unauthorized().into_response();
     };
-    let valid = {
-        let inner = build.lock();
-        token_matches(&given, &inner.runtime[index].token)
-            && !inner.status.tasks[index].state.is_terminal()
-    };
-    if !valid {
+    if !build.read().agent_may_speak(index, &given) {
         return unauthorized().into_response();
     }
     request.extensions_mut().insert(AgentAuth { build, index });
@@ -73,22 +67,17 @@ pub async fn agent_spec(
     State(app): State<Arc<App>>,
     Extension(AgentAuth { build, index }): Extension<AgentAuth>,
 ) -> Result<Json<AgentTask>> {
-    let (spec, launched) = {
-        let mut inner = build.lock();
-        if inner.status.tasks[index].state != TaskState::Starting {
-            return Err(Failure::new(
-                StatusCode::CONFLICT,
-                "this task has already checked in",
-            ));
-        }
-        inner.status.tasks[index].state = TaskState::Running;
-        inner.runtime[index].checked_in_at = Some(Instant::now());
-        let task = &inner.status.tasks[index];
-        let req = &inner.request.tasks[index];
+    build
+        .update(|b| b.check_in(index, Instant::now()))
+        .map_err(|_| Failure::new(StatusCode::CONFLICT, "this task has already checked in"))?;
+    let (spec, launched, platform, arch) = {
+        let read = build.read();
+        let task = read.task(index);
+        let req = task.request();
         // Local agents get no cloud credentials: the controller reads S3
         // for them (see `agent_context`).
         let context = match app.config.s3() {
-            Some(location) if task.platform != Platform::Local => ContextSource::S3 {
+            Some(location) if task.platform() != Platform::Local => ContextSource::S3 {
                 location,
                 key: req.context_key.clone(),
             },
@@ -98,33 +87,21 @@ pub async fn agent_spec(
         };
         let spec = AgentTask {
             build_id: build.id.clone(),
-            task_id: task.id.clone(),
+            task_id: task.id().to_string(),
             arch: req.arch,
             push: req.push.clone(),
             context,
             context_bytes: req.context_bytes,
             spec: req.spec.clone(),
         };
-        (spec, inner.runtime[index].launched_at)
+        (spec, task.launched_at(), task.platform(), task.arch())
     };
-    build.log(index, "agent started");
     // Checked in is saved before the agent gets its spec: resumed after a
     // crash, the task must not wait for a check-in that already happened.
     if let Err(e) = durable(&app).await {
-        let mut inner = build.lock();
-        if inner.status.tasks[index].state == TaskState::Running {
-            inner.status.tasks[index].state = TaskState::Starting;
-            inner.runtime[index].checked_in_at = None;
-        }
-        drop(inner);
-        build.touch();
+        build.update(|b| b.undo_check_in(index));
         return Err(e);
     }
-    let (platform, arch) = {
-        let inner = build.lock();
-        let task = &inner.status.tasks[index];
-        (task.platform, task.arch)
-    };
     if let Some(launched) = launched {
         let name = app.platform(platform).name();
         app.metrics.agent_started(name, arch, launched.elapsed());
@@ -138,7 +115,7 @@ pub async fn agent_context(
     State(app): State<Arc<App>>,
     Extension(AgentAuth { build, index }): Extension<AgentAuth>,
 ) -> Result<Response> {
-    let key = build.lock().request.tasks[index].context_key.clone();
+    let key = build.read().task(index).request().context_key.clone();
     let headers = [(header::CONTENT_TYPE, "application/octet-stream")];
     if let Some(location) = app.config.s3() {
         let store = app
@@ -193,58 +170,23 @@ pub async fn agent_log_stream(
     Ok(([(header::CONTENT_TYPE, "text/plain")], acks).into_response())
 }
 
+/// The agent's outcome. Saved before it is acted on (the supervisor waits:
+/// it would otherwise stop the agent, and move the build on, on a result
+/// the journal may never hold), and undone if it cannot be saved, so that
+/// the agent's retry is taken rather than refused as "task ended".
 pub async fn agent_result(
     State(app): State<Arc<App>>,
     Extension(AgentAuth { build, index }): Extension<AgentAuth>,
     result: std::result::Result<Json<AgentResult>, JsonRejection>,
 ) -> Result<StatusCode> {
     let Json(result) = result?;
-    let (message, refused) = {
-        let mut inner = build.lock();
-        let arch = inner.status.tasks[index].arch;
-        match result {
-            AgentResult::Succeeded { digest, bases } => {
-                inner.status.tasks[index].bases = validate::clean_bases(&bases);
-                let wants_push = inner.status.tasks[index].push.is_some();
-                let checked = digest.as_deref().map(validate::check_digest).transpose();
-                match (checked, &digest) {
-                    (Err(why), _) => {
-                        inner.finish_task(index, TaskState::Failed, Some(why.clone()));
-                        (format!("error: {why}"), Some(why))
-                    }
-                    (Ok(_), None) if wants_push => {
-                        let why = "the agent reported success without a digest".to_string();
-                        inner.finish_task(index, TaskState::Failed, Some(why.clone()));
-                        (
-                            format!("error: the {arch} agent reported success without a digest"),
-                            None,
-                        )
-                    }
-                    (Ok(_), _) => {
-                        inner.status.tasks[index].digest = digest.clone();
-                        inner.finish_task(index, TaskState::Succeeded, None);
-                        let line = match digest {
-                            Some(d) => format!(
-                                "pushed {}@{d}",
-                                inner.status.tasks[index].push.clone().unwrap_or_default()
-                            ),
-                            None => "built (not pushed)".to_string(),
-                        };
-                        (line, None)
-                    }
-                }
-            }
-            AgentResult::Failed { error } => {
-                let error = validate::clean_error(&error);
-                inner.finish_task(index, TaskState::Failed, Some(error.clone()));
-                (format!("error: {error}"), None)
-            }
-        }
-    };
-    // The line goes in after the state change; the token is now spent, so log directly.
-    build.log(index, &message);
-    durable(&app).await?;
-    match refused {
+    let recorded = build.update(|b| b.record_result(index, result));
+    if let Err(e) = durable(&app).await {
+        build.update(|b| b.undo_result(index));
+        return Err(e);
+    }
+    build.update(|b| b.result_saved(index));
+    match recorded.refused {
         Some(why) => Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, why)),
         None => Ok(StatusCode::NO_CONTENT),
     }

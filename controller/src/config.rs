@@ -27,7 +27,8 @@ pub struct Config {
     #[serde(default = "ten_minutes", deserialize_with = "duration")]
     pub build_result_timeout: Duration,
     /// How long a task may wait for an agent slot (MAX_CONCURRENT_AGENTS),
-    /// from the build's creation, before it fails: no queue waits forever.
+    /// from when it joins the queue, before it fails: no queue waits
+    /// forever. Its time is not counted against BUILD_TASK_TIMEOUT.
     #[serde(default = "thirty_minutes", deserialize_with = "duration")]
     pub build_queue_timeout: Duration,
     /// Most log bytes one build may send; past it the build fails, named.
@@ -56,7 +57,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long finished builds (status and log) are kept, in memory and in
     /// the journal in DATA_DIR, for `bakery logs` / `status` to read.
-    #[serde(default = "one_day", deserialize_with = "duration")]
+    #[serde(default = "one_day", deserialize_with = "duration_or_zero")]
     pub build_retention: Duration,
     /// The agent executable for the local platform. Default: `bakery-agent`
     /// next to the running executable, then on PATH.
@@ -173,7 +174,22 @@ fn default_data_dir() -> PathBuf {
     std::env::temp_dir().join("bakery-controller")
 }
 
+/// A timeout or interval: zero would fail every build at once (or spin),
+/// so it is refused rather than taken literally.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    match humantime::parse_duration(text.trim()) {
+        Ok(value) if value.is_zero() => Err(serde::de::Error::custom(format!(
+            "`{text}` is zero, which would fail or spin at once; give a positive duration like 10m or 90s"
+        ))),
+        Ok(value) => Ok(value),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "`{text}` is not a duration like 10m or 90s: {e}"
+        ))),
+    }
+}
+
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
         serde::de::Error::custom(format!("`{text}` is not a duration like 10m or 90s: {e}"))
@@ -239,10 +255,22 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         // Empty values mean unset, as in most .env files.
-        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
-        envy::from_iter::<_, Config>(vars).map_err(|e| {
+        let vars: Vec<(String, String)> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        envy::from_iter::<_, Config>(vars.iter().cloned()).map_err(|e| {
             // envy names fields in lowercase; users set them in uppercase.
             let text = e.to_string();
+            // Our own parsers (durations, sizes) quote the value but cannot
+            // know the variable: name every variable holding that value.
+            if let Some(quoted) = text.split('`').nth(1).filter(|_| !text.contains("field")) {
+                let names: Vec<&str> = vars
+                    .iter()
+                    .filter(|(k, v)| v == quoted && Self::read_by_our_parsers(k))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                if !names.is_empty() {
+                    return ConfigError(format!("{}: {text}", names.join(" or ")));
+                }
+            }
             let upper = regex::Regex::new(r"field `?([a-z0-9_]+)`?")
                 .map(|re| {
                     re.replace_all(&text, |c: &regex::Captures| {
@@ -253,6 +281,21 @@ impl Config {
                 .unwrap_or(text);
             ConfigError(upper)
         })
+    }
+
+    /// Whether `name` is read by this module's own duration and size parsers.
+    fn read_by_our_parsers(name: &str) -> bool {
+        const FIELDS: &[&str] = &[
+            "BUILD_TASK_TIMEOUT",
+            "BUILD_RESULT_TIMEOUT",
+            "BUILD_QUEUE_TIMEOUT",
+            "BUILD_LOG_LIMIT",
+            "JOURNAL_TIMEOUT",
+            "REGISTRY_TIMEOUT",
+            "BUILD_RETENTION",
+            "ECS_POLL_INTERVAL",
+        ];
+        FIELDS.contains(&name)
     }
 
     /// The client token, from CONTROLLER_TOKEN or CONTROLLER_TOKEN_FILE.
@@ -365,10 +408,18 @@ mod tests {
         let e = config(&[("BUILD_TASK_TIMEOUT", "ten minutes")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("ten minutes"), "{e}");
+        assert!(
+            e.contains("ten minutes") && e.contains("BUILD_TASK_TIMEOUT"),
+            "{e}"
+        );
         let e = config(&[("DEFAULT_BUILD_MEMORY", "2048")])
             .unwrap_err()
             .to_string();
         assert!(e.contains("no unit"), "{e}");
+        for var in ["JOURNAL_TIMEOUT", "REGISTRY_TIMEOUT", "BUILD_QUEUE_TIMEOUT"] {
+            let e = config(&[(var, "0s")]).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("zero"), "{e}");
+        }
+        assert!(config(&[("BUILD_RETENTION", "0s")]).is_ok());
     }
 }

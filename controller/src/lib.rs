@@ -37,7 +37,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bakery_protocol::api::BuildState;
 use bakery_protocol::Platform;
 use tokio::net::TcpListener;
 
@@ -98,7 +97,7 @@ pub struct Running {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
         #[source]
@@ -129,8 +128,7 @@ impl Running {
             .filter(|b| !b.status().state.is_terminal())
             .collect();
         for build in &unfinished {
-            build.lock().cancel_requested = true;
-            build.touch();
+            build.update(|b| b.cancel());
         }
         // Each supervisor ends once its agents are stopped (and its index,
         // if it was writing one, is written).
@@ -193,6 +191,7 @@ impl Running {
         for task in tasks {
             let _ = task.await;
         }
+        self.app.journal.close();
     }
 }
 
@@ -236,7 +235,8 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
             app.config.build_log_limit,
         ));
         app.builds.insert(Arc::clone(&build));
-        if let Some(key) = build.lock().idempotency_key.clone() {
+        let key = build.read().idempotency_key().map(str::to_string);
+        if let Some(key) = key {
             app.idempotency
                 .lock()
                 .expect("lock")
@@ -246,19 +246,10 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
         if status.state.is_terminal() {
             continue;
         }
-        if !build.lock().acknowledged {
+        if !build.read().acknowledged() {
             // Saved, but its creation was answered 503 (or not at all): the
             // client was not told it exists, so it must not run.
-            let mut inner = build.lock();
-            for i in 0..inner.status.tasks.len() {
-                inner.finish_task(i, bakery_protocol::api::TaskState::Cancelled, None);
-            }
-            inner.finish_build(
-                BuildState::Failed,
-                Some("the controller stopped before it confirmed this build to the client, so it was never started; submit it again".into()),
-            );
-            drop(inner);
-            build.touch();
+            build.update(|b| b.withdraw("the controller stopped before it confirmed this build to the client, so it was never started; submit it again"));
             continue;
         }
         if let Some(missing) = status
@@ -270,8 +261,7 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
                 "the controller restarted without the {} platform this build's {} agent runs on",
                 missing.platform, missing.arch
             );
-            build.lock().finish_build(BuildState::Failed, Some(error));
-            build.touch();
+            build.update(|b| b.fail(error));
             continue;
         }
         resumed += 1;
@@ -283,6 +273,48 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
             "resuming the builds an earlier run left unfinished"
         );
     }
+}
+
+/// Starts one agent platform. ECS and Kubernetes are cargo features (on in
+/// `bakery-controller`, off in the controller the CI client embeds): a
+/// build without one says so rather than failing later.
+async fn start_platform(
+    p: Platform,
+    config: &Config,
+    exits: platform::ExitSender,
+    keep: &std::collections::HashSet<String>,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Box<dyn AgentPlatform>, StartError> {
+    // Without a cloud feature these serve no platform.
+    let _ = (keep, metrics);
+    Ok(match p {
+        Platform::Local => Box::new(LocalPlatform::new(
+            LocalPlatform::resolve_agent(config.agent_binary.as_deref())?,
+            config.data_dir.join("work"),
+            config.insecure_registries.clone(),
+            exits,
+        )),
+        #[cfg(feature = "ecs")]
+        Platform::Ecs => {
+            Box::new(platform::ecs::EcsPlatform::start(config, exits, Arc::clone(metrics)).await?)
+        }
+        #[cfg(feature = "k8s")]
+        Platform::K8s => Box::new(
+            platform::k8s::K8sPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
+        ),
+        #[cfg(not(feature = "ecs"))]
+        Platform::Ecs => return Err(not_built(p, "ecs")),
+        #[cfg(not(feature = "k8s"))]
+        Platform::K8s => return Err(not_built(p, "k8s")),
+    })
+}
+
+#[cfg(not(all(feature = "ecs", feature = "k8s")))]
+fn not_built(p: Platform, feature: &str) -> StartError {
+    config::ConfigError::new(format!(
+        "the {p} platform is not in this build of the controller (cargo feature `{feature}`); run the bakery-controller release binary or image"
+    ))
+    .into()
 }
 
 /// Drops finished builds older than BUILD_RETENTION, hourly, with what
@@ -298,9 +330,23 @@ async fn forget_old_builds(app: Arc<App>) {
 /// One pass of [`forget_old_builds`].
 pub async fn forget_once(app: &App) {
     let retention = app.config.build_retention;
-    match app.journal.forget_older_than(&app.builds, retention) {
-        Ok(gone) if gone.is_empty() => {}
-        Ok(gone) => {
+    let cutoff = bakery_protocol::api::now_ms().saturating_sub(retention.as_millis() as u64);
+    let gone: Vec<String> = app
+        .builds
+        .all()
+        .into_iter()
+        .filter(|b| {
+            let s = b.status();
+            s.state.is_terminal() && s.finished_ms.is_some_and(|f| f < cutoff)
+        })
+        .map(|b| b.id.clone())
+        .collect();
+    match app.journal.forget(&gone) {
+        Ok(()) if gone.is_empty() => {}
+        Ok(()) => {
+            for id in &gone {
+                app.builds.remove(id);
+            }
             tracing::info!(removed = gone.len(), "forgot builds past BUILD_RETENTION");
             let mut keys = app.idempotency.lock().expect("lock");
             keys.retain(|_, id| !gone.contains(id));
@@ -315,11 +361,8 @@ pub async fn forget_once(app: &App) {
             .all()
             .iter()
             .flat_map(|b| {
-                let inner = b.lock();
-                inner
-                    .request
-                    .tasks
-                    .iter()
+                b.read()
+                    .requests()
                     .map(|t| t.context_key.clone())
                     .collect::<Vec<_>>()
             })
@@ -418,24 +461,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
     for p in wanted {
         let exits = exit_tx.clone();
-        let platform: Box<dyn AgentPlatform> = match p {
-            Platform::Local => Box::new(LocalPlatform::new(
-                config
-                    .agent_binary
-                    .clone()
-                    .unwrap_or_else(LocalPlatform::find_agent),
-                config.data_dir.join("work"),
-                config.insecure_registries.clone(),
-                exits,
-            )),
-            Platform::Ecs => Box::new(
-                platform::ecs::EcsPlatform::start(&config, exits, Arc::clone(&metrics)).await?,
-            ),
-            Platform::K8s => Box::new(
-                platform::k8s::K8sPlatform::start(&config, exits, &keep, Arc::clone(&metrics))
-                    .await?,
-            ),
-        };
+        let platform = start_platform(p, &config, exits, &keep, &metrics).await?;
         metrics.platform_operations(platform.name(), &["launch", "stop", "adopt"]);
         platforms.insert(p, platform);
     }
@@ -465,7 +491,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         background: Default::default(),
         supervisors: Default::default(),
     });
-    app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds)));
+    app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds) as Arc<dyn journal::Builds>));
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
     resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));

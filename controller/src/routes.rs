@@ -16,9 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use bakery_protocol::api::{
-    ApiError, BuildState, BuildStatus, ContextStore, CreateBuild, Created, Info,
-};
+use bakery_protocol::api::{ApiError, BuildStatus, ContextStore, CreateBuild, Created, Info};
 use bakery_protocol::validate;
 use bakery_protocol::ContextKey;
 
@@ -274,27 +272,20 @@ async fn create_build(
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     check_platforms_and_contexts(&app, &request).await?;
     let key = idempotency_key(&headers)?;
-    if let Some(key) = &key {
-        if let Some(id) = same_build(&app, key, &request).await? {
-            return Ok((StatusCode::CREATED, Json(Created { id })));
+    // A key is taken, and its build registered, in one step: two requests
+    // with the same key at once get one build.
+    let build = loop {
+        match reserve(&app, key.as_deref(), &request) {
+            Reserved::New(build) => break build,
+            Reserved::Existing(build) => {
+                if let Some(id) = same_build(&app, &build, &request).await? {
+                    return Ok((StatusCode::CREATED, Json(Created { id })));
+                }
+                // Its creation failed (the key is free again): ours is new.
+            }
         }
-    }
-    let id = new_build_id();
-    let build = Arc::new(Build::new(
-        id.clone(),
-        request,
-        app.config.default_platform,
-        Some(app.journal.signal()),
-        app.config.build_log_limit,
-    ));
-    build.lock().idempotency_key = key.clone();
-    app.builds.insert(Arc::clone(&build));
-    if let Some(key) = &key {
-        app.idempotency
-            .lock()
-            .expect("lock")
-            .insert(key.clone(), id.clone());
-    }
+    };
+    let id = build.id.clone();
     // The id goes out only once the build would survive a restart.
     if let Err(e) = durable(&app).await {
         withdraw(&app, &build, key.as_deref());
@@ -303,8 +294,7 @@ async fn create_build(
             format!("{}; the build was not started, submit it again", e.1),
         ));
     }
-    build.lock().acknowledged = true;
-    build.touch();
+    build.update(|b| b.acknowledge());
     tracing::info!(build = %id, service = %build.status().service, "build created");
     app.spawn_supervisor(crate::supervisor::run(Arc::clone(&app), build));
     Ok((StatusCode::CREATED, Json(Created { id })))
@@ -313,19 +303,9 @@ async fn create_build(
 /// A build whose creation failed: it ends as failed (saved so, in time)
 /// and is never started; its idempotency key is free for the retry.
 fn withdraw(app: &App, build: &Build, key: Option<&str>) {
-    {
-        let mut inner = build.lock();
-        for i in 0..inner.status.tasks.len() {
-            inner.finish_task(i, bakery_protocol::api::TaskState::Cancelled, None);
-        }
-        inner.finish_build(
-            BuildState::Failed,
-            Some(
-                "the controller could not save this build in time, so it was never started".into(),
-            ),
-        );
-    }
-    build.touch();
+    build.update(|b| {
+        b.withdraw("the controller could not save this build in time, so it was never started")
+    });
     if let Some(key) = key {
         let mut keys = app.idempotency.lock().expect("lock");
         if keys.get(key) == Some(&build.id) {
@@ -339,8 +319,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    let printable = |v: &str| v.bytes().all(|b| (0x21..=0x7e).contains(&b));
     match value.to_str() {
-        Ok(v) if !v.is_empty() && v.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(v.to_string())),
+        Ok(v) if !v.is_empty() && v.len() <= MAX_IDEMPOTENCY_KEY && printable(v) => {
+            Ok(Some(v.to_string()))
+        }
         _ => Err(Failure::new(
             StatusCode::BAD_REQUEST,
             format!(
@@ -350,17 +333,48 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     }
 }
 
-/// The build an earlier request with this key created, once that request
-/// has settled: `None` when there is none (or it was withdrawn), an error
-/// when the key came with a different request.
-async fn same_build(app: &App, key: &str, request: &CreateBuild) -> Result<Option<String>> {
-    let Some(build) = ({
-        let keys = app.idempotency.lock().expect("lock");
-        keys.get(key).and_then(|id| app.builds.get(id))
-    }) else {
-        return Ok(None);
-    };
-    if !same_request(&build.lock().request, request) {
+/// What a create finds for its idempotency key.
+enum Reserved {
+    /// A new build, registered, under the key (if any).
+    New(Arc<Build>),
+    /// The build an earlier request with the key created.
+    Existing(Arc<Build>),
+}
+
+/// Takes the key for a new build of `request`, unless a build has it.
+fn reserve(app: &App, key: Option<&str>, request: &CreateBuild) -> Reserved {
+    let mut keys = app.idempotency.lock().expect("lock");
+    let existing = key
+        .and_then(|k| keys.get(k))
+        .and_then(|id| app.builds.get(id));
+    if let Some(existing) = existing {
+        let withdrawn = {
+            let read = existing.read();
+            !read.acknowledged() && read.state().is_terminal()
+        };
+        if !withdrawn {
+            return Reserved::Existing(existing);
+        }
+    }
+    let build = Arc::new(Build::new(
+        new_build_id(),
+        request.clone(),
+        app.config.default_platform,
+        Some(app.journal.signal()),
+        app.config.build_log_limit,
+    ));
+    build.update(|b| b.set_idempotency_key(key.map(String::from)));
+    app.builds.insert(Arc::clone(&build));
+    if let Some(key) = key {
+        keys.insert(key.to_string(), build.id.clone());
+    }
+    Reserved::New(build)
+}
+
+/// The earlier build's id once its creation has settled: `None` when it
+/// failed (withdrawn), an error when the key came with another request.
+async fn same_build(app: &App, build: &Build, request: &CreateBuild) -> Result<Option<String>> {
+    if !same_request(&build.read().request(), request) {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "this Idempotency-Key was used for a different build request; use a new key",
@@ -371,11 +385,11 @@ async fn same_build(app: &App, key: &str, request: &CreateBuild) -> Result<Optio
     let deadline = tokio::time::Instant::now() + app.journal.flush_timeout() * 2;
     loop {
         {
-            let inner = build.lock();
-            if inner.acknowledged {
+            let read = build.read();
+            if read.acknowledged() {
                 return Ok(Some(build.id.clone()));
             }
-            if inner.status.state.is_terminal() {
+            if read.state().is_terminal() {
                 return Ok(None);
             }
         }
@@ -458,24 +472,11 @@ async fn cancel_build(
 ) -> Result<(StatusCode, Json<BuildStatus>)> {
     let Path(id) = id?;
     let build = find(&app, &id)?;
-    {
-        let mut inner = build.lock();
-        if inner.status.state.is_terminal() || inner.cancel_requested {
-            drop(inner);
-            return Ok((StatusCode::ACCEPTED, Json(build.status())));
-        }
-        inner.cancel_pending = true;
+    if !build.update(|b| b.request_cancel()) {
+        return Ok((StatusCode::ACCEPTED, Json(build.status())));
     }
-    build.mark_dirty();
     let saved = durable(&app).await;
-    {
-        let mut inner = build.lock();
-        inner.cancel_pending = false;
-        if saved.is_ok() {
-            inner.cancel_requested = true;
-        }
-    }
-    build.touch();
+    build.update(|b| b.cancel_saved(saved.is_ok()));
     saved?;
     Ok((StatusCode::ACCEPTED, Json(build.status())))
 }

@@ -20,11 +20,12 @@ pub enum StoreError {
     TooLarge(u64),
     #[error("upload interrupted: {0}")]
     Body(String),
-    #[error("context store at {}: {source}", path.display())]
+    /// The cause is part of the message, not a chained source: binaries
+    /// print chains, and a chained cause would be printed twice.
+    #[error("context store at {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -79,7 +80,12 @@ impl DiskStore {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-                Err(source) => return Err(StoreError::Io { path: dir, source }),
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path: dir,
+                        cause: source,
+                    })
+                }
             };
             let cutoff = SystemTime::now()
                 .checked_sub(unused_for)
@@ -118,7 +124,7 @@ impl DiskStore {
         let dir = path.parent().expect("keys have a directory").to_path_buf();
         let io = |source| StoreError::Io {
             path: dir.clone(),
-            source,
+            cause: source,
         };
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;

@@ -35,6 +35,7 @@ fn read_by_code() -> BTreeSet<String> {
     let mut files = Vec::new();
     for krate in [
         "protocol",
+        "client",
         "plan",
         "pack",
         "action",
@@ -57,7 +58,13 @@ fn read_by_code() -> BTreeSet<String> {
         ] {
             for rest in text.split(opener).skip(1) {
                 let name = rest.split('"').next().unwrap();
-                if is_var_name(name) && (opener != "&str = \"" || name.starts_with("BAKERY_")) {
+                // PATH is the operating system's, read as every program
+                // reads it (to find the agent executable), not a setting.
+                let ours = name != "PATH";
+                if ours
+                    && is_var_name(name)
+                    && (opener != "&str = \"" || name.starts_with("BAKERY_"))
+                {
                     names.insert(name.to_string());
                 }
             }

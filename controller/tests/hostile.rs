@@ -86,6 +86,26 @@ async fn the_controller_checks_every_build_request_itself() {
             Box::new(|r| r["tasks"][0]["spec"]["build_args"] = json!({"A=B": "c"})),
         ),
         (
+            "custom_platform",
+            Box::new(|r| r["tasks"][0]["spec"]["custom_platform"] = json!("linux/arm64")),
+        ),
+        (
+            "build_args",
+            Box::new(|r| r["tasks"][0]["spec"]["build_args"] = json!({"A B": "c"})),
+        ),
+        (
+            "build_args",
+            Box::new(|r| r["tasks"][0]["spec"]["build_args"] = json!({"A": "x".repeat(200_000)})),
+        ),
+        (
+            "target",
+            Box::new(|r| r["tasks"][0]["spec"]["target"] = json!("a\u{2028}b")),
+        ),
+        (
+            "destination",
+            Box::new(|r| r["destination"] = json!("localhost:99999/app:1")),
+        ),
+        (
             "context_key",
             Box::new(|r| r["tasks"][0]["context_key"] = json!("contexts/../../etc/passwd")),
         ),
@@ -343,4 +363,34 @@ sleep 300"#,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(no_agents_left(&h.data()), "the agent was stopped");
+}
+
+/// A digest reported for a task that pushes nothing (the build's own code
+/// holds the token) panicked the supervisor and left the build `indexing`
+/// for good. It is not kept; the build finishes.
+#[tokio::test]
+async fn a_digest_for_a_task_that_pushes_nothing_is_not_kept() {
+    let script = curl_agent(r#"echo "$BAKERY_TASK_TOKEN" > "$BAKERY_WORK_DIR.token"; sleep 30"#);
+    let h = Harness::new(&script, &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    let file = h.dir.path().join(format!("data/work/{id}-amd64.token"));
+    eventually("the agent's token", Duration::from_secs(10), async || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let answer = h
+        .http
+        .post(h.url(&format!("/v1/agent/tasks/{id}-amd64/result")))
+        .bearer_auth(&token)
+        .json(&json!({"outcome": "succeeded", "digest": digest}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    let status = h.wait_end(&id, Duration::from_secs(10)).await;
+    assert_eq!(status.state, BuildState::Succeeded, "{status:?}");
+    assert_eq!(status.tasks[0].digest, None);
 }

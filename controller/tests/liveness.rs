@@ -81,11 +81,18 @@ async fn a_task_queued_past_build_queue_timeout_fails_with_the_reason() {
         async || h.status(&first).await.tasks[0].state == TaskState::Running,
     )
     .await;
-    let second = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    // Both tasks of the second build wait, and both say so: the one
+    // behind the head of the queue is as queued as the head.
+    let second = h
+        .create(&unpushed_request(&key, &[Arch::Amd64, Arch::Arm64]))
+        .await;
     eventually(
-        "the second task is queued",
+        "both tasks of the second build are queued",
         Duration::from_secs(5),
-        async || h.status(&second).await.tasks[0].state == TaskState::Queued,
+        async || {
+            let tasks = h.status(&second).await.tasks;
+            tasks.iter().all(|t| t.state == TaskState::Queued)
+        },
     )
     .await;
     let status = h.wait_end(&second, Duration::from_secs(10)).await;
@@ -158,7 +165,8 @@ async fn an_unacknowledged_build_in_the_journal_is_failed_on_restart_not_started
                 .unwrap(),
         );
         let registry = Arc::new(bakery_controller::state::Registry::default());
-        let writer = tokio::spawn(Arc::clone(&journal).run_writer(Arc::clone(&registry)));
+        let builds: Arc<dyn bakery_controller::journal::Builds> = Arc::clone(&registry) as _;
+        let writer = tokio::spawn(Arc::clone(&journal).run_writer(builds));
         let build = Arc::new(bakery_controller::state::Build::new(
             "bghost".into(),
             request(&key, &[Arch::Amd64]),
@@ -166,7 +174,7 @@ async fn an_unacknowledged_build_in_the_journal_is_failed_on_restart_not_started
             Some(journal.signal()),
             u64::MAX,
         ));
-        assert!(!build.lock().acknowledged);
+        assert!(!build.read().acknowledged());
         registry.insert(build);
         journal.flush().await.unwrap();
         writer.abort();
@@ -331,4 +339,82 @@ sleep 30"#
     let error = status.error.unwrap();
     assert!(error.contains("gave up after 6 attempts"), "{error}");
     assert!(no_agents_left(&h.data()));
+}
+
+/// A result answered 503 (the journal confirmed nothing in time) was acted
+/// on anyway: the build showed `succeeded` and the agent was stopped while
+/// it waited to hear. Now nothing acts on an unsaved result, and the agent's
+/// retry is taken, not refused as "task ended".
+#[tokio::test]
+async fn a_result_answered_503_changes_nothing_and_its_retry_is_taken() {
+    let agent = curl_agent(
+        r#"while [ ! -e "$BAKERY_WORK_DIR.go" ]; do sleep 0.1; done
+for i in $(seq 100); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeeded","digest":null}' "$base/result")
+  echo "$code" >> "$BAKERY_WORK_DIR.codes"
+  [ "$code" = 204 ] && break
+  sleep 0.2
+done
+sleep 300"#,
+    );
+    let h = Harness::new(&agent, &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    eventually("the agent checks in", Duration::from_secs(10), async || {
+        h.status(&id).await.tasks[0].state == TaskState::Running
+    })
+    .await;
+    let work = h.dir.path().join(format!("data/work/{id}-amd64"));
+    h.app().journal.set_flush_timeout(Duration::ZERO);
+    std::fs::write(work.with_extension("go"), "").unwrap();
+    let codes = work.with_extension("codes");
+    eventually(
+        "a result answered 503",
+        Duration::from_secs(10),
+        async || std::fs::read_to_string(&codes).is_ok_and(|c| c.contains("503")),
+    )
+    .await;
+    let status = h.status(&id).await;
+    assert_eq!(status.state, BuildState::Running, "{status:?}");
+    assert_eq!(
+        status.tasks[0].state,
+        TaskState::Running,
+        "the unsaved result was undone"
+    );
+    assert!(!no_agents_left(&h.data()), "the agent was not stopped");
+    h.app().journal.set_flush_timeout(Duration::from_secs(10));
+    let status = h.wait_end(&id, Duration::from_secs(20)).await;
+    assert_eq!(status.state, BuildState::Succeeded);
+    let seen = std::fs::read_to_string(&codes).unwrap();
+    assert!(
+        seen.trim_end().ends_with("204") && !seen.contains("401"),
+        "{seen}"
+    );
+}
+
+/// Two requests with the same key at the same moment: one build (the
+/// lookup and the insert were two steps, and 1 in 30 such pairs made two).
+#[tokio::test]
+async fn concurrent_creates_with_one_idempotency_key_make_one_build() {
+    let h = Harness::new(&curl_agent("sleep 30"), &[]).await;
+    let key = h.upload(b"ctx").await;
+    for round in 0..20 {
+        let create = || {
+            h.http
+                .post(h.url("/v1/builds"))
+                .header("Idempotency-Key", format!("same-key-{round}"))
+                .json(&request(&key, &[Arch::Amd64]))
+                .send()
+        };
+        let (a, b) = tokio::join!(create(), create());
+        let id = |r: reqwest::Response| async move {
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<serde_json::Value>().await.unwrap()["id"].clone()
+        };
+        assert_eq!(id(a.unwrap()).await, id(b.unwrap()).await, "round {round}");
+    }
+    assert_eq!(h.app().builds.all().len(), 20);
+    for b in h.app().builds.all() {
+        h.cancel(&b.id).await;
+    }
 }

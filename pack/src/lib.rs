@@ -71,12 +71,10 @@ impl Packed {
 pub enum ContextError {
     #[error(transparent)]
     Ignore(#[from] IgnoreError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is part of the message, not a chained source: binaries
+    /// print chains, and a chained cause would be printed twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     #[error("compression failed: {0}")]
     Compress(String),
 }
@@ -84,7 +82,7 @@ pub enum ContextError {
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
     move |source| ContextError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -218,7 +216,7 @@ pub fn pack<W: Write + Send + 'static>(
                 .unwrap_or_else(|| context.to_path_buf());
             ContextError::Io {
                 path,
-                source: e.into(),
+                cause: e.into(),
             }
         })?;
         let path = entry.path();

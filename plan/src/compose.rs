@@ -273,7 +273,7 @@ impl ComposeFile {
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<ComposeFile, PlanError> {
         let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut vars = read_dotenv(&dir.join(".env"))?;

@@ -53,11 +53,12 @@ impl fmt::Display for Diagnostic {
 /// Why a build plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{}: cannot read: {source}", path.display())]
+    /// The cause is part of the message, not a chained source: binaries
+    /// print chains, and a chained cause would be printed twice.
+    #[error("{}: cannot read: {cause}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Invalid(Box<Diagnostic>),

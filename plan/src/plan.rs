@@ -311,7 +311,7 @@ impl ConfigFile {
     fn load(path: &Path) -> Result<ConfigFile, PlanError> {
         let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let raw: RawConfig = crate::yaml::parse(path, &text)?;
         let file = ConfigFile {

@@ -31,9 +31,14 @@ impl Redactor {
         Redactor { secrets }
     }
 
-    /// The secrets of a build spec: registry passwords.
+    /// The secrets of a build spec: registry passwords, and each login as
+    /// the `auth` of a Docker config (base64 of `user:password`), which a
+    /// script that prints the config would show.
     pub fn for_spec(spec: &crate::spec::BuildSpec) -> Self {
-        Redactor::new(spec.credentials.iter().map(|c| c.password.expose()))
+        Redactor::new(spec.credentials.iter().flat_map(|c| {
+            let auth = base64(format!("{}:{}", c.username, c.password.expose()).as_bytes());
+            [c.password.expose().to_string(), auth]
+        }))
     }
 
     pub fn redact(&self, line: &str) -> String {
@@ -45,6 +50,28 @@ impl Redactor {
         }
         out
     }
+}
+
+/// Standard base64 with padding, as Docker's config.json `auth` is.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -59,5 +86,29 @@ mod tests {
             "pw=*** and ***"
         );
         assert_eq!(r.redact("ab stays"), "ab stays");
+    }
+
+    #[test]
+    fn docker_config_auth_is_masked_too() {
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"a"), "YQ==");
+        let spec: crate::spec::BuildSpec = serde_json::from_value(serde_json::json!({
+            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
+            "labels": {}, "env": {}, "pre_script": null, "post_script": null,
+            "credentials": [{"registry": "r.io", "username": "ci", "password": "hunter2-pw"}],
+            "cpu": null, "memory": null, "spot": false, "cache": {}, "cache_from": [],
+            "snapshot_mode": null, "use_new_run": false, "cleanup": false,
+            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [], "extra_flags": []
+        }))
+        .unwrap();
+        let r = Redactor::for_spec(&spec);
+        let auth = base64(b"ci:hunter2-pw");
+        assert_eq!(
+            r.redact(&format!(
+                "{{\"auths\":{{\"r.io\":{{\"auth\":\"{auth}\"}}}}}} hunter2-pw"
+            )),
+            "{\"auths\":{\"r.io\":{\"auth\":\"***\"}}} ***"
+        );
     }
 }

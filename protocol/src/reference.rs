@@ -11,6 +11,13 @@ use crate::arch::Arch;
 
 static COMPONENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$").unwrap());
+/// A registry host as the distribution grammar allows it: a DNS name or
+/// an IPv4 address, or a bracketed IPv6 address, and an optional port.
+static HOST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?$").unwrap()
+});
+/// Longest repository name registries accept (Docker's limit).
+const MAX_NAME: usize = 255;
 static TAG: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").unwrap());
 
@@ -55,6 +62,12 @@ impl ImageRef {
         if !TAG.is_match(tag) {
             return Err(format!("`{s}` has an invalid tag `{tag}`"));
         }
+        check_host(s, &registry)?;
+        if registry.len() + 1 + repository.len() > MAX_NAME {
+            return Err(format!(
+                "`{s}` is too long: registries accept names up to {MAX_NAME} characters"
+            ));
+        }
         Ok(ImageRef {
             registry,
             repository,
@@ -80,6 +93,19 @@ impl ImageRef {
             .rsplit('/')
             .next()
             .unwrap_or(&self.repository)
+    }
+}
+
+fn check_host(s: &str, host: &str) -> Result<(), String> {
+    let port = HOST
+        .captures(host)
+        .ok_or_else(|| format!("`{s}` has an invalid registry host `{host}`"))?
+        .get(1);
+    match port.map(|p| p.as_str().parse::<u32>()) {
+        Some(Ok(1..=65535)) | None => Ok(()),
+        Some(_) => Err(format!(
+            "`{s}` has an invalid port in `{host}`: ports are 1 to 65535"
+        )),
     }
 }
 
@@ -119,6 +145,23 @@ mod tests {
             ImageRef::parse("alpine").unwrap().to_string(),
             "docker.io/library/alpine:latest"
         );
+    }
+
+    #[test]
+    fn hosts_ports_and_lengths_are_checked() {
+        for bad in [
+            "localhost:99999/app:1",
+            "localhost:0/app:1",
+            "reg_istry.example.com/app:1",
+            "-bad.example.com/app:1",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let long = format!("ghcr.io/{}:1", "a".repeat(250));
+        assert!(ImageRef::parse(&long).unwrap_err().contains("too long"));
+        for good in ["[::1]:5000/app:1", "127.0.0.1:5000/a/b:c", "ghcr.io/o/a"] {
+            ImageRef::parse(good).unwrap();
+        }
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub const MAX_ERROR_CHARS: usize = 4096;
 /// Longest pre- or post-script.
 pub const MAX_SCRIPT_BYTES: usize = 64 << 10;
 
+/// Longest build-arg, label or env value: the kernel refuses a single
+/// environment string past 128 KiB (`MAX_ARG_STRLEN`), and build args
+/// reach the builder through its environment.
+pub const MAX_VALUE_BYTES: usize = 128 << 10;
+
+/// Longest build-arg, label or env name.
+pub const MAX_NAME_BYTES: usize = 256;
+
 static SERVICE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]*$").expect("valid regex"));
 static DIGEST: LazyLock<Regex> =
@@ -104,6 +112,22 @@ pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
             None => {}
         }
         check_spec(&task.spec, &at("spec"))?;
+        let platform = &task.spec.custom_platform;
+        if platform
+            .split('/')
+            .take(2)
+            .ne(task.arch.platform().split('/'))
+        {
+            return Err(invalid(
+                at("spec.custom_platform"),
+                format!(
+                    "`{}` is not a platform of the {} task: use {} (or a variant of it)",
+                    shown(platform),
+                    task.arch,
+                    task.arch.platform()
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -175,16 +199,20 @@ fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
         ("env", &spec.env),
     ] {
         for (k, v) in map {
-            if k.is_empty() || k.contains('=') || k.chars().any(char::is_control) {
+            if k.is_empty()
+                || k.len() > MAX_NAME_BYTES
+                || k.contains('=')
+                || k.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
                 return Err(invalid(
                     format!("{}.{}", f(name), shown(k)),
-                    "a name must be non-empty, without `=` or control characters",
+                    format!("a name must be 1 to {MAX_NAME_BYTES} bytes, without `=`, spaces or control characters"),
                 ));
             }
-            if v.contains('\0') {
+            if v.contains('\0') || v.len() > MAX_VALUE_BYTES {
                 return Err(invalid(
                     format!("{}.{k}", f(name)),
-                    "a value cannot contain NUL",
+                    format!("a value must be under {MAX_VALUE_BYTES} bytes, without NUL"),
                 ));
             }
         }
@@ -244,8 +272,13 @@ pub fn check_relative_path(field: &str, path: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Plain single-line text: no control characters, and none of the Unicode
+/// line and paragraph separators that some log viewers break lines at.
 fn one_line(s: &str) -> bool {
-    s.len() <= 4096 && !s.chars().any(char::is_control)
+    s.len() <= 4096
+        && !s
+            .chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
 }
 
 /// Checks a digest an agent reports as pushed.
@@ -278,7 +311,11 @@ pub fn clean_error(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(MAX_ERROR_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| match c {
+            '\u{2028}' | '\u{2029}' => ' ',
+            c if c.is_control() => ' ',
+            c => c,
+        })
         .collect();
     if text.chars().count() > MAX_ERROR_CHARS {
         out.push_str(" [cut]");

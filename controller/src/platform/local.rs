@@ -18,7 +18,7 @@
 //! a `pre-script: env` would print them into the build log.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
+use crate::config::ConfigError;
 use bakery_protocol::api::agent_env;
 
 /// One agent as stop() needs it.
@@ -112,6 +113,36 @@ impl LocalPlatform {
             },
         );
         exited
+    }
+
+    /// The agent executable: AGENT_BINARY when set, else [`find_agent`]'s
+    /// pick; either must be an executable file now, not at the first build.
+    ///
+    /// [`find_agent`]: LocalPlatform::find_agent
+    pub fn resolve_agent(configured: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let (path, from) = match configured {
+            Some(p) => (p.to_path_buf(), "AGENT_BINARY"),
+            None => (
+                Self::find_agent(),
+                "the default agent (next to bakery-controller, then on PATH)",
+            ),
+        };
+        let found = if path.components().count() == 1 && !path.is_file() {
+            let dirs = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&dirs)
+                .map(|d| d.join(&path))
+                .find(|p| p.is_file())
+        } else {
+            Some(path.clone())
+        };
+        match found.as_ref().map(std::fs::metadata) {
+            Some(Ok(m)) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(path),
+            _ => Err(ConfigError::new(format!(
+                "{from} `{}` is not an executable file; set AGENT_BINARY to the bakery-agent executable (scripts/setup builds it)",
+                path.display()
+            ))),
+        }
     }
 
     /// `bakery-agent` next to the running executable, else on PATH.
@@ -370,5 +401,31 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["b1-amd64", "b12-amd64.log"]);
+    }
+
+    /// A wrong AGENT_BINARY fails the start, named, not the first build.
+    #[test]
+    fn the_agent_must_be_an_executable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("agent");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        for bad in [
+            dir.path().join("missing"),
+            plain.clone(),
+            dir.path().to_path_buf(),
+        ] {
+            let e = LocalPlatform::resolve_agent(Some(&bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("AGENT_BINARY") && e.contains("not an executable"),
+                "{e}"
+            );
+        }
+        assert!(
+            LocalPlatform::resolve_agent(Some(Path::new("sh"))).is_ok(),
+            "found on PATH"
+        );
+        assert!(LocalPlatform::resolve_agent(Some(Path::new("/bin/sh"))).is_ok());
     }
 }

@@ -2,8 +2,11 @@
 //! it reports agents that end on their own through a channel, so the
 //! controller learns of a crash at once instead of at a timeout.
 
+#[cfg(feature = "ecs")]
 pub mod ecs;
+#[cfg(feature = "ecs")]
 pub mod fargate;
+#[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod local;
 

@@ -215,7 +215,10 @@ pub fn request(key: &str, arches: &[Arch]) -> CreateBuild {
                 push: Some(format!("r.example/app:1_{a}")),
                 context_key: key.parse().expect("a context key"),
                 context_bytes: None,
-                spec: spec(),
+                spec: BuildSpec {
+                    custom_platform: a.platform().into(),
+                    ..spec()
+                },
             })
             .collect(),
     }

@@ -1,0 +1,438 @@
+//! Builds on disk, so that a controller restart loses none of them.
+//!
+//! An embedded database (redb, one file in DATA_DIR) rather than the object
+//! store or the orchestrator's objects: it works the same on every platform,
+//! needs no server, and commits a batch atomically, which is what makes
+//! "every log line exactly once" hold across a crash.
+//!
+//! Read top-down: [`Journal`] opens the file, reads it back at start-up
+//! ([`Journal::load`]), makes callers wait for their change to be saved
+//! ([`Journal::flush`]) and removes what it is told to forget. Its one
+//! [`writer`] group-commits every build that changed; [`rows`] is how log
+//! lines are laid out; [`migrate`] converts journals of earlier versions.
+//! What is kept, and for how long, is decided by the caller
+//! ([`crate::forget_once`]); the journal knows builds only through
+//! [`Journaled`], never the controller's state.
+
+mod migrate;
+pub mod rows;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use bakery_protocol::api::{now_ms, BuildStatus, CreateBuild, LogEvent};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+pub use rows::encode_chunk;
+use rows::{for_each_entry, Chunk, RowIndex, LOG_ROWS};
+pub use writer::{Builds, Journaled, Signal, Unsaved};
+
+/// The journal's page cache (see [`Journal::open`]).
+const JOURNAL_CACHE_BYTES: usize = 16 << 20;
+
+/// Build id → [`Record`] as JSON.
+const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
+
+/// How long a handler waits for its change to reach the disk before it
+/// answers 503 (the agent retries; the client sees an error it can retry),
+/// unless JOURNAL_TIMEOUT says otherwise.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The version of [`Record`] this controller writes. A record of a newer
+/// version (a controller rolled back) is refused by name rather than read
+/// wrongly.
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The cause is part of the message, not a chained source: binaries
+    /// print chains, and a chained cause would be printed twice.
+    #[error("build journal {path}: {cause}")]
+    Open { path: String, cause: redb::Error },
+    #[error("build journal: {0}")]
+    Db(redb::Error),
+    #[error("build journal: a record does not parse ({0}); move the file aside to start empty")]
+    Decode(serde_json::Error),
+    #[error("build journal: log row {0} is cut short; move the file aside to start empty")]
+    Row(u64),
+    #[error("the build journal did not confirm the write within {0:?}")]
+    Timeout(Duration),
+    #[error("build journal: build {build} was written by a newer controller (record version {version}); run that version, or move the file aside to start empty")]
+    Version { build: String, version: u32 },
+}
+
+// By hand rather than `#[from]`, which would also chain the cause that
+// the message already shows: binaries print chains, so it would show twice.
+impl From<redb::Error> for JournalError {
+    fn from(e: redb::Error) -> Self {
+        JournalError::Db(e)
+    }
+}
+
+impl From<serde_json::Error> for JournalError {
+    fn from(e: serde_json::Error) -> Self {
+        JournalError::Decode(e)
+    }
+}
+
+/// What is saved of a build besides its log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// [`RECORD_VERSION`] when written; records of journals from before the
+    /// field are version 1.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    pub status: BuildStatus,
+    /// The request as the client sent it, registry credentials included:
+    /// a resumed build needs them to write its index (see SECURITY.md).
+    pub request: CreateBuild,
+    pub tasks: Vec<TaskRecord>,
+    pub cancel_requested: bool,
+    /// Whether the client was told the build exists (see
+    /// [`crate::state::Inner::acknowledged`]). Journals written before the
+    /// flag existed acknowledged every build they held.
+    #[serde(default = "yes")]
+    pub acknowledged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A task's private state that must outlive the process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The agent keeps using this token after a restart.
+    pub token: String,
+    pub agent_seq: u64,
+    pub handle: Option<String>,
+    /// Wall-clock times, since `Instant`s do not survive a restart.
+    pub launched_ms: Option<u64>,
+    pub checked_in_ms: Option<u64>,
+    /// When the task began waiting for an agent slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<u64>,
+}
+
+/// A build as read back at start-up.
+pub struct Restored {
+    pub record: Record,
+    pub logs: Vec<LogEvent>,
+    /// Each task's agent seq as of the last chunk.
+    pub agent_seqs: Vec<u64>,
+}
+
+/// Opens the database file: at start-up, and again after an I/O error.
+pub type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
+
+pub struct Journal {
+    /// The open database: `None` only while it is being reopened.
+    db: RwLock<Option<Arc<Database>>>,
+    open: Opener,
+    signal: Arc<Signal>,
+    rows: Mutex<RowIndex>,
+    /// How long [`Journal::flush`] waits for its commit, in milliseconds.
+    flush_timeout_ms: AtomicU64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal file, with permissions for its owner
+    /// only from the first byte: it holds registry credentials of
+    /// unfinished builds.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let open_error = |source: redb::Error| JournalError::Open {
+            path: path.display().to_string(),
+            cause: source,
+        };
+        create_private(path).map_err(|e| open_error(redb::Error::Io(e)))?;
+        let file: PathBuf = path.to_path_buf();
+        // redb caches up to 1 GiB of pages by default, and keeps what a
+        // commit wrote: under 1,000 chatty builds that is every log line a
+        // second time in RSS. The journal only appends, and reads once at
+        // start-up, so a small cache costs nothing.
+        let opener: Opener = Box::new(move || {
+            redb::Builder::new()
+                .set_cache_size(JOURNAL_CACHE_BYTES)
+                .create(&file)
+                .map_err(redb::Error::from)
+        });
+        let journal = Journal::open_with(opener).map_err(|e| match e {
+            JournalError::Db(source) => open_error(source),
+            other => other,
+        })?;
+        restrict_permissions(path);
+        Ok(journal)
+    }
+
+    /// Opens the journal `open` opens (a test's storage backend that fails
+    /// on demand, say), preparing its tables.
+    pub fn open_with(open: Opener) -> Result<Journal, JournalError> {
+        let db = open()?;
+        // Both tables exist from the start, so readers never see "no table".
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(BUILDS).map_err(redb::Error::from)?;
+        migrate::migrate_keyed_logs(&txn)?;
+        let next = txn
+            .open_table(LOG_ROWS)
+            .map_err(redb::Error::from)?
+            .last()
+            .map_err(redb::Error::from)?
+            .map_or(0, |(key, _)| key.value() + 1);
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(Journal {
+            db: RwLock::new(Some(Arc::new(db))),
+            open,
+            signal: Arc::new(Signal::new()),
+            rows: Mutex::new(RowIndex {
+                next,
+                ..RowIndex::default()
+            }),
+            flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
+        })
+    }
+
+    /// The open database.
+    fn db(&self) -> Result<Arc<Database>, JournalError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| JournalError::Db(redb::Error::PreviousIo))
+    }
+
+    /// Closes the database and opens it again: after an I/O error (a full
+    /// disk) redb refuses every transaction until it is reopened, and
+    /// recovers what it had committed when it is. A reader that still holds
+    /// the old one makes this fail; the writer tries again.
+    fn reopen(&self) -> Result<(), JournalError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.take() {
+            match Arc::try_unwrap(db) {
+                Ok(db) => drop(db),
+                Err(shared) => {
+                    *slot = Some(shared);
+                    return Err(JournalError::Db(redb::Error::DatabaseAlreadyOpen));
+                }
+            }
+        }
+        *slot = Some(Arc::new((self.open)()?));
+        tracing::info!("reopened the build journal");
+        Ok(())
+    }
+
+    /// Compacts the file and closes it, when nothing else holds it: the
+    /// pages of records rewritten since (a finished build's, without its
+    /// registry passwords) are reused or cut off rather than left holding
+    /// the old bytes. Called when the controller stops.
+    pub fn close(&self) {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = slot.take() else { return };
+        match Arc::try_unwrap(db) {
+            Ok(mut db) => {
+                if let Err(e) = db.compact() {
+                    tracing::debug!("compacting the build journal: {e}");
+                }
+            }
+            Err(shared) => *slot = Some(shared),
+        }
+    }
+
+    /// Sets how long a flush waits for its commit before it fails
+    /// (JOURNAL_TIMEOUT; fault-injection tests change it on a running
+    /// controller).
+    pub fn set_flush_timeout(&self, timeout: Duration) {
+        self.flush_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.flush_timeout_ms.load(Ordering::SeqCst))
+    }
+
+    pub fn signal(&self) -> Arc<Signal> {
+        Arc::clone(&self.signal)
+    }
+
+    /// Every saved build, oldest first.
+    pub fn load(&self) -> Result<Vec<Restored>, JournalError> {
+        let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        let mut by_id = HashMap::new();
+        for entry in builds.iter().map_err(redb::Error::from)? {
+            let (id, value) = entry.map_err(redb::Error::from)?;
+            let record: Record = serde_json::from_slice(value.value())?;
+            if record.version > RECORD_VERSION {
+                return Err(JournalError::Version {
+                    build: id.value().to_string(),
+                    version: record.version,
+                });
+            }
+            by_id.insert(id.value().to_string(), out.len());
+            out.push(Restored {
+                record,
+                logs: Vec::new(),
+                agent_seqs: Vec::new(),
+            });
+        }
+        let mut index = RowIndex::default();
+        for_each_entry(&txn, |key, id, chunk| {
+            // Lines of a forgotten build, in a row shared with a kept one.
+            let Some(&i) = by_id.get(id) else {
+                return Ok(());
+            };
+            index.seen(id, key);
+            let chunk: Chunk = serde_json::from_slice(chunk)?;
+            let build = &mut out[i];
+            // A commit that failed after all reached the disk may have been
+            // written again by its retry.
+            let saved = build.logs.last().map_or(0, |l| l.seq);
+            build
+                .logs
+                .extend(chunk.lines.into_iter().filter(|l| l.seq > saved));
+            build.agent_seqs = chunk.agent_seqs;
+            Ok(())
+        })?;
+        self.rows().merge(index);
+        out.sort_by_key(|r| r.record.status.created_ms);
+        Ok(out)
+    }
+
+    fn rows(&self) -> MutexGuard<'_, RowIndex> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fills the row index where [`Journal::load`] has not.
+    fn index_rows(&self) -> Result<(), JournalError> {
+        if self.rows().complete {
+            return Ok(());
+        }
+        let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
+        let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
+        let mut index = RowIndex::default();
+        for_each_entry(&txn, |key, id, _| {
+            if builds.get(id).map_err(redb::Error::from)?.is_some() {
+                index.seen(id, key);
+            }
+            Ok(())
+        })?;
+        self.rows().merge(index);
+        Ok(())
+    }
+
+    /// Waits until every change made before this call is on disk, which
+    /// is at once: someone is waiting.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.flush_when(true).await
+    }
+
+    /// Like [`Journal::flush`], at the next paced commit: for waiters that
+    /// do not hold anything up (an agent's periodic acknowledgement).
+    pub async fn flush_paced(&self) -> Result<(), JournalError> {
+        self.flush_when(false).await
+    }
+
+    async fn flush_when(&self, urgent: bool) -> Result<(), JournalError> {
+        let mine = self.signal.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        if urgent {
+            self.signal.wake_urgent();
+        } else {
+            self.signal.wake();
+        }
+        let mut committed = self.signal.committed.subscribe();
+        let limit = self.flush_timeout();
+        let reached = tokio::time::timeout(limit, committed.wait_for(|c| *c >= mine))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(JournalError::Timeout(limit))
+        }
+    }
+
+    /// Removes the builds `ids` (finished ones the caller no longer keeps)
+    /// and the log rows only they still need.
+    pub fn forget(&self, ids: &[String]) -> Result<(), JournalError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.index_rows()?;
+        // Under the lock that new rows are numbered under: a row written
+        // after this is numbered from here on.
+        let kept_from = self.rows().kept_from(ids);
+        let txn = self.db()?.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
+            for id in ids {
+                builds.remove(id.as_str()).map_err(redb::Error::from)?;
+            }
+            txn.open_table(LOG_ROWS)
+                .map_err(redb::Error::from)?
+                .retain_in(..kept_from, |_, _| false)
+                .map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        let mut rows = self.rows();
+        for id in ids {
+            rows.first.remove(id);
+        }
+        Ok(())
+    }
+}
+
+/// Creates the journal's directory (0700) and an empty file (0600) if
+/// they do not exist, so that the file is never readable by others, not
+/// even between its creation and a chmod; redb initialises an empty file.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!("cannot restrict {} to its owner: {e}", path.display());
+    }
+}
+
+/// Turns saved wall-clock times back into `Instant`s on this process's clock.
+pub fn instant_from_ms(ms: u64) -> std::time::Instant {
+    let ago = Duration::from_millis(now_ms().saturating_sub(ms));
+    let now = std::time::Instant::now();
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// The inverse of [`instant_from_ms`].
+pub fn ms_from_instant(at: std::time::Instant) -> u64 {
+    now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,593 @@
+//! A build's state, private, behind the transitions the API handlers and
+//! the supervisor make. Each transition records what it changed
+//! ([`Change`]); the [`super::Build`] around it wakes followers and the
+//! supervisor and has the journal save it accordingly, so no caller has to
+//! remember to.
+
+use std::time::Instant;
+
+use bakery_protocol::api::{
+    now_ms, AgentLine, AgentResult, BuildState, BuildStatus, CreateBuild, LogEventRef, TaskRequest,
+    TaskState,
+};
+use bakery_protocol::redact::Redactor;
+use bakery_protocol::spec::Credential;
+use bakery_protocol::validate;
+use bakery_protocol::Platform;
+
+use super::task::{Runtime, Task};
+use crate::journal::{self, Record, TaskRecord};
+
+/// What a transition changed, and so who must hear of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Change {
+    /// Nothing anyone waits on (a slot given back).
+    None,
+    /// Log lines only: the journal appends them, followers read them.
+    Log,
+    /// State: the journal rewrites the record; the supervisor, followers
+    /// and clients waiting on the status are woken.
+    State,
+}
+
+/// A log line as kept in memory: its task by index, its seq by position.
+/// Every build's whole log stays in memory for followers and `bakery logs`,
+/// so at 1,000 concurrent builds these are most of the controller's RSS; a
+/// [`bakery_protocol::api::LogEvent`] is made only to send.
+#[derive(Debug, Clone)]
+struct StoredLine {
+    task: u32,
+    line: Box<str>,
+    ms: u64,
+}
+
+/// The build-wide part of the status.
+#[derive(Debug, Clone)]
+struct Head {
+    state: BuildState,
+    index_digest: Option<String>,
+    error: Option<String>,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+}
+
+/// What recording an agent's result says back.
+pub struct RecordedResult {
+    /// Why the report itself is refused (answered 422), if it is.
+    pub refused: Option<String>,
+}
+
+/// An arch whose agent pushed, as the image check needs it.
+pub struct Pushed {
+    pub index: usize,
+    pub arch: bakery_protocol::Arch,
+    pub digest: String,
+    pub push: String,
+    pub bases: Vec<String>,
+}
+
+/// The deadlines [`Aggregate::evaluate`] applies, and what it needs to say
+/// why one passed.
+pub struct Limits<'a> {
+    pub task_timeout: std::time::Duration,
+    pub result_timeout: std::time::Duration,
+    pub queue_timeout: std::time::Duration,
+    /// How many agent slots a platform has (MAX_CONCURRENT_AGENTS).
+    pub slots: &'a dyn Fn(Platform) -> usize,
+    /// The platform's last word on an agent that did not start.
+    pub diagnose: &'a dyn Fn(Platform, &str) -> Option<String>,
+}
+
+/// A check-in that is not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AlreadyCheckedIn;
+
+/// One build's request, status, tasks and log.
+#[derive(Debug)]
+pub struct Aggregate {
+    id: String,
+    service: String,
+    destination: Option<String>,
+    tags: Vec<String>,
+    head: Head,
+    tasks: Vec<Task>,
+    logs: Vec<StoredLine>,
+    /// Bytes of log held, against `log_limit`.
+    log_bytes: u64,
+    /// Most log bytes the build may hold (BUILD_LOG_LIMIT).
+    log_limit: u64,
+    /// A cancel the supervisor acts on: saved before it is set.
+    cancel_requested: bool,
+    /// A cancel being saved: in the journal's record already, not yet
+    /// acted on (undone if it cannot be saved).
+    cancel_pending: bool,
+    redactor: Redactor,
+    /// The client was (or is about to be) told the build exists. A build
+    /// saved but never acknowledged (its creation answered 503, or the
+    /// controller stopped in between) is never started.
+    acknowledged: bool,
+    /// The client's `Idempotency-Key`, if it sent one.
+    idempotency_key: Option<String>,
+    change: Change,
+}
+
+impl Aggregate {
+    /// A new build; `default` is the platform of tasks whose spec names none.
+    pub(super) fn new(id: String, request: CreateBuild, default: Platform, log_limit: u64) -> Self {
+        let CreateBuild {
+            service,
+            destination,
+            tags,
+            tasks,
+        } = request;
+        let tasks: Vec<Task> = tasks
+            .into_iter()
+            .map(|t| Task::new(&id, t, default, super::random_token()))
+            .collect();
+        let head = Head {
+            state: BuildState::Running,
+            index_digest: None,
+            error: None,
+            created_ms: now_ms(),
+            finished_ms: None,
+        };
+        let redactor = redactor_for(&tasks);
+        Aggregate {
+            id,
+            service,
+            destination,
+            tags,
+            head,
+            tasks,
+            logs: Vec::new(),
+            log_bytes: 0,
+            log_limit,
+            cancel_requested: false,
+            cancel_pending: false,
+            redactor,
+            acknowledged: false,
+            idempotency_key: None,
+            change: Change::State,
+        }
+    }
+
+    /// A build as the journal saved it.
+    pub(super) fn restore(saved: journal::Restored, log_limit: u64) -> Self {
+        let journal::Restored {
+            record,
+            logs,
+            agent_seqs,
+        } = saved;
+        let Record {
+            status,
+            request,
+            tasks: records,
+            cancel_requested,
+            acknowledged,
+            idempotency_key,
+            ..
+        } = record;
+        let tasks: Vec<Task> = request
+            .tasks
+            .into_iter()
+            .zip(status.tasks)
+            .zip(records)
+            .enumerate()
+            .map(|(i, ((request, status), t))| Task {
+                request,
+                status,
+                runtime: Runtime {
+                    // The chunks carry the newer value when only lines changed.
+                    agent_seq: t.agent_seq.max(agent_seqs.get(i).copied().unwrap_or(0)),
+                    launched_at: t.launched_ms.map(journal::instant_from_ms),
+                    checked_in_at: t.checked_in_ms.map(journal::instant_from_ms),
+                    handle: t.handle,
+                    queued_at: t.queued_ms.map(journal::instant_from_ms),
+                    ..Runtime::new(t.token)
+                },
+            })
+            .collect();
+        let log_bytes = logs.iter().map(|e| e.line.len() as u64).sum();
+        let logs = logs
+            .into_iter()
+            .map(|e| StoredLine {
+                task: tasks.iter().position(|t| t.id() == e.task).unwrap_or(0) as u32,
+                line: e.line.into_boxed_str(),
+                ms: e.ms,
+            })
+            .collect();
+        let redactor = redactor_for(&tasks);
+        Aggregate {
+            id: status.id,
+            service: request.service,
+            destination: request.destination,
+            tags: request.tags,
+            head: Head {
+                state: status.state,
+                index_digest: status.index_digest,
+                error: status.error,
+                created_ms: status.created_ms,
+                finished_ms: status.finished_ms,
+            },
+            tasks,
+            logs,
+            log_bytes,
+            log_limit,
+            cancel_requested,
+            cancel_pending: false,
+            redactor,
+            acknowledged,
+            idempotency_key,
+            change: Change::None,
+        }
+    }
+
+    /// What the journal saves of it (its log aside).
+    pub(super) fn record(&self) -> Record {
+        Record {
+            version: journal::RECORD_VERSION,
+            status: self.status(),
+            request: self.request(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|t| TaskRecord {
+                    token: t.runtime.token.clone(),
+                    agent_seq: t.runtime.agent_seq,
+                    handle: t.runtime.handle.clone(),
+                    launched_ms: t.runtime.launched_at.map(journal::ms_from_instant),
+                    checked_in_ms: t.runtime.checked_in_at.map(journal::ms_from_instant),
+                    queued_ms: t.runtime.queued_at.map(journal::ms_from_instant),
+                })
+                .collect(),
+            cancel_requested: self.cancel_requested || self.cancel_pending,
+            acknowledged: self.acknowledged,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+
+    /// Each task's last agent seq, saved with the lines they sent.
+    pub(super) fn agent_seqs(&self) -> Vec<u64> {
+        self.tasks.iter().map(|t| t.runtime.agent_seq).collect()
+    }
+
+    pub(super) fn take_change(&mut self) -> Change {
+        std::mem::replace(&mut self.change, Change::None)
+    }
+
+    fn changed(&mut self, change: Change) {
+        self.change = self.change.max(change);
+    }
+
+    // ---- reading ----
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The status as clients see it.
+    pub fn status(&self) -> BuildStatus {
+        BuildStatus {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            state: self.head.state,
+            destination: self.destination.clone(),
+            index_digest: self.head.index_digest.clone(),
+            error: self.head.error.clone(),
+            created_ms: self.head.created_ms,
+            finished_ms: self.head.finished_ms,
+            tasks: self.tasks.iter().map(|t| t.status.clone()).collect(),
+        }
+    }
+
+    pub fn state(&self) -> BuildState {
+        self.head.state
+    }
+
+    /// The request as the client sent it (passwords gone once finished).
+    pub fn request(&self) -> CreateBuild {
+        CreateBuild {
+            service: self.service.clone(),
+            destination: self.destination.clone(),
+            tags: self.tags.clone(),
+            tasks: self.tasks.iter().map(|t| t.request.clone()).collect(),
+        }
+    }
+
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
+    }
+
+    pub fn task(&self, index: usize) -> &Task {
+        &self.tasks[index]
+    }
+
+    pub fn destination(&self) -> Option<&str> {
+        self.destination.as_deref()
+    }
+
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// The registry logins of every task, for the index.
+    pub fn credentials(&self) -> Vec<Credential> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.request.spec.credentials.clone())
+            .collect()
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = &TaskRequest> {
+        self.tasks.iter().map(|t| &t.request)
+    }
+
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested
+    }
+
+    pub fn acknowledged(&self) -> bool {
+        self.acknowledged
+    }
+
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    /// Whether a result is being saved: nothing acts on the build meanwhile.
+    pub fn saving_a_result(&self) -> bool {
+        self.tasks.iter().any(|t| t.runtime.result_saving)
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.logs.len()
+    }
+
+    /// Lines `from..to` (0-based positions) as followers and the journal
+    /// receive them.
+    pub fn events(&self, from: usize, to: usize) -> impl Iterator<Item = LogEventRef<'_>> {
+        self.logs[from..to].iter().enumerate().map(move |(i, l)| {
+            let task = &self.tasks[l.task as usize];
+            LogEventRef {
+                seq: (from + i) as u64 + 1,
+                task: task.id(),
+                arch: task.arch(),
+                line: &l.line,
+                ms: l.ms,
+            }
+        })
+    }
+
+    /// Every arch that pushed, for the image check and the index.
+    pub fn pushed(&self) -> Vec<Pushed> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, t)| {
+                Some(Pushed {
+                    index,
+                    arch: t.arch(),
+                    digest: t.status.digest.clone()?,
+                    push: t.status.push.clone()?,
+                    bases: t.status.bases.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `given` is the token of task `index`, which is not over.
+    pub fn agent_may_speak(&self, index: usize, given: &str) -> bool {
+        let task = &self.tasks[index];
+        super::token_matches(given, &task.runtime.token) && !task.is_terminal()
+    }
+
+    // ---- the log ----
+
+    /// Appends a line on behalf of task `index`, redacted.
+    pub fn log(&mut self, index: usize, line: &str) {
+        let line = self.redactor.redact(line);
+        self.log_bytes += line.len() as u64;
+        self.logs.push(StoredLine {
+            task: index as u32,
+            line: line.into_boxed_str(),
+            ms: now_ms(),
+        });
+        self.changed(Change::Log);
+    }
+
+    /// Appends an agent's lines, skipping those already received. Returns
+    /// how many were new (a retried batch repeats some), or `None` once the
+    /// task has ended: a finished task's agent has no say. Past the
+    /// build's log limit the task fails (and with it the build), and the
+    /// rest is refused.
+    pub fn append_agent_lines(&mut self, index: usize, lines: &[AgentLine]) -> Option<usize> {
+        if self.tasks[index].is_terminal() {
+            return None;
+        }
+        let mut added = 0;
+        for l in lines {
+            if l.seq <= self.tasks[index].runtime.agent_seq {
+                continue;
+            }
+            if self.log_bytes + l.line.len() as u64 > self.log_limit {
+                let error = format!(
+                    "the build log passed BUILD_LOG_LIMIT ({} bytes); the build was stopped (print less, e.g. quieter package installs, or raise BUILD_LOG_LIMIT on the controller)",
+                    self.log_limit
+                );
+                self.log(index, &format!("error: {error}"));
+                self.finish_task(index, TaskState::Failed, Some(error));
+                return None;
+            }
+            self.tasks[index].runtime.agent_seq = l.seq;
+            self.log(index, &validate::clean_line(&l.line));
+            added += 1;
+        }
+        Some(added)
+    }
+
+    // ---- what clients do ----
+
+    /// The client is (about to be) told the build exists.
+    pub fn acknowledge(&mut self) {
+        self.acknowledged = true;
+        self.changed(Change::State);
+    }
+
+    pub fn set_idempotency_key(&mut self, key: Option<String>) {
+        self.idempotency_key = key;
+        self.changed(Change::State);
+    }
+
+    /// A cancel asked for: saved first ([`Aggregate::cancel_saved`]), acted
+    /// on after. False when there is nothing to cancel.
+    pub fn request_cancel(&mut self) -> bool {
+        if self.head.state.is_terminal() || self.cancel_requested {
+            return false;
+        }
+        self.cancel_pending = true;
+        self.changed(Change::State);
+        true
+    }
+
+    /// The cancel is saved (`true`: the supervisor acts on it) or could not
+    /// be (`false`: as if it was never asked).
+    pub fn cancel_saved(&mut self, saved: bool) {
+        self.cancel_pending = false;
+        if saved {
+            self.cancel_requested = true;
+        }
+        self.changed(Change::State);
+    }
+
+    /// A cancel that needs no saving: the controller itself shutting down.
+    pub fn cancel(&mut self) {
+        self.cancel_requested = true;
+        self.changed(Change::State);
+    }
+
+    /// Ends a build that must never run (its creation was not confirmed
+    /// to the client), every task with it.
+    pub fn withdraw(&mut self, error: &str) {
+        for i in 0..self.tasks.len() {
+            self.finish_task(i, TaskState::Cancelled, None);
+        }
+        self.finish_build(BuildState::Failed, Some(error.to_string()));
+    }
+
+    // ---- what agents do ----
+
+    /// The agent fetched its spec: it runs.
+    pub fn check_in(&mut self, index: usize, now: Instant) -> Result<(), AlreadyCheckedIn> {
+        let task = &mut self.tasks[index];
+        if task.status.state != TaskState::Starting {
+            return Err(AlreadyCheckedIn);
+        }
+        task.status.state = TaskState::Running;
+        task.runtime.checked_in_at = Some(now);
+        self.log(index, "agent started");
+        self.changed(Change::State);
+        Ok(())
+    }
+
+    /// The check-in could not be saved: the agent's retry is taken.
+    pub fn undo_check_in(&mut self, index: usize) {
+        let task = &mut self.tasks[index];
+        if task.status.state == TaskState::Running {
+            task.status.state = TaskState::Starting;
+            task.runtime.checked_in_at = None;
+            self.changed(Change::State);
+        }
+    }
+
+    /// Records what task `index`'s agent reports, checked: a digest must be
+    /// a sha256 digest, an error is cleaned, a digest for a task that pushes
+    /// nothing is not kept. The task is marked as saving its result until
+    /// [`Aggregate::result_saved`] or [`Aggregate::undo_result`].
+    pub fn record_result(&mut self, index: usize, result: AgentResult) -> RecordedResult {
+        self.tasks[index].runtime.result_saving = true;
+        let arch = self.tasks[index].arch();
+        let push = self.tasks[index].status.push.clone();
+        let (line, refused) = match result {
+            AgentResult::Succeeded { digest, bases } => {
+                self.tasks[index].status.bases = validate::clean_bases(&bases);
+                // A task that pushes nothing has no digest, whatever is said.
+                match (digest.filter(|_| push.is_some()), push) {
+                    (Some(digest), Some(push)) => match validate::check_digest(&digest) {
+                        Err(why) => {
+                            self.finish_task(index, TaskState::Failed, Some(why.clone()));
+                            (format!("error: {why}"), Some(why))
+                        }
+                        Ok(()) => {
+                            let line = format!("pushed {push}@{digest}");
+                            self.tasks[index].status.digest = Some(digest);
+                            self.finish_task(index, TaskState::Succeeded, None);
+                            (line, None)
+                        }
+                    },
+                    (None, Some(_)) => {
+                        let why = "the agent reported success without a digest".to_string();
+                        self.finish_task(index, TaskState::Failed, Some(why));
+                        (
+                            format!("error: the {arch} agent reported success without a digest"),
+                            None,
+                        )
+                    }
+                    (_, None) => {
+                        self.finish_task(index, TaskState::Succeeded, None);
+                        ("built (not pushed)".to_string(), None)
+                    }
+                }
+            }
+            AgentResult::Failed { error } => {
+                let error = validate::clean_error(&error);
+                self.finish_task(index, TaskState::Failed, Some(error.clone()));
+                (format!("error: {error}"), None)
+            }
+        };
+        self.log(index, &line);
+        RecordedResult { refused }
+    }
+
+    /// The recorded result is saved: the supervisor may act on it.
+    pub fn result_saved(&mut self, index: usize) {
+        self.tasks[index].runtime.result_saving = false;
+        self.changed(Change::State);
+    }
+
+    /// The recorded result could not be saved: the task is running again,
+    /// as it was, so that the agent's retry is taken.
+    pub fn undo_result(&mut self, index: usize) {
+        let task = &mut self.tasks[index];
+        task.runtime.result_saving = false;
+        task.status.state = TaskState::Running;
+        task.status.digest = None;
+        task.status.bases.clear();
+        task.status.error = None;
+        task.status.finished_ms = None;
+        self.log(
+            index,
+            "the result could not be saved yet; waiting for the agent to send it again",
+        );
+        self.changed(Change::State);
+    }
+}
+
+mod supervision;
+pub use supervision::ToStop;
+
+/// Registry passwords and the agents' own tokens never reach a log line, an
+/// error or a status.
+fn redactor_for(tasks: &[Task]) -> Redactor {
+    Redactor::new(
+        tasks
+            .iter()
+            .flat_map(|t| {
+                t.request
+                    .spec
+                    .credentials
+                    .iter()
+                    .map(|c| c.password.expose().to_string())
+            })
+            .chain(tasks.iter().map(|t| t.runtime.token.clone())),
+    )
+}

@@ -1,0 +1,172 @@
+//! One arch of a build: what was asked, what clients see, and what the
+//! controller keeps to itself, together, changed only through the
+//! transitions below.
+
+use std::time::Instant;
+
+use bakery_protocol::api::{now_ms, TaskRequest, TaskState, TaskStatus};
+use bakery_protocol::Platform;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What the controller keeps of a task besides its public status.
+#[derive(Debug)]
+pub(super) struct Runtime {
+    pub(super) token: String,
+    /// Highest agent line seq received, to drop resent lines.
+    pub(super) agent_seq: u64,
+    pub(super) launched_at: Option<Instant>,
+    pub(super) checked_in_at: Option<Instant>,
+    /// The platform's handle, once launched.
+    pub(super) handle: Option<String>,
+    /// Set when the platform reports the agent gone.
+    pub(super) exited: Option<String>,
+    /// The platform slot this task holds while its agent runs: taken
+    /// before launch, given back as soon as the agent is stopped (not when
+    /// the whole build ends, or one build's finished agent would hold a
+    /// slot its queued sibling waits for).
+    pub(super) slot: Option<OwnedSemaphorePermit>,
+    /// When the task started waiting for a slot (BUILD_QUEUE_TIMEOUT).
+    pub(super) queued_at: Option<Instant>,
+    /// The agent has been stopped (or was never started): nothing of this
+    /// task runs any more.
+    pub(super) stopped: bool,
+    /// The agent's result is recorded and being saved: nothing acts on it
+    /// until it is.
+    pub(super) result_saving: bool,
+}
+
+impl Runtime {
+    pub(super) fn new(token: String) -> Runtime {
+        Runtime {
+            token,
+            agent_seq: 0,
+            launched_at: None,
+            checked_in_at: None,
+            handle: None,
+            exited: None,
+            slot: None,
+            queued_at: None,
+            stopped: false,
+            result_saving: false,
+        }
+    }
+}
+
+/// One task: its request, its status and its runtime, which can no longer
+/// drift apart (they were three vectors indexed alike).
+#[derive(Debug)]
+pub struct Task {
+    pub(super) request: TaskRequest,
+    pub(super) status: TaskStatus,
+    pub(super) runtime: Runtime,
+}
+
+impl Task {
+    pub(super) fn new(
+        build_id: &str,
+        request: TaskRequest,
+        default: Platform,
+        token: String,
+    ) -> Task {
+        let status = TaskStatus {
+            id: format!("{build_id}-{}", request.arch),
+            arch: request.arch,
+            platform: request.spec.platform.unwrap_or(default),
+            state: TaskState::Starting,
+            push: request.push.clone(),
+            digest: None,
+            bases: Vec::new(),
+            error: None,
+            started_ms: None,
+            finished_ms: None,
+        };
+        Task {
+            request,
+            status,
+            runtime: Runtime::new(token),
+        }
+    }
+
+    /// `<build>-<arch>`: what agents, platforms and logs name it by.
+    pub fn id(&self) -> &str {
+        &self.status.id
+    }
+    pub fn arch(&self) -> bakery_protocol::Arch {
+        self.status.arch
+    }
+    pub fn platform(&self) -> Platform {
+        self.status.platform
+    }
+    pub fn state(&self) -> TaskState {
+        self.status.state
+    }
+    pub fn status(&self) -> &TaskStatus {
+        &self.status
+    }
+    pub fn request(&self) -> &TaskRequest {
+        &self.request
+    }
+    /// The agent's own token (empty once the build has finished).
+    pub fn token(&self) -> &str {
+        &self.runtime.token
+    }
+    /// The platform's handle of the agent, once launched.
+    pub fn handle(&self) -> Option<&str> {
+        self.runtime.handle.as_deref()
+    }
+    pub fn launched_at(&self) -> Option<Instant> {
+        self.runtime.launched_at
+    }
+    pub fn is_terminal(&self) -> bool {
+        self.status.state.is_terminal()
+    }
+    /// Waiting for a slot or a launch: no agent handle, not finished.
+    pub(super) fn unlaunched(&self) -> bool {
+        !self.is_terminal() && self.runtime.handle.is_none()
+    }
+
+    /// Moves to a terminal state, once; `error` must be redacted already.
+    pub(super) fn finish(&mut self, state: TaskState, error: Option<String>) -> bool {
+        if self.is_terminal() {
+            return false;
+        }
+        self.status.state = state;
+        self.status.error = error;
+        self.status.finished_ms = Some(now_ms());
+        true
+    }
+
+    /// Starts waiting for a slot; false if it already was.
+    pub(super) fn queue(&mut self, now: Instant) -> bool {
+        if self.status.state == TaskState::Queued {
+            return false;
+        }
+        self.status.state = TaskState::Queued;
+        self.runtime.queued_at.get_or_insert(now);
+        true
+    }
+
+    /// Holds `slot` and is about to launch. How long it waited, if it did.
+    pub(super) fn take_slot(&mut self, slot: OwnedSemaphorePermit) -> Option<f64> {
+        let waited = self
+            .runtime
+            .queued_at
+            .take()
+            .map(|t| t.elapsed().as_secs_f64());
+        self.status.state = TaskState::Starting;
+        self.runtime.slot = Some(slot);
+        waited
+    }
+
+    pub(super) fn launched(&mut self, handle: String, now: Instant) {
+        self.runtime.handle = Some(handle);
+        self.runtime.launched_at = Some(now);
+        self.status.started_ms = Some(now_ms());
+    }
+
+    /// The agent is stopped (or was never started): its slot is free.
+    pub(super) fn stopped(&mut self) {
+        self.runtime.stopped = true;
+        self.runtime.slot = None;
+    }
+}

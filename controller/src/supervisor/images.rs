@@ -1,0 +1,186 @@
+//! The end of a build that pushed: each image checked to be its arch, then
+//! the multi-arch index written over the checked images.
+
+use bakery_protocol::reference::registry_of;
+use bakery_protocol::registry::is_insecure;
+
+use crate::index::{self, IndexError};
+use crate::state::{Build, Pushed};
+use crate::App;
+
+type ClientMaking = tokio::task::JoinHandle<oci_client::Client>;
+
+/// Starts making the registry client for the build's check and index on a
+/// blocking thread, so that it is ready by the time the agents have pushed
+/// (see [`crate::index::registry_client`]). `None` when nothing is pushed.
+pub(super) fn prepare_client(app: &App, build: &Build) -> Option<ClientMaking> {
+    let (destination, pushes) = {
+        let read = build.read();
+        let pushes: Vec<String> = read.requests().filter_map(|t| t.push.clone()).collect();
+        (read.destination().map(str::to_string), pushes)
+    };
+    let destination = destination.or_else(|| pushes.first().cloned())?;
+    // Every loopback registry an arch pushed to is plain HTTP too.
+    let mut insecure = app.config.insecure_registries();
+    for push in &pushes {
+        let host = registry_of(push).to_string();
+        if is_insecure(&host, &insecure) && !insecure.contains(&host) {
+            insecure.push(host);
+        }
+    }
+    let timeout = app.config.registry_timeout;
+    Some(tokio::task::spawn_blocking(move || {
+        index::registry_client(&destination, &insecure, timeout)
+    }))
+}
+
+/// Checks the pushed images and writes the index, unless the build is
+/// cancelled first: a cancel is heard in every state, this one included
+/// (the registry may be slow).
+pub(super) async fn write_index_unless_cancelled(
+    app: &App,
+    build: &Build,
+    client: Option<ClientMaking>,
+) {
+    let cancelled = async {
+        let mut changed = build.subscribe_state();
+        while !build.read().cancel_requested() {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = finish_pushed(app, build, client) => {}
+        () = cancelled => build.update(|b| b.cancelled_while_indexing()),
+    }
+}
+
+/// Every arch has pushed: checks each image is of its arch (an arch whose
+/// image is not fails, naming the base responsible, and no index is
+/// written), then writes the index over what was checked.
+async fn finish_pushed(app: &App, build: &Build, client: Option<ClientMaking>) {
+    build.log(0, "checking that each pushed image is its architecture");
+    let (destination, tags, pushed, credentials) = {
+        let read = build.read();
+        (
+            read.destination().map(str::to_string),
+            read.tags().to_vec(),
+            read.pushed(),
+            read.credentials(),
+        )
+    };
+    let client = match client {
+        Some(made) => made.await,
+        None => {
+            prepare_client(app, build)
+                .expect("pushed images have a registry")
+                .await
+        }
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => {
+            return build.update(|b| b.index_failed(IndexError::Client(e.to_string()).to_string()))
+        }
+    };
+    let policy = index::RetryPolicy::default();
+    let bases_client = bases_client(app, &client, &pushed).await;
+    let auth = |host: &str| index::auth_for(&credentials, host);
+    let mut checked = Vec::new();
+    let mut wrong = Vec::new();
+    for p in &pushed {
+        match check_one(&client, &bases_client, p, &auth, policy).await {
+            Ok(Ok(config)) => checked.push(config),
+            Ok(Err(why)) => wrong.push((p.index, why)),
+            Err(e) => return build.update(|b| b.index_failed(e.to_string())),
+        }
+    }
+    if !wrong.is_empty() {
+        return build.update(|b| b.wrong_platform(&wrong));
+    }
+    let Some(destination) = destination else {
+        return build.update(|b| b.finish_build(bakery_protocol::api::BuildState::Succeeded, None));
+    };
+    build.log(0, &format!("writing the multi-arch index {destination}"));
+    let result = async {
+        let reference = index::parse_reference(&destination)?;
+        let auth = index::auth_for(&credentials, reference.registry());
+        index::write_checked(&client, &destination, &tags, &checked, &auth, policy).await
+    }
+    .await;
+    match result {
+        Ok(digest) => build.update(|b| b.index_written(&digest)),
+        Err(e) => build.update(|b| b.index_failed(e.to_string())),
+    }
+}
+
+/// One pushed image: `Ok(Ok(config))` when it is its arch, `Ok(Err(why))`
+/// when it is another (naming the base responsible), `Err` when the
+/// registry could not say.
+async fn check_one(
+    client: &oci_client::Client,
+    bases_client: &oci_client::Client,
+    p: &Pushed,
+    auth: &(impl Fn(&str) -> oci_client::secrets::RegistryAuth + Sync),
+    policy: index::RetryPolicy,
+) -> Result<Result<crate::verify::Checked, String>, IndexError> {
+    let config = async {
+        let repo = index::parse_reference(&p.push)?;
+        crate::verify::check(
+            client,
+            &repo,
+            p.arch,
+            &p.digest,
+            &auth(repo.registry()),
+            policy,
+        )
+        .await
+    };
+    let bases = crate::verify::check_bases(bases_client, &p.bases, p.arch, auth);
+    match (config.await, bases.await) {
+        (Ok(c), Ok(())) => Ok(Ok(c)),
+        (Ok(_) | Err(IndexError::WrongPlatform { .. }), Err((found, why))) => {
+            Ok(Err(format!("the image is {found}: {why}")))
+        }
+        (Err(IndexError::WrongPlatform { found, .. }), Ok(())) => {
+            let why = match p.bases.first() {
+                Some(base) => format!(
+                    "it was built FROM {base}; check that it has a linux/{} variant, and `--platform` on the FROM lines",
+                    p.arch
+                ),
+                None => "check `--platform` on the Dockerfile's FROM lines and `custom-platform`".into(),
+            };
+            Ok(Err(format!("the image is {found}: {why}")))
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// A registry client for the base images: the index's client, unless a base
+/// is on a loopback registry that client would speak HTTPS to.
+async fn bases_client(
+    app: &App,
+    client: &oci_client::Client,
+    pushed: &[Pushed],
+) -> oci_client::Client {
+    let configured = app.config.insecure_registries();
+    let hosts: Vec<String> = pushed
+        .iter()
+        .flat_map(|p| p.bases.iter().chain(std::iter::once(&p.push)))
+        .map(|r| registry_of(r).to_string())
+        .filter(|h| is_insecure(h, &configured))
+        .collect();
+    let pushes_cover = hosts
+        .iter()
+        .all(|h| configured.contains(h) || pushed.iter().any(|p| registry_of(&p.push) == h));
+    if hosts.is_empty() || pushes_cover {
+        return client.clone();
+    }
+    let timeout = app.config.registry_timeout;
+    let mut insecure = configured;
+    insecure.extend(hosts);
+    tokio::task::spawn_blocking(move || index::registry_client("", &insecure, timeout))
+        .await
+        .unwrap_or_else(|_| client.clone())
+}
