@@ -94,23 +94,22 @@ pub fn extract(reader: impl Read, dest: &Path, limits: Limits) -> Result<Extract
             .path()
             .map_err(|e| ExtractError::Corrupt(e.to_string()))?
             .into_owned();
-        let name = raw.display().to_string();
-        let refuse = |why: &str| ExtractError::Refused {
-            entry: name.clone(),
-            why: why.to_string(),
+        let at = At {
+            dest,
+            name: raw.display().to_string(),
         };
-        let rel = safe_relative(&raw).ok_or_else(|| refuse("absolute path or `..` component"))?;
+        let rel =
+            safe_relative(&raw).ok_or_else(|| at.refuse("absolute path or `..` component"))?;
         if rel.as_os_str().is_empty() {
             continue; // "./" itself
         }
         let target = dest.join(&rel);
         // Every parent must be a real directory inside dest, never a symlink
         // an earlier entry planted.
-        ensure_real_parents(dest, &rel).map_err(|why| refuse(&why))?;
-
+        ensure_real_parents(dest, &rel).map_err(|why| at.refuse(&why))?;
         let kind = entry.header().entry_type();
-        let size = entry.header().size().unwrap_or(0);
         if kind.is_file() || kind == tar::EntryType::Continuous {
+            let size = entry.header().size().unwrap_or(0);
             done.bytes += size;
             if done.bytes > limits.max_bytes {
                 return Err(if limits.declared {
@@ -119,74 +118,107 @@ pub fn extract(reader: impl Read, dest: &Path, limits: Limits) -> Result<Extract
                     ExtractError::TooLarge(limits.max_bytes)
                 });
             }
-            remove_existing(&target)?;
-            let mut file = fs::File::create(&target).map_err(|source| ExtractError::Io {
-                path: target.clone(),
-                source,
-            })?;
-            // Copy at most the declared size: a lying header cannot grow the file.
-            let copied = io::copy(&mut (&mut entry).take(size), &mut file)
-                .map_err(|e| ExtractError::Corrupt(format!("{name}: {e}")))?;
-            if copied != size {
-                return Err(ExtractError::Corrupt(format!("{name}: truncated")));
-            }
             let mode = entry.header().mode().unwrap_or(0o644);
+            write_file(&mut entry, size, &target, &at)?;
             set_mode(&target, if mode & 0o111 != 0 { 0o755 } else { 0o644 })?;
         } else if kind.is_dir() {
-            match fs::symlink_metadata(&target) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(refuse("a directory replaces an existing file or link")),
-                Err(_) => fs::create_dir(&target).map_err(|source| ExtractError::Io {
-                    path: target.clone(),
-                    source,
-                })?,
-            }
+            make_dir(&target, &at)?;
         } else if kind.is_symlink() {
-            let link = entry
-                .link_name()
-                .map_err(|e| ExtractError::Corrupt(e.to_string()))?
-                .ok_or_else(|| refuse("symlink without a target"))?;
+            let link = link_name(&entry, &at, "symlink without a target")?;
             // A link may point anywhere (it is data to the build), but nothing
             // is ever written through one: see ensure_real_parents.
             remove_existing(&target)?;
             symlink(&link, &target)?;
         } else if kind.is_hard_link() {
-            let link = entry
-                .link_name()
-                .map_err(|e| ExtractError::Corrupt(e.to_string()))?
-                .ok_or_else(|| refuse("hard link without a target"))?;
-            let link_rel = safe_relative(&link)
-                .ok_or_else(|| refuse("hard link points outside the context"))?;
-            ensure_real_parents(dest, &link_rel).map_err(|why| refuse(&why))?;
-            let source = dest.join(&link_rel);
-            match fs::symlink_metadata(&source) {
-                Ok(m) if m.is_file() => {}
-                _ => {
-                    return Err(refuse(
-                        "hard link target is not a regular file of the context",
-                    ))
-                }
-            }
-            remove_existing(&target)?;
-            fs::hard_link(&source, &target).map_err(|source| ExtractError::Io {
-                path: target.clone(),
-                source,
-            })?;
-        } else if matches!(
+            let link = link_name(&entry, &at, "hard link without a target")?;
+            make_hard_link(&link, &target, &at)?;
+        } else if !matches!(
             kind,
             tar::EntryType::XGlobalHeader
                 | tar::EntryType::XHeader
                 | tar::EntryType::GNULongName
                 | tar::EntryType::GNULongLink
         ) {
-            continue;
-        } else {
-            return Err(refuse(
-                "device files, FIFOs and other special entries are not allowed",
-            ));
+            return Err(at.refuse("device files, FIFOs and other special entries are not allowed"));
         }
     }
     Ok(done)
+}
+
+/// The entry being unpacked, for refusals that name it.
+struct At<'a> {
+    dest: &'a Path,
+    name: String,
+}
+
+impl At<'_> {
+    fn refuse(&self, why: &str) -> ExtractError {
+        ExtractError::Refused {
+            entry: self.name.clone(),
+            why: why.to_string(),
+        }
+    }
+}
+
+/// A regular file: at most the declared size is copied, so a lying header
+/// cannot grow the file; the mode is reduced to 0644 or 0755.
+fn write_file(
+    entry: &mut impl Read,
+    size: u64,
+    target: &Path,
+    at: &At,
+) -> Result<(), ExtractError> {
+    remove_existing(target)?;
+    let mut file = fs::File::create(target).map_err(|source| ExtractError::Io {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    let copied = io::copy(&mut entry.take(size), &mut file)
+        .map_err(|e| ExtractError::Corrupt(format!("{}: {e}", at.name)))?;
+    if copied != size {
+        return Err(ExtractError::Corrupt(format!("{}: truncated", at.name)));
+    }
+    Ok(())
+}
+
+fn make_dir(target: &Path, at: &At) -> Result<(), ExtractError> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(at.refuse("a directory replaces an existing file or link")),
+        Err(_) => fs::create_dir(target).map_err(|source| ExtractError::Io {
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn link_name<R: Read>(
+    entry: &tar::Entry<R>,
+    at: &At,
+    missing: &str,
+) -> Result<PathBuf, ExtractError> {
+    Ok(entry
+        .link_name()
+        .map_err(|e| ExtractError::Corrupt(e.to_string()))?
+        .ok_or_else(|| at.refuse(missing))?
+        .into_owned())
+}
+
+/// A hard link only to a regular file already unpacked inside the context.
+fn make_hard_link(link: &Path, target: &Path, at: &At) -> Result<(), ExtractError> {
+    let link_rel =
+        safe_relative(link).ok_or_else(|| at.refuse("hard link points outside the context"))?;
+    ensure_real_parents(at.dest, &link_rel).map_err(|why| at.refuse(&why))?;
+    let source = at.dest.join(&link_rel);
+    match fs::symlink_metadata(&source) {
+        Ok(m) if m.is_file() => {}
+        _ => return Err(at.refuse("hard link target is not a regular file of the context")),
+    }
+    remove_existing(target)?;
+    fs::hard_link(&source, target).map_err(|source| ExtractError::Io {
+        path: target.to_path_buf(),
+        source,
+    })
 }
 
 /// The path with `.` removed, or `None` if it is absolute or climbs with `..`.

@@ -21,7 +21,10 @@ async fn main() -> ExitCode {
             controller_url: var(agent_env::CONTROLLER_URL)?,
             task_id: var(agent_env::TASK_ID)?,
             token: var(agent_env::TASK_TOKEN)?,
-            builder: std::env::var(agent_env::BUILDER).unwrap_or_else(|_| "kaniko".into()),
+            builder: match std::env::var(agent_env::BUILDER) {
+                Ok(name) => name.parse()?,
+                Err(_) => agent_env::BuilderKind::Kaniko,
+            },
             work_dir: std::env::var(agent_env::WORK_DIR)
                 .map(Into::into)
                 .unwrap_or_else(|_| std::env::temp_dir().join("bakery-agent")),

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use bakery_agent::builder::{by_name, Job};
+use bakery_agent::builder::{of_kind, Job};
+use bakery_protocol::api::agent_env::BuilderKind;
 use bakery_protocol::api::{AgentTask, ContextSource};
 use bakery_protocol::spec::{Cache, Compression};
 use bakery_protocol::Arch;
@@ -65,7 +66,7 @@ fn kaniko_command_line() {
         docker_config: Some(Path::new("/w/docker")),
         insecure: &["reg.lan:5000".to_string()],
     };
-    let steps = by_name("kaniko").unwrap().steps(&job).unwrap();
+    let steps = of_kind(BuilderKind::Kaniko).steps(&job).unwrap();
     assert_eq!(steps.len(), 1);
     let host = Arch::host();
     let want: Vec<String> = [
@@ -134,8 +135,8 @@ fn build_arg_values_stay_off_the_command_line() {
         docker_config: None,
         insecure: &[],
     };
-    for builder in ["kaniko", "buildah"] {
-        let steps = by_name(builder).unwrap().steps(&job).unwrap();
+    for builder in [BuilderKind::Kaniko, BuilderKind::Buildah] {
+        let steps = of_kind(builder).steps(&job).unwrap();
         let argv = steps[0].argv.join(" ");
         assert!(!argv.contains("hunter2-in-argv"), "{builder}: {argv}");
         assert!(
@@ -173,7 +174,7 @@ fn kaniko_without_push() {
         docker_config: None,
         insecure: &[],
     };
-    let argv = &by_name("kaniko").unwrap().steps(&job).unwrap()[0].argv;
+    let argv = &of_kind(BuilderKind::Kaniko).steps(&job).unwrap()[0].argv;
     assert!(argv.contains(&"--no-push".to_string()));
     assert!(!argv.iter().any(|a| a.starts_with("--destination")));
 }
@@ -190,7 +191,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         docker_config: Some(Path::new("/w/docker")),
         insecure: &insecure,
     };
-    let steps = by_name("buildah").unwrap().steps(&job).unwrap();
+    let steps = of_kind(BuilderKind::Buildah).steps(&job).unwrap();
     let w = work.path().display();
     assert_eq!(steps.len(), 2);
     let build = steps[0].argv.join(" ");

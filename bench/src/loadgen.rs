@@ -117,17 +117,7 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A context the load-mode agents never read, stored like any other.
-    let body = b"load-mode context".to_vec();
-    let key: bakery_protocol::ContextKey = format!(
-        "contexts/sha256-{}.tar.gz",
-        hex::encode(sha2::Sha256::digest(&body))
-    )
-    .parse()
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), &body)?;
-    controller.upload_context(&key, file.path()).await?;
+    let key = upload_load_context(&controller).await?;
 
     // Builds are created concurrently (or on a schedule, with --ramp), as a
     // fleet of CI jobs would: created one after another, each waiting for
@@ -167,13 +157,50 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     let controller_cpu = cpu_seconds(pid).unwrap_or(0.0);
     // The last agents are reaped right after their builds end.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let agents_cpu = children_cpu_seconds(pid).unwrap_or(0.0);
-    let own_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let cpu = Cpu {
+        controller: controller_cpu,
+        agents: children_cpu_seconds(pid).unwrap_or(0.0),
+        own: cpu_seconds(std::process::id()).unwrap_or(0.0),
+    };
+    let lost = check_delivery(args, &seen)?;
+    report(args, &seen, started_us, wall, peak_kb, &cpu, lost);
+    if args.timeline {
+        print_timeline(&seen, started_us);
+    }
+    if lost > 0 {
+        bail!("lines were lost");
+    }
+    Ok(())
+}
 
-    // Exactly once, in order, for every build.
+/// A context the load-mode agents never read, stored like any other.
+async fn upload_load_context(controller: &Controller) -> Result<bakery_protocol::ContextKey> {
+    let body = b"load-mode context".to_vec();
+    let key: bakery_protocol::ContextKey = format!(
+        "contexts/sha256-{}.tar.gz",
+        hex::encode(sha2::Sha256::digest(&body))
+    )
+    .parse()
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), &body)?;
+    controller.upload_context(&key, file.path()).await?;
+    Ok(key)
+}
+
+/// CPU seconds used over the run.
+struct Cpu {
+    controller: f64,
+    agents: f64,
+    own: f64,
+}
+
+/// How many builds lost, repeated or reordered a line; an error if any
+/// build did not succeed.
+fn check_delivery(args: &Args, seen: &[Seen]) -> Result<usize> {
     let expected: Vec<u64> = (1..=args.lines).collect();
     let mut lost = 0usize;
-    for s in &seen {
+    for s in seen {
         if s.load_lines != expected || !s.seqs_ok {
             lost += 1;
         }
@@ -182,30 +209,45 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
             bail!("a build ended {state:?}");
         }
     }
+    Ok(lost)
+}
+
+fn sorted(values: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = values.collect();
+    v.sort_unstable();
+    v
+}
+
+fn report(
+    args: &Args,
+    seen: &[Seen],
+    started_us: u128,
+    wall: Duration,
+    peak_kb: u64,
+    cpu: &Cpu,
+    lost: usize,
+) {
     let total: usize = seen.iter().map(|s| s.load_lines.len()).sum();
     let first = seen.iter().filter_map(|s| s.first_ms).min().unwrap_or(0);
     let last = seen.iter().filter_map(|s| s.last_ms).max().unwrap_or(0);
     let span = (last.saturating_sub(first)).max(1) as f64 / 1000.0;
-    let mut lat: Vec<u64> = seen
-        .iter()
-        .flat_map(|s| s.latencies_us.iter().map(|(_, lat)| *lat))
-        .collect();
-    lat.sort_unstable();
+    let lat = sorted(
+        seen.iter()
+            .flat_map(|s| s.latencies_us.iter().map(|(_, l)| *l)),
+    );
     // Apart: lines made while agents are still being started (each start
     // costs ~3 ms of CPU here, see bench/RESULTS.md) and those made after.
     let steady_from = started_us + ((args.ramp + 1.0) * 1e6) as u128;
-    let mut steady: Vec<u64> = seen
-        .iter()
-        .flat_map(|s| &s.latencies_us)
-        .filter(|(sent, _)| *sent >= steady_from)
-        .map(|(_, lat)| *lat)
-        .collect();
-    steady.sort_unstable();
-    let mut starts: Vec<u64> = seen
-        .iter()
-        .filter_map(|s| Some(s.agent_first_ms? - s.launch_ms?))
-        .collect();
-    starts.sort_unstable();
+    let steady = sorted(
+        seen.iter()
+            .flat_map(|s| &s.latencies_us)
+            .filter(|(sent, _)| *sent >= steady_from)
+            .map(|(_, l)| *l),
+    );
+    let starts = sorted(
+        seen.iter()
+            .filter_map(|s| Some(s.agent_first_ms? - s.launch_ms?)),
+    );
     println!(
         "builds={} lines/build={} rate/agent={}/s ramp={}s total_lines={} wall={:.1}s",
         args.builds,
@@ -231,11 +273,11 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
     println!("  controller peak RSS: {:.1} MB", peak_kb as f64 / 1024.0);
     println!(
         "  CPU: controller {:.1} s ({:.1} us/line), the {} agents {:.1} s, this load generator (the followers) {:.1} s, over {:.1} s wall on {} cores",
-        controller_cpu,
-        controller_cpu * 1e6 / total.max(1) as f64,
+        cpu.controller,
+        cpu.controller * 1e6 / total.max(1) as f64,
         args.builds,
-        agents_cpu,
-        own_cpu,
+        cpu.agents,
+        cpu.own,
         wall.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
@@ -248,13 +290,6 @@ async fn run(args: &Args, port: u16, pid: u32) -> Result<()> {
         "  builds with a lost, repeated or reordered line: {lost} of {}",
         seen.len()
     );
-    if args.timeline {
-        print_timeline(&seen, started_us);
-    }
-    if lost > 0 {
-        bail!("lines were lost");
-    }
-    Ok(())
 }
 
 /// Latency by when lines were made (half seconds from the first build's

@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 use platform::local::LocalPlatform;
-use platform::AgentPlatform;
+use platform::{AgentPlatform, Operation};
 
 /// Largest context upload (when contexts are kept on the controller):
 /// streamed to disk under this cap. Other routes have small limits of
@@ -462,7 +462,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     for p in wanted {
         let exits = exit_tx.clone();
         let platform = start_platform(p, &config, exits, &keep, &metrics).await?;
-        metrics.platform_operations(platform.name(), &["launch", "stop", "adopt"]);
+        metrics.platform_operations(
+            platform.name(),
+            &[Operation::Launch, Operation::Stop, Operation::Adopt],
+        );
         platforms.insert(p, platform);
     }
     let slots = platforms

@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::platform::Operation;
+
 /// Every metric this controller exposes, as it appears in the exposition.
 pub const NAMES: [&str; 5] = [
     "bakery_builds",
@@ -144,20 +146,20 @@ impl Metrics {
 
     /// Creates the platform's error series at 0, so that they are exposed
     /// (and `rate()` works) before the first error.
-    pub fn platform_operations(&self, platform: &str, operations: &[&str]) {
+    pub fn platform_operations(&self, platform: &str, operations: &[Operation]) {
         for operation in operations {
             let _ = self.platform_errors.get_or_create(&PlatformOperation {
                 platform: platform.to_string(),
-                operation: operation.to_string(),
+                operation: operation.as_str().to_string(),
             });
         }
     }
 
-    pub fn platform_error(&self, platform: &str, operation: &str) {
+    pub fn platform_error(&self, platform: &str, operation: Operation) {
         self.platform_errors
             .get_or_create(&PlatformOperation {
                 platform: platform.to_string(),
-                operation: operation.to_string(),
+                operation: operation.as_str().to_string(),
             })
             .inc();
     }
@@ -215,7 +217,7 @@ mod tests {
         m.agent_started("local", Arch::Arm64, Duration::from_millis(40));
         m.arch_finished(Arch::Amd64, "succeeded", Duration::from_secs(3));
         m.log_lines(7);
-        m.platform_error("ecs", "DescribeTasks");
+        m.platform_error("ecs", Operation::DescribeTasks);
         let text = m.render([BuildState::Running, BuildState::Running, BuildState::Failed]);
         for name in NAMES {
             assert!(

@@ -385,11 +385,16 @@ sleep 300"#,
     h.app().journal.set_flush_timeout(Duration::from_secs(10));
     let status = h.wait_end(&id, Duration::from_secs(20)).await;
     assert_eq!(status.state, BuildState::Succeeded);
+    // The agent's shell writes the code after curl returns, which can be
+    // after the build is seen to end.
+    eventually(
+        "the agent records its 204",
+        Duration::from_secs(5),
+        async || std::fs::read_to_string(&codes).is_ok_and(|c| c.trim_end().ends_with("204")),
+    )
+    .await;
     let seen = std::fs::read_to_string(&codes).unwrap();
-    assert!(
-        seen.trim_end().ends_with("204") && !seen.contains("401"),
-        "{seen}"
-    );
+    assert!(!seen.contains("401"), "{seen}");
 }
 
 /// Two requests with the same key at the same moment: one build (the

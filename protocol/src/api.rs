@@ -268,6 +268,43 @@ pub mod agent_env {
     pub const TASK_TOKEN: &str = "BAKERY_TASK_TOKEN";
     pub const BUILDER: &str = "BAKERY_BUILDER";
     pub const WORK_DIR: &str = "BAKERY_WORK_DIR";
+
+    /// The daemonless builder an agent runs ([`BUILDER`]): Kaniko in the
+    /// agent image (ECS, Kubernetes), buildah on the local platform.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BuilderKind {
+        Kaniko,
+        Buildah,
+    }
+
+    impl BuilderKind {
+        pub fn as_str(self) -> &'static str {
+            match self {
+                BuilderKind::Kaniko => "kaniko",
+                BuilderKind::Buildah => "buildah",
+            }
+        }
+    }
+
+    impl std::fmt::Display for BuilderKind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    impl std::str::FromStr for BuilderKind {
+        type Err = String;
+
+        fn from_str(s: &str) -> Result<BuilderKind, String> {
+            match s {
+                "kaniko" => Ok(BuilderKind::Kaniko),
+                "buildah" => Ok(BuilderKind::Buildah),
+                other => Err(format!(
+                    "{BUILDER} `{other}` is not a builder; expected kaniko or buildah"
+                )),
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the time unit of the API.

@@ -28,9 +28,32 @@ impl Builder for Buildah {
     }
 
     fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>> {
-        let spec = &job.task.spec;
-        let work = job.work_dir;
-        // Plain-HTTP registries and the short-name default, for this task only.
+        let env = self.environment(job)?;
+        let image = format!("localhost/bakery-task:{}", job.task.arch);
+        let (build, arg_env) = self.build_argv(job, &image);
+        let mut build_env = env.clone();
+        build_env.extend(arg_env);
+        let mut steps = vec![Step {
+            argv: build,
+            env: build_env,
+            what: "build",
+        }];
+        if let (Some(dest), false) = (&job.task.push, job.task.spec.no_push) {
+            steps.push(Step {
+                argv: self.push_argv(job, image, dest),
+                env,
+                what: "push",
+            });
+        }
+        Ok(steps)
+    }
+}
+
+impl Buildah {
+    /// Writes this task's `registries.conf` (plain-HTTP registries and the
+    /// short-name default) and returns the environment that points buildah
+    /// at it and at the registry logins.
+    fn environment(&self, job: &Job) -> std::io::Result<BTreeMap<String, String>> {
         let mut conf = String::from("unqualified-search-registries = [\"docker.io\"]\n");
         for registry in job.insecure {
             let _ = write!(
@@ -38,7 +61,7 @@ impl Builder for Buildah {
                 "\n[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"
             );
         }
-        let conf_path = work.join("registries.conf");
+        let conf_path = job.work_dir.join("registries.conf");
         std::fs::write(&conf_path, conf)?;
         let mut env = BTreeMap::from([(
             "CONTAINERS_REGISTRIES_CONF".to_string(),
@@ -50,15 +73,23 @@ impl Builder for Buildah {
                 dir.join("config.json").display().to_string(),
             );
         }
-        let base = vec![
+        Ok(env)
+    }
+
+    /// `buildah` with this task's own storage.
+    fn base(&self, job: &Job) -> Vec<String> {
+        vec![
             self.program.clone(),
             "--storage-driver=vfs".into(),
-            format!("--root={}", work.join("storage").display()),
-            format!("--runroot={}", work.join("run").display()),
-        ];
-        let image = format!("localhost/bakery-task:{}", job.task.arch);
+            format!("--root={}", job.work_dir.join("storage").display()),
+            format!("--runroot={}", job.work_dir.join("run").display()),
+        ]
+    }
 
-        let mut build = base.clone();
+    /// `buildah build`, and the build-arg values for its environment.
+    fn build_argv(&self, job: &Job, image: &str) -> (Vec<String>, BTreeMap<String, String>) {
+        let spec = &job.task.spec;
+        let mut build = self.base(job);
         build.extend([
             "build".into(),
             "--isolation=chroot".into(),
@@ -90,33 +121,24 @@ impl Builder for Buildah {
         }
         build.extend(spec.extra_flags.iter().cloned());
         build.push(job.context_dir.display().to_string());
-        let mut build_env = env.clone();
-        build_env.extend(arg_env);
-        let mut steps = vec![Step {
-            argv: build,
-            env: build_env,
-            what: "build",
-        }];
+        (build, arg_env)
+    }
 
-        if let (Some(dest), false) = (&job.task.push, spec.no_push) {
-            let mut push = base;
-            push.extend([
-                "push".into(),
-                format!("--digestfile={}", job.digest_file().display()),
-            ]);
-            if let Some(c) = spec.compression {
-                push.push(format!("--compression-format={c}"));
-            }
-            if let Some(level) = spec.compression_level {
-                push.push(format!("--compression-level={level}"));
-            }
-            push.extend([image, format!("docker://{dest}")]);
-            steps.push(Step {
-                argv: push,
-                env,
-                what: "push",
-            });
+    /// `buildah push` of the built image to `dest`, writing the digest file.
+    fn push_argv(&self, job: &Job, image: String, dest: &str) -> Vec<String> {
+        let spec = &job.task.spec;
+        let mut push = self.base(job);
+        push.extend([
+            "push".into(),
+            format!("--digestfile={}", job.digest_file().display()),
+        ]);
+        if let Some(c) = spec.compression {
+            push.push(format!("--compression-format={c}"));
         }
-        Ok(steps)
+        if let Some(level) = spec.compression_level {
+            push.push(format!("--compression-level={level}"));
+        }
+        push.extend([image, format!("docker://{dest}")]);
+        push
     }
 }

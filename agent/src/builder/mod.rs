@@ -8,6 +8,7 @@ mod kaniko;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bakery_protocol::api::agent_env::BuilderKind;
 use bakery_protocol::api::AgentTask;
 use bakery_protocol::Arch;
 
@@ -141,11 +142,10 @@ pub trait Builder: Send + Sync {
     fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>>;
 }
 
-/// Picks a builder by name (`BAKERY_BUILDER`).
-pub fn by_name(name: &str) -> Option<Box<dyn Builder>> {
-    match name {
-        "kaniko" => Some(Box::new(Kaniko::default())),
-        "buildah" => Some(Box::new(Buildah::default())),
-        _ => None,
+/// The builder of a kind (`BAKERY_BUILDER`).
+pub fn of_kind(kind: BuilderKind) -> Box<dyn Builder> {
+    match kind {
+        BuilderKind::Kaniko => Box::new(Kaniko::default()),
+        BuilderKind::Buildah => Box::new(Buildah::default()),
     }
 }

@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::{AgentPlatform, ExitSender, Exited, Launch, PlatformError};
+use super::{AgentHandle, AgentPlatform, ExitReason, ExitSender, Exited, Launch, PlatformError};
 use crate::config::ConfigError;
 use bakery_protocol::api::agent_env;
 
@@ -86,8 +86,9 @@ pub struct LocalPlatform {
     /// The controller's INSECURE_REGISTRIES, passed on to its agents.
     insecure: String,
     exits: ExitSender,
-    /// Agents by handle. Kept until stop(): the group may outlive its agent.
-    running: Arc<Mutex<HashMap<String, Agent>>>,
+    /// Agents by process group. Kept until stop(): the group may outlive
+    /// its agent.
+    running: Arc<Mutex<HashMap<i32, Agent>>>,
 }
 
 impl LocalPlatform {
@@ -102,10 +103,10 @@ impl LocalPlatform {
     }
 
     /// Keeps an agent for stop(); the returned sender tells it the agent exited.
-    fn register(&self, handle: &str, group: i32, work: PathBuf) -> watch::Sender<bool> {
+    fn register(&self, group: i32, work: PathBuf) -> watch::Sender<bool> {
         let (exited, exited_rx) = watch::channel(false);
         self.running.lock().expect("lock").insert(
-            handle.to_string(),
+            group,
             Agent {
                 group,
                 exited: exited_rx,
@@ -166,7 +167,7 @@ impl AgentPlatform for LocalPlatform {
         "local"
     }
 
-    async fn launch(&self, launch: Launch) -> Result<String, PlatformError> {
+    async fn launch(&self, launch: Launch) -> Result<AgentHandle, PlatformError> {
         let work = self.work_root.join(&launch.task_id);
         let log_path = self.work_root.join(format!("{}.log", launch.task_id));
         let log = std::fs::create_dir_all(&self.work_root)
@@ -184,7 +185,7 @@ impl AgentPlatform for LocalPlatform {
             )
             .envs(&launch.env)
             .env(agent_env::WORK_DIR, &work)
-            .env(agent_env::BUILDER, "buildah")
+            .env(agent_env::BUILDER, agent_env::BuilderKind::Buildah.as_str())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -199,9 +200,9 @@ impl AgentPlatform for LocalPlatform {
             .id()
             .ok_or_else(|| PlatformError::Launch("agent exited at once".into()))?
             as i32;
-        let handle = format!("pid {pid}");
+        let handle = handle_of(pid);
         tracing::debug!(task = %launch.task_id, log = %log_path.display(), "agent started as {handle}");
-        let exited = self.register(&handle, pid, work);
+        let exited = self.register(pid, work);
 
         let exits = self.exits.clone();
         let task_id = launch.task_id.clone();
@@ -210,41 +211,32 @@ impl AgentPlatform for LocalPlatform {
         tokio::spawn(async move {
             let status = child.wait().await;
             exited.send_replace(true);
-            let (success, reason) = match status {
-                Ok(s) if s.success() => (true, "agent exited with code 0".to_string()),
+            let reason = match status {
                 Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                    (Some(code), _) => (false, format!("agent exited with code {code}")),
-                    (None, Some(sig)) => (false, format!("agent was killed by signal {sig}")),
-                    _ => (false, "agent exited".to_string()),
+                    (Some(code), _) => ExitReason::Code(code),
+                    (None, Some(sig)) => ExitReason::Signal(sig),
+                    _ => ExitReason::Platform("agent exited".into()),
                 },
-                Err(e) => (false, format!("could not wait for the agent: {e}")),
+                Err(e) => ExitReason::Platform(format!("could not wait for the agent: {e}")),
             };
-            let _ = exits.send(Exited {
-                task_id,
-                reason,
-                success,
-            });
+            let _ = exits.send(Exited { task_id, reason });
         });
         Ok(handle)
     }
 
-    async fn adopt(&self, task_id: &str, handle: &str) -> Result<(), PlatformError> {
-        let pid: i32 = handle
-            .strip_prefix("pid ")
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| PlatformError::Config(format!("not a local agent handle: {handle}")))?;
+    async fn adopt(&self, task_id: &str, handle: &AgentHandle) -> Result<(), PlatformError> {
+        let pid = pid_of(handle)?;
         let gone = |reason: &str| {
             let _ = self.exits.send(Exited {
                 task_id: task_id.to_string(),
-                reason: reason.to_string(),
-                success: false,
+                reason: ExitReason::Platform(reason.to_string()),
             });
         };
         if !is_agent_of(pid, task_id) {
             gone("the agent ended while the controller was down");
             return Ok(());
         }
-        let exited = self.register(handle, pid, self.work_root.join(task_id));
+        let exited = self.register(pid, self.work_root.join(task_id));
         let exits = self.exits.clone();
         let task_id = task_id.to_string();
         tokio::spawn(async move {
@@ -254,15 +246,17 @@ impl AgentPlatform for LocalPlatform {
             exited.send_replace(true);
             let _ = exits.send(Exited {
                 task_id,
-                reason: "the agent exited (its exit code is unknown: it was adopted after a controller restart)".into(),
-                success: false,
+                reason: ExitReason::Platform(
+                    "the agent exited (its exit code is unknown: it was adopted after a controller restart)".into(),
+                ),
             });
         });
         Ok(())
     }
 
-    async fn stop(&self, handle: &str) -> Result<(), PlatformError> {
-        let Some(mut agent) = self.running.lock().expect("lock").remove(handle) else {
+    async fn stop(&self, handle: &AgentHandle) -> Result<(), PlatformError> {
+        let pid = pid_of(handle)?;
+        let Some(mut agent) = self.running.lock().expect("lock").remove(&pid) else {
             return Ok(());
         };
         let group = Pid::from_raw(agent.group);
@@ -294,6 +288,21 @@ impl AgentPlatform for LocalPlatform {
         });
         killed
     }
+}
+
+/// A local agent's handle: `pid <pgid>` (the agent leads its group).
+fn handle_of(pid: i32) -> AgentHandle {
+    AgentHandle::new(format!("pid {pid}"))
+}
+
+/// The process group a handle of [`handle_of`] names.
+fn pid_of(handle: &AgentHandle) -> Result<i32, PlatformError> {
+    handle
+        .as_str()
+        .strip_prefix("pid ")
+        .and_then(|p| p.parse().ok())
+        .filter(|&p: &i32| p > 0)
+        .ok_or_else(|| PlatformError::Config(format!("not a local agent handle: {handle}")))
 }
 
 /// Whether any live process is in process group `group`. While one is,

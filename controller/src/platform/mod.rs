@@ -4,8 +4,6 @@
 
 #[cfg(feature = "ecs")]
 pub mod ecs;
-#[cfg(feature = "ecs")]
-pub mod fargate;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod local;
@@ -29,13 +27,79 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
 }
 
+/// The platform's name for one running agent: a process id, an ECS task
+/// ARN, a pod name. Kept in the journal, so a restarted controller can stop
+/// or adopt what an earlier run launched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct AgentHandle(String);
+
+impl AgentHandle {
+    pub fn new(handle: impl Into<String>) -> AgentHandle {
+        AgentHandle(handle.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an agent ended, as far as its platform knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The agent process exited with this code.
+    Code(i32),
+    /// The agent process was killed by this signal.
+    Signal(i32),
+    /// What the platform said: an ECS stop reason, a pod's phase and reason.
+    Platform(String),
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Code(code) => write!(f, "agent exited with code {code}"),
+            ExitReason::Signal(signal) => write!(f, "agent was killed by signal {signal}"),
+            ExitReason::Platform(text) => f.write_str(text),
+        }
+    }
+}
+
 /// An agent that ended by itself.
 #[derive(Debug, Clone)]
 pub struct Exited {
     pub task_id: String,
-    /// What the platform knows: exit code, signal, stop reason.
-    pub reason: String,
-    pub success: bool,
+    pub reason: ExitReason,
+}
+
+/// What the controller asks of a platform, for the error counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Launch,
+    Stop,
+    Adopt,
+    /// ECS: the poll of watched tasks.
+    DescribeTasks,
+    /// Kubernetes: the pod watch.
+    Watch,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Launch => "launch",
+            Operation::Stop => "stop",
+            Operation::Adopt => "adopt",
+            Operation::DescribeTasks => "DescribeTasks",
+            Operation::Watch => "watch",
+        }
+    }
 }
 
 pub type ExitSender = mpsc::UnboundedSender<Exited>;
@@ -56,20 +120,20 @@ pub trait AgentPlatform: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Starts the agent of `launch`; returns a handle for [`AgentPlatform::stop`].
-    async fn launch(&self, launch: Launch) -> Result<String, PlatformError>;
+    async fn launch(&self, launch: Launch) -> Result<AgentHandle, PlatformError>;
 
     /// Stops an agent. Stopping one that already ended is not an error.
-    async fn stop(&self, handle: &str) -> Result<(), PlatformError>;
+    async fn stop(&self, handle: &AgentHandle) -> Result<(), PlatformError>;
 
     /// Takes back an agent that an earlier run of this controller launched
     /// (a restart mid-build): [`AgentPlatform::stop`] works on it again, and
     /// its end is reported like any other. An agent that is already gone is
     /// reported as ended, not returned as an error.
-    async fn adopt(&self, task_id: &str, handle: &str) -> Result<(), PlatformError>;
+    async fn adopt(&self, task_id: &str, handle: &AgentHandle) -> Result<(), PlatformError>;
 
     /// What the platform last said about an agent that has not started
     /// (unschedulable, pulling its image…), for the timeout message.
-    fn diagnosis(&self, _handle: &str) -> Option<String> {
+    fn diagnosis(&self, _handle: &AgentHandle) -> Option<String> {
         None
     }
 }

@@ -75,7 +75,7 @@ pub struct Limits<'a> {
     /// How many agent slots a platform has (MAX_CONCURRENT_AGENTS).
     pub slots: &'a dyn Fn(Platform) -> usize,
     /// The platform's last word on an agent that did not start.
-    pub diagnose: &'a dyn Fn(Platform, &str) -> Option<String>,
+    pub diagnose: &'a dyn Fn(Platform, &crate::platform::AgentHandle) -> Option<String>,
 }
 
 /// A check-in that is not taken.
@@ -181,7 +181,7 @@ impl Aggregate {
                     agent_seq: t.agent_seq.max(agent_seqs.get(i).copied().unwrap_or(0)),
                     launched_at: t.launched_ms.map(journal::instant_from_ms),
                     checked_in_at: t.checked_in_ms.map(journal::instant_from_ms),
-                    handle: t.handle,
+                    handle: t.handle.map(crate::platform::AgentHandle::new),
                     queued_at: t.queued_ms.map(journal::instant_from_ms),
                     ..Runtime::new(t.token)
                 },
@@ -234,7 +234,7 @@ impl Aggregate {
                 .map(|t| TaskRecord {
                     token: t.runtime.token.clone(),
                     agent_seq: t.runtime.agent_seq,
-                    handle: t.runtime.handle.clone(),
+                    handle: t.runtime.handle.as_ref().map(|h| h.as_str().to_string()),
                     launched_ms: t.runtime.launched_at.map(journal::ms_from_instant),
                     checked_in_ms: t.runtime.checked_in_at.map(journal::ms_from_instant),
                     queued_ms: t.runtime.queued_at.map(journal::ms_from_instant),

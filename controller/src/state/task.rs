@@ -8,6 +8,8 @@ use bakery_protocol::api::{now_ms, TaskRequest, TaskState, TaskStatus};
 use bakery_protocol::Platform;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::platform::AgentHandle;
+
 /// What the controller keeps of a task besides its public status.
 #[derive(Debug)]
 pub(super) struct Runtime {
@@ -17,7 +19,7 @@ pub(super) struct Runtime {
     pub(super) launched_at: Option<Instant>,
     pub(super) checked_in_at: Option<Instant>,
     /// The platform's handle, once launched.
-    pub(super) handle: Option<String>,
+    pub(super) handle: Option<AgentHandle>,
     /// Set when the platform reports the agent gone.
     pub(super) exited: Option<String>,
     /// The platform slot this task holds while its agent runs: taken
@@ -111,8 +113,8 @@ impl Task {
         &self.runtime.token
     }
     /// The platform's handle of the agent, once launched.
-    pub fn handle(&self) -> Option<&str> {
-        self.runtime.handle.as_deref()
+    pub fn handle(&self) -> Option<&AgentHandle> {
+        self.runtime.handle.as_ref()
     }
     pub fn launched_at(&self) -> Option<Instant> {
         self.runtime.launched_at
@@ -158,7 +160,7 @@ impl Task {
         waited
     }
 
-    pub(super) fn launched(&mut self, handle: String, now: Instant) {
+    pub(super) fn launched(&mut self, handle: AgentHandle, now: Instant) {
         self.runtime.handle = Some(handle);
         self.runtime.launched_at = Some(now);
         self.status.started_ms = Some(now_ms());

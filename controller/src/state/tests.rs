@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::aggregate::Change;
 use super::{Aggregate, AlreadyCheckedIn, Build, Limits};
+use crate::platform::{AgentHandle, ExitReason};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -71,7 +72,7 @@ fn slot() -> tokio::sync::OwnedSemaphorePermit {
 /// Launched and checked in: the task is running.
 fn running(b: &mut Aggregate, index: usize, now: Instant) {
     assert!(b.take_slot(index, slot()));
-    b.launched(index, format!("pid {index}"), now);
+    b.launched(index, AgentHandle::new(format!("pid {index}")), now);
     b.check_in(index, now).unwrap();
 }
 
@@ -161,7 +162,7 @@ fn a_second_check_in_is_refused_and_an_unsaved_one_is_undone() {
     let now = Instant::now();
     let mut b = build(&[Arch::Amd64], true);
     assert!(b.take_slot(0, slot()));
-    b.launched(0, "pid 1".into(), now);
+    b.launched(0, AgentHandle::new("pid 1"), now);
     b.check_in(0, now).unwrap();
     assert_eq!(b.check_in(0, now), Err(AlreadyCheckedIn));
     b.undo_check_in(0);
@@ -238,7 +239,7 @@ fn deadlines_fail_tasks_with_the_reason() {
     // Launched, never checked in: the platform's word is in the error.
     let mut b = build(&[Arch::Amd64], true);
     assert!(b.take_slot(0, slot()));
-    b.launched(0, "task/1".into(), start);
+    b.launched(0, AgentHandle::new("task/1"), start);
     assert!(b.evaluate(later, &limits()));
     let error = b.status().tasks[0].error.clone().unwrap();
     assert!(
@@ -254,13 +255,13 @@ fn deadlines_fail_tasks_with_the_reason() {
     // The agent exited.
     let mut b = build(&[Arch::Amd64], true);
     running(&mut b, 0, start);
-    b.agent_exited(0, "the agent exited with 137".into());
+    b.agent_exited(0, &ExitReason::Signal(9));
     assert!(b.evaluate(start, &limits()));
     assert!(b
         .status()
         .error
         .unwrap()
-        .contains("exited with 137 before reporting a result"));
+        .contains("killed by signal 9 before reporting a result"));
 }
 
 #[test]
@@ -413,7 +414,10 @@ fn a_restored_build_is_the_build_that_was_saved() {
     );
     assert_eq!(restored.status(), b.status());
     assert_eq!(restored.request(), b.request());
-    assert_eq!(restored.task(0).handle(), Some("pid 0"));
+    assert_eq!(
+        restored.task(0).handle().map(AgentHandle::as_str),
+        Some("pid 0")
+    );
     assert_eq!(log_text(&restored), log_text(&b));
 }
 

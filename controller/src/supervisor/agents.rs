@@ -11,7 +11,7 @@ use bakery_protocol::Platform;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use crate::platform::Launch;
+use crate::platform::{AgentHandle, ExitReason, Launch, Operation};
 use crate::state::{Build, ToStop};
 use crate::App;
 
@@ -154,7 +154,8 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
     match result {
         Ok(handle) => build.update(|b| b.launched(index, handle, Instant::now())),
         Err(e) => {
-            app.metrics.platform_error(platform.name(), "launch");
+            app.metrics
+                .platform_error(platform.name(), Operation::Launch);
             build.update(|b| b.launch_failed(index, e));
         }
     }
@@ -162,13 +163,13 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
 
 /// Follows again the agents a previous run of this controller started.
 pub(super) async fn reattach(app: &App, build: &Build) {
-    let launched: Vec<(usize, String, String, Platform, bool)> = build
+    let launched: Vec<(usize, String, AgentHandle, Platform, bool)> = build
         .read()
         .tasks()
         .iter()
         .enumerate()
         .filter_map(|(i, t)| {
-            let handle = t.handle()?.to_string();
+            let handle = t.handle()?.clone();
             Some((i, t.id().to_string(), handle, t.platform(), t.is_terminal()))
         })
         .collect();
@@ -186,10 +187,10 @@ pub(super) async fn reattach(app: &App, build: &Build) {
             Ok(()) => {}
             Err(e) => {
                 app.metrics
-                    .platform_error(app.platform(platform).name(), "adopt");
+                    .platform_error(app.platform(platform).name(), Operation::Adopt);
                 let reason =
                     format!("the controller restarted and cannot find the agent again ({e})");
-                build.update(|b| b.agent_exited(index, reason));
+                build.update(|b| b.agent_exited(index, &ExitReason::Platform(reason)));
             }
         }
     }
@@ -221,7 +222,7 @@ async fn stop_one(app: &App, build: &Build, agent: &ToStop) {
         )),
     };
     if let Err(e) = stopped {
-        app.metrics.platform_error(platform.name(), "stop");
+        app.metrics.platform_error(platform.name(), Operation::Stop);
         build.log(agent.index, &format!("warning: {e}"));
     }
     build.update(|b| b.stopped(agent.index));

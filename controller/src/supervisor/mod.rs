@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bakery_protocol::api::BuildState;
 
-use crate::platform::Exited;
+use crate::platform::{AgentHandle, Exited};
 use crate::state::{Build, Limits};
 use crate::App;
 use agents::Work;
@@ -124,7 +124,7 @@ async fn supervise(app: Arc<App>, build: Arc<Build>) {
 /// needs no more supervision (it ended, or every arch pushed).
 fn evaluate(app: &App, build: &Build) -> bool {
     let slots = |p| agents::slots_of(app, p);
-    let diagnose = |p, handle: &str| app.platform(p).diagnosis(handle);
+    let diagnose = |p, handle: &AgentHandle| app.platform(p).diagnosis(handle);
     let limits = Limits {
         task_timeout: app.config.build_task_timeout,
         result_timeout: app.config.build_result_timeout,
@@ -155,7 +155,7 @@ fn finished(app: &App, build: &Build) {
 pub async fn watch_exits(app: Arc<App>, mut exits: tokio::sync::mpsc::UnboundedReceiver<Exited>) {
     while let Some(exit) = exits.recv().await {
         if let Some((build, index)) = app.builds.task(&exit.task_id) {
-            build.update(|b| b.agent_exited(index, exit.reason));
+            build.update(|b| b.agent_exited(index, &exit.reason));
         }
     }
 }

@@ -9,11 +9,12 @@ use bakery_protocol::Platform;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Aggregate, Change, Limits};
+use crate::platform::{AgentHandle, ExitReason};
 
 /// An agent to stop: its task, handle and platform.
 pub struct ToStop {
     pub index: usize,
-    pub handle: String,
+    pub handle: AgentHandle,
     pub platform: Platform,
 }
 
@@ -108,8 +109,8 @@ impl Aggregate {
         self.tasks[index].runtime.slot = slot;
     }
 
-    pub fn launched(&mut self, index: usize, handle: String, now: Instant) {
-        if handle != self.tasks[index].id() {
+    pub fn launched(&mut self, index: usize, handle: AgentHandle, now: Instant) {
+        if handle.as_str() != self.tasks[index].id() {
             self.log(index, &format!("agent launched: {handle}"));
         }
         self.tasks[index].launched(handle, now);
@@ -121,9 +122,9 @@ impl Aggregate {
     }
 
     /// The platform reports task `index`'s agent gone (or not found again).
-    pub fn agent_exited(&mut self, index: usize, reason: String) {
+    pub fn agent_exited(&mut self, index: usize, reason: &ExitReason) {
         if !self.tasks[index].is_terminal() {
-            self.tasks[index].runtime.exited = Some(reason);
+            self.tasks[index].runtime.exited = Some(reason.to_string());
             self.changed(Change::State);
         }
     }
@@ -267,7 +268,7 @@ impl Aggregate {
         if task.state() == TaskState::Starting && past(rt.launched_at, limits.task_timeout) {
             let last = rt
                 .handle
-                .as_deref()
+                .as_ref()
                 .and_then(|h| (limits.diagnose)(task.platform(), h));
             let timeout = took(limits.task_timeout);
             return Some(match last {

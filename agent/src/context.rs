@@ -1,0 +1,133 @@
+//! The build context: streamed from the store into the safe extractor,
+//! within limits the agent's disk can hold, and the Dockerfile checked to be
+//! a file inside it.
+
+use std::path::Path;
+
+use bakery_client::AgentApi;
+use bakery_protocol::api::{AgentTask, ContextSource};
+use bakery_protocol::ContextKey;
+use futures_util::TryStreamExt;
+
+use crate::error::AgentError;
+use crate::extract;
+
+/// Streams the context from where the controller says it is into the
+/// extractor: no temporary archive on disk.
+pub(crate) async fn download(
+    controller: &AgentApi,
+    task: &AgentTask,
+    dest: &Path,
+    limits: extract::Limits,
+) -> Result<extract::Extracted, AgentError> {
+    let (key, reader): (&ContextKey, Box<dyn tokio::io::AsyncRead + Send + Unpin>) =
+        match &task.context {
+            ContextSource::Controller { key } => {
+                let stream = controller
+                    .context()
+                    .await?
+                    .bytes_stream()
+                    .map_err(std::io::Error::other);
+                (key, Box::new(tokio_util::io::StreamReader::new(stream)))
+            }
+            ContextSource::S3 { location, key } => {
+                let store = bakery_store::S3Store::connect(bakery_store::S3Settings {
+                    bucket: location.bucket.clone(),
+                    endpoint: location.endpoint.clone(),
+                    region: location.region.clone(),
+                    ssl: location.ssl,
+                })
+                .await;
+                (key, Box::new(store.download(key).await?))
+            }
+        };
+    let codec = key.codec();
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let sync = tokio_util::io::SyncIoBridge::new(reader);
+        extract::extract_compressed(sync, codec, &dest, limits)
+    })
+    .await
+    .map_err(|e| AgentError::Io {
+        what: "unpacking the context".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(AgentError::from)
+}
+
+/// What the context may unpack to: what the client packed (its declared
+/// size, when it sent one), never more than 16 GiB, and never more than
+/// 90 % of the free space on the agent's disk, which other agents may
+/// share. A context that cannot fit fails before a byte is written.
+pub(crate) fn extraction_limits(
+    work: &Path,
+    declared: Option<u64>,
+) -> Result<extract::Limits, AgentError> {
+    let mut limits = extract::Limits::default();
+    let free = nix::sys::statvfs::statvfs(work)
+        .ok()
+        .map(|s| s.blocks_available() * s.fragment_size());
+    let room = free.map(|f| f / 10 * 9);
+    if let (Some(declared), Some(room)) = (declared, room) {
+        if declared > room {
+            return Err(AgentError::Context(format!(
+                "the context unpacks to {declared} bytes, but the agent's disk has only {room} bytes to spare; give the agent more disk or send a smaller context (.dockerignore)"
+            )));
+        }
+    }
+    limits.max_bytes = [Some(limits.max_bytes), declared, room]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(limits.max_bytes);
+    limits.declared = declared.is_some_and(|d| d == limits.max_bytes);
+    Ok(limits)
+}
+
+/// The Dockerfile must be a file inside the context: a Dockerfile that is
+/// a symlink (or under one) leading out of the context would have the
+/// builder read any file of the agent's machine.
+pub fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentError> {
+    let refuse = |why: String| AgentError::Context(format!("dockerfile `{dockerfile}`: {why}"));
+    bakery_protocol::validate::check_relative_path("dockerfile", dockerfile)
+        .map_err(|e| refuse(e.message))?;
+    let root = context
+        .canonicalize()
+        .map_err(|e| refuse(format!("the context directory: {e}")))?;
+    let path = context
+        .join(dockerfile)
+        .canonicalize()
+        .map_err(|_| refuse("not found in the build context".into()))?;
+    if !path.starts_with(&root) {
+        return Err(refuse(
+            "it is a symlink that leads out of the build context; the Dockerfile must be a file in the context".into(),
+        ));
+    }
+    if !path.is_file() {
+        return Err(refuse("not a file".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_is_capped_at_what_was_packed_and_what_the_disk_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let packed = extraction_limits(dir.path(), Some(1000)).unwrap();
+        assert_eq!(packed.max_bytes, 1000);
+        assert!(
+            packed.declared,
+            "past it, the archive is not what was packed"
+        );
+        let undeclared = extraction_limits(dir.path(), None).unwrap();
+        assert!(undeclared.max_bytes <= 16 << 30);
+        assert!(!undeclared.declared);
+        let e = extraction_limits(dir.path(), Some(u64::MAX / 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has only") && e.contains("to spare"), "{e}");
+    }
+}

@@ -1,0 +1,161 @@
+//! One build, phase by phase: check in, fetch the context, pre-script,
+//! build and push, read the pushed digest, post-script.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bakery_client::AgentApi;
+use bakery_protocol::api::AgentTask;
+use bakery_protocol::redact::Redactor;
+
+use crate::builder::{self, Builder, Job};
+use crate::context::{check_dockerfile, download, extraction_limits};
+use crate::error::{io, AgentError};
+use crate::logs::LogSink;
+use crate::step::{run_builder_step, script_step};
+use crate::{load, login, sources, AgentConfig};
+
+/// What a finished build reports.
+pub(crate) struct Built {
+    pub digest: Option<String>,
+    pub bases: Vec<String>,
+}
+
+pub(crate) async fn work(
+    cfg: &AgentConfig,
+    controller: &AgentApi,
+    log: &LogSink,
+    born: Instant,
+) -> Result<Built, AgentError> {
+    let builder = builder::of_kind(cfg.builder);
+    let task = controller.spec().await?;
+    log.set_redactor(Redactor::for_spec(&task.spec));
+    if let Some(load) = cfg.load {
+        log.line(format!(
+            "bakery-agent {} in load mode: {} lines at {}/s",
+            env!("CARGO_PKG_VERSION"),
+            load.lines,
+            load.per_second
+        ));
+        load::run(load, log).await;
+        return Ok(Built {
+            digest: None,
+            bases: Vec::new(),
+        });
+    }
+    log.line(format!(
+        "bakery-agent {} building {} for {} with {}",
+        env!("CARGO_PKG_VERSION"),
+        task.push.as_deref().unwrap_or("(no push)"),
+        task.spec.custom_platform,
+        builder.name()
+    ));
+    let context_dir = fetch_context(cfg, controller, &task, log).await?;
+    let sources = sources::read(&context_dir, &task);
+    sources::check_emulation(&task, &sources)?;
+    let docker_config = login::write_docker_config(&cfg.work_dir, &task)?;
+    let insecure = sources::plain_http(&task, &sources, &cfg.insecure);
+    if let Some(script) = &task.spec.pre_script {
+        log.line("running pre-script");
+        script_step(
+            "pre-script",
+            script,
+            &cfg.work_dir,
+            &context_dir,
+            &task,
+            log,
+        )
+        .await?;
+    }
+    let job = Job {
+        task: &task,
+        context_dir: &context_dir,
+        work_dir: &cfg.work_dir,
+        docker_config: docker_config.as_deref(),
+        insecure: &insecure,
+    };
+    build(builder.as_ref(), &job, log, born).await?;
+    let digest = pushed_digest(&job)?;
+    if let Some(script) = &task.spec.post_script {
+        log.line("running post-script");
+        script_step(
+            "post-script",
+            script,
+            &cfg.work_dir,
+            &context_dir,
+            &task,
+            log,
+        )
+        .await?;
+    }
+    Ok(Built {
+        digest,
+        bases: sources.bases,
+    })
+}
+
+/// Downloads and unpacks the context into `<work>/context`; checks the
+/// Dockerfile is in it.
+async fn fetch_context(
+    cfg: &AgentConfig,
+    controller: &AgentApi,
+    task: &AgentTask,
+    log: &LogSink,
+) -> Result<PathBuf, AgentError> {
+    let context_dir = cfg.work_dir.join("context");
+    std::fs::create_dir_all(&context_dir)
+        .map_err(io(format!("creating {}", context_dir.display())))?;
+    let limits = extraction_limits(&cfg.work_dir, task.context_bytes)?;
+    let started = Instant::now();
+    let extracted = download(controller, task, &context_dir, limits).await?;
+    check_dockerfile(&context_dir, &task.spec.dockerfile)?;
+    log.line(format!(
+        "context: {} entries, {} bytes, unpacked in {:.2}s",
+        extracted.entries,
+        extracted.bytes,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(context_dir)
+}
+
+/// Runs the builder's steps one after another, each timed in the log.
+async fn build(
+    builder: &dyn Builder,
+    job: &Job<'_>,
+    log: &LogSink,
+    born: Instant,
+) -> Result<(), AgentError> {
+    let steps = builder.steps(job).map_err(io("preparing the builder"))?;
+    // Cold start as a user feels it (check-in, context download and
+    // extraction, pre-script): what bench/run reports as start-to-builder.
+    log.line(format!(
+        "{} starting {:.3}s after the agent did",
+        builder.name(),
+        born.elapsed().as_secs_f64()
+    ));
+    for step in steps {
+        let started = Instant::now();
+        run_builder_step(builder.name(), &step, job.context_dir, job.task, log).await?;
+        log.line(format!(
+            "{} {} finished in {:.3}s",
+            builder.name(),
+            step.what,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+/// The digest the builder wrote, when the task pushes.
+fn pushed_digest(job: &Job<'_>) -> Result<Option<String>, AgentError> {
+    if job.task.push.is_none() || job.task.spec.no_push {
+        return Ok(None);
+    }
+    let file = job.digest_file();
+    let text = std::fs::read_to_string(&file).map_err(|_| AgentError::NoDigest(file.clone()))?;
+    let digest = text.trim().to_string();
+    if !digest.starts_with("sha256:") {
+        return Err(AgentError::NoDigest(file));
+    }
+    Ok(Some(digest))
+}

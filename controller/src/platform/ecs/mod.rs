@@ -1,0 +1,177 @@
+//! AWS ECS on Fargate: one task per agent, on the arch's own hardware.
+//!
+//! Task definitions are one family per (arch, CPU, memory), named and tagged
+//! with this controller's owner id and a hash of the settings that shape them
+//! (image, roles, log group, image credentials). A family whose latest
+//! revision carries the current hash is reused; otherwise a revision is
+//! registered. At start-up, with CLEANUP_ECS_TASK_DEFINITIONS=true, revisions
+//! tagged with our owner id and an old hash are deregistered — revisions
+//! without our owner tag are never touched.
+//!
+//! Nothing secret goes into a task definition or a RunTask override: the
+//! agent gets its task id, the controller URL and a per-task token (which
+//! reads the spec once), and fetches the rest from the controller.
+
+mod fargate;
+mod placement;
+mod run;
+mod secret;
+mod settings;
+mod task_definition;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+use std::sync::Arc;
+
+use aws_sdk_ecs::Client;
+
+pub use fargate::FargateSize;
+pub use placement::{CapacityProvider, Placement};
+pub use settings::{agent_environment, EcsSettings, CONFIG_TAG, CONTAINER, OWNER_TAG};
+
+use super::{AgentHandle, AgentPlatform, ExitSender, Launch, PlatformError};
+use crate::config::Config;
+use placement::is_capacity_shortage;
+use watch::{lock, Watched};
+
+pub struct EcsPlatform {
+    client: Client,
+    settings: EcsSettings,
+    /// Task ARN → task id, for the tasks being watched.
+    watched: Watched,
+}
+
+impl EcsPlatform {
+    /// Connects, settles the agent image credentials, cleans up stale task
+    /// definitions if asked, and starts watching tasks.
+    pub async fn start(
+        config: &Config,
+        exits: ExitSender,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<EcsPlatform, PlatformError> {
+        let mut settings = EcsSettings::from_config(config).map_err(PlatformError::Config)?;
+        // Each attempt has 10 s to connect and 30 s to answer: an endpoint
+        // that accepts connections and says nothing is a failed attempt
+        // (retried), not a launch or a watch that hangs.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .operation_attempt_timeout(std::time::Duration::from_secs(60))
+            .build();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(6))
+            .timeout_config(timeouts);
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        let client = Client::new(&shared);
+        settings.image_secret_arn = secret::image_secret(&shared, config, &settings).await?;
+        let platform = EcsPlatform {
+            client,
+            settings,
+            watched: Arc::default(),
+        };
+        if config.cleanup_ecs_task_definitions {
+            let removed = platform.cleanup_stale().await?;
+            tracing::info!(removed, "deregistered stale agent task definitions");
+        }
+        tokio::spawn(watch::watch(
+            platform.client.clone(),
+            platform.settings.clone(),
+            Arc::clone(&platform.watched),
+            exits,
+            metrics,
+        ));
+        Ok(platform)
+    }
+
+    pub fn settings(&self) -> &EcsSettings {
+        &self.settings
+    }
+}
+
+/// An SDK error as the chain of its messages. Never the `Debug` form: that
+/// carries the raw HTTP response, which can echo request data back.
+fn sdk_error<E: std::error::Error + 'static>(e: &E) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[async_trait::async_trait]
+impl AgentPlatform for EcsPlatform {
+    fn name(&self) -> &'static str {
+        "ecs"
+    }
+
+    async fn launch(&self, launch: Launch) -> Result<AgentHandle, PlatformError> {
+        let size =
+            FargateSize::round_up(launch.cpu, launch.memory).map_err(PlatformError::Launch)?;
+        if !size.is_exact(launch.cpu, launch.memory) {
+            tracing::info!(
+                task = %launch.task_id,
+                "cpu {} / memory {} rounded up to the Fargate size {} units / {} MiB",
+                launch.cpu, launch.memory, size.cpu_units, size.memory_mib
+            );
+        }
+        let definition = self.task_definition(launch.arch, size).await?;
+        let placement = Placement::choose(&self.settings, launch.spot);
+        let arn = match self.run_task(&launch, &definition, &placement).await {
+            Ok(arn) => arn,
+            Err(e) => match placement.on_demand().filter(|_| is_capacity_shortage(&e)) {
+                Some(on_demand) => {
+                    tracing::warn!(task = %launch.task_id, "no Fargate Spot capacity ({e}); running on demand");
+                    self.run_task(&launch, &definition, &on_demand)
+                        .await
+                        .map_err(PlatformError::Launch)?
+                }
+                None => return Err(PlatformError::Launch(e)),
+            },
+        };
+        lock(&self.watched).insert(arn.clone(), launch.task_id.clone());
+        Ok(AgentHandle::new(arn))
+    }
+
+    async fn adopt(&self, task_id: &str, handle: &AgentHandle) -> Result<(), PlatformError> {
+        // The watcher describes it at its next poll, and reports it if it
+        // stopped while the controller was down.
+        lock(&self.watched).insert(handle.to_string(), task_id.to_string());
+        Ok(())
+    }
+
+    async fn stop(&self, handle: &AgentHandle) -> Result<(), PlatformError> {
+        let watched = lock(&self.watched).remove(handle.as_str());
+        if watched.is_none() {
+            // Already seen stopped by the watcher: nothing to do.
+            return Ok(());
+        }
+        match self
+            .client
+            .stop_task()
+            .cluster(&self.settings.cluster)
+            .task(handle.as_str())
+            .reason("stopped by bakery: the build ended")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let message = sdk_error(&e);
+                if message.contains("not found") || message.contains("STOPPED") {
+                    Ok(())
+                } else {
+                    Err(PlatformError::Stop(format!("StopTask {handle}: {message}")))
+                }
+            }
+        }
+    }
+}

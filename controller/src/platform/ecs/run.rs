@@ -1,0 +1,107 @@
+//! RunTask: one Fargate task per agent, in the configured subnets, tagged
+//! with this controller's owner id, the build and the arch; the only
+//! override is the agent's environment, which holds no secret besides the
+//! task's own token.
+
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride,
+    KeyValuePair, LaunchType, NetworkConfiguration, Tag, TaskOverride,
+};
+
+use super::placement::Placement;
+use super::settings::{agent_environment, CONTAINER, OWNER_TAG};
+use super::{sdk_error, EcsPlatform};
+use crate::platform::Launch;
+
+impl EcsPlatform {
+    /// Starts the agent task of `launch`; its ARN, or why nothing started.
+    pub(super) async fn run_task(
+        &self,
+        launch: &Launch,
+        definition: &str,
+        placement: &Placement,
+    ) -> Result<String, String> {
+        let s = &self.settings;
+        let mut request = self
+            .client
+            .run_task()
+            .cluster(&s.cluster)
+            .task_definition(definition)
+            .count(1)
+            .network_configuration(self.network_configuration()?)
+            .overrides(self.overrides(launch))
+            .started_by(
+                format!("bakery/{}", launch.build_id)
+                    .chars()
+                    .take(36)
+                    .collect::<String>(),
+            );
+        for (key, value) in [
+            (OWNER_TAG, s.owner.as_str()),
+            ("bakery:build", launch.build_id.as_str()),
+            ("bakery:arch", launch.arch.as_str()),
+        ] {
+            request = request.tags(Tag::builder().key(key).value(value).build());
+        }
+        if let Some(provider) = placement.capacity_provider {
+            let item = CapacityProviderStrategyItem::builder()
+                .capacity_provider(provider.as_str())
+                .weight(1)
+                .build()
+                .map_err(|e| e.to_string())?;
+            request = request.capacity_provider_strategy(item);
+        }
+        if let Some(lt) = &placement.launch_type {
+            request = request.launch_type(LaunchType::from(lt.as_str()));
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| format!("RunTask: {}", sdk_error(&e)))?;
+        if let Some(task) = out.tasks().first().and_then(|t| t.task_arn()) {
+            return Ok(task.to_string());
+        }
+        let reasons: Vec<String> = out
+            .failures()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f.reason().unwrap_or("unknown"),
+                    f.detail().unwrap_or("")
+                )
+                .trim()
+                .to_string()
+            })
+            .collect();
+        Err(format!("RunTask started nothing: {}", reasons.join("; ")))
+    }
+
+    fn network_configuration(&self) -> Result<NetworkConfiguration, String> {
+        let s = &self.settings;
+        let vpc = AwsVpcConfiguration::builder()
+            .set_subnets(Some(s.subnets.clone()))
+            .set_security_groups(Some(s.security_groups.clone()))
+            .assign_public_ip(if s.assign_public_ip {
+                AssignPublicIp::Enabled
+            } else {
+                AssignPublicIp::Disabled
+            })
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(NetworkConfiguration::builder()
+            .awsvpc_configuration(vpc)
+            .build())
+    }
+
+    fn overrides(&self, launch: &Launch) -> TaskOverride {
+        let mut env_override = ContainerOverride::builder().name(CONTAINER);
+        for (k, v) in agent_environment(&self.settings, launch) {
+            env_override =
+                env_override.environment(KeyValuePair::builder().name(k).value(v).build());
+        }
+        TaskOverride::builder()
+            .container_overrides(env_override.build())
+            .build()
+    }
+}

@@ -1,0 +1,137 @@
+//! The ECS platform's settings, read once from the controller's
+//! configuration, and what they derive: task definition families, the hash
+//! that makes a revision stale, and the agent's environment.
+
+use std::time::Duration;
+
+use bakery_protocol::api::agent_env;
+use bakery_protocol::registry::parse_list as list;
+use bakery_protocol::Arch;
+use sha2::{Digest, Sha256};
+
+use super::fargate::FargateSize;
+use crate::config::Config;
+use crate::platform::Launch;
+
+/// The container name in every agent task definition.
+pub const CONTAINER: &str = "agent";
+pub const OWNER_TAG: &str = "bakery:owner";
+pub const CONFIG_TAG: &str = "bakery:config";
+
+/// What the ECS platform needs, checked once at start-up.
+#[derive(Debug, Clone)]
+pub struct EcsSettings {
+    pub cluster: String,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub exec_role_arn: Option<String>,
+    pub task_role_arn: Option<String>,
+    pub image: String,
+    pub image_secret_arn: Option<String>,
+    pub log_group: Option<String>,
+    pub region: Option<String>,
+    pub assign_public_ip: bool,
+    pub launch_type: Option<String>,
+    pub owner: String,
+    pub poll_interval: Duration,
+    /// Extra non-secret agent environment (INSECURE_REGISTRIES).
+    pub agent_env: Vec<(String, String)>,
+}
+
+impl EcsSettings {
+    /// Reads the ECS variables, naming every missing one at once.
+    pub fn from_config(c: &Config) -> Result<EcsSettings, String> {
+        let mut missing = Vec::new();
+        if c.ecs_cluster.is_none() {
+            missing.push("ECS_CLUSTER");
+        }
+        if list(&c.ecs_subnets).is_empty() {
+            missing.push("ECS_SUBNETS");
+        }
+        if list(&c.ecs_security_groups).is_empty() {
+            missing.push("ECS_SECURITY_GROUPS");
+        }
+        if c.agent_image.is_none() {
+            missing.push("AGENT_IMAGE");
+        }
+        if c.ecs_exec_role_arn.is_none() {
+            missing.push("ECS_EXEC_ROLE_ARN");
+        }
+        if c.controller_url.is_none() {
+            missing.push("CONTROLLER_URL (the URL agents on Fargate reach the controller at)");
+        }
+        if !missing.is_empty() {
+            return Err(format!("DEFAULT_PLATFORM=ecs needs {}", missing.join(", ")));
+        }
+        if !c
+            .bakery_owner
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            return Err(format!(
+                "BAKERY_OWNER `{}` may only hold letters, digits, - and _",
+                c.bakery_owner
+            ));
+        }
+        let mut agent_env = Vec::new();
+        if !c.insecure_registries.is_empty() {
+            agent_env.push((
+                "INSECURE_REGISTRIES".to_string(),
+                c.insecure_registries.clone(),
+            ));
+        }
+        Ok(EcsSettings {
+            cluster: c.ecs_cluster.clone().unwrap_or_default(),
+            subnets: list(&c.ecs_subnets),
+            security_groups: list(&c.ecs_security_groups),
+            exec_role_arn: c.ecs_exec_role_arn.clone(),
+            task_role_arn: c.ecs_task_role_arn.clone(),
+            image: c.agent_image.clone().unwrap_or_default(),
+            image_secret_arn: c.agent_image_secret_arn.clone(),
+            log_group: c.ecs_log_group.clone(),
+            region: c.aws_region.clone(),
+            assign_public_ip: c.ecs_assign_public_ip,
+            launch_type: c.ecs_launch_type.clone(),
+            owner: c.bakery_owner.clone(),
+            poll_interval: c.ecs_poll_interval,
+            agent_env,
+        })
+    }
+
+    /// The family of task definitions for one arch and size.
+    pub fn family(&self, arch: Arch, size: FargateSize) -> String {
+        format!(
+            "{}-agent-{arch}-{}cpu-{}mib",
+            self.owner, size.cpu_units, size.memory_mib
+        )
+    }
+
+    /// A hash of everything that shapes a task definition besides arch and
+    /// size: a change makes existing revisions stale.
+    pub fn config_hash(&self) -> String {
+        let parts = [
+            self.image.as_str(),
+            self.exec_role_arn.as_deref().unwrap_or(""),
+            self.task_role_arn.as_deref().unwrap_or(""),
+            self.log_group.as_deref().unwrap_or(""),
+            self.image_secret_arn.as_deref().unwrap_or(""),
+            self.region.as_deref().unwrap_or(""),
+        ];
+        hex::encode(&Sha256::digest(parts.join("\n").as_bytes())[..8])
+    }
+}
+
+/// The environment an agent task gets: never a secret besides its own token.
+pub fn agent_environment(settings: &EcsSettings, launch: &Launch) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = launch
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push((
+        agent_env::BUILDER.into(),
+        agent_env::BuilderKind::Kaniko.as_str().into(),
+    ));
+    env.extend(settings.agent_env.iter().cloned());
+    env
+}

@@ -1,0 +1,84 @@
+use std::time::Duration;
+
+use bakery_protocol::Arch;
+
+use super::fargate::FargateSize;
+use super::placement::{is_capacity_shortage, CapacityProvider, Placement};
+use super::settings::EcsSettings;
+use crate::config::Config;
+
+fn settings(launch_type: Option<&str>) -> EcsSettings {
+    EcsSettings {
+        cluster: "c".into(),
+        subnets: vec!["subnet-1".into()],
+        security_groups: vec!["sg-1".into()],
+        exec_role_arn: Some("arn:exec".into()),
+        task_role_arn: None,
+        image: "img".into(),
+        image_secret_arn: None,
+        log_group: None,
+        region: None,
+        assign_public_ip: false,
+        launch_type: launch_type.map(String::from),
+        owner: "bakery".into(),
+        poll_interval: Duration::from_secs(5),
+        agent_env: vec![],
+    }
+}
+
+#[test]
+fn spot_uses_the_spot_provider_and_falls_back_to_on_demand() {
+    let s = settings(None);
+    let spot = Placement::choose(&s, true);
+    assert_eq!(spot.capacity_provider, Some(CapacityProvider::FargateSpot));
+    assert_eq!(spot.launch_type, None);
+    assert_eq!(
+        spot.on_demand().unwrap().capacity_provider,
+        Some(CapacityProvider::Fargate)
+    );
+    let on_demand = Placement::choose(&s, false);
+    assert_eq!(on_demand.capacity_provider, Some(CapacityProvider::Fargate));
+    assert!(on_demand.on_demand().is_none(), "nothing below on-demand");
+    let lt = Placement::choose(&settings(Some("FARGATE")), true);
+    assert_eq!(
+        (lt.capacity_provider, lt.launch_type.as_deref()),
+        (None, Some("FARGATE"))
+    );
+    assert!(is_capacity_shortage(
+        "RESOURCE:FARGATE_SPOT capacity is unavailable at this time"
+    ));
+    assert!(!is_capacity_shortage("AccessDeniedException"));
+}
+
+#[test]
+fn families_and_hashes() {
+    let s = settings(None);
+    let size = FargateSize {
+        cpu_units: 1024,
+        memory_mib: 2048,
+    };
+    assert_eq!(
+        s.family(Arch::Arm64, size),
+        "bakery-agent-arm64-1024cpu-2048mib"
+    );
+    let mut other = s.clone();
+    other.image = "img:2".into();
+    assert_ne!(s.config_hash(), other.config_hash());
+    assert_eq!(s.config_hash(), settings(None).config_hash());
+}
+
+#[test]
+fn missing_variables_are_named_together() {
+    let config = Config::from_vars([("DEFAULT_PLATFORM".to_string(), "ecs".to_string())]).unwrap();
+    let e = EcsSettings::from_config(&config).unwrap_err();
+    for var in [
+        "ECS_CLUSTER",
+        "ECS_SUBNETS",
+        "ECS_SECURITY_GROUPS",
+        "AGENT_IMAGE",
+        "ECS_EXEC_ROLE_ARN",
+        "CONTROLLER_URL",
+    ] {
+        assert!(e.contains(var), "{e}");
+    }
+}

@@ -1,0 +1,199 @@
+//! The agent pod of a task, and what a pod's status says about its agent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, LocalObjectReference, Pod, PodSpec, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::settings::{K8sSettings, ARCH_LABEL, BUILD_LABEL, MANAGED_BY, OWNER_LABEL, TASK_LABEL};
+use crate::platform::Launch;
+use bakery_protocol::api::agent_env::BuilderKind;
+
+/// The pod name of a task: task ids are `<build>-<arch>`, already DNS-safe.
+pub fn pod_name(task_id: &str) -> String {
+    format!("bakery-{task_id}")
+}
+
+/// The agent pod of a task. Its environment holds no secret besides the
+/// task's own token: registry logins are fetched from the controller.
+pub fn agent_pod(s: &K8sSettings, launch: &Launch) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&launch.task_id)),
+            namespace: Some(s.namespace.clone()),
+            labels: Some(labels(s, launch)),
+            annotations: (!s.agent.annotations.is_empty()).then(|| s.agent.annotations.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(s.deadline_secs),
+            service_account_name: s.agent.service_account_name.clone(),
+            node_selector: Some(node_selector(s, launch)),
+            tolerations: (!s.agent.tolerations.is_empty()).then(|| s.agent.tolerations.clone()),
+            image_pull_secrets: (!s.agent.image_pull_secrets.is_empty()).then(|| {
+                s.agent
+                    .image_pull_secrets
+                    .iter()
+                    .map(|n| LocalObjectReference { name: n.clone() })
+                    .collect()
+            }),
+            containers: vec![agent_container(s, launch)],
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The configured labels, then ours (which win).
+fn labels(s: &K8sSettings, launch: &Launch) -> BTreeMap<String, String> {
+    let mut labels = s.agent.labels.clone();
+    labels.extend([
+        (MANAGED_BY.to_string(), "bakery".to_string()),
+        (OWNER_LABEL.to_string(), s.owner.clone()),
+        (TASK_LABEL.to_string(), launch.task_id.clone()),
+        (BUILD_LABEL.to_string(), launch.build_id.clone()),
+        (ARCH_LABEL.to_string(), launch.arch.to_string()),
+    ]);
+    labels
+}
+
+/// The configured node labels, the arch's own, then the arch and OS (which
+/// no configuration can override: the agent must run on its arch).
+fn node_selector(s: &K8sSettings, launch: &Launch) -> BTreeMap<String, String> {
+    let mut node_selector = s.agent.node_selector.clone();
+    if let Some(extra) = s.agent.arch_node_selector.get(launch.arch.as_str()) {
+        node_selector.extend(extra.clone());
+    }
+    node_selector.insert("kubernetes.io/arch".into(), launch.arch.to_string());
+    node_selector.insert("kubernetes.io/os".into(), "linux".into());
+    node_selector
+}
+
+fn agent_container(s: &K8sSettings, launch: &Launch) -> Container {
+    let var = |(k, v): (&String, &String)| EnvVar {
+        name: k.clone(),
+        value: Some(v.clone()),
+        ..EnvVar::default()
+    };
+    let mut env: Vec<EnvVar> = launch.env.iter().map(var).collect();
+    env.push(EnvVar {
+        name: bakery_protocol::api::agent_env::BUILDER.into(),
+        value: Some(BuilderKind::Kaniko.as_str().into()),
+        ..EnvVar::default()
+    });
+    env.extend(s.agent_env.iter().map(|(k, v)| var((k, v))));
+    // Requests equal limits: the build gets what it asked for, and the
+    // scheduler places it where that fits (the original set limits only).
+    let resources: BTreeMap<String, Quantity> = BTreeMap::from([
+        (
+            "cpu".to_string(),
+            Quantity(format!("{}m", launch.cpu.millis())),
+        ),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Mi", launch.memory.mib())),
+        ),
+    ]);
+    Container {
+        name: "agent".into(),
+        image: Some(s.image.clone()),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// What a pod's status says about its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodOutcome {
+    Running,
+    /// Not started yet; the reason, when Kubernetes gives one.
+    Pending(Option<String>),
+    Ended {
+        success: bool,
+        reason: String,
+    },
+}
+
+/// Reads a pod's status the way a person debugging it would: the pod's own
+/// reason (Evicted, DeadlineExceeded), then the agent container's
+/// termination or waiting reason, then an unschedulable condition.
+pub fn pod_outcome(pod: &Pod) -> PodOutcome {
+    let Some(status) = &pod.status else {
+        return PodOutcome::Pending(None);
+    };
+    let agent = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == "agent"));
+    let terminated = agent
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let waiting = agent
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref());
+    match status.phase.as_deref() {
+        Some("Succeeded") => PodOutcome::Ended {
+            success: true,
+            reason: "pod succeeded".into(),
+        },
+        Some("Failed") => {
+            let mut parts = Vec::new();
+            match (&status.reason, &status.message) {
+                (Some(r), Some(m)) => parts.push(format!("{r}: {m}")),
+                (Some(r), None) => parts.push(r.clone()),
+                (None, Some(m)) => parts.push(m.clone()),
+                (None, None) => {}
+            }
+            if let Some(t) = terminated {
+                let mut s = format!("agent container exit code {}", t.exit_code);
+                if let Some(r) = &t.reason {
+                    s.push_str(&format!(" ({r})"));
+                }
+                parts.push(s);
+            }
+            let detail = if parts.is_empty() {
+                "no reason given".to_string()
+            } else {
+                parts.join("; ")
+            };
+            PodOutcome::Ended {
+                success: false,
+                reason: format!("pod failed: {detail}"),
+            }
+        }
+        Some("Running") => PodOutcome::Running,
+        _ => {
+            if let Some(w) = waiting {
+                let reason = w.reason.clone().unwrap_or_else(|| "Waiting".into());
+                return PodOutcome::Pending(Some(match &w.message {
+                    Some(m) => format!("{reason}: {m}"),
+                    None => reason,
+                }));
+            }
+            let unschedulable = status
+                .conditions
+                .as_ref()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                })
+                .map(|c| {
+                    format!(
+                        "{}: {}",
+                        c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+                        c.message.clone().unwrap_or_default()
+                    )
+                });
+            PodOutcome::Pending(unschedulable)
+        }
+    }
+}

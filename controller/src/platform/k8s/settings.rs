@@ -1,0 +1,106 @@
+//! The Kubernetes platform's settings: the namespace and agent image from
+//! the environment, the agent pods' scheduling and identity from the
+//! server-side `K8S_AGENT_CONFIG` file, and the labels that mark pods ours.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, Toleration};
+use serde::Deserialize;
+
+use crate::config::Config;
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const OWNER_LABEL: &str = "bakery.dev/owner";
+pub const TASK_LABEL: &str = "bakery.dev/task";
+pub const BUILD_LABEL: &str = "bakery.dev/build";
+pub const ARCH_LABEL: &str = "bakery.dev/arch";
+
+/// The server-side agent settings (`K8S_AGENT_CONFIG`, a YAML file; in the
+/// Kustomize example, the `configs/config.yaml` ConfigMap).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentPodConfig {
+    pub service_account_name: Option<String>,
+    /// Node labels besides `kubernetes.io/arch`, e.g. a dedicated pool.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Per-arch node labels (arm64 pools are often separate).
+    #[serde(default)]
+    pub arch_node_selector: BTreeMap<String, BTreeMap<String, String>>,
+    /// Tolerations, e.g. for tainted arm64 node pools.
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// Secrets for pulling the agent image.
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct K8sSettings {
+    pub namespace: String,
+    pub image: String,
+    pub owner: String,
+    pub agent: AgentPodConfig,
+    /// `activeDeadlineSeconds`: both timeouts, so Kubernetes ends the pod
+    /// even if the controller that should have is gone.
+    pub deadline_secs: i64,
+    pub agent_env: Vec<(String, String)>,
+}
+
+impl K8sSettings {
+    pub fn from_config(c: &Config) -> Result<K8sSettings, String> {
+        let mut missing = Vec::new();
+        if c.k8s_namespace.is_none() {
+            missing.push("K8S_NAMESPACE");
+        }
+        if c.agent_image.is_none() {
+            missing.push("AGENT_IMAGE");
+        }
+        if c.controller_url.is_none() {
+            missing.push("CONTROLLER_URL (the URL agent pods reach the controller at)");
+        }
+        if !missing.is_empty() {
+            return Err(format!("the k8s platform needs {}", missing.join(", ")));
+        }
+        let agent = match &c.k8s_agent_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("K8S_AGENT_CONFIG {}: {e}", path.display()))?;
+                serde_yaml_ng::from_str(&text)
+                    .map_err(|e| format!("K8S_AGENT_CONFIG {}: {e}", path.display()))?
+            }
+            None => AgentPodConfig::default(),
+        };
+        let mut agent_env = Vec::new();
+        if !c.insecure_registries.is_empty() {
+            agent_env.push((
+                "INSECURE_REGISTRIES".to_string(),
+                c.insecure_registries.clone(),
+            ));
+        }
+        Ok(K8sSettings {
+            namespace: c.k8s_namespace.clone().unwrap_or_default(),
+            image: c.agent_image.clone().unwrap_or_default(),
+            owner: c.bakery_owner.clone(),
+            agent,
+            deadline_secs: (c.build_task_timeout + c.build_result_timeout).as_secs() as i64,
+            agent_env,
+        })
+    }
+
+    /// Whether `pod` carries this controller's owner labels.
+    pub fn owns(&self, pod: &Pod) -> bool {
+        let labels = pod.metadata.labels.as_ref();
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        get(MANAGED_BY) == Some("bakery") && get(OWNER_LABEL) == Some(self.owner.as_str())
+    }
+
+    /// The label selector of every pod this controller owns.
+    pub fn selector(&self) -> String {
+        format!("{MANAGED_BY}=bakery,{OWNER_LABEL}={}", self.owner)
+    }
+}
