@@ -28,11 +28,12 @@ RUN apk add --no-cache musl-dev build-base cmake
 WORKDIR /src
 COPY . .
 # The client alone first: built together, cargo would give it the
-# controller's ECS and Kubernetes features too (see scripts/release).
-RUN cargo build --release --locked -p bakery --bin bakery \
+# controller's ECS and Kubernetes features too; and small, in Cargo.toml's
+# `client` profile (see scripts/release).
+RUN cargo build --profile client --locked -p bakery --bin bakery \
  && cargo build --release --locked --bin bakery-controller --bin bakery-agent \
  && mkdir -p /out \
- && cp target/release/bakery target/release/bakery-controller target/release/bakery-agent /out/ \
+ && cp target/client/bakery target/release/bakery-controller target/release/bakery-agent /out/ \
  && strip /out/*
 
 # ---- or taken from dist/<arch>/ -------------------------------------------

@@ -4,6 +4,10 @@ use std::fmt::Write;
 use std::path::Path;
 
 use bakery_plan::Plan;
+use bakery_protocol::api::{BuildState, TaskState};
+
+use crate::outcome::ServiceResult;
+use crate::printer::Printer;
 
 /// The plan as an aligned table, then one line per multi-arch index.
 pub fn plan_table(plan: &Plan, repo: &Path) -> String {
@@ -90,4 +94,85 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// The table CI users read first: one row per (service, arch), the index,
+/// and for failures the last lines of the failing arch's log.
+pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
+    let mut rows = vec![["SERVICE", "ARCH", "STATUS", "DURATION", "DIGEST"].map(String::from)];
+    let mut failures = Vec::new();
+    let mut indexes = Vec::new();
+    for ServiceResult { service, status } in results {
+        let Some(status) = status else {
+            rows.push([
+                service.clone(),
+                "-".into(),
+                "skipped".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            continue;
+        };
+        for t in &status.tasks {
+            let secs = match (t.started_ms, t.finished_ms) {
+                (Some(s), Some(f)) => format!("{:.1}s", f.saturating_sub(s) as f64 / 1000.0),
+                _ => "-".into(),
+            };
+            let state = match t.state {
+                TaskState::Succeeded => "pushed",
+                TaskState::Failed => "failed",
+                TaskState::Cancelled => "cancelled",
+                TaskState::Queued | TaskState::Starting | TaskState::Running => "unfinished",
+            };
+            rows.push([
+                service.clone(),
+                t.arch.to_string(),
+                state.into(),
+                secs,
+                t.digest.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            if t.state == TaskState::Failed {
+                failures.push((
+                    format!("{service}-{}", t.arch),
+                    t.error.clone().unwrap_or_default(),
+                ));
+            }
+        }
+        match (&status.destination, &status.index_digest, status.state) {
+            (Some(dest), Some(digest), _) => indexes.push(format!("{service}: {dest} → {digest}")),
+            (_, _, BuildState::Failed)
+                if !status.tasks.iter().any(|t| t.state == TaskState::Failed) =>
+            {
+                failures.push((service.clone(), status.error.clone().unwrap_or_default()))
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::from("\n");
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for line in &indexes {
+        out.push_str(&format!("multi-arch index {line}\n"));
+    }
+    for (label, error) in &failures {
+        out.push_str(&format!("\n{label} failed: {error}\n"));
+        let tail = printer.tail(label);
+        if !tail.is_empty() {
+            out.push_str(&format!("last lines of {label}:\n"));
+            for l in tail {
+                out.push_str(&format!("  {l}\n"));
+            }
+        }
+    }
+    print!("{out}");
 }

@@ -450,33 +450,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .flat_map(|r| r.record.tasks.iter().filter_map(|t| t.handle.clone()))
         .collect();
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut wanted = vec![config.default_platform];
-    if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
-        wanted.push(Platform::Ecs);
-    }
-    if config.k8s_namespace.is_some() && !wanted.contains(&Platform::K8s) {
-        wanted.push(Platform::K8s);
-    }
     let metrics = Arc::new(metrics::Metrics::new());
-    let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
-    for p in wanted {
-        let exits = exit_tx.clone();
-        let platform = start_platform(p, &config, exits, &keep, &metrics).await?;
-        metrics.platform_operations(
-            platform.name(),
-            &[Operation::Launch, Operation::Stop, Operation::Adopt],
-        );
-        platforms.insert(p, platform);
-    }
-    let slots = platforms
-        .keys()
-        .map(|p| {
-            let n = config
-                .max_concurrent_agents
-                .unwrap_or(if *p == Platform::Local { 4 } else { 100 });
-            (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
-        })
-        .collect();
+    let platforms = start_platforms(&config, exit_tx, &keep, &metrics).await?;
+    let slots = agent_slots(&config, &platforms);
     let app = Arc::new(App {
         client_token,
         oidc,
@@ -498,8 +474,70 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
     resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));
+    let (shutdown, server) = serve(listener, routes::router(Arc::clone(&app)));
+    let names: Vec<&str> = app.platforms.values().map(|p| p.name()).collect();
+    tracing::info!(%addr, platforms = ?names, default = %app.config.default_platform, "controller listening");
+    Ok(Running {
+        app,
+        addr,
+        server,
+        shutdown,
+    })
+}
+
+/// Every platform the configuration names: the default, and ECS and
+/// Kubernetes when their cluster or namespace is set.
+async fn start_platforms(
+    config: &Config,
+    exits: platform::ExitSender,
+    keep: &HashSet<String>,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<HashMap<Platform, Box<dyn AgentPlatform>>, StartError> {
+    let mut wanted = vec![config.default_platform];
+    if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
+        wanted.push(Platform::Ecs);
+    }
+    if config.k8s_namespace.is_some() && !wanted.contains(&Platform::K8s) {
+        wanted.push(Platform::K8s);
+    }
+    let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
+    for p in wanted {
+        let platform = start_platform(p, config, exits.clone(), keep, metrics).await?;
+        metrics.platform_operations(
+            platform.name(),
+            &[Operation::Launch, Operation::Stop, Operation::Adopt],
+        );
+        platforms.insert(p, platform);
+    }
+    Ok(platforms)
+}
+
+/// One slot per agent that may run at once on each platform
+/// (`MAX_CONCURRENT_AGENTS`; 4 locally, 100 on a cloud platform).
+fn agent_slots(
+    config: &Config,
+    platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
+) -> HashMap<Platform, Arc<tokio::sync::Semaphore>> {
+    platforms
+        .keys()
+        .map(|p| {
+            let n = config
+                .max_concurrent_agents
+                .unwrap_or(if *p == Platform::Local { 4 } else { 100 });
+            (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
+        })
+        .collect()
+}
+
+/// Serves `router` until the returned sender says stop.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let router = routes::router(Arc::clone(&app));
     // Small writes go out at once: with Nagle's algorithm a response whose
     // body follows its head in a second write (a streamed context, an SSE
     // event) waited for the client's delayed ACK, 40 ms on Linux.
@@ -515,12 +553,5 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })
             .await
     });
-    let names: Vec<&str> = app.platforms.values().map(|p| p.name()).collect();
-    tracing::info!(%addr, platforms = ?names, default = %app.config.default_platform, "controller listening");
-    Ok(Running {
-        app,
-        addr,
-        server,
-        shutdown,
-    })
+    (shutdown, server)
 }

@@ -385,16 +385,14 @@ sleep 300"#,
     h.app().journal.set_flush_timeout(Duration::from_secs(10));
     let status = h.wait_end(&id, Duration::from_secs(20)).await;
     assert_eq!(status.state, BuildState::Succeeded);
-    // The agent's shell writes the code after curl returns, which can be
-    // after the build is seen to end.
-    eventually(
-        "the agent records its 204",
-        Duration::from_secs(5),
-        async || std::fs::read_to_string(&codes).is_ok_and(|c| c.trim_end().ends_with("204")),
-    )
-    .await;
+    // The build succeeding is the retry being taken. The agent may be
+    // stopped before its shell writes the last code, so what it recorded is
+    // only checked for a refusal.
     let seen = std::fs::read_to_string(&codes).unwrap();
-    assert!(!seen.contains("401"), "{seen}");
+    assert!(
+        seen.lines().all(|c| c == "503" || c == "204"),
+        "every answer is 503 or 204: {seen}"
+    );
 }
 
 /// Two requests with the same key at the same moment: one build (the

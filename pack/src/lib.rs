@@ -202,6 +202,30 @@ pub fn pack<W: Write + Send + 'static>(
         excluded: 0,
         warnings: Vec::new(),
     };
+    append_tree(&mut tar, context, &rules, &always, &mut packed)?;
+    let compressor = tar.into_inner().map_err(io_err(context))?;
+    let mut hashing = compressor.finish()?;
+    hashing.flush().map_err(io_err(context))?;
+    let (hasher, size) = {
+        let state = state
+            .lock()
+            .map_err(|_| ContextError::Compress("hash state poisoned".into()))?;
+        (state.0.clone(), state.1)
+    };
+    packed.sha256 = hex::encode(hasher.finalize());
+    packed.size = size;
+    Ok(packed)
+}
+
+/// Appends every entry of `context` that `rules` keep (and the `always`
+/// files) to `tar`, in name order, counting into `packed`.
+fn append_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    context: &Path,
+    rules: &IgnoreRules,
+    always: &[String],
+    packed: &mut Packed,
+) -> Result<(), ContextError> {
     let prune = !rules.has_exceptions();
     let mut walker = walkdir::WalkDir::new(context)
         .follow_links(false)
@@ -255,18 +279,7 @@ pub fn pack<W: Write + Send + 'static>(
         }
         packed.entries += 1;
     }
-    let compressor = tar.into_inner().map_err(io_err(context))?;
-    let mut hashing = compressor.finish()?;
-    hashing.flush().map_err(io_err(context))?;
-    let (hasher, size) = {
-        let state = state
-            .lock()
-            .map_err(|_| ContextError::Compress("hash state poisoned".into()))?;
-        (state.0.clone(), state.1)
-    };
-    packed.sha256 = hex::encode(hasher.finalize());
-    packed.size = size;
-    Ok(packed)
+    Ok(())
 }
 
 /// Packs into `dir`, naming the archive after its hash. The archive is

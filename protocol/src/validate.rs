@@ -193,6 +193,26 @@ fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
             }
         }
     }
+    check_maps(spec, at)?;
+    for (i, c) in spec.credentials.iter().enumerate() {
+        let field = format!("{}[{i}]", f("credentials"));
+        if c.registry.is_empty() || !one_line(&c.registry) || !one_line(&c.username) {
+            return Err(invalid(
+                field,
+                "registry and username are single lines of text",
+            ));
+        }
+        if c.password.expose().contains('\0') {
+            return Err(invalid(field, "a password cannot contain NUL"));
+        }
+    }
+    check_words(spec, at)
+}
+
+/// Build args, labels and env: names a shell and a Dockerfile accept,
+/// values of bounded size without NUL.
+fn check_maps(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
+    let f = |name: &str| format!("{at}.{name}");
     for (name, map) in [
         ("build_args", &spec.build_args),
         ("labels", &spec.labels),
@@ -217,18 +237,12 @@ fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
             }
         }
     }
-    for (i, c) in spec.credentials.iter().enumerate() {
-        let field = format!("{}[{i}]", f("credentials"));
-        if c.registry.is_empty() || !one_line(&c.registry) || !one_line(&c.username) {
-            return Err(invalid(
-                field,
-                "registry and username are single lines of text",
-            ));
-        }
-        if c.password.expose().contains('\0') {
-            return Err(invalid(field, "a password cannot contain NUL"));
-        }
-    }
+    Ok(())
+}
+
+/// Values that end up as one argument or one line: no control characters.
+fn check_words(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
+    let f = |name: &str| format!("{at}.{name}");
     let words = spec
         .target
         .iter()

@@ -118,17 +118,7 @@ fn start_registry(port: u16, storage: &Path, dir: tempfile::TempDir) -> Server {
 /// Pushes the busybox base image the examples build on, with the project's script.
 pub fn push_base_image(registry: &Server) -> String {
     let reference = format!("{}/bakery/busybox:latest", registry.host());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "base image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    base_image(&[&reference]);
     reference
 }
 
@@ -136,18 +126,32 @@ pub fn push_base_image(registry: &Server) -> String {
 /// linux/amd64 busybox, and linux/arm64/v8 with files only, for COPY-only
 /// builds) to `reference`.
 pub fn push_index_base(reference: &str) {
+    base_image(&[reference, "--index"]);
+}
+
+/// Runs scripts/base-image. buildah's re-exec, with several buildah
+/// processes starting at once (tests run in parallel), sometimes fails
+/// with `sealing memfd copy: Device or resource busy` before doing
+/// anything: that, and only that, is tried again.
+fn base_image(args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(reference)
-        .arg("--index")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "base image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut stderr = String::new();
+    for _ in 0..3 {
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !stderr.contains("sealing memfd") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("base image: {stderr}");
 }
 
 /// moto_server as the S3 stand-in, with `bucket` created.

@@ -1,182 +1,24 @@
-//! Results where CI users look, behind one interface for both CI systems.
-//!
-//! * GitHub Actions (`GITHUB_ACTIONS=true`): each arch's log in `::group::`
-//!   blocks, `::error file=…,line=…::` annotations pointing at the Dockerfile
-//!   line a builder failed on, step outputs (`digest`, `images`, `metadata`)
-//!   in `$GITHUB_OUTPUT`, and a job summary table in `$GITHUB_STEP_SUMMARY`.
-//! * GitLab CI (`GITLAB_CI=true`): collapsible log sections per arch, and a
-//!   dotenv report (`BAKERY_DOTENV`, default `bakery.env`) with the digests.
-//!
-//! Anywhere else nothing extra is printed or written.
+//! What GitHub shows of a run: step outputs, the job summary, and error
+//! annotations at the Dockerfile line a build failed on.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::LazyLock;
 
 use bakery_plan::Plan;
-use bakery_protocol::api::{BuildStatus, TaskState};
+use bakery_protocol::api::TaskState;
 use regex::Regex;
 
-/// Which CI system runs us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ci {
-    None,
-    GitHub {
-        output: Option<PathBuf>,
-        summary: Option<PathBuf>,
-        workspace: PathBuf,
-    },
-    GitLab {
-        dotenv: PathBuf,
-    },
-}
-
-impl Ci {
-    /// The directory annotation paths are relative to.
-    pub fn workspace(&self) -> PathBuf {
-        match self {
-            Ci::GitHub { workspace, .. } => workspace.clone(),
-            _ => std::env::current_dir().unwrap_or_default(),
-        }
-    }
-
-    pub fn detect() -> Ci {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if var("GITHUB_ACTIONS").as_deref() == Some("true") {
-            Ci::GitHub {
-                output: var("GITHUB_OUTPUT").map(PathBuf::from),
-                summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
-                workspace: var("GITHUB_WORKSPACE")
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::current_dir().ok())
-                    .unwrap_or_default(),
-            }
-        } else if var("GITLAB_CI").as_deref() == Some("true") {
-            Ci::GitLab {
-                dotenv: var("BAKERY_DOTENV")
-                    .unwrap_or_else(|| "bakery.env".into())
-                    .into(),
-            }
-        } else {
-            Ci::None
-        }
-    }
-
-    /// What to print before a run of lines from `label`, after `previous`.
-    pub fn switch_block(&self, previous: Option<(&str, usize)>, label: &str, n: usize) -> String {
-        let mut out = String::new();
-        match self {
-            Ci::None => {}
-            Ci::GitHub { .. } => {
-                if previous.is_some() {
-                    out.push_str("::endgroup::\n");
-                }
-                let _ = writeln!(out, "::group::{label}");
-            }
-            Ci::GitLab { .. } => {
-                let now = now_secs();
-                if let Some((prev, pn)) = previous {
-                    let _ = writeln!(
-                        out,
-                        "\x1b[0Ksection_end:{now}:{}\r\x1b[0K",
-                        section(prev, pn)
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "\x1b[0Ksection_start:{now}:{}[collapsed=true]\r\x1b[0K{label}",
-                    section(label, n)
-                );
-            }
-        }
-        out
-    }
-
-    /// Closes the open block, if any.
-    pub fn close_block(&self, open: Option<(&str, usize)>) -> String {
-        match (self, open) {
-            (Ci::GitHub { .. }, Some(_)) => "::endgroup::\n".into(),
-            (Ci::GitLab { .. }, Some((label, n))) => {
-                format!(
-                    "\x1b[0Ksection_end:{}:{}\r\x1b[0K\n",
-                    now_secs(),
-                    section(label, n)
-                )
-            }
-            _ => String::new(),
-        }
-    }
-
-    /// Writes outputs, summary, annotations or dotenv report for `results`.
-    /// `tails` are the last log lines of each `<service>-<arch>`.
-    pub fn report(
-        &self,
-        plan: &Plan,
-        results: &[(String, Option<BuildStatus>, f64)],
-        tails: &BTreeMap<String, Vec<String>>,
-    ) -> std::io::Result<()> {
-        match self {
-            Ci::None => Ok(()),
-            Ci::GitHub {
-                output,
-                summary,
-                workspace,
-            } => {
-                for a in annotations(plan, results, workspace) {
-                    println!("{}", a.workflow_command());
-                }
-                if let Some(path) = output {
-                    append(path, &github_outputs(results))?;
-                }
-                if let Some(path) = summary {
-                    append(path, &markdown_summary(results, tails))?;
-                }
-                Ok(())
-            }
-            Ci::GitLab { dotenv } => std::fs::write(dotenv, dotenv_report(results)),
-        }
-    }
-}
-
-fn now_secs() -> u64 {
-    bakery_protocol::api::now_ms() / 1000
-}
-
-/// GitLab section names allow `[A-Za-z0-9_.-]`; each run of lines gets its own.
-fn section(label: &str, n: usize) -> String {
-    let clean: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("bakery_{clean}_{n}")
-}
-
-fn append(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
+use crate::outcome::{submitted, ServiceResult};
 
 /// The digest of the first service's index (like docker/build-push-action's
 /// single-image `digest`), every pushed reference, and everything as JSON.
-pub fn github_outputs(results: &[(String, Option<BuildStatus>, f64)]) -> String {
+pub fn github_outputs(results: &[ServiceResult]) -> String {
     let mut metadata = serde_json::Map::new();
     let mut images = Vec::new();
     let mut digest = String::new();
-    for (service, status) in results
-        .iter()
-        .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
-    {
+    for (service, status) in submitted(results) {
         let arches: serde_json::Map<String, serde_json::Value> = status
             .tasks
             .iter()
@@ -214,7 +56,7 @@ pub fn github_outputs(results: &[(String, Option<BuildStatus>, f64)]) -> String 
 /// The job summary: a row per service × arch, the indexes, and for each
 /// failure the error and the last log lines.
 pub fn markdown_summary(
-    results: &[(String, Option<BuildStatus>, f64)],
+    results: &[ServiceResult],
     tails: &BTreeMap<String, Vec<String>>,
 ) -> String {
     let mut md = String::from(
@@ -222,7 +64,7 @@ pub fn markdown_summary(
     );
     let mut failures = String::new();
     let mut indexes = String::new();
-    for (service, status, _) in results {
+    for ServiceResult { service, status } in results {
         let Some(status) = status else {
             let _ = writeln!(md, "| {service} | – | ⏭️ skipped | – | – |");
             continue;
@@ -276,38 +118,6 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// `BAKERY_<SERVICE>_DIGEST`, `_IMAGE`, and per arch `_<ARCH>_DIGEST`.
-pub fn dotenv_report(results: &[(String, Option<BuildStatus>, f64)]) -> String {
-    let key = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
-    let mut out = String::new();
-    for (service, status) in results
-        .iter()
-        .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
-    {
-        let k = key(service);
-        if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {
-            let _ = writeln!(out, "BAKERY_{k}_DIGEST={d}");
-            let _ = writeln!(out, "BAKERY_{k}_IMAGE={dest}@{d}");
-        }
-        for t in &status.tasks {
-            if let Some(d) = &t.digest {
-                let _ = writeln!(out, "BAKERY_{k}_{}_DIGEST={d}", key(t.arch.as_str()));
-            }
-        }
-    }
-    out
-}
-
 static STEP: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#"STEP "([^"]+)""#).expect("valid regex"));
 static LINE: LazyLock<Regex> = LazyLock::new(|| {
@@ -345,16 +155,9 @@ impl Annotation {
     }
 }
 
-pub fn annotations(
-    plan: &Plan,
-    results: &[(String, Option<BuildStatus>, f64)],
-    workspace: &Path,
-) -> Vec<Annotation> {
+pub fn annotations(plan: &Plan, results: &[ServiceResult], workspace: &Path) -> Vec<Annotation> {
     let mut out = Vec::new();
-    for (service, status) in results
-        .iter()
-        .filter_map(|(s, st, _)| st.as_ref().map(|st| (s, st)))
-    {
+    for (service, status) in submitted(results) {
         for t in status.tasks.iter().filter(|t| t.state == TaskState::Failed) {
             let message = t.error.clone().unwrap_or_else(|| "failed".into());
             let dockerfile = plan
@@ -408,7 +211,6 @@ fn escape_property(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn locates_dockerfile_lines_from_builder_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -425,11 +227,5 @@ mod tests {
     fn workflow_command_escaping() {
         assert_eq!(escape_data("50%\nnext"), "50%25%0Anext");
         assert_eq!(escape_property("a:b,c"), "a%3Ab%2Cc");
-    }
-
-    #[test]
-    fn gitlab_section_names_are_valid() {
-        assert_eq!(section("api-amd64", 2), "bakery_api-amd64_2");
-        assert_eq!(section("my app/x", 0), "bakery_my_app_x_0");
     }
 }

@@ -1,0 +1,243 @@
+//! `bakery build`: check bases, pack and upload, submit, follow, summarise.
+//!
+//! * [`upload`] packs each distinct context once and puts it where the
+//!   controller reads contexts;
+//! * [`embedded`] starts a controller in this process when no
+//!   CONTROLLER_URL is given;
+//! * this module submits the builds (one after another, or all at once with
+//!   `--async`), follows their logs through the [`Printer`], keeps the commit
+//!   status in step and cancels everything on SIGTERM or Ctrl-C.
+
+mod embedded;
+mod upload;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bakery_pack::Codec;
+use bakery_plan::Plan;
+use bakery_protocol::api::{BuildState, BuildStatus};
+
+use crate::ci::CiSystem;
+use crate::cli::LogFormat;
+use crate::client::{self, Controller, Event};
+use crate::outcome::ServiceResult;
+use crate::printer::Printer;
+use upload::Contexts;
+
+/// How the build runs and prints.
+pub struct BuildOptions {
+    pub async_mode: bool,
+    pub detach: bool,
+    pub codec: Codec,
+    pub format: Option<LogFormat>,
+}
+
+/// Where the controller is: a URL, or one started in this process.
+pub enum Target {
+    Remote(String),
+    Embedded,
+}
+
+/// Runs the plan's builds; `Ok(true)` when every one succeeded (or, with
+/// `--detach`, was submitted).
+pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
+    check_bases(&plan).await?;
+    let embedded;
+    let controller = match target {
+        Target::Remote(url) => client::connect(&url),
+        Target::Embedded => {
+            embedded = embedded::start_embedded().await?;
+            client::connect(&embedded.0.url())
+        }
+    };
+    let info = controller.info().await.map_err(|e| match e {
+        bakery_client::Error::Unreachable { .. } => {
+            anyhow::anyhow!("{e}; is CONTROLLER_URL right?")
+        }
+        e => e.into(),
+    })?;
+    let contexts =
+        upload::upload_contexts(&plan, &controller, &info.context_store, opts.codec).await?;
+    let ci = crate::ci::detect(true).await;
+    let run = Run {
+        plan: &plan,
+        controller: &controller,
+        contexts: &contexts,
+        printer: Printer::new(&plan, opts.format, ci.clone()),
+        ci,
+        submitted: Arc::default(),
+    };
+    let results = tokio::select! {
+        r = run.all(&opts) => r?,
+        () = interrupted() => {
+            run.cancel().await;
+            bail!("cancelled");
+        }
+    };
+    let Some(results) = results else {
+        return Ok(true);
+    };
+    run.printer.end_block();
+    crate::render::print_summary(&results, &run.printer);
+    run.printer.report(&plan, &results);
+    Ok(results.iter().all(ServiceResult::succeeded))
+}
+
+/// Every base image has the platform it is pulled for, or nothing is
+/// uploaded.
+async fn check_bases(plan: &Plan) -> Result<()> {
+    let insecure = bakery_protocol::registry::parse_list(
+        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
+    );
+    let problems = crate::preflight::check_bases(plan, &insecure).await;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    bail!(
+        "{} base image problem{}: nothing was uploaded or built",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+}
+
+/// SIGTERM (how CI systems cancel a job) or Ctrl-C (how a person does).
+async fn interrupted() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// One `bakery build` in progress.
+struct Run<'a> {
+    plan: &'a Plan,
+    controller: &'a Controller,
+    contexts: &'a Contexts,
+    printer: Printer,
+    /// Where the commit's checks or statuses go.
+    ci: Arc<dyn CiSystem>,
+    /// Ids of the builds created so far, for cancelling.
+    submitted: Arc<Mutex<Vec<String>>>,
+}
+
+impl Run<'_> {
+    /// Every service's result; `None` with `--detach` (ids printed).
+    async fn all(&self, opts: &BuildOptions) -> Result<Option<Vec<ServiceResult>>> {
+        if !(opts.detach || opts.async_mode) {
+            return self.one_by_one().await.map(Some);
+        }
+        let mut ids = Vec::new();
+        for service in &self.plan.services {
+            ids.push((service.name.clone(), self.submit(service).await?));
+        }
+        if opts.detach {
+            for (service, id) in &ids {
+                println!("{service}\t{id}");
+            }
+            return Ok(None);
+        }
+        let follows = ids.iter().map(|(service, id)| self.follow(service, id));
+        let mut results = Vec::new();
+        for ((service, _), status) in ids
+            .iter()
+            .zip(futures_util::future::join_all(follows).await)
+        {
+            results.push(ServiceResult::ended(service, status?));
+        }
+        Ok(Some(results))
+    }
+
+    /// One service after the other; after a failure the rest are skipped.
+    async fn one_by_one(&self) -> Result<Vec<ServiceResult>> {
+        let mut results = Vec::new();
+        for service in &self.plan.services {
+            let id = self.submit(service).await?;
+            let status = self.follow(&service.name, &id).await?;
+            let failed = status.state != BuildState::Succeeded;
+            results.push(ServiceResult::ended(&service.name, status));
+            if failed {
+                break;
+            }
+        }
+        for service in self.plan.services.iter().skip(results.len()) {
+            results.push(ServiceResult::skipped(&service.name));
+        }
+        Ok(results)
+    }
+
+    async fn submit(&self, service: &bakery_plan::ServicePlan) -> Result<String> {
+        let id = self
+            .controller
+            .create(&upload::request(service, self.contexts)?)
+            .await?;
+        self.submitted.lock().expect("lock").push(id.clone());
+        Ok(id)
+    }
+
+    /// Follows one build to its end, keeping the commit status in step.
+    async fn follow(&self, service: &str, id: &str) -> Result<BuildStatus> {
+        if let Ok(status) = self.controller.status(id).await {
+            self.ci.started(&status).await;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BuildStatus>();
+        let follow = async move {
+            self.controller
+                .follow(id, |event| match event {
+                    Event::Log(line) => self.printer.line(service, &line),
+                    Event::Status(status) | Event::End(status) => {
+                        let _ = tx.send(status);
+                    }
+                })
+                .await
+        };
+        let updates = async {
+            while let Some(status) = rx.recv().await {
+                self.ci.updated(&status).await;
+            }
+        };
+        let (status, ()) = tokio::join!(follow, updates);
+        let status = status?;
+        self.ci
+            .finished(self.plan, &status, &self.printer.tails())
+            .await;
+        Ok(status)
+    }
+
+    /// Cancels every submitted build at once (a CI system kills the job
+    /// soon after its SIGTERM, and a hanging controller is not waited for),
+    /// then gives the controller up to 10 s to stop the agents.
+    async fn cancel(&self) {
+        eprintln!("interrupted: cancelling the builds");
+        let ids = self.submitted.lock().map(|s| s.clone()).unwrap_or_default();
+        let cancels = ids.iter().map(|id| self.controller.cancel(id));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(15),
+            futures_util::future::join_all(cancels),
+        )
+        .await;
+        let stopped = async {
+            for id in &ids {
+                loop {
+                    let status = self.controller.status(id).await;
+                    if status.map(|s| s.state.is_terminal()).unwrap_or(true) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+    }
+}

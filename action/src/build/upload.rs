@@ -1,0 +1,149 @@
+//! Contexts packed once each and uploaded where the controller reads them
+//! (its own store or S3), and the build requests that name them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bakery_pack::{pack_to_dir, Codec, PackOptions};
+use bakery_plan::{Plan, ServicePlan};
+use bakery_protocol::api::{ContextStore, CreateBuild, TaskRequest};
+
+use crate::client::Controller;
+
+/// Where each (context directory, Dockerfile) was uploaded.
+pub(super) type Contexts = HashMap<(PathBuf, String), Uploaded>;
+
+/// A packed context as the build request names it.
+#[derive(Clone)]
+pub(super) struct Uploaded {
+    key: bakery_protocol::ContextKey,
+    /// Bytes of file content it unpacks to.
+    content_bytes: u64,
+}
+
+/// Packs each distinct context once and uploads what the store lacks.
+pub(super) async fn upload_contexts(
+    plan: &Plan,
+    controller: &Controller,
+    store: &ContextStore,
+    codec: Codec,
+) -> Result<Contexts> {
+    let tmp = tempfile::tempdir().context("creating a temporary directory for context archives")?;
+    let s3 = match store {
+        ContextStore::S3(location) => {
+            Some(bakery_store::S3Store::connect(s3_settings(location)).await)
+        }
+        ContextStore::Controller => None,
+    };
+    let mut keys = HashMap::new();
+    for (_, build) in plan.builds() {
+        let id = (build.context_dir.clone(), build.spec.dockerfile.clone());
+        if keys.contains_key(&id) {
+            continue;
+        }
+        let started = Instant::now();
+        let (path, packed) = {
+            let (dir, df, out) = (id.0.clone(), id.1.clone(), tmp.path().to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                pack_to_dir(
+                    &dir,
+                    &df,
+                    &out,
+                    &PackOptions {
+                        codec,
+                        ..PackOptions::default()
+                    },
+                )
+            })
+            .await?
+            .with_context(|| format!("packing {}", id.0.display()))?
+        };
+        for w in &packed.warnings {
+            tracing::warn!("{w}");
+        }
+        let key = packed.key();
+        let uploaded = Uploaded {
+            key: key.clone(),
+            content_bytes: packed.content_bytes,
+        };
+        if keys.values().any(|k: &Uploaded| k.key == key) {
+            // Same bytes as a context already handled (another Dockerfile in
+            // the same directory, say): nothing more to report.
+            keys.insert(id, uploaded);
+            continue;
+        }
+        let sent = match (store, &s3) {
+            (ContextStore::Controller, _) => controller.upload_context(&key, &path).await?,
+            (ContextStore::S3(_), Some(s3)) => s3.upload_if_absent(&key, &path).await?,
+            (ContextStore::S3(_), None) => unreachable!("connected above"),
+        };
+        eprintln!(
+            "context {}: {} files, {} → {} ({}) in {:.2}s",
+            id.0.display(),
+            packed.entries,
+            crate::render::bytes(packed.content_bytes),
+            crate::render::bytes(packed.size),
+            if sent {
+                "uploaded"
+            } else {
+                "unchanged, not uploaded"
+            },
+            started.elapsed().as_secs_f64()
+        );
+        keys.insert(id, uploaded);
+    }
+    Ok(keys)
+}
+
+/// The controller's bucket, with the client's own `S3_*` variables winning:
+/// the client may reach S3 through another endpoint than the controller.
+fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3Settings {
+    let mut settings = bakery_store::S3Settings {
+        bucket: location.bucket.clone(),
+        endpoint: location.endpoint.clone(),
+        region: location.region.clone(),
+        ssl: location.ssl,
+    };
+    if let Some(own) = bakery_store::S3Settings::from_env() {
+        if own.bucket != settings.bucket {
+            tracing::warn!(
+                "S3_BUCKET is `{}` but the controller uses `{}`; uploading to the controller's",
+                own.bucket,
+                settings.bucket
+            );
+        }
+        settings.endpoint = own.endpoint.or(settings.endpoint);
+        settings.region = own.region.or(settings.region);
+        settings.ssl = own.ssl;
+    }
+    settings
+}
+
+/// The build request for one service, naming each arch's uploaded context.
+pub(super) fn request(service: &ServicePlan, keys: &Contexts) -> Result<CreateBuild> {
+    let tasks = service
+        .builds
+        .iter()
+        .map(|b| {
+            let uploaded = keys
+                .get(&(b.context_dir.clone(), b.spec.dockerfile.clone()))
+                .context("context was not packed")?
+                .clone();
+            Ok(TaskRequest {
+                arch: b.arch,
+                push: b.push.clone(),
+                context_key: uploaded.key,
+                context_bytes: Some(uploaded.content_bytes),
+                spec: b.spec.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CreateBuild {
+        service: service.name.clone(),
+        destination: service.destination.clone(),
+        tags: service.tags.clone(),
+        tasks,
+    })
+}

@@ -1,0 +1,144 @@
+//! GitHub Actions (`GITHUB_ACTIONS=true`): each arch's log in `::group::`
+//! blocks, `::error file=…,line=…::` annotations pointing at the Dockerfile
+//! line a builder failed on, step outputs (`digest`, `images`, `metadata`)
+//! in `$GITHUB_OUTPUT` and a job summary table in `$GITHUB_STEP_SUMMARY`.
+//! With `BAKERY_GITHUB_TOKEN` (and `GITHUB_REPOSITORY`, `GITHUB_SHA` or
+//! `BAKERY_GITHUB_SHA`) also one check run per service (see [`checks`]).
+
+mod checks;
+pub mod report;
+
+use std::path::PathBuf;
+
+use bakery_plan::Plan;
+use bakery_protocol::api::BuildStatus;
+use futures_util::future::BoxFuture;
+
+use super::{append, var, CiSystem, Tails};
+use crate::outcome::ServiceResult;
+use checks::Checks;
+pub use report::{annotations, github_outputs, locate, markdown_summary, Annotation};
+
+/// GitHub Actions as bakery reports to it.
+pub struct GitHub {
+    /// In a workflow step: the files the runner reads after the step.
+    files: Option<StepFiles>,
+    checks: Option<Checks>,
+}
+
+/// What the runner hands a step.
+struct StepFiles {
+    output: Option<PathBuf>,
+    summary: Option<PathBuf>,
+    /// The checkout annotation paths are relative to.
+    workspace: PathBuf,
+}
+
+impl GitHub {
+    /// What the environment configures; check runs only when `with_checks`.
+    pub fn from_env(with_checks: bool) -> GitHub {
+        let files = (var("GITHUB_ACTIONS").as_deref() == Some("true")).then(|| StepFiles {
+            output: var("GITHUB_OUTPUT").map(PathBuf::from),
+            summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
+            workspace: workspace(),
+        });
+        let mut checks = None;
+        if let (Some(token), Some(repository), true) = (
+            var("BAKERY_GITHUB_TOKEN"),
+            var("GITHUB_REPOSITORY"),
+            with_checks,
+        ) {
+            match Checks::new(&token, &repository) {
+                Ok(c) => checks = Some(c),
+                Err(e) => tracing::warn!("GitHub check runs disabled: {e}"),
+            }
+        }
+        GitHub { files, checks }
+    }
+
+    fn workspace(&self) -> PathBuf {
+        self.files
+            .as_ref()
+            .map(|f| f.workspace.clone())
+            .unwrap_or_else(workspace)
+    }
+}
+
+/// `GITHUB_WORKSPACE`, else the working directory.
+fn workspace() -> PathBuf {
+    var("GITHUB_WORKSPACE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default()
+}
+
+impl CiSystem for GitHub {
+    fn switch_block(&self, previous: Option<(&str, usize)>, label: &str, _n: usize) -> String {
+        if self.files.is_none() {
+            return String::new();
+        }
+        let end = if previous.is_some() {
+            "::endgroup::\n"
+        } else {
+            ""
+        };
+        format!("{end}::group::{label}\n")
+    }
+
+    fn close_block(&self, open: Option<(&str, usize)>) -> String {
+        match (&self.files, open) {
+            (Some(_), Some(_)) => "::endgroup::\n".into(),
+            _ => String::new(),
+        }
+    }
+
+    fn write_reports(
+        &self,
+        plan: &Plan,
+        results: &[ServiceResult],
+        tails: &Tails,
+    ) -> std::io::Result<()> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        for a in annotations(plan, results, &files.workspace) {
+            println!("{}", a.workflow_command());
+        }
+        if let Some(path) = &files.output {
+            append(path, &github_outputs(results))?;
+        }
+        if let Some(path) = &files.summary {
+            append(path, &markdown_summary(results, tails))?;
+        }
+        Ok(())
+    }
+
+    fn started<'a>(&'a self, status: &'a BuildStatus) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(checks) = &self.checks {
+                if let Err(e) = checks.start(status).await {
+                    tracing::warn!("could not create the GitHub check run: {e}");
+                }
+            }
+        })
+    }
+
+    fn finished<'a>(
+        &'a self,
+        plan: &'a Plan,
+        status: &'a BuildStatus,
+        tails: &'a Tails,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(checks) = &self.checks else {
+                return;
+            };
+            let one = [ServiceResult::ended(status.service.clone(), status.clone())];
+            let summary = markdown_summary(&one, tails);
+            let annotations = annotations(plan, &one, &self.workspace());
+            if let Err(e) = checks.complete(status, &summary, &annotations).await {
+                tracing::warn!("could not complete the GitHub check run: {e}");
+            }
+        })
+    }
+}

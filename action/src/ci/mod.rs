@@ -1,0 +1,117 @@
+//! Results where CI users look, behind one interface for both CI systems.
+//!
+//! A [`CiSystem`] does three things: it frames each arch's log lines as a
+//! collapsible block, it writes the report files the CI system reads after
+//! the step (outputs, job summary, dotenv), and it keeps the commit's status
+//! in step with the build through the CI system's API. [`detect`] picks the
+//! implementation from the environment:
+//!
+//! * [`github::GitHub`] in GitHub Actions (`GITHUB_ACTIONS=true`) or wherever
+//!   `BAKERY_GITHUB_TOKEN` is set (check runs only);
+//! * [`gitlab::GitLab`] in GitLab CI (`GITLAB_CI=true`) or wherever
+//!   `BAKERY_GITLAB_TOKEN` is set (commit statuses only);
+//! * [`Plain`] anywhere else: nothing extra is printed or written.
+//!
+//! Reporting never fails a build: an API error is a warning in the log.
+
+pub mod github;
+pub mod gitlab;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use bakery_plan::Plan;
+use bakery_protocol::api::BuildStatus;
+use futures_util::future::BoxFuture;
+
+use crate::outcome::ServiceResult;
+
+/// The last log lines of each `<service>-<arch>`.
+pub type Tails = BTreeMap<String, Vec<String>>;
+
+/// What a CI system shows of a build. Every method has a do-nothing default,
+/// so a system implements only what it has.
+///
+/// The async methods return boxed futures so the printer and the build loop
+/// can hold an `Arc<dyn CiSystem>` without knowing which system runs them.
+pub trait CiSystem: Send + Sync {
+    /// What to print before a run of lines from `label` (the `n`th run), after
+    /// the run `previous` (if any) ended.
+    fn switch_block(&self, _previous: Option<(&str, usize)>, _label: &str, _n: usize) -> String {
+        String::new()
+    }
+
+    /// What closes the open block, if any.
+    fn close_block(&self, _open: Option<(&str, usize)>) -> String {
+        String::new()
+    }
+
+    /// Writes the report files for every service's result.
+    fn write_reports(
+        &self,
+        _plan: &Plan,
+        _results: &[ServiceResult],
+        _tails: &Tails,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// A build was submitted and its agents are starting.
+    fn started<'a>(&'a self, _status: &'a BuildStatus) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// A task or the build changed state.
+    fn updated<'a>(&'a self, _status: &'a BuildStatus) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// The build ended with `status`.
+    fn finished<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _status: &'a BuildStatus,
+        _tails: &'a Tails,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// No CI system: plain log lines, no files, no statuses.
+pub struct Plain;
+
+impl CiSystem for Plain {}
+
+/// The CI system the environment describes. `with_statuses` is false for
+/// commands that only read a build (`bakery logs`), which must not touch the
+/// commit's checks.
+pub async fn detect(with_statuses: bool) -> Arc<dyn CiSystem> {
+    // The API clients (octocrab, gitlab) use rustls; one provider for both.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let is = |k: &str| var(k).as_deref() == Some("true");
+    let token = |k: &str| with_statuses && var(k).is_some();
+    if is("GITHUB_ACTIONS") || token("BAKERY_GITHUB_TOKEN") {
+        Arc::new(github::GitHub::from_env(with_statuses))
+    } else if is("GITLAB_CI") || token("BAKERY_GITLAB_TOKEN") {
+        Arc::new(gitlab::GitLab::from_env(with_statuses).await)
+    } else {
+        Arc::new(Plain)
+    }
+}
+
+/// An environment variable, unset when empty (CI systems export empty
+/// variables freely).
+pub(crate) fn var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// Appends `text` to a report file the CI system also writes to.
+pub(crate) fn append(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}

@@ -1,0 +1,130 @@
+//! The subcommands other than `build`: following, inspecting, planning and
+//! packing, each a thin layer over the libraries.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bakery_pack::{pack_to_dir, Codec, PackOptions};
+use bakery_protocol::api::{BuildState, BuildStatus};
+
+use crate::cli::{Input, LogFormat};
+use crate::client::{self, Controller, Event};
+use crate::printer::Printer;
+
+fn controller(url: Option<&str>, command: &str) -> Result<Controller> {
+    let url = url.with_context(|| format!("`bakery {command}` needs CONTROLLER_URL"))?;
+    Ok(client::connect(url))
+}
+
+fn exit_code(status: &BuildStatus) -> ExitCode {
+    if status.state == BuildState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `bakery logs ID`: a build's log to its end, then its state.
+pub async fn logs(url: Option<&str>, id: &str, format: Option<LogFormat>) -> Result<ExitCode> {
+    let controller = controller(url, "logs")?;
+    let service = controller.status(id).await?.service;
+    let printer = Printer::standalone(&service, format, crate::ci::detect(false).await);
+    let status = controller
+        .follow(id, |event| {
+            if let Event::Log(line) = event {
+                printer.line(&service, &line)
+            }
+        })
+        .await?;
+    println!(
+        "{}: {:?}{}",
+        status.id,
+        status.state,
+        status
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    Ok(exit_code(&status))
+}
+
+/// `bakery status ID [--json]`.
+pub async fn status(url: Option<&str>, id: &str, json: bool) -> Result<ExitCode> {
+    let status = controller(url, "status")?.status(id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(exit_code(&status));
+    }
+    println!("{} {} {:?}", status.id, status.service, status.state);
+    for t in &status.tasks {
+        println!(
+            "  {} {:?} {}",
+            t.arch,
+            t.state,
+            t.digest.clone().or(t.error.clone()).unwrap_or_default()
+        );
+    }
+    if let Some(d) = &status.index_digest {
+        println!(
+            "  index {}@{d}",
+            status.destination.clone().unwrap_or_default()
+        );
+    }
+    Ok(exit_code(&status))
+}
+
+/// `bakery plan [--json]`: what would be built, passwords masked.
+pub fn plan(input: &Input, json: bool) -> Result<()> {
+    let plan = crate::input::plan(input)?.redacted();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", crate::render::plan_table(&plan, &input.repo));
+    }
+    Ok(())
+}
+
+/// `bakery pack --output DIR`: each distinct context packed once.
+pub fn pack(input: &Input, output: &Path, codec: Codec, json: bool) -> Result<()> {
+    let plan = crate::input::plan(input)?;
+    let opts = PackOptions {
+        codec,
+        ..PackOptions::default()
+    };
+    let mut done: Vec<(PathBuf, String)> = Vec::new();
+    let mut results = Vec::new();
+    for (_, build) in plan.builds() {
+        let key = (build.context_dir.clone(), build.spec.dockerfile.clone());
+        if done.contains(&key) {
+            continue;
+        }
+        let started = Instant::now();
+        let (path, packed) = pack_to_dir(&key.0, &key.1, output, &opts)
+            .with_context(|| format!("packing {}", key.0.display()))?;
+        for w in &packed.warnings {
+            tracing::warn!("{w}");
+        }
+        if !json {
+            println!(
+                "{}  {} entries, {} excluded, {} → {} in {:.2}s",
+                path.display(),
+                packed.entries,
+                packed.excluded,
+                crate::render::bytes(packed.content_bytes),
+                crate::render::bytes(packed.size),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        results.push(serde_json::json!({
+            "context": key.0, "dockerfile": key.1, "path": path, "key": packed.key(), "packed": packed,
+        }));
+        done.push(key);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}

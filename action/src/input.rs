@@ -1,0 +1,126 @@
+//! From the command line's input flags to a resolved [`Plan`]: a `--tag`
+//! build described by flags, or a config/compose file with the flags that
+//! apply to every selected service.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use bakery_plan::{InlineBuild, Overrides, Plan, PlanOptions};
+
+use crate::cli::Input;
+
+/// The plan the flags describe, with its notes (the compose file found,
+/// warnings) printed to stderr.
+pub fn plan(input: &Input) -> Result<Plan> {
+    let flags = Flags::parse(input)?;
+    let inline = inline_build(input, &flags);
+    let overrides = match &inline {
+        Some(_) => Overrides::default(),
+        None => {
+            refuse_tag_only_flags(input)?;
+            // With a config or compose file, these apply to every selected service.
+            Overrides {
+                platforms: flags.platforms,
+                build_args: flags.build_args,
+                labels: flags.labels,
+                target: input.target.clone(),
+                cache: input.cache,
+                cache_repo: flags.cache_repo,
+            }
+        }
+    };
+    let opts = PlanOptions {
+        config: input.config.clone(),
+        compose: input.compose.clone(),
+        services: input.services.clone(),
+        inline,
+        overrides,
+        ..PlanOptions::new(&input.repo)
+    };
+    let plan = Plan::resolve(&opts)?;
+    if let Some(found) = &plan.discovered {
+        eprintln!(
+            "using {} (no config.yaml; pass --compose or --config to choose)",
+            found.display()
+        );
+    }
+    // In the errors' style, so they read alike and stay out of log filters.
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(plan)
+}
+
+/// The list flags, trimmed, empty items dropped (CI inputs often end in a
+/// newline or a trailing comma).
+struct Flags {
+    build_args: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    platforms: Vec<String>,
+    cache_repo: Option<String>,
+}
+
+impl Flags {
+    fn parse(input: &Input) -> Result<Flags> {
+        Ok(Flags {
+            build_args: pairs(&input.build_args, "--build-arg")?,
+            labels: pairs(&input.labels, "--label")?,
+            platforms: trimmed(&input.platforms),
+            cache_repo: input.cache_repo.clone().filter(|r| !r.trim().is_empty()),
+        })
+    }
+}
+
+fn trimmed(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// `KEY=VALUE` items as a map.
+fn pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.to_string())),
+            None => anyhow::bail!("{flag} `{s}` is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// A `--tag` build: the image is described by flags alone.
+fn inline_build(input: &Input, flags: &Flags) -> Option<InlineBuild> {
+    if input.tags.is_empty() {
+        return None;
+    }
+    Some(InlineBuild {
+        context: input.context.clone().unwrap_or_else(|| ".".into()),
+        dockerfile: input.file.clone(),
+        tags: trimmed(&input.tags),
+        platforms: flags.platforms.clone(),
+        build_args: flags.build_args.clone(),
+        labels: flags.labels.clone(),
+        target: input.target.clone(),
+        cache: input.cache,
+        cache_repo: flags.cache_repo.clone(),
+    })
+}
+
+/// `--file` and `--context` describe a `--tag` build; with a file they
+/// would be silently ignored.
+fn refuse_tag_only_flags(input: &Input) -> Result<()> {
+    // The action and the component pass the default context, `.`.
+    let context = input.context.as_deref().is_some_and(|c| c.trim() != ".");
+    for (flag, given) in [("--file", input.file.is_some()), ("--context", context)] {
+        if given {
+            anyhow::bail!(
+                "{flag} describes a --tag build; with a config or compose file, set the Dockerfile and context there (compose `build.dockerfile`/`build.context`, config.yaml `kaniko.dockerfile`/`kaniko.context-path`)"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! bakery, the client CI runs: it plans the build from config.yaml, a
+//! compose file or flags, checks every base image, packs and uploads the
+//! contexts, asks the controller (a remote one, or one embedded in this
+//! process) to build, follows the logs and reports where CI users look.
+//!
+//! Read top-down:
+//!
+//! * [`cli`]: the flags, each also an environment variable;
+//! * [`input`]: flags to a [`bakery_plan::Plan`];
+//! * [`build`]: `bakery build` (upload, submit, follow, cancel);
+//!   [`commands`]: `logs`, `status`, `plan`, `pack`;
+//! * [`preflight`]: the base-image check before anything is uploaded;
+//! * [`printer`] and [`render`]: what a person reads; [`outcome`]: what the
+//!   reports are made of; [`ci`]: GitHub and GitLab behind one trait (log
+//!   blocks, report files, commit checks and statuses).
+
+pub mod build;
+pub mod ci;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod input;
+pub mod outcome;
+pub mod preflight;
+pub mod printer;
+pub mod render;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use cli::{Cli, Command, LogFormat};
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let command = cli.command.unwrap_or(Command::Build {
+        detach: false,
+        codec: bakery_pack::Codec::Gzip,
+    });
+    let url = cli.controller_url.as_deref();
+    match command {
+        Command::Build { detach, codec } => {
+            let plan = input::plan(&cli.input)?;
+            if detach && url.is_none() {
+                anyhow::bail!(
+                    "--detach needs CONTROLLER_URL: an embedded controller ends with this process"
+                );
+            }
+            let target = match url {
+                Some(url) => build::Target::Remote(url.to_string()),
+                None => build::Target::Embedded,
+            };
+            let opts = build::BuildOptions {
+                async_mode: cli.input.async_mode,
+                detach,
+                codec,
+                format: cli.log_format,
+            };
+            let ok = build::build(plan, target, opts).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Logs { id } => commands::logs(url, &id, cli.log_format).await,
+        Command::Status { id, json } => commands::status(url, &id, json).await,
+        Command::Plan { json } => commands::plan(&cli.input, json).map(|()| ExitCode::SUCCESS),
+        Command::Pack {
+            output,
+            codec,
+            json,
+        } => commands::pack(&cli.input, &output, codec, json).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// Logs to stderr (stdout carries the build's own log), filtered by
+/// `BAKERY_LOG`.
+pub fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAKERY_LOG")
+        // The embedded controller's own progress is in the build log already.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,bakery_controller=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        Some(LogFormat::Json) => builder.json().init(),
+        Some(LogFormat::Simple) => builder
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .with_ansi(false)
+            .init(),
+        Some(LogFormat::Plain) => builder.with_ansi(false).init(),
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+    }
+}

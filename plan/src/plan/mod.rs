@@ -1,0 +1,314 @@
+//! The build plan: every (service, arch) to build, fully resolved and checked.
+//!
+//! Resolution stacks [`Settings`] layers from general to specific:
+//!
+//! * config.yaml only: `global`, then the `bake` entry of the arch;
+//! * compose (with or without config.yaml): config `global`, then the
+//!   compose service, then the config `bake` entry of the arch, if any.
+//!
+//! Every check that can fail does so here, before anything is packed or
+//! uploaded, and points at the layer that set the offending value.
+
+mod arch;
+mod config_file;
+mod layer;
+mod paths;
+mod resolver;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use bakery_protocol::{Arch, BuildSpec};
+
+use crate::compose::ComposeFile;
+use crate::error::{Location, PlanError};
+use crate::settings::{Cache, Kaniko, Settings};
+use config_file::ConfigFile;
+use paths::{absolute, discover_compose};
+use resolver::Resolver;
+
+/// What to plan from.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// The repository root: config.yaml context paths are relative to it.
+    pub repo: PathBuf,
+    pub config: Option<PathBuf>,
+    pub compose: Option<PathBuf>,
+    /// Services to build; empty means all.
+    pub services: Vec<String>,
+    /// The environment for compose interpolation and valueless build args.
+    pub env: HashMap<String, String>,
+    /// The arch to build when nothing names one.
+    pub host_arch: Arch,
+    /// A build described by command-line flags instead of a file
+    /// (`--tag`, `--file`, …, as docker/build-push-action's inputs).
+    pub inline: Option<InlineBuild>,
+    /// Flags that apply to every selected service of a config or compose
+    /// file, as `docker buildx bake --set '*.…'` does.
+    pub overrides: Overrides,
+}
+
+/// `--platform`, `--build-arg`, `--label`, `--target`, `--cache` given with
+/// a config or compose file: applied to every selected service (never
+/// silently dropped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replace each service's platforms.
+    pub platforms: Vec<String>,
+    /// Merged over each service's (the flag wins).
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub cache: bool,
+    pub cache_repo: Option<String>,
+}
+
+impl Overrides {
+    fn settings(&self) -> Option<Settings> {
+        let cache = self.cache || self.cache_repo.is_some();
+        let none = self.build_args.is_empty() && self.labels.is_empty() && self.target.is_none();
+        if none && !cache {
+            return None;
+        }
+        Some(Settings {
+            kaniko: Some(Kaniko {
+                target: self.target.clone(),
+                build_args: (!self.build_args.is_empty()).then(|| self.build_args.clone()),
+                labels: (!self.labels.is_empty()).then(|| self.labels.clone()),
+                cache: cache.then(|| Cache {
+                    enable: Some(true),
+                    repo: self.cache_repo.clone(),
+                    ..Cache::default()
+                }),
+                ..Kaniko::default()
+            }),
+            ..Settings::default()
+        })
+    }
+}
+
+/// A single image described by flags.
+#[derive(Debug, Clone, Default)]
+pub struct InlineBuild {
+    /// The context, relative to the repository.
+    pub context: String,
+    pub dockerfile: Option<String>,
+    /// The first is the destination; the others tag the same index.
+    pub tags: Vec<String>,
+    /// `linux/amd64`, `linux/arm64`; empty means the host's arch.
+    pub platforms: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// `--cache`: the registry layer cache, in `cache_repo` or, when that
+    /// is `None`, in the repository derived from the destination.
+    pub cache: bool,
+    /// `--cache-repo`; implies `cache`.
+    pub cache_repo: Option<String>,
+}
+
+impl PlanOptions {
+    pub fn new(repo: impl Into<PathBuf>) -> Self {
+        PlanOptions {
+            repo: repo.into(),
+            config: None,
+            compose: None,
+            services: Vec::new(),
+            env: std::env::vars().collect(),
+            host_arch: Arch::host(),
+            inline: None,
+            overrides: Overrides::default(),
+        }
+    }
+}
+
+/// Everything to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub services: Vec<ServicePlan>,
+    /// Things the user should know that do not stop the build, each
+    /// `file:line:col: …` where it has a place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The compose file found in the repository when none was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered: Option<PathBuf>,
+}
+
+/// One image: its arches and the multi-arch tag that joins them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub name: String,
+    /// The multi-arch index tag; `None` when the build does not push.
+    pub destination: Option<String>,
+    /// More tags for the same index, in the destination's repository
+    /// (compose `build.tags`, or every `--tag` after the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    pub builds: Vec<ArchBuild>,
+}
+
+/// One agent's work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchBuild {
+    pub arch: Arch,
+    /// The per-arch tag the agent pushes; `None` for a build without push.
+    pub push: Option<String>,
+    /// The context directory on the client; the agent gets it as an archive.
+    pub context_dir: PathBuf,
+    pub spec: BuildSpec,
+}
+
+impl Plan {
+    /// Resolves and validates a plan from files on disk.
+    pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
+        let mut plan = Self::resolve_files(opts)?;
+        plan.warn_secret_build_args();
+        Ok(plan)
+    }
+
+    /// Build args named like secrets end up in the image's history, where
+    /// anyone who can pull the image reads them.
+    fn warn_secret_build_args(&mut self) {
+        let mut named: Vec<(String, String)> = self
+            .builds()
+            .flat_map(|(service, b)| {
+                b.spec
+                    .build_args
+                    .keys()
+                    .filter(|k| looks_secret(k))
+                    .map(|k| (service.name.clone(), k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        named.sort();
+        named.dedup();
+        for (service, arg) in named {
+            self.warnings.push(format!(
+                "build arg `{arg}` of `{service}` looks like a secret: build args are kept in the image's history, readable by anyone who can pull it; pass it as a build secret (RUN --mount=type=secret) instead"
+            ));
+        }
+    }
+
+    fn resolve_files(opts: &PlanOptions) -> Result<Plan, PlanError> {
+        let repo = absolute(&opts.repo);
+        if let Some(inline) = &opts.inline {
+            if opts.config.is_some() || opts.compose.is_some() {
+                return Err(PlanError::Conflict(
+                    "--tag describes the build by flags; it cannot be combined with --config or --compose".into(),
+                ));
+            }
+            return Resolver {
+                repo: &repo,
+                config: None,
+                host_arch: opts.host_arch,
+                overrides: &Overrides::default(),
+            }
+            .plan_inline(inline, &opts.services);
+        }
+        let mut discovered = None;
+        let (config_path, compose_path) = match (&opts.config, &opts.compose) {
+            (None, None) => {
+                let default = repo.join("config.yaml");
+                if default.is_file() {
+                    (Some(default), None)
+                } else {
+                    let found = discover_compose(&repo, &opts.env)?;
+                    discovered = Some(found.clone());
+                    (None, Some(found))
+                }
+            }
+            (config, compose) => (config.clone(), compose.clone()),
+        };
+        let config = config_path.as_deref().map(ConfigFile::load).transpose()?;
+        let compose = compose_path
+            .as_deref()
+            .map(|p| ComposeFile::load(p, &opts.env))
+            .transpose()?;
+        let resolver = Resolver {
+            repo: &repo,
+            config: config.as_ref(),
+            host_arch: opts.host_arch,
+            overrides: &opts.overrides,
+        };
+        let mut plan = match &compose {
+            Some(compose) => resolver
+                .plan_compose(compose, &opts.services)
+                .map_err(|e| compose.explain_unset(e))?,
+            None => resolver.plan_config(&opts.services)?,
+        };
+        plan.discovered = discovered;
+        if let Some(compose) = &compose {
+            for unset in &compose.unset_variables {
+                plan.warnings.push(format!(
+                    "{}: variable `{}` is not set; it was replaced by an empty string",
+                    Location::new(&compose.path, unset.line, unset.column),
+                    unset.name
+                ));
+            }
+            for path in compose.ignored_keys() {
+                plan.warnings.push(format!(
+                    "{}: `{path}` is not applied by bakery; it is ignored",
+                    compose.location_of(&path)
+                ));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// A copy safe to show: every password replaced by `***`, wherever its
+    /// value appears (a build arg or a script can carry it too).
+    pub fn redacted(&self) -> Plan {
+        let redactor = bakery_protocol::redact::Redactor::new(
+            self.builds()
+                .flat_map(|(_, b)| {
+                    b.spec
+                        .credentials
+                        .iter()
+                        .map(|c| c.password.expose().to_string())
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut value = serde_json::to_value(self).expect("plans serialise");
+        redact_strings(&mut value, &redactor);
+        serde_json::from_value(value).expect("a redacted plan is still a plan")
+    }
+
+    /// Every (service, arch) pair.
+    pub fn builds(&self) -> impl Iterator<Item = (&ServicePlan, &ArchBuild)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.builds.iter().map(move |b| (s, b)))
+    }
+}
+
+fn redact_strings(value: &mut serde_json::Value, redactor: &bakery_protocol::redact::Redactor) {
+    match value {
+        serde_json::Value::String(s) => *s = redactor.redact(s),
+        serde_json::Value::Array(items) => {
+            items.iter_mut().for_each(|v| redact_strings(v, redactor))
+        }
+        serde_json::Value::Object(map) => {
+            map.values_mut().for_each(|v| redact_strings(v, redactor))
+        }
+        _ => {}
+    }
+}
+
+/// Whether a build arg's name says it holds a secret.
+fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "PASSWD",
+        "TOKEN",
+        "SECRET",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "APIKEY",
+    ]
+    .iter()
+    .any(|s| upper.contains(s))
+}

@@ -1,0 +1,415 @@
+//! From config.yaml, compose or flags to the layers of every (service, arch).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bakery_protocol::reference::ImageRef;
+use bakery_protocol::Arch;
+
+use super::arch::{extra_tags, service_plan};
+use super::config_file::ConfigFile;
+use super::layer::{Layer, LayerKind};
+use super::paths::{absolute, normalize};
+use super::{ArchBuild, InlineBuild, Overrides, Plan, ServicePlan};
+use crate::compose::{ComposeFile, Service};
+use crate::error::{Location, PlanError};
+use crate::location::Locations;
+use crate::settings::{Cache, Kaniko, Settings};
+
+/// What every plan is resolved against: the repository, config.yaml if
+/// any, the host's arch and the flags that apply to every service.
+pub(super) struct Resolver<'a> {
+    pub(super) repo: &'a Path,
+    pub(super) config: Option<&'a ConfigFile>,
+    pub(super) host_arch: Arch,
+    pub(super) overrides: &'a Overrides,
+}
+
+impl Resolver<'_> {
+    pub(super) fn plan_config(&self, filter: &[String]) -> Result<Plan, PlanError> {
+        let config = self
+            .config
+            .expect("config present when there is no compose");
+        let arches: Vec<(Arch, Option<usize>)> = match self.override_arches()? {
+            Some(arches) => arches
+                .into_iter()
+                .map(|a| (a, config.bake_for(a).map(|(i, _)| i)))
+                .collect(),
+            None if config.bake.is_empty() => {
+                vec![(config.global.arch.unwrap_or(self.host_arch), None)]
+            }
+            None => config
+                .bake
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| b.arch.map(|a| (a, Some(i))))
+                .collect(),
+        };
+        let mut builds = Vec::new();
+        for (arch, bake_index) in arches {
+            let mut layers = vec![config.layer(&config.global, "global".into())];
+            if let Some(i) = bake_index {
+                layers.push(config.layer(&config.bake[i], format!("bake[{i}]")));
+            }
+            self.push_flags(&mut layers);
+            builds.push(self.resolve_arch(arch, &layers)?);
+        }
+        let name = service_name(builds.iter().map(|(b, _)| b), self.repo);
+        check_single_filter(&name, filter)?;
+        Ok(Plan {
+            services: vec![service_plan(name, builds)],
+            warnings: Vec::new(),
+            discovered: None,
+        })
+    }
+
+    /// A build from flags: the same checks, reported against the flags.
+    pub(super) fn plan_inline(
+        &self,
+        inline: &InlineBuild,
+        filter: &[String],
+    ) -> Result<Plan, PlanError> {
+        let flags = Path::new("command line");
+        let at = |_: usize| Location::new(flags, 1, 1);
+        let Some(first) = inline.tags.first() else {
+            return Err(PlanError::invalid(at(0), "no --tag given"));
+        };
+        let mut arches = Vec::new();
+        for p in &inline.platforms {
+            let arch = Arch::from_platform(p)
+                .map_err(|m| PlanError::invalid(at(0), format!("--platform: {m}")))?;
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        if arches.is_empty() {
+            arches.push(self.host_arch);
+        }
+        let settings = Settings {
+            kaniko: Some(Kaniko {
+                context_path: Some(inline.context.clone()),
+                dockerfile: inline.dockerfile.clone(),
+                destination: Some(first.clone()),
+                target: inline.target.clone(),
+                build_args: Some(inline.build_args.clone()),
+                labels: Some(inline.labels.clone()),
+                cache: (inline.cache || inline.cache_repo.is_some()).then(|| Cache {
+                    enable: Some(true),
+                    repo: inline.cache_repo.clone(),
+                    ..Cache::default()
+                }),
+                ..Kaniko::default()
+            }),
+            ..Settings::default()
+        };
+        let locations = Locations::default();
+        let layer = Layer {
+            settings,
+            file: flags,
+            locations: &locations,
+            prefix: String::new(),
+            kind: LayerKind::Config,
+        };
+        let mut builds = Vec::new();
+        for arch in arches {
+            builds.push(self.resolve_arch(arch, std::slice::from_ref(&layer))?);
+        }
+        let name = service_name(builds.iter().map(|(b, _)| b), self.repo);
+        check_single_filter(&name, filter)?;
+        let mut plan = service_plan(name, builds);
+        plan.tags = extra_tags(plan.destination.as_deref(), &inline.tags[1..], at)?;
+        Ok(Plan {
+            services: vec![plan],
+            warnings: Vec::new(),
+            discovered: None,
+        })
+    }
+
+    pub(super) fn plan_compose(
+        &self,
+        compose: &ComposeFile,
+        filter: &[String],
+    ) -> Result<Plan, PlanError> {
+        let mut services = Vec::new();
+        for name in buildable_selection(compose, filter)? {
+            services.push(self.compose_service(compose, name)?);
+        }
+        Ok(Plan {
+            services,
+            warnings: Vec::new(),
+            discovered: None,
+        })
+    }
+
+    /// One compose service: global, the service, the arch's bake entry
+    /// and the flags, per arch.
+    fn compose_service(&self, compose: &ComposeFile, name: &str) -> Result<ServicePlan, PlanError> {
+        let service = &compose.services[name];
+        let prefix = format!("services.{name}");
+        let service_settings = self.compose_settings(compose, service);
+        let mut builds = Vec::new();
+        for arch in self.compose_arches(compose, service, &prefix)? {
+            let mut layers = Vec::new();
+            if let Some(config) = self.config {
+                layers.push(config.layer(&config.global, "global".into()));
+            }
+            layers.push(Layer {
+                settings: service_settings.clone(),
+                file: &compose.path,
+                locations: &compose.locations,
+                prefix: prefix.clone(),
+                kind: LayerKind::Compose,
+            });
+            if let Some(config) = self.config {
+                if let Some((i, bake)) = config.bake_for(arch) {
+                    layers.push(config.layer(bake, format!("bake[{i}]")));
+                }
+            }
+            self.push_flags(&mut layers);
+            builds.push(self.resolve_arch(arch, &layers)?);
+        }
+        let mut plan = service_plan(name.to_string(), builds);
+        let tags = service
+            .build
+            .as_ref()
+            .and_then(|b| b.0.tags.clone())
+            .unwrap_or_default();
+        plan.tags = extra_tags(plan.destination.as_deref(), &tags, |i| {
+            compose.location_of(&format!("{prefix}.build.tags[{i}]"))
+        })?;
+        Ok(plan)
+    }
+
+    /// A compose service as a settings layer. Its context is rewritten
+    /// relative to the repository so that all layers share one base.
+    fn compose_settings(&self, compose: &ComposeFile, service: &Service) -> Settings {
+        let build = &service.build.as_ref().expect("buildable service").0;
+        let compose_dir = absolute(compose.path.parent().unwrap_or(Path::new(".")));
+        let context = normalize(&compose_dir.join(build.context.as_deref().unwrap_or(".")));
+        let context = match context.strip_prefix(self.repo) {
+            Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
+            Ok(rel) => rel.to_string_lossy().into_owned(),
+            Err(_) => context.to_string_lossy().into_owned(),
+        };
+        let from_env = |vars: &Option<BTreeMap<String, Option<String>>>| {
+            vars.as_ref().map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        v.clone()
+                            .or_else(|| compose.vars.get(k).cloned())
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        Settings {
+            kaniko: Some(Kaniko {
+                context_path: Some(context),
+                dockerfile: build.dockerfile.clone(),
+                destination: service.image.clone(),
+                target: build.target.clone(),
+                build_args: from_env(&build.args),
+                labels: from_env(&build.labels),
+                cache_from: build.cache_from.clone(),
+                ..Kaniko::default()
+            }),
+            ..Settings::default()
+        }
+    }
+
+    /// `--platform` given with a config or compose file: the arches of
+    /// every service.
+    fn override_arches(&self) -> Result<Option<Vec<Arch>>, PlanError> {
+        if self.overrides.platforms.is_empty() {
+            return Ok(None);
+        }
+        let mut arches = Vec::new();
+        for p in &self.overrides.platforms {
+            let arch = Arch::from_platform(p).map_err(|m| {
+                PlanError::invalid(
+                    Location::new(Path::new("command line"), 1, 1),
+                    format!("--platform: {m}"),
+                )
+            })?;
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        Ok(Some(arches))
+    }
+
+    /// The flags that apply to every service, as a last layer (errors about
+    /// the fields they set point at the service's own layer).
+    fn push_flags<'l>(&self, layers: &mut Vec<Layer<'l>>) {
+        let (Some(settings), Some(top)) = (self.overrides.settings(), layers.last()) else {
+            return;
+        };
+        let layer = Layer {
+            settings,
+            file: top.file,
+            locations: top.locations,
+            prefix: top.prefix.clone(),
+            kind: top.kind,
+        };
+        layers.push(layer);
+    }
+
+    /// The arches of a compose service, from the most specific place that names them.
+    fn compose_arches(
+        &self,
+        compose: &ComposeFile,
+        service: &Service,
+        prefix: &str,
+    ) -> Result<Vec<Arch>, PlanError> {
+        if let Some(arches) = self.override_arches()? {
+            return Ok(arches);
+        }
+        let build = &service.build.as_ref().expect("buildable service").0;
+        let listed = [
+            (
+                build.x_bake.as_ref().and_then(|x| x.platforms.clone()),
+                "build.x-bake.platforms",
+            ),
+            (
+                service.x_bake.as_ref().and_then(|x| x.platforms.clone()),
+                "x-bake.platforms",
+            ),
+            (build.platforms.clone(), "build.platforms"),
+            (service.platform.clone().map(|p| vec![p]), "platform"),
+        ]
+        .into_iter()
+        .find_map(|(list, path)| list.map(|l| (l, path)));
+        let Some((platforms, path)) = listed else {
+            return Ok(match self.config {
+                Some(c) if !c.bake.is_empty() => c.bake.iter().filter_map(|b| b.arch).collect(),
+                Some(c) => vec![c.global.arch.unwrap_or(self.host_arch)],
+                None => vec![self.host_arch],
+            });
+        };
+        let mut arches = Vec::new();
+        for (i, platform) in platforms.iter().enumerate() {
+            let item = if path == "platform" {
+                format!("{prefix}.platform")
+            } else {
+                format!("{prefix}.{path}[{i}]")
+            };
+            let arch = Arch::from_platform(platform)
+                .map_err(|m| PlanError::invalid(compose.location_of(&item), m))?;
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        if arches.is_empty() {
+            return Err(PlanError::invalid(
+                compose.location_of(&format!("{prefix}.{path}")),
+                "the platform list is empty",
+            ));
+        }
+        Ok(arches)
+    }
+}
+
+/// A config.yaml describes one image: name it after its repository.
+pub(super) fn service_name<'a>(builds: impl Iterator<Item = &'a ArchBuild>, repo: &Path) -> String {
+    builds
+        .filter_map(|b| b.push.as_deref())
+        .filter_map(|p| ImageRef::parse(p).ok())
+        .map(|r| r.short_name().to_string())
+        .next()
+        .or_else(|| repo.file_name().map(|n| service_safe(&n.to_string_lossy())))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "app".into())
+}
+
+/// A directory name as a service name: what the controller accepts
+/// ([`bakery_protocol::validate`]: letters, digits, `.`, `_`, `-`), other characters
+/// as `-`.
+fn service_safe(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    mapped
+        .trim_start_matches(['.', '_', '-'])
+        .chars()
+        .take(bakery_protocol::validate::MAX_SERVICE_NAME)
+        .collect()
+}
+
+/// A config.yaml or flags build is one service: a filter may only name it.
+fn check_single_filter(name: &str, filter: &[String]) -> Result<(), PlanError> {
+    if filter.is_empty() || filter.iter().any(|f| f == name) {
+        return Ok(());
+    }
+    Err(PlanError::UnknownServices {
+        unknown: filter.iter().filter(|f| *f != name).cloned().collect(),
+        known: vec![name.to_string()],
+    })
+}
+
+/// The compose services to build, in file order: those with a `build`
+/// section that the filter selects (all of them without one). A filter
+/// naming a service without `build`, or none at all, is an error.
+fn buildable_selection<'c>(
+    compose: &'c ComposeFile,
+    filter: &[String],
+) -> Result<Vec<&'c String>, PlanError> {
+    let buildable: Vec<&String> = compose
+        .services
+        .iter()
+        .filter(|(_, s)| s.build.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    if let Some(name) = filter
+        .iter()
+        .find(|f| compose.services.contains_key(*f) && !buildable.iter().any(|b| b == f))
+    {
+        let image = compose.services[name].image.clone();
+        return Err(PlanError::invalid_with_hint(
+                compose.location_of(&format!("services.{name}")),
+                format!(
+                    "service `{name}` has no `build` section{}: bakery builds images, it does not run services",
+                    image.map(|i| format!(" (compose runs it from `{i}`)")).unwrap_or_default()
+                ),
+                format!(
+                    "build only the services that have one{}, or give `{name}` a `build` section",
+                    if buildable.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({})",
+                            buildable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                ),
+            ));
+    }
+    let unknown: Vec<String> = filter
+        .iter()
+        .filter(|f| !buildable.iter().any(|b| b == f))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(PlanError::UnknownServices {
+            unknown,
+            known: buildable.iter().map(|s| s.to_string()).collect(),
+        });
+    }
+    if buildable.is_empty() {
+        return Err(PlanError::invalid_with_hint(
+            compose.location_of("services"),
+            "no service has a `build` section",
+            "add `build: .` (or a build mapping) to the services bakery should build",
+        ));
+    }
+    Ok(buildable
+        .into_iter()
+        .filter(|name| filter.is_empty() || filter.contains(name))
+        .collect())
+}
