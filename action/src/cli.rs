@@ -117,6 +117,15 @@ pub struct Input {
     )]
     pub labels: Vec<String>,
 
+    /// Build secret for RUN --mount=type=secret (buildx syntax: id=ID,src=PATH or id=ID,env=VAR; repeat for more); added to every selected service's. The value is never stored by the controller.
+    #[arg(
+        long = "secret",
+        env = "BAKERY_SECRETS",
+        value_delimiter = '\n',
+        global = true
+    )]
+    pub secrets: Vec<String>,
+
     /// Dockerfile stage to build; with a config or compose file, for every selected service.
     #[arg(long, env = "BAKERY_TARGET", global = true)]
     pub target: Option<String>,

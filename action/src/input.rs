@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use bakery_plan::secrets::SecretRef;
 use bakery_plan::{InlineBuild, Overrides, Plan, PlanOptions};
 
 use crate::cli::Input;
@@ -15,7 +16,10 @@ pub fn plan(input: &Input) -> Result<Plan> {
     let flags = Flags::parse(input)?;
     let inline = inline_build(input, &flags);
     let overrides = match &inline {
-        Some(_) => Overrides::default(),
+        Some(_) => Overrides {
+            secrets: flags.secrets,
+            ..Overrides::default()
+        },
         None => {
             refuse_tag_only_flags(input)?;
             // With a config or compose file, these apply to every selected service.
@@ -26,6 +30,7 @@ pub fn plan(input: &Input) -> Result<Plan> {
                 target: input.target.clone(),
                 cache: input.cache,
                 cache_repo: flags.cache_repo,
+                secrets: flags.secrets,
             }
         }
     };
@@ -58,6 +63,7 @@ struct Flags {
     labels: BTreeMap<String, String>,
     platforms: Vec<String>,
     cache_repo: Option<String>,
+    secrets: Vec<SecretRef>,
 }
 
 impl Flags {
@@ -67,8 +73,21 @@ impl Flags {
             labels: pairs(&input.labels, "--label")?,
             platforms: trimmed(&input.platforms),
             cache_repo: input.cache_repo.clone().filter(|r| !r.trim().is_empty()),
+            secrets: secrets(&input.secrets)?,
         })
     }
+}
+
+/// `--secret` values; an error quotes the flag's text (ids and paths,
+/// never a value: values come from files and variables).
+fn secrets(items: &[String]) -> Result<Vec<SecretRef>> {
+    trimmed(items)
+        .iter()
+        .map(|s| {
+            SecretRef::parse(s, |var| std::env::var_os(var).is_some())
+                .map_err(|m| anyhow::anyhow!("--secret `{s}`: {m}"))
+        })
+        .collect()
 }
 
 fn trimmed(items: &[String]) -> Vec<String> {

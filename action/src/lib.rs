@@ -9,6 +9,8 @@
 //! * [`input`]: flags to a [`bakery_plan::Plan`];
 //! * [`build`]: `bakery build` (upload, submit, follow, cancel);
 //!   [`commands`]: `logs`, `status`, `plan`, `pack`;
+//! * [`logins`]: the runner's registry logins, sent with the builds that
+//!   need them and checked against the destination first;
 //! * [`preflight`]: the base-image check before anything is uploaded;
 //! * [`printer`] and [`render`]: what a person reads; [`outcome`]: what the
 //!   reports are made of; [`ci`]: GitHub and GitLab behind one trait (log
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod input;
+pub mod logins;
 pub mod outcome;
 pub mod preflight;
 pub mod printer;

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bakery_controller::verify::platforms_of;
-use bakery_plan::{Diagnostic, Location, Plan};
+use bakery_plan::{ArchBuild, Diagnostic, Location, Plan};
 use bakery_protocol::dockerfile;
 use bakery_protocol::image_platform::ImagePlatform;
 use futures_util::StreamExt;
@@ -112,21 +112,8 @@ fn wanted(plan: &Plan) -> Vec<Wanted> {
     let mut by_key: BTreeMap<(String, String), Wanted> = BTreeMap::new();
     for (service, build) in plan.builds() {
         let path = build.context_dir.join(&build.spec.dockerfile);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
         let target = &build.spec.custom_platform;
-        // The agent runs on the arch it builds: the build platform is the target.
-        let mut args = dockerfile::platform_args(target, target);
-        args.extend(build.spec.build_args.clone());
-        // A Dockerfile the builder would refuse is for the builder to report.
-        let Ok(stages) = dockerfile::stages(&text, &args) else {
-            continue;
-        };
-        let Some(pulls) = dockerfile::pulls(&stages, build.spec.target.as_deref()) else {
-            continue;
-        };
-        for pull in pulls {
+        for pull in pulls(build) {
             let platform = pull.platform.clone().unwrap_or_else(|| target.clone());
             let host = bakery_protocol::reference::registry_of(&pull.image).to_string();
             let auth = build
@@ -151,4 +138,27 @@ fn wanted(plan: &Plan) -> Vec<Wanted> {
         }
     }
     by_key.into_values().collect()
+}
+
+/// What `build`'s Dockerfile pulls (nothing when it cannot be read or the
+/// builder would refuse it: that is for the builder to report).
+fn pulls(build: &ArchBuild) -> Vec<dockerfile::Pull> {
+    let path = build.context_dir.join(&build.spec.dockerfile);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let target = &build.spec.custom_platform;
+    // The agent runs on the arch it builds: the build platform is the target.
+    let mut args = dockerfile::platform_args(target, target);
+    args.extend(build.spec.build_args.clone());
+    let Ok(stages) = dockerfile::stages(&text, &args) else {
+        return Vec::new();
+    };
+    dockerfile::pulls(&stages, build.spec.target.as_deref()).unwrap_or_default()
+}
+
+/// The images `build` pulls (its base images and `COPY --from` images), for
+/// the logins it needs.
+pub fn base_images(build: &ArchBuild) -> Vec<String> {
+    pulls(build).into_iter().map(|p| p.image).collect()
 }

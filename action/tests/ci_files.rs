@@ -319,3 +319,64 @@ fn the_action_installs_a_checked_release_binary_once() {
         .join(format!("bakery/v9.9.8/{arch}/bakery"))
         .exists());
 }
+
+/// The action's `secrets`, `secret-files` and `secret-envs` inputs become
+/// `--secret` specs (build-push-action's semantics); an inline value goes
+/// through a variable of its own, masked first, never onto a command line.
+#[test]
+fn the_action_maps_secret_inputs_to_secret_specs_without_putting_values_in_argv() {
+    let stub = tempfile::tempdir().unwrap();
+    let dump = stub.path().join("dump");
+    std::fs::write(
+        stub.path().join("bakery"),
+        format!(
+            "#!/bin/sh\n{{ echo \"args=$*\"; printf 'SECRETS=%s\\n' \"$BAKERY_SECRETS\"; printf 'V1=%s\\n' \"$BAKERY_SECRET_VALUE_1\"; }} > {}\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(stub.path().join("bakery"))
+        .status()
+        .unwrap();
+    let run = |secrets: &str| {
+        Command::new("bash")
+            .arg(root().join("scripts/action-build"))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", stub.path().display()))
+            .env("INPUT_SECRETS", secrets)
+            .env("INPUT_SECRET_FILES", "npmrc=.npmrc\n")
+            .env("INPUT_SECRET_ENVS", "gh=GITHUB_TOKEN\n")
+            .output()
+            .unwrap()
+    };
+    let out = run("token=inline=value-with-equals\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("::add-mask::inline=value-with-equals"),
+        "{stdout}"
+    );
+    let dumped = std::fs::read_to_string(&dump).unwrap();
+    assert!(dumped.contains("args=build\n"), "{dumped}");
+    assert!(
+        dumped.contains("SECRETS=id=token,env=BAKERY_SECRET_VALUE_1\nid=npmrc,src=.npmrc\nid=gh,env=GITHUB_TOKEN\n"),
+        "{dumped}"
+    );
+    assert!(dumped.contains("V1=inline=value-with-equals\n"), "{dumped}");
+    // A line without `=` is refused by number, its text (maybe a pasted
+    // secret) not repeated.
+    let out = run("oops-a-bare-s3cret\n");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("::error::secrets: line 1 is not id=value"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("oops-a-bare-s3cret"), "{stdout}");
+}

@@ -16,6 +16,7 @@ pub mod load;
 mod login;
 pub mod logs;
 pub mod process;
+mod secrets;
 pub mod sources;
 mod step;
 mod work;

@@ -34,19 +34,6 @@ pub(crate) fn write_docker_config(
     std::fs::create_dir_all(&dir).map_err(io("creating the registry config dir"))?;
     let path = dir.join("config.json");
     let body = serde_json::to_vec(&serde_json::json!({ "auths": auths })).expect("json serialises");
-    #[cfg(unix)]
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("writing the registry config"))?;
-        f.write_all(&body)
-            .map_err(io("writing the registry config"))?;
-    }
+    crate::secrets::write_private(&path, &body).map_err(io("writing the registry config"))?;
     Ok(Some(dir))
 }

@@ -54,6 +54,7 @@ pub(crate) async fn work(
     let sources = sources::read(&context_dir, &task);
     sources::check_emulation(&task, &sources)?;
     let docker_config = login::write_docker_config(&cfg.work_dir, &task)?;
+    let secret_files = crate::secrets::write_secret_files(&cfg.work_dir, &task)?;
     let insecure = sources::plain_http(&task, &sources, &cfg.insecure);
     if let Some(script) = &task.spec.pre_script {
         log.line("running pre-script");
@@ -72,6 +73,7 @@ pub(crate) async fn work(
         context_dir: &context_dir,
         work_dir: &cfg.work_dir,
         docker_config: docker_config.as_deref(),
+        secret_files: &secret_files,
         insecure: &insecure,
     };
     build(builder.as_ref(), &job, log, born).await?;

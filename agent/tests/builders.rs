@@ -1,6 +1,6 @@
 //! The exact command lines each builder runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bakery_agent::builder::{of_kind, Job};
 use bakery_protocol::api::agent_env::BuilderKind;
@@ -31,6 +31,7 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
             pre_script: None,
             post_script: None,
             credentials: vec![],
+            secrets: vec![],
             cpu: None,
             memory: None,
             spot: false,
@@ -64,6 +65,7 @@ fn kaniko_command_line() {
         context_dir: Path::new("/w/context"),
         work_dir: Path::new("/w"),
         docker_config: Some(Path::new("/w/docker")),
+        secret_files: &[],
         insecure: &["reg.lan:5000".to_string()],
     };
     let steps = of_kind(BuilderKind::Kaniko).steps(&job).unwrap();
@@ -133,6 +135,7 @@ fn build_arg_values_stay_off_the_command_line() {
         context_dir: Path::new("/c"),
         work_dir: work.path(),
         docker_config: None,
+        secret_files: &[],
         insecure: &[],
     };
     for builder in [BuilderKind::Kaniko, BuilderKind::Buildah] {
@@ -172,6 +175,7 @@ fn kaniko_without_push() {
         context_dir: Path::new("/c"),
         work_dir: Path::new("/w"),
         docker_config: None,
+        secret_files: &[],
         insecure: &[],
     };
     let argv = &of_kind(BuilderKind::Kaniko).steps(&job).unwrap()[0].argv;
@@ -184,11 +188,13 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
     let work = tempfile::tempdir().unwrap();
     let t = task(Arch::Arm64, Some("127.0.0.1:5000/app:1_arm64"));
     let insecure = ["127.0.0.1:5000".to_string()];
+    let secrets = [("npmrc".to_string(), PathBuf::from("/w/secrets/0"))];
     let job = Job {
         task: &t,
         context_dir: Path::new("/c"),
         work_dir: work.path(),
         docker_config: Some(Path::new("/w/docker")),
+        secret_files: &secrets,
         insecure: &insecure,
     };
     let steps = of_kind(BuilderKind::Buildah).steps(&job).unwrap();
@@ -199,7 +205,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         build,
         format!(
             "buildah --storage-driver=vfs --root={w}/storage --runroot={w}/run build --isolation=chroot --platform=linux/arm64 \
-             --file=/c/docker/Dockerfile --tag=localhost/bakery-task:arm64 --build-arg=VERSION --target=runtime --label=team=core \
+             --file=/c/docker/Dockerfile --tag=localhost/bakery-task:arm64 --build-arg=VERSION --secret=id=npmrc,src=/w/secrets/0 --target=runtime --label=team=core \
              --layers --cache-from=r.io/cache/app --cache-to=r.io/cache/app --cache-ttl=24h --verbosity=debug /c"
         )
     );
@@ -218,4 +224,63 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         conf.contains("location = \"127.0.0.1:5000\"\ninsecure = true"),
         "{conf}"
     );
+}
+
+/// A build without logins must not use a login file the agent's own
+/// environment points at (a local agent inherits the runner's
+/// REGISTRY_AUTH_FILE): the arch images would push with a login the index
+/// writer lacks.
+#[test]
+fn buildah_without_logins_reads_no_ambient_login_file() {
+    let work = tempfile::tempdir().unwrap();
+    let t = task(Arch::Amd64, Some("r.io/app:1_amd64"));
+    let job = Job {
+        task: &t,
+        context_dir: Path::new("/c"),
+        work_dir: work.path(),
+        docker_config: None,
+        secret_files: &[],
+        insecure: &[],
+    };
+    let steps = of_kind(BuilderKind::Buildah).steps(&job).unwrap();
+    let file = PathBuf::from(&steps[0].env["REGISTRY_AUTH_FILE"]);
+    assert!(file.starts_with(work.path()), "{}", file.display());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"auths\":{}}");
+    assert!(steps
+        .iter()
+        .all(|s| s.env["REGISTRY_AUTH_FILE"] == steps[0].env["REGISTRY_AUTH_FILE"]));
+}
+
+/// Build secrets reach both builders as `--secret id=…,src=<file>` (the
+/// Kaniko fork takes buildx's syntax): a path, never the value.
+#[test]
+fn both_builders_take_secrets_as_files() {
+    let work = tempfile::tempdir().unwrap();
+    let mut t = task(Arch::Amd64, Some("r.io/app:1_amd64"));
+    t.spec.secrets.push(bakery_protocol::spec::BuildSecret {
+        id: "npmrc".into(),
+        value: bakery_protocol::spec::Secret::new("never-in-argv-77"),
+    });
+    let files = [("npmrc".to_string(), work.path().join("secrets/0"))];
+    let job = Job {
+        task: &t,
+        context_dir: Path::new("/c"),
+        work_dir: work.path(),
+        docker_config: None,
+        secret_files: &files,
+        insecure: &[],
+    };
+    let flag = format!("--secret=id=npmrc,src={}", files[0].1.display());
+    for builder in [BuilderKind::Kaniko, BuilderKind::Buildah] {
+        let steps = of_kind(builder).steps(&job).unwrap();
+        assert!(
+            steps[0].argv.contains(&flag),
+            "{builder}: {:?}",
+            steps[0].argv
+        );
+        for step in &steps {
+            let all = format!("{:?}{:?}", step.argv, step.env);
+            assert!(!all.contains("never-in-argv-77"), "{builder}: {all}");
+        }
+    }
 }

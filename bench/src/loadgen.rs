@@ -372,6 +372,7 @@ fn spec() -> BuildSpec {
         pre_script: None,
         post_script: None,
         credentials: vec![],
+        secrets: vec![],
         cpu: None,
         memory: None,
         spot: false,

@@ -406,14 +406,12 @@ async fn same_build(app: &App, build: &Build, request: &CreateBuild) -> Result<O
 }
 
 /// Two requests are the same build when they differ at most in registry
-/// passwords (a finished build forgets those).
+/// passwords and secret values (a finished build forgets those).
 fn same_request(a: &CreateBuild, b: &CreateBuild) -> bool {
     let strip = |r: &CreateBuild| {
         let mut r = r.clone();
         for t in &mut r.tasks {
-            for c in &mut t.spec.credentials {
-                c.password = bakery_protocol::spec::Secret::new("");
-            }
+            t.spec.forget_secrets();
         }
         r
     };

@@ -70,10 +70,11 @@ async fn the_journal_is_private_from_its_first_byte() {
 }
 
 /// Registry passwords and task tokens are needed while a build runs (a
-/// restarted controller writes the index with them); once it has ended,
-/// neither stays in the record the journal keeps for BUILD_RETENTION, nor,
-/// once the controller has stopped (it compacts the file), in a page redb
-/// freed when it rewrote the record.
+/// restarted controller writes the index with them); the passwords are kept
+/// in the build's secrets file, never in the journal, and once the build has
+/// ended neither stays anywhere: not in the record the journal keeps for
+/// BUILD_RETENTION, nor, once the controller has stopped (it compacts the
+/// file), in a page redb freed when it rewrote the record.
 #[tokio::test]
 async fn a_finished_build_keeps_no_password_or_token_in_the_journal() {
     let agent = curl_agent(
@@ -84,18 +85,25 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
     let key = h.upload(b"ctx").await;
     let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
     let journal = h.dir.path().join("data/builds.redb");
-    let holds_password = || {
-        let file = std::fs::read(&journal).unwrap();
-        file.windows(b"top-secret-pw".len())
-            .any(|w| w == b"top-secret-pw")
+    let vault = h.dir.path().join(format!("data/secrets/{id}.json"));
+    let holds = |file: &std::path::Path| {
+        std::fs::read(file).is_ok_and(|b| {
+            b.windows(b"top-secret-pw".len())
+                .any(|w| w == b"top-secret-pw")
+        })
     };
+    let holds_password = || holds(&journal);
     eventually("the agent checks in", Duration::from_secs(10), async || {
         h.status(&id).await.tasks[0].state == bakery_protocol::api::TaskState::Running
     })
     .await;
-    // While the build runs, the journal holds the password (this is what
-    // the check below would find).
-    assert!(holds_password());
+    // While the build runs, its secrets file holds the password (the
+    // journal never does: redb's freed pages would keep it).
+    assert!(
+        holds(&vault),
+        "the secrets file holds it while the build runs"
+    );
+    assert!(!holds_password(), "the journal does not");
     std::fs::write(h.dir.path().join(format!("data/work/{id}-amd64.go")), "").unwrap();
     assert_eq!(
         h.wait_end(&id, Duration::from_secs(10)).await.state,
@@ -115,5 +123,9 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
     assert!(
         !holds_password(),
         "no copy of the password is left in the file"
+    );
+    assert!(
+        !vault.exists(),
+        "the secrets file went with the build's end"
     );
 }

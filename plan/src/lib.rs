@@ -18,6 +18,7 @@ pub mod error;
 pub mod location;
 pub mod plan;
 mod scalar;
+pub mod secrets;
 pub mod settings;
 mod yaml;
 

@@ -3,8 +3,8 @@
 //! `global`, each `bake` entry and each compose service are all [`Settings`]:
 //! partial layers stacked from general to specific. The merge rule is the
 //! original tool's: maps (`env`, `build-args`, `labels`, and the `kaniko` and
-//! `kaniko.cache` blocks) merge key by key; every other value, lists
-//! included, is replaced by the more specific layer.
+//! `kaniko.cache` blocks) merge key by key, `secrets` by id; every other
+//! value, lists included, is replaced by the more specific layer.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +15,7 @@ use bakery_protocol::spec::{Compression, Credential, SnapshotMode};
 use bakery_protocol::{Arch, Platform};
 
 use crate::scalar::string_map;
+use crate::secrets::SecretRef;
 
 /// One layer of build settings: `global`, a `bake` entry, or a compose service.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -42,6 +43,8 @@ pub struct Settings {
     pub post_script: Option<String>,
     /// Registry logins for pulling bases, pushing, and the cache repo.
     pub kaniko_credentials: Option<Vec<Credential>>,
+    /// Build secrets for `RUN --mount=type=secret,id=…`; merged by id.
+    pub secrets: Option<Vec<SecretRef>>,
     pub kaniko: Option<Kaniko>,
 }
 
@@ -106,6 +109,23 @@ pub struct Cache {
 }
 
 /// The more specific value wins.
+/// Secrets merge by id: a more specific layer replaces one it names again.
+fn merge_secrets(
+    base: &Option<Vec<SecretRef>>,
+    top: &Option<Vec<SecretRef>>,
+) -> Option<Vec<SecretRef>> {
+    let (Some(base), Some(top)) = (base, top) else {
+        return pick(base, top);
+    };
+    let mut out: Vec<SecretRef> = base
+        .iter()
+        .filter(|b| !top.iter().any(|t| t.id == b.id))
+        .cloned()
+        .collect();
+    out.extend(top.iter().cloned());
+    Some(out)
+}
+
 fn pick<T: Clone>(base: &Option<T>, top: &Option<T>) -> Option<T> {
     top.as_ref().or(base.as_ref()).cloned()
 }
@@ -146,6 +166,7 @@ impl Settings {
             pre_script: pick(&self.pre_script, &top.pre_script),
             post_script: pick(&self.post_script, &top.post_script),
             kaniko_credentials: pick(&self.kaniko_credentials, &top.kaniko_credentials),
+            secrets: merge_secrets(&self.secrets, &top.secrets),
             kaniko: merge_block(&self.kaniko, &top.kaniko, Kaniko::overlay),
         }
     }

@@ -1120,6 +1120,7 @@ fn flags_apply_to_every_selected_service_of_a_file() {
         target: Some("runtime".into()),
         cache: true,
         cache_repo: None,
+        secrets: vec![],
     };
     let plan = Plan::resolve(&opts).unwrap();
     assert_eq!(plan.services.len(), 2);
@@ -1152,5 +1153,119 @@ fn flags_apply_to_every_selected_service_of_a_file() {
         a.spec.build_args.get("KEEP").map(String::as_str),
         Some("k"),
         "merged, not replaced"
+    );
+}
+
+/// kaniko-credentials read the environment, so no password is committed;
+/// an unset variable is an error at its line that names it, not an empty
+/// password that fails at the push.
+#[test]
+fn kaniko_credentials_read_the_environment() {
+    let config = "global:\n  kaniko-credentials:\n    - registry: ${REG_HOST:-r.io}\n      username: ci\n      password: ${REG_PW}\n  kaniko:\n    destination: r.io/app:v1\n";
+    let repo = Repo::new(&[("Dockerfile", "FROM alpine\n"), ("config.yaml", config)]);
+    let mut opts = repo.opts();
+    opts.env.insert("REG_PW".into(), "pa$$word-from-env".into());
+    let plan = Plan::resolve(&opts).unwrap();
+    let c = &plan.services[0].builds[0].spec.credentials[0];
+    assert_eq!(c.registry, "r.io");
+    assert_eq!(c.password.expose(), "pa$$word-from-env");
+    let d = assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        5,
+        "${REG_PW} is not set",
+    );
+    assert!(d.to_string().contains("masked CI/CD variable"), "{d}");
+    let literal = config.replace("${REG_PW}", "'a$$b'");
+    let repo = Repo::new(&[("Dockerfile", "FROM alpine\n"), ("config.yaml", &literal)]);
+    let plan = repo.config().unwrap();
+    assert_eq!(
+        plan.services[0].builds[0].spec.credentials[0]
+            .password
+            .expose(),
+        "a$b"
+    );
+}
+
+/// Secrets from config.yaml (a variable, a file relative to the
+/// repository), compose (top-level `secrets:` with `file:` and
+/// `environment:`, `target` as the id) and `--secret`, which wins on an id.
+#[test]
+fn build_secrets_from_every_file_and_the_flag() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("tok.txt", "file-secret-1\n"),
+        ("config.yaml", "global:\n  secrets:\n    - id=NPM_TOKEN\n    - {id: tok, src: tok.txt}\n  kaniko:\n    destination: r.io/app:v1\n"),
+        ("app/Dockerfile", "FROM alpine\n"),
+        ("app/key.pem", "compose-file-secret\n"),
+        ("app/compose.yaml", "services:\n  api:\n    image: r.io/api:1\n    build:\n      context: .\n      secrets:\n        - key\n        - source: token\n          target: npm\nsecrets:\n  key:\n    file: ./key.pem\n  token:\n    environment: API_TOKEN\n"),
+    ]);
+    let mut opts = repo.opts();
+    opts.env.insert("NPM_TOKEN".into(), "env-secret-2".into());
+    opts.env
+        .insert("API_TOKEN".into(), "compose-env-secret".into());
+    let plan = Plan::resolve(&opts).unwrap();
+    let values = |p: &Plan| -> Vec<(String, String)> {
+        p.services[0].builds[0]
+            .spec
+            .secrets
+            .iter()
+            .map(|s| (s.id.clone(), s.value.expose().to_string()))
+            .collect()
+    };
+    assert_eq!(
+        values(&plan),
+        [
+            ("NPM_TOKEN".into(), "env-secret-2".into()),
+            ("tok".into(), "file-secret-1\n".into())
+        ]
+    );
+    let shown = serde_json::to_string(&plan.redacted()).unwrap();
+    assert!(
+        !shown.contains("env-secret-2") && !shown.contains("file-secret-1"),
+        "{shown}"
+    );
+
+    let compose = Plan::resolve(&PlanOptions {
+        compose: Some(repo.path("app/compose.yaml")),
+        ..opts.clone()
+    })
+    .unwrap();
+    assert_eq!(
+        values(&compose),
+        [
+            ("key".into(), "compose-file-secret\n".into()),
+            ("npm".into(), "compose-env-secret".into())
+        ]
+    );
+    opts.overrides.secrets =
+        vec![bakery_plan::secrets::SecretRef::parse("id=tok,env=API_TOKEN", |_| false).unwrap()];
+    let flagged = Plan::resolve(&opts).unwrap();
+    assert!(values(&flagged).contains(&("tok".into(), "compose-env-secret".into())));
+}
+
+/// A secret that cannot be read fails the plan where it was named, with
+/// its id; a compose service naming an undefined secret too.
+#[test]
+fn missing_secrets_are_located_by_id() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "global:\n  kaniko:\n    destination: r.io/app:v1\nbake:\n  - arch: amd64\n    secrets:\n      - {id: gone, src: missing.txt}\n"),
+        ("compose.yaml", "services:\n  api:\n    image: r.io/api:1\n    build:\n      context: .\n      secrets: [nope]\n"),
+    ]);
+    assert_located(
+        repo.config().unwrap_err(),
+        "config.yaml",
+        7,
+        "secret `gone`",
+    );
+    // With config.yaml present it is the plan; compose alone:
+    std::fs::remove_file(repo.path("config.yaml")).unwrap();
+    let e = repo.compose("compose.yaml", &[]).unwrap_err();
+    assert_located(
+        e,
+        "compose.yaml",
+        6,
+        "`nope` is not defined under the top-level `secrets:`",
     );
 }

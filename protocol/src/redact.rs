@@ -31,14 +31,23 @@ impl Redactor {
         Redactor { secrets }
     }
 
-    /// The secrets of a build spec: registry passwords, and each login as
-    /// the `auth` of a Docker config (base64 of `user:password`), which a
-    /// script that prints the config would show.
+    /// The secrets of a build spec: registry passwords, each login as the
+    /// `auth` of a Docker config (base64 of `user:password`), which a
+    /// script that prints the config would show, and build secrets.
     pub fn for_spec(spec: &crate::spec::BuildSpec) -> Self {
-        Redactor::new(spec.credentials.iter().flat_map(|c| {
+        let logins = spec.credentials.iter().flat_map(|c| {
             let auth = base64(format!("{}:{}", c.username, c.password.expose()).as_bytes());
             [c.password.expose().to_string(), auth]
-        }))
+        });
+        // A multi-line secret (a key file) is masked line by line too: logs
+        // arrive a line at a time.
+        let secrets = spec.secrets.iter().flat_map(|s| {
+            let value = s.value.expose();
+            std::iter::once(value.to_string())
+                .chain(value.lines().map(str::to_string))
+                .collect::<Vec<_>>()
+        });
+        Redactor::new(logins.chain(secrets))
     }
 
     pub fn redact(&self, line: &str) -> String {

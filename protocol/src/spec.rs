@@ -28,6 +28,11 @@ pub struct BuildSpec {
     pub pre_script: Option<String>,
     pub post_script: Option<String>,
     pub credentials: Vec<Credential>,
+    /// Build secrets for `RUN --mount=type=secret,id=…`: travel like
+    /// registry passwords (fetched once by the agent, forgotten when the
+    /// build ends, masked in every log line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<BuildSecret>,
     pub cpu: Option<Cpu>,
     pub memory: Option<Memory>,
     pub spot: bool,
@@ -105,6 +110,36 @@ impl fmt::Display for SnapshotMode {
             SnapshotMode::Time => "time",
         })
     }
+}
+
+impl BuildSpec {
+    /// Every value that must not reach a log: registry passwords and build
+    /// secrets.
+    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
+        self.credentials
+            .iter()
+            .map(|c| c.password.expose())
+            .chain(self.secrets.iter().map(|s| s.value.expose()))
+    }
+
+    /// Blanks every password and secret value: what a finished build keeps.
+    pub fn forget_secrets(&mut self) {
+        for c in &mut self.credentials {
+            c.password = Secret::new("");
+        }
+        for s in &mut self.secrets {
+            s.value = Secret::new("");
+        }
+    }
+}
+
+/// One build secret, `RUN --mount=type=secret,id=<id>`. The value never
+/// prints: see [`Secret`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSecret {
+    pub id: String,
+    pub value: Secret,
 }
 
 /// A registry login. The password never prints: see [`Secret`].

@@ -206,7 +206,51 @@ fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
             return Err(invalid(field, "a password cannot contain NUL"));
         }
     }
+    check_secrets(spec, at)?;
     check_words(spec, at)
+}
+
+/// Largest build secret: Docker's limit for a secret (a key or a token
+/// file, not a data set).
+pub const MAX_SECRET_BYTES: usize = 500 * 1024;
+
+/// Most secrets one build takes.
+pub const MAX_SECRETS: usize = 128;
+
+/// Secret ids are what `RUN --mount=type=secret,id=…` and the builders'
+/// `--secret id=…` accept; each once.
+fn check_secrets(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
+    if spec.secrets.len() > MAX_SECRETS {
+        return Err(invalid(
+            format!("{at}.secrets"),
+            format!("at most {MAX_SECRETS} secrets"),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in spec.secrets.iter().enumerate() {
+        let field = format!("{at}.secrets[{i}]");
+        let id_ok = !s.id.is_empty()
+            && s.id.len() <= 128
+            && s.id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !id_ok {
+            return Err(invalid(
+                field,
+                "a secret id is 1 to 128 letters, digits, `_`, `-` or `.`",
+            ));
+        }
+        if !seen.insert(s.id.as_str()) {
+            return Err(invalid(field, format!("secret `{}` is given twice", s.id)));
+        }
+        if s.value.expose().len() > MAX_SECRET_BYTES {
+            return Err(invalid(
+                field,
+                format!("secret `{}` is over {MAX_SECRET_BYTES} bytes", s.id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Build args, labels and env: names a shell and a Dockerfile accept,
@@ -412,5 +456,33 @@ mod tests {
         ] {
             assert!(check_relative_path("f", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn secrets_have_plain_unique_ids_and_bounded_values() {
+        let spec: BuildSpec = serde_json::from_value(serde_json::json!({
+            "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
+            "credentials": [], "spot": false, "cache": {}, "cache_from": [],
+            "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
+            "no_push": false, "ignore_path": [], "extra_flags": [],
+            "secrets": [{"id": "npm.rc_1-x", "value": "v"}]
+        }))
+        .unwrap();
+        assert!(check_secrets(&spec, "s").is_ok());
+        let with = |id: &str, value: String| {
+            let mut s = spec.clone();
+            s.secrets.push(crate::spec::BuildSecret {
+                id: id.into(),
+                value: crate::spec::Secret::new(value),
+            });
+            check_secrets(&s, "s").map_err(|e| e.message)
+        };
+        assert!(with("npm.rc_1-x", "w".into())
+            .unwrap_err()
+            .contains("given twice"));
+        assert!(with("a=b", "w".into()).is_err());
+        assert!(with("", "w".into()).is_err());
+        let e = with("big", "x".repeat(MAX_SECRET_BYTES + 1)).unwrap_err();
+        assert!(e.contains("`big`") && !e.contains("xxxx"), "{e}");
     }
 }

@@ -42,8 +42,12 @@ pub enum Target {
 
 /// Runs the plan's builds; `Ok(true)` when every one succeeded (or, with
 /// `--detach`, was submitted).
-pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
-    check_bases(&plan).await?;
+pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
+    let insecure = bakery_protocol::registry::parse_list(
+        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
+    );
+    check_logins(&mut plan, &insecure).await?;
+    check_bases(&plan, &insecure).await?;
     let embedded;
     let controller = match target {
         Target::Remote(url) => client::connect(&url),
@@ -87,11 +91,8 @@ pub async fn build(plan: Plan, target: Target, opts: BuildOptions) -> Result<boo
 
 /// Every base image has the platform it is pulled for, or nothing is
 /// uploaded.
-async fn check_bases(plan: &Plan) -> Result<()> {
-    let insecure = bakery_protocol::registry::parse_list(
-        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
-    );
-    let problems = crate::preflight::check_bases(plan, &insecure).await;
+async fn check_bases(plan: &Plan, insecure: &[String]) -> Result<()> {
+    let problems = crate::preflight::check_bases(plan, insecure).await;
     if problems.is_empty() {
         return Ok(());
     }
@@ -103,6 +104,30 @@ async fn check_bases(plan: &Plan) -> Result<()> {
         problems.len(),
         if problems.len() == 1 { "" } else { "s" }
     );
+}
+
+/// Adds the runner's registry logins to the builds that need them, then
+/// asks each destination registry whether its login may push: a missing or
+/// refused login fails before anything is uploaded.
+async fn check_logins(plan: &mut Plan, insecure: &[String]) -> Result<()> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let (logins, warnings) = crate::logins::attach(plan, &env).await?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut failed = 0;
+    for finding in crate::logins::check_destinations(plan, &logins, insecure).await {
+        if finding.is_error() {
+            failed += 1;
+            eprintln!("error: {finding}");
+        } else {
+            eprintln!("warning: {finding}");
+        }
+    }
+    if failed > 0 {
+        bail!("a registry login is missing or refused: nothing was uploaded or built");
+    }
+    Ok(())
 }
 
 /// SIGTERM (how CI systems cancel a job) or Ctrl-C (how a person does).

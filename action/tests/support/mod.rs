@@ -93,11 +93,37 @@ pub fn registry_with_storage(port: u16, storage: &Path) -> Server {
 }
 
 fn start_registry(port: u16, storage: &Path, dir: tempfile::TempDir) -> Server {
+    start_registry_with(port, storage, dir, "")
+}
+
+/// A real registry that requires `user`'s login (an htpasswd file, bcrypt,
+/// as `docker-registry` wants it; apache2-utils' `htpasswd` writes it).
+pub fn registry_with_login(user: &str, password: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbc", htpasswd.to_str().unwrap(), user, password])
+        .output()
+        .expect("htpasswd is installed (scripts/setup: apache2-utils)");
+    assert!(
+        out.status.success(),
+        "htpasswd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let storage = dir.path().join("data");
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: bakery-test\n    path: {}\n",
+        htpasswd.display()
+    );
+    start_registry_with(free_port(), &storage, dir, &auth)
+}
+
+fn start_registry_with(port: u16, storage: &Path, dir: tempfile::TempDir, extra: &str) -> Server {
     let config = dir.path().join("config.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             storage.display()
         ),
     )
@@ -111,7 +137,9 @@ fn start_registry(port: u16, storage: &Path, dir: tempfile::TempDir) -> Server {
         .spawn()
         .expect("docker-registry is installed (scripts/setup)");
     let server = Server { child, dir, port };
-    wait_for("the registry", || http_ok(&format!("{}/v2/", server.url())));
+    wait_for("the registry", || {
+        http_answers(&format!("{}/v2/", server.url()))
+    });
     server
 }
 

@@ -67,12 +67,22 @@ impl Buildah {
             "CONTAINERS_REGISTRIES_CONF".to_string(),
             conf_path.display().to_string(),
         )]);
-        if let Some(dir) = job.docker_config {
-            env.insert(
-                "REGISTRY_AUTH_FILE".to_string(),
-                dir.join("config.json").display().to_string(),
-            );
-        }
+        // Only the build's own logins: never a login file the agent's
+        // environment happens to have (a local agent inherits the runner's),
+        // which would push the arch images with a login the index writer
+        // does not have.
+        let auth_file = match job.docker_config {
+            Some(dir) => dir.join("config.json"),
+            None => {
+                let empty = job.work_dir.join("no-logins.json");
+                std::fs::write(&empty, "{\"auths\":{}}")?;
+                empty
+            }
+        };
+        env.insert(
+            "REGISTRY_AUTH_FILE".to_string(),
+            auth_file.display().to_string(),
+        );
         Ok(env)
     }
 
@@ -100,6 +110,7 @@ impl Buildah {
         // Buildah defines TARGETPLATFORM and friends from --platform itself.
         let (arg_flags, arg_env) = super::build_arg_flags(&spec.build_args);
         build.extend(arg_flags);
+        build.extend(crate::secrets::flags(job.secret_files));
         if let Some(target) = &spec.target {
             build.push(format!("--target={target}"));
         }

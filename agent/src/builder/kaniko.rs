@@ -38,6 +38,7 @@ impl Builder for Kaniko {
         a.push("--skip-unused-stages".into());
         let (arg_flags, arg_env) = super::build_arg_flags(&job.build_args());
         a.extend(arg_flags);
+        a.extend(crate::secrets::flags(job.secret_files));
         if let Some(target) = &spec.target {
             a.push(format!("--target={target}"));
         }

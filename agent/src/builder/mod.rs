@@ -22,6 +22,8 @@ pub struct Job<'a> {
     pub work_dir: &'a Path,
     /// A directory holding `config.json` with registry logins, if any.
     pub docker_config: Option<&'a Path>,
+    /// Build secrets as `(id, file)`, for `--secret id=…,src=…`.
+    pub secret_files: &'a [(String, PathBuf)],
     /// Registries reached over plain HTTP.
     pub insecure: &'a [String],
 }

@@ -16,6 +16,7 @@
 
 mod migrate;
 pub mod rows;
+mod vault;
 mod writer;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use rows::encode_chunk;
 use rows::{for_each_entry, Chunk, RowIndex, LOG_ROWS};
+use vault::Vault;
 pub use writer::{Builds, Journaled, Signal, Unsaved};
 
 /// The journal's page cache (see [`Journal::open`]).
@@ -144,12 +146,14 @@ pub struct Journal {
     rows: Mutex<RowIndex>,
     /// How long [`Journal::flush`] waits for its commit, in milliseconds.
     flush_timeout_ms: AtomicU64,
+    /// Where the records' secrets go instead of the database.
+    vault: Vault,
 }
 
 impl Journal {
     /// Opens (or creates) the journal file, with permissions for its owner
-    /// only from the first byte: it holds registry credentials of
-    /// unfinished builds.
+    /// only from the first byte. Registry passwords and build secrets of
+    /// unfinished builds go to [`vault`] files beside it, never into it.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let open_error = |source: redb::Error| JournalError::Open {
             path: path.display().to_string(),
@@ -167,10 +171,11 @@ impl Journal {
                 .create(&file)
                 .map_err(redb::Error::from)
         });
-        let journal = Journal::open_with(opener).map_err(|e| match e {
+        let mut journal = Journal::open_with(opener).map_err(|e| match e {
             JournalError::Db(source) => open_error(source),
             other => other,
         })?;
+        journal.vault = Vault::beside(path);
         restrict_permissions(path);
         Ok(journal)
     }
@@ -199,6 +204,7 @@ impl Journal {
                 ..RowIndex::default()
             }),
             flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
+            vault: Vault::none(),
         })
     }
 
@@ -272,7 +278,10 @@ impl Journal {
         let mut by_id = HashMap::new();
         for entry in builds.iter().map_err(redb::Error::from)? {
             let (id, value) = entry.map_err(redb::Error::from)?;
-            let record: Record = serde_json::from_slice(value.value())?;
+            let mut record: Record = serde_json::from_slice(value.value())?;
+            self.vault
+                .unseal(id.value(), &mut record)
+                .map_err(|e| JournalError::Db(redb::Error::Io(e)))?;
             if record.version > RECORD_VERSION {
                 return Err(JournalError::Version {
                     build: id.value().to_string(),
@@ -387,6 +396,7 @@ impl Journal {
         let mut rows = self.rows();
         for id in ids {
             rows.first.remove(id);
+            self.vault.remove(id);
         }
         Ok(())
     }

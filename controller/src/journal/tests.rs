@@ -405,3 +405,73 @@ async fn the_writer_recovers_from_a_failed_write_by_reopening() {
         ]
     );
 }
+
+/// A registry password and a build secret never reach the database file
+/// (its freed pages would keep them after the build forgot them): they sit
+/// in the build's vault file while it runs, are read back at start-up, and
+/// the file goes when the build ends.
+#[tokio::test]
+async fn secrets_live_beside_the_journal_never_in_it() {
+    const PASSWORD: &str = "vault-Registry-Pw-1";
+    const SECRET: &str = "vault-Build-Secret-2";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("builds.redb");
+    let registry = Arc::new(Registry::default());
+    let mut req = request();
+    req.tasks[0]
+        .spec
+        .credentials
+        .push(bakery_protocol::spec::Credential {
+            registry: "r.io".into(),
+            username: "u".into(),
+            password: bakery_protocol::spec::Secret::new(PASSWORD),
+        });
+    req.tasks[0]
+        .spec
+        .secrets
+        .push(bakery_protocol::spec::BuildSecret {
+            id: "npm".into(),
+            value: bakery_protocol::spec::Secret::new(SECRET),
+        });
+    let holds = |file: &Path, needle: &str| {
+        std::fs::read(file).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    };
+    let vault = dir.path().join("secrets/s1.json");
+    {
+        let journal = Journal::open(&path).unwrap();
+        let build = Arc::new(Build::new(
+            "s1".into(),
+            req,
+            Platform::Local,
+            Some(journal.signal()),
+            u64::MAX,
+        ));
+        registry.insert(Arc::clone(&build));
+        assert_eq!(journal.commit_dirty(registry.as_ref()).await.unwrap(), 1);
+        assert!(
+            holds(&vault, PASSWORD) && holds(&vault, SECRET),
+            "the vault file holds them"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&vault).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(
+        !holds(&path, PASSWORD) && !holds(&path, SECRET),
+        "not in the database"
+    );
+    let restored = Journal::open(&path).unwrap().load().unwrap();
+    let spec = &restored[0].record.request.tasks[0].spec;
+    assert_eq!(spec.credentials[0].password.expose(), PASSWORD);
+    assert_eq!(spec.secrets[0].value.expose(), SECRET);
+    let journal = Journal::open(&path).unwrap();
+    registry
+        .get("s1")
+        .unwrap()
+        .update(|b| b.finish_build(BuildState::Succeeded, None));
+    journal.commit_dirty(registry.as_ref()).await.unwrap();
+    assert!(!vault.exists(), "a finished build's vault file is deleted");
+    assert!(!holds(&path, PASSWORD) && !holds(&path, SECRET));
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use super::rows::{write_rows, LOG_ROWS};
+use super::vault::Vault;
 use super::{Journal, JournalError, Record, BUILDS};
 
 /// Least time between the starts of two commits of log lines. Each commit
@@ -158,7 +159,7 @@ impl Journal {
         let db = self.db()?;
         let mut batch: Vec<Pending> = Vec::new();
         for build in builds.journaled() {
-            match Pending::take(Arc::clone(&build)) {
+            match Pending::take(Arc::clone(&build), &self.vault) {
                 Ok(Some(p)) => batch.push(p),
                 Ok(None) => {}
                 Err(e) => {
@@ -241,7 +242,8 @@ struct Pending {
 }
 
 impl Pending {
-    fn take(build: Arc<dyn Journaled>) -> Result<Option<Pending>, JournalError> {
+    /// What `build` has to save, its secrets moved to `vault` first.
+    fn take(build: Arc<dyn Journaled>, vault: &Vault) -> Result<Option<Pending>, JournalError> {
         if !build.take_dirty() {
             return Ok(None);
         }
@@ -251,9 +253,18 @@ impl Pending {
             chunk,
             logs_end,
         } = build.unsaved(from)?;
+        let record = match record {
+            Some(mut r) => {
+                vault
+                    .seal(build.id(), &mut r)
+                    .map_err(|e| JournalError::Db(redb::Error::Io(e)))?;
+                Some(serde_json::to_vec(&r)?)
+            }
+            None => None,
+        };
         Ok(Some(Pending {
             build,
-            record: record.map(|r| serde_json::to_vec(&r)).transpose()?,
+            record,
             chunk,
             logs_end,
         }))

@@ -575,8 +575,8 @@ impl Aggregate {
 mod supervision;
 pub use supervision::ToStop;
 
-/// Registry passwords and the agents' own tokens never reach a log line, an
-/// error or a status.
+/// Registry passwords, build secrets and the agents' own tokens never reach
+/// a log line, an error or a status.
 fn redactor_for(tasks: &[Task]) -> Redactor {
     Redactor::new(
         tasks
@@ -584,9 +584,9 @@ fn redactor_for(tasks: &[Task]) -> Redactor {
             .flat_map(|t| {
                 t.request
                     .spec
-                    .credentials
-                    .iter()
-                    .map(|c| c.password.expose().to_string())
+                    .secret_values()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
             })
             .chain(tasks.iter().map(|t| t.runtime.token.clone())),
     )

@@ -186,6 +186,7 @@ pub fn spec() -> BuildSpec {
             username: "u".into(),
             password: Secret::new("top-secret-pw"),
         }],
+        secrets: vec![],
         cpu: None,
         memory: None,
         spot: false,

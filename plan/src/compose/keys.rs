@@ -130,6 +130,7 @@ pub(super) const SUPPORTED_BUILD_KEYS: &[&str] = &[
     "cache_from",
     "platforms",
     "tags",
+    "secrets",
     "x-bake",
 ];
 
@@ -146,7 +147,6 @@ pub(super) const IGNORED_BUILD_KEYS: &[&str] = &[
     "no_cache",
     "privileged",
     "pull",
-    "secrets",
     "shm_size",
     "ssh",
     "ulimits",

@@ -40,6 +40,33 @@ pub struct ComposeFile {
     /// Variables the file uses that are not set (compose warns about these
     /// too), where each is first used.
     pub unset_variables: Vec<Unset>,
+    /// The top-level `secrets:` that services' `build.secrets` name.
+    pub secrets: BTreeMap<String, TopSecret>,
+}
+
+/// A top-level secret: a file (relative to the compose file) or a variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TopSecret {
+    pub file: Option<String>,
+    pub environment: Option<String>,
+    /// `external`, `name`, …: swarm's, which a build cannot use.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// One `build.secrets` entry: a name, or `{source, target}` (the id the
+/// Dockerfile mounts is `target` when given).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BuildSecretEntry {
+    Name(String),
+    Long {
+        source: String,
+        target: Option<String>,
+        /// `uid`, `gid`, `mode`: applied by BuildKit's mount, not here.
+        #[serde(flatten)]
+        other: BTreeMap<String, serde_yaml_ng::Value>,
+    },
 }
 
 /// A variable the file uses that is not set, and where.
@@ -54,6 +81,8 @@ pub struct Unset {
 struct RawFile {
     #[serde(default)]
     services: IndexMap<String, Service>,
+    #[serde(default)]
+    secrets: BTreeMap<String, TopSecret>,
     /// Every other top-level key, checked by [`ComposeFile::check_keys`].
     #[serde(flatten)]
     other: BTreeMap<String, serde_yaml_ng::Value>,
@@ -88,6 +117,7 @@ pub struct BuildSection {
     pub platforms: Option<Vec<String>>,
     /// More tags for the image, in the same repository as `image`.
     pub tags: Option<Vec<String>>,
+    pub secrets: Option<Vec<BuildSecretEntry>>,
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,
     /// Every other key, checked by [`check_build_keys`].
@@ -153,6 +183,7 @@ impl ComposeFile {
             services: raw.services,
             vars,
             unset_variables: unset,
+            secrets: raw.secrets,
         };
         file.check_keys(&raw.other)?;
         file.check_build_keys()?;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use bakery_protocol::reference::ImageRef;
+use bakery_protocol::spec::BuildSecret;
 use bakery_protocol::{Arch, BuildSpec};
 
 use super::layer::{origin, Field, Layer, LayerKind};
@@ -32,13 +33,46 @@ impl Resolver<'_> {
             push.as_ref(),
             arch,
         );
+        let secrets = self.read_secrets(layers)?;
+        let mut spec = spec(merged, kaniko, dockerfile, cache, arch, no_push);
+        spec.secrets = secrets;
         let build = ArchBuild {
             arch,
             push: push.map(|p| p.to_string()),
             context_dir,
-            spec: spec(merged, kaniko, dockerfile, cache, arch, no_push),
+            spec,
         };
         Ok((build, index.map(|r| r.to_string())))
+    }
+
+    /// Every layer's secrets, then `--secret`'s, each read now (a later one
+    /// replaces an earlier one with its id). An error points where the
+    /// secret was named.
+    fn read_secrets(&self, layers: &[Layer]) -> Result<Vec<BuildSecret>, PlanError> {
+        let mut out: Vec<BuildSecret> = Vec::new();
+        let mut add = |secret: BuildSecret| {
+            out.retain(|s| s.id != secret.id);
+            out.push(secret);
+        };
+        for layer in layers {
+            for (i, r) in layer.settings.secrets.iter().flatten().enumerate() {
+                let secret = r
+                    .read(self.repo, self.env)
+                    .map_err(|m| PlanError::invalid(layer.location(&layer.secret_path(i)), m))?;
+                add(secret);
+            }
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        for r in &self.overrides.secrets {
+            let secret = r.read(&cwd, self.env).map_err(|m| {
+                PlanError::invalid(
+                    Location::new(std::path::Path::new("command line"), 1, 1),
+                    format!("--secret {r}: {m}"),
+                )
+            })?;
+            add(secret);
+        }
+        Ok(out)
     }
 
     /// The context is a directory, the Dockerfile a file inside it, and the
@@ -167,6 +201,7 @@ fn spec(
         pre_script: merged.pre_script,
         post_script: merged.post_script,
         credentials: merged.kaniko_credentials.unwrap_or_default(),
+        secrets: Vec::new(),
         cpu: merged.cpu,
         memory: merged.memory,
         spot: merged.spot.unwrap_or(false),

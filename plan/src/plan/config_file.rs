@@ -1,5 +1,6 @@
 //! config.yaml: its two sections and the checks that need the whole file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -29,20 +30,57 @@ struct RawConfig {
 }
 
 impl ConfigFile {
-    pub(super) fn load(path: &Path) -> Result<ConfigFile, PlanError> {
+    /// Reads config.yaml; `env` fills `${VAR}` in `kaniko-credentials`.
+    pub(super) fn load(
+        path: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<ConfigFile, PlanError> {
         let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
             path: path.to_path_buf(),
             cause: source,
         })?;
         let raw: RawConfig = crate::yaml::parse(path, &text)?;
-        let file = ConfigFile {
+        let mut file = ConfigFile {
             path: path.to_path_buf(),
             locations: Locations::index(&text),
             global: raw.global,
             bake: raw.bake,
         };
         file.check_bake_arches()?;
+        file.interpolate_credentials(env)?;
         Ok(file)
+    }
+
+    /// `${VAR}` (compose's syntax, `$$` for a literal `$`) in every
+    /// `kaniko-credentials` value, so that a password is a CI variable
+    /// rather than text in the repository. An unset variable is an error
+    /// at its place: an empty password would only fail at the push.
+    fn interpolate_credentials(&mut self, env: &HashMap<String, String>) -> Result<(), PlanError> {
+        let mut sections: Vec<(String, &mut Settings)> = vec![("global".into(), &mut self.global)];
+        sections.extend(
+            self.bake
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| (format!("bake[{i}]"), s)),
+        );
+        for (prefix, settings) in sections {
+            let Some(credentials) = settings.kaniko_credentials.as_mut() else {
+                continue;
+            };
+            for (i, c) in credentials.iter_mut().enumerate() {
+                let at = |field: &str| {
+                    let pos = self
+                        .locations
+                        .nearest(&format!("{prefix}.kaniko-credentials[{i}].{field}"));
+                    Location::new(&self.path, pos.line, pos.column)
+                };
+                c.registry = expand(&c.registry, env, || at("registry"))?;
+                c.username = expand(&c.username, env, || at("username"))?;
+                let password = expand(c.password.expose(), env, || at("password"))?;
+                c.password = bakery_protocol::spec::Secret::new(password);
+            }
+        }
+        Ok(())
     }
 
     fn location_of(&self, path: &str) -> Location {
@@ -89,4 +127,27 @@ impl ConfigFile {
             kind: LayerKind::Config,
         }
     }
+}
+
+/// One interpolated value; errors name the variable, never the value.
+fn expand(
+    value: &str,
+    env: &HashMap<String, String>,
+    at: impl Fn() -> Location,
+) -> Result<String, PlanError> {
+    if !value.contains('$') {
+        return Ok(value.to_string());
+    }
+    let mut unset = Vec::new();
+    let out = crate::compose::interpolate(value, env, &mut unset).map_err(|(_, _, message)| {
+        PlanError::invalid(at(), format!("kaniko-credentials: {message}"))
+    })?;
+    if let Some((name, _, _)) = unset.first() {
+        return Err(PlanError::invalid_with_hint(
+            at(),
+            format!("kaniko-credentials: ${{{name}}} is not set"),
+            "set it in the job's environment (a masked CI/CD variable or a secret), or write $$ for a literal $",
+        ));
+    }
+    Ok(out)
 }

@@ -55,6 +55,14 @@ impl Layer<'_> {
         format!("{}.{suffix}", self.prefix)
     }
 
+    /// The YAML path of this layer's `i`th secret.
+    pub(super) fn secret_path(&self, i: usize) -> String {
+        match self.kind {
+            LayerKind::Config => format!("{}.secrets[{i}]", self.prefix),
+            LayerKind::Compose => format!("{}.build.secrets[{i}]", self.prefix),
+        }
+    }
+
     pub(super) fn is_bake(&self) -> bool {
         self.kind == LayerKind::Config && self.prefix.starts_with("bake[")
     }

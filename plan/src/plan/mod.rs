@@ -24,6 +24,7 @@ use bakery_protocol::{Arch, BuildSpec};
 
 use crate::compose::ComposeFile;
 use crate::error::{Location, PlanError};
+use crate::secrets::SecretRef;
 use crate::settings::{Cache, Kaniko, Settings};
 use config_file::ConfigFile;
 use paths::{absolute, discover_compose};
@@ -63,11 +64,15 @@ pub struct Overrides {
     pub target: Option<String>,
     pub cache: bool,
     pub cache_repo: Option<String>,
+    /// `--secret`: added to every service's (the flag wins on an id);
+    /// files relative to the working directory. With `--tag` too.
+    pub secrets: Vec<SecretRef>,
 }
 
 impl Overrides {
     fn settings(&self) -> Option<Settings> {
         let cache = self.cache || self.cache_repo.is_some();
+        // Secrets are not a layer: they are read where the flag was given.
         let none = self.build_args.is_empty() && self.labels.is_empty() && self.target.is_none();
         if none && !cache {
             return None;
@@ -204,7 +209,11 @@ impl Plan {
                 repo: &repo,
                 config: None,
                 host_arch: opts.host_arch,
-                overrides: &Overrides::default(),
+                overrides: &Overrides {
+                    secrets: opts.overrides.secrets.clone(),
+                    ..Overrides::default()
+                },
+                env: &opts.env,
             }
             .plan_inline(inline, &opts.services);
         }
@@ -222,7 +231,10 @@ impl Plan {
             }
             (config, compose) => (config.clone(), compose.clone()),
         };
-        let config = config_path.as_deref().map(ConfigFile::load).transpose()?;
+        let config = config_path
+            .as_deref()
+            .map(|p| ConfigFile::load(p, &opts.env))
+            .transpose()?;
         let compose = compose_path
             .as_deref()
             .map(|p| ComposeFile::load(p, &opts.env))
@@ -232,6 +244,7 @@ impl Plan {
             config: config.as_ref(),
             host_arch: opts.host_arch,
             overrides: &opts.overrides,
+            env: &opts.env,
         };
         let mut plan = match &compose {
             Some(compose) => resolver
@@ -258,17 +271,13 @@ impl Plan {
         Ok(plan)
     }
 
-    /// A copy safe to show: every password replaced by `***`, wherever its
-    /// value appears (a build arg or a script can carry it too).
+    /// A copy safe to show: every password and build secret replaced by
+    /// `***`, wherever its value appears (a build arg or a script can carry
+    /// it too).
     pub fn redacted(&self) -> Plan {
         let redactor = bakery_protocol::redact::Redactor::new(
             self.builds()
-                .flat_map(|(_, b)| {
-                    b.spec
-                        .credentials
-                        .iter()
-                        .map(|c| c.password.expose().to_string())
-                })
+                .flat_map(|(_, b)| b.spec.secret_values().map(str::to_string))
                 .collect::<Vec<_>>(),
         );
         let mut value = serde_json::to_value(self).expect("plans serialise");

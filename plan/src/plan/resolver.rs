@@ -1,6 +1,6 @@
 //! From config.yaml, compose or flags to the layers of every (service, arch).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bakery_protocol::reference::ImageRef;
@@ -11,9 +11,10 @@ use super::config_file::ConfigFile;
 use super::layer::{Layer, LayerKind};
 use super::paths::{absolute, normalize};
 use super::{ArchBuild, InlineBuild, Overrides, Plan, ServicePlan};
-use crate::compose::{ComposeFile, Service};
+use crate::compose::{BuildSecretEntry, ComposeFile, Service};
 use crate::error::{Location, PlanError};
 use crate::location::Locations;
+use crate::secrets::{SecretRef, SecretSource};
 use crate::settings::{Cache, Kaniko, Settings};
 
 /// What every plan is resolved against: the repository, config.yaml if
@@ -23,6 +24,8 @@ pub(super) struct Resolver<'a> {
     pub(super) config: Option<&'a ConfigFile>,
     pub(super) host_arch: Arch,
     pub(super) overrides: &'a Overrides,
+    /// For secrets read from variables.
+    pub(super) env: &'a HashMap<String, String>,
 }
 
 impl Resolver<'_> {
@@ -146,7 +149,7 @@ impl Resolver<'_> {
     fn compose_service(&self, compose: &ComposeFile, name: &str) -> Result<ServicePlan, PlanError> {
         let service = &compose.services[name];
         let prefix = format!("services.{name}");
-        let service_settings = self.compose_settings(compose, service);
+        let service_settings = self.compose_settings(compose, service, &prefix)?;
         let mut builds = Vec::new();
         for arch in self.compose_arches(compose, service, &prefix)? {
             let mut layers = Vec::new();
@@ -182,7 +185,12 @@ impl Resolver<'_> {
 
     /// A compose service as a settings layer. Its context is rewritten
     /// relative to the repository so that all layers share one base.
-    fn compose_settings(&self, compose: &ComposeFile, service: &Service) -> Settings {
+    fn compose_settings(
+        &self,
+        compose: &ComposeFile,
+        service: &Service,
+        prefix: &str,
+    ) -> Result<Settings, PlanError> {
         let build = &service.build.as_ref().expect("buildable service").0;
         let compose_dir = absolute(compose.path.parent().unwrap_or(Path::new(".")));
         let context = normalize(&compose_dir.join(build.context.as_deref().unwrap_or(".")));
@@ -202,7 +210,9 @@ impl Resolver<'_> {
                     .collect::<BTreeMap<_, _>>()
             })
         };
-        Settings {
+        let secrets = compose_secrets(compose, build, &compose_dir, prefix)?;
+        Ok(Settings {
+            secrets,
             kaniko: Some(Kaniko {
                 context_path: Some(context),
                 dockerfile: build.dockerfile.clone(),
@@ -214,7 +224,7 @@ impl Resolver<'_> {
                 ..Kaniko::default()
             }),
             ..Settings::default()
-        }
+        })
     }
 
     /// `--platform` given with a config or compose file: the arches of
@@ -412,4 +422,47 @@ fn buildable_selection<'c>(
         .into_iter()
         .filter(|name| filter.is_empty() || filter.contains(name))
         .collect())
+}
+
+/// A service's `build.secrets`, each resolved through the top-level
+/// `secrets:` it names (files relative to the compose file).
+fn compose_secrets(
+    compose: &ComposeFile,
+    build: &crate::compose::BuildSection,
+    compose_dir: &Path,
+    prefix: &str,
+) -> Result<Option<Vec<SecretRef>>, PlanError> {
+    let Some(entries) = &build.secrets else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let (name, target) = match entry {
+            BuildSecretEntry::Name(n) => (n, None),
+            BuildSecretEntry::Long { source, target, .. } => (source, target.as_ref()),
+        };
+        let at = || compose.location_of(&format!("{prefix}.build.secrets[{i}]"));
+        let top = compose.secrets.get(name).ok_or_else(|| {
+            PlanError::invalid_with_hint(
+                at(),
+                format!("build secret `{name}` is not defined under the top-level `secrets:`"),
+                format!("add `secrets: {{{name}: {{file: ./path}}}}` or `{{environment: VARIABLE}}` at the top of the file"),
+            )
+        })?;
+        let source = match (&top.file, &top.environment) {
+            (Some(file), None) => SecretSource::File(compose_dir.join(file)),
+            (None, Some(var)) => SecretSource::Env(var.clone()),
+            _ => {
+                return Err(PlanError::invalid(
+                    compose.location_of(&format!("secrets.{name}")),
+                    format!("secret `{name}` needs exactly one of `file:` or `environment:` to be built with"),
+                ))
+            }
+        };
+        out.push(SecretRef {
+            id: target.unwrap_or(name).clone(),
+            source,
+        });
+    }
+    Ok(Some(out))
 }

@@ -51,15 +51,13 @@ impl Aggregate {
         self.finish_build(BuildState::Failed, Some(error));
     }
 
-    /// A finished build needs no registry password (its index is written)
-    /// and no task token (its agents are refused): neither stays in memory
+    /// A finished build needs no registry password (its index is written),
+    /// no build secret and no task token (its agents are refused): neither stays in memory
     /// or in the journal, which keeps finished builds for BUILD_RETENTION.
     /// The redactor keeps its own copy, for lines that arrive meanwhile.
     fn forget_secrets(&mut self) {
         for task in &mut self.tasks {
-            for c in &mut task.request.spec.credentials {
-                c.password = bakery_protocol::spec::Secret::new("");
-            }
+            task.request.spec.forget_secrets();
             task.runtime.token.clear();
         }
     }

@@ -1,0 +1,236 @@
+//! Registry logins the runner already has, sent with the build.
+//!
+//! A CI job logs in before it builds (`docker/login-action`, `docker
+//! login`, `buildah login`, GitLab's `CI_REGISTRY_*` variables); the agents
+//! run elsewhere and never see that login. So the client collects, per
+//! registry host, the first login among (in this order):
+//!
+//! 1. config.yaml `kaniko-credentials` (already in the plan; `${VAR}` there
+//!    reads the environment);
+//! 2. the Docker config (`$DOCKER_CONFIG/config.json`, else
+//!    `~/.docker/config.json`): `credHelpers`, then `credsStore`, each by
+//!    running `docker-credential-<helper> get` as Docker does, then `auths`;
+//! 3. the containers auth file (`REGISTRY_AUTH_FILE`, else
+//!    `$XDG_RUNTIME_DIR/containers/auth.json`);
+//! 4. on GitLab, `CI_REGISTRY_USER` / `CI_REGISTRY_PASSWORD` for `CI_REGISTRY`;
+//!
+//! and adds to each build only the logins for the registries it touches
+//! (its tags, cache repository, `cache-from` images and base images). They
+//! travel as config.yaml's do: in the build's spec, fetched once by the
+//! agent, used by the controller for the index, scrubbed when the build ends.
+//! [`check`] then asks the destination registry whether the login is good
+//! before anything is uploaded.
+
+pub mod check;
+mod docker_config;
+mod helper;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use bakery_plan::Plan;
+use bakery_protocol::spec::{Credential, Secret};
+
+pub use check::check_destinations;
+
+/// Where a login came from, for messages (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    ConfigYaml,
+    DockerConfig(PathBuf),
+    Helper(String),
+    AuthFile(PathBuf),
+    GitLab,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::ConfigYaml => f.write_str("config.yaml kaniko-credentials"),
+            Source::DockerConfig(p) => write!(f, "{}", p.display()),
+            Source::Helper(h) => write!(f, "docker-credential-{h}"),
+            Source::AuthFile(p) => write!(f, "{}", p.display()),
+            Source::GitLab => f.write_str("CI_REGISTRY_USER/CI_REGISTRY_PASSWORD"),
+        }
+    }
+}
+
+/// One registry login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub username: String,
+    pub password: Secret,
+    pub source: Source,
+}
+
+/// What went wrong finding a login. Never carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("{path}: {cause}")]
+    Config { path: String, cause: String },
+    #[error("docker-credential-{helper} get for {host}: {cause}")]
+    Helper {
+        helper: String,
+        host: String,
+        cause: String,
+    },
+}
+
+/// The registry host a Docker config or auth.json key names: keys are
+/// `host`, `host:port`, `https://host/v1/` or a repository path.
+pub fn normalise_host(key: &str) -> String {
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".into()
+        }
+        _ => host,
+    }
+}
+
+/// Every registry host each build touches, by (service, arch) index.
+fn touched(plan: &Plan) -> Vec<BTreeSet<String>> {
+    let host = |r: &str| bakery_protocol::reference::registry_of(r).to_string();
+    plan.builds()
+        .map(|(service, build)| {
+            let spec = &build.spec;
+            let mut hosts: BTreeSet<String> = service
+                .destination
+                .iter()
+                .chain(&service.tags)
+                .chain(&build.push)
+                .chain(&spec.cache.repo)
+                .chain(&spec.cache_from)
+                .map(|r| host(r))
+                .collect();
+            hosts.extend(crate::preflight::base_images(build).iter().map(|r| host(r)));
+            hosts
+        })
+        .collect()
+}
+
+/// Adds the runner's logins to every build that touches their registry.
+/// config.yaml's own logins win. Returns the logins used, by host, for
+/// [`check_destinations`], and warnings: a credential helper that fails is
+/// one (Docker would stop; a helper for a registry only pulled from must
+/// not stop the build, and a destination without a login is caught by the
+/// check). A Docker config that cannot be read is an error.
+pub async fn attach(
+    plan: &mut Plan,
+    env: &HashMap<String, String>,
+) -> Result<(BTreeMap<String, Login>, Vec<String>), LoginError> {
+    let mut warnings = Vec::new();
+    let touched = touched(plan);
+    let mut found: BTreeMap<String, Option<Login>> = BTreeMap::new();
+    for (hosts, (_, build)) in touched.iter().zip(plan.builds()) {
+        for c in &build.spec.credentials {
+            let login = Login {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                source: Source::ConfigYaml,
+            };
+            found
+                .entry(normalise_host(&c.registry))
+                .or_insert(Some(login));
+        }
+        for h in hosts {
+            if !found.contains_key(h) {
+                let login = match lookup(h, env).await {
+                    Err(e @ LoginError::Helper { .. }) => {
+                        warnings.push(e.to_string());
+                        None
+                    }
+                    other => other?,
+                };
+                found.insert(h.clone(), login);
+            }
+        }
+    }
+    let found: BTreeMap<String, Login> = found
+        .into_iter()
+        .filter_map(|(h, l)| l.map(|l| (h, l)))
+        .collect();
+    let builds = plan.services.iter_mut().flat_map(|s| s.builds.iter_mut());
+    for (hosts, build) in touched.iter().zip(builds) {
+        let have: BTreeSet<String> = build
+            .spec
+            .credentials
+            .iter()
+            .map(|c| normalise_host(&c.registry))
+            .collect();
+        for h in hosts.iter().filter(|h| !have.contains(*h)) {
+            if let Some(l) = found.get(h).filter(|l| l.source != Source::ConfigYaml) {
+                build.spec.credentials.push(Credential {
+                    registry: h.clone(),
+                    username: l.username.clone(),
+                    password: l.password.clone(),
+                });
+            }
+        }
+    }
+    Ok((found, warnings))
+}
+
+/// The runner's login for `host`: Docker config, auth file, GitLab.
+async fn lookup(host: &str, env: &HashMap<String, String>) -> Result<Option<Login>, LoginError> {
+    let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let docker = var("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker")))
+        .map(|d| d.join("config.json"));
+    if let Some(path) = docker.filter(|p| p.exists()) {
+        let config = docker_config::read(&path)?;
+        if let Some(login) = config.login(host, &path).await? {
+            return Ok(Some(login));
+        }
+    }
+    let auth_file = var("REGISTRY_AUTH_FILE")
+        .map(PathBuf::from)
+        .or_else(|| var("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json")));
+    if let Some(path) = auth_file.filter(|p| p.exists()) {
+        let config = docker_config::read(&path)?;
+        if let Some(login) = config.stored(host, &path)? {
+            return Ok(Some(Login {
+                source: Source::AuthFile(path),
+                ..login
+            }));
+        }
+    }
+    if let (Some(registry), Some(user), Some(password)) = (
+        var("CI_REGISTRY"),
+        var("CI_REGISTRY_USER"),
+        var("CI_REGISTRY_PASSWORD"),
+    ) {
+        if normalise_host(&registry) == host {
+            return Ok(Some(Login {
+                username: user,
+                password: Secret::new(password),
+                source: Source::GitLab,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalised_as_docker_does() {
+        assert_eq!(normalise_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(
+            normalise_host("Registry.Example.com:5000"),
+            "registry.example.com:5000"
+        );
+        assert_eq!(
+            normalise_host("http://127.0.0.1:5000/v2/"),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(normalise_host("ghcr.io/team/app"), "ghcr.io");
+    }
+}

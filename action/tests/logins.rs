@@ -1,0 +1,509 @@
+//! Registry logins from wherever the runner has them, and build secrets,
+//! end to end: a real registry that requires a login (docker-registry with
+//! an htpasswd file), a controller with local buildah agents, the client.
+//! Every test also checks the password or secret appears in no output and
+//! nowhere in the controller's data dir once the build is over.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use base64::Engine;
+use sha2::Digest;
+use support::*;
+
+const USER: &str = "ci-user";
+const PASSWORD: &str = "htpasswd-Login-Pw-4411";
+
+fn bakery(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(dir)
+        .args(args)
+        // The runner's own logins must not leak into what is tested.
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("CI_REGISTRY")
+        .env("HOME", dir)
+        .env("XDG_RUNTIME_DIR", dir.join("no-runtime-dir"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `skopeo inspect --raw` with the test login.
+fn manifest_with_login(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            "--creds",
+            &format!("{USER}:{PASSWORD}"),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A Docker config dir whose `auths` holds the test login for `host`.
+fn docker_config(dir: &Path, host: &str) -> std::path::PathBuf {
+    let config = dir.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    std::fs::write(
+        config.join("config.json"),
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    config
+}
+
+/// Every file under `dir`, concatenated (the journal is binary: lossy).
+fn all_files(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    out
+}
+
+/// The build's two arch images and the index are pushed, the index over
+/// both arches: no path where the arch images push and the index cannot.
+fn assert_pushed(reference: &str) {
+    let index = manifest_with_login(reference);
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(2),
+        "{index}"
+    );
+}
+
+fn assert_nowhere(secret: &str, out: &Output, controller: &Server) {
+    assert!(
+        !text(out).contains(secret),
+        "`{secret}` leaked:\n{}",
+        text(out)
+    );
+    let files = files_holding(controller.dir.path(), secret);
+    assert!(files.is_empty(), "`{secret}` is in {files:?}");
+    let all = all_files(controller.dir.path());
+    assert!(
+        all.contains("controller listening"),
+        "the controller log was read"
+    );
+}
+
+fn files_holding(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+const COPY_ONLY: &str = "FROM scratch\nCOPY hello.txt /\n";
+
+#[test]
+fn a_docker_login_on_the_runner_reaches_the_agents_and_the_index() {
+    let registry = registry_with_login(USER, PASSWORD);
+    let controller = controller(&[]);
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let config = docker_config(repo.path(), &registry.host());
+    let tag = format!("{}/logins/docker:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "build",
+        ],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("DOCKER_CONFIG", config.to_str().unwrap()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pushed(&tag);
+    assert_nowhere(PASSWORD, &out, &controller);
+}
+
+#[test]
+fn without_a_login_the_build_fails_before_anything_is_uploaded() {
+    let registry = registry_with_login(USER, PASSWORD);
+    let controller = controller(&[]);
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let tag = format!("{}/logins/none:1", registry.host());
+    let url = controller.url();
+    let out = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[("CONTROLLER_URL", &url)],
+    );
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains(&format!(
+            "no login for {}: run docker login {}",
+            registry.host(),
+            registry.host()
+        )),
+        "{all}"
+    );
+    assert!(all.contains("nothing was uploaded or built"), "{all}");
+    // A wrong password is refused as early, naming where it came from.
+    let wrong = repo.path().join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:not-the-password"));
+    std::fs::write(
+        wrong.join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let out = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[
+            ("CONTROLLER_URL", &url),
+            ("DOCKER_CONFIG", wrong.to_str().unwrap()),
+        ],
+    );
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("refused the login from") && all.contains("config.json"),
+        "{all}"
+    );
+    assert!(!all.contains("not-the-password"), "{all}");
+    let builds = all_files(&controller.dir.path().join("data"));
+    assert!(!builds.contains("logins/none"), "no build was created");
+}
+
+#[test]
+fn compose_with_a_containers_auth_file() {
+    let registry = registry_with_login(USER, PASSWORD);
+    let controller = controller(&[]);
+    let tag = format!("{}/logins/compose:1", registry.host());
+    let repo = project(&[
+        ("Dockerfile", COPY_ONLY),
+        ("hello.txt", "hi\n"),
+        (
+            "compose.yaml",
+            &format!("services:\n  app:\n    image: {tag}\n    build:\n      context: .\n      platforms: [linux/amd64, linux/arm64]\n"),
+        ),
+    ]);
+    let auth_file = repo.path().join("auth.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    std::fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let out = bakery(
+        repo.path(),
+        &["--compose", "compose.yaml", "build"],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pushed(&tag);
+    assert_nowhere(PASSWORD, &out, &controller);
+}
+
+#[test]
+fn a_credential_helper_as_docker_runs_it() {
+    let registry = registry_with_login(USER, PASSWORD);
+    let controller = controller(&[]);
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let bin = repo.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let asked = repo.path().join("asked");
+    let helper = bin.join("docker-credential-bakerytest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r server\necho \"$server\" >> {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args(["755", helper.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let config = repo.path().join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            r#"{{"credHelpers": {{"{}": "bakerytest"}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let tag = format!("{}/logins/helper:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "build",
+        ],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("DOCKER_CONFIG", config.to_str().unwrap()),
+            ("PATH", &path),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&asked).unwrap().trim(),
+        registry.host(),
+        "the helper was asked for the registry"
+    );
+    assert_pushed(&tag);
+    assert_nowhere(PASSWORD, &out, &controller);
+}
+
+#[test]
+fn gitlab_registry_variables_and_config_yaml_variables() {
+    let registry = registry_with_login(USER, PASSWORD);
+    let controller = controller(&[]);
+    let tag = format!("{}/logins/gitlab:1", registry.host());
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "build",
+        ],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("CI_REGISTRY", &registry.host()),
+            ("CI_REGISTRY_USER", USER),
+            ("CI_REGISTRY_PASSWORD", PASSWORD),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pushed(&tag);
+    assert_nowhere(PASSWORD, &out, &controller);
+
+    let tag = format!("{}/logins/config:1", registry.host());
+    let config = format!(
+        "global:\n  kaniko-credentials:\n    - {{registry: {}, username: {USER}, password: '${{REG_PW}}'}}\n  kaniko:\n    destination: {tag}\nbake:\n  - arch: amd64\n  - arch: arm64\n",
+        registry.host()
+    );
+    std::fs::write(repo.path().join("config.yaml"), config).unwrap();
+    let out = bakery(
+        repo.path(),
+        &["--config", "config.yaml", "build"],
+        &[("CONTROLLER_URL", &controller.url()), ("REG_PW", PASSWORD)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pushed(&tag);
+    assert_nowhere(PASSWORD, &out, &controller);
+}
+
+/// A secret from a file and one from a variable reach `RUN
+/// --mount=type=secret`: the image holds their hashes, never the secrets,
+/// and no output or file of the controller holds them either.
+#[test]
+fn build_secrets_reach_run_mounts_and_nothing_else() {
+    const FILE_SECRET: &str = "file-Secret-Value-9137";
+    const ENV_SECRET: &str = "env-Secret-Value-5520";
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let controller = controller(&[]);
+    let dockerfile = format!(
+        "FROM {base}\n\
+         RUN --mount=type=secret,id=npmrc sha256sum /run/secrets/npmrc | cut -d' ' -f1 > /npmrc.sha\n\
+         RUN --mount=type=secret,id=token,target=/tmp/token sha256sum /tmp/token | cut -d' ' -f1 > /token.sha && cat /tmp/token && echo\n"
+    );
+    let repo = project(&[("Dockerfile", &dockerfile), ("npmrc", FILE_SECRET)]);
+    let tag = format!("{}/secrets/app:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--secret",
+            "id=npmrc,src=npmrc",
+            "--secret",
+            "id=token,env=MY_TOKEN",
+            "build",
+        ],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("MY_TOKEN", ENV_SECRET),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let hex = |s: &str| format!("{:x}", sha2::Sha256::digest(s.as_bytes()));
+    let arch = bakery_protocol::Arch::host();
+    let image = format!("{tag}_{}", arch.as_str());
+    assert_eq!(
+        file_in_image(&image, "npmrc.sha").unwrap().trim(),
+        hex(FILE_SECRET)
+    );
+    assert_eq!(
+        file_in_image(&image, "token.sha").unwrap().trim(),
+        hex(ENV_SECRET)
+    );
+    // buildah 1.28 leaves the mount point behind, empty.
+    for mount in ["run/secrets/npmrc", "tmp/token"] {
+        assert_eq!(
+            file_in_image(&image, mount).unwrap_or_default(),
+            "",
+            "{mount}"
+        );
+    }
+    assert!(all.contains("***"), "the echoed secret is masked: {all}");
+    for secret in [FILE_SECRET, ENV_SECRET] {
+        assert!(!image_holds(&image, secret), "`{secret}` is in the image");
+    }
+    assert!(
+        image_holds(&image, &hex(FILE_SECRET)),
+        "the scan reads the layers"
+    );
+    for secret in [FILE_SECRET, ENV_SECRET] {
+        assert_nowhere(secret, &out, &controller);
+    }
+    // A secret that is not there fails the plan, by id, before anything.
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--secret",
+            "id=gone,src=missing.txt",
+            "build",
+        ],
+        &[("CONTROLLER_URL", &controller.url())],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("secret `gone`"), "{}", text(&out));
+}
+
+/// A credential helper that is not installed (a `credsStore` left by Docker
+/// Desktop) is a warning naming it, not a failed build, when the registry
+/// needs no login.
+#[test]
+fn a_missing_credential_helper_is_a_warning() {
+    let registry = registry();
+    let controller = controller(&[]);
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let config = repo.path().join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        r#"{"credsStore": "nosuchhelper"}"#,
+    )
+    .unwrap();
+    let tag = format!("{}/logins/open:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("DOCKER_CONFIG", config.to_str().unwrap()),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: docker-credential-nosuchhelper get"),
+        "{all}"
+    );
+}
+
+/// Whether any layer of `reference` holds `needle` (layers decompressed).
+fn image_holds(reference: &str, needle: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &format!("dir:{}", dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let config = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let mut blobs = vec![std::fs::read(dir.path().join(config)).unwrap()];
+    for layer in manifest["layers"].as_array().unwrap() {
+        let digest = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let raw = std::fs::read(dir.path().join(digest)).unwrap();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(raw.as_slice()),
+            &mut plain,
+        )
+        .unwrap();
+        blobs.push(plain);
+    }
+    blobs
+        .iter()
+        .any(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}

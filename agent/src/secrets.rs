@@ -1,0 +1,51 @@
+//! Build secrets as files the builders read (`--secret id=…,src=…`, the
+//! same flag for buildah and the Kaniko fork): never on a command line or
+//! in the environment, readable by the agent only, inside the work dir the
+//! builders exclude from the image, deleted with it.
+
+use std::path::{Path, PathBuf};
+
+use bakery_protocol::api::AgentTask;
+
+use crate::error::{io, AgentError};
+
+/// Writes each secret of `task` and returns `(id, path)` pairs.
+pub(crate) fn write_secret_files(
+    work: &Path,
+    task: &AgentTask,
+) -> Result<Vec<(String, PathBuf)>, AgentError> {
+    if task.spec.secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = work.join("secrets");
+    std::fs::create_dir_all(&dir).map_err(io("creating the secrets dir"))?;
+    let mut files = Vec::new();
+    for (i, secret) in task.spec.secrets.iter().enumerate() {
+        // Numbered, not named by id: an id is the user's text.
+        let path = dir.join(i.to_string());
+        write_private(&path, secret.value.expose().as_bytes())
+            .map_err(io("writing a build secret"))?;
+        files.push((secret.id.clone(), path));
+    }
+    Ok(files)
+}
+
+/// Creates `path` with mode 0600 before any byte is written.
+pub(crate) fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(body)
+}
+
+/// The builders' flags for `files`.
+pub(crate) fn flags(files: &[(String, PathBuf)]) -> impl Iterator<Item = String> + '_ {
+    files
+        .iter()
+        .map(|(id, path)| format!("--secret=id={id},src={}", path.display()))
+}
