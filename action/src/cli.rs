@@ -134,6 +134,19 @@ pub struct Input {
     #[arg(long, env = "BAKERY_CACHE", global = true)]
     pub cache: bool,
 
+    /// Push the images and the multi-arch index (the default); `--push=false` builds every arch and checks it without pushing (pull requests from forks), for every selected service.
+    #[arg(
+        long,
+        env = "BAKERY_PUSH",
+        global = true,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub push: bool,
+
     /// Layer cache repository (implies --cache); each arch uses <repo>-<arch>.
     #[arg(long, env = "BAKERY_CACHE_REPO", global = true)]
     pub cache_repo: Option<String>,

@@ -31,6 +31,7 @@ pub fn plan(input: &Input) -> Result<Plan> {
                 cache: input.cache,
                 cache_repo: flags.cache_repo,
                 secrets: flags.secrets,
+                no_push: !input.push,
             }
         }
     };
@@ -126,6 +127,7 @@ fn inline_build(input: &Input, flags: &Flags) -> Option<InlineBuild> {
         target: input.target.clone(),
         cache: input.cache,
         cache_repo: flags.cache_repo.clone(),
+        no_push: !input.push,
     })
 }
 

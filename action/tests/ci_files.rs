@@ -380,3 +380,258 @@ fn the_action_maps_secret_inputs_to_secret_specs_without_putting_values_in_argv(
     );
     assert!(!stdout.contains("oops-a-bare-s3cret"), "{stdout}");
 }
+
+/// The action installs the release its own files name, wherever it is used
+/// from: pinned by commit SHA (the checkout's path names the repository, not
+/// a tag), inside another composite action (whose `GITHUB_ACTION_REPOSITORY`
+/// is the outer one's); a version with no release and a local checkout
+/// without cargo are errors that say what to do, not a bare curl 404.
+#[test]
+fn the_action_installs_the_version_its_own_files_name_however_it_is_pinned() {
+    let arch = if std::env::consts::ARCH == "aarch64" {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
+    let name = format!("bakery-{arch}-unknown-linux-musl");
+    let server_root = tempfile::tempdir().unwrap();
+    let assets = server_root
+        .path()
+        .join("acme/bakery/releases/download/v9.9.7");
+    std::fs::create_dir_all(&assets).unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bin.path().join("bakery"),
+        "#!/bin/sh\necho \"bakery 9.9.7\"\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.path().join("bakery"))
+        .status()
+        .unwrap();
+    let tarball = assets.join(format!("{name}.tar.gz"));
+    assert!(Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(bin.path())
+        .arg("bakery")
+        .status()
+        .unwrap()
+        .success());
+    let sum = Command::new("sha256sum").arg(&tarball).output().unwrap();
+    let digest = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        assets.join(format!("{name}.tar.gz.sha256")),
+        format!("{digest}  {name}.tar.gz\n"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(server_root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // An action checkout as the runner makes one, with the action's files.
+    let runner = tempfile::tempdir().unwrap();
+    let checkout = |dir: &Path, version: &str| {
+        std::fs::create_dir_all(dir.join("scripts")).unwrap();
+        std::fs::copy(
+            root().join("scripts/install-bakery"),
+            dir.join("scripts/install-bakery"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!("[workspace]\nmembers = []\n\n[workspace.package]\nversion = \"{version}\"\nedition = \"2021\"\n"),
+        )
+        .unwrap();
+    };
+    let install = |action: &Path, repository: &str| {
+        let cache = runner.path().join("tool-cache");
+        Command::new("bash")
+            .arg(action.join("scripts/install-bakery"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", runner.path())
+            .env("GITHUB_ACTION_PATH", action)
+            .env("GITHUB_ACTION_REPOSITORY", repository)
+            .env("GITHUB_SERVER_URL", format!("http://127.0.0.1:{port}"))
+            .env("RUNNER_TOOL_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let both = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // Pinned by SHA, used from another composite action.
+    let sha = runner
+        .path()
+        .join("_actions/acme/bakery/0123456789abcdef0123456789abcdef01234567");
+    checkout(&sha, "9.9.7");
+    let out = install(&sha, "outer/wrapper");
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(both(&out).contains("bakery 9.9.7"), "{}", both(&out));
+    // A commit whose version has no release yet.
+    let main = runner.path().join("_actions/acme/bakery/main");
+    checkout(&main, "9.9.6");
+    let out = install(&main, "acme/bakery");
+    assert!(!out.status.success());
+    let text = both(&out);
+    assert!(
+        text.contains("bakery v9.9.6 has no release at http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("HTTP 404") && text.contains("set the input 'version'"),
+        "{text}"
+    );
+    // `uses: ./`: a local checkout, no repository to download from.
+    let local = runner.path().join("work/repo");
+    checkout(&local, "9.9.5");
+    let out = install(&local, "");
+    assert!(!out.status.success());
+    assert!(
+        both(&out).contains("local checkout (uses: ./)"),
+        "{}",
+        both(&out)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// The component's job as a runner runs it: its inputs filled in (as
+/// GitLab interpolates `$[[ inputs.… ]]`), its variables exported, its
+/// `script:` lines run by `sh` with a stand-in `bakery`. An empty
+/// `status-token-variable` had broken the job (`${:-}: bad substitution`),
+/// and the client image's `bakery` entrypoint the Docker executor.
+#[test]
+fn the_gitlab_component_job_runs_with_its_inputs_filled_in() {
+    let text = std::fs::read_to_string(root().join("templates/bakery.yml")).unwrap();
+    let (spec_text, job_text) = text.split_once("\n---\n").unwrap();
+    let spec = yaml(spec_text);
+    let run = |given: &[(&str, &str)]| {
+        let mut job = job_text.to_string();
+        for (name, input) in spec["spec"]["inputs"].as_object().unwrap() {
+            let value = given
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_string())
+                .or_else(|| match &input["default"] {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    Value::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .unwrap_or_else(|| "https://bakery.example.com".into());
+            job = job.replace(&format!("$[[ inputs.{name} ]]"), &value);
+        }
+        let job = yaml(&job);
+        let job = job.as_object().unwrap().values().next().unwrap().clone();
+        assert_eq!(
+            job["image"]["entrypoint"],
+            serde_json::json!([""]),
+            "the entrypoint is emptied"
+        );
+        let stub = tempfile::tempdir().unwrap();
+        let dump = stub.path().join("dump");
+        std::fs::write(
+            stub.path().join("bakery"),
+            format!(
+                "#!/bin/sh\n{{ env | grep -E '^(BAKERY_|CONTROLLER_)' | sort; printf 'SECRETS=%s\\n' \"$BAKERY_SECRETS\"; }} > {}\n",
+                dump.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(stub.path().join("bakery"))
+            .status()
+            .unwrap();
+        let mut script = String::from("set -e\n");
+        for (k, v) in job["variables"].as_object().unwrap() {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                // An empty input leaves `VAR:` with no value: GitLab's "".
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            script.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+        }
+        for line in job["script"].as_array().unwrap() {
+            script.push_str(line.as_str().unwrap());
+            script.push('\n');
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", stub.path().display()))
+            .env("MY_STATUS_TOKEN", "glpat-status")
+            .output()
+            .unwrap();
+        let dumped = std::fs::read_to_string(&dump).unwrap_or_default();
+        (out, dumped)
+    };
+    let (out, dumped) = run(&[("status-token-variable", "")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dumped.contains("BAKERY_GITLAB_TOKEN"), "{dumped}");
+    assert!(dumped.contains("BAKERY_PUSH=true"), "{dumped}");
+    assert!(
+        !dumped.contains("BAKERY_CONFIG"),
+        "empty inputs are unset: {dumped}"
+    );
+    let (out, dumped) = run(&[
+        ("status-token-variable", "MY_STATUS_TOKEN"),
+        ("secrets", "id=npm,env=NPM_TOKEN id=netrc,src=/tmp/netrc"),
+        ("push", "false"),
+        ("target", "runtime"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dumped.contains("BAKERY_GITLAB_TOKEN=glpat-status"),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("SECRETS=id=npm,env=NPM_TOKEN\nid=netrc,src=/tmp/netrc\n"),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("BAKERY_PUSH=false") && dumped.contains("BAKERY_TARGET=runtime"),
+        "{dumped}"
+    );
+}

@@ -625,6 +625,44 @@ fn flags_build_like_buildx_and_tag_the_index_twice() {
     assert_eq!(a, raw_manifest(&two), "both tags name the same index");
 }
 
+/// `--push=false` (the action's `push: false`, for pull requests from
+/// forks) builds every arch and pushes nothing: no arch image, no index.
+#[test]
+fn push_false_builds_every_arch_and_pushes_nothing() {
+    let registry = registry();
+    let repo = project(&[
+        ("Dockerfile.copy", "FROM scratch\nCOPY hello.txt /\n"),
+        ("hello.txt", "hi\n"),
+    ]);
+    let tag = format!("{}/e2e/nopush:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--file",
+            "Dockerfile.copy",
+            "build",
+        ],
+        &[("BAKERY_PUSH", "false")],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("nopush-amd64") && all.contains("nopush-arm64"),
+        "both arches built: {all}"
+    );
+    let catalog = Command::new("curl")
+        .args(["-fsS", &format!("{}/v2/_catalog", registry.url())])
+        .output()
+        .unwrap();
+    let catalog = String::from_utf8_lossy(&catalog.stdout);
+    assert!(catalog.contains("repositories"), "{catalog}");
+    assert!(!catalog.contains("nopush"), "nothing pushed: {catalog}");
+}
+
 #[test]
 fn the_client_presents_the_controller_token() {
     let registry = registry();

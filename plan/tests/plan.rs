@@ -1121,6 +1121,7 @@ fn flags_apply_to_every_selected_service_of_a_file() {
         cache: true,
         cache_repo: None,
         secrets: vec![],
+        no_push: false,
     };
     let plan = Plan::resolve(&opts).unwrap();
     assert_eq!(plan.services.len(), 2);

@@ -67,13 +67,18 @@ pub struct Overrides {
     /// `--secret`: added to every service's (the flag wins on an id);
     /// files relative to the working directory. With `--tag` too.
     pub secrets: Vec<SecretRef>,
+    /// `--push=false`: build and check every arch, push nothing.
+    pub no_push: bool,
 }
 
 impl Overrides {
     fn settings(&self) -> Option<Settings> {
         let cache = self.cache || self.cache_repo.is_some();
         // Secrets are not a layer: they are read where the flag was given.
-        let none = self.build_args.is_empty() && self.labels.is_empty() && self.target.is_none();
+        let none = self.build_args.is_empty()
+            && self.labels.is_empty()
+            && self.target.is_none()
+            && !self.no_push;
         if none && !cache {
             return None;
         }
@@ -87,6 +92,7 @@ impl Overrides {
                     repo: self.cache_repo.clone(),
                     ..Cache::default()
                 }),
+                no_push: self.no_push.then_some(true),
                 ..Kaniko::default()
             }),
             ..Settings::default()
@@ -112,6 +118,8 @@ pub struct InlineBuild {
     pub cache: bool,
     /// `--cache-repo`; implies `cache`.
     pub cache_repo: Option<String>,
+    /// `--push=false`.
+    pub no_push: bool,
 }
 
 impl PlanOptions {

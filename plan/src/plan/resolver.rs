@@ -101,6 +101,7 @@ impl Resolver<'_> {
                     repo: inline.cache_repo.clone(),
                     ..Cache::default()
                 }),
+                no_push: inline.no_push.then_some(true),
                 ..Kaniko::default()
             }),
             ..Settings::default()
@@ -117,7 +118,12 @@ impl Resolver<'_> {
         for arch in arches {
             builds.push(self.resolve_arch(arch, std::slice::from_ref(&layer))?);
         }
-        let name = service_name(builds.iter().map(|(b, _)| b), self.repo);
+        // Named after the tag, pushed or not (`--push=false` keeps the name).
+        let name = ImageRef::parse(first)
+            .ok()
+            .map(|r| r.short_name().to_string())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| service_name(builds.iter().map(|(b, _)| b), self.repo));
         check_single_filter(&name, filter)?;
         let mut plan = service_plan(name, builds);
         plan.tags = extra_tags(plan.destination.as_deref(), &inline.tags[1..], at)?;
