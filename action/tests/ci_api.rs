@@ -239,3 +239,60 @@ fn gitlab_commit_statuses_go_pending_running_and_final_per_arch() {
         }
     }
 }
+
+/// A token without `checks: write` gets a 403 from GitHub; the warning says
+/// so and what to change, not just "GitHub" (octocrab's own message), and
+/// the build goes on.
+#[test]
+fn a_check_run_refused_with_403_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"message":"Resource not accessible by integration","documentation_url":"https://docs.github.com/rest/checks/runs#create-a-check-run","status":"403"}'
+        self.send_response(403)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_PATCH = do_POST
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#,
+        )
+        .arg(port.to_string())
+        .spawn()
+        .unwrap();
+    let _server = Server {
+        child: server,
+        dir,
+        port,
+    };
+    wait_port(port, "the stand-in API", 20);
+    let registry = registry();
+    let repo = two_services(&registry, "forbidden");
+    let (_, output) = run_bakery(
+        repo.path(),
+        &[
+            ("GITHUB_API_URL", &format!("http://127.0.0.1:{port}")),
+            ("GITHUB_REPOSITORY", "octo-org/hello"),
+            ("GITHUB_SHA", SHA),
+            ("BAKERY_GITHUB_TOKEN", "ghs_test_token_value"),
+        ],
+    );
+    assert!(
+        output.contains("could not create the GitHub check run: GitHub answered HTTP 403: Resource not accessible by integration"),
+        "{output}"
+    );
+    assert!(output.contains("permissions: checks: write"), "{output}");
+    assert!(
+        output.contains("good-amd64 | pushed") || output.contains("good"),
+        "the build went on: {output}"
+    );
+}

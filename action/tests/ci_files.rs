@@ -635,3 +635,53 @@ fn the_gitlab_component_job_runs_with_its_inputs_filled_in() {
         "{dumped}"
     );
 }
+
+/// What GitHub and GitLab users run of ours, judged by the tools they (and
+/// their security teams) use: zizmor and actionlint on action.yml, the
+/// release workflow and the example workflow (zizmor.yml holds the one
+/// written exception), and check-jsonschema's vendored schemas on each file
+/// they apply to. scripts/setup installs all three.
+#[test]
+fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .unwrap_or_else(|e| panic!("{program} is installed (scripts/setup): {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{program} {args:?}:\n{text}");
+        text
+    };
+    let workflows = [
+        ".github/workflows/release.yml",
+        "examples/client/.github-actions.yml",
+    ];
+    let zizmor = run(
+        "zizmor",
+        &[
+            "--offline",
+            "--config",
+            "zizmor.yml",
+            "action.yml",
+            workflows[0],
+            workflows[1],
+        ],
+    );
+    assert!(zizmor.contains("No findings"), "{zizmor}");
+    let mut lint = vec!["-no-color"];
+    lint.extend(workflows);
+    run("actionlint", &lint);
+    let schema = |name: &str, files: &[&str]| {
+        let mut args = vec!["--builtin-schema", name];
+        args.extend(files);
+        run("check-jsonschema", &args)
+    };
+    schema("vendor.github-workflows", &workflows);
+    schema("vendor.github-actions", &["action.yml"]);
+    schema("vendor.gitlab-ci", &["examples/client/.gitlab.yml"]);
+}

@@ -244,10 +244,17 @@ fn interrupt_cancels(signal: &str) {
     let base = push_base_image(&registry);
     let controller = controller(&[]);
     let repo = slow_project(&registry, &base, 3, "slow");
+    // In a GitHub Actions step: the summary and outputs are written even so.
+    let step = tempfile::tempdir().unwrap();
+    let (outputs, summary) = (step.path().join("output"), step.path().join("summary"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_bakery"))
         .current_dir(repo.path())
         .arg("build")
         .env("CONTROLLER_URL", controller.url())
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_OUTPUT", &outputs)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env_remove("BAKERY_GITHUB_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -272,6 +279,13 @@ fn interrupt_cancels(signal: &str) {
     nix_kill(child.id(), signal);
     let status = child.wait().unwrap();
     assert!(!status.success());
+    let summary = std::fs::read_to_string(&summary).unwrap_or_default();
+    assert!(
+        summary.contains("⏹️ cancelled"),
+        "the summary says cancelled: {summary}"
+    );
+    let outputs = std::fs::read_to_string(&outputs).unwrap_or_default();
+    assert!(outputs.contains(r#""state":"cancelled""#), "{outputs}");
     // Agents gone within 10 s of the interrupt.
     loop {
         let left = processes_mentioning(data.to_str().unwrap());
@@ -583,6 +597,15 @@ fn gitlab_ci_gets_sections_and_a_dotenv_report() {
     assert!(digest.starts_with("sha256:"));
     assert!(report.contains(&format!(
         "BAKERY_GOOD_IMAGE={}/e2e/good:1@{digest}",
+        registry.host()
+    )));
+    // The generic pair, for a job that builds one image.
+    assert!(
+        report.contains(&format!("BAKERY_DIGEST={digest}\n")),
+        "{report}"
+    );
+    assert!(report.contains(&format!(
+        "BAKERY_IMAGE={}/e2e/good:1@{digest}\n",
         registry.host()
     )));
     assert!(report

@@ -174,7 +174,7 @@ async fn require_client_token(
     let Some(token) = bearer(request.headers()).map(str::to_string) else {
         return Failure::new(
             StatusCode::UNAUTHORIZED,
-            "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client, or send a CI ID token",
+            "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client (the GitHub Action's `controller-token` input; a masked CONTROLLER_TOKEN variable for the GitLab component), or send a CI ID token (the action's `oidc-audience`, the component's `oidc: true`)",
         )
         .into_response();
     };

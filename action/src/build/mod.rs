@@ -76,7 +76,11 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     let results = tokio::select! {
         r = run.all(&opts) => r?,
         () = interrupted() => {
-            run.cancel().await;
+            // The job still gets its summary and outputs, saying cancelled.
+            let results = run.cancel().await;
+            run.printer.end_block();
+            crate::render::print_summary(&results, &run.printer);
+            run.printer.report(&plan, &results);
             bail!("cancelled");
         }
     };
@@ -153,8 +157,8 @@ struct Run<'a> {
     printer: Printer,
     /// Where the commit's checks or statuses go.
     ci: Arc<dyn CiSystem>,
-    /// Ids of the builds created so far, for cancelling.
-    submitted: Arc<Mutex<Vec<String>>>,
+    /// (service, build id) of the builds created so far, for cancelling.
+    submitted: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Run<'_> {
@@ -207,7 +211,10 @@ impl Run<'_> {
             .controller
             .create(&upload::request(service, self.contexts)?)
             .await?;
-        self.submitted.lock().expect("lock").push(id.clone());
+        self.submitted
+            .lock()
+            .expect("lock")
+            .push((service.name.clone(), id.clone()));
         Ok(id)
     }
 
@@ -242,21 +249,25 @@ impl Run<'_> {
 
     /// Cancels every submitted build at once (a CI system kills the job
     /// soon after its SIGTERM, and a hanging controller is not waited for),
-    /// then gives the controller up to 10 s to stop the agents.
-    async fn cancel(&self) {
+    /// gives the controller up to 10 s to stop the agents, and returns every
+    /// service's result as it stands, for the summary and the CI reports.
+    async fn cancel(&self) -> Vec<ServiceResult> {
         eprintln!("interrupted: cancelling the builds");
-        let ids = self.submitted.lock().map(|s| s.clone()).unwrap_or_default();
-        let cancels = ids.iter().map(|id| self.controller.cancel(id));
+        let submitted = self.submitted.lock().map(|s| s.clone()).unwrap_or_default();
+        let cancels = submitted.iter().map(|(_, id)| self.controller.cancel(id));
         let _ = tokio::time::timeout(
             Duration::from_secs(15),
             futures_util::future::join_all(cancels),
         )
         .await;
+        let mut last: Vec<Option<BuildStatus>> = vec![None; submitted.len()];
         let stopped = async {
-            for id in &ids {
+            for (i, (_, id)) in submitted.iter().enumerate() {
                 loop {
-                    let status = self.controller.status(id).await;
-                    if status.map(|s| s.state.is_terminal()).unwrap_or(true) {
+                    let status = self.controller.status(id).await.ok();
+                    let done = status.as_ref().is_none_or(|s| s.state.is_terminal());
+                    last[i] = status.or(last[i].take());
+                    if done {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -264,5 +275,20 @@ impl Run<'_> {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+        self.plan
+            .services
+            .iter()
+            .map(|service| {
+                let seen = submitted
+                    .iter()
+                    .zip(&last)
+                    .find(|((name, _), _)| name == &service.name)
+                    .and_then(|(_, status)| status.clone());
+                match seen {
+                    Some(status) => ServiceResult::ended(&service.name, status),
+                    None => ServiceResult::skipped(&service.name),
+                }
+            })
+            .collect()
     }
 }

@@ -146,6 +146,7 @@ fn section(label: &str, n: usize) -> String {
     format!("bakery_{clean}_{n}")
 }
 
+/// `BAKERY_DIGEST` and `BAKERY_IMAGE` (the first service's index), then
 /// `BAKERY_<SERVICE>_DIGEST`, `_IMAGE`, and per arch `_<ARCH>_DIGEST`.
 pub fn dotenv_report(results: &[ServiceResult]) -> String {
     let key = |s: &str| {
@@ -160,6 +161,14 @@ pub fn dotenv_report(results: &[ServiceResult]) -> String {
             .collect::<String>()
     };
     let mut out = String::new();
+    // The first service's index as well, for a job that builds one image
+    // (build-push-action's single `digest`).
+    if let Some((dest, d)) =
+        submitted(results).find_map(|(_, s)| s.destination.as_ref().zip(s.index_digest.as_ref()))
+    {
+        let _ = writeln!(out, "BAKERY_DIGEST={d}");
+        let _ = writeln!(out, "BAKERY_IMAGE={dest}@{d}");
+    }
     for (service, status) in submitted(results) {
         let k = key(service);
         if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {

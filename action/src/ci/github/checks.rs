@@ -131,3 +131,21 @@ impl Checks {
         Ok(())
     }
 }
+
+/// An API error as a person can act on it: octocrab's own message is just
+/// `GitHub`. The status, GitHub's message, and for the usual causes what to
+/// change.
+pub(super) fn explain(e: &octocrab::Error) -> String {
+    let octocrab::Error::GitHub { source, .. } = e else {
+        return e.to_string();
+    };
+    let status = source.status_code.as_u16();
+    let hint = match status {
+        403 => ": the token may not write checks; give the job `permissions: checks: write`, or set the action input `token: \"\"` to skip check runs",
+        401 => ": the token is not valid (BAKERY_GITHUB_TOKEN, the action input `token`)",
+        404 => ": the token cannot see this repository or commit (GITHUB_REPOSITORY, BAKERY_GITHUB_SHA)",
+        422 => ": GitHub refused the check run's content",
+        _ => "",
+    };
+    format!("GitHub answered HTTP {status}: {}{hint}", source.message)
+}

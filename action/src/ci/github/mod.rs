@@ -117,7 +117,10 @@ impl CiSystem for GitHub {
         Box::pin(async move {
             if let Some(checks) = &self.checks {
                 if let Err(e) = checks.start(status).await {
-                    tracing::warn!("could not create the GitHub check run: {e}");
+                    tracing::warn!(
+                        "could not create the GitHub check run: {}",
+                        checks::explain(&e)
+                    );
                 }
             }
         })
@@ -137,7 +140,10 @@ impl CiSystem for GitHub {
             let summary = markdown_summary(&one, tails);
             let annotations = annotations(plan, &one, &self.workspace());
             if let Err(e) = checks.complete(status, &summary, &annotations).await {
-                tracing::warn!("could not complete the GitHub check run: {e}");
+                tracing::warn!(
+                    "could not complete the GitHub check run: {}",
+                    checks::explain(&e)
+                );
             }
         })
     }
