@@ -12,10 +12,12 @@
 //! * [`logins`]: the runner's registry logins, sent with the builds that
 //!   need them and checked against the destination first;
 //! * [`preflight`]: the base-image check before anything is uploaded;
-//! * [`printer`] and [`render`]: what a person reads; [`outcome`]: what the
+//! * [`printer`] and [`render`]: what a person reads ([`blocks`]: one CI
+//!   log block per task); [`outcome`]: what the
 //!   reports are made of; [`ci`]: GitHub and GitLab behind one trait (log
 //!   blocks, report files, commit checks and statuses).
 
+pub mod blocks;
 pub mod build;
 pub mod ci;
 pub mod cli;
@@ -34,6 +36,18 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use cli::{Cli, Command, LogFormat};
+
+/// Prints a failed command's error; in a GitHub Actions step a plan error
+/// is also an annotation at the file and line it names.
+pub fn print_error(e: &anyhow::Error) {
+    eprintln!("error: {e:#}");
+    if let Some(d) = e
+        .downcast_ref::<bakery_plan::PlanError>()
+        .and_then(bakery_plan::PlanError::diagnostic)
+    {
+        ci::github::annotate(d, "bakery: invalid build configuration");
+    }
+}
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {

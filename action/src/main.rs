@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match runtime.block_on(bakery::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            bakery::print_error(&e);
             ExitCode::FAILURE
         }
     }

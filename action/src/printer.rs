@@ -2,12 +2,13 @@
 //! per log line, each arch's run of lines in a CI log block.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 use bakery_plan::Plan;
 use bakery_protocol::api::LogEvent;
 
+use crate::blocks::Blocks;
 use crate::ci::{CiSystem, Tails};
 use crate::cli::LogFormat;
 use crate::outcome::ServiceResult;
@@ -19,10 +20,10 @@ pub struct Printer {
     format: Option<LogFormat>,
     colors: Mutex<HashMap<String, usize>>,
     /// Last lines per task, shown again under a failure.
-    tails: Mutex<HashMap<String, Vec<String>>>,
+    tails: Mutex<HashMap<String, Tail>>,
     ci: Arc<dyn CiSystem>,
-    /// The CI log block (group/section) open now: label and its number.
-    block: Mutex<Option<(String, usize)>>,
+    /// One CI log block (group/section) per task.
+    blocks: Blocks,
 }
 
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
@@ -49,8 +50,8 @@ impl Printer {
             format,
             colors: Mutex::default(),
             tails: Mutex::default(),
+            blocks: Blocks::new(Arc::clone(&ci)),
             ci,
-            block: Mutex::default(),
         }
     }
 
@@ -59,45 +60,41 @@ impl Printer {
         let text = strip_ansi(&event.line);
         {
             let mut tails = self.tails.lock().expect("lock");
-            let tail = tails.entry(label.clone()).or_default();
-            tail.push(text.clone());
-            if tail.len() > 15 {
-                tail.remove(0);
-            }
+            tails.entry(label.clone()).or_default().push(&text);
         }
-        let mut out = std::io::stdout().lock();
-        {
-            // In CI, each run of lines from one arch goes in a collapsible block.
-            let mut block = self.block.lock().expect("lock");
-            if block.as_ref().map(|(l, _)| l.as_str()) != Some(label.as_str()) {
-                let n = block.as_ref().map_or(0, |(_, n)| n + 1);
-                let previous = block.as_ref().map(|(l, n)| (l.as_str(), *n));
-                let _ = out.write_all(self.ci.switch_block(previous, &label, n).as_bytes());
-                *block = Some((label.clone(), n));
-            }
-        }
-        let _ = match self.format {
+        let rendered = match self.format {
             Some(LogFormat::Json) => {
                 let mut v = serde_json::to_value(event).unwrap_or_default();
                 v["service"] = serde_json::json!(service);
-                writeln!(out, "{v}")
+                format!("{v}\n")
             }
-            Some(LogFormat::Simple) => writeln!(out, "{text}"),
+            Some(LogFormat::Simple) => format!("{text}\n"),
             _ if self.color => {
                 let n = {
                     let mut colors = self.colors.lock().expect("lock");
                     let next = colors.len();
                     *colors.entry(label.clone()).or_insert(next)
                 };
-                writeln!(
-                    out,
-                    "\x1b[{}m{label:<w$} |\x1b[0m {text}",
+                format!(
+                    "\x1b[{}m{label:<w$} |\x1b[0m {text}\n",
                     PALETTE[n % PALETTE.len()],
                     w = self.width
                 )
             }
-            _ => writeln!(out, "{label:<w$} | {text}", w = self.width),
+            _ => format!("{label:<w$} | {text}\n", w = self.width),
         };
+        self.blocks.line(&label, &rendered);
+    }
+
+    /// The task of `service` for `arch` ended (`complete`: and its whole
+    /// log has been delivered): its log block may close.
+    pub fn task_ended(&self, service: &str, arch: bakery_protocol::Arch, complete: bool) {
+        let label = format!("{service}-{arch}");
+        if complete {
+            self.blocks.task_complete(&label);
+        } else {
+            self.blocks.task_ended(&label);
+        }
     }
 
     pub fn tail(&self, label: &str) -> Vec<String> {
@@ -105,18 +102,14 @@ impl Printer {
             .lock()
             .expect("lock")
             .get(label)
-            .cloned()
+            .map(Tail::lines)
             .unwrap_or_default()
     }
 
-    /// Ends the open CI log block, so what follows is not folded away.
+    /// Ends the open CI log block and shows what waited for one, so what
+    /// follows is not folded away.
     pub fn end_block(&self) {
-        let open = self.block.lock().expect("lock").take();
-        print!(
-            "{}",
-            self.ci
-                .close_block(open.as_ref().map(|(l, n)| (l.as_str(), *n)))
-        );
+        self.blocks.close();
     }
 
     /// The last lines of every task's log.
@@ -125,7 +118,7 @@ impl Printer {
             .lock()
             .expect("lock")
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.lines()))
             .collect()
     }
 
@@ -134,6 +127,39 @@ impl Printer {
         if let Err(e) = self.ci.write_reports(plan, results, &self.tails()) {
             tracing::warn!("could not write the CI report: {e}");
         }
+    }
+}
+
+/// A task's last lines, and the last build instruction it logged even when
+/// its output has pushed that out: the annotation needs it to find the
+/// Dockerfile line (Kaniko's errors name no instruction), and a person
+/// reading the failure wants to see which step it was.
+#[derive(Default)]
+struct Tail {
+    lines: std::collections::VecDeque<String>,
+    step: Option<String>,
+}
+
+impl Tail {
+    const LINES: usize = 15;
+
+    fn push(&mut self, line: &str) {
+        if crate::ci::github::locate::is_instruction(line) {
+            self.step = Some(line.to_string());
+        }
+        self.lines.push_back(line.to_string());
+        if self.lines.len() > Self::LINES {
+            self.lines.pop_front();
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.lines.len() + 1);
+        if let Some(step) = self.step.as_ref().filter(|s| !self.lines.contains(s)) {
+            out.push(step.clone());
+        }
+        out.extend(self.lines.iter().cloned());
+        out
     }
 }
 

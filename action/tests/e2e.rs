@@ -509,8 +509,28 @@ fn github_actions_gets_groups_annotations_outputs_and_a_summary() {
     );
     let all = text(&out);
     assert!(!out.status.success());
-    assert!(all.contains("::group::good-arm64\n"), "{all}");
-    assert!(all.contains("::endgroup::\n"), "{all}");
+    // One block per task however the arches' lines interleave (a block per
+    // change of arch gave 23 for one two-arch build), each closed, and every
+    // task line inside its own task's block.
+    for label in ["bad-amd64", "good-amd64", "good-arm64"] {
+        assert_eq!(
+            all.matches(&format!("::group::{label}\n")).count(),
+            1,
+            "{label}: {all}"
+        );
+    }
+    assert_eq!(all.matches("::group::").count(), 3, "{all}");
+    assert_eq!(all.matches("::endgroup::").count(), 3, "{all}");
+    let mut open = None;
+    for line in all.lines() {
+        if let Some(label) = line.strip_prefix("::group::") {
+            open = Some(label.to_string());
+        } else if line == "::endgroup::" {
+            open = None;
+        } else if let Some((task, _)) = line.split_once(" | ") {
+            assert_eq!(open.as_deref(), Some(task.trim()), "{line}");
+        }
+    }
     assert!(!all.contains("\x1b["), "no colour codes without a TTY");
     // The buildah error names the step; the annotation points at its line.
     assert!(
@@ -684,6 +704,46 @@ fn push_false_builds_every_arch_and_pushes_nothing() {
     let catalog = String::from_utf8_lossy(&catalog.stdout);
     assert!(catalog.contains("repositories"), "{catalog}");
     assert!(!catalog.contains("nopush"), "nothing pushed: {catalog}");
+}
+
+/// A failing RUN with quotes in it, continued over two lines, is annotated
+/// at its first line (the step's text in buildah's error holds quotes, and
+/// the regex that read it stopped at the first one); a plan error at its
+/// file and line.
+#[test]
+fn failures_are_annotated_at_their_dockerfile_and_config_lines() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let repo = project(&[(
+        "Dockerfile",
+        &format!("FROM {base}\n\nRUN echo \"about to fail\" && \\\n    exit 3\n"),
+    )]);
+    let tag = format!("{}/e2e/annotated:1", registry.host());
+    let github = [
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_WORKSPACE", repo.path().to_str().unwrap()),
+    ];
+    let out = bakery(repo.path(), &["--tag", &tag, "build"], &github);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("::error file=Dockerfile,line=3,title=annotated (amd64) build failed::"),
+        "{all}"
+    );
+    std::fs::write(
+        repo.path().join("config.yaml"),
+        "global:\n  kaniko:\n    destnation: r.io/x:1\n",
+    )
+    .unwrap();
+    let out = bakery(repo.path(), &["build"], &github);
+    let all = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        all.contains(
+            "::error file=config.yaml,line=3,col=5,title=bakery%3A invalid build configuration::unknown key `destnation`"
+        ),
+        "{all}"
+    );
 }
 
 #[test]

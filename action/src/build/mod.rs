@@ -102,6 +102,7 @@ async fn check_bases(plan: &Plan, insecure: &[String]) -> Result<()> {
     }
     for p in &problems {
         eprintln!("error: {p}");
+        crate::ci::github::annotate(p, "bakery: base image");
     }
     bail!(
         "{} base image problem{}: nothing was uploaded or built",
@@ -228,7 +229,16 @@ impl Run<'_> {
             self.controller
                 .follow(id, |event| match event {
                     Event::Log(line) => self.printer.line(service, &line),
-                    Event::Status(status) | Event::End(status) => {
+                    Event::Status(status) => {
+                        for task in status.tasks.iter().filter(|t| t.state.is_terminal()) {
+                            self.printer.task_ended(service, task.arch, false);
+                        }
+                        let _ = tx.send(status);
+                    }
+                    Event::End(status) => {
+                        for task in &status.tasks {
+                            self.printer.task_ended(service, task.arch, true);
+                        }
                         let _ = tx.send(status);
                     }
                 })

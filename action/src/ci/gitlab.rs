@@ -53,6 +53,10 @@ impl GitLab {
 }
 
 impl CiSystem for GitLab {
+    fn has_blocks(&self) -> bool {
+        self.dotenv.is_some()
+    }
+
     fn switch_block(&self, previous: Option<(&str, usize)>, label: &str, n: usize) -> String {
         if self.dotenv.is_none() {
             return String::new();

@@ -43,6 +43,11 @@ pub trait CiSystem: Send + Sync {
         String::new()
     }
 
+    /// Whether log lines go in collapsible blocks here.
+    fn has_blocks(&self) -> bool {
+        false
+    }
+
     /// What closes the open block, if any.
     fn close_block(&self, _open: Option<(&str, usize)>) -> String {
         String::new()

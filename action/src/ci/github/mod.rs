@@ -6,6 +6,7 @@
 //! `BAKERY_GITHUB_SHA`) also one check run per service (see [`checks`]).
 
 mod checks;
+pub mod locate;
 pub mod report;
 
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ use futures_util::future::BoxFuture;
 use super::{append, var, CiSystem, Tails};
 use crate::outcome::ServiceResult;
 use checks::Checks;
-pub use report::{annotations, github_outputs, locate, markdown_summary, Annotation};
+pub use locate::locate;
+pub use report::{annotations, github_outputs, markdown_summary, Annotation};
 
 /// GitHub Actions as bakery reports to it.
 pub struct GitHub {
@@ -64,6 +66,13 @@ impl GitHub {
     }
 }
 
+/// In a workflow step, prints `d` as an annotation at its place too.
+pub fn annotate(d: &bakery_plan::Diagnostic, title: &str) {
+    if var("GITHUB_ACTIONS").as_deref() == Some("true") {
+        println!("{}", report::diagnostic_command(d, &workspace(), title));
+    }
+}
+
 /// `GITHUB_WORKSPACE`, else the working directory.
 fn workspace() -> PathBuf {
     var("GITHUB_WORKSPACE")
@@ -73,6 +82,10 @@ fn workspace() -> PathBuf {
 }
 
 impl CiSystem for GitHub {
+    fn has_blocks(&self) -> bool {
+        self.files.is_some()
+    }
+
     fn switch_block(&self, previous: Option<(&str, usize)>, label: &str, _n: usize) -> String {
         if self.files.is_none() {
             return String::new();
@@ -101,7 +114,7 @@ impl CiSystem for GitHub {
         let Some(files) = &self.files else {
             return Ok(());
         };
-        for a in annotations(plan, results, &files.workspace) {
+        for a in annotations(plan, results, &files.workspace, tails) {
             println!("{}", a.workflow_command());
         }
         if let Some(path) = &files.output {
@@ -138,7 +151,7 @@ impl CiSystem for GitHub {
             };
             let one = [ServiceResult::ended(status.service.clone(), status.clone())];
             let summary = markdown_summary(&one, tails);
-            let annotations = annotations(plan, &one, &self.workspace());
+            let annotations = annotations(plan, &one, &self.workspace(), tails);
             if let Err(e) = checks.complete(status, &summary, &annotations).await {
                 tracing::warn!(
                     "could not complete the GitHub check run: {}",

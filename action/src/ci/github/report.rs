@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::LazyLock;
 
 use bakery_plan::Plan;
 use bakery_protocol::api::TaskState;
-use regex::Regex;
 
+use super::locate::locate;
 use crate::outcome::{submitted, ServiceResult};
 
 /// The digest of the first service's index (like docker/build-push-action's
@@ -118,13 +117,6 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-static STEP: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"STEP "([^"]+)""#).expect("valid regex"));
-static LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?:dockerfile(?: parse error)?[: ]+line |Dockerfile:)(\d+)")
-        .expect("valid regex")
-});
-
 /// A failed arch, pointed at the Dockerfile line the builder failed on when
 /// it can be found (buildah names the step, Kaniko and BuildKit the line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +147,15 @@ impl Annotation {
     }
 }
 
-pub fn annotations(plan: &Plan, results: &[ServiceResult], workspace: &Path) -> Vec<Annotation> {
+/// One annotation per failed arch, at the Dockerfile line it failed on
+/// when [`locate`] finds it (from the error, else from the arch's log
+/// `tails`).
+pub fn annotations(
+    plan: &Plan,
+    results: &[ServiceResult],
+    workspace: &Path,
+    tails: &BTreeMap<String, Vec<String>>,
+) -> Vec<Annotation> {
     let mut out = Vec::new();
     for (service, status) in submitted(results) {
         for t in status.tasks.iter().filter(|t| t.state == TaskState::Failed) {
@@ -166,7 +166,14 @@ pub fn annotations(plan: &Plan, results: &[ServiceResult], workspace: &Path) -> 
                 .find(|s| &s.name == service)
                 .and_then(|s| s.builds.iter().find(|b| b.arch == t.arch))
                 .map(|b| b.context_dir.join(&b.spec.dockerfile));
-            let line = dockerfile.as_ref().and_then(|df| locate(df, &message));
+            let tail = tails
+                .get(&format!("{service}-{}", t.arch))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let line = dockerfile.as_ref().and_then(|df| {
+                let text = std::fs::read_to_string(df).ok()?;
+                locate(&text, &message, tail)
+            });
             let path = dockerfile.filter(|_| line.is_some()).map(|df| {
                 df.strip_prefix(workspace)
                     .unwrap_or(&df)
@@ -184,18 +191,26 @@ pub fn annotations(plan: &Plan, results: &[ServiceResult], workspace: &Path) -> 
     out
 }
 
-/// The 1-based Dockerfile line an error names, by line number or by the
-/// step's text.
-pub fn locate(dockerfile: &Path, error: &str) -> Option<usize> {
-    if let Some(n) = LINE.captures(error).and_then(|c| c[1].parse().ok()) {
-        return Some(n);
-    }
-    let step = STEP.captures(error)?.get(1)?.as_str().to_string();
-    let text = std::fs::read_to_string(dockerfile).ok()?;
-    let want: String = step.split_whitespace().collect::<Vec<_>>().join(" ");
-    text.lines()
-        .position(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want)
-        .map(|i| i + 1)
+/// A located problem (a plan error, a base image without the platform) as
+/// a workflow command at its file, line and column.
+pub fn diagnostic_command(d: &bakery_plan::Diagnostic, workspace: &Path, title: &str) -> String {
+    let file = d
+        .location
+        .file
+        .strip_prefix(workspace)
+        .unwrap_or(&d.location.file);
+    let message = match &d.hint {
+        Some(hint) => format!("{}\n{hint}", d.message),
+        None => d.message.clone(),
+    };
+    format!(
+        "::error file={},line={},col={},title={}::{}",
+        escape_property(&file.display().to_string()),
+        d.location.line,
+        d.location.column,
+        escape_property(title),
+        escape_data(&message)
+    )
 }
 
 fn escape_data(s: &str) -> String {
@@ -211,18 +226,6 @@ fn escape_property(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[test]
-    fn locates_dockerfile_lines_from_builder_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let df = dir.path().join("Dockerfile");
-        std::fs::write(&df, "FROM scratch\n\nCOPY  no-such-file.txt /\nRUN make\n").unwrap();
-        let buildah = r#"buildah build failed (exit code 125): Error: building at STEP "COPY no-such-file.txt /": checking on sources"#;
-        assert_eq!(locate(&df, buildah), Some(3));
-        assert_eq!(locate(&df, "error building image: parsing dockerfile: Dockerfile parse error line 4: unknown instruction: MKAE"), Some(4));
-        assert_eq!(locate(&df, "Dockerfile:2 something"), Some(2));
-        assert_eq!(locate(&df, "no hint at all"), None);
-    }
-
     #[test]
     fn workflow_command_escaping() {
         assert_eq!(escape_data("50%\nnext"), "50%25%0Anext");
