@@ -561,6 +561,13 @@ fn github_actions_gets_groups_annotations_outputs_and_a_summary() {
         get("images"),
         format!("{}/e2e/good:1@{good_digest}", registry.host())
     );
+    // build-push-action's shape at the top level, for the first image.
+    assert_eq!(get("imageid"), good_digest);
+    assert_eq!(metadata["containerimage.digest"], good_digest);
+    assert_eq!(
+        metadata["image.name"],
+        format!("{}/e2e/good:1", registry.host())
+    );
     assert_eq!(metadata["bad"]["state"], "failed");
     assert!(metadata["good"]["arches"]["arm64"]["containerimage.digest"]
         .as_str()

@@ -118,7 +118,7 @@ impl CiSystem for GitHub {
             println!("{}", a.workflow_command());
         }
         if let Some(path) = &files.output {
-            append(path, &github_outputs(results))?;
+            append(path, &github_outputs(plan, results))?;
         }
         if let Some(path) = &files.summary {
             append(path, &markdown_summary(results, tails))?;

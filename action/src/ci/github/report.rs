@@ -11,9 +11,13 @@ use bakery_protocol::api::TaskState;
 use super::locate::locate;
 use crate::outcome::{submitted, ServiceResult};
 
-/// The digest of the first service's index (like docker/build-push-action's
-/// single-image `digest`), every pushed reference, and everything as JSON.
-pub fn github_outputs(results: &[ServiceResult]) -> String {
+/// The step outputs, shaped like docker/build-push-action's: `digest` and
+/// `imageid` (a multi-arch image has no single config digest, so both are
+/// the first service's index digest), `images` (every pushed reference),
+/// and `metadata`: build-push-action's `containerimage.digest` and
+/// `image.name` (every tag, comma-joined) for the first image at the top
+/// level, and each service's detail, per arch, beside them.
+pub fn github_outputs(plan: &Plan, results: &[ServiceResult]) -> String {
     let mut metadata = serde_json::Map::new();
     let mut images = Vec::new();
     let mut digest = String::new();
@@ -28,16 +32,19 @@ pub fn github_outputs(results: &[ServiceResult]) -> String {
                 )
             })
             .collect();
+        let names = image_names(plan, service, status.destination.as_deref());
         if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {
             images.push(format!("{dest}@{d}"));
             if digest.is_empty() {
                 digest = d.clone();
+                metadata.insert("containerimage.digest".into(), d.clone().into());
+                metadata.insert("image.name".into(), names.clone().into());
             }
         }
         metadata.insert(
             service.clone(),
             serde_json::json!({
-                "image.name": status.destination,
+                "image.name": names,
                 "containerimage.digest": status.index_digest,
                 "state": status.state,
                 "build.id": status.id,
@@ -46,10 +53,26 @@ pub fn github_outputs(results: &[ServiceResult]) -> String {
         );
     }
     format!(
-        "digest={digest}\nimages={}\nmetadata={}\n",
+        "digest={digest}\nimageid={digest}\nimages={}\nmetadata={}\n",
         images.join(","),
         serde_json::Value::Object(metadata)
     )
+}
+
+/// The multi-arch tag and every other tag of `service`, comma-joined.
+fn image_names(plan: &Plan, service: &str, destination: Option<&str>) -> String {
+    let extra = plan
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .map(|s| s.tags.clone())
+        .unwrap_or_default();
+    destination
+        .into_iter()
+        .map(str::to_string)
+        .chain(extra)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The job summary: a row per service × arch, the indexes, and for each
