@@ -507,3 +507,101 @@ fn image_holds(reference: &str, needle: &str) -> bool {
         .iter()
         .any(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
 }
+
+/// A secret's file inside the build context, and a Docker config there, are
+/// left out of the uploaded context (which the controller keeps, or S3, long
+/// after the build), with a warning; the secret still reaches the build.
+#[test]
+fn secret_and_login_files_inside_the_context_are_not_uploaded() {
+    const SECRET: &str = "in-Context-Secret-8841";
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let controller = controller(&[]);
+    let repo = project(&[
+        (
+            "Dockerfile",
+            &format!("FROM {base}\nCOPY . /ctx\nRUN --mount=type=secret,id=netrc sha256sum /run/secrets/netrc | cut -d' ' -f1 > /netrc.sha\n"),
+        ),
+        ("ci/netrc", SECRET),
+    ]);
+    let config = docker_config(repo.path(), &registry.host());
+    let tag = format!("{}/logins/ctx:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &["--tag", &tag, "--secret", "id=netrc,src=ci/netrc", "build"],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("DOCKER_CONFIG", config.to_str().unwrap()),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("ci/netrc: left out of the context"), "{all}");
+    assert!(
+        all.contains("docker-config/config.json: left out of the context"),
+        "{all}"
+    );
+    let image = format!("{tag}_{}", bakery_protocol::Arch::host().as_str());
+    assert!(
+        file_in_image(&image, "ctx/ci/netrc").is_none(),
+        "not copied in"
+    );
+    assert!(
+        file_in_image(&image, "ctx/Dockerfile").is_some(),
+        "the rest is"
+    );
+    assert!(!image_holds(&image, SECRET));
+    let hex = format!("{:x}", sha2::Sha256::digest(SECRET.as_bytes()));
+    assert_eq!(file_in_image(&image, "netrc.sha").unwrap().trim(), hex);
+    assert_nowhere(SECRET, &out, &controller);
+    let login = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    assert!(
+        files_holding(controller.dir.path(), &login).is_empty(),
+        "no login in a stored context"
+    );
+}
+
+/// A credential helper that fails is reported without what it printed
+/// (which can be the secret, on stderr or as JSON with a failing exit).
+#[test]
+fn a_failing_credential_helper_is_not_echoed() {
+    let registry = registry();
+    let controller = controller(&[]);
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let bin = repo.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-leaky");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\necho 'error: token Helper-Leak-Pw-3131 expired' >&2\nprintf '{\"Username\":\"u\",\"Secret\":\"Helper-Out-Pw-6262\"}'\nexit 3\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args(["755", helper.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let config = repo.path().join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("config.json"), r#"{"credsStore": "leaky"}"#).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let tag = format!("{}/logins/leaky:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("DOCKER_CONFIG", config.to_str().unwrap()),
+            ("PATH", &path),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("docker-credential-leaky get") && all.contains("its output is not shown"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("Helper-Leak-Pw-3131") && !all.contains("Helper-Out-Pw-6262"),
+        "{all}"
+    );
+}

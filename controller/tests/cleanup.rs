@@ -129,3 +129,46 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
         "the secrets file went with the build's end"
     );
 }
+
+/// An agent that dies while the controller is down (a node reboot, the OOM
+/// killer) left its work dir, with the build's logins and secrets, on disk
+/// for good: no stop would delete it, the agent not being the new
+/// controller's child. Adopting it finds it gone and deletes the dir.
+#[tokio::test]
+async fn an_agent_that_died_while_the_controller_was_down_leaves_no_work_dir() {
+    let mut h = Harness::new(&curl_agent("sleep 300"), &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    eventually("the agent checks in", Duration::from_secs(10), async || {
+        h.status(&id).await.tasks[0].state == bakery_protocol::api::TaskState::Running
+    })
+    .await;
+    let work = h.dir.path().join(format!("data/work/{id}-amd64"));
+    std::fs::create_dir_all(work.join("secrets")).unwrap();
+    std::fs::write(work.join("secrets/0"), "left-behind-secret").unwrap();
+    let data = h.data();
+    h.restart_after(&[], || {
+        // The agent and what it started: its process group.
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", &format!("{data}/agent.sh")])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!pid.is_empty(), "the agent runs");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "the agent was killed");
+    })
+    .await;
+    let status = h.wait_end(&id, Duration::from_secs(20)).await;
+    assert_eq!(status.state, BuildState::Failed, "{status:?}");
+    eventually(
+        "the work dir is deleted",
+        Duration::from_secs(10),
+        async || !work.exists(),
+    )
+    .await;
+    assert!(no_agents_left(&data));
+}

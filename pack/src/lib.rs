@@ -29,6 +29,9 @@ pub struct PackOptions {
     pub level: Option<i32>,
     /// Compression threads; 0 means one per core.
     pub threads: usize,
+    /// Files (relative to the context, `/`-separated) never packed, whatever
+    /// `.dockerignore` says: build secrets' and registry logins' files.
+    pub exclude: Vec<String>,
 }
 
 impl Default for PackOptions {
@@ -37,6 +40,7 @@ impl Default for PackOptions {
             codec: Codec::Gzip,
             level: None,
             threads: 0,
+            exclude: Vec::new(),
         }
     }
 }
@@ -202,7 +206,14 @@ pub fn pack<W: Write + Send + 'static>(
         excluded: 0,
         warnings: Vec::new(),
     };
-    append_tree(&mut tar, context, &rules, &always, &mut packed)?;
+    append_tree(
+        &mut tar,
+        context,
+        &rules,
+        &always,
+        &opts.exclude,
+        &mut packed,
+    )?;
     let compressor = tar.into_inner().map_err(io_err(context))?;
     let mut hashing = compressor.finish()?;
     hashing.flush().map_err(io_err(context))?;
@@ -224,6 +235,7 @@ fn append_tree<W: Write>(
     context: &Path,
     rules: &IgnoreRules,
     always: &[String],
+    secret: &[String],
     packed: &mut Packed,
 ) -> Result<(), ContextError> {
     let prune = !rules.has_exceptions();
@@ -255,6 +267,13 @@ fn append_tree<W: Write>(
             continue;
         };
         let ft = entry.file_type();
+        if secret.contains(&rel_str) {
+            packed.excluded += 1;
+            packed.warnings.push(format!(
+                "{rel_str}: left out of the context: it holds a build secret or a registry login, which reach the build only as such"
+            ));
+            continue;
+        }
         if rules.excludes(&rel_str) && !always.contains(&rel_str) {
             packed.excluded += 1;
             if ft.is_dir() && prune {

@@ -50,6 +50,15 @@ impl SecretRef {
             }
         }
         let id = id.filter(|i| !i.is_empty()).ok_or("no id= given")?;
+        if id.len() > 128
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(format!(
+                "secret id `{id}`: use 1 to 128 letters, digits, `_`, `-` or `.`"
+            ));
+        }
         let source = match (src, var, kind.as_deref()) {
             (Some(_), Some(_), _) => {
                 return Err(format!("secret `{id}`: give src= or env=, not both"))
@@ -64,6 +73,14 @@ impl SecretRef {
         Ok(SecretRef { id, source })
     }
 
+    /// The file the value comes from, if it is one.
+    pub fn file(&self, base: &Path) -> Option<PathBuf> {
+        match &self.source {
+            SecretSource::File(p) => Some(base.join(p)),
+            SecretSource::Env(_) => None,
+        }
+    }
+
     /// The value, a file's relative to `base`. The error says what is
     /// missing and what to do, and never holds the value.
     pub fn read(&self, base: &Path, env: &HashMap<String, String>) -> Result<BuildSecret, String> {
@@ -73,9 +90,23 @@ impl SecretRef {
             })?,
             SecretSource::File(path) => {
                 let path = base.join(path);
-                let bytes = std::fs::read(&path).map_err(|e| {
+                let cannot = |e: &dyn std::fmt::Display| {
                     format!("secret `{}`: cannot read {}: {e}", self.id, path.display())
-                })?;
+                };
+                // A FIFO would block forever and /dev/zero never end.
+                let meta = std::fs::metadata(&path).map_err(|e| cannot(&e))?;
+                if !meta.is_file() {
+                    return Err(cannot(&"not a regular file"));
+                }
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(
+                        std::fs::File::open(&path).map_err(|e| cannot(&e))?,
+                        MAX_SECRET_BYTES as u64 + 1,
+                    ),
+                    &mut bytes,
+                )
+                .map_err(|e| cannot(&e))?;
                 String::from_utf8(bytes).map_err(|_| {
                     format!("secret `{}`: {} is not UTF-8 text", self.id, path.display())
                 })?
@@ -187,6 +218,14 @@ mod tests {
         let missing = parse("id=gone,src=nope");
         let e = missing.read(dir.path(), &env).unwrap_err();
         assert!(e.contains("secret `gone`") && e.contains("nope"), "{e}");
+        let fifo = parse("id=z,src=/dev/zero");
+        assert!(fifo
+            .read(dir.path(), &env)
+            .unwrap_err()
+            .contains("not a regular file"));
+        assert!(SecretRef::parse("id=a b", |_| false)
+            .unwrap_err()
+            .contains("letters, digits"));
         let var = parse("id=x,env=UNSET_VAR");
         assert!(var
             .read(dir.path(), &env)

@@ -1270,3 +1270,28 @@ fn missing_secrets_are_located_by_id() {
         "`nope` is not defined under the top-level `secrets:`",
     );
 }
+
+/// `bakery plan` shows every password and secret as `***`, however short
+/// (the log redactor leaves values under 4 characters alone), and one id
+/// named twice in one place is an error there.
+#[test]
+fn short_secrets_are_masked_in_the_plan_and_ids_are_named_once() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        ("config.yaml", "global:\n  kaniko-credentials:\n    - {registry: r.io, username: u, password: pw1}\n  secrets:\n    - id=S\n  kaniko:\n    destination: r.io/app:v1\n"),
+    ]);
+    let mut opts = repo.opts();
+    opts.env.insert("S".into(), "abc".into());
+    let shown = serde_json::to_string(&Plan::resolve(&opts).unwrap().redacted()).unwrap();
+    assert!(
+        !shown.contains("\"pw1\"") && !shown.contains("\"abc\""),
+        "{shown}"
+    );
+    std::fs::write(repo.path("config.yaml"), "global:\n  secrets:\n    - id=S\n    - {id: S, env: S}\n  kaniko:\n    destination: r.io/app:v1\n").unwrap();
+    assert_located(
+        Plan::resolve(&opts).unwrap_err(),
+        "config.yaml",
+        4,
+        "secret `S` is named twice here",
+    );
+}

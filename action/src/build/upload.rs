@@ -24,6 +24,27 @@ pub(super) struct Uploaded {
 }
 
 /// Packs each distinct context once and uploads what the store lacks.
+/// The build secrets' files and the runner's login files that lie inside
+/// `context`, relative to it: they must not be uploaded with it (the
+/// context is kept, on the controller or in S3, long after the build).
+fn secret_files_in(plan: &Plan, context: &std::path::Path) -> Vec<String> {
+    let Ok(context) = std::fs::canonicalize(context) else {
+        return Vec::new();
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    plan.builds()
+        .flat_map(|(_, b)| b.secret_files.iter().cloned())
+        .chain(crate::logins::login_files(&env))
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .filter_map(|f| {
+            f.strip_prefix(&context)
+                .ok()
+                .and_then(|r| r.to_str())
+                .map(|r| r.replace('\\', "/"))
+        })
+        .collect()
+}
+
 pub(super) async fn upload_contexts(
     plan: &Plan,
     controller: &Controller,
@@ -46,6 +67,7 @@ pub(super) async fn upload_contexts(
         let started = Instant::now();
         let (path, packed) = {
             let (dir, df, out) = (id.0.clone(), id.1.clone(), tmp.path().to_path_buf());
+            let exclude = secret_files_in(plan, &dir);
             tokio::task::spawn_blocking(move || {
                 pack_to_dir(
                     &dir,
@@ -53,6 +75,7 @@ pub(super) async fn upload_contexts(
                     &out,
                     &PackOptions {
                         codec,
+                        exclude,
                         ..PackOptions::default()
                     },
                 )

@@ -47,23 +47,41 @@ pub(super) fn read(path: &Path) -> Result<DockerConfig, LoginError> {
     if text.trim().is_empty() {
         return Ok(DockerConfig::default());
     }
-    // serde_json's messages quote no input, only line and column.
-    serde_json::from_str(&text).map_err(|e| error(format!("not a Docker config: {e}")))
+    // serde_json's messages can quote the input (`invalid type: string
+    // "dXNlcjpwdw=="`), which here is a password: only where and what kind.
+    serde_json::from_str(&text).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+            _ => "not the shape of a Docker config (auths, credHelpers, credsStore)",
+        };
+        error(format!("line {} column {}: {kind}", e.line(), e.column()))
+    })
 }
 
 impl DockerConfig {
     /// The login for `host` as Docker resolves it: a `credHelpers` entry,
     /// else `credsStore`, else what `auths` stores.
-    pub(super) async fn login(&self, host: &str, path: &Path) -> Result<Option<Login>, LoginError> {
+    /// A helper in `broken` (it failed earlier in this run) is not asked.
+    pub(super) async fn login(
+        &self,
+        host: &str,
+        path: &Path,
+        broken: &mut std::collections::HashSet<String>,
+    ) -> Result<Option<Login>, LoginError> {
         let helper = self
             .cred_helpers
             .iter()
             .find(|(k, _)| normalise_host(k) == host)
             .map(|(_, h)| h)
             .or(self.creds_store.as_ref());
-        if let Some(helper) = helper.filter(|h| !h.is_empty()) {
-            if let Some(login) = helper::get(helper, &self.server_url(host)).await? {
-                return Ok(Some(login));
+        if let Some(helper) = helper.filter(|h| !h.is_empty() && !broken.contains(*h)) {
+            match helper::get(helper, &self.server_url(host)).await {
+                Ok(Some(login)) => return Ok(Some(login)),
+                Ok(None) => {}
+                Err(e) => {
+                    broken.insert(helper.clone());
+                    return Err(e);
+                }
             }
         }
         self.stored(host, path)
@@ -169,6 +187,19 @@ mod tests {
         let e = read(&path).unwrap_err().to_string();
         assert!(e.contains("config.json"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
+        // A value of the wrong type: serde would quote it.
+        for wrong in [
+            r#"{"auths": {"r": "dXNlcjpzM2NyZXQtdHlwZQ=="}}"#,
+            r#"{"auths": {"r": {"password": 12345678}}}"#,
+        ] {
+            std::fs::write(&path, wrong).unwrap();
+            let e = read(&path).unwrap_err().to_string();
+            assert!(
+                !e.contains("dXNlcjpzM2NyZXQtdHlwZQ") && !e.contains("12345678"),
+                "{e}"
+            );
+            assert!(e.contains("line 1 column"), "{e}");
+        }
         let (_d, path, c) = config(r#"{"auths": {"r.example": {"auth": "!!notbase64-s3cret"}}}"#);
         let e = c.stored("r.example", &path).unwrap_err().to_string();
         assert!(

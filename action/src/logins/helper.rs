@@ -11,8 +11,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Login, LoginError, Source};
 
-/// A helper that neither answers nor exits is not waited for longer.
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// A helper that neither answers nor exits is not waited for longer (and
+/// not asked again in this run: [`super::lookup`] skips it).
+const TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -38,27 +39,39 @@ pub(super) async fn get(helper: &str, server: &str) -> Result<Option<Login>, Log
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, so that what it started goes with it.
+        .process_group(0)
         .spawn()
         .map_err(|e| error(format!("cannot run {program} ({e}): is it on PATH?")))?;
+    let group = child.id();
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes()).await;
     }
-    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| error(format!("no answer within {}s", TIMEOUT.as_secs())))?
-        .map_err(|e| error(e.to_string()))?;
+    let output = match tokio::time::timeout(TIMEOUT, child.wait_with_output()).await {
+        Ok(done) => done.map_err(|e| error(e.to_string()))?,
+        Err(_) => {
+            if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return Err(error(format!(
+                "no answer within {}s (not asked again in this run)",
+                TIMEOUT.as_secs()
+            )));
+        }
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         // Docker's helpers say so in these words when they hold nothing.
         if stdout.contains("credentials not found") {
             return Ok(None);
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let said = stderr.lines().chain(stdout.lines()).next().unwrap_or("");
+        // What it printed is not repeated: it can hold the secret.
         return Err(error(format!(
-            "{} ({})",
-            output.status,
-            said.chars().take(200).collect::<String>()
+            "{} (its output is not shown: it may hold a secret; run `echo {server} | {program} get` to see it)",
+            output.status
         )));
     }
     let answer: Answer = serde_json::from_str(&stdout)

@@ -25,7 +25,7 @@ pub mod check;
 mod docker_config;
 mod helper;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use bakery_plan::Plan;
@@ -125,6 +125,14 @@ pub async fn attach(
 ) -> Result<(BTreeMap<String, Login>, Vec<String>), LoginError> {
     let mut warnings = Vec::new();
     let touched = touched(plan);
+    if let Some(dir) = env.get("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        if !std::path::Path::new(dir).join("config.json").is_file() {
+            warnings.push(format!(
+                "DOCKER_CONFIG={dir} holds no config.json: no Docker logins were read (docker login writes one there)"
+            ));
+        }
+    }
+    let mut broken = HashSet::new();
     let mut found: BTreeMap<String, Option<Login>> = BTreeMap::new();
     for (hosts, (_, build)) in touched.iter().zip(plan.builds()) {
         for c in &build.spec.credentials {
@@ -139,7 +147,7 @@ pub async fn attach(
         }
         for h in hosts {
             if !found.contains_key(h) {
-                let login = match lookup(h, env).await {
+                let login = match lookup(h, env, &mut broken).await {
                     Err(e @ LoginError::Helper { .. }) => {
                         warnings.push(e.to_string());
                         None
@@ -175,8 +183,27 @@ pub async fn attach(
     Ok((found, warnings))
 }
 
+/// Every file the runner's logins may be read from: kept out of uploaded
+/// contexts.
+pub fn login_files(env: &HashMap<String, String>) -> Vec<PathBuf> {
+    let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    [
+        var("DOCKER_CONFIG").map(|d| PathBuf::from(d).join("config.json")),
+        var("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
+        var("REGISTRY_AUTH_FILE").map(PathBuf::from),
+        var("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The runner's login for `host`: Docker config, auth file, GitLab.
-async fn lookup(host: &str, env: &HashMap<String, String>) -> Result<Option<Login>, LoginError> {
+async fn lookup(
+    host: &str,
+    env: &HashMap<String, String>,
+    broken: &mut HashSet<String>,
+) -> Result<Option<Login>, LoginError> {
     let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
     let docker = var("DOCKER_CONFIG")
         .map(PathBuf::from)
@@ -184,7 +211,7 @@ async fn lookup(host: &str, env: &HashMap<String, String>) -> Result<Option<Logi
         .map(|d| d.join("config.json"));
     if let Some(path) = docker.filter(|p| p.exists()) {
         let config = docker_config::read(&path)?;
-        if let Some(login) = config.login(host, &path).await? {
+        if let Some(login) = config.login(host, &path, broken).await? {
             return Ok(Some(login));
         }
     }

@@ -233,6 +233,14 @@ impl AgentPlatform for LocalPlatform {
             });
         };
         if !is_agent_of(pid, task_id) {
+            // Its work dir holds the build's logins and secrets, which no
+            // stop will delete now: the agent is not this process's child.
+            let work = self.work_root.join(task_id);
+            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&work) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("could not delete {}: {e}", work.display()),
+            });
             gone("the agent ended while the controller was down");
             return Ok(());
         }

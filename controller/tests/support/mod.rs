@@ -68,7 +68,13 @@ impl Harness {
     /// Stops this controller the way SIGTERM does (builds left to resume)
     /// and starts another on the same DATA_DIR.
     pub async fn restart(&mut self, env: &[(&str, &str)]) {
+        self.restart_after(env, || {}).await;
+    }
+
+    /// [`Harness::restart`], doing `meanwhile` while no controller runs.
+    pub async fn restart_after(&mut self, env: &[(&str, &str)], meanwhile: impl FnOnce()) {
         self.running.take().unwrap().suspend().await;
+        meanwhile();
         let config = Harness::config(self.dir.path(), env);
         self.running = Some(bakery_controller::start(config).await.unwrap());
     }

@@ -33,7 +33,7 @@ impl Resolver<'_> {
             push.as_ref(),
             arch,
         );
-        let secrets = self.read_secrets(layers)?;
+        let (secrets, secret_files) = self.read_secrets(layers)?;
         let mut spec = spec(merged, kaniko, dockerfile, cache, arch, no_push);
         spec.secrets = secrets;
         let build = ArchBuild {
@@ -41,6 +41,7 @@ impl Resolver<'_> {
             push: push.map(|p| p.to_string()),
             context_dir,
             spec,
+            secret_files,
         };
         Ok((build, index.map(|r| r.to_string())))
     }
@@ -48,31 +49,44 @@ impl Resolver<'_> {
     /// Every layer's secrets, then `--secret`'s, each read now (a later one
     /// replaces an earlier one with its id). An error points where the
     /// secret was named.
-    fn read_secrets(&self, layers: &[Layer]) -> Result<Vec<BuildSecret>, PlanError> {
-        let mut out: Vec<BuildSecret> = Vec::new();
-        let mut add = |secret: BuildSecret| {
-            out.retain(|s| s.id != secret.id);
-            out.push(secret);
+    fn read_secrets(
+        &self,
+        layers: &[Layer],
+    ) -> Result<(Vec<BuildSecret>, Vec<PathBuf>), PlanError> {
+        let mut out: Vec<(BuildSecret, Option<PathBuf>)> = Vec::new();
+        let mut add = |secret: BuildSecret, file: Option<PathBuf>| {
+            out.retain(|(s, _)| s.id != secret.id);
+            out.push((secret, file));
         };
         for layer in layers {
+            let mut seen = std::collections::HashSet::new();
             for (i, r) in layer.settings.secrets.iter().flatten().enumerate() {
+                let at = || layer.location(&layer.secret_path(i));
+                if !seen.insert(r.id.as_str()) {
+                    let message = format!("secret `{}` is named twice here", r.id);
+                    return Err(PlanError::invalid(at(), message));
+                }
                 let secret = r
                     .read(self.repo, self.env)
-                    .map_err(|m| PlanError::invalid(layer.location(&layer.secret_path(i)), m))?;
-                add(secret);
+                    .map_err(|m| PlanError::invalid(at(), m))?;
+                add(secret, r.file(self.repo));
             }
         }
         let cwd = std::env::current_dir().unwrap_or_default();
+        let flags = || Location::new(std::path::Path::new("command line"), 1, 1);
+        let mut seen = std::collections::HashSet::new();
         for r in &self.overrides.secrets {
-            let secret = r.read(&cwd, self.env).map_err(|m| {
-                PlanError::invalid(
-                    Location::new(std::path::Path::new("command line"), 1, 1),
-                    format!("--secret {r}: {m}"),
-                )
-            })?;
-            add(secret);
+            if !seen.insert(r.id.as_str()) {
+                let message = format!("--secret: `{}` is given twice", r.id);
+                return Err(PlanError::invalid(flags(), message));
+            }
+            let secret = r
+                .read(&cwd, self.env)
+                .map_err(|m| PlanError::invalid(flags(), format!("--secret {r}: {m}")))?;
+            add(secret, r.file(&cwd));
         }
-        Ok(out)
+        let (secrets, files): (Vec<_>, Vec<_>) = out.into_iter().unzip();
+        Ok((secrets, files.into_iter().flatten().collect()))
     }
 
     /// The context is a directory, the Dockerfile a file inside it, and the

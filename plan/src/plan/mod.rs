@@ -172,6 +172,10 @@ pub struct ArchBuild {
     /// The context directory on the client; the agent gets it as an archive.
     pub context_dir: PathBuf,
     pub spec: BuildSpec,
+    /// The files build secrets were read from: left out of the uploaded
+    /// context when they are inside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -290,7 +294,20 @@ impl Plan {
         );
         let mut value = serde_json::to_value(self).expect("plans serialise");
         redact_strings(&mut value, &redactor);
-        serde_json::from_value(value).expect("a redacted plan is still a plan")
+        let mut plan: Plan =
+            serde_json::from_value(value).expect("a redacted plan is still a plan");
+        // The fields themselves, whatever their length (the redactor leaves
+        // values under 4 characters alone, they would mask every word).
+        let masked = || bakery_protocol::spec::Secret::new(bakery_protocol::spec::REDACTED);
+        for build in plan.services.iter_mut().flat_map(|s| s.builds.iter_mut()) {
+            for c in &mut build.spec.credentials {
+                c.password = masked();
+            }
+            for s in &mut build.spec.secrets {
+                s.value = masked();
+            }
+        }
+        plan
     }
 
     /// Every (service, arch) pair.
