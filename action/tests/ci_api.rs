@@ -194,7 +194,9 @@ fn gitlab_commit_statuses_go_pending_running_and_final_per_arch() {
             ("CI_SERVER_URL", &api.url()),
             ("CI_PROJECT_ID", "42"),
             ("CI_COMMIT_SHA", SHA),
-            ("CI_COMMIT_REF_NAME", "main"),
+            ("CI_COMMIT_REF_NAME", "refs/merge-requests/5/head"),
+            ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "main"),
+            ("CI_PIPELINE_ID", "9001"),
             (
                 "CI_JOB_URL",
                 "https://gitlab.example.com/group/app/-/jobs/7",
@@ -235,7 +237,12 @@ fn gitlab_commit_statuses_go_pending_running_and_final_per_arch() {
                 c["body"]["target_url"],
                 "https://gitlab.example.com/group/app/-/jobs/7"
             );
+            // A merge request pipeline: the MR's branch, and the pipeline.
             assert_eq!(c["body"]["ref"], "main");
+            assert_eq!(
+                c["body"]["pipeline_id"].to_string().trim_matches('"'),
+                "9001"
+            );
         }
     }
 }

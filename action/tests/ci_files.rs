@@ -683,5 +683,8 @@ fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
     };
     schema("vendor.github-workflows", &workflows);
     schema("vendor.github-actions", &["action.yml"]);
-    schema("vendor.gitlab-ci", &["examples/client/.gitlab.yml"]);
+    schema(
+        "vendor.gitlab-ci",
+        &["examples/client/.gitlab.yml", ".gitlab-ci.yml"],
+    );
 }

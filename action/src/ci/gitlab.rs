@@ -194,6 +194,8 @@ struct Statuses {
     project: String,
     sha: String,
     reference: Option<String>,
+    /// The pipeline the statuses belong to, so GitLab shows them on it.
+    pipeline: Option<u64>,
     job_url: Option<String>,
     /// (service, arch) → last state sent.
     sent: Mutex<HashMap<(String, String), CommitStatusState>>,
@@ -218,7 +220,11 @@ impl Statuses {
             client,
             project,
             sha,
-            reference: var("CI_COMMIT_REF_NAME"),
+            // In a merge request pipeline the MR's branch, which its page
+            // shows statuses for.
+            reference: var("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+                .or_else(|| var("CI_COMMIT_REF_NAME")),
+            pipeline: var("CI_PIPELINE_ID").and_then(|p| p.parse().ok()),
             job_url: var("CI_JOB_URL"),
             sent: Mutex::default(),
         })
@@ -258,6 +264,9 @@ impl Statuses {
             }
             if let Some(r) = &self.reference {
                 builder.ref_(r.as_str());
+            }
+            if let Some(id) = self.pipeline {
+                builder.pipeline_id(id);
             }
             let endpoint = builder.build().map_err(|e| e.to_string())?;
             gitlab::api::ignore(endpoint)
