@@ -193,50 +193,51 @@ fn gitlab_component_declares_typed_documented_inputs_and_uses_them() {
     }
 }
 
-#[test]
-fn the_action_installs_a_checked_release_binary_once() {
-    let releases = tempfile::tempdir().unwrap();
-    let arch = if std::env::consts::ARCH == "aarch64" {
+/// The runner's arch as release assets name it.
+fn release_arch() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" {
         "aarch64"
     } else {
         "x86_64"
-    };
-    let name = format!("bakery-{arch}-unknown-linux-musl");
-    let version_dir = releases.path().join("v9.9.9");
-    std::fs::create_dir_all(&version_dir).unwrap();
+    }
+}
+
+/// A release's assets for this arch in `dir`, as the release workflow
+/// publishes them: a tarball whose `bakery` (a stand-in: the install script
+/// only runs `--version`) says `version`, and its `.sha256`. Returns the
+/// asset name without `.tar.gz`.
+fn release_assets(dir: &Path, version: &str) -> String {
+    let name = format!("bakery-{}-unknown-linux-musl", release_arch());
+    std::fs::create_dir_all(dir).unwrap();
     let bin = tempfile::tempdir().unwrap();
-    // A small executable stands in for the release binary (the script only runs `--version`).
-    std::fs::write(
-        bin.path().join("bakery"),
-        "#!/bin/sh\necho \"bakery 9.9.9\"\n",
-    )
-    .unwrap();
-    Command::new("chmod")
+    let script = format!("#!/bin/sh\necho \"bakery {version}\"\n");
+    std::fs::write(bin.path().join("bakery"), script).unwrap();
+    let chmod = Command::new("chmod")
         .arg("+x")
         .arg(bin.path().join("bakery"))
-        .status()
-        .unwrap();
-    let tarball = version_dir.join(format!("{name}.tar.gz"));
-    assert!(Command::new("tar")
+        .status();
+    assert!(chmod.unwrap().success());
+    let tarball = dir.join(format!("{name}.tar.gz"));
+    let tar = Command::new("tar")
         .arg("-czf")
         .arg(&tarball)
-        .arg("-C")
-        .arg(bin.path())
-        .arg("bakery")
-        .status()
-        .unwrap()
-        .success());
+        .args(["-C", bin.path().to_str().unwrap(), "bakery"])
+        .status();
+    assert!(tar.unwrap().success());
     let sum = Command::new("sha256sum").arg(&tarball).output().unwrap();
-    let digest = String::from_utf8_lossy(&sum.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        version_dir.join(format!("{name}.tar.gz.sha256")),
-        format!("{digest}  {name}.tar.gz\n"),
-    )
-    .unwrap();
+    let digest = String::from_utf8_lossy(&sum.stdout);
+    let digest = digest.split_whitespace().next().unwrap();
+    let line = format!("{digest}  {name}.tar.gz\n");
+    std::fs::write(dir.join(format!("{name}.tar.gz.sha256")), line).unwrap();
+    name
+}
+
+#[test]
+fn the_action_installs_a_checked_release_binary_once() {
+    let releases = tempfile::tempdir().unwrap();
+    let arch = release_arch();
+    let version_dir = releases.path().join("v9.9.9");
+    let name = release_assets(&version_dir, "9.9.9");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -388,49 +389,13 @@ fn the_action_maps_secret_inputs_to_secret_specs_without_putting_values_in_argv(
 /// without cargo are errors that say what to do, not a bare curl 404.
 #[test]
 fn the_action_installs_the_version_its_own_files_name_however_it_is_pinned() {
-    let arch = if std::env::consts::ARCH == "aarch64" {
-        "aarch64"
-    } else {
-        "x86_64"
-    };
-    let name = format!("bakery-{arch}-unknown-linux-musl");
     let server_root = tempfile::tempdir().unwrap();
-    let assets = server_root
-        .path()
-        .join("acme/bakery/releases/download/v9.9.7");
-    std::fs::create_dir_all(&assets).unwrap();
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::write(
-        bin.path().join("bakery"),
-        "#!/bin/sh\necho \"bakery 9.9.7\"\n",
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(bin.path().join("bakery"))
-        .status()
-        .unwrap();
-    let tarball = assets.join(format!("{name}.tar.gz"));
-    assert!(Command::new("tar")
-        .arg("-czf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(bin.path())
-        .arg("bakery")
-        .status()
-        .unwrap()
-        .success());
-    let sum = Command::new("sha256sum").arg(&tarball).output().unwrap();
-    let digest = String::from_utf8_lossy(&sum.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        assets.join(format!("{name}.tar.gz.sha256")),
-        format!("{digest}  {name}.tar.gz\n"),
-    )
-    .unwrap();
+    release_assets(
+        &server_root
+            .path()
+            .join("acme/bakery/releases/download/v9.9.7"),
+        "9.9.7",
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -465,49 +465,6 @@ fn a_missing_credential_helper_is_a_warning() {
     );
 }
 
-/// Whether any layer of `reference` holds `needle` (layers decompressed).
-fn image_holds(reference: &str, needle: &str) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{reference}"),
-            &format!("dir:{}", dir.path().display()),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    let config = manifest["config"]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:");
-    let mut blobs = vec![std::fs::read(dir.path().join(config)).unwrap()];
-    for layer in manifest["layers"].as_array().unwrap() {
-        let digest = layer["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:");
-        let raw = std::fs::read(dir.path().join(digest)).unwrap();
-        let mut plain = Vec::new();
-        std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(raw.as_slice()),
-            &mut plain,
-        )
-        .unwrap();
-        blobs.push(plain);
-    }
-    blobs
-        .iter()
-        .any(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-}
-
 /// A secret's file inside the build context, and a Docker config there, are
 /// left out of the uploaded context (which the controller keeps, or S3, long
 /// after the build), with a warning; the secret still reaches the build.

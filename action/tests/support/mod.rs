@@ -347,8 +347,9 @@ pub fn file_in_image(reference: &str, path: &str) -> Option<String> {
     file_bytes_in_image(reference, path).map(|b| String::from_utf8(b).unwrap())
 }
 
-/// The same, as bytes.
-pub fn file_bytes_in_image(reference: &str, path: &str) -> Option<Vec<u8>> {
+/// `reference` copied out of the registry as a skopeo `dir:`, and its
+/// manifest.
+fn copy_image(reference: &str) -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("skopeo")
         .args([
@@ -364,8 +365,37 @@ pub fn file_bytes_in_image(reference: &str, path: &str) -> Option<Vec<u8>> {
         "skopeo copy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let manifest: serde_json::Value =
+    let manifest =
         serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    (dir, manifest)
+}
+
+/// Whether the config or any layer of `reference` holds `needle` (layers
+/// decompressed): a secret must be in none.
+pub fn image_holds(reference: &str, needle: &str) -> bool {
+    let (dir, manifest) = copy_image(reference);
+    let blob = |digest: &str| {
+        std::fs::read(dir.path().join(digest.trim_start_matches("sha256:"))).unwrap()
+    };
+    let mut blobs = vec![blob(manifest["config"]["digest"].as_str().unwrap())];
+    for layer in manifest["layers"].as_array().unwrap() {
+        let raw = blob(layer["digest"].as_str().unwrap());
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(raw.as_slice()),
+            &mut plain,
+        )
+        .unwrap();
+        blobs.push(plain);
+    }
+    blobs
+        .iter()
+        .any(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+/// The same, as bytes.
+pub fn file_bytes_in_image(reference: &str, path: &str) -> Option<Vec<u8>> {
+    let (dir, manifest) = copy_image(reference);
     let mut found = None;
     for layer in manifest["layers"].as_array().unwrap() {
         let digest = layer["digest"]
