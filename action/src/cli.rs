@@ -142,6 +142,8 @@ pub struct Input {
         default_value_t = true,
         action = clap::ArgAction::Set,
         num_args = 0..=1,
+        // `--push build` must not read `build` as the value.
+        require_equals = true,
         default_missing_value = "true",
         value_name = "BOOL"
     )]

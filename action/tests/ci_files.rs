@@ -515,6 +515,13 @@ fn the_gitlab_component_job_runs_with_its_inputs_filled_in() {
                     other => Some(other.to_string()),
                 })
                 .unwrap_or_else(|| "https://bakery.example.com".into());
+            // GitLab fills inputs in after parsing the YAML; a value with a
+            // line break goes in here as a YAML string.
+            let value = if value.contains('\n') {
+                serde_json::to_string(&value).unwrap()
+            } else {
+                value
+            };
             job = job.replace(&format!("$[[ inputs.{name} ]]"), &value);
         }
         let job = yaml(&job);
@@ -581,6 +588,7 @@ fn the_gitlab_component_job_runs_with_its_inputs_filled_in() {
         ("secrets", "id=npm,env=NPM_TOKEN id=netrc,src=/tmp/netrc"),
         ("push", "false"),
         ("target", "runtime"),
+        ("tags", "r.io/app:1\nr.io/app:latest"),
     ]);
     assert!(
         out.status.success(),
@@ -597,6 +605,11 @@ fn the_gitlab_component_job_runs_with_its_inputs_filled_in() {
     );
     assert!(
         dumped.contains("BAKERY_PUSH=false") && dumped.contains("BAKERY_TARGET=runtime"),
+        "{dumped}"
+    );
+    // Newline-separated tags, as the action takes them, become bakery's list.
+    assert!(
+        dumped.contains("BAKERY_TAGS=r.io/app:1,r.io/app:latest"),
         "{dumped}"
     );
 }

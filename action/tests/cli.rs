@@ -195,3 +195,27 @@ fn help_shows_examples() {
         assert!(stdout.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// `--push` alone means true and never takes the next word as its value
+/// (`--push plan` read `plan` as a boolean); `--push=false` turns it off.
+#[test]
+fn push_takes_its_value_only_after_an_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    let on = bakery(
+        dir.path(),
+        &["-t", "r.io/app:1", "--push", "plan", "--json"],
+        &[],
+    );
+    let (out, err) = text(&on);
+    assert!(on.status.success(), "{err}");
+    assert!(out.contains("r.io/app:1_"), "pushes: {out}");
+    let off = bakery(
+        dir.path(),
+        &["-t", "r.io/app:1", "--push=false", "plan", "--json"],
+        &[],
+    );
+    let (out, err) = text(&off);
+    assert!(off.status.success(), "{err}");
+    assert!(out.contains("\"no_push\": true"), "{out}");
+}

@@ -36,6 +36,11 @@ impl SecretRef {
     /// source, the variable named like the id is used when `is_set` says it
     /// is set, as buildx does, else the file named like it.
     pub fn parse(spec: &str, is_set: impl Fn(&str) -> bool) -> Result<SecretRef, String> {
+        if spec.matches("id=").count() > 1 {
+            return Err(format!(
+                "`{spec}` holds several secrets: give one per --secret, or one per line of BAKERY_SECRETS"
+            ));
+        }
         let (mut id, mut src, mut var, mut kind) = (None, None, None, None);
         for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
@@ -88,6 +93,14 @@ impl SecretRef {
             SecretSource::Env(var) => env.get(var).cloned().ok_or_else(|| {
                 format!("secret `{}`: the variable {var} is not set: set it in the job's environment (a masked CI/CD variable or a secret)", self.id)
             })?,
+            SecretSource::File(path) if path == Path::new(&self.id) && !base.join(path).exists() => {
+                // `id=ID` alone: the variable was not set, and no file is.
+                return Err(format!(
+                    "secret `{id}`: the variable {id} is not set and there is no file {}: set {id}, or give env=VAR or src=PATH",
+                    base.join(path).display(),
+                    id = self.id
+                ));
+            }
             SecretSource::File(path) => {
                 let path = base.join(path);
                 let cannot = |e: &dyn std::fmt::Display| {
@@ -202,6 +215,9 @@ mod tests {
         assert!(p("src=a").unwrap_err().contains("no id"));
         assert!(p("id=a,src=b,env=C").unwrap_err().contains("not both"));
         assert!(p("id=a,mode=0400").unwrap_err().contains("unknown key"));
+        assert!(p("id=npm,src=npmrc id=one,env=S1")
+            .unwrap_err()
+            .contains("one per line"));
     }
 
     #[test]
@@ -214,6 +230,11 @@ mod tests {
         assert_eq!(
             file.read(dir.path(), &env).unwrap().value.expose(),
             "s3cret-value\n"
+        );
+        let e = parse("id=TOKEN").read(dir.path(), &env).unwrap_err();
+        assert!(
+            e.contains("the variable TOKEN is not set and there is no file"),
+            "{e}"
         );
         let missing = parse("id=gone,src=nope");
         let e = missing.read(dir.path(), &env).unwrap_err();
