@@ -64,30 +64,47 @@ fn manifest_with_login(reference: &str) -> serde_json::Value {
 fn docker_config(dir: &Path, host: &str) -> std::path::PathBuf {
     let config = dir.join("docker-config");
     std::fs::create_dir_all(&config).unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    std::fs::write(
-        config.join("config.json"),
-        format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    std::fs::write(config.join("config.json"), auths(host, PASSWORD)).unwrap();
     config
+}
+
+/// `USER:password` as a Docker config's `auth` holds it.
+fn basic(password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"))
+}
+
+/// A Docker config (or containers auth.json) with one login for `host`.
+fn auths(host: &str, password: &str) -> String {
+    format!(
+        r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+        basic(password)
+    )
 }
 
 /// Every file under `dir`, concatenated (the journal is binary: lossy).
 fn all_files(dir: &Path) -> String {
-    let mut out = String::new();
+    files_under(dir)
+        .iter()
+        .filter_map(|f| std::fs::read(f).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
+/// Every file below `dir`.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                out.push_str(&String::from_utf8_lossy(&bytes));
+            } else {
+                files.push(path);
             }
         }
     }
-    out
+    files
 }
 
 /// The build's two arch images and the index are pushed, the index over
@@ -117,21 +134,12 @@ fn assert_nowhere(secret: &str, out: &Output, controller: &Server) {
 }
 
 fn files_holding(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
+    files_under(dir)
+        .into_iter()
+        .filter(|f| {
+            std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
 }
 
 const COPY_ONLY: &str = "FROM scratch\nCOPY hello.txt /\n";
@@ -188,13 +196,9 @@ fn without_a_login_the_build_fails_before_anything_is_uploaded() {
     // A wrong password is refused as early, naming where it came from.
     let wrong = repo.path().join("wrong");
     std::fs::create_dir_all(&wrong).unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:not-the-password"));
     std::fs::write(
         wrong.join("config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-            registry.host()
-        ),
+        auths(&registry.host(), "not-the-password"),
     )
     .unwrap();
     let out = bakery(
@@ -230,15 +234,7 @@ fn compose_with_a_containers_auth_file() {
         ),
     ]);
     let auth_file = repo.path().join("auth.json");
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    std::fs::write(
-        &auth_file,
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-            registry.host()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&auth_file, auths(&registry.host(), PASSWORD)).unwrap();
     let out = bakery(
         repo.path(),
         &["--compose", "compose.yaml", "build"],
@@ -511,7 +507,7 @@ fn secret_and_login_files_inside_the_context_are_not_uploaded() {
     let hex = format!("{:x}", sha2::Sha256::digest(SECRET.as_bytes()));
     assert_eq!(file_in_image(&image, "netrc.sha").unwrap().trim(), hex);
     assert_nowhere(SECRET, &out, &controller);
-    let login = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let login = basic(PASSWORD);
     assert!(
         files_holding(controller.dir.path(), &login).is_empty(),
         "no login in a stored context"

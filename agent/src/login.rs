@@ -34,6 +34,6 @@ pub(crate) fn write_docker_config(
     std::fs::create_dir_all(&dir).map_err(io("creating the registry config dir"))?;
     let path = dir.join("config.json");
     let body = serde_json::to_vec(&serde_json::json!({ "auths": auths })).expect("json serialises");
-    crate::secrets::write_private(&path, &body).map_err(io("writing the registry config"))?;
+    crate::step::write_private(&path, &body).map_err(io("writing the registry config"))?;
     Ok(Some(dir))
 }

@@ -23,24 +23,11 @@ pub(crate) fn write_secret_files(
     for (i, secret) in task.spec.secrets.iter().enumerate() {
         // Numbered, not named by id: an id is the user's text.
         let path = dir.join(i.to_string());
-        write_private(&path, secret.value.expose().as_bytes())
+        crate::step::write_private(&path, secret.value.expose().as_bytes())
             .map_err(io("writing a build secret"))?;
         files.push((secret.id.clone(), path));
     }
     Ok(files)
-}
-
-/// Creates `path` with mode 0600 before any byte is written.
-pub(crate) fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(body)
 }
 
 /// The builders' flags for `files`.

@@ -51,7 +51,7 @@ pub(crate) fn without_agent_secrets(cmd: &mut Command) {
 }
 
 /// Writes `bytes` to `path`, readable and writable by the agent only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -132,7 +132,7 @@ pub async fn attach(
             ));
         }
     }
-    let mut broken = HashSet::new();
+    let mut sources: Option<Sources> = None;
     let mut found: BTreeMap<String, Option<Login>> = BTreeMap::new();
     for (hosts, (_, build)) in touched.iter().zip(plan.builds()) {
         for c in &build.spec.credentials {
@@ -147,7 +147,11 @@ pub async fn attach(
         }
         for h in hosts {
             if !found.contains_key(h) {
-                let login = match lookup(h, env, &mut broken).await {
+                let sources = match &mut sources {
+                    Some(s) => s,
+                    None => sources.insert(Sources::read(env)?),
+                };
+                let login = match sources.lookup(h).await {
                     Err(e @ LoginError::Helper { .. }) => {
                         warnings.push(e.to_string());
                         None
@@ -198,49 +202,72 @@ pub fn login_files(env: &HashMap<String, String>) -> Vec<PathBuf> {
     .collect()
 }
 
-/// The runner's login for `host`: Docker config, auth file, GitLab.
-async fn lookup(
-    host: &str,
-    env: &HashMap<String, String>,
-    broken: &mut HashSet<String>,
-) -> Result<Option<Login>, LoginError> {
-    let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-    let docker = var("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker")))
-        .map(|d| d.join("config.json"));
-    if let Some(path) = docker.filter(|p| p.exists()) {
-        let config = docker_config::read(&path)?;
-        if let Some(login) = config.login(host, &path, broken).await? {
-            return Ok(Some(login));
-        }
+/// The runner's login files, each read once per run, and the credential
+/// helpers that failed in it (not asked again).
+struct Sources {
+    docker: Option<(PathBuf, docker_config::DockerConfig)>,
+    auth_file: Option<(PathBuf, docker_config::DockerConfig)>,
+    gitlab: Option<(String, String, String)>,
+    broken: HashSet<String>,
+}
+
+impl Sources {
+    fn read(env: &HashMap<String, String>) -> Result<Sources, LoginError> {
+        let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        let read = |path: Option<PathBuf>| -> Result<_, LoginError> {
+            match path.filter(|p| p.exists()) {
+                Some(p) => Ok(Some((p.clone(), docker_config::read(&p)?))),
+                None => Ok(None),
+            }
+        };
+        let docker = var("DOCKER_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker")))
+            .map(|d| d.join("config.json"));
+        let auth_file = var("REGISTRY_AUTH_FILE").map(PathBuf::from).or_else(|| {
+            var("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json"))
+        });
+        let gitlab = match (
+            var("CI_REGISTRY"),
+            var("CI_REGISTRY_USER"),
+            var("CI_REGISTRY_PASSWORD"),
+        ) {
+            (Some(r), Some(u), Some(p)) => Some((normalise_host(&r), u, p)),
+            _ => None,
+        };
+        Ok(Sources {
+            docker: read(docker)?,
+            auth_file: read(auth_file)?,
+            gitlab,
+            broken: HashSet::new(),
+        })
     }
-    let auth_file = var("REGISTRY_AUTH_FILE")
-        .map(PathBuf::from)
-        .or_else(|| var("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json")));
-    if let Some(path) = auth_file.filter(|p| p.exists()) {
-        let config = docker_config::read(&path)?;
-        if let Some(login) = config.stored(host, &path)? {
-            return Ok(Some(Login {
-                source: Source::AuthFile(path),
-                ..login
-            }));
+
+    /// The runner's login for `host`: Docker config, auth file, GitLab.
+    async fn lookup(&mut self, host: &str) -> Result<Option<Login>, LoginError> {
+        if let Some((path, config)) = &self.docker {
+            if let Some(login) = config.login(host, path, &mut self.broken).await? {
+                return Ok(Some(login));
+            }
         }
-    }
-    if let (Some(registry), Some(user), Some(password)) = (
-        var("CI_REGISTRY"),
-        var("CI_REGISTRY_USER"),
-        var("CI_REGISTRY_PASSWORD"),
-    ) {
-        if normalise_host(&registry) == host {
-            return Ok(Some(Login {
-                username: user,
-                password: Secret::new(password),
+        if let Some((path, config)) = &self.auth_file {
+            if let Some(login) = config.stored(host, path)? {
+                return Ok(Some(Login {
+                    source: Source::AuthFile(path.clone()),
+                    ..login
+                }));
+            }
+        }
+        Ok(self
+            .gitlab
+            .as_ref()
+            .filter(|(registry, _, _)| registry == host)
+            .map(|(_, user, password)| Login {
+                username: user.clone(),
+                password: Secret::new(password.clone()),
                 source: Source::GitLab,
-            }));
-        }
+            }))
     }
-    Ok(None)
 }
 
 #[cfg(test)]
