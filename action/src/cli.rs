@@ -86,7 +86,7 @@ pub struct Input {
     #[arg(long, env = "BAKERY_CONTEXT", global = true)]
     pub context: Option<String>,
 
-    /// Dockerfile for --tag builds, relative to the context.
+    /// Dockerfile for --tag builds: a path from --repo that exists wins (as in docker/build-push-action), else relative to the context; it may lie outside the context.
     #[arg(long, short = 'f', env = "BAKERY_FILE", global = true)]
     pub file: Option<String>,
 

@@ -94,15 +94,19 @@ pub fn pack(input: &Input, output: &Path, codec: Codec, json: bool) -> Result<()
         codec,
         ..PackOptions::default()
     };
-    let mut done: Vec<(PathBuf, String)> = Vec::new();
+    let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut results = Vec::new();
     for (_, build) in plan.builds() {
-        let key = (build.context_dir.clone(), build.spec.dockerfile.clone());
+        let key = (build.context_dir.clone(), build.dockerfile_path());
         if done.contains(&key) {
             continue;
         }
         let started = Instant::now();
-        let (path, packed) = pack_to_dir(&key.0, &key.1, output, &opts)
+        let opts = PackOptions {
+            dockerfile_beside: build.dockerfile_outside.clone(),
+            ..opts.clone()
+        };
+        let (path, packed) = pack_to_dir(&key.0, &build.spec.dockerfile, output, &opts)
             .with_context(|| format!("packing {}", key.0.display()))?;
         for w in &packed.warnings {
             tracing::warn!("{w}");

@@ -111,7 +111,7 @@ pub async fn check_bases(plan: &Plan, insecure: &[String]) -> Vec<Diagnostic> {
 fn wanted(plan: &Plan) -> Vec<Wanted> {
     let mut by_key: BTreeMap<(String, String), Wanted> = BTreeMap::new();
     for (service, build) in plan.builds() {
-        let path = build.context_dir.join(&build.spec.dockerfile);
+        let path = build.dockerfile_path();
         let target = &build.spec.custom_platform;
         for pull in pulls(build) {
             let platform = pull.platform.clone().unwrap_or_else(|| target.clone());
@@ -143,7 +143,7 @@ fn wanted(plan: &Plan) -> Vec<Wanted> {
 /// What `build`'s Dockerfile pulls (nothing when it cannot be read or the
 /// builder would refuse it: that is for the builder to report).
 fn pulls(build: &ArchBuild) -> Vec<dockerfile::Pull> {
-    let path = build.context_dir.join(&build.spec.dockerfile);
+    let path = build.dockerfile_path();
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Vec::new();
     };

@@ -42,7 +42,10 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
                 .platform
                 .map_or("(default)".into(), |p| p.to_string()),
             context,
-            build.spec.dockerfile.clone(),
+            match &build.dockerfile_outside {
+                Some(file) => file.display().to_string(),
+                None => build.spec.dockerfile.clone(),
+            },
             build.push.clone().unwrap_or_else(|| "(no push)".into()),
             // The resolved per-arch repository: where a derived one lands is
             // the first thing to check when a registry refuses the push.

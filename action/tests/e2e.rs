@@ -675,6 +675,47 @@ fn flags_build_like_buildx_and_tag_the_index_twice() {
     assert_eq!(a, raw_manifest(&two), "both tags name the same index");
 }
 
+/// `--file` from the workspace, outside `--context` (build-push-action and
+/// compose allow it): the Dockerfile travels beside the context and is
+/// taken out of it before the build, so `COPY . .` does not copy it.
+#[test]
+fn a_dockerfile_outside_the_context_builds_and_stays_out_of_the_image() {
+    let registry = registry();
+    let repo = project(&[
+        (
+            "docker/app.Dockerfile",
+            "FROM scratch\nCOPY . /ctx/\n# marker-of-the-outside-dockerfile\n",
+        ),
+        ("app/hello.txt", "hi\n"),
+    ]);
+    let tag = format!("{}/e2e/outside:1", registry.host());
+    let out = bakery(
+        repo.path(),
+        &[
+            "--tag",
+            &tag,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--context",
+            "app",
+            "--file",
+            "docker/app.Dockerfile",
+            "build",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(raw_manifest(&tag)["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        file_in_image(&tag, "ctx/hello.txt").as_deref(),
+        Some("hi\n")
+    );
+    assert!(
+        !image_holds(&tag, "marker-of-the-outside-dockerfile"),
+        "the Dockerfile is not in the image"
+    );
+}
+
 /// `--push=false` (the action's `push: false`, for pull requests from
 /// forks) builds every arch and pushes nothing: no arch image, no index.
 #[test]

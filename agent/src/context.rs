@@ -2,11 +2,12 @@
 //! within limits the agent's disk can hold, and the Dockerfile checked to be
 //! a file inside it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bakery_client::AgentApi;
 use bakery_protocol::api::{AgentTask, ContextSource};
-use bakery_protocol::ContextKey;
+use bakery_protocol::spec::DOCKERFILE_BESIDE;
+use bakery_protocol::{BuildSpec, ContextKey};
 use futures_util::TryStreamExt;
 
 use crate::error::AgentError;
@@ -107,6 +108,34 @@ pub fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), AgentErr
         return Err(refuse("not a file".into()));
     }
     Ok(())
+}
+
+/// A Dockerfile sent beside the context is moved out of it before
+/// anything runs, so that `COPY . .` cannot copy it into the image.
+pub fn take_beside(context: &Path, work: &Path, spec: &BuildSpec) -> Result<(), AgentError> {
+    if !spec.dockerfile_beside {
+        return Ok(());
+    }
+    let (from, to) = (
+        context.join(DOCKERFILE_BESIDE),
+        work.join(DOCKERFILE_BESIDE),
+    );
+    std::fs::rename(&from, &to).map_err(|e| {
+        AgentError::Context(format!(
+            "moving the Dockerfile sent beside the context out of it: {e}"
+        ))
+    })
+}
+
+/// Where the builder reads the Dockerfile: in the context, or in the work
+/// directory for one sent beside the context.
+pub fn dockerfile_path(context: &Path, work: &Path, spec: &BuildSpec) -> PathBuf {
+    let base = if spec.dockerfile_beside {
+        work
+    } else {
+        context
+    };
+    base.join(&spec.dockerfile)
 }
 
 #[cfg(test)]

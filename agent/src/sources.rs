@@ -26,8 +26,8 @@ pub struct Sources {
 
 /// Reads the task's Dockerfile. A Dockerfile the builder would refuse is
 /// left for the builder to report (it says more); nothing is known then.
-pub fn read(context: &Path, task: &AgentTask) -> Sources {
-    let Ok(text) = std::fs::read_to_string(context.join(&task.spec.dockerfile)) else {
+pub fn read(dockerfile: &Path, task: &AgentTask) -> Sources {
+    let Ok(text) = std::fs::read_to_string(dockerfile) else {
         return Sources::default();
     };
     let mut args = dockerfile::platform_args(&task.spec.custom_platform, Arch::host().platform());
@@ -185,7 +185,7 @@ COPY --from=tools /t /t
 ",
             &[("BASE", "127.0.0.1:7000/base:1")],
         );
-        let sources = read(dir.path(), &task);
+        let sources = read(&dir.path().join("Dockerfile"), &task);
         assert_eq!(
             sources.bases,
             ["127.0.0.1:7000/base:1"],
@@ -220,7 +220,7 @@ RUN make
 ",
             &[],
         );
-        let sources = read(dir.path(), &t);
+        let sources = read(&dir.path().join("Dockerfile"), &t);
         assert_eq!(sources.first_run, Some(3));
         let e = check_emulation_in(&t, &sources, none.path())
             .unwrap_err()
@@ -234,7 +234,12 @@ COPY a /a
 ",
             &[],
         );
-        check_emulation_in(&copy_only, &read(dir.path(), &copy_only), none.path()).unwrap();
+        check_emulation_in(
+            &copy_only,
+            &read(&dir.path().join("Dockerfile"), &copy_only),
+            none.path(),
+        )
+        .unwrap();
         let qemu = tempfile::tempdir().unwrap();
         let name = if other == Arch::Arm64 {
             "qemu-aarch64"
@@ -254,6 +259,11 @@ RUN make
 ",
             &[],
         );
-        check_emulation_in(&native, &read(dir.path(), &native), none.path()).unwrap();
+        check_emulation_in(
+            &native,
+            &read(&dir.path().join("Dockerfile"), &native),
+            none.path(),
+        )
+        .unwrap();
     }
 }

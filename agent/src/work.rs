@@ -9,7 +9,7 @@ use bakery_protocol::api::AgentTask;
 use bakery_protocol::redact::Redactor;
 
 use crate::builder::{self, Builder, Job};
-use crate::context::{check_dockerfile, download, extraction_limits};
+use crate::context::{check_dockerfile, download, extraction_limits, take_beside};
 use crate::error::{io, AgentError};
 use crate::logs::LogSink;
 use crate::step::{run_builder_step, script_step};
@@ -51,7 +51,8 @@ pub(crate) async fn work(
         builder.name()
     ));
     let context_dir = fetch_context(cfg, controller, &task, log).await?;
-    let sources = sources::read(&context_dir, &task);
+    let dockerfile = crate::context::dockerfile_path(&context_dir, &cfg.work_dir, &task.spec);
+    let sources = sources::read(&dockerfile, &task);
     sources::check_emulation(&task, &sources)?;
     let docker_config = login::write_docker_config(&cfg.work_dir, &task)?;
     let secret_files = crate::secrets::write_secret_files(&cfg.work_dir, &task)?;
@@ -111,6 +112,7 @@ async fn fetch_context(
     let started = Instant::now();
     let extracted = download(controller, task, &context_dir, limits).await?;
     check_dockerfile(&context_dir, &task.spec.dockerfile)?;
+    take_beside(&context_dir, &cfg.work_dir, &task.spec)?;
     log.line(format!(
         "context: {} entries, {} bytes, unpacked in {:.2}s",
         extracted.entries,

@@ -24,6 +24,7 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
         spec: BuildSpec {
             platform: None,
             dockerfile: "docker/Dockerfile".into(),
+            dockerfile_beside: false,
             target: Some("runtime".into()),
             build_args: [("VERSION".to_string(), "1.2".to_string())].into(),
             labels: [("team".to_string(), "core".to_string())].into(),

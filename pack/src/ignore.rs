@@ -80,8 +80,12 @@ impl IgnoreRules {
         dockerfile: &str,
     ) -> Result<(IgnoreRules, Option<PathBuf>), IgnoreError> {
         let specific = context.join(format!("{dockerfile}.dockerignore"));
-        let general = context.join(".dockerignore");
-        for path in [specific, general] {
+        Self::first_of([specific, context.join(".dockerignore")])
+    }
+
+    /// The rules of the first of `paths` that exists; none when none does.
+    fn first_of(paths: [PathBuf; 2]) -> Result<(IgnoreRules, Option<PathBuf>), IgnoreError> {
+        for path in paths {
             match std::fs::read_to_string(&path) {
                 Ok(text) => return Ok((IgnoreRules::parse(&text, &path)?, Some(path))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -95,6 +99,17 @@ impl IgnoreRules {
             }
         }
         Ok((IgnoreRules::default(), None))
+    }
+
+    /// The rules for a Dockerfile outside the context: `<Dockerfile>.dockerignore`
+    /// beside it, as buildx reads it, then the context's `.dockerignore`.
+    pub fn for_outside(
+        context: &Path,
+        dockerfile: &Path,
+    ) -> Result<(IgnoreRules, Option<PathBuf>), IgnoreError> {
+        let mut specific = dockerfile.as_os_str().to_owned();
+        specific.push(".dockerignore");
+        Self::first_of([PathBuf::from(specific), context.join(".dockerignore")])
     }
 
     pub fn is_empty(&self) -> bool {

@@ -18,6 +18,7 @@ use gzp::ZWriter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use bakery_protocol::spec::DOCKERFILE_BESIDE;
 pub use bakery_protocol::{Codec, ContextKey};
 pub use ignore::{IgnoreError, IgnoreRules};
 
@@ -32,6 +33,11 @@ pub struct PackOptions {
     /// Files (relative to the context, `/`-separated) never packed, whatever
     /// `.dockerignore` says: build secrets' and registry logins' files.
     pub exclude: Vec<String>,
+    /// A Dockerfile from outside the context, stored in the archive under
+    /// the `dockerfile` name given to [`pack`] (which then lies in
+    /// [`DOCKERFILE_BESIDE`]): compose and buildx allow such a Dockerfile,
+    /// and the agent receives only the archive.
+    pub dockerfile_beside: Option<PathBuf>,
 }
 
 impl Default for PackOptions {
@@ -41,6 +47,7 @@ impl Default for PackOptions {
             level: None,
             threads: 0,
             exclude: Vec::new(),
+            dockerfile_beside: None,
         }
     }
 }
@@ -81,6 +88,13 @@ pub enum ContextError {
     Io { path: PathBuf, cause: io::Error },
     #[error("compression failed: {0}")]
     Compress(String),
+    /// The context has an entry where a Dockerfile from outside it goes.
+    #[error("{}: the context has an entry named `{DOCKERFILE_BESIDE}`, where bakery puts a Dockerfile from outside the context; rename it, or move the Dockerfile into the context", context.display())]
+    BesideTaken { context: PathBuf },
+    /// `dockerfile_beside` is set but `dockerfile` is not an entry in
+    /// [`DOCKERFILE_BESIDE`].
+    #[error("a Dockerfile from outside the context is stored as `{DOCKERFILE_BESIDE}/<name>`, not `{0}`")]
+    BesideName(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
@@ -182,7 +196,24 @@ pub fn pack<W: Write + Send + 'static>(
     out: W,
     opts: &PackOptions,
 ) -> Result<Packed, ContextError> {
-    let (rules, _) = IgnoreRules::for_build(context, dockerfile)?;
+    let (rules, _) = match &opts.dockerfile_beside {
+        Some(outside) => {
+            let named = dockerfile
+                .strip_prefix(DOCKERFILE_BESIDE)
+                .and_then(|n| n.strip_prefix('/'))
+                .is_some_and(|n| !n.is_empty() && !n.contains('/'));
+            if !named {
+                return Err(ContextError::BesideName(dockerfile.into()));
+            }
+            if context.join(DOCKERFILE_BESIDE).symlink_metadata().is_ok() {
+                return Err(ContextError::BesideTaken {
+                    context: context.to_path_buf(),
+                });
+            }
+            IgnoreRules::for_outside(context, outside)?
+        }
+        None => IgnoreRules::for_build(context, dockerfile)?,
+    };
     let always = [
         dockerfile.trim_start_matches("./").to_string(),
         ".dockerignore".to_string(),
@@ -214,6 +245,9 @@ pub fn pack<W: Write + Send + 'static>(
         &opts.exclude,
         &mut packed,
     )?;
+    if let Some(outside) = &opts.dockerfile_beside {
+        append_beside(&mut tar, context, outside, dockerfile, &mut packed)?;
+    }
     let compressor = tar.into_inner().map_err(io_err(context))?;
     let mut hashing = compressor.finish()?;
     hashing.flush().map_err(io_err(context))?;
@@ -298,6 +332,29 @@ fn append_tree<W: Write>(
         }
         packed.entries += 1;
     }
+    Ok(())
+}
+
+/// Appends a Dockerfile from outside the context as `entry` (in
+/// [`DOCKERFILE_BESIDE`]), after the tree so that names stay sorted within
+/// it. The file's own bytes, with the same normalised header as the rest.
+fn append_beside<W: Write>(
+    tar: &mut tar::Builder<W>,
+    context: &Path,
+    outside: &Path,
+    entry: &str,
+    packed: &mut Packed,
+) -> Result<(), ContextError> {
+    let meta = std::fs::metadata(outside).map_err(io_err(outside))?;
+    if !meta.is_file() {
+        return Err(io_err(outside)(io::Error::other("not a regular file")));
+    }
+    tar.append_dir(DOCKERFILE_BESIDE, context)
+        .map_err(io_err(context))?;
+    tar.append_path_with_name(outside, entry)
+        .map_err(io_err(outside))?;
+    packed.entries += 2;
+    packed.content_bytes += meta.len();
     Ok(())
 }
 

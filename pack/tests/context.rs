@@ -315,3 +315,54 @@ fn no_partial_archive_is_left_on_failure() {
     .is_err());
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
 }
+
+/// A Dockerfile from outside the context travels in the reserved
+/// directory, its `.dockerignore` beside it applies, and a context that
+/// already has that name is refused rather than overwritten.
+#[test]
+fn a_dockerfile_outside_the_context_is_packed_beside_it() {
+    let repo = tempfile::tempdir().unwrap();
+    write(
+        repo.path(),
+        &[
+            ("docker/app.Dockerfile", "FROM outside\n"),
+            ("docker/app.Dockerfile.dockerignore", "*.log\n"),
+            ("app/main.go", "package main\n"),
+            ("app/debug.log", "noise"),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let opts = PackOptions {
+        dockerfile_beside: Some(repo.path().join("docker/app.Dockerfile")),
+        ..PackOptions::default()
+    };
+    let context = repo.path().join("app");
+    let entry = ".bakery-dockerfile/app.Dockerfile";
+    let (path, packed) = pack_to_dir(&context, entry, out.path(), &opts).unwrap();
+    let got = entries(&path);
+    assert_eq!(got[entry], ('f', "FROM outside\n".to_string()));
+    assert_eq!(got[".bakery-dockerfile"].0, 'd');
+    assert!(got.contains_key("main.go"));
+    assert!(
+        !got.contains_key("debug.log"),
+        "the Dockerfile's own ignore file: {got:?}"
+    );
+    assert_eq!(packed.entries, got.len() as u64);
+    // Same inputs, same bytes.
+    let (_, again) = pack_to_dir(&context, entry, out.path(), &opts).unwrap();
+    assert_eq!(again.sha256, packed.sha256);
+
+    let err = pack_to_dir(&context, "Dockerfile", out.path(), &opts).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stored as `.bakery-dockerfile/<name>`"),
+        "{err}"
+    );
+    fs::create_dir(context.join(".bakery-dockerfile")).unwrap();
+    let err = pack_to_dir(&context, entry, out.path(), &opts).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has an entry named `.bakery-dockerfile`"),
+        "{err}"
+    );
+}

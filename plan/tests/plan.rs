@@ -585,21 +585,20 @@ fn dockerfile_not_found_points_where_it_was_set() {
         "`Dockerfile` not found",
     );
 
-    // Outside the context.
+    // Outside the repository: never read, whatever the config names.
     let repo = Repo::new(&[
-        ("Dockerfile", "FROM alpine\n"),
         ("sub/x", ""),
-        ("config.yaml", "global:\n  kaniko:\n    context-path: sub\n    dockerfile: ../Dockerfile\n    destination: r.io/a:1\n"),
+        ("config.yaml", "global:\n  kaniko:\n    context-path: sub\n    dockerfile: /etc/hostname\n    destination: r.io/a:1\n"),
     ]);
     assert_located(
         repo.config().unwrap_err(),
         "config.yaml",
         4,
-        "outside the build context",
+        "outside the repository",
     );
 
-    // A Dockerfile in the context that is a symlink leading out of it: the
-    // agent would read a file of its own machine.
+    // A Dockerfile in the context that is a symlink leading out of the
+    // repository: a pull request must not make the runner send its files.
     let repo = Repo::new(&[
         ("sub/x", ""),
         (
@@ -612,7 +611,7 @@ fn dockerfile_not_found_points_where_it_was_set() {
         repo.config().unwrap_err(),
         "config.yaml",
         1,
-        "symlink that leads out of the build context",
+        "is /etc/hostname, outside the repository",
     );
 
     // Compose: at build.dockerfile.
@@ -1294,4 +1293,80 @@ fn short_secrets_are_masked_in_the_plan_and_ids_are_named_once() {
         4,
         "secret `S` is named twice here",
     );
+}
+
+/// A Dockerfile outside the context (compose and buildx allow it) is sent
+/// beside the context; `--file` from the repository wins over one relative
+/// to the context, as in docker/build-push-action.
+#[test]
+fn a_dockerfile_outside_the_context_is_sent_beside_it() {
+    let repo = Repo::new(&[
+        ("docker/app.Dockerfile", "FROM alpine\n"),
+        ("app/main.go", ""),
+        ("app/Dockerfile", "FROM busybox\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: app\n      dockerfile: ../docker/app.Dockerfile\n",
+        ),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    let b = &plan.services[0].builds[0];
+    assert_eq!(b.spec.dockerfile, ".bakery-dockerfile/app.Dockerfile");
+    assert!(b.spec.dockerfile_beside);
+    assert_eq!(
+        b.dockerfile_outside.as_deref(),
+        Some(
+            repo.path("docker/app.Dockerfile")
+                .canonicalize()
+                .unwrap()
+                .as_path()
+        )
+    );
+    assert_eq!(b.dockerfile_path(), b.dockerfile_outside.clone().unwrap());
+
+    // `..` that comes back into the context is in it.
+    let text = "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: app\n      dockerfile: ../app/Dockerfile\n";
+    fs::write(repo.path("compose.yaml"), text).unwrap();
+    let b = &repo.compose("compose.yaml", &[]).unwrap().services[0].builds[0];
+    assert_eq!(
+        (b.spec.dockerfile.as_str(), b.spec.dockerfile_beside),
+        ("Dockerfile", false)
+    );
+    assert_eq!(b.dockerfile_outside, None);
+
+    // A symlink in the context to a Dockerfile elsewhere in the repository.
+    std::os::unix::fs::symlink("../docker/app.Dockerfile", repo.path("app/Linked")).unwrap();
+    let text = "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: app\n      dockerfile: Linked\n";
+    fs::write(repo.path("compose.yaml"), text).unwrap();
+    let b = &repo.compose("compose.yaml", &[]).unwrap().services[0].builds[0];
+    assert_eq!(b.spec.dockerfile, ".bakery-dockerfile/app.Dockerfile");
+
+    // --file: from the repository when that exists, else from the context.
+    let mut opts = repo.opts();
+    let inline = |file: &str| bakery_plan::InlineBuild {
+        context: "app".into(),
+        dockerfile: Some(file.into()),
+        tags: vec!["r.io/team/app:1".into()],
+        ..Default::default()
+    };
+    let resolve = |opts: &mut PlanOptions, file: &str| {
+        opts.inline = Some(inline(file));
+        Plan::resolve(opts).map(|p| p.services[0].builds[0].clone())
+    };
+    let b = resolve(&mut opts, "docker/app.Dockerfile").unwrap();
+    assert!(b.spec.dockerfile_beside, "{b:?}");
+    let b = resolve(&mut opts, "app/Dockerfile").unwrap();
+    assert_eq!(
+        (b.spec.dockerfile.as_str(), b.spec.dockerfile_beside),
+        ("Dockerfile", false)
+    );
+    let b = resolve(&mut opts, "Dockerfile").unwrap();
+    assert_eq!(
+        (b.spec.dockerfile.as_str(), b.spec.dockerfile_beside),
+        ("Dockerfile", false)
+    );
+    let err = resolve(&mut opts, "nope/Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`nope/Dockerfile` not found"), "{err}");
 }

@@ -21,6 +21,12 @@ pub struct BuildSpec {
     pub platform: Option<Platform>,
     /// The Dockerfile, relative to the context, `/`-separated.
     pub dockerfile: String,
+    /// The Dockerfile lies outside the context (compose and buildx allow
+    /// it). The client sends it in the archive under
+    /// [`DOCKERFILE_BESIDE`]`/`, and the agent moves it out of the context
+    /// before building, so `COPY . .` never copies it into the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dockerfile_beside: bool,
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -111,6 +117,10 @@ impl fmt::Display for SnapshotMode {
         })
     }
 }
+
+/// The archive directory that carries a Dockerfile from outside the
+/// context (see [`BuildSpec::dockerfile_beside`]).
+pub const DOCKERFILE_BESIDE: &str = ".bakery-dockerfile";
 
 impl BuildSpec {
     /// Every value that must not reach a log: registry passwords and build

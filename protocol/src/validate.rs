@@ -159,6 +159,19 @@ fn tag_reference(field: &str, text: &str) -> Result<ImageRef, Invalid> {
 fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
     let f = |name: &str| format!("{at}.{name}");
     check_relative_path(&f("dockerfile"), &spec.dockerfile)?;
+    if spec.dockerfile_beside {
+        let parts: Vec<&str> = spec.dockerfile.split('/').collect();
+        if parts.len() != 2 || parts[0] != crate::spec::DOCKERFILE_BESIDE {
+            return Err(invalid(
+                f("dockerfile"),
+                format!(
+                    "`{}`: a Dockerfile sent beside the context is `{}/<name>`",
+                    shown(&spec.dockerfile),
+                    crate::spec::DOCKERFILE_BESIDE
+                ),
+            ));
+        }
+    }
     if !PLATFORM.is_match(&spec.custom_platform) {
         return Err(invalid(
             f("custom_platform"),

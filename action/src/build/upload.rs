@@ -13,7 +13,7 @@ use bakery_protocol::api::{ContextStore, CreateBuild, TaskRequest};
 use crate::client::Controller;
 
 /// Where each (context directory, Dockerfile) was uploaded.
-pub(super) type Contexts = HashMap<(PathBuf, String), Uploaded>;
+pub(super) type Contexts = HashMap<(PathBuf, PathBuf), Uploaded>;
 
 /// A packed context as the build request names it.
 #[derive(Clone)]
@@ -27,21 +27,28 @@ pub(super) struct Uploaded {
 /// The build secrets' files and the runner's login files that lie inside
 /// `context`, relative to it: they must not be uploaded with it (the
 /// context is kept, on the controller or in S3, long after the build).
-fn secret_files_in(plan: &Plan, context: &std::path::Path) -> Vec<String> {
+fn secret_files_in(protected: &[PathBuf], context: &std::path::Path) -> Vec<String> {
     let Ok(context) = std::fs::canonicalize(context) else {
         return Vec::new();
     };
-    let env: HashMap<String, String> = std::env::vars().collect();
-    plan.builds()
-        .flat_map(|(_, b)| b.secret_files.iter().cloned())
-        .chain(crate::logins::login_files(&env))
-        .filter_map(|f| std::fs::canonicalize(f).ok())
+    protected
+        .iter()
         .filter_map(|f| {
             f.strip_prefix(&context)
                 .ok()
                 .and_then(|r| r.to_str())
                 .map(|r| r.replace('\\', "/"))
         })
+        .collect()
+}
+
+/// The build secrets' files and the runner's login files, resolved.
+fn protected_files(plan: &Plan) -> Vec<PathBuf> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    plan.builds()
+        .flat_map(|(_, b)| b.secret_files.iter().cloned())
+        .chain(crate::logins::login_files(&env))
+        .filter_map(|f| std::fs::canonicalize(f).ok())
         .collect()
 }
 
@@ -59,15 +66,31 @@ pub(super) async fn upload_contexts(
         ContextStore::Controller => None,
     };
     let mut keys = HashMap::new();
+    let protected = protected_files(plan);
     for (_, build) in plan.builds() {
-        let id = (build.context_dir.clone(), build.spec.dockerfile.clone());
+        if let Some(file) = build
+            .dockerfile_outside
+            .as_ref()
+            .filter(|f| protected.contains(f))
+        {
+            anyhow::bail!(
+                "{}: the Dockerfile is a file that holds a build secret or a registry login; it is never sent",
+                file.display()
+            );
+        }
+        let id = (build.context_dir.clone(), build.dockerfile_path());
         if keys.contains_key(&id) {
             continue;
         }
         let started = Instant::now();
         let (path, packed) = {
-            let (dir, df, out) = (id.0.clone(), id.1.clone(), tmp.path().to_path_buf());
-            let exclude = secret_files_in(plan, &dir);
+            let (dir, df, out) = (
+                id.0.clone(),
+                build.spec.dockerfile.clone(),
+                tmp.path().to_path_buf(),
+            );
+            let beside = build.dockerfile_outside.clone();
+            let exclude = secret_files_in(&protected, &dir);
             tokio::task::spawn_blocking(move || {
                 pack_to_dir(
                     &dir,
@@ -76,6 +99,7 @@ pub(super) async fn upload_contexts(
                     &PackOptions {
                         codec,
                         exclude,
+                        dockerfile_beside: beside,
                         ..PackOptions::default()
                     },
                 )
@@ -151,7 +175,7 @@ pub(super) fn request(service: &ServicePlan, keys: &Contexts) -> Result<CreateBu
         .iter()
         .map(|b| {
             let uploaded = keys
-                .get(&(b.context_dir.clone(), b.spec.dockerfile.clone()))
+                .get(&(b.context_dir.clone(), b.dockerfile_path()))
                 .context("context was not packed")?
                 .clone();
             Ok(TaskRequest {

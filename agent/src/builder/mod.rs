@@ -34,7 +34,7 @@ impl Job<'_> {
     }
 
     pub fn dockerfile(&self) -> PathBuf {
-        self.context_dir.join(&self.task.spec.dockerfile)
+        crate::context::dockerfile_path(self.context_dir, self.work_dir, &self.task.spec)
     }
 
     /// Build args: the platform variables BuildKit defines, then the user's

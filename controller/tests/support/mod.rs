@@ -181,6 +181,7 @@ pub fn spec() -> BuildSpec {
     BuildSpec {
         platform: None,
         dockerfile: "Dockerfile".into(),
+        dockerfile_beside: false,
         target: None,
         build_args: Default::default(),
         labels: Default::default(),

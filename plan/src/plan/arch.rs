@@ -7,7 +7,7 @@ use bakery_protocol::spec::BuildSecret;
 use bakery_protocol::{Arch, BuildSpec};
 
 use super::layer::{origin, Field, Layer, LayerKind};
-use super::paths::{check_dockerfile, normalize};
+use super::paths::{check_dockerfile, normalize, Placement};
 use super::resolver::Resolver;
 use super::{ArchBuild, ServicePlan};
 use crate::error::{Location, PlanError};
@@ -26,7 +26,11 @@ impl Resolver<'_> {
             .fold(Settings::default(), |acc, l| acc.overlay(&l.settings));
         let kaniko = merged.kaniko();
         let no_push = kaniko.no_push.unwrap_or(false);
-        let (context_dir, dockerfile) = self.check_inputs(&kaniko, layers)?;
+        let (context_dir, placement) = self.check_inputs(&kaniko, layers)?;
+        let (dockerfile, dockerfile_outside) = match placement {
+            Placement::InContext(rel) => (rel, None),
+            Placement::Beside(file) => (beside_entry(&file), Some(file)),
+        };
         let (push, index) = destinations(arch, layers, no_push)?;
         let cache = per_arch_cache(
             kaniko.cache.clone().unwrap_or_default(),
@@ -36,12 +40,14 @@ impl Resolver<'_> {
         let (secrets, secret_files) = self.read_secrets(layers)?;
         let mut spec = spec(merged, kaniko, dockerfile, cache, arch, no_push);
         spec.secrets = secrets;
+        spec.dockerfile_beside = dockerfile_outside.is_some();
         let build = ArchBuild {
             arch,
             push: push.map(|p| p.to_string()),
             context_dir,
             spec,
             secret_files,
+            dockerfile_outside,
         };
         Ok((build, index.map(|r| r.to_string())))
     }
@@ -89,13 +95,14 @@ impl Resolver<'_> {
         Ok((secrets, files.into_iter().flatten().collect()))
     }
 
-    /// The context is a directory, the Dockerfile a file inside it, and the
-    /// compression level one the codec has. Returns both paths.
+    /// The context is a directory, the Dockerfile a file, and the
+    /// compression level one the codec has. Returns the context and where
+    /// the Dockerfile is.
     fn check_inputs(
         &self,
         kaniko: &Kaniko,
         layers: &[Layer],
-    ) -> Result<(PathBuf, String), PlanError> {
+    ) -> Result<(PathBuf, Placement), PlanError> {
         let context_rel = kaniko.context_path.clone().unwrap_or_else(|| ".".into());
         let context_dir = normalize(&self.repo.join(&context_rel));
         if !context_dir.is_dir() {
@@ -109,9 +116,10 @@ impl Resolver<'_> {
             .dockerfile
             .clone()
             .unwrap_or_else(|| "Dockerfile".into());
-        check_dockerfile(&context_dir, &dockerfile).map_err(|(msg, hint)| {
-            PlanError::invalid_with_hint(origin(layers, Field::Dockerfile), msg, hint)
-        })?;
+        let placement =
+            check_dockerfile(self.repo, &context_dir, &dockerfile).map_err(|(msg, hint)| {
+                PlanError::invalid_with_hint(origin(layers, Field::Dockerfile), msg, hint)
+            })?;
         if let Some(level) = kaniko.compression_level {
             let codec = kaniko
                 .compression
@@ -125,8 +133,20 @@ impl Resolver<'_> {
                 ));
             }
         }
-        Ok((context_dir, dockerfile))
+        Ok((context_dir, placement))
     }
+}
+
+/// The archive entry a Dockerfile from outside the context travels as:
+/// its own name (so the agent's messages name it), in the reserved
+/// directory.
+fn beside_entry(file: &std::path::Path) -> String {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.chars().any(char::is_control))
+        .unwrap_or_else(|| "Dockerfile".into());
+    format!("{}/{name}", bakery_protocol::spec::DOCKERFILE_BESIDE)
 }
 
 /// Where this arch is pushed and the multi-arch tag it joins (both `None`
@@ -208,6 +228,7 @@ fn spec(
     BuildSpec {
         platform: merged.platform,
         dockerfile,
+        dockerfile_beside: false,
         target: kaniko.target,
         build_args: kaniko.build_args.unwrap_or_default(),
         labels: kaniko.labels.unwrap_or_default(),

@@ -176,6 +176,20 @@ pub struct ArchBuild {
     /// context when they are inside it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_files: Vec<PathBuf>,
+    /// A Dockerfile outside the context, sent beside it (the spec's
+    /// `dockerfile` then names its entry in the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_outside: Option<PathBuf>,
+}
+
+impl ArchBuild {
+    /// The Dockerfile on this machine, wherever it is.
+    pub fn dockerfile_path(&self) -> PathBuf {
+        match &self.dockerfile_outside {
+            Some(file) => file.clone(),
+            None => self.context_dir.join(&self.spec.dockerfile),
+        }
+    }
 }
 
 impl Plan {

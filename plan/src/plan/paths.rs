@@ -53,58 +53,87 @@ pub(super) fn discover_compose(
         })
 }
 
-/// The Dockerfile must be a file inside the context, since the context is
-/// all the agent receives. Errors are (message, hint).
-pub(super) fn check_dockerfile(context: &Path, dockerfile: &str) -> Result<(), (String, String)> {
-    let rel = Path::new(dockerfile);
-    if rel.is_absolute() || rel.components().any(|c| c == Component::ParentDir) {
-        return Err((
-            format!("dockerfile `{dockerfile}` is outside the build context"),
-            "the agent only receives the context; give the Dockerfile's path relative to the context".into(),
-        ));
-    }
-    let path = context.join(rel);
+/// Where a build's Dockerfile is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// Inside the context, by this `/`-separated relative path.
+    InContext(String),
+    /// Outside it (compose and buildx allow that): this file is sent
+    /// beside the context.
+    Beside(PathBuf),
+}
+
+/// Finds the Dockerfile, given relative to the context or as an absolute
+/// path. A Dockerfile that resolves (through `..` or a symlink) to a file
+/// outside the context is sent beside it, if it is in the repository: a
+/// file elsewhere on the runner (its Docker logins, say) is never sent,
+/// whatever a config or a symlink in a pull request names. Errors are
+/// (message, hint).
+pub(super) fn check_dockerfile(
+    repo: &Path,
+    context: &Path,
+    dockerfile: &str,
+) -> Result<Placement, (String, String)> {
+    let given = Path::new(dockerfile);
+    let path = normalize(&context.join(given));
     if !path.is_file() {
-        let mut near: Vec<String> = std::fs::read_dir(context)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| {
-                n.contains("Dockerfile")
-                    || n.contains("dockerfile")
-                    || n.ends_with(".Containerfile")
-                    || n == "Containerfile"
-            })
-            .collect();
-        near.sort();
-        let hint = if near.is_empty() {
-            "dockerfile paths are relative to the build context".to_string()
-        } else {
-            format!("the context has: {}", near.join(", "))
-        };
+        return Err(not_found(context, dockerfile, &path));
+    }
+    let (Ok(root), Ok(real)) = (context.canonicalize(), path.canonicalize()) else {
+        return Err(not_found(context, dockerfile, &path));
+    };
+    if let Some(rel) = real.strip_prefix(&root).ok().and_then(Path::to_str) {
+        return Ok(Placement::InContext(rel.replace('\\', "/")));
+    }
+    let in_repo = repo.canonicalize().is_ok_and(|r| real.starts_with(r));
+    if !in_repo {
         return Err((
             format!(
-                "dockerfile `{dockerfile}` not found in the build context `{}`",
-                context.display()
+                "dockerfile `{dockerfile}` is {}, outside the repository {}",
+                real.display(),
+                repo.display()
             ),
-            hint,
+            "bakery sends a Dockerfile from outside the context only from inside the repository (--repo); copy it into the repository".into(),
         ));
     }
-    // A symlink (or a directory on the way that is one) leading out of the
-    // context is stored as a link: the agent would find nothing, or a file
-    // of its own machine.
-    let inside = match (context.canonicalize(), path.canonicalize()) {
-        (Ok(root), Ok(real)) => real.starts_with(root),
-        _ => true,
+    Ok(Placement::Beside(real))
+}
+
+fn not_found(context: &Path, dockerfile: &str, path: &Path) -> (String, String) {
+    if !path.starts_with(context) {
+        return (
+            format!(
+                "dockerfile `{dockerfile}` not found (looked for {})",
+                path.display()
+            ),
+            "a dockerfile is relative to the build context, or an absolute path".into(),
+        );
+    }
+    let mut near: Vec<String> = std::fs::read_dir(context)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.contains("Dockerfile")
+                || n.contains("dockerfile")
+                || n.ends_with(".Containerfile")
+                || n == "Containerfile"
+        })
+        .collect();
+    near.sort();
+    let hint = if near.is_empty() {
+        "dockerfile paths are relative to the build context".to_string()
+    } else {
+        format!("the context has: {}", near.join(", "))
     };
-    if !inside {
-        return Err((
-            format!("dockerfile `{dockerfile}` is a symlink that leads out of the build context"),
-            "the agent only receives the context; copy the Dockerfile into it, or make the context the directory that holds it".into(),
-        ));
-    }
-    Ok(())
+    (
+        format!(
+            "dockerfile `{dockerfile}` not found in the build context `{}`",
+            context.display()
+        ),
+        hint,
+    )
 }
 
 pub(super) fn absolute(p: &Path) -> PathBuf {

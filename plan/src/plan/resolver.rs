@@ -66,6 +66,20 @@ impl Resolver<'_> {
         })
     }
 
+    /// `--file` as docker/build-push-action reads it: a path from the
+    /// repository (the workspace in CI) that exists wins; otherwise it is
+    /// relative to the context, as in compose and config.yaml.
+    fn inline_dockerfile(&self, file: &str) -> String {
+        let from_repo = self.repo.join(file);
+        if Path::new(file).is_relative() && from_repo.is_file() {
+            super::paths::absolute(&from_repo)
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            file.to_string()
+        }
+    }
+
     /// A build from flags: the same checks, reported against the flags.
     pub(super) fn plan_inline(
         &self,
@@ -91,7 +105,10 @@ impl Resolver<'_> {
         let settings = Settings {
             kaniko: Some(Kaniko {
                 context_path: Some(inline.context.clone()),
-                dockerfile: inline.dockerfile.clone(),
+                dockerfile: inline
+                    .dockerfile
+                    .as_deref()
+                    .map(|f| self.inline_dockerfile(f)),
                 destination: Some(first.clone()),
                 target: inline.target.clone(),
                 build_args: Some(inline.build_args.clone()),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use bakery_plan::Plan;
+use bakery_plan::{ArchBuild, Plan};
 use bakery_protocol::api::TaskState;
 
 use super::locate::locate;
@@ -188,7 +188,7 @@ pub fn annotations(
                 .iter()
                 .find(|s| &s.name == service)
                 .and_then(|s| s.builds.iter().find(|b| b.arch == t.arch))
-                .map(|b| b.context_dir.join(&b.spec.dockerfile));
+                .map(ArchBuild::dockerfile_path);
             let tail = tails
                 .get(&format!("{service}-{}", t.arch))
                 .map(Vec::as_slice)
