@@ -558,3 +558,72 @@ fn a_failing_credential_helper_is_not_echoed() {
         "{all}"
     );
 }
+
+/// Tags in several repositories (metadata-action with two `images:`): the
+/// index is written in each, over the same per-arch digests, copied into a
+/// registry that needs a login (streamed) and into another repository of
+/// the destination's registry (mounted). `images` lists every tag.
+#[test]
+fn tags_in_several_repositories_get_the_same_index_in_each() {
+    let open = registry();
+    let locked = registry_with_login(USER, PASSWORD);
+    let controller = controller(&[]);
+    let repo = project(&[("Dockerfile", COPY_ONLY), ("hello.txt", "hi\n")]);
+    let config = docker_config(repo.path(), &locked.host());
+    let tags = [
+        format!("{}/ghcr/app:1", open.host()),
+        format!("{}/hub/app:1", locked.host()),
+        format!("{}/hub/app:latest", locked.host()),
+        format!("{}/mirror/app:1", open.host()),
+    ];
+    let outputs = repo.path().join("github-output");
+    std::fs::write(&outputs, "").unwrap();
+    let mut args = vec!["--platform", "linux/amd64,linux/arm64"];
+    for t in &tags {
+        args.extend(["--tag", t.as_str()]);
+    }
+    args.push("build");
+    // A tag's registry without a login is caught before anything is built.
+    let out = bakery(repo.path(), &args, &[("CONTROLLER_URL", &controller.url())]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("no login for {}", locked.host())),
+        "{}",
+        text(&out)
+    );
+    let out = bakery(
+        repo.path(),
+        &args,
+        &[
+            ("CONTROLLER_URL", &controller.url()),
+            ("DOCKER_CONFIG", config.to_str().unwrap()),
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_OUTPUT", outputs.to_str().unwrap()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let index = raw_manifest(&tags[0]);
+    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(2));
+    assert_eq!(raw_manifest(&tags[3]), index, "mounted copy");
+    for t in &tags[1..3] {
+        assert_eq!(manifest_with_login(t), index, "{t}");
+    }
+    for m in index["manifests"].as_array().unwrap() {
+        let digest = m["digest"].as_str().unwrap();
+        let copy = manifest_with_login(&format!("{}/hub/app@{digest}", locked.host()));
+        assert_eq!(copy["layers"].as_array().map(Vec::len), Some(1), "{copy}");
+    }
+    assert_eq!(
+        file_in_image(&tags[3], "hello.txt").as_deref(),
+        Some("hi\n"),
+        "the mounted blobs are readable"
+    );
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    for t in &tags {
+        assert!(
+            written.contains(t.as_str()),
+            "{t} in the outputs: {written}"
+        );
+    }
+    assert_nowhere(PASSWORD, &out, &controller);
+}

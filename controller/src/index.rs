@@ -23,6 +23,8 @@ use oci_client::{Client, Reference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::replicate::repository;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("`{0}` is not an image reference: {1}")]
@@ -44,6 +46,15 @@ pub enum IndexError {
     },
     #[error("pushing the index to {dest}: {message}")]
     Push { dest: String, message: String },
+    /// Copying a per-arch image into another repository the build is
+    /// tagged in.
+    #[error("copying the {arch} image {digest} to {to}: {message}")]
+    Copy {
+        arch: Arch,
+        digest: String,
+        to: String,
+        message: String,
+    },
     #[error("reading the config of the {arch} image {digest}: {message}")]
     Config {
         arch: Arch,
@@ -148,21 +159,32 @@ pub async fn write_index(
     for (arch, digest) in entries {
         checked.push(crate::verify::check(client, &reference, *arch, digest, &auth, policy).await?);
     }
-    write_checked(client, destination, extra_tags, &checked, &auth, policy).await
+    write_checked(
+        client,
+        destination,
+        extra_tags,
+        &checked,
+        credentials,
+        policy,
+    )
+    .await
 }
 
-/// Writes the index at `destination` (and at each of `extra_tags`, in the
-/// same repository) over manifests whose platform was checked, each entry's
-/// `platform` as its image's config says, and returns its digest.
+/// Writes the index at `destination` and at each of `extra_tags` over
+/// manifests whose platform was checked, each entry's `platform` as its
+/// image's config says, and returns its digest. A tag in another
+/// repository gets the per-arch images copied there first
+/// ([`crate::replicate`]), so the index is the same bytes everywhere.
 pub async fn write_checked(
     client: &Client,
     destination: &str,
     extra_tags: &[String],
     checked: &[crate::verify::Checked],
-    auth: &RegistryAuth,
+    credentials: &[Credential],
     policy: RetryPolicy,
 ) -> Result<String, IndexError> {
     let reference = parse_reference(destination)?;
+    let auth = &auth_for(credentials, reference.registry());
     let manifests: Vec<serde_json::Value> = checked
         .iter()
         .map(|c| {
@@ -195,7 +217,23 @@ pub async fn write_checked(
     for tag in extra_tags {
         targets.push((parse_reference(tag)?, tag.clone()));
     }
+    let mut holding = vec![repository(&reference)];
     for (target, name) in &targets {
+        if !holding.contains(&repository(target)) {
+            let to_auth = auth_for(credentials, target.registry());
+            let copy = crate::replicate::Copy {
+                client,
+                from: &reference,
+                from_auth: auth,
+                to: target,
+                to_auth: &to_auth,
+                policy,
+            };
+            for image in checked {
+                copy.image(image).await?;
+            }
+            holding.push(repository(target));
+        }
         retry(policy, || {
             client.push_manifest_raw(target, body.clone(), Clone::clone(&content_type))
         })

@@ -27,6 +27,7 @@ pub mod log_stream;
 pub mod metrics;
 pub mod oidc;
 pub mod platform;
+pub mod replicate;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -43,7 +43,7 @@ async fn the_controller_checks_every_build_request_itself() {
         ),
         (
             "tags[0]",
-            Box::new(|r| r["tags"] = json!(["other.example/elsewhere:2"])),
+            Box::new(|r| r["tags"] = json!(["other.example/elsewhere@sha256:0"])),
         ),
         (
             "service",

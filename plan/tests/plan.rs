@@ -803,17 +803,26 @@ fn flags_describe_a_build_without_a_file() {
     );
     assert_eq!(plan.services[0].builds[1].spec.cache.enable, Some(true));
 
-    // Another repository cannot share the index.
+    // A tag in another repository (metadata-action with two `images:`)
+    // tags the same index there; a digest is still no tag.
     opts.inline
         .as_mut()
         .unwrap()
         .tags
-        .push("r.io/other:1".into());
-    let err = Plan::resolve(&opts).unwrap_err().to_string();
-    assert!(
-        err.contains("command line") && err.contains("not in the repository"),
-        "{err}"
+        .push("docker.io/team/app:1.2".into());
+    let plan = Plan::resolve(&opts).unwrap();
+    assert_eq!(
+        plan.services[0].tags.last().unwrap(),
+        "docker.io/team/app:1.2"
     );
+    opts.inline
+        .as_mut()
+        .unwrap()
+        .tags
+        .push(format!("r.io/other@sha256:{}", "a".repeat(64)));
+    let err = Plan::resolve(&opts).unwrap_err().to_string();
+    assert!(err.contains("command line"), "{err}");
+    opts.inline.as_mut().unwrap().tags.pop();
 
     // Flags and files do not mix.
     opts.config = Some(repo.path("config.yaml"));
@@ -829,11 +838,21 @@ fn compose_build_tags_tag_the_same_index() {
         ("Dockerfile", "FROM alpine\n"),
         (
             "compose.yaml",
-            "services:\n  app:\n    image: r.io/app:1\n    build:\n      context: .\n      tags: [r.io/app:stable, 'r.io/elsewhere:1']\n",
+            "services:\n  app:\n    image: r.io/app:1\n    build:\n      context: .\n      tags: [r.io/app:stable, 'r.io/elsewhere:1', 'r.io/x@sha256:0']\n",
         ),
     ]);
     let err = repo.compose("compose.yaml", &[]).unwrap_err();
-    assert_located(err, "compose.yaml", 6, "not in the repository");
+    assert_located(err, "compose.yaml", 6, "r.io/x@sha256:0");
+    std::fs::write(
+        repo.path("compose.yaml"),
+        "services:\n  app:\n    image: r.io/app:1\n    build:\n      context: .\n      tags: [r.io/app:stable, 'r.io/elsewhere:1']\n",
+    )
+    .unwrap();
+    assert_eq!(
+        repo.compose("compose.yaml", &[]).unwrap().services[0].tags,
+        ["r.io/app:stable", "r.io/elsewhere:1"],
+        "another repository gets the index too"
+    );
     std::fs::write(
         repo.path("compose.yaml"),
         "services:\n  app:\n    image: r.io/app:1\n    build:\n      context: .\n      tags: [r.io/app:stable]\n",

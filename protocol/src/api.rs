@@ -48,7 +48,8 @@ pub struct CreateBuild {
     pub service: String,
     /// The multi-arch index tag, if the build pushes.
     pub destination: Option<String>,
-    /// More tags for the same index, in the destination's repository.
+    /// More tags for the same index; the controller copies the per-arch
+    /// images into any other repository they name.
     #[serde(default)]
     pub tags: Vec<String>,
     pub tasks: Vec<TaskRequest>,

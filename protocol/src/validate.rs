@@ -76,19 +76,11 @@ pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
     };
     for (i, tag) in request.tags.iter().enumerate() {
         let field = format!("tags[{i}]");
-        let r = tag_reference(&field, tag)?;
-        match &destination {
-            Some(d) if d.registry == r.registry && d.repository == r.repository => {}
-            Some(d) => {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "`{tag}` is not in the destination's repository {}/{}",
-                        d.registry, d.repository
-                    ),
-                ))
-            }
-            None => return Err(invalid(field, "extra tags need a destination")),
+        // A tag may be in another repository: the controller copies the
+        // per-arch images there before writing the index.
+        tag_reference(&field, tag)?;
+        if destination.is_none() {
+            return Err(invalid(field, "extra tags need a destination"));
         }
     }
     for (i, task) in request.tasks.iter().enumerate() {

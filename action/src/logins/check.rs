@@ -78,7 +78,8 @@ impl std::fmt::Display for Finding {
 }
 
 /// Asks every destination registry whether its login (from `logins`) may
-/// push to the destination repository.
+/// push to the destination repository: each tag's registry too, since the
+/// index is written in every repository a tag names.
 pub async fn check_destinations(
     plan: &Plan,
     logins: &BTreeMap<String, Login>,
@@ -86,7 +87,7 @@ pub async fn check_destinations(
 ) -> Vec<Finding> {
     let mut repos: BTreeMap<String, String> = BTreeMap::new();
     for service in &plan.services {
-        if let Some(dest) = &service.destination {
+        for dest in service.destination.iter().chain(&service.tags) {
             if let Ok(r) = bakery_protocol::reference::ImageRef::parse(dest) {
                 repos
                     .entry(r.registry.to_lowercase())

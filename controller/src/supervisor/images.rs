@@ -16,11 +16,16 @@ type ClientMaking = tokio::task::JoinHandle<oci_client::Client>;
 pub(super) fn prepare_client(app: &App, build: &Build) -> Option<ClientMaking> {
     let (destination, pushes) = {
         let read = build.read();
-        let pushes: Vec<String> = read.requests().filter_map(|t| t.push.clone()).collect();
+        let pushes: Vec<String> = read
+            .requests()
+            .filter_map(|t| t.push.clone())
+            .chain(read.tags().iter().cloned())
+            .collect();
         (read.destination().map(str::to_string), pushes)
     };
     let destination = destination.or_else(|| pushes.first().cloned())?;
-    // Every loopback registry an arch pushed to is plain HTTP too.
+    // Every loopback registry an arch pushed to, or a tag names, is plain
+    // HTTP too.
     let mut insecure = app.config.insecure_registries();
     for push in &pushes {
         let host = registry_of(push).to_string();
@@ -103,16 +108,35 @@ async fn finish_pushed(app: &App, build: &Build, client: Option<ClientMaking>) {
         return build.update(|b| b.finish_build(bakery_protocol::api::BuildState::Succeeded, None));
     };
     build.log(0, &format!("writing the multi-arch index {destination}"));
-    let result = async {
-        let reference = index::parse_reference(&destination)?;
-        let auth = index::auth_for(&credentials, reference.registry());
-        index::write_checked(&client, &destination, &tags, &checked, &auth, policy).await
+    for other in other_repositories(&destination, &tags) {
+        build.log(
+            0,
+            &format!("and in {other}, with the per-arch images copied there"),
+        );
     }
-    .await;
+    let result =
+        index::write_checked(&client, &destination, &tags, &checked, &credentials, policy).await;
     match result {
         Ok(digest) => build.update(|b| b.index_written(&digest)),
         Err(e) => build.update(|b| b.index_failed(e.to_string())),
     }
+}
+
+/// The repositories of `tags` other than the destination's, once each.
+fn other_repositories(destination: &str, tags: &[String]) -> Vec<String> {
+    let repo = |r: &str| {
+        index::parse_reference(r)
+            .map(|r| crate::replicate::repository(&r))
+            .ok()
+    };
+    let own = repo(destination);
+    let mut out: Vec<String> = Vec::new();
+    for r in tags.iter().filter_map(|t| repo(t)) {
+        if Some(&r) != own.as_ref() && !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// One pushed image: `Ok(Ok(config))` when it is its arch, `Ok(Err(why))`

@@ -301,30 +301,22 @@ pub(super) fn service_plan(
     }
 }
 
-/// Checks extra tags: tags, in the index's repository (an index can only
-/// reference manifests in its own repository). Returns them normalised.
+/// Checks extra tags: tags (never digests). One in another repository than
+/// the index's is fine: the controller copies the per-arch images there
+/// (an index only references manifests in its own repository). Returns
+/// them normalised.
 pub(super) fn extra_tags(
     destination: Option<&str>,
     tags: &[String],
     at: impl Fn(usize) -> Location,
 ) -> Result<Vec<String>, PlanError> {
-    let Some(dest) = destination.and_then(|d| ImageRef::parse(d).ok()) else {
+    if destination.and_then(|d| ImageRef::parse(d).ok()).is_none() {
         return Ok(Vec::new());
-    };
+    }
     tags.iter()
         .enumerate()
         .map(|(i, t)| {
             let r = ImageRef::parse(t).map_err(|m| PlanError::invalid(at(i), m))?;
-            if (&r.registry, &r.repository) != (&dest.registry, &dest.repository) {
-                return Err(PlanError::invalid_with_hint(
-                    at(i),
-                    format!("tag `{t}` is not in the repository of `{dest}`"),
-                    format!(
-                        "extra tags name the same image in {}/{}",
-                        dest.registry, dest.repository
-                    ),
-                ));
-            }
             Ok(r.to_string())
         })
         .collect()

@@ -156,8 +156,9 @@ pub struct ServicePlan {
     pub name: String,
     /// The multi-arch index tag; `None` when the build does not push.
     pub destination: Option<String>,
-    /// More tags for the same index, in the destination's repository
-    /// (compose `build.tags`, or every `--tag` after the first).
+    /// More tags for the same index (compose `build.tags`, or every
+    /// `--tag` after the first); one in another repository gets the
+    /// per-arch images copied there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     pub builds: Vec<ArchBuild>,
