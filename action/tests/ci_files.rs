@@ -166,6 +166,19 @@ fn gitlab_component_declares_typed_documented_inputs_and_uses_them() {
             "input {name} is never used"
         );
     }
+    // The default client image is this component version's release.
+    let cargo = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let version = cargo
+        .lines()
+        .skip_while(|l| l.trim() != "[workspace.package]")
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a workspace version");
+    assert_eq!(
+        spec["spec"]["inputs"]["image"]["default"],
+        format!("ghcr.io/example/bakery-client:{version}"),
+        "the release job in .gitlab-ci.yml refuses a tag whose default image differs"
+    );
     let job = yaml(
         &job_text
             .replace("$[[", "\"$[[")
