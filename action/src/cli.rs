@@ -40,8 +40,8 @@ pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
 
-    /// The controller's URL. Unset: an embedded controller runs the build
-    /// on this machine (local platform).
+    /// The controller's URL. Unset or empty: an embedded controller runs
+    /// the build on this machine (local platform).
     #[arg(long, env = "CONTROLLER_URL", global = true)]
     pub controller_url: Option<String>,
 

@@ -55,7 +55,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         detach: false,
         codec: bakery_pack::Codec::Gzip,
     });
-    let url = cli.controller_url.as_deref();
+    // An empty CONTROLLER_URL (a CI variable that is not set in this
+    // project, an input left empty) means none, as unset does.
+    let url = cli
+        .controller_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
     match command {
         Command::Build { detach, codec } => {
             let plan = input::plan(&cli.input)?;

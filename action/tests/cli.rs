@@ -219,3 +219,19 @@ fn push_takes_its_value_only_after_an_equals_sign() {
     assert!(off.status.success(), "{err}");
     assert!(out.contains("\"no_push\": true"), "{out}");
 }
+
+/// An empty CONTROLLER_URL (a CI variable not set in this project) means
+/// the embedded controller, as an unset one does; it had been taken for a
+/// URL ("relative URL without a base").
+#[test]
+fn an_empty_controller_url_is_no_controller_url() {
+    let dir = repo();
+    let out = bakery(
+        dir.path(),
+        &["build", "--detach"],
+        &[("CONTROLLER_URL", " ")],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--detach needs CONTROLLER_URL"), "{stderr}");
+}
