@@ -13,7 +13,8 @@ use crate::outcome::{submitted, ServiceResult};
 
 /// The step outputs, shaped like docker/build-push-action's: `digest` and
 /// `imageid` (a multi-arch image has no single config digest, so both are
-/// the first service's index digest), `images` (every pushed reference),
+/// the first service's index digest), `images` (every tag of every pushed
+/// index, as `name@digest`),
 /// and `metadata`: build-push-action's `containerimage.digest` and
 /// `image.name` (every tag, comma-joined) for the first image at the top
 /// level, and each service's detail, per arch, beside them.
@@ -33,8 +34,8 @@ pub fn github_outputs(plan: &Plan, results: &[ServiceResult]) -> String {
             })
             .collect();
         let names = image_names(plan, service, status.destination.as_deref());
-        if let (Some(dest), Some(d)) = (&status.destination, &status.index_digest) {
-            images.push(format!("{dest}@{d}"));
+        if let (Some(_), Some(d)) = (&status.destination, &status.index_digest) {
+            images.extend(names.split(',').map(|name| format!("{name}@{d}")));
             if digest.is_empty() {
                 digest = d.clone();
                 metadata.insert("containerimage.digest".into(), d.clone().into());
