@@ -34,7 +34,7 @@ pub async fn logs(url: Option<&str>, id: &str, format: Option<LogFormat>) -> Res
     let status = controller
         .follow(id, |event| {
             if let Event::Log(line) = event {
-                printer.line(&service, &line)
+                printer.line(&service, &line);
             }
         })
         .await?;

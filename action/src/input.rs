@@ -15,24 +15,23 @@ use crate::cli::Input;
 pub fn plan(input: &Input) -> Result<Plan> {
     let flags = Flags::parse(input)?;
     let inline = inline_build(input, &flags);
-    let overrides = match &inline {
-        Some(_) => Overrides {
+    let overrides = if inline.is_some() {
+        Overrides {
             secrets: flags.secrets,
             ..Overrides::default()
-        },
-        None => {
-            refuse_tag_only_flags(input)?;
-            // With a config or compose file, these apply to every selected service.
-            Overrides {
-                platforms: flags.platforms,
-                build_args: flags.build_args,
-                labels: flags.labels,
-                target: input.target.clone(),
-                cache: input.cache,
-                cache_repo: flags.cache_repo,
-                secrets: flags.secrets,
-                no_push: !input.push,
-            }
+        }
+    } else {
+        refuse_tag_only_flags(input)?;
+        // With a config or compose file, these apply to every selected service.
+        Overrides {
+            platforms: flags.platforms,
+            build_args: flags.build_args,
+            labels: flags.labels,
+            target: input.target.clone(),
+            cache: input.cache,
+            cache_repo: flags.cache_repo,
+            secrets: flags.secrets,
+            no_push: !input.push,
         }
     };
     let opts = PlanOptions {

@@ -90,8 +90,7 @@ pub async fn check_bases(plan: &Plan, insecure: &[String]) -> Vec<Diagnostic> {
         let have = found
             .platforms
             .first()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "another platform's".into());
+            .map_or_else(|| "another platform's".into(), ToString::to_string);
         for (file, line, service) in &w.at {
             problems.push(Diagnostic {
                 location: Location::new(file, *line, 1),
@@ -121,8 +120,9 @@ fn wanted(plan: &Plan) -> Vec<Wanted> {
                 .credentials
                 .iter()
                 .find(|c| c.registry == host)
-                .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string()))
-                .unwrap_or(RegistryAuth::Anonymous);
+                .map_or(RegistryAuth::Anonymous, |c| {
+                    RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string())
+                });
             let entry = by_key
                 .entry((pull.image.clone(), platform.clone()))
                 .or_insert_with(|| Wanted {

@@ -23,17 +23,16 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
     ]
     .map(String::from)];
     for (service, build) in plan.builds() {
-        let context = build
-            .context_dir
-            .strip_prefix(&repo)
-            .map(|p| {
+        let context = build.context_dir.strip_prefix(&repo).map_or_else(
+            |_| build.context_dir.display().to_string(),
+            |p| {
                 if p.as_os_str().is_empty() {
                     ".".into()
                 } else {
                     p.display().to_string()
                 }
-            })
-            .unwrap_or_else(|_| build.context_dir.display().to_string());
+            },
+        );
         rows.push([
             service.name.clone(),
             build.arch.to_string(),
@@ -146,7 +145,7 @@ pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
             (_, _, BuildState::Failed)
                 if !status.tasks.iter().any(|t| t.state == TaskState::Failed) =>
             {
-                failures.push((service.clone(), status.error.clone().unwrap_or_default()))
+                failures.push((service.clone(), status.error.clone().unwrap_or_default()));
             }
             _ => {}
         }

@@ -31,7 +31,10 @@ fn text(out: &Output) -> String {
 
 /// A COPY-only project on `base` for `arches`, pushing to `dest`.
 fn copy_only(base: &str, dest: &str, arches: &[&str]) -> tempfile::TempDir {
-    let bake: String = arches.iter().map(|a| format!("  - arch: {a}\n")).collect();
+    let bake: String = arches
+        .iter()
+        .flat_map(|a| ["  - arch: ", a, "\n"])
+        .collect();
     project(&[
         ("Dockerfile", "ARG BASE\nFROM ${BASE}\nCOPY hello.txt /hello.txt\n"),
         ("hello.txt", "hello\n"),

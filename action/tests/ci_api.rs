@@ -16,9 +16,10 @@ use support::*;
 const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
 
 fn npm_dir() -> PathBuf {
-    std::env::var("BAKERY_NPM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bakery/npm"))
+    std::env::var("BAKERY_NPM_DIR").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bakery/npm"),
+        PathBuf::from,
+    )
 }
 
 fn wait_port(port: u16, what: &str, secs: u64) {

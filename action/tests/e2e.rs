@@ -912,11 +912,9 @@ fn a_killed_agent_fails_the_build_within_seconds() {
     let mine: Vec<String> = String::from_utf8_lossy(&pids.stdout)
         .lines()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| {
-                    String::from_utf8_lossy(&env).contains(&format!("BAKERY_TASK_ID={id}-amd64"))
-                })
-                .unwrap_or(false)
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                String::from_utf8_lossy(&env).contains(&format!("BAKERY_TASK_ID={id}-amd64"))
+            })
         })
         .map(String::from)
         .collect();

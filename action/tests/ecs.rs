@@ -241,7 +241,7 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
         })
         .collect();
     let mut families: Vec<&str> = ours.iter().map(|d| d["family"].as_str().unwrap()).collect();
-    families.sort();
+    families.sort_unstable();
     assert_eq!(
         families,
         [

@@ -124,6 +124,9 @@ fn s3_through(proxy: &Server) -> bakery_store::S3Settings {
 
 fn with_aws_test_credentials() {
     // moto accepts any; set once for every test in this binary.
+    // SAFETY (test only): every test sets the same two values before it
+    // builds an SDK client, the only reader of these variables.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "test");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");

@@ -15,8 +15,10 @@ use support::*;
 
 fn npm_bin() -> PathBuf {
     std::env::var("BAKERY_NPM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bakery/npm"))
+        .map_or_else(
+            |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bakery/npm"),
+            PathBuf::from,
+        )
         .join("node_modules/.bin")
 }
 

@@ -52,8 +52,7 @@ fn kmock() -> Server {
             &format!("{}/api/v1/namespaces/bakery/pods", server.url()),
         ])
         .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
+        .map_or(true, |s| !s.success())
     {
         assert!(Instant::now() < deadline, "kmock did not start");
         std::thread::sleep(Duration::from_millis(100));

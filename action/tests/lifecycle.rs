@@ -117,7 +117,7 @@ async fn follow(base: String, id: String) -> Followed {
             .header("Last-Event-ID", last.to_string())
             .send()
             .await;
-        if let Ok(resp) = resp.and_then(|r| r.error_for_status()) {
+        if let Ok(resp) = resp.and_then(reqwest::Response::error_for_status) {
             let mut events = resp.bytes_stream().eventsource();
             while let Some(Ok(event)) = events.next().await {
                 match event.event.as_str() {
@@ -280,7 +280,7 @@ async fn soak_fifty_two_arch_builds_three_slots_cancels_and_a_restart() {
         assert!(
             Instant::now() < deadline,
             "left behind: {left:?} {:?}",
-            dirs.iter().map(|d| d.path()).collect::<Vec<_>>()
+            dirs.iter().map(std::fs::DirEntry::path).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -259,7 +259,7 @@ fn ensure_real_parents(dest: &Path, rel: &Path) -> Result<(), String> {
                 ))
             }
             Err(_) => {
-                fs::create_dir(&current).map_err(|e| format!("cannot create its parent: {e}"))?
+                fs::create_dir(&current).map_err(|e| format!("cannot create its parent: {e}"))?;
             }
         }
     }

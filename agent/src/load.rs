@@ -72,6 +72,7 @@ async fn emit(load: Load, log: &LogSink) -> std::io::Result<()> {
     )?);
     // SAFETY: the TimerFd owns its descriptor, which stays open and the
     // same until the AsyncFd (which owns the TimerFd) is dropped.
+    #[allow(unsafe_code)]
     let timer = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
     let tick = logs::LINGER;
     let start = Instant::now();
@@ -104,7 +105,7 @@ async fn emit(load: Load, log: &LogSink) -> std::io::Result<()> {
                     ready.clear_ready();
                     break;
                 }
-                Err(_would_block) => continue,
+                Err(_would_block) => {}
             }
         }
     }
@@ -123,8 +124,7 @@ impl AsRawFd for Timer {
 pub fn unix_micros() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_micros())
 }
 
 #[cfg(test)]

@@ -43,7 +43,10 @@ pub struct LogSink {
 
 impl LogSink {
     pub fn line(&self, line: impl AsRef<str>) {
-        let redactor = self.redactor.read().unwrap_or_else(|p| p.into_inner());
+        let redactor = self
+            .redactor
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut clean = redactor.redact(line.as_ref().trim_end_matches(['\r', '\n']));
         if clean.len() > MAX_LINE {
             // A minified file echoed by a RUN step is not worth megabytes of
@@ -60,7 +63,10 @@ impl LogSink {
 
     /// Secrets learnt after start-up (from the spec) are masked from then on.
     pub fn set_redactor(&self, redactor: Redactor) {
-        *self.redactor.write().unwrap_or_else(|p| p.into_inner()) = redactor;
+        *self
+            .redactor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = redactor;
     }
 }
 
@@ -115,7 +121,9 @@ struct OutboxState {
 
 impl Outbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

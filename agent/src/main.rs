@@ -26,8 +26,7 @@ async fn main() -> ExitCode {
                 Err(_) => agent_env::BuilderKind::Kaniko,
             },
             work_dir: std::env::var(agent_env::WORK_DIR)
-                .map(Into::into)
-                .unwrap_or_else(|_| std::env::temp_dir().join("bakery-agent")),
+                .map_or_else(|_| std::env::temp_dir().join("bakery-agent"), Into::into),
             insecure: bakery_protocol::registry::parse_list(
                 &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
             ),

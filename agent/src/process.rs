@@ -36,7 +36,9 @@ pub async fn run_streaming(
                     .unwrap_or("")
                     .to_string();
                 log.line(&line);
-                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                let mut t = tail
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 t.push_back(line);
                 if t.len() > tail_len {
                     t.pop_front();
@@ -61,7 +63,7 @@ pub async fn run_streaming(
     let _ = err.await;
     let tail = tail
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .cloned()
         .collect();

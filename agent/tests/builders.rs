@@ -108,7 +108,7 @@ fn kaniko_command_line() {
         "--verbosity=debug",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     assert_eq!(steps[0].argv, want);
     let env = &steps[0].env;

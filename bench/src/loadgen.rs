@@ -279,7 +279,7 @@ fn report(
         cpu.agents,
         cpu.own,
         wall.as_secs_f64(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     );
     println!(
         "  agent start (launch -> first agent line at the controller): p50 {} ms, p99 {} ms",
@@ -442,6 +442,5 @@ fn stat_seconds(pid: u32, first: usize) -> Option<f64> {
 fn unix_micros() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_micros())
 }

@@ -64,14 +64,20 @@ impl AgentApi {
 
     /// A call got through: the controller is reachable.
     pub fn reached(&self) {
-        *self.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// A call failed. Whether the controller has now been unreachable for
     /// longer than [`AgentApi::patience`], counted from the first failure
     /// of any call since the last success.
     pub fn unreachable_too_long(&self) -> bool {
-        let mut since = self.failing_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut since = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         since.get_or_insert_with(Instant::now).elapsed() > self.patience
     }
 

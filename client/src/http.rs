@@ -108,8 +108,7 @@ pub(crate) async fn answer(what: &'static str, resp: Response) -> Result<Respons
     let message = resp
         .json::<ApiError>()
         .await
-        .map(|e| e.error)
-        .unwrap_or_else(|_| "no details".into());
+        .map_or_else(|_| "no details".into(), |e| e.error);
     Err(if status.is_server_error() {
         Error::Unavailable {
             what,

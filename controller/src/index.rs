@@ -131,8 +131,9 @@ pub fn auth_for(credentials: &[Credential], registry: &str) -> RegistryAuth {
         .find(|c| {
             c.registry == registry || (registry == "docker.io" && c.registry.contains("docker.io"))
         })
-        .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string()))
-        .unwrap_or(RegistryAuth::Anonymous)
+        .map_or(RegistryAuth::Anonymous, |c| {
+            RegistryAuth::Basic(c.username.clone(), c.password.expose().to_string())
+        })
 }
 
 /// The destination as a reference.

@@ -304,7 +304,7 @@ async fn create_build(
 /// and is never started; its idempotency key is free for the retry.
 fn withdraw(app: &App, build: &Build, key: Option<&str>) {
     build.update(|b| {
-        b.withdraw("the controller could not save this build in time, so it was never started")
+        b.withdraw("the controller could not save this build in time, so it was never started");
     });
     if let Some(key) = key {
         let mut keys = app.idempotency.lock().expect("lock");

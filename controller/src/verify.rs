@@ -224,8 +224,7 @@ pub async fn check_bases(
                 let first = found
                     .platforms
                     .first()
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| "another platform".into());
+                    .map_or_else(|| "another platform".into(), ToString::to_string);
                 return Err((first, found.shortfall(base, &wanted)));
             }
             Ok(_) => {}

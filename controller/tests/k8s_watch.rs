@@ -103,8 +103,12 @@ async fn a_watch_that_expires_relists_and_still_reports_the_failed_pod() {
         format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"),
     )
     .unwrap();
-    // The only test in this binary, so nothing reads the environment meanwhile.
-    unsafe { std::env::set_var("KUBECONFIG", &kubeconfig) };
+    // SAFETY: the only test in this binary, so nothing reads the
+    // environment meanwhile.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("KUBECONFIG", &kubeconfig)
+    };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = Config::from_vars(
         [

@@ -45,7 +45,7 @@ fn kustomize_example_renders_what_the_readme_lists() {
         .iter()
         .map(|o| o["kind"].as_str().unwrap())
         .collect();
-    kinds.sort();
+    kinds.sort_unstable();
     assert_eq!(
         kinds,
         [

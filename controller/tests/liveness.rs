@@ -143,12 +143,10 @@ async fn a_build_whose_creation_was_answered_503_never_runs() {
     let status = builds[0].status();
     assert_eq!(status.state, BuildState::Failed);
     assert!(status.error.unwrap().contains("never started"));
-    let ran = std::fs::read_dir(h.dir.path().join("data/work"))
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".ran"))
-        })
-        .unwrap_or(false);
+    let ran = std::fs::read_dir(h.dir.path().join("data/work")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".ran"))
+    });
     assert!(!ran, "no agent was ever started");
 }
 

@@ -88,7 +88,7 @@ impl IgnoreRules {
         for path in paths {
             match std::fs::read_to_string(&path) {
                 Ok(text) => return Ok((IgnoreRules::parse(&text, &path)?, Some(path))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(IgnoreError {
                         file: path,

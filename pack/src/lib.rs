@@ -135,7 +135,7 @@ enum Compressor<W: Write + Send + 'static> {
 impl<W: Write + Send + 'static> Compressor<W> {
     fn new(out: W, opts: &PackOptions) -> Result<Self, ContextError> {
         let threads = match opts.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         };
         match opts.codec {
@@ -282,8 +282,7 @@ fn append_tree<W: Write>(
         let entry = entry.map_err(|e| {
             let path = e
                 .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| context.to_path_buf());
+                .map_or_else(|| context.to_path_buf(), Path::to_path_buf);
             ContextError::Io {
                 path,
                 cause: e.into(),

@@ -155,6 +155,7 @@ fn merge_block<T: Clone>(base: &Option<T>, top: &Option<T>, merge: fn(&T, &T) ->
 
 impl Settings {
     /// `self` with `top` laid over it.
+    #[must_use]
     pub fn overlay(&self, top: &Settings) -> Settings {
         Settings {
             platform: pick(&self.platform, &top.platform),
@@ -178,6 +179,8 @@ impl Settings {
 }
 
 impl Kaniko {
+    /// `self` with `top` laid over it.
+    #[must_use]
     pub fn overlay(&self, top: &Kaniko) -> Kaniko {
         Kaniko {
             context_path: pick(&self.context_path, &top.context_path),
@@ -215,6 +218,8 @@ impl From<Cache> for bakery_protocol::Cache {
 }
 
 impl Cache {
+    /// `self` with `top` laid over it.
+    #[must_use]
     pub fn overlay(&self, top: &Cache) -> Cache {
         Cache {
             enable: pick(&self.enable, &top.enable),
@@ -231,6 +236,7 @@ impl Cache {
 mod tests {
     use super::*;
 
+    #[allow(clippy::unnecessary_wraps)] // the type of the fields it fills
     fn map(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
         Some(
             pairs

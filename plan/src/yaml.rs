@@ -33,10 +33,7 @@ pub(crate) fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, P
 }
 
 fn to_plan_error(file: &Path, e: &serde_yaml_ng::Error) -> PlanError {
-    let (line, column) = e
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
+    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
     let full = e.to_string();
     let message = AT_LINE.replace_all(&full, "").into_owned();
     let location = Location::new(file, line, column);

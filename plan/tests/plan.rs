@@ -52,7 +52,10 @@ impl Repo {
     ) -> Result<Plan, PlanError> {
         let mut opts = self.opts();
         opts.compose = Some(self.path(file));
-        opts.services = services.iter().map(|s| s.to_string()).collect();
+        opts.services = services
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         opts.env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -62,7 +65,7 @@ impl Repo {
 }
 
 /// The config.yaml of the original README, verbatim.
-const README_CONFIG: &str = r#"global:
+const README_CONFIG: &str = r"global:
   # Execution platform: ecs or k8s
   platform: ecs
   # Default architecture
@@ -104,7 +107,7 @@ bake:
       dockerfile: Dockerfile.arm64
       build-args:
         BUILD_PLATFORM: arm64
-"#;
+";
 
 fn with_dockerfiles<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut files = vec![

@@ -314,9 +314,7 @@ fn from(
     for w in &words {
         if let Some(p) = w.strip_prefix("--platform=") {
             platform = Some(substitute(p, &vars));
-        } else if w.starts_with("--") {
-            continue;
-        } else {
+        } else if !w.starts_with("--") {
             positional.push(w.as_str());
         }
     }
@@ -386,7 +384,6 @@ fn words(text: &str) -> Vec<String> {
                 quote = None;
                 current.push(c);
             }
-            (Some(_), c) => current.push(c),
             (None, '"' | '\'') => {
                 quote = Some(c);
                 current.push(c);
@@ -396,7 +393,7 @@ fn words(text: &str) -> Vec<String> {
                     out.push(std::mem::take(&mut current));
                 }
             }
-            (None, c) => current.push(c),
+            (_, c) => current.push(c),
         }
     }
     if !current.is_empty() {
@@ -447,7 +444,7 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
                     out.push('$');
                     i += 1;
                 } else {
-                    out.push_str(vars.get(&name).map(String::as_str).unwrap_or(""));
+                    out.push_str(vars.get(&name).map_or("", String::as_str));
                     i += 1 + name.chars().count();
                 }
             }

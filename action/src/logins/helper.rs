@@ -47,20 +47,19 @@ pub(super) async fn get(helper: &str, server: &str) -> Result<Option<Login>, Log
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes()).await;
     }
-    let output = match tokio::time::timeout(TIMEOUT, child.wait_with_output()).await {
-        Ok(done) => done.map_err(|e| error(e.to_string()))?,
-        Err(_) => {
-            if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            return Err(error(format!(
-                "no answer within {}s (not asked again in this run)",
-                TIMEOUT.as_secs()
-            )));
+    let output = if let Ok(done) = tokio::time::timeout(TIMEOUT, child.wait_with_output()).await {
+        done.map_err(|e| error(e.to_string()))?
+    } else {
+        if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
+        return Err(error(format!(
+            "no answer within {}s (not asked again in this run)",
+            TIMEOUT.as_secs()
+        )));
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {

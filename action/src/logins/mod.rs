@@ -47,9 +47,8 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::ConfigYaml => f.write_str("config.yaml kaniko-credentials"),
-            Source::DockerConfig(p) => write!(f, "{}", p.display()),
+            Source::DockerConfig(p) | Source::AuthFile(p) => write!(f, "{}", p.display()),
             Source::Helper(h) => write!(f, "docker-credential-{h}"),
-            Source::AuthFile(p) => write!(f, "{}", p.display()),
             Source::GitLab => f.write_str("CI_REGISTRY_USER/CI_REGISTRY_PASSWORD"),
         }
     }

@@ -28,7 +28,7 @@ impl Builder for Buildah {
     }
 
     fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>> {
-        let env = self.environment(job)?;
+        let env = Self::environment(job)?;
         let image = format!("localhost/bakery-task:{}", job.task.arch);
         let (build, arg_env) = self.build_argv(job, &image);
         let mut build_env = env.clone();
@@ -53,7 +53,7 @@ impl Buildah {
     /// Writes this task's `registries.conf` (plain-HTTP registries and the
     /// short-name default) and returns the environment that points buildah
     /// at it and at the registry logins.
-    fn environment(&self, job: &Job) -> std::io::Result<BTreeMap<String, String>> {
+    fn environment(job: &Job) -> std::io::Result<BTreeMap<String, String>> {
         let mut conf = String::from("unqualified-search-registries = [\"docker.io\"]\n");
         for registry in job.insecure {
             let _ = write!(
@@ -71,13 +71,12 @@ impl Buildah {
         // environment happens to have (a local agent inherits the runner's),
         // which would push the arch images with a login the index writer
         // does not have.
-        let auth_file = match job.docker_config {
-            Some(dir) => dir.join("config.json"),
-            None => {
-                let empty = job.work_dir.join("no-logins.json");
-                std::fs::write(&empty, "{\"auths\":{}}")?;
-                empty
-            }
+        let auth_file = if let Some(dir) = job.docker_config {
+            dir.join("config.json")
+        } else {
+            let empty = job.work_dir.join("no-logins.json");
+            std::fs::write(&empty, "{\"auths\":{}}")?;
+            empty
         };
         env.insert(
             "REGISTRY_AUTH_FILE".to_string(),

@@ -271,7 +271,7 @@ fn a_commit_is_cut_into_rows_of_at_most_row_bytes() {
         ("d", &whole),
         ("e", &third),
     ];
-    let rows = encoded(entries.iter().map(|(id, c)| (*id, c.to_vec())));
+    let rows = encoded(entries.iter().map(|(id, c)| (*id, (*c).clone())));
     let ids: Vec<String> = rows
         .iter()
         .map(|row| decode_row(0, row).unwrap().iter().map(|e| e.0).collect())

@@ -379,8 +379,7 @@ fn is_agent_of(pid: i32, task_id: &str) -> bool {
     }
     let wanted = format!("{}={task_id}", agent_env::TASK_ID);
     std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
-        .unwrap_or(false)
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ fn running(b: &mut Aggregate, index: usize, now: Instant) {
 
 fn log_text(b: &Aggregate) -> String {
     b.events(0, b.log_len())
-        .map(|e| format!("{}\n", e.line))
+        .flat_map(|e| [e.line, "\n"])
         .collect()
 }
 

@@ -101,14 +101,13 @@ fn lookup(
     unset: &mut Vec<(String, usize, usize)>,
     (line, column): (usize, usize),
 ) -> String {
-    match vars.get(name) {
-        Some(v) => v.clone(),
-        None => {
-            if !unset.iter().any(|u| u.0 == name) {
-                unset.push((name.to_string(), line, column));
-            }
-            String::new()
+    if let Some(v) = vars.get(name) {
+        v.clone()
+    } else {
+        if !unset.iter().any(|u| u.0 == name) {
+            unset.push((name.to_string(), line, column));
         }
+        String::new()
     }
 }
 
@@ -146,7 +145,7 @@ fn expand_braced(
     } else {
         return Err(format!("invalid variable reference `${{{inner}}}`"));
     };
-    let empty = value.is_none_or(|v| v.is_empty());
+    let empty = value.is_none_or(std::string::String::is_empty);
     Ok(match op {
         "" => lookup(name, vars, unset, at),
         ":-" if empty => nested(arg, unset)?,

@@ -76,11 +76,10 @@ impl Layer<'_> {
 /// Where a merged value came from: the most specific layer that set it, or
 /// (when none did) the most specific layer, where it should be added.
 pub(super) fn origin(layers: &[Layer], field: Field) -> Location {
-    match layers.iter().rev().find(|l| l.has(field)) {
-        Some(layer) => layer.location(&layer.yaml_path(field)),
-        None => {
-            let top = layers.last().expect("at least one layer");
-            top.location(&top.prefix)
-        }
+    if let Some(layer) = layers.iter().rev().find(|l| l.has(field)) {
+        layer.location(&layer.yaml_path(field))
+    } else {
+        let top = layers.last().expect("at least one layer");
+        top.location(&top.prefix)
     }
 }

@@ -301,6 +301,7 @@ impl Plan {
     /// A copy safe to show: every password and build secret replaced by
     /// `***`, wherever its value appears (a build arg or a script can carry
     /// it too).
+    #[must_use]
     pub fn redacted(&self) -> Plan {
         let redactor = bakery_protocol::redact::Redactor::new(
             self.builds()
@@ -337,10 +338,12 @@ fn redact_strings(value: &mut serde_json::Value, redactor: &bakery_protocol::red
     match value {
         serde_json::Value::String(s) => *s = redactor.redact(s),
         serde_json::Value::Array(items) => {
-            items.iter_mut().for_each(|v| redact_strings(v, redactor))
+            for v in items.iter_mut() {
+                redact_strings(v, redactor);
+            }
         }
         serde_json::Value::Object(map) => {
-            map.values_mut().for_each(|v| redact_strings(v, redactor))
+            map.values_mut().for_each(|v| redact_strings(v, redactor));
         }
         _ => {}
     }

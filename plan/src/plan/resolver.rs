@@ -273,7 +273,7 @@ impl Resolver<'_> {
 
     /// The flags that apply to every service, as a last layer (errors about
     /// the fields they set point at the service's own layer).
-    fn push_flags<'l>(&self, layers: &mut Vec<Layer<'l>>) {
+    fn push_flags(&self, layers: &mut Vec<Layer<'_>>) {
         let (Some(settings), Some(top)) = (self.overrides.settings(), layers.last()) else {
             return;
         };
@@ -431,7 +431,7 @@ fn buildable_selection<'c>(
     if !unknown.is_empty() {
         return Err(PlanError::UnknownServices {
             unknown,
-            known: buildable.iter().map(|s| s.to_string()).collect(),
+            known: buildable.iter().map(|s| (*s).clone()).collect(),
         });
     }
     if buildable.is_empty() {

@@ -81,15 +81,12 @@ fn instructions(dockerfile: &str) -> Vec<(usize, String)> {
             continue;
         }
         let (start, mut text) = open.take().unwrap_or((i + 1, String::new()));
-        match trimmed.strip_suffix('\\') {
-            Some(part) => {
-                text.push_str(part);
-                open = Some((start, text));
-            }
-            None => {
-                text.push_str(trimmed);
-                out.push((start, key(&text)));
-            }
+        if let Some(part) = trimmed.strip_suffix('\\') {
+            text.push_str(part);
+            open = Some((start, text));
+        } else {
+            text.push_str(trimmed);
+            out.push((start, key(&text)));
         }
     }
     if let Some((start, text)) = open {

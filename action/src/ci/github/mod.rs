@@ -61,8 +61,7 @@ impl GitHub {
     fn workspace(&self) -> PathBuf {
         self.files
             .as_ref()
-            .map(|f| f.workspace.clone())
-            .unwrap_or_else(workspace)
+            .map_or_else(workspace, |f| f.workspace.clone())
     }
 }
 

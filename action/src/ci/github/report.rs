@@ -37,7 +37,7 @@ pub fn github_outputs(plan: &Plan, results: &[ServiceResult]) -> String {
         if let (Some(_), Some(d)) = (&status.destination, &status.index_digest) {
             images.extend(names.split(',').map(|name| format!("{name}@{d}")));
             if digest.is_empty() {
-                digest = d.clone();
+                digest.clone_from(d);
                 metadata.insert("containerimage.digest".into(), d.clone().into());
                 metadata.insert("image.name".into(), names.clone().into());
             }
@@ -106,8 +106,7 @@ pub fn markdown_summary(
             let digest = t
                 .digest
                 .as_deref()
-                .map(|d| format!("`{d}`"))
-                .unwrap_or_else(|| "–".into());
+                .map_or_else(|| "–".into(), |d| format!("`{d}`"));
             let _ = writeln!(
                 md,
                 "| {service} | {} | {icon} | {secs} | {digest} |",
