@@ -119,6 +119,7 @@ fn s3_through(proxy: &Server) -> bakery_store::S3Settings {
         endpoint: Some(proxy.url()),
         region: Some("us-east-1".into()),
         ssl: false,
+        path_style: None,
     }
 }
 

@@ -32,13 +32,8 @@ pub(crate) async fn download(
                 (key, Box::new(tokio_util::io::StreamReader::new(stream)))
             }
             ContextSource::S3 { location, key } => {
-                let store = bakery_store::S3Store::connect(bakery_store::S3Settings {
-                    bucket: location.bucket.clone(),
-                    endpoint: location.endpoint.clone(),
-                    region: location.region.clone(),
-                    ssl: location.ssl,
-                })
-                .await;
+                let settings = bakery_store::S3Settings::from_location(location);
+                let store = bakery_store::S3Store::connect(settings).await;
                 (key, Box::new(store.download(key).await?))
             }
         };

@@ -76,7 +76,7 @@ pub async fn agent_spec(
         let req = task.request();
         // Local agents get no cloud credentials: the controller reads S3
         // for them (see `agent_context`).
-        let context = match app.config.s3() {
+        let context = match app.s3().map(bakery_store::S3Store::location) {
             Some(location) if task.platform() != Platform::Local => ContextSource::S3 {
                 location,
                 key: req.context_key.clone(),
@@ -117,18 +117,7 @@ pub async fn agent_context(
 ) -> Result<Response> {
     let key = build.read().task(index).request().context_key.clone();
     let headers = [(header::CONTENT_TYPE, "application/octet-stream")];
-    if let Some(location) = app.config.s3() {
-        let store = app
-            .s3
-            .get_or_init(|| {
-                bakery_store::S3Store::connect(bakery_store::S3Settings {
-                    bucket: location.bucket,
-                    endpoint: location.endpoint,
-                    region: location.region,
-                    ssl: location.ssl,
-                })
-            })
-            .await;
+    if let Some(store) = app.s3() {
         let reader = store
             .download(&key)
             .await

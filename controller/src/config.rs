@@ -50,8 +50,12 @@ pub struct Config {
     /// and uploaded to the controller itself.
     pub s3_bucket: Option<String>,
     pub s3_endpoint: Option<String>,
+    /// The bucket's region; unset: AWS_REGION, then the SDK's chain.
     pub s3_region: Option<String>,
     pub s3_ssl: Option<bool>,
+    /// Path-style addressing for a custom S3_ENDPOINT (default true; AWS's
+    /// own endpoints are always virtual-hosted).
+    pub s3_force_path_style: Option<bool>,
     /// Where the controller keeps contexts (without S3) and agent work dirs.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -121,6 +125,10 @@ pub struct Config {
     /// YAML file with the agent pods' settings (service account, node
     /// selectors, tolerations, image pull secrets).
     pub k8s_agent_config: Option<PathBuf>,
+    /// The URL agent pods reach the controller at, when it differs from
+    /// CONTROLLER_URL: in-cluster, the Service (no trip out through the
+    /// Ingress and back), while ECS agents use the public URL.
+    pub k8s_controller_url: Option<String>,
 
     /// Names and tags what this controller owns in ECS, so two controllers in
     /// one account never clean up each other's task definitions.
@@ -244,6 +252,25 @@ impl ConfigError {
 /// The shortest client token accepted, from either variable.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
+/// A token too short to resist guessing, or an example's placeholder that
+/// a deployment kept, is refused: either would leave the controller open.
+fn check_token(what: &str, token: &str) -> Result<(), ConfigError> {
+    let placeholder = ["change-me", "changeme", "replace-me", "example"]
+        .iter()
+        .any(|p| token.to_ascii_lowercase().contains(p));
+    if placeholder {
+        return Err(ConfigError(format!(
+            "{what} an example's placeholder, not a token; generate one (openssl rand -hex 32)"
+        )));
+    }
+    if token.len() < MIN_TOKEN_CHARS {
+        return Err(ConfigError(format!(
+            "{what} fewer than {MIN_TOKEN_CHARS} characters; use a long random token (openssl rand -hex 32)"
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -301,12 +328,9 @@ impl Config {
     /// The client token, from CONTROLLER_TOKEN or CONTROLLER_TOKEN_FILE.
     pub fn client_token(&self) -> Result<Option<bakery_protocol::spec::Secret>, ConfigError> {
         if let Some(t) = &self.controller_token {
-            if t.expose().trim().len() < MIN_TOKEN_CHARS {
-                return Err(ConfigError(format!(
-                    "CONTROLLER_TOKEN has fewer than {MIN_TOKEN_CHARS} characters; use a long random token (openssl rand -hex 32)"
-                )));
-            }
-            return Ok(Some(bakery_protocol::spec::Secret::new(t.expose().trim())));
+            let token = t.expose().trim();
+            check_token("CONTROLLER_TOKEN has", token)?;
+            return Ok(Some(bakery_protocol::spec::Secret::new(token)));
         }
         let Some(path) = &self.controller_token_file else {
             return Ok(None);
@@ -314,12 +338,10 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("CONTROLLER_TOKEN_FILE {}: {e}", path.display())))?;
         let token = text.trim();
-        if token.len() < MIN_TOKEN_CHARS {
-            return Err(ConfigError(format!(
-                "CONTROLLER_TOKEN_FILE {} holds fewer than {MIN_TOKEN_CHARS} characters; use a long random token (openssl rand -hex 32)",
-                path.display()
-            )));
-        }
+        check_token(
+            &format!("CONTROLLER_TOKEN_FILE {} holds", path.display()),
+            token,
+        )?;
         Ok(Some(bakery_protocol::spec::Secret::new(token)))
     }
 
@@ -330,8 +352,9 @@ impl Config {
             .map(|bucket| bakery_protocol::api::S3Location {
                 bucket: bucket.clone(),
                 endpoint: self.s3_endpoint.clone(),
-                region: self.s3_region.clone(),
+                region: self.s3_region.clone().or_else(|| self.aws_region.clone()),
                 ssl: self.s3_ssl.unwrap_or(true),
+                path_style: self.s3_force_path_style,
             })
     }
 
@@ -401,6 +424,24 @@ mod tests {
         assert!(e.contains("CONTROLLER_TOKEN") && e.contains("16"), "{e}");
         let c = config(&[("CONTROLLER_TOKEN", "0123456789abcdef")]).unwrap();
         assert!(c.client_token().unwrap().is_some());
+        // The Kubernetes example's placeholder is long enough, and refused.
+        let example = include_str!("../../examples/server/k8s/.env");
+        let placeholder = example
+            .lines()
+            .find_map(|l| l.strip_prefix("CONTROLLER_TOKEN="))
+            .unwrap();
+        let c = config(&[("CONTROLLER_TOKEN", placeholder)]).unwrap();
+        let e = c.client_token().unwrap_err().to_string();
+        assert!(e.contains("placeholder"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "CHANGE-ME-please-0123456789\n").unwrap();
+        let c = config(&[("CONTROLLER_TOKEN_FILE", file.to_str().unwrap())]).unwrap();
+        let e = c.client_token().unwrap_err().to_string();
+        assert!(
+            e.contains("CONTROLLER_TOKEN_FILE") && e.contains("placeholder"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -65,9 +65,10 @@ pub struct App {
     /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
     pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
     pub disk: store::DiskStore,
-    /// Contexts in S3, read on behalf of local agents (which get no cloud
-    /// credentials of the controller's); connected on first use.
-    pub s3: tokio::sync::OnceCell<bakery_store::S3Store>,
+    /// Contexts in S3 (read on behalf of local agents, which get no cloud
+    /// credentials of the controller's), connected at start-up so that the
+    /// region it resolves is the one clients and agents are told.
+    s3: Option<bakery_store::S3Store>,
     pub metrics: Arc<metrics::Metrics>,
     /// What clients must present, if anything.
     pub client_token: Option<bakery_protocol::spec::Secret>,
@@ -197,6 +198,19 @@ impl Running {
 }
 
 impl App {
+    /// The URL agents on `platform` are given to reach this controller.
+    pub fn agent_url_for(&self, platform: Platform) -> &str {
+        match (&self.config.k8s_controller_url, platform) {
+            (Some(url), Platform::K8s) => url,
+            _ => &self.agent_url,
+        }
+    }
+
+    /// The contexts bucket, when S3 is configured.
+    pub fn s3(&self) -> Option<&bakery_store::S3Store> {
+        self.s3.as_ref()
+    }
+
     /// Runs `work` in the background until it ends or the controller stops.
     pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         push_task(&self.background, work);
@@ -453,13 +467,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(metrics::Metrics::new());
     let platforms = start_platforms(&config, exit_tx, &keep, &metrics).await?;
+    let s3 = match config.s3() {
+        Some(location) => {
+            let store =
+                bakery_store::S3Store::connect(bakery_store::S3Settings::from_location(&location))
+                    .await;
+            tracing::info!(bucket = %location.bucket, region = ?store.location().region, "build contexts in S3");
+            Some(store)
+        }
+        None => None,
+    };
     let slots = agent_slots(&config, &platforms);
     let app = Arc::new(App {
         client_token,
         oidc,
         slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
-        s3: tokio::sync::OnceCell::new(),
+        s3,
         metrics,
         config,
         agent_url,

@@ -249,8 +249,8 @@ pub fn unavailable(e: crate::journal::JournalError) -> Failure {
 async fn info(State(app): State<Arc<App>>) -> Json<Info> {
     Json(Info {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        context_store: match app.config.s3() {
-            Some(location) => ContextStore::S3(location),
+        context_store: match app.s3() {
+            Some(store) => ContextStore::S3(store.location()),
             None => ContextStore::Controller,
         },
         default_platform: app.config.default_platform,

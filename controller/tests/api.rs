@@ -738,3 +738,76 @@ fn log_format_json_makes_every_log_line_a_json_object() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// Clients and agents are told the bucket's region the controller
+/// resolved: S3_REGION, else AWS_REGION (agents had fallen back to
+/// us-east-1, and every upload to a bucket elsewhere failed).
+#[tokio::test]
+async fn the_context_store_announces_the_resolved_region() {
+    let h = Harness::new(
+        "exit 0",
+        &[
+            ("S3_BUCKET", "contexts"),
+            ("S3_ENDPOINT", "http://127.0.0.1:9"),
+            ("AWS_REGION", "eu-west-3"),
+        ],
+    )
+    .await;
+    let info: serde_json::Value = h
+        .http
+        .get(h.url("/v1/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s3 = &info["context_store"];
+    assert_eq!(s3["region"], "eu-west-3", "{info}");
+    assert_eq!(s3["bucket"], "contexts", "{info}");
+    let h = Harness::new(
+        "exit 0",
+        &[
+            ("S3_BUCKET", "contexts"),
+            ("S3_ENDPOINT", "s3.amazonaws.com"),
+            ("S3_REGION", "ap-northeast-2"),
+            ("S3_FORCE_PATH_STYLE", "false"),
+        ],
+    )
+    .await;
+    let info: serde_json::Value = h
+        .http
+        .get(h.url("/v1/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s3 = &info["context_store"];
+    assert_eq!(s3["region"], "ap-northeast-2", "{info}");
+    assert_eq!(s3["path_style"], false, "{info}");
+}
+
+/// Agent pods are given K8S_CONTROLLER_URL (the in-cluster Service), other
+/// agents CONTROLLER_URL.
+#[tokio::test]
+async fn agent_pods_get_the_in_cluster_url() {
+    let h = Harness::new(
+        "exit 0",
+        &[
+            ("CONTROLLER_URL", "https://bakery.example.com"),
+            ("K8S_CONTROLLER_URL", "http://bakery-server.bakery.svc:8080"),
+        ],
+    )
+    .await;
+    use bakery_protocol::Platform;
+    assert_eq!(
+        h.app().agent_url_for(Platform::K8s),
+        "http://bakery-server.bakery.svc:8080"
+    );
+    assert_eq!(
+        h.app().agent_url_for(Platform::Local),
+        "https://bakery.example.com"
+    );
+}

@@ -107,7 +107,7 @@ async fn a_watch_that_expires_relists_and_still_reports_the_failed_pod() {
     // environment meanwhile.
     #[allow(unsafe_code)]
     unsafe {
-        std::env::set_var("KUBECONFIG", &kubeconfig)
+        std::env::set_var("KUBECONFIG", &kubeconfig);
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = Config::from_vars(

@@ -52,6 +52,7 @@ fn kustomize_example_renders_what_the_readme_lists() {
             "ConfigMap",
             "Deployment",
             "Ingress",
+            "Namespace",
             "PersistentVolumeClaim",
             "Role",
             "RoleBinding",
@@ -63,6 +64,7 @@ fn kustomize_example_renders_what_the_readme_lists() {
     );
     assert!(objects
         .iter()
+        .filter(|o| o["kind"] != "Namespace")
         .all(|o| o["metadata"]["namespace"] == "bakery"));
 
     // RBAC: pods only, and only the verbs the controller uses.
@@ -156,4 +158,260 @@ fn kustomize_example_renders_what_the_readme_lists() {
         .map(|o| o["metadata"]["name"].as_str().unwrap())
         .collect();
     assert!(sas.contains(&"bakery-server") && sas.contains(&"bakery-agent"));
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+/// The agent pod the controller creates with the example's settings.
+fn agent_pod() -> Value {
+    use bakery_controller::platform::k8s::{agent_pod, K8sSettings};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/server/k8s");
+    let mut vars: Vec<(String, String)> = std::fs::read_to_string(dir.join(".env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| k != "CONTROLLER_TOKEN" && k != "K8S_AGENT_CONFIG")
+        .collect();
+    vars.push((
+        "K8S_AGENT_CONFIG".into(),
+        dir.join("configs/config.yaml").display().to_string(),
+    ));
+    let config = bakery_controller::Config::from_vars(vars).unwrap();
+    let settings = K8sSettings::from_config(&config).unwrap();
+    let launch = bakery_controller::platform::Launch {
+        build_id: "b0123456789ab".into(),
+        task_id: "b0123456789ab-arm64".into(),
+        arch: bakery_protocol::Arch::Arm64,
+        cpu: "1".parse().unwrap(),
+        memory: "2G".parse().unwrap(),
+        spot: false,
+        env: BTreeMap::from([(
+            "BAKERY_TASK_ID".to_string(),
+            "b0123456789ab-arm64".to_string(),
+        )]),
+    };
+    serde_json::to_value(agent_pod(&settings, &launch)).unwrap()
+}
+
+/// `kubernetes-validate --strict` (the Kubernetes OpenAPI schemas it
+/// ships; scripts/setup installs it) on every rendered object and the agent
+/// pod, for 1.29 and for the newest version it knows.
+#[test]
+fn every_object_and_the_agent_pod_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, object) in rendered().iter().chain([&agent_pod()]).enumerate() {
+        let file = dir.path().join(format!("{i}.yaml"));
+        // JSON (a YAML subset): a YAML writer leaves `off` unquoted, which
+        // YAML 1.1 readers take for false.
+        std::fs::write(&file, serde_json::to_string(object).unwrap()).unwrap();
+        files.push(file);
+    }
+    for version in [Some("1.29.0"), None] {
+        let mut cmd = Command::new("kubernetes-validate");
+        cmd.args(["--strict", "--quiet"]);
+        if let Some(v) = version {
+            cmd.args(["-k", v]);
+        }
+        let out = cmd
+            .args(&files)
+            .output()
+            .expect("kubernetes-validate is installed (scripts/setup)");
+        assert!(
+            out.status.success(),
+            "{version:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Pod Security Standards (kubernetes.io/docs/concepts/security/pod-security-standards),
+/// the checks that apply to these pods: what `pod` breaks of `level`.
+fn pod_security_violations(pod: &Value, restricted: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let containers: Vec<&Value> = pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["initContainers"].as_array().into_iter().flatten())
+        .collect();
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if pod[host] == true {
+            out.push(host.to_string());
+        }
+    }
+    if pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v.get("hostPath").is_some())
+    {
+        out.push("hostPath volume".into());
+    }
+    let baseline_caps = [
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ];
+    let pod_seccomp = pod["securityContext"]["seccompProfile"]["type"].as_str();
+    for c in &containers {
+        let sc = &c["securityContext"];
+        let name = c["name"].as_str().unwrap_or("?");
+        if sc["privileged"] == true {
+            out.push(format!("{name}: privileged"));
+        }
+        for cap in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+            let cap = cap.as_str().unwrap_or("");
+            let allowed = if restricted {
+                cap == "NET_BIND_SERVICE"
+            } else {
+                baseline_caps.contains(&cap)
+            };
+            if !allowed {
+                out.push(format!("{name}: adds capability {cap}"));
+            }
+        }
+        if c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p.get("hostPort").is_some())
+        {
+            out.push(format!("{name}: hostPort"));
+        }
+        let seccomp = sc["seccompProfile"]["type"].as_str().or(pod_seccomp);
+        if seccomp == Some("Unconfined") {
+            out.push(format!("{name}: seccomp Unconfined"));
+        }
+        if !restricted {
+            continue;
+        }
+        if sc["allowPrivilegeEscalation"] != false {
+            out.push(format!("{name}: allowPrivilegeEscalation is not false"));
+        }
+        let non_root = sc["runAsNonRoot"]
+            .as_bool()
+            .or(pod["securityContext"]["runAsNonRoot"].as_bool());
+        if non_root != Some(true) {
+            out.push(format!("{name}: runAsNonRoot is not true"));
+        }
+        let user = sc["runAsUser"]
+            .as_i64()
+            .or(pod["securityContext"]["runAsUser"].as_i64());
+        if user == Some(0) {
+            out.push(format!("{name}: runAsUser 0"));
+        }
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            out.push(format!(
+                "{name}: seccompProfile is not RuntimeDefault or Localhost"
+            ));
+        }
+        let drops_all = sc["capabilities"]["drop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d == "ALL");
+        if !drops_all {
+            out.push(format!("{name}: capabilities do not drop ALL"));
+        }
+    }
+    if restricted {
+        let allowed = [
+            "configMap",
+            "csi",
+            "downwardAPI",
+            "emptyDir",
+            "ephemeral",
+            "persistentVolumeClaim",
+            "projected",
+            "secret",
+            "name",
+        ];
+        for v in pod["volumes"].as_array().into_iter().flatten() {
+            for key in v.as_object().unwrap().keys() {
+                if !allowed.contains(&key.as_str()) {
+                    out.push(format!("volume type {key}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The controller passes Pod Security "restricted", the agent pod
+/// "baseline" (the namespace enforces baseline and audits restricted), and
+/// the agent pod mounts no service account token.
+#[test]
+fn pods_meet_the_pod_security_standards_the_namespace_sets() {
+    let objects = rendered();
+    let ns = find(&objects, "Namespace", "bakery");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    let deploy = find(&objects, "Deployment", "bakery-server");
+    let controller = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        pod_security_violations(controller, true),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        controller["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    let probe = &controller["containers"][0];
+    assert!(
+        probe["startupProbe"].is_object(),
+        "start-up loads the journal before serving"
+    );
+    assert!(
+        probe["readinessProbe"]["timeoutSeconds"].as_i64().unwrap() > 5,
+        "above /readyz's 5 s"
+    );
+    let agent = agent_pod();
+    let spec = &agent["spec"];
+    assert_eq!(pod_security_violations(spec, false), Vec::<String>::new());
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    // The checker finds what it is for: the agent is not "restricted".
+    assert!(!pod_security_violations(spec, true).is_empty());
+    let mut privileged = spec.clone();
+    privileged["containers"][0]["securityContext"] = serde_json::json!({"privileged": true});
+    assert_eq!(
+        pod_security_violations(&privileged, false),
+        ["agent: privileged"]
+    );
+    // In-cluster agents reach the Service, not the Ingress.
+    let secret = find(&objects, "Secret", "bakery-");
+    let k8s_url = secret["data"]["K8S_CONTROLLER_URL"].as_str().unwrap();
+    let k8s_url = String::from_utf8(base64_decode(k8s_url)).unwrap();
+    assert!(k8s_url.contains(".svc:8080"), "{k8s_url}");
+    let ing = find(&objects, "Ingress", "bakery-server");
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-request-buffering"],
+        "off"
+    );
+    assert!(ing["spec"]["tls"][0]["secretName"].is_string());
 }

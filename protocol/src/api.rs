@@ -31,13 +31,18 @@ pub enum ContextStore {
     Controller,
 }
 
-/// An S3 bucket and how to reach it (`S3_ENDPOINT`, `S3_REGION`, `S3_SSL`).
+/// An S3 bucket and how to reach it (`S3_ENDPOINT`, `S3_REGION`, `S3_SSL`,
+/// `S3_FORCE_PATH_STYLE`). A controller sends the region it resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Location {
     pub bucket: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub ssl: bool,
+    /// `S3_FORCE_PATH_STYLE`; unset: path-style for endpoints other than
+    /// AWS's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
 }
 
 /// `POST /v1/builds`: one service, all of its arches. Unknown fields are

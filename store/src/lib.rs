@@ -6,50 +6,21 @@
 //! agent unpacks while it downloads.
 //!
 //! Configuration is the original tool's: `S3_ENDPOINT` (host, or URL),
-//! `S3_REGION`, `S3_BUCKET`, `S3_SSL`; credentials come from the standard AWS
-//! chain (environment, profile, ECS task role, instance profile).
+//! `S3_REGION`, `S3_BUCKET`, `S3_SSL`, and `S3_FORCE_PATH_STYLE`
+//! ([`settings`] says how AWS's own endpoints differ from others');
+//! credentials come from the standard AWS chain (environment, profile, ECS
+//! task role, instance profile).
+
+mod settings;
 
 use std::path::Path;
+
+pub use settings::S3Settings;
 
 use bakery_protocol::ContextKey;
 
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-
-/// Where contexts live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Settings {
-    pub bucket: String,
-    /// A host (`s3.amazonaws.com`, `minio:9000`) or a URL. Unset: AWS's own.
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// Whether a host-only endpoint is reached over HTTPS.
-    pub ssl: bool,
-}
-
-impl S3Settings {
-    /// Reads `S3_*` from the environment; `None` without `S3_BUCKET`.
-    pub fn from_env() -> Option<S3Settings> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(S3Settings {
-            bucket: get("S3_BUCKET")?,
-            endpoint: get("S3_ENDPOINT"),
-            region: get("S3_REGION").or_else(|| get("AWS_REGION")),
-            ssl: get("S3_SSL").is_none_or(|v| v != "false"),
-        })
-    }
-
-    /// The endpoint as a URL, scheme from `S3_SSL` unless given.
-    pub fn endpoint_url(&self) -> Option<String> {
-        self.endpoint.as_ref().map(|e| {
-            if e.starts_with("http://") || e.starts_with("https://") {
-                e.clone()
-            } else {
-                format!("{}://{e}", if self.ssl { "https" } else { "http" })
-            }
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,7 +39,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
-    pub settings: S3Settings,
+    settings: S3Settings,
 }
 
 impl S3Store {
@@ -86,21 +57,38 @@ impl S3Store {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
             .timeout_config(timeouts);
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        } else {
-            loader = loader.region(aws_config::Region::new("us-east-1"));
+        let mut settings = settings;
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| settings.endpoint_region());
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared);
-        if let Some(url) = settings.endpoint_url() {
-            // Custom endpoints (MinIO, moto, s3s) rarely serve virtual-host buckets.
-            config = config.endpoint_url(url).force_path_style(true);
+        // The SDK's chain (AWS_REGION, profile, instance metadata) when none
+        // was given; us-east-1, S3's default, when it finds none either.
+        let region = shared
+            .region()
+            .map_or_else(|| "us-east-1".to_string(), ToString::to_string);
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .region(aws_config::Region::new(region.clone()));
+        settings.region = Some(region);
+        if let Some(url) = settings.custom_endpoint() {
+            config = config
+                .endpoint_url(url)
+                .force_path_style(settings.use_path_style());
         }
         S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             settings,
         }
+    }
+
+    /// Where this store is, with the region it resolved: what agents and
+    /// clients are told, so that they need no region of their own.
+    pub fn location(&self) -> bakery_protocol::api::S3Location {
+        self.settings.location()
     }
 
     fn error<E>(&self, key: &ContextKey, e: SdkError<E>) -> StoreError
@@ -175,25 +163,5 @@ impl S3Store {
             .await
             .map_err(|e| self.error(key, e))?;
         Ok(out.body.into_async_read())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_scheme_follows_s3_ssl() {
-        let mut s = S3Settings {
-            bucket: "b".into(),
-            endpoint: Some("minio:9000".into()),
-            region: None,
-            ssl: false,
-        };
-        assert_eq!(s.endpoint_url().as_deref(), Some("http://minio:9000"));
-        s.ssl = true;
-        assert_eq!(s.endpoint_url().as_deref(), Some("https://minio:9000"));
-        s.endpoint = Some("http://127.0.0.1:1234".into());
-        assert_eq!(s.endpoint_url().as_deref(), Some("http://127.0.0.1:1234"));
     }
 }

@@ -147,12 +147,7 @@ pub(super) async fn upload_contexts(
 /// The controller's bucket, with the client's own `S3_*` variables winning:
 /// the client may reach S3 through another endpoint than the controller.
 fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3Settings {
-    let mut settings = bakery_store::S3Settings {
-        bucket: location.bucket.clone(),
-        endpoint: location.endpoint.clone(),
-        region: location.region.clone(),
-        ssl: location.ssl,
-    };
+    let mut settings = bakery_store::S3Settings::from_location(location);
     if let Some(own) = bakery_store::S3Settings::from_env() {
         if own.bucket != settings.bucket {
             tracing::warn!(
@@ -164,6 +159,7 @@ fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3S
         settings.endpoint = own.endpoint.or(settings.endpoint);
         settings.region = own.region.or(settings.region);
         settings.ssl = own.ssl;
+        settings.path_style = own.path_style.or(settings.path_style);
     }
     settings
 }

@@ -121,6 +121,7 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
         let read = build.read();
         let task = read.task(index);
         let spec = &task.request().spec;
+        let controller_url = app.agent_url_for(task.platform()).to_string();
         Launch {
             build_id: build.id.clone(),
             task_id: task.id().to_string(),
@@ -129,7 +130,7 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
             memory: spec.memory.unwrap_or(app.config.default_build_memory),
             spot: spec.spot,
             env: BTreeMap::from([
-                (agent_env::CONTROLLER_URL.to_string(), app.agent_url.clone()),
+                (agent_env::CONTROLLER_URL.to_string(), controller_url),
                 (agent_env::TASK_ID.to_string(), task.id().to_string()),
                 (agent_env::TASK_TOKEN.to_string(), task.token().to_string()),
             ]),

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, LocalObjectReference, Pod, PodSpec, ResourceRequirements,
+    Container, EnvVar, LocalObjectReference, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -18,7 +19,12 @@ pub fn pod_name(task_id: &str) -> String {
 }
 
 /// The agent pod of a task. Its environment holds no secret besides the
-/// task's own token: registry logins are fetched from the controller.
+/// task's own token: registry logins are fetched from the controller. It
+/// mounts no service account token (the agent never calls the Kubernetes
+/// API; a build's RUN steps must not get one either) and runs under the
+/// runtime's default seccomp profile: Pod Security "baseline". Not
+/// "restricted": Kaniko builds as root, unpacking and writing the image's
+/// root filesystem inside its container.
 pub fn agent_pod(s: &K8sSettings, launch: &Launch) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -30,6 +36,14 @@ pub fn agent_pod(s: &K8sSettings, launch: &Launch) -> Pod {
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
             active_deadline_seconds: Some(s.deadline_secs),
             service_account_name: s.agent.service_account_name.clone(),
             node_selector: Some(node_selector(s, launch)),

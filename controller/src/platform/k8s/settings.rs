@@ -60,8 +60,10 @@ impl K8sSettings {
         if c.agent_image.is_none() {
             missing.push("AGENT_IMAGE");
         }
-        if c.controller_url.is_none() {
-            missing.push("CONTROLLER_URL (the URL agent pods reach the controller at)");
+        if c.controller_url.is_none() && c.k8s_controller_url.is_none() {
+            missing.push(
+                "CONTROLLER_URL or K8S_CONTROLLER_URL (the URL agent pods reach the controller at)",
+            );
         }
         if !missing.is_empty() {
             return Err(format!("the k8s platform needs {}", missing.join(", ")));
