@@ -1182,3 +1182,64 @@ fn zstd_compression_pushes_zstd_layers() {
     );
     assert!(reused.iter().all(|t| t.ends_with("+gzip")), "{types:?}");
 }
+
+/// The controller dies for good mid-build: its agent gives up at its own
+/// deadline (BAKERY_DEADLINE: the task and result timeouts together) and
+/// takes its builder with it, instead of building (and, on ECS, billing)
+/// until the RUN step ends by itself.
+#[test]
+fn an_agent_whose_controller_is_gone_stops_at_its_deadline() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let env = [
+        ("DATA_DIR", data_dir.as_str()),
+        ("BUILD_TASK_TIMEOUT", "5s"),
+        ("BUILD_RESULT_TIMEOUT", "5s"),
+    ];
+    let mut controller = controller_on(free_port(), &env);
+    let repo = slow_project(&registry, &base, 5, "deadline");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .arg("build")
+        .env("CONTROLLER_URL", controller.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let started = Instant::now();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the build ended early"
+        );
+        if line.contains("line-5") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the RUN step never started"
+        );
+    }
+    controller.child.kill().unwrap();
+    controller.child.wait().unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        !processes_mentioning(&data_dir).is_empty(),
+        "the agent outlives its controller (the case under test)"
+    );
+    // Deadline 10 s from the agent's start, which was seconds ago.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_mentioning(&data_dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running past the deadline: {:?}",
+            processes_mentioning(&data_dir)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -305,6 +305,7 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
             names,
             [
                 "BAKERY_CONTROLLER_URL",
+                "BAKERY_DEADLINE",
                 "BAKERY_TASK_ID",
                 "BAKERY_TASK_TOKEN",
                 "BAKERY_BUILDER"

@@ -292,6 +292,7 @@ fn k8s_build_runs_in_agent_pods_on_each_arch() {
             names,
             [
                 "BAKERY_CONTROLLER_URL",
+                "BAKERY_DEADLINE",
                 "BAKERY_TASK_ID",
                 "BAKERY_TASK_TOKEN",
                 "BAKERY_BUILDER"

@@ -28,6 +28,9 @@ pub enum AgentError {
     NoDigest(PathBuf),
     #[error("{0}")]
     Context(String),
+    /// The agent's own deadline ([`bakery_protocol::api::agent_env::DEADLINE`]).
+    #[error("the agent gave up after its deadline of {}s (the controller's task and result timeouts)", .0.as_secs())]
+    Deadline(std::time::Duration),
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {

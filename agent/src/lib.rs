@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub insecure: Vec<String>,
     /// Benchmark mode: stream lines instead of building ([`load`]).
     pub load: Option<load::Load>,
+    /// When to give up on its own, from the start.
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// Runs the task to the end and reports. Returns whether it succeeded.
@@ -49,7 +51,14 @@ pub async fn run(cfg: AgentConfig) -> bool {
     let born = Instant::now();
     let controller = AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
     let (log, shipper) = logs::start(controller.clone());
-    let outcome = work::work(&cfg, &controller, &log, born).await;
+    // Past the deadline the work (and the builder, killed on drop) is
+    // abandoned and the failure reported, if anyone still listens.
+    let outcome = match cfg.deadline {
+        Some(limit) => tokio::time::timeout(limit, work::work(&cfg, &controller, &log, born))
+            .await
+            .unwrap_or(Err(AgentError::Deadline(limit))),
+        None => work::work(&cfg, &controller, &log, born).await,
+    };
     let result = match outcome {
         Ok(built) => AgentResult::Succeeded {
             digest: built.digest,

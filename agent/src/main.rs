@@ -34,6 +34,12 @@ async fn main() -> ExitCode {
                 Ok(v) => Some(v.parse()?),
                 Err(_) => None,
             },
+            deadline: match std::env::var(agent_env::DEADLINE) {
+                Ok(v) => Some(std::time::Duration::from_secs(v.parse().map_err(|_| {
+                    format!("{} is `{v}`, not a number of seconds", agent_env::DEADLINE)
+                })?)),
+                Err(_) => None,
+            },
         })
     })();
     let config = match config {

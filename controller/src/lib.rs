@@ -310,9 +310,9 @@ async fn start_platform(
             exits,
         )),
         #[cfg(feature = "ecs")]
-        Platform::Ecs => {
-            Box::new(platform::ecs::EcsPlatform::start(config, exits, Arc::clone(metrics)).await?)
-        }
+        Platform::Ecs => Box::new(
+            platform::ecs::EcsPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
+        ),
         #[cfg(feature = "k8s")]
         Platform::K8s => Box::new(
             platform::k8s::K8sPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,

@@ -274,6 +274,10 @@ pub mod agent_env {
     pub const TASK_TOKEN: &str = "BAKERY_TASK_TOKEN";
     pub const BUILDER: &str = "BAKERY_BUILDER";
     pub const WORK_DIR: &str = "BAKERY_WORK_DIR";
+    /// Seconds after its start by which the agent gives up on its own
+    /// (the task and result timeouts together): a controller that is gone
+    /// cannot leave an agent, and on ECS a billing task, running.
+    pub const DEADLINE: &str = "BAKERY_DEADLINE";
 
     /// The daemonless builder an agent runs ([`BUILDER`]): Kaniko in the
     /// agent image (ECS, Kubernetes), buildah on the local platform.

@@ -133,6 +133,12 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
                 (agent_env::CONTROLLER_URL.to_string(), controller_url),
                 (agent_env::TASK_ID.to_string(), task.id().to_string()),
                 (agent_env::TASK_TOKEN.to_string(), task.token().to_string()),
+                (
+                    agent_env::DEADLINE.to_string(),
+                    (app.config.build_task_timeout + app.config.build_result_timeout)
+                        .as_secs()
+                        .to_string(),
+                ),
             ]),
         }
     };

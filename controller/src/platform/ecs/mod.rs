@@ -17,14 +17,18 @@ mod placement;
 mod run;
 mod secret;
 mod settings;
+mod sweep;
 mod task_definition;
 #[cfg(test)]
 mod tests;
+mod throttle;
 mod watch;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_ecs::Client;
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 pub use fargate::FargateSize;
 pub use placement::{CapacityProvider, Placement};
@@ -33,13 +37,15 @@ pub use settings::{agent_environment, EcsSettings, CONFIG_TAG, CONTAINER, OWNER_
 use super::{AgentHandle, AgentPlatform, ExitSender, Launch, PlatformError};
 use crate::config::Config;
 use placement::is_capacity_shortage;
-use watch::{lock, Watched};
+use watch::{lock, mark_stopping, Watched, WatchedTask};
 
 pub struct EcsPlatform {
     client: Client,
     settings: EcsSettings,
-    /// Task ARN → task id, for the tasks being watched.
+    /// The tasks being watched, by ARN.
     watched: Watched,
+    /// RunTask's client-side rate.
+    throttle: throttle::Throttle,
 }
 
 impl EcsPlatform {
@@ -48,6 +54,7 @@ impl EcsPlatform {
     pub async fn start(
         config: &Config,
         exits: ExitSender,
+        keep: &std::collections::HashSet<String>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<EcsPlatform, PlatformError> {
         let mut settings = EcsSettings::from_config(config).map_err(PlatformError::Config)?;
@@ -60,19 +67,39 @@ impl EcsPlatform {
             .operation_attempt_timeout(std::time::Duration::from_secs(60))
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(6))
+            // Adaptive: on throttling the SDK also slows its own rate, so a
+            // burst of launches backs off instead of retrying in lockstep.
+            .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(6))
             .timeout_config(timeouts);
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
+        // awslogs needs the region: the SDK's, when none is configured.
+        if settings.region.is_none() {
+            settings.region = shared.region().map(ToString::to_string);
+        }
         let client = Client::new(&shared);
         settings.image_secret_arn = secret::image_secret(&shared, config, &settings).await?;
         let platform = EcsPlatform {
             client,
             settings,
             watched: Arc::default(),
+            throttle: throttle::Throttle::default(),
         };
+        let orphans = sweep::stop_orphans(
+            &platform.client,
+            &platform.settings.cluster,
+            &platform.settings.owner,
+            keep,
+        )
+        .await;
+        if orphans > 0 {
+            tracing::info!(
+                orphans,
+                "stopped agent tasks that no build in the journal knows"
+            );
+        }
         if config.cleanup_ecs_task_definitions {
             let removed = platform.cleanup_stale().await?;
             tracing::info!(removed, "deregistered stale agent task definitions");
@@ -125,53 +152,88 @@ impl AgentPlatform for EcsPlatform {
         }
         let definition = self.task_definition(launch.arch, size).await?;
         let placement = Placement::choose(&self.settings, launch.spot);
-        let arn = match self.run_task(&launch, &definition, &placement).await {
-            Ok(arn) => arn,
-            Err(e) => match placement.on_demand().filter(|_| is_capacity_shortage(&e)) {
-                Some(on_demand) => {
-                    tracing::warn!(task = %launch.task_id, "no Fargate Spot capacity ({e}); running on demand");
-                    self.run_task(&launch, &definition, &on_demand)
-                        .await
-                        .map_err(PlatformError::Launch)?
-                }
-                None => return Err(PlatformError::Launch(e)),
-            },
-        };
-        lock(&self.watched).insert(arn.clone(), launch.task_id.clone());
+        let arn = self
+            .run_until_placed(&launch, &definition, placement)
+            .await?;
+        lock(&self.watched).insert(arn.clone(), WatchedTask::new(&launch.task_id));
         Ok(AgentHandle::new(arn))
     }
 
     async fn adopt(&self, task_id: &str, handle: &AgentHandle) -> Result<(), PlatformError> {
         // The watcher describes it at its next poll, and reports it if it
         // stopped while the controller was down.
-        lock(&self.watched).insert(handle.to_string(), task_id.to_string());
+        lock(&self.watched).insert(handle.to_string(), WatchedTask::new(task_id));
         Ok(())
     }
 
     async fn stop(&self, handle: &AgentHandle) -> Result<(), PlatformError> {
-        let watched = lock(&self.watched).remove(handle.as_str());
-        if watched.is_none() {
+        if !mark_stopping(&self.watched, handle.as_str()) {
             // Already seen stopped by the watcher: nothing to do.
             return Ok(());
         }
-        match self
-            .client
-            .stop_task()
-            .cluster(&self.settings.cluster)
-            .task(handle.as_str())
-            .reason("stopped by bakery: the build ended")
-            .send()
+        // Watched until ECS says STOPPED: a StopTask that fails here is
+        // sent again by the watcher.
+        send_stop(&self.client, &self.settings.cluster, handle.as_str())
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let message = sdk_error(&e);
-                if message.contains("not found") || message.contains("STOPPED") {
-                    Ok(())
-                } else {
-                    Err(PlatformError::Stop(format!("StopTask {handle}: {message}")))
-                }
+            .map_err(PlatformError::Stop)
+    }
+}
+
+/// StopTask; a task ECS no longer has, or has stopped, is stopped.
+pub(super) async fn send_stop(client: &Client, cluster: &str, arn: &str) -> Result<(), String> {
+    match client
+        .stop_task()
+        .cluster(cluster)
+        .task(arn)
+        .reason("stopped by bakery: the build ended")
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let message = sdk_error(&e);
+            if message.contains("not found") || message.contains("STOPPED") {
+                Ok(())
+            } else {
+                tracing::warn!("StopTask {arn}: {message}; sent again at the next poll");
+                Err(format!("StopTask {arn}: {message}"))
             }
+        }
+    }
+}
+
+impl EcsPlatform {
+    /// RunTask, through the rate limit, until a task is placed: Spot's
+    /// "no capacity" falls back to on demand, and on demand's is waited
+    /// out with backoff (the supervisor bounds it by BUILD_TASK_TIMEOUT).
+    /// Any other failure ends the launch.
+    async fn run_until_placed(
+        &self,
+        launch: &Launch,
+        definition: &str,
+        mut placement: Placement,
+    ) -> Result<String, PlatformError> {
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(2))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            self.throttle.acquire().await;
+            let e = match self.run_task(launch, definition, &placement).await {
+                Ok(arn) => return Ok(arn),
+                Err(e) if is_capacity_shortage(&e) => e,
+                Err(e) => return Err(PlatformError::Launch(e)),
+            };
+            if let Some(on_demand) = placement.on_demand() {
+                tracing::warn!(task = %launch.task_id, "Fargate Spot has no capacity ({e}); running on demand");
+                placement = on_demand;
+                continue;
+            }
+            let pause = pauses.next().unwrap_or(Duration::from_secs(30));
+            tracing::warn!(task = %launch.task_id, "Fargate has no capacity ({e}); trying again in {pause:?}");
+            tokio::time::sleep(pause).await;
         }
     }
 }

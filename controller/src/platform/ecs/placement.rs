@@ -55,8 +55,14 @@ impl Placement {
     }
 }
 
-/// Whether a RunTask failure means "no Spot capacity now".
+/// Whether a RunTask failure means "no capacity now", a state that passes
+/// ("Capacity is unavailable at this time. Please try again later or in a
+/// different availability zone", `RESOURCE:FARGATE_SPOT`), not a
+/// configuration that never places a task ("No Container Instances were
+/// found in your capacity provider").
 pub fn is_capacity_shortage(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("capacity") || m.contains("spot")
+    m.contains("capacity is unavailable")
+        || m.contains("insufficient capacity")
+        || m.contains("resource:fargate")
 }

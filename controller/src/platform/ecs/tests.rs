@@ -48,6 +48,13 @@ fn spot_uses_the_spot_provider_and_falls_back_to_on_demand() {
         "RESOURCE:FARGATE_SPOT capacity is unavailable at this time"
     ));
     assert!(!is_capacity_shortage("AccessDeniedException"));
+    assert!(is_capacity_shortage(
+        "RunTask started nothing: Capacity is unavailable at this time. Please try again later or in a different availability zone"
+    ));
+    assert!(
+        !is_capacity_shortage("No Container Instances were found in your capacity provider"),
+        "a setup that never places a task fails at once"
+    );
 }
 
 #[test]

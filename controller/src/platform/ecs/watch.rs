@@ -1,10 +1,17 @@
 //! One watcher for every agent task of this controller: DescribeTasks in
 //! batches of 100 every poll interval, backing off (doubling, up to a
 //! minute) while ECS refuses, and reporting each task seen STOPPED.
+//!
+//! A task stays watched until ECS says it is STOPPED, also after bakery
+//! asked to stop it: a StopTask that failed is tried again at each poll, so
+//! a throttled or interrupted call cannot leave a billing task behind.
+//! DescribeTasks is eventually consistent: a task launched a moment ago can
+//! come back `MISSING`, so `MISSING` means gone only [`MISSING_GRACE`] after
+//! the launch (or after a restarted controller adopted it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::Task;
 use aws_sdk_ecs::Client;
@@ -14,8 +21,100 @@ use super::sdk_error;
 use super::settings::{EcsSettings, CONTAINER};
 use crate::platform::{ExitReason, ExitSender, Exited, Operation};
 
-/// Task ARN → task id, for the tasks being watched.
-pub(super) type Watched = Arc<Mutex<HashMap<String, String>>>;
+/// How long after a launch `MISSING` is taken for "not visible yet".
+pub const MISSING_GRACE: Duration = Duration::from_secs(90);
+
+/// How long after a StopTask that did not take it is sent again.
+const STOP_RETRY: Duration = Duration::from_secs(15);
+
+/// One agent task being watched.
+#[derive(Debug, Clone)]
+pub(super) struct WatchedTask {
+    task_id: String,
+    since: Instant,
+    /// When bakery last asked ECS to stop it, if it did.
+    stop_sent: Option<Instant>,
+}
+
+impl WatchedTask {
+    pub(super) fn new(task_id: &str) -> WatchedTask {
+        WatchedTask {
+            task_id: task_id.to_string(),
+            since: Instant::now(),
+            stop_sent: None,
+        }
+    }
+}
+
+/// Task ARN → what is known of it, for the tasks being watched.
+pub(super) type Watched = Arc<Mutex<HashMap<String, WatchedTask>>>;
+
+/// What one DescribeTasks answer means for the watch set.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// Ended tasks bakery had not stopped: (task id, why).
+    pub exited: Vec<(String, String)>,
+    /// Tasks bakery stopped that still run: StopTask again.
+    pub stop_again: Vec<String>,
+}
+
+/// Applies one DescribeTasks answer (`stopped`: ARNs with their reason;
+/// `missing`: ARNs ECS does not know; `running`: the others) at `now`.
+pub(super) fn apply(
+    watched: &mut HashMap<String, WatchedTask>,
+    stopped: Vec<(String, String)>,
+    missing: &[String],
+    running: &[String],
+    now: Instant,
+) -> Seen {
+    let mut seen = Seen {
+        exited: Vec::new(),
+        stop_again: Vec::new(),
+    };
+    let mut gone = stopped;
+    for arn in missing {
+        match watched.get(arn) {
+            Some(t) if now.duration_since(t.since) >= MISSING_GRACE => gone.push((
+                arn.clone(),
+                format!(
+                    "ECS task no longer exists (DescribeTasks has answered MISSING since {}s after it started)",
+                    MISSING_GRACE.as_secs()
+                ),
+            )),
+            _ => {}
+        }
+    }
+    for (arn, reason) in gone {
+        if let Some(task) = watched.remove(&arn) {
+            if task.stop_sent.is_none() {
+                seen.exited.push((task.task_id, reason));
+            }
+        }
+    }
+    for arn in running {
+        if let Some(task) = watched.get_mut(arn) {
+            if task
+                .stop_sent
+                .is_some_and(|at| now.duration_since(at) >= STOP_RETRY)
+            {
+                task.stop_sent = Some(now);
+                seen.stop_again.push(arn.clone());
+            }
+        }
+    }
+    seen
+}
+
+/// Marks `arn` as asked to stop; whether it was being watched.
+pub(super) fn mark_stopping(watched: &Watched, arn: &str) -> bool {
+    match lock(watched).get_mut(arn) {
+        Some(task) => {
+            task.stop_sent = Some(Instant::now());
+            true
+        }
+        None => false,
+    }
+}
 
 /// The delays between polls while DescribeTasks fails.
 fn error_backoff(poll: Duration) -> impl Iterator<Item = Duration> {
@@ -57,25 +156,36 @@ pub(super) async fn watch(
                     break;
                 }
             };
-            let mut stopped: Vec<(String, String)> = out
+            let arn = |t: &Task| t.task_arn().unwrap_or_default().to_string();
+            let (ended, running): (Vec<&Task>, Vec<&Task>) = out
                 .tasks()
                 .iter()
-                .filter(|t| t.last_status() == Some("STOPPED"))
-                .map(|t| (t.task_arn().unwrap_or_default().to_string(), stop_reason(t)))
+                .partition(|t| t.last_status() == Some("STOPPED"));
+            let stopped = ended.iter().map(|t| (arn(t), stop_reason(t))).collect();
+            let running: Vec<String> = running.iter().map(|t| arn(t)).collect();
+            let missing: Vec<String> = out
+                .failures()
+                .iter()
+                .filter(|f| f.reason() == Some("MISSING"))
+                .filter_map(|f| f.arn().map(String::from))
                 .collect();
-            for failure in out.failures() {
-                if failure.reason() == Some("MISSING") {
-                    let arn = failure.arn().unwrap_or_default().to_string();
-                    stopped.push((arn, "ECS task no longer exists".into()));
-                }
+            let seen = apply(
+                &mut lock(&watched),
+                stopped,
+                &missing,
+                &running,
+                Instant::now(),
+            );
+            for (task_id, reason) in seen.exited {
+                let _ = exits.send(Exited {
+                    task_id,
+                    reason: ExitReason::Platform(reason),
+                });
             }
-            for (arn, reason) in stopped {
-                if let Some(task_id) = lock(&watched).remove(&arn) {
-                    let _ = exits.send(Exited {
-                        task_id,
-                        reason: ExitReason::Platform(reason),
-                    });
-                }
+            for arn in seen.stop_again {
+                super::send_stop(&client, &settings.cluster, &arn)
+                    .await
+                    .ok();
             }
         }
         delay = if failed {
@@ -97,6 +207,9 @@ fn stop_reason(task: &Task) -> String {
         "ECS task stopped: {}",
         task.stopped_reason().unwrap_or("no reason given")
     );
+    if let Some(code) = task.stop_code() {
+        reason.push_str(&format!(" [{}]", code.as_str()));
+    }
     if let Some(code) = container.and_then(|c| c.exit_code()) {
         reason.push_str(&format!("; agent exit code {code}"));
     }
@@ -121,5 +234,64 @@ mod tests {
         assert_eq!(delays[1], Duration::from_secs(10));
         assert_eq!(delays[4], Duration::from_secs(60));
         assert_eq!(delays[5], Duration::from_secs(60));
+    }
+
+    fn set(arns: &[&str]) -> HashMap<String, WatchedTask> {
+        arns.iter()
+            .map(|a| ((*a).to_string(), WatchedTask::new(&format!("task-{a}"))))
+            .collect()
+    }
+
+    /// DescribeTasks right after RunTask may not know the task yet.
+    #[test]
+    fn missing_means_gone_only_after_the_grace_period() {
+        let mut w = set(&["a"]);
+        let start = w["a"].since;
+        let missing = ["a".to_string()];
+        let seen = apply(
+            &mut w,
+            vec![],
+            &missing,
+            &[],
+            start + Duration::from_secs(5),
+        );
+        assert!(seen.exited.is_empty() && w.contains_key("a"), "{seen:?}");
+        let seen = apply(&mut w, vec![], &missing, &[], start + MISSING_GRACE);
+        assert_eq!(seen.exited.len(), 1);
+        assert_eq!(seen.exited[0].0, "task-a");
+        assert!(seen.exited[0].1.contains("MISSING"), "{seen:?}");
+        assert!(w.is_empty());
+    }
+
+    /// A task bakery stopped stays watched until STOPPED, StopTask sent
+    /// again while it runs, and its end is not reported as an exit.
+    #[test]
+    fn a_stopped_task_is_watched_until_ecs_says_stopped() {
+        let watched: Watched = Arc::new(Mutex::new(set(&["a", "b"])));
+        assert!(mark_stopping(&watched, "a"));
+        assert!(!mark_stopping(&watched, "nope"));
+        let mut w = lock(&watched).clone();
+        let t0 = w["a"].stop_sent.unwrap();
+        let running = ["a".to_string(), "b".to_string()];
+        let seen = apply(&mut w, vec![], &[], &running, t0 + Duration::from_secs(1));
+        assert!(seen.stop_again.is_empty(), "too soon: {seen:?}");
+        let seen = apply(&mut w, vec![], &[], &running, t0 + STOP_RETRY);
+        assert_eq!(seen.stop_again, ["a"]);
+        let stopped = vec![("a".to_string(), "stopped".to_string())];
+        let seen = apply(
+            &mut w,
+            stopped,
+            &[],
+            &["b".to_string()],
+            t0 + STOP_RETRY * 2,
+        );
+        assert!(seen.exited.is_empty(), "bakery stopped it: {seen:?}");
+        assert!(!w.contains_key("a") && w.contains_key("b"));
+        let stopped = vec![("b".to_string(), "OutOfMemory".to_string())];
+        let seen = apply(&mut w, stopped, &[], &[], t0 + STOP_RETRY * 3);
+        assert_eq!(
+            seen.exited,
+            [("task-b".to_string(), "OutOfMemory".to_string())]
+        );
     }
 }
