@@ -42,15 +42,20 @@ pub struct Config {
     /// take to connect, and to go without an answer, before it is retried.
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub registry_timeout: Duration,
+    /// DEFAULT_BUILD_CPU: the CPU of a build that asks for none (default half a vCPU).
     #[serde(default = "default_cpu")]
     pub default_build_cpu: Cpu,
+    /// DEFAULT_BUILD_MEMORY: the memory of a build that asks for none (default 2 GiB).
     #[serde(default = "default_memory")]
     pub default_build_memory: Memory,
     /// S3 bucket for build contexts. Unset: contexts are stored in DATA_DIR
     /// and uploaded to the controller itself.
     pub s3_bucket: Option<String>,
+    /// S3_ENDPOINT: a host or URL for an S3-compatible store; unset, AWS's own S3.
     pub s3_endpoint: Option<String>,
+    /// S3_REGION; unset, us-east-1.
     pub s3_region: Option<String>,
+    /// S3_SSL: whether a host-only S3_ENDPOINT is reached over HTTPS (default true).
     pub s3_ssl: Option<bool>,
     /// Where the controller keeps contexts (without S3) and agent work dirs.
     #[serde(default = "default_data_dir")]
@@ -84,7 +89,10 @@ pub struct Config {
     pub oidc_allow: String,
 
     // ---- ECS (DEFAULT_PLATFORM=ecs) ----
+    /// AWS_REGION: the region of the ECS cluster (and of the Secrets Manager
+    /// secret and the agents' log group); unset, the standard AWS chain decides.
     pub aws_region: Option<String>,
+    /// ECS_CLUSTER: the cluster agents run in; setting it enables the ECS platform.
     pub ecs_cluster: Option<String>,
     /// Comma-separated subnet ids for the agents' awsvpc network.
     #[serde(default)]
@@ -92,7 +100,11 @@ pub struct Config {
     /// Comma-separated security group ids.
     #[serde(default)]
     pub ecs_security_groups: String,
+    /// ECS_EXEC_ROLE_ARN: the agents' task execution role (pulls
+    /// the agent image, writes its logs); required for ECS.
     pub ecs_exec_role_arn: Option<String>,
+    /// ECS_TASK_ROLE_ARN: the agents' task role, their own
+    /// AWS identity (reads contexts from S3, pushes to ECR).
     pub ecs_task_role_arn: Option<String>,
     /// The agent container image (Kaniko executor plus bakery-agent).
     pub agent_image: Option<String>,
@@ -100,6 +112,7 @@ pub struct Config {
     pub agent_image_secret_arn: Option<String>,
     /// A registry login to store in Secrets Manager when no secret ARN is given.
     pub agent_image_username: Option<String>,
+    /// AGENT_IMAGE_PASSWORD: the password for AGENT_IMAGE_USERNAME.
     pub agent_image_password: Option<bakery_protocol::spec::Secret>,
     /// CloudWatch Logs group for the agents' own output.
     pub ecs_log_group: Option<String>,
@@ -236,6 +249,7 @@ fn parse_bytes(text: &str) -> Option<u64> {
 pub struct ConfigError(String);
 
 impl ConfigError {
+    /// A configuration error with this message.
     pub fn new(message: impl Into<String>) -> Self {
         ConfigError(message.into())
     }
@@ -335,6 +349,7 @@ impl Config {
             })
     }
 
+    /// INSECURE_REGISTRIES as a list of hosts.
     pub fn insecure_registries(&self) -> Vec<String> {
         bakery_protocol::registry::parse_list(&self.insecure_registries)
     }

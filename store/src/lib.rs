@@ -19,9 +19,11 @@ use aws_sdk_s3::primitives::ByteStream;
 /// Where contexts live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Settings {
+    /// The bucket (`S3_BUCKET`); contexts are stored under `contexts/` in it.
     pub bucket: String,
     /// A host (`s3.amazonaws.com`, `minio:9000`) or a URL. Unset: AWS's own.
     pub endpoint: Option<String>,
+    /// `S3_REGION` (else `AWS_REGION`); unset, the client uses us-east-1.
     pub region: Option<String>,
     /// Whether a host-only endpoint is reached over HTTPS.
     pub ssl: bool,
@@ -51,27 +53,43 @@ impl S3Settings {
     }
 }
 
+/// Why a context could not be stored, checked or fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// S3 (or the S3-compatible store) refused the request
+    /// or could not be reached, after the SDK's retries.
     #[error("s3://{bucket}/{key} (at {endpoint}): {message}")]
     S3 {
+        /// The bucket the request was for.
         bucket: String,
+        /// The object's key, `contexts/sha256-<hex>.<ext>`.
         key: String,
+        /// The endpoint URL, or `AWS S3` for AWS's own.
         endpoint: String,
+        /// The SDK's error, with its causes.
         message: String,
     },
+    /// The archive to upload could not be read.
     #[error("reading {path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The archive's path on this machine.
+        path: String,
+        /// The read error.
+        message: String,
+    },
 }
 
 /// An S3 client bound to the contexts bucket.
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// The bucket and endpoint this client is bound to.
     pub settings: S3Settings,
 }
 
 impl S3Store {
+    /// A client for `settings`, with the standard AWS credential chain, five tries per request
+    /// with backoff, and bounded connect and read times; no request is sent to S3 here.
     pub async fn connect(settings: S3Settings) -> S3Store {
         // Five tries with exponential backoff (the SDK's standard mode):
         // rides out a restarting S3-compatible server or throttling.
@@ -118,6 +136,7 @@ impl S3Store {
         }
     }
 
+    /// Whether the object `key` is in the bucket (a `HeadObject`; a 404 is `false`, not an error).
     pub async fn exists(&self, key: &ContextKey) -> Result<bool, StoreError> {
         match self
             .client

@@ -35,6 +35,8 @@ use crate::config::Config;
 use placement::is_capacity_shortage;
 use watch::{lock, Watched};
 
+/// The ECS platform: each agent a Fargate task of its arch,
+/// launched with RunTask and watched by polling DescribeTasks.
 pub struct EcsPlatform {
     client: Client,
     settings: EcsSettings,
@@ -87,6 +89,7 @@ impl EcsPlatform {
         Ok(platform)
     }
 
+    /// The settings it runs with.
     pub fn settings(&self) -> &EcsSettings {
         &self.settings
     }
