@@ -26,6 +26,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes of lines held back for tasks whose block is not open yet.
 pub const MAX_WAITING_BYTES: usize = 8 << 20;
 
+/// Prints task lines into CI log blocks, one block per task (service ×
+/// arch), holding back the lines of tasks whose block is not open yet.
 pub struct Blocks {
     ci: Arc<dyn CiSystem>,
     state: Mutex<State>,
@@ -60,6 +62,7 @@ impl State {
 }
 
 impl Blocks {
+    /// Blocks for `ci`'s kind of block (GitHub groups, GitLab sections, or none).
     pub fn new(ci: Arc<dyn CiSystem>) -> Blocks {
         Blocks {
             ci,

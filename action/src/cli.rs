@@ -33,6 +33,7 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "bakery", version, after_help = EXAMPLES)]
 pub struct Cli {
+    /// Where the build plan comes from.
     #[command(flatten)]
     pub input: Input,
 
@@ -45,6 +46,7 @@ pub struct Cli {
     #[arg(long, env = "CONTROLLER_URL", global = true)]
     pub controller_url: Option<String>,
 
+    /// What to do; `None` means `build`.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -154,6 +156,7 @@ pub struct Input {
     pub cache_repo: Option<String>,
 }
 
+/// The subcommands: `build` (the default), `logs`, `status`, `plan`, `pack`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build and push every planned image (the default command).
@@ -166,9 +169,13 @@ pub enum Command {
         codec: bakery_pack::Codec,
     },
     /// Follow the log of a submitted build (needs CONTROLLER_URL).
-    Logs { id: String },
+    Logs {
+        /// The build id, as `bakery build --detach` prints it.
+        id: String,
+    },
     /// Show the state of a submitted build (needs CONTROLLER_URL).
     Status {
+        /// The build id, as `bakery build --detach` prints it.
         id: String,
         /// Print the status as JSON.
         #[arg(long)]
@@ -194,9 +201,14 @@ pub enum Command {
     },
 }
 
+/// How log lines print (`--log-format`, `LOG_FORMAT`);
+/// unset, for a person reading a terminal or a CI log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// The message only: no prefix, time or level.
     Simple,
+    /// No colour.
     Plain,
+    /// One JSON object per line.
     Json,
 }

@@ -6,6 +6,7 @@ use bakery_protocol::api::{BuildState, BuildStatus};
 /// One service's outcome.
 #[derive(Debug, Clone)]
 pub struct ServiceResult {
+    /// The service's name, as in the plan.
     pub service: String,
     /// The build's last status; `None` when it was never submitted (an
     /// earlier service failed in a sequential run).
@@ -29,6 +30,7 @@ impl ServiceResult {
         }
     }
 
+    /// Whether the build was submitted and succeeded.
     pub fn succeeded(&self) -> bool {
         self.status
             .as_ref()

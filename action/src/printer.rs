@@ -29,6 +29,8 @@ pub struct Printer {
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
 
 impl Printer {
+    /// A printer for `plan`'s builds: prefixes padded to its longest
+    /// `service-arch`, colour only on a terminal with no `format` set.
     pub fn new(plan: &Plan, format: Option<LogFormat>, ci: Arc<dyn CiSystem>) -> Printer {
         let width = plan
             .builds()
@@ -55,6 +57,8 @@ impl Printer {
         }
     }
 
+    /// Prints one log line of `service`, in `format`, inside its
+    /// task's CI log block; remembers it for [`Printer::tail`].
     pub fn line(&self, service: &str, event: &LogEvent) {
         let label = format!("{service}-{}", event.arch);
         let text = strip_ansi(&event.line);
@@ -97,6 +101,8 @@ impl Printer {
         }
     }
 
+    /// The last lines of task `label` (`service-arch`), with the Dockerfile step
+    /// they belong to first when it has scrolled out: shown again under a failure.
     pub fn tail(&self, label: &str) -> Vec<String> {
         self.tails
             .lock()

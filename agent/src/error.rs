@@ -4,28 +4,44 @@ use std::path::PathBuf;
 
 use crate::extract;
 
+/// Why the agent's build failed: reported to the controller
+/// as the task's error, so each says what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A call to the controller failed (after the client's retries), or was refused.
     #[error(transparent)]
     Controller(#[from] bakery_client::Error),
+    /// The context archive could not be unpacked, or was refused.
     #[error(transparent)]
     Extract(#[from] extract::ExtractError),
+    /// A local file or process could not be written, read or started.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done ("writing the pre-script").
         what: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A script or a builder step exited unsuccessfully.
     #[error("{what} failed ({status}){}", last_line.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
     Step {
+        /// The step ("pre-script", "kaniko build and push").
         what: String,
+        /// How it ended: `exit code N` or `killed by a signal`.
         status: String,
+        /// Its last line that says something, cut to 500 characters: usually the reason.
         last_line: Option<String>,
     },
+    /// The context could not be downloaded from S3.
     #[error("downloading the context: {0}")]
     Download(#[from] bakery_store::StoreError),
+    /// The build pushes, but this file, where the builder writes the pushed
+    /// digest, is missing or holds no `sha256:` digest.
     #[error("the builder did not write the pushed digest to {0}")]
     NoDigest(PathBuf),
+    /// The context cannot be built here: a bad or escaping Dockerfile, too
+    /// little disk for it, or a RUN step for an arch this machine cannot run.
     #[error("{0}")]
     Context(String),
     /// The agent's own deadline ([`bakery_protocol::api::agent_env::DEADLINE`]).

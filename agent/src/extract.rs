@@ -10,21 +10,36 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
+/// Why a context archive was not (fully) unpacked; the first refusal stops the extraction.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
+    /// An entry that would escape the destination or is of a refused kind.
     #[error("context archive entry `{entry}` refused: {why}")]
-    Refused { entry: String, why: String },
+    Refused {
+        /// The entry's path as the archive names it.
+        entry: String,
+        /// Why it is refused.
+        why: String,
+    },
+    /// The content passed [`Limits::max_bytes`] (this many bytes).
     #[error("context archive is larger than the {0}-byte limit once unpacked")]
     TooLarge(u64),
+    /// The content passed the size the client declared
+    /// (this many bytes): not the archive that was packed.
     #[error("context archive unpacks to more than the {0} bytes the client packed: it is corrupt or was tampered with")]
     LargerThanPacked(u64),
+    /// The archive has more entries than [`Limits::max_entries`] (this many).
     #[error("context archive has more than {0} entries")]
     TooManyEntries(u64),
+    /// The compressed stream or the tar inside it does not read (the decoder's message).
     #[error("context archive is corrupt or truncated: {0}")]
     Corrupt(String),
+    /// Writing an entry under the destination failed.
     #[error("writing {}: {source}", path.display())]
     Io {
+        /// The path being written.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -33,7 +48,10 @@ pub enum ExtractError {
 /// Bounds on what one context may unpack to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The most bytes of file content to unpack: 16 GiB by default,
+    /// less where the client declared less or the disk has less room.
     pub max_bytes: u64,
+    /// The most entries (files, directories, links) to unpack: a million by default.
     pub max_entries: u64,
     /// `max_bytes` is what the client said it packed (not a size cap), so
     /// passing it means the archive is not what was packed.
@@ -53,7 +71,9 @@ impl Default for Limits {
 /// What was unpacked.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Extracted {
+    /// Entries unpacked (files, directories, links).
     pub entries: u64,
+    /// Bytes of file content written.
     pub bytes: u64,
 }
 

@@ -34,11 +34,19 @@ pub use error::AgentError;
 /// The agent's settings, from the environment the platform gave it.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// The controller's URL (`BAKERY_CONTROLLER_URL`).
     pub controller_url: String,
+    /// The task to build (`BAKERY_TASK_ID`).
     pub task_id: String,
+    /// The task's own token (`BAKERY_TASK_TOKEN`), for every
+    /// call to the controller; never passed to the build.
     pub token: String,
+    /// The builder to run (`BAKERY_BUILDER`; Kaniko when unset).
     pub builder: BuilderKind,
+    /// The directory to unpack and build in (`BAKERY_WORK_DIR`).
     pub work_dir: PathBuf,
+    /// Registries reached over plain HTTP (`INSECURE_REGISTRIES`);
+    /// loopback registries are plain HTTP without being listed.
     pub insecure: Vec<String>,
     /// Benchmark mode: stream lines instead of building ([`load`]).
     pub load: Option<load::Load>,

@@ -21,7 +21,9 @@ pub const ENV: &str = "BAKERY_AGENT_LOAD";
 /// How many lines, how fast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
+    /// Lines to send in all.
     pub lines: u64,
+    /// Lines to send per second (at least 1).
     pub per_second: u64,
 }
 
@@ -121,6 +123,8 @@ impl AsRawFd for Timer {
     }
 }
 
+/// Microseconds since the Unix epoch: the timestamp each load
+/// line carries, for the benchmark to measure delivery latency.
 pub fn unix_micros() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

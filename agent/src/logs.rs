@@ -42,6 +42,8 @@ pub struct LogSink {
 }
 
 impl LogSink {
+    /// Queues one line of output: trailing line breaks
+    /// dropped, secrets redacted, cut at 64 KiB. Never blocks.
     pub fn line(&self, line: impl AsRef<str>) {
         let redactor = self
             .redactor
@@ -75,6 +77,8 @@ pub struct Shipper {
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// Starts shipping to `controller`: the sink takes lines, the shipper
+/// delivers them in the background until [`Shipper::finish`].
 pub fn start(controller: AgentApi) -> (LogSink, Shipper) {
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let outbox = Arc::new(Outbox::default());

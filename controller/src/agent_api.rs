@@ -26,7 +26,9 @@ use crate::App;
 /// The task an authenticated agent request is for.
 #[derive(Clone)]
 pub struct AgentAuth {
+    /// The build the task belongs to.
     pub build: Arc<Build>,
+    /// The task's position in the build's tasks.
     pub index: usize,
 }
 
@@ -133,6 +135,9 @@ pub async fn agent_context(
     Ok((headers, body).into_response())
 }
 
+/// `POST /v1/agent/tasks/{task}/logs`: a batch of log lines, answered
+/// 204 once it is on disk; lines at or below the highest seq already
+/// received are dropped, so a resent batch is not logged twice.
 pub async fn agent_logs(
     State(app): State<Arc<App>>,
     Extension(AgentAuth { build, index }): Extension<AgentAuth>,

@@ -42,16 +42,20 @@ pub struct Config {
     /// take to connect, and to go without an answer, before it is retried.
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub registry_timeout: Duration,
+    /// DEFAULT_BUILD_CPU: the CPU of a build that asks for none (default half a vCPU).
     #[serde(default = "default_cpu")]
     pub default_build_cpu: Cpu,
+    /// DEFAULT_BUILD_MEMORY: the memory of a build that asks for none (default 2 GiB).
     #[serde(default = "default_memory")]
     pub default_build_memory: Memory,
     /// S3 bucket for build contexts. Unset: contexts are stored in DATA_DIR
     /// and uploaded to the controller itself.
     pub s3_bucket: Option<String>,
+    /// S3_ENDPOINT: a host or URL for an S3-compatible store; unset, AWS's own S3.
     pub s3_endpoint: Option<String>,
-    /// The bucket's region; unset: AWS_REGION, then the SDK's chain.
+    /// S3_REGION: the bucket's region; unset: AWS_REGION, then the SDK's chain.
     pub s3_region: Option<String>,
+    /// S3_SSL: whether a host-only S3_ENDPOINT is reached over HTTPS (default true).
     pub s3_ssl: Option<bool>,
     /// Path-style addressing for a custom S3_ENDPOINT (default true; AWS's
     /// own endpoints are always virtual-hosted).
@@ -88,7 +92,10 @@ pub struct Config {
     pub oidc_allow: String,
 
     // ---- ECS (DEFAULT_PLATFORM=ecs) ----
+    /// AWS_REGION: the region of the ECS cluster (and of the Secrets Manager
+    /// secret and the agents' log group); unset, the standard AWS chain decides.
     pub aws_region: Option<String>,
+    /// ECS_CLUSTER: the cluster agents run in; setting it enables the ECS platform.
     pub ecs_cluster: Option<String>,
     /// Comma-separated subnet ids for the agents' awsvpc network.
     #[serde(default)]
@@ -96,7 +103,11 @@ pub struct Config {
     /// Comma-separated security group ids.
     #[serde(default)]
     pub ecs_security_groups: String,
+    /// ECS_EXEC_ROLE_ARN: the agents' task execution role (pulls
+    /// the agent image, writes its logs); required for ECS.
     pub ecs_exec_role_arn: Option<String>,
+    /// ECS_TASK_ROLE_ARN: the agents' task role, their own
+    /// AWS identity (reads contexts from S3, pushes to ECR).
     pub ecs_task_role_arn: Option<String>,
     /// The agent container image (Kaniko executor plus bakery-agent).
     pub agent_image: Option<String>,
@@ -104,6 +115,7 @@ pub struct Config {
     pub agent_image_secret_arn: Option<String>,
     /// A registry login to store in Secrets Manager when no secret ARN is given.
     pub agent_image_username: Option<String>,
+    /// AGENT_IMAGE_PASSWORD: the password for AGENT_IMAGE_USERNAME.
     pub agent_image_password: Option<bakery_protocol::spec::Secret>,
     /// CloudWatch Logs group for the agents' own output.
     pub ecs_log_group: Option<String>,
@@ -244,6 +256,7 @@ fn parse_bytes(text: &str) -> Option<u64> {
 pub struct ConfigError(String);
 
 impl ConfigError {
+    /// A configuration error with this message.
     pub fn new(message: impl Into<String>) -> Self {
         ConfigError(message.into())
     }
@@ -358,6 +371,7 @@ impl Config {
             })
     }
 
+    /// INSECURE_REGISTRIES as a list of hosts.
     pub fn insecure_registries(&self) -> Vec<String> {
         bakery_protocol::registry::parse_list(&self.insecure_registries)
     }

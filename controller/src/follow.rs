@@ -23,12 +23,15 @@ use crate::routes::{find, Result};
 use crate::state::Build;
 use crate::App;
 
+/// The query of `GET /v1/builds/{id}/logs`.
 #[derive(Deserialize)]
 pub struct FollowQuery {
     /// Resume after this seq (same as the `Last-Event-ID` header).
     after: Option<u64>,
 }
 
+/// `GET /v1/builds/{id}/logs`: the build's log as server-sent events, from after
+/// `Last-Event-ID` (or `?after=`), until the build ends or the controller stops.
 pub async fn follow_logs(
     State(app): State<Arc<App>>,
     id: std::result::Result<Path<String>, PathRejection>,

@@ -25,45 +25,77 @@ use sha2::{Digest, Sha256};
 
 use crate::replicate::repository;
 
+/// Why the multi-arch index (or a copy of the per-arch images) could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    /// A destination or tag is not an image reference: the reference, and why.
     #[error("`{0}` is not an image reference: {1}")]
     Reference(String, String),
+    /// A per-arch manifest could not be read back from the registry.
     #[error("reading the {arch} manifest {digest} from {repo}: {message}")]
     Read {
+        /// The arch whose image it is.
         arch: Arch,
+        /// The manifest digest the agent reported.
         digest: String,
+        /// The repository it was read from.
         repo: String,
+        /// The registry client's error.
         message: String,
     },
+    /// A per-arch manifest is of a type an index cannot list
+    /// (neither an OCI nor a Docker v2 image manifest).
     #[error(
         "the {arch} manifest {digest} has media type `{media_type}`, which cannot go in an index"
     )]
     MediaType {
+        /// The arch whose image it is.
         arch: Arch,
+        /// The manifest digest the agent reported.
         digest: String,
+        /// The media type the registry gave.
         media_type: String,
     },
+    /// The index could not be pushed to a tag.
     #[error("pushing the index to {dest}: {message}")]
-    Push { dest: String, message: String },
+    Push {
+        /// The tag it was pushed to.
+        dest: String,
+        /// The registry client's error.
+        message: String,
+    },
     /// Copying a per-arch image into another repository the build is
     /// tagged in.
     #[error("copying the {arch} image {digest} to {to}: {message}")]
     Copy {
+        /// The arch whose image it is.
         arch: Arch,
+        /// The manifest digest.
         digest: String,
+        /// The repository it was being copied to.
         to: String,
+        /// The registry client's error.
         message: String,
     },
+    /// A per-arch image's config (which holds its platform) could not be read.
     #[error("reading the config of the {arch} image {digest}: {message}")]
     Config {
+        /// The arch whose image it is.
         arch: Arch,
+        /// The manifest digest.
         digest: String,
+        /// The registry client's error, or why the config does not parse.
         message: String,
     },
     /// The image is not of the architecture it was built for.
     #[error("the image is {found}")]
-    WrongPlatform { arch: Arch, found: String },
+    WrongPlatform {
+        /// The arch it was built for.
+        arch: Arch,
+        /// The platform its config states (`linux/amd64`).
+        found: String,
+    },
+    /// The registry client for the index could not be set up.
     #[error("preparing the registry client for the index: {0}")]
     Client(String),
 }
@@ -74,6 +106,7 @@ pub enum IndexError {
 pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: usize,
+    /// The wait before the first retry; each later one waits longer, with jitter.
     pub first_delay: Duration,
 }
 

@@ -56,19 +56,24 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Everything the handlers and supervisors share.
 pub struct App {
+    /// The configuration it was started with.
     pub config: Config,
     /// The URL agents are given to reach this controller.
     pub agent_url: String,
+    /// Every build held: running ones, and finished ones until BUILD_RETENTION ends.
     pub builds: Arc<state::Registry>,
+    /// The builds and their logs on disk (`<DATA_DIR>/builds.redb`): what a restart resumes from.
     pub journal: Arc<journal::Journal>,
     /// The platforms this controller can run agents on: DEFAULT_PLATFORM,
     /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
     pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
+    /// Contexts uploaded to the controller itself, when there is no S3 bucket.
     pub disk: store::DiskStore,
     /// Contexts in S3 (read on behalf of local agents, which get no cloud
     /// credentials of the controller's), connected at start-up so that the
     /// region it resolves is the one clients and agents are told.
     s3: Option<bakery_store::S3Store>,
+    /// The Prometheus series `/metrics` exposes.
     pub metrics: Arc<metrics::Metrics>,
     /// What clients must present, if anything.
     pub client_token: Option<bakery_protocol::spec::Secret>,
@@ -91,24 +96,34 @@ pub struct App {
 
 /// A controller serving on a socket.
 pub struct Running {
+    /// The shared state its handlers and supervisors use.
     pub app: Arc<App>,
+    /// The address it listens on (with the port the OS chose, for port 0).
     pub addr: SocketAddr,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
+/// Why a controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Listen {
+        /// The address, as LISTEN_ADDR gave it.
         addr: String,
+        /// The bind error.
         #[source]
         source: std::io::Error,
     },
+    /// A platform could not be set up (missing ECS or Kubernetes
+    /// settings, an unreachable API, no agent binary).
     #[error(transparent)]
     PlatformSetup(#[from] platform::PlatformError),
+    /// A configuration variable has a value that cannot be used.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The build journal could not be opened or read back.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
 }

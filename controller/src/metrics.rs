@@ -72,6 +72,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every series, registered and at zero.
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let builds = Family::<StateLabel, Gauge>::default();
@@ -121,6 +122,8 @@ impl Metrics {
         }
     }
 
+    /// Records that an agent on `platform` for `arch`
+    /// checked in `after` its launch (`bakery_agent_start`).
     pub fn agent_started(&self, platform: &str, arch: Arch, after: Duration) {
         self.agent_start
             .get_or_create(&PlatformArch {
@@ -140,6 +143,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Counts `n` log lines received from agents (`bakery_log_lines`).
     pub fn log_lines(&self, n: usize) {
         self.log_lines.inc_by(n as u64);
     }
@@ -155,6 +159,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a failed call to `platform`'s API (`bakery_platform_api_errors`).
     pub fn platform_error(&self, platform: &str, operation: Operation) {
         self.platform_errors
             .get_or_create(&PlatformOperation {

@@ -34,11 +34,17 @@ struct Blob {
 
 /// Where an image is read from and written to, with each side's login.
 pub struct Copy<'a> {
+    /// The registry client both sides go through.
     pub client: &'a Client,
+    /// The repository the image is in now.
     pub from: &'a Reference,
+    /// The login for reading `from`.
     pub from_auth: &'a RegistryAuth,
+    /// The repository it is copied to.
     pub to: &'a Reference,
+    /// The login for writing `to`.
     pub to_auth: &'a RegistryAuth,
+    /// How each registry request is retried.
     pub policy: RetryPolicy,
 }
 

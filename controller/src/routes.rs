@@ -37,6 +37,8 @@ const AGENT_RESULT_BODY: usize = 1 << 20;
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// The controller's HTTP API: client endpoints (behind the client token or OIDC), agent endpoints
+/// (behind their task tokens), and the unauthenticated probes, metrics and OpenAPI document.
 pub fn router(app: Arc<App>) -> Router {
     // Client endpoints need the controller token when one is configured;
     // agent endpoints authenticate with their own per-task token. Both
@@ -202,6 +204,7 @@ async fn require_client_token(
 pub struct Failure(StatusCode, String);
 
 impl Failure {
+    /// A failure answered with `status` and `message` (as `{"error": message}`).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Failure(status, message.into())
     }
@@ -233,6 +236,7 @@ macro_rules! rejections_are_failures {
 }
 rejections_are_failures!(JsonRejection, PathRejection, QueryRejection);
 
+/// What a handler returns: its answer, or a [`Failure`].
 pub type Result<T> = std::result::Result<T, Failure>;
 
 /// Waits until the changes made so far are in the journal: what a handler
@@ -242,6 +246,7 @@ pub async fn durable(app: &App) -> Result<()> {
     app.journal.flush().await.map_err(unavailable)
 }
 
+/// A journal that cannot save: 503, which agents and clients retry.
 pub fn unavailable(e: crate::journal::JournalError) -> Failure {
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
@@ -449,6 +454,7 @@ async fn check_platforms_and_contexts(app: &App, request: &CreateBuild) -> Resul
     Ok(())
 }
 
+/// The build `id`, or 404.
 pub fn find(app: &App, id: &str) -> Result<Arc<Build>> {
     app.builds
         .get(id)

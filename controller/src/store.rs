@@ -12,19 +12,30 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+/// Why an upload to the controller's context store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The uploaded bytes do not hash to the key they were uploaded under; nothing is kept.
     #[error("upload does not match its key: expected sha256 {expected}, got {actual}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        /// The SHA-256 the key names.
+        expected: String,
+        /// The SHA-256 of what arrived.
+        actual: String,
+    },
+    /// The upload went past the largest context accepted (this many bytes).
     #[error("upload exceeds the {0}-byte limit")]
     TooLarge(u64),
+    /// The upload's body broke off (the transport's message).
     #[error("upload interrupted: {0}")]
     Body(String),
     /// The cause is part of the message, not a chained source: binaries
     /// print chains, and a chained cause would be printed twice.
     #[error("context store at {}: {cause}", path.display())]
     Io {
+        /// The file or directory it concerns.
         path: PathBuf,
+        /// The I/O error.
         cause: std::io::Error,
     },
 }
@@ -37,6 +48,7 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
+    /// A store of contexts under `<data_dir>/contexts/`, refusing uploads larger than `max_bytes`.
     pub fn new(data_dir: &Path, max_bytes: u64) -> Self {
         DiskStore {
             root: data_dir.to_path_buf(),
@@ -49,6 +61,7 @@ impl DiskStore {
         self.root.join(key.to_string())
     }
 
+    /// Whether the context `key` is here.
     pub async fn exists(&self, key: &ContextKey) -> bool {
         tokio::fs::try_exists(self.path(key)).await.unwrap_or(false)
     }

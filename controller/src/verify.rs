@@ -26,10 +26,15 @@ use crate::index::{retry, IndexError, RetryPolicy};
 /// A per-arch manifest that was read back and is of its arch.
 #[derive(Debug, Clone)]
 pub struct Checked {
+    /// The arch it was built for, and is.
     pub arch: Arch,
+    /// The manifest digest.
     pub digest: String,
+    /// The manifest's media type, for the index entry.
     pub media_type: String,
+    /// The manifest's length in bytes, for the index entry.
     pub size: usize,
+    /// The platform the image's config states, for the index entry.
     pub platform: ImagePlatform,
 }
 
@@ -120,7 +125,9 @@ pub async fn check(
 /// What an image offers: its platforms, and whether it is an index.
 #[derive(Debug, Clone)]
 pub struct Found {
+    /// Whether the image is an index (a list of platforms) rather than one image.
     pub index: bool,
+    /// The platforms it offers: an index's entries, or a single image's own.
     pub platforms: Vec<ImagePlatform>,
 }
 

@@ -17,8 +17,11 @@ use regex::Regex;
 #[derive(Debug, thiserror::Error)]
 #[error("{}:{line}: {message}", file.display())]
 pub struct IgnoreError {
+    /// The `.dockerignore` file the bad line is in.
     pub file: PathBuf,
+    /// 1-based line of the pattern that does not compile.
     pub line: usize,
+    /// What is wrong with the pattern.
     pub message: String,
 }
 
@@ -112,6 +115,8 @@ impl IgnoreRules {
         Self::first_of([PathBuf::from(specific), context.join(".dockerignore")])
     }
 
+    /// Whether there are no rules (no `.dockerignore`,
+    /// or one without patterns): nothing is excluded.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

@@ -25,6 +25,8 @@ pub use ignore::{IgnoreError, IgnoreRules};
 /// How to pack.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
+    /// How to compress the archive: gzip (what Kaniko reads
+    /// itself) or zstd (faster; bakery's agent reads it).
     pub codec: Codec,
     /// Compression level; `None` picks a fast default for the codec.
     pub level: Option<i32>,
@@ -57,6 +59,7 @@ impl Default for PackOptions {
 pub struct Packed {
     /// Lowercase hex SHA-256 of the archive bytes.
     pub sha256: String,
+    /// How the archive is compressed; with `sha256`, it makes the [`ContextKey`].
     pub codec: Codec,
     /// Size of the compressed archive.
     pub size: u64,
@@ -80,17 +83,28 @@ impl Packed {
 /// Why a context could not be packed.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
+    /// The `.dockerignore` cannot be read or has a pattern that does not compile.
     #[error(transparent)]
     Ignore(#[from] IgnoreError),
     /// The cause is part of the message, not a chained source: binaries
     /// print chains, and a chained cause would be printed twice.
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: io::Error },
+    Io {
+        /// What failed: a context entry, the outside Dockerfile, or the context
+        /// itself (when the archive could not be finished).
+        path: PathBuf,
+        /// The I/O error.
+        cause: io::Error,
+    },
+    /// The compressor failed (its message); the archive is unusable.
     #[error("compression failed: {0}")]
     Compress(String),
     /// The context has an entry where a Dockerfile from outside it goes.
     #[error("{}: the context has an entry named `{DOCKERFILE_BESIDE}`, where bakery puts a Dockerfile from outside the context; rename it, or move the Dockerfile into the context", context.display())]
-    BesideTaken { context: PathBuf },
+    BesideTaken {
+        /// The context directory.
+        context: PathBuf,
+    },
     /// `dockerfile_beside` is set but `dockerfile` is not an entry in
     /// [`DOCKERFILE_BESIDE`].
     #[error("a Dockerfile from outside the context is stored as `{DOCKERFILE_BESIDE}/<name>`, not `{0}`")]

@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 /// A position in a user's file, 1-based like every editor shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// The file, as the user named it (or as it was found).
     pub file: PathBuf,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
 }
 
 impl Location {
+    /// The position `line`:`column` in `file`.
     pub fn new(file: &Path, line: usize, column: usize) -> Self {
         Location {
             file: file.to_path_buf(),
@@ -35,8 +39,11 @@ impl fmt::Display for Location {
 /// One thing wrong with the user's input, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Where the problem is.
     pub location: Location,
+    /// What is wrong with the value there.
     pub message: String,
+    /// What to do about it, when there is something better to say than the message does.
     pub hint: Option<String>,
 }
 
@@ -57,18 +64,30 @@ pub enum PlanError {
     /// print chains, and a chained cause would be printed twice.
     #[error("{}: cannot read: {cause}", path.display())]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The I/O error.
         cause: std::io::Error,
     },
+    /// A value in a file or a flag is wrong: located, with a hint where one helps.
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
+    /// No file was named, and the repository has neither config.yaml nor a compose file.
     #[error("no build configuration found: looked for {looked_for}; pass --config or --compose")]
-    NothingToBuild { looked_for: String },
+    NothingToBuild {
+        /// The files looked for, and where.
+        looked_for: String,
+    },
+    /// Options, flags or the environment ask for things that cannot go together (`--tag`
+    /// with `--config`, two files in `COMPOSE_FILE`), or name a file that does not exist.
     #[error("{0}")]
     Conflict(String),
+    /// `--services` names services the files do not define.
     #[error("unknown service{} {}; known services: {}", if .unknown.len() > 1 { "s" } else { "" }, .unknown.join(", "), .known.join(", "))]
     UnknownServices {
+        /// The names asked for that are not defined.
         unknown: Vec<String>,
+        /// Every service that is defined, to pick from.
         known: Vec<String>,
     },
 }

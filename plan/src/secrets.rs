@@ -17,9 +17,11 @@ use serde::{de, Deserialize, Deserializer, Serialize};
 pub struct SecretRef {
     /// The id `RUN --mount=type=secret,id=…` names.
     pub id: String,
+    /// Where the value is read from.
     pub source: SecretSource,
 }
 
+/// Where a secret's value comes from: a file or a variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SecretSource {

@@ -26,7 +26,9 @@ pub struct Settings {
     /// In `global`: the arch to build when there are no `bake` entries.
     /// In a `bake` entry: the arch that entry builds.
     pub arch: Option<Arch>,
+    /// vCPUs for each agent (`1`, `0.5`, `500m`); unset means the controller's default.
     pub cpu: Option<Cpu>,
+    /// Memory for each agent, with a unit (`2G`, `512Mi`); unset means the controller's default.
     pub memory: Option<Memory>,
     /// Ask for Spot capacity where the platform has it (ECS Fargate Spot).
     pub spot: Option<bool>,
@@ -45,6 +47,7 @@ pub struct Settings {
     pub kaniko_credentials: Option<Vec<Credential>>,
     /// Build secrets for `RUN --mount=type=secret,id=…`; merged by id.
     pub secrets: Option<Vec<SecretRef>>,
+    /// The `kaniko:` block: what to build and how the builder behaves.
     pub kaniko: Option<Kaniko>,
 }
 
@@ -61,24 +64,30 @@ pub struct Kaniko {
     pub destination: Option<String>,
     /// The Dockerfile stage to build.
     pub target: Option<String>,
+    /// `--build-arg` values; merged key by key.
     #[serde(
         default,
         deserialize_with = "string_map",
         skip_serializing_if = "Option::is_none"
     )]
     pub build_args: Option<BTreeMap<String, String>>,
+    /// Labels of the built image; merged key by key.
     #[serde(
         default,
         deserialize_with = "string_map",
         skip_serializing_if = "Option::is_none"
     )]
     pub labels: Option<BTreeMap<String, String>>,
+    /// The `kaniko.cache:` block; merged key by key.
     pub cache: Option<Cache>,
     /// Images whose layers may be reused (compose `cache_from`).
     pub cache_from: Option<Vec<String>>,
     /// Kaniko `--snapshot-mode` (full, redo, time).
     pub snapshot_mode: Option<SnapshotMode>,
+    /// Kaniko's `--use-new-run`: detect a RUN step's changes by modification
+    /// time instead of a full snapshot.
     pub use_new_run: Option<bool>,
+    /// Kaniko's `--cleanup`: clean the filesystem up at the end of the build.
     pub cleanup: Option<bool>,
     /// Kaniko `--custom-platform`; defaults to the arch being built.
     pub custom_platform: Option<String>,
@@ -100,11 +109,19 @@ pub struct Kaniko {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cache {
+    /// Turns the cache on (it is off unless set to `true`).
     pub enable: Option<bool>,
+    /// The cache's base repository; each arch caches in `<repo>-<arch>`. Unset, or a
+    /// bare registry host: `<destination repository>-cache`, in that registry.
     pub repo: Option<String>,
+    /// How long cached layers stay valid (`--cache-ttl`, such as `24h`).
     pub ttl: Option<String>,
+    /// Kaniko's `--cache-copy-layers`: cache the layers of `COPY` steps too.
     pub copy_layers: Option<bool>,
+    /// Kaniko's `--cache-run-layers`: cache the layers of `RUN` steps (Kaniko's default).
     pub run_layers: Option<bool>,
+    /// Kaniko's `--compressed-caching`; `false` caches layers uncompressed, which
+    /// needs less memory in large builds.
     pub compressed: Option<bool>,
 }
 

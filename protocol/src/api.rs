@@ -14,6 +14,7 @@ use crate::spec::BuildSpec;
 /// `GET /v1/info`: what a client needs to know before submitting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Info {
+    /// The controller's version, its Cargo package version (as in the release it came from).
     pub version: String,
     /// Where build contexts go.
     pub context_store: ContextStore,
@@ -35,9 +36,13 @@ pub enum ContextStore {
 /// `S3_FORCE_PATH_STYLE`). A controller sends the region it resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Location {
+    /// The bucket contexts are stored in, under `contexts/`.
     pub bucket: String,
+    /// `S3_ENDPOINT`: a host (`minio:9000`) or a URL; `None` for AWS's own endpoint.
     pub endpoint: Option<String>,
+    /// `S3_REGION`; with `None`, clients and agents use us-east-1.
     pub region: Option<String>,
+    /// `S3_SSL`: whether a host-only endpoint is reached over HTTPS (true unless set to `false`).
     pub ssl: bool,
     /// `S3_FORCE_PATH_STYLE`; unset: path-style for endpoints other than
     /// AWS's own.
@@ -50,6 +55,8 @@ pub struct S3Location {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBuild {
+    /// The service's name (from config.yaml or the compose file): it
+    /// prefixes log lines and names the build in statuses and CI reports.
     pub service: String,
     /// The multi-arch index tag, if the build pushes.
     pub destination: Option<String>,
@@ -57,6 +64,7 @@ pub struct CreateBuild {
     /// images into any other repository they name.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// One task per arch, each arch at most once.
     pub tasks: Vec<TaskRequest>,
 }
 
@@ -64,7 +72,10 @@ pub struct CreateBuild {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
+    /// The arch this task builds, natively, on an agent of that arch.
     pub arch: Arch,
+    /// The per-arch tag the agent pushes (`app:1.0_amd64`);
+    /// `None` only when the spec has `no_push`.
     pub push: Option<String>,
     /// The storage key of the context archive.
     pub context_key: ContextKey,
@@ -73,15 +84,19 @@ pub struct TaskRequest {
     /// far beyond what was packed (a decompression bomb) cannot fill a disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_bytes: Option<u64>,
+    /// The fully resolved build the agent runs.
     pub spec: BuildSpec,
 }
 
 /// `POST /v1/builds` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Created {
+    /// The new build's id (`b` and 12 hex digits): the key of every later call about it.
     pub id: String,
 }
 
+/// Where a build is: running, writing its index, or
+/// finished (the last three, which never change again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildState {
@@ -89,12 +104,17 @@ pub enum BuildState {
     Running,
     /// Every arch pushed; the multi-arch index is being written.
     Indexing,
+    /// Every arch pushed and the index (if any) written.
     Succeeded,
+    /// An arch failed, the index could not be written, or a timeout ran out; `error` says which.
     Failed,
+    /// Cancelled by the client (`DELETE /v1/builds/{id}`), or by the controller
+    /// shutting down (it stops every unfinished build and its agents).
     Cancelled,
 }
 
 impl BuildState {
+    /// Whether the build is over: succeeded, failed or cancelled.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -103,6 +123,8 @@ impl BuildState {
     }
 }
 
+/// Where one arch's task is, from waiting for a slot to
+/// finished (the last three, which never change again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -113,12 +135,17 @@ pub enum TaskState {
     Starting,
     /// The agent fetched its spec and is working.
     Running,
+    /// The agent built (and pushed, unless `no_push`) its image and reported success.
     Succeeded,
+    /// The agent reported a failure, or the task was failed for it (the
+    /// agent exited or vanished, or a timeout ran out); `error` says why.
     Failed,
+    /// Stopped because the build was cancelled, or because another arch failed.
     Cancelled,
 }
 
 impl TaskState {
+    /// Whether the task is over: succeeded, failed or cancelled.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -130,9 +157,14 @@ impl TaskState {
 /// `GET /v1/builds/{id}`, and the `status`/`end` events of the log stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildStatus {
+    /// The build's id, as [`Created::id`] returned it.
     pub id: String,
+    /// The service the build is for ([`CreateBuild::service`]).
     pub service: String,
+    /// Where the build as a whole is.
     pub state: BuildState,
+    /// The multi-arch index tag, as asked ([`CreateBuild::destination`]);
+    /// `None` when the build does not push.
     pub destination: Option<String>,
     /// The digest of the multi-arch index, once written.
     pub index_digest: Option<String>,
@@ -140,17 +172,24 @@ pub struct BuildStatus {
     pub error: Option<String>,
     /// Unix milliseconds.
     pub created_ms: u64,
+    /// Unix milliseconds at which the build reached a terminal state; `None` while it runs.
     pub finished_ms: Option<u64>,
+    /// One status per arch, in the order of the request.
     pub tasks: Vec<TaskStatus>,
 }
 
+/// One arch's task as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {
+    /// The task's id, `<build>-<arch>`: what log events, agents and platforms name it by.
     pub id: String,
+    /// The arch this task builds.
     pub arch: Arch,
     /// Where the agent runs.
     pub platform: Platform,
+    /// Where the task is.
     pub state: TaskState,
+    /// The per-arch tag the agent pushes, as asked ([`TaskRequest::push`]).
     pub push: Option<String>,
     /// The digest of the pushed per-arch manifest.
     pub digest: Option<String>,
@@ -159,8 +198,12 @@ pub struct TaskStatus {
     /// architecture than asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bases: Vec<String>,
+    /// Why the task failed or was cancelled, redacted and cut to a bounded length.
     pub error: Option<String>,
+    /// Unix milliseconds at which the agent was launched;
+    /// `None` until then (queued, or being launched).
     pub started_ms: Option<u64>,
+    /// Unix milliseconds at which the task reached a terminal state; `None` while it runs.
     pub finished_ms: Option<u64>,
 }
 
@@ -169,8 +212,11 @@ pub struct TaskStatus {
 pub struct LogEvent {
     /// Position in the build's log, from 1; `Last-Event-ID` resumes after it.
     pub seq: u64,
+    /// The id of the task that printed the line ([`TaskStatus::id`]).
     pub task: String,
+    /// The arch of that task, so a follower can prefix the line without a lookup.
     pub arch: Arch,
+    /// The line as the agent printed it, secrets redacted, without its line break.
     pub line: String,
     /// Unix milliseconds at which the controller received the line.
     pub ms: u64,
@@ -181,10 +227,15 @@ pub struct LogEvent {
 /// (the journal and each follower) of every line.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct LogEventRef<'a> {
+    /// See [`LogEvent::seq`].
     pub seq: u64,
+    /// See [`LogEvent::task`].
     pub task: &'a str,
+    /// See [`LogEvent::arch`].
     pub arch: Arch,
+    /// See [`LogEvent::line`].
     pub line: &'a str,
+    /// See [`LogEvent::ms`].
     pub ms: u64,
 }
 
@@ -202,15 +253,21 @@ pub mod event {
 /// is the agent's check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentTask {
+    /// The id of the build the task belongs to.
     pub build_id: String,
+    /// The task's id, `<build>-<arch>`, as in the agent's URLs.
     pub task_id: String,
+    /// The arch to build; the agent runs on a machine of that arch.
     pub arch: Arch,
+    /// The per-arch tag to push to; `None` for a build without push.
     pub push: Option<String>,
+    /// Where to download the context archive from.
     pub context: ContextSource,
     /// What the context unpacks to, as the client declared it
     /// ([`TaskRequest::context_bytes`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_bytes: Option<u64>,
+    /// What to build and how.
     pub spec: BuildSpec,
 }
 
@@ -218,25 +275,38 @@ pub struct AgentTask {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ContextSource {
+    /// In the controller's S3 bucket: the agent downloads it with the AWS
+    /// credentials of its own environment (on ECS, its task role).
     S3 {
+        /// The bucket and how to reach it, flattened into this object.
         #[serde(flatten)]
         location: S3Location,
+        /// The archive's key in the bucket.
         key: ContextKey,
     },
     /// `GET /v1/agent/tasks/{task}/context` on the controller.
-    Controller { key: ContextKey },
+    Controller {
+        /// The archive's key in the controller's own context store.
+        key: ContextKey,
+    },
 }
 
 /// `POST /v1/agent/tasks/{task}/logs`. `seq` numbers lines per task, so a
 /// batch sent twice (a retry after a lost answer) is not logged twice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentLogs {
+    /// The lines of this batch, in order.
     pub lines: Vec<AgentLine>,
 }
 
+/// One line of an agent's output, numbered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentLine {
+    /// The line's number in this task's log, from 1 and one more per line: the
+    /// controller keeps the highest it has and drops any line at or below it.
     pub seq: u64,
+    /// The text of the line, without its line break; the controller
+    /// cleans it again ([`crate::validate::clean_line`]).
     pub line: String,
 }
 
@@ -248,11 +318,18 @@ pub enum AgentResult {
     /// A build without push succeeds with no digest. `bases` are the
     /// images it was built on, the final stage's base first.
     Succeeded {
+        /// The per-arch manifest digest (`sha256:…`); `None` when nothing was pushed.
         digest: Option<String>,
+        /// The images the build was built on, the final stage's base first;
+        /// empty when the agent could not read the Dockerfile, or nothing
+        /// was pulled (`FROM scratch`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         bases: Vec<String>,
     },
+    /// The build, a script or the push failed.
     Failed {
+        /// What failed, as the agent tells it (redacted); the controller
+        /// cleans and cuts it ([`crate::validate::clean_error`]).
         error: String,
     },
 }
@@ -260,6 +337,7 @@ pub enum AgentResult {
 /// The body of every 4xx/5xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
+    /// What was refused or went wrong, in words meant for the person who ran the build.
     pub error: String,
 }
 
@@ -269,10 +347,18 @@ pub struct ApiError {
 /// description is worthless for that) and writes this task's log and result
 /// until the task ends.
 pub mod agent_env {
+    /// The URL the agent reaches the controller at: the controller's
+    /// `CONTROLLER_URL`, or else its own listen address.
     pub const CONTROLLER_URL: &str = "BAKERY_CONTROLLER_URL";
+    /// The task this agent builds, `<build>-<arch>`.
     pub const TASK_ID: &str = "BAKERY_TASK_ID";
+    /// The task's own token, sent as the bearer token of
+    /// every agent call (see above for what it can do).
     pub const TASK_TOKEN: &str = "BAKERY_TASK_TOKEN";
+    /// Which builder the agent runs: `kaniko` (the default when unset) or `buildah`.
     pub const BUILDER: &str = "BAKERY_BUILDER";
+    /// The directory the agent unpacks and builds in; unset, a
+    /// `bakery-agent` directory under the system's temporary directory.
     pub const WORK_DIR: &str = "BAKERY_WORK_DIR";
     /// Seconds after its start by which the agent gives up on its own
     /// (the task and result timeouts together): a controller that is gone
@@ -283,11 +369,15 @@ pub mod agent_env {
     /// agent image (ECS, Kubernetes), buildah on the local platform.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum BuilderKind {
+        /// Kaniko's executor (`/kaniko/executor`), which builds and pushes in one step.
         Kaniko,
+        /// `buildah build`, then `buildah push`, each
+        /// task with its own storage under the work dir.
         Buildah,
     }
 
     impl BuilderKind {
+        /// The value of [`BUILDER`] that names this builder.
         pub fn as_str(self) -> &'static str {
             match self {
                 BuilderKind::Kaniko => "kaniko",

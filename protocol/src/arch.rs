@@ -12,13 +12,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
+    /// x86-64 (`linux/amd64`).
     Amd64,
+    /// 64-bit Arm (`linux/arm64`, variant `v8`).
     Arm64,
 }
 
 impl Arch {
+    /// Every arch, in their sort order (amd64 first).
     pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
 
+    /// The name config.yaml, the API and per-arch tags use: `amd64` or `arm64`.
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
@@ -91,6 +95,7 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// The name config.yaml and the API use: `ecs`, `k8s` or `local`.
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Ecs => "ecs",

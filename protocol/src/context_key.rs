@@ -66,10 +66,12 @@ impl ContextKey {
         })
     }
 
+    /// The archive's SHA-256, 64 lowercase hex digits.
     pub fn sha256(&self) -> &str {
         &self.sha256
     }
 
+    /// How the archive is compressed, as its file extension says.
     pub fn codec(&self) -> Codec {
         self.codec
     }

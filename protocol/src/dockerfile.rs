@@ -32,6 +32,7 @@ pub enum Base {
 pub struct Stage {
     /// 1-based line of the `FROM` instruction.
     pub line: usize,
+    /// What the `FROM` names: `scratch`, an earlier stage, or an image.
     pub base: Base,
     /// The `--platform` flag, substituted, if the `FROM` has one.
     pub platform: Option<String>,
@@ -48,6 +49,8 @@ pub struct Stage {
 /// An image the build pulls, where it is named, and for which platform.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pull {
+    /// The image reference, as written after substitution
+    /// (not normalised: `alpine` stays `alpine`).
     pub image: String,
     /// 1-based line that names it.
     pub line: usize,
@@ -59,7 +62,9 @@ pub struct Pull {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
 pub struct DockerfileError {
+    /// 1-based line of the instruction that cannot be read.
     pub line: usize,
+    /// What is wrong with it.
     pub message: String,
 }
 

@@ -8,10 +8,14 @@ use crate::Arch;
 /// `{os, architecture, variant}` as image configs and index entries spell them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ImagePlatform {
+    /// The operating system, `linux` for every image
+    /// bakery builds; empty when the document has none.
     #[serde(default)]
     pub os: String,
+    /// The CPU architecture as OCI spells it (`amd64`, `arm64`); empty when the document has none.
     #[serde(default)]
     pub architecture: String,
+    /// The CPU variant (`v8` for arm64), when the document names one.
     #[serde(default)]
     pub variant: Option<String>,
 }

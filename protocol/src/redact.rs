@@ -50,6 +50,7 @@ impl Redactor {
         Redactor::new(logins.chain(secrets))
     }
 
+    /// The line with every known secret replaced by [`crate::spec::REDACTED`].
     pub fn redact(&self, line: &str) -> String {
         let mut out = line.to_string();
         for s in &self.secrets {

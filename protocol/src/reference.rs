@@ -24,8 +24,11 @@ static TAG: LazyLock<Regex> =
 /// A tagged image reference: `registry/repository:tag`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ImageRef {
+    /// The registry host, with its port if any; `docker.io` when the reference names none.
     pub registry: String,
+    /// The repository path within the registry (`library/alpine` for a bare Docker Hub name).
     pub repository: String,
+    /// The tag; `latest` when the reference names none.
     pub tag: String,
 }
 

@@ -19,9 +19,11 @@ pub struct Cpu {
 const MAX_VCPU: f64 = 192.0;
 
 impl Cpu {
+    /// A CPU request of `millis` thousandths of a vCPU (`1000` is one vCPU).
     pub fn from_millis(millis: u32) -> Cpu {
         Cpu { millis }
     }
+    /// The request in thousandths of a vCPU, as Kubernetes' `m` suffix counts them.
     pub fn millis(self) -> u32 {
         self.millis
     }
@@ -81,9 +83,11 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// A memory request of `mib` MiB.
     pub fn from_mib(mib: u32) -> Memory {
         Memory { mib }
     }
+    /// The request in MiB, as ECS counts it.
     pub fn mib(self) -> u32 {
         self.mib
     }

@@ -18,6 +18,7 @@ use crate::resources::{Cpu, Memory};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildSpec {
+    /// Where the agent runs; `None` means the controller's default (`DEFAULT_PLATFORM`).
     pub platform: Option<Platform>,
     /// The Dockerfile, relative to the context, `/`-separated.
     pub dockerfile: String,
@@ -27,34 +28,60 @@ pub struct BuildSpec {
     /// before building, so `COPY . .` never copies it into the image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dockerfile_beside: bool,
+    /// The Dockerfile stage to build (`--target`); `None` builds the last stage.
     pub target: Option<String>,
+    /// `--build-arg` values, passed to the builder through its environment.
     pub build_args: BTreeMap<String, String>,
+    /// Labels set on the built image (`--label`).
     pub labels: BTreeMap<String, String>,
+    /// Environment variables of the agent's build and its pre- and post-script.
     pub env: BTreeMap<String, String>,
+    /// Shell run with `sh -ce` in the context directory before the build; `None` runs nothing.
     pub pre_script: Option<String>,
+    /// Shell run with `sh -ce` after a successful build and push; `None` runs nothing.
     pub post_script: Option<String>,
+    /// Registry logins for pulling bases, pushing and the cache repository,
+    /// written to a Docker `config.json` only the builder reads.
     pub credentials: Vec<Credential>,
     /// Build secrets for `RUN --mount=type=secret,id=…`: travel like
     /// registry passwords (fetched once by the agent, forgotten when the
     /// build ends, masked in every log line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<BuildSecret>,
+    /// The vCPUs to ask the platform for; `None` means the controller's `DEFAULT_BUILD_CPU`.
     pub cpu: Option<Cpu>,
+    /// The memory to ask the platform for; `None` means the controller's `DEFAULT_BUILD_MEMORY`.
     pub memory: Option<Memory>,
+    /// Run on Spot capacity where the platform has it
+    /// (ECS Fargate Spot); other platforms ignore it.
     pub spot: bool,
+    /// The registry layer cache, per arch.
     pub cache: Cache,
+    /// More images whose layers the builder may reuse (compose
+    /// `cache_from`): buildah's `--cache-from`; Kaniko takes none.
     pub cache_from: Vec<String>,
+    /// Kaniko's `--snapshot-mode`; `None` leaves Kaniko's default (full).
     pub snapshot_mode: Option<SnapshotMode>,
+    /// Kaniko's `--use-new-run`: detect a RUN step's changes
+    /// by modification time, not by a full snapshot.
     pub use_new_run: bool,
+    /// Kaniko's `--cleanup`: clean the filesystem up at the end of the build.
     pub cleanup: bool,
     /// The platform the builder targets: `linux/<arch>` unless overridden.
     pub custom_platform: String,
+    /// Build and check, but push nothing: not the arch image, not
+    /// the index (a check build, as for a pull request from a fork).
     pub no_push: bool,
+    /// Extra paths Kaniko leaves out of its snapshots (`--ignore-path`);
+    /// the agent's work dir is always left out besides.
     pub ignore_path: Vec<String>,
+    /// Flags passed to the builder as they are, for options bakery does not model.
     pub extra_flags: Vec<String>,
     /// Layer compression of the pushed image (builder default: gzip).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// The compression level, 1 to [`Compression::max_level`];
+    /// `None` leaves the builder's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<u8>,
 }
@@ -63,12 +90,20 @@ pub struct BuildSpec {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cache {
+    /// Whether the cache is used at all; `None` and `false` both mean no cache.
     pub enable: Option<bool>,
     /// The per-arch cache repository, resolved.
     pub repo: Option<String>,
+    /// How long a cached layer stays valid (`--cache-ttl`, a Go
+    /// duration such as `24h`); `None` leaves the builder's default.
     pub ttl: Option<String>,
+    /// Kaniko's `--cache-copy-layers`: cache the layers of `COPY` steps too.
     pub copy_layers: Option<bool>,
+    /// Kaniko's `--cache-run-layers`: cache the layers of
+    /// `RUN` steps; `None` leaves Kaniko's default (on).
     pub run_layers: Option<bool>,
+    /// Kaniko's `--compressed-caching`; `false` caches layers uncompressed:
+    /// a slower build that needs less memory, for large builds.
     pub compressed: Option<bool>,
 }
 
@@ -76,7 +111,9 @@ pub struct Cache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// gzip: what every runtime and registry reads; the builders' default; levels 1 to 9.
     Gzip,
+    /// zstd: layers unpack markedly faster than gzip's; levels 1 to 22.
     Zstd,
 }
 
@@ -103,8 +140,11 @@ impl fmt::Display for Compression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
+    /// Snapshot by file contents: slowest, and never misses a change.
     Full,
+    /// Snapshot by file metadata (modification time, size, mode, owner): faster than `Full`.
     Redo,
+    /// Snapshot by modification time only: fastest, and misses a change that keeps the time.
     Time,
 }
 
@@ -148,7 +188,10 @@ impl BuildSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildSecret {
+    /// The id the Dockerfile mounts it by (`RUN
+    /// --mount=type=secret,id=<id>`); unique within a build.
     pub id: String,
+    /// The secret's content, read by the client from its file or variable.
     pub value: Secret,
 }
 
@@ -156,8 +199,12 @@ pub struct BuildSecret {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
+    /// The registry host the login is for, as a Docker
+    /// `config.json` keys it (`docker.io` for Docker Hub).
     pub registry: String,
+    /// The user name to log in with.
     pub username: String,
+    /// The password or token to log in with.
     pub password: Secret,
 }
 
@@ -172,9 +219,11 @@ pub struct Secret(String);
 pub const REDACTED: &str = "***";
 
 impl Secret {
+    /// A secret holding `value`.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
+    /// The value itself, for the few places that must use it (a login, a secret file, a redactor).
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -54,6 +54,7 @@ static PLATFORM: LazyLock<Regex> = LazyLock::new(|| {
 pub struct Invalid {
     /// Where in the request, e.g. `tasks[1].spec.dockerfile`.
     pub field: String,
+    /// Why the value is refused, in words meant for the person who wrote it.
     pub message: String,
 }
 

@@ -22,27 +22,44 @@ use bakery_protocol::ContextKey;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
+/// Why a context could not be stored, checked or fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// S3 (or the S3-compatible store) refused the request
+    /// or could not be reached, after the SDK's retries.
     #[error("s3://{bucket}/{key} (at {endpoint}): {message}")]
     S3 {
+        /// The bucket the request was for.
         bucket: String,
+        /// The object's key, `contexts/sha256-<hex>.<ext>`.
         key: String,
+        /// The endpoint URL, or `AWS S3` for AWS's own.
         endpoint: String,
+        /// The SDK's error, with its causes.
         message: String,
     },
+    /// The archive to upload could not be read.
     #[error("reading {path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The archive's path on this machine.
+        path: String,
+        /// The read error.
+        message: String,
+    },
 }
 
 /// An S3 client bound to the contexts bucket.
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// The bucket and endpoint this client is bound to, with the region
+    /// it resolved.
     settings: S3Settings,
 }
 
 impl S3Store {
+    /// A client for `settings`, with the standard AWS credential chain, five tries per request
+    /// with backoff, and bounded connect and read times; no request is sent to S3 here.
     pub async fn connect(settings: S3Settings) -> S3Store {
         // Five tries with exponential backoff (the SDK's standard mode):
         // rides out a restarting S3-compatible server or throttling.
@@ -106,6 +123,7 @@ impl S3Store {
         }
     }
 
+    /// Whether the object `key` is in the bucket (a `HeadObject`; a 404 is `false`, not an error).
     pub async fn exists(&self, key: &ContextKey) -> Result<bool, StoreError> {
         match self
             .client

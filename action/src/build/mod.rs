@@ -28,15 +28,23 @@ use upload::Contexts;
 
 /// How the build runs and prints.
 pub struct BuildOptions {
+    /// `--async`: submit every service at once and follow them together;
+    /// otherwise one after another, stopping at the first failure.
     pub async_mode: bool,
+    /// `--detach`: submit, print `service<TAB>build-id` lines, and return without following.
     pub detach: bool,
+    /// `--codec`: how the context archives are compressed.
     pub codec: Codec,
+    /// `--log-format`; `None` prints for a person (coloured prefixes on a terminal).
     pub format: Option<LogFormat>,
 }
 
 /// Where the controller is: a URL, or one started in this process.
 pub enum Target {
+    /// A controller at this URL (`CONTROLLER_URL`).
     Remote(String),
+    /// A controller started inside this process, running
+    /// agents on this machine (the local platform).
     Embedded,
 }
 

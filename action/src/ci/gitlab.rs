@@ -27,6 +27,9 @@ pub struct GitLab {
 }
 
 impl GitLab {
+    /// Reads the job's environment: a dotenv report when `GITLAB_CI=true`,
+    /// and commit statuses when `with_statuses` and `BAKERY_GITLAB_TOKEN`
+    /// allow (a failure to set them up is a warning).
     pub async fn from_env(with_statuses: bool) -> GitLab {
         let dotenv = (var("GITLAB_CI").as_deref() == Some("true")).then(|| {
             var("BAKERY_DOTENV")

@@ -19,19 +19,33 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Finding {
     /// The registry wants a login and none was found.
-    NoLogin { host: String },
+    NoLogin {
+        /// The registry host.
+        host: String,
+    },
     /// The registry refused the login that would be used.
     Refused {
+        /// The registry host.
         host: String,
+        /// Where the refused login came from (see [`super::Source`]).
         source: String,
+        /// The HTTP status of the refusal (401 or 403).
         status: u16,
     },
     /// The registry could not be asked from here (the agents may still
     /// reach it): a warning, not an error.
-    Unreachable { host: String, cause: String },
+    Unreachable {
+        /// The registry host, or `every registry` when no HTTP client could be made.
+        host: String,
+        /// Why it could not be asked (the transport error, without the URL).
+        cause: String,
+    },
     /// No login on the runner for a cloud registry that agents reach with
     /// their own identity (an ECS task role, a workload identity): a note.
-    CloudIdentity { host: String },
+    CloudIdentity {
+        /// The registry host (ECR, GCR, Artifact Registry or ACR).
+        host: String,
+    },
 }
 
 impl Finding {

@@ -36,10 +36,15 @@ pub use check::check_destinations;
 /// Where a login came from, for messages (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// config.yaml's `kaniko-credentials`.
     ConfigYaml,
+    /// The `auths` of this Docker config file.
     DockerConfig(PathBuf),
+    /// The credential helper `docker-credential-<name>`, by its name.
     Helper(String),
+    /// This containers auth file (buildah's, podman's).
     AuthFile(PathBuf),
+    /// GitLab's `CI_REGISTRY_USER` and `CI_REGISTRY_PASSWORD`.
     GitLab,
 }
 
@@ -57,20 +62,35 @@ impl std::fmt::Display for Source {
 /// One registry login.
 #[derive(Debug, Clone)]
 pub struct Login {
+    /// The user name to log in with.
     pub username: String,
+    /// The password or token; never printed.
     pub password: Secret,
+    /// Where the login came from, for messages.
     pub source: Source,
 }
 
 /// What went wrong finding a login. Never carries a password.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
+    /// A Docker config or containers auth file that cannot be read or parsed:
+    /// an error, as Docker would make it.
     #[error("{path}: {cause}")]
-    Config { path: String, cause: String },
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong with it (for an `auths` entry, which one).
+        cause: String,
+    },
+    /// A credential helper failed or answered with something unreadable: a
+    /// warning, since it may be for a registry the build only pulls from.
     #[error("docker-credential-{helper} get for {host}: {cause}")]
     Helper {
+        /// The helper's name (`docker-credential-<helper>`).
         helper: String,
+        /// The registry host it was asked about.
         host: String,
+        /// What went wrong: it could not run, it failed, or its answer does not parse.
         cause: String,
     },
 }

@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 
 use super::{Builder, Job, Step};
 
+/// Buildah as a [`Builder`]: `buildah build`, then `buildah push` unless the build does not push.
 pub struct Buildah {
+    /// The buildah binary to run; `buildah` (found on `PATH`) by default.
     pub program: String,
 }
 

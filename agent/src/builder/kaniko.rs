@@ -2,7 +2,9 @@
 
 use super::{Builder, Job, Step};
 
+/// Kaniko's executor as a [`Builder`]: one step that builds and pushes.
 pub struct Kaniko {
+    /// The executor binary; `/kaniko/executor` (where the Kaniko image has it) by default.
     pub executor: String,
 }
 

@@ -17,8 +17,12 @@ pub use kaniko::Kaniko;
 
 /// Everything a builder needs besides the task.
 pub struct Job<'a> {
+    /// The task as the controller handed it: arch, push tag and spec.
     pub task: &'a AgentTask,
+    /// The unpacked context: what the builder builds, and the directory its steps run in.
     pub context_dir: &'a Path,
+    /// The task's own directory (digest file, logins,
+    /// secrets, builder storage); never part of the image.
     pub work_dir: &'a Path,
     /// A directory holding `config.json` with registry logins, if any.
     pub docker_config: Option<&'a Path>,
@@ -29,10 +33,13 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// Where the builder writes the pushed manifest digest: `<work>/digest`.
     pub fn digest_file(&self) -> PathBuf {
         self.work_dir.join("digest")
     }
 
+    /// The Dockerfile the builder reads: in the context, or
+    /// in the work dir when it was sent beside the context.
     pub fn dockerfile(&self) -> PathBuf {
         crate::context::dockerfile_path(self.context_dir, self.work_dir, &self.task.spec)
     }
@@ -132,13 +139,18 @@ fn builder_reads(name: &str) -> bool {
 /// One process to run: argv and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// The program and its arguments; never a build-arg value or a password.
     pub argv: Vec<String>,
+    /// Environment for this step on top of the build's `env`: build-arg values,
+    /// and where the builder finds its registry configuration and logins.
     pub env: BTreeMap<String, String>,
     /// What the step is, for messages ("build", "push").
     pub what: &'static str,
 }
 
+/// A daemonless builder: turns a [`Job`] into the processes that build and push it.
 pub trait Builder: Send + Sync {
+    /// The builder's name for messages and logs (`kaniko`, `buildah`).
     fn name(&self) -> &'static str;
     /// Prepares files the steps need (configuration), then lists the steps.
     fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>>;

@@ -50,22 +50,38 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// wrongly.
 pub const RECORD_VERSION: u32 = 1;
 
+/// Why the journal could not open, save or read back.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// The cause is part of the message, not a chained source: binaries
     /// print chains, and a chained cause would be printed twice.
     #[error("build journal {path}: {cause}")]
-    Open { path: String, cause: redb::Error },
+    Open {
+        /// The journal file.
+        path: String,
+        /// The database's error.
+        cause: redb::Error,
+    },
+    /// The database refused a read or a write (a full disk, an I/O error).
     #[error("build journal: {0}")]
     Db(redb::Error),
+    /// A saved record is not JSON of the expected shape.
     #[error("build journal: a record does not parse ({0}); move the file aside to start empty")]
     Decode(serde_json::Error),
+    /// The log row with this key is shorter than its header says.
     #[error("build journal: log row {0} is cut short; move the file aside to start empty")]
     Row(u64),
+    /// A change was not committed within JOURNAL_TIMEOUT (this long); the request is answered 503.
     #[error("the build journal did not confirm the write within {0:?}")]
     Timeout(Duration),
+    /// A record was written by a newer controller, in a format this one does not know.
     #[error("build journal: build {build} was written by a newer controller (record version {version}); run that version, or move the file aside to start empty")]
-    Version { build: String, version: u32 },
+    Version {
+        /// The build whose record it is.
+        build: String,
+        /// The record's version, above [`RECORD_VERSION`].
+        version: u32,
+    },
 }
 
 // By hand rather than `#[from]`, which would also chain the cause that
@@ -89,17 +105,23 @@ pub struct Record {
     /// field are version 1.
     #[serde(default = "first_version")]
     pub version: u32,
+    /// The build's status when it was saved.
     pub status: BuildStatus,
     /// The request as the client sent it, registry credentials included:
     /// a resumed build needs them to write its index (see SECURITY.md).
     pub request: CreateBuild,
+    /// One per task, in the order of the request.
     pub tasks: Vec<TaskRecord>,
+    /// Whether a cancel was asked for: a restarted
+    /// controller carries it out if the build had not ended.
     pub cancel_requested: bool,
     /// Whether the client was told the build exists (see
     /// [`crate::state::Inner::acknowledged`]). Journals written before the
     /// flag existed acknowledged every build they held.
     #[serde(default = "yes")]
     pub acknowledged: bool,
+    /// The `Idempotency-Key` the build was created with, so that
+    /// a client retrying after a restart gets the same build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
@@ -117,10 +139,15 @@ fn first_version() -> u32 {
 pub struct TaskRecord {
     /// The agent keeps using this token after a restart.
     pub token: String,
+    /// The highest log line seq received from the agent,
+    /// so a resent line is dropped after a restart too.
     pub agent_seq: u64,
+    /// The platform's handle of the agent ([`crate::platform::AgentHandle`]),
+    /// once launched: what a restart adopts or stops.
     pub handle: Option<String>,
     /// Wall-clock times, since `Instant`s do not survive a restart.
     pub launched_ms: Option<u64>,
+    /// Unix milliseconds at which the agent checked in, if it did.
     pub checked_in_ms: Option<u64>,
     /// When the task began waiting for an agent slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,7 +156,9 @@ pub struct TaskRecord {
 
 /// A build as read back at start-up.
 pub struct Restored {
+    /// The build's saved record, secrets put back from the vault.
     pub record: Record,
+    /// Its log, in order.
     pub logs: Vec<LogEvent>,
     /// Each task's agent seq as of the last chunk.
     pub agent_seqs: Vec<u64>,
@@ -138,6 +167,8 @@ pub struct Restored {
 /// Opens the database file: at start-up, and again after an I/O error.
 pub type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
 
+/// The build journal: a redb database holding every build's record and log,
+/// written by one background writer that batches changes into commits.
 pub struct Journal {
     /// The open database: `None` only while it is being reopened.
     db: RwLock<Option<Arc<Database>>>,
@@ -262,10 +293,13 @@ impl Journal {
             .store(timeout.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// How long a flush waits for its commit before it fails (JOURNAL_TIMEOUT).
     pub fn flush_timeout(&self) -> Duration {
         Duration::from_millis(self.flush_timeout_ms.load(Ordering::SeqCst))
     }
 
+    /// The handle through which builds tell the writer they
+    /// changed, and wait for their changes to be committed.
     pub fn signal(&self) -> Arc<Signal> {
         Arc::clone(&self.signal)
     }

@@ -55,6 +55,7 @@ pub struct Unsaved {
 
 /// A build as the writer sees it.
 pub trait Journaled: Send + Sync {
+    /// The build's id, its key in the journal.
     fn id(&self) -> &str;
     /// Whether it changed since the last commit that took it (and clears that).
     fn take_dirty(&self) -> bool;
@@ -70,6 +71,7 @@ pub trait Journaled: Send + Sync {
 
 /// Where the writer finds the builds to save.
 pub trait Builds: Send + Sync {
+    /// Every build held now, for the writer to ask what changed.
     fn journaled(&self) -> Vec<Arc<dyn Journaled>>;
 }
 

@@ -80,6 +80,7 @@ pub const INHERITED: &[&str] = &[
     "BAKERY_AGENT_LOAD",
 ];
 
+/// The local platform: agents as child processes of the controller, on its own machine.
 pub struct LocalPlatform {
     agent: PathBuf,
     work_root: PathBuf,
@@ -92,6 +93,8 @@ pub struct LocalPlatform {
 }
 
 impl LocalPlatform {
+    /// A platform starting `agent`, with work dirs under `work_root`, passing
+    /// `insecure` (INSECURE_REGISTRIES) on and reporting ended agents to `exits`.
     pub fn new(agent: PathBuf, work_root: PathBuf, insecure: String, exits: ExitSender) -> Self {
         LocalPlatform {
             agent,

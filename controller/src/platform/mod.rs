@@ -17,11 +17,17 @@ use tokio::sync::mpsc;
 /// What a platform needs to start one agent.
 #[derive(Debug, Clone)]
 pub struct Launch {
+    /// The build the agent is for (labels, names).
     pub build_id: String,
+    /// The task the agent builds, `<build>-<arch>`.
     pub task_id: String,
+    /// The arch of the machine it must run on.
     pub arch: Arch,
+    /// The CPU it gets (the build's, or DEFAULT_BUILD_CPU).
     pub cpu: Cpu,
+    /// The memory it gets (the build's, or DEFAULT_BUILD_MEMORY).
     pub memory: Memory,
+    /// Run on Spot capacity where the platform has it (ECS Fargate Spot).
     pub spot: bool,
     /// The agent's environment: controller URL, task id and token.
     pub env: BTreeMap<String, String>,
@@ -35,10 +41,12 @@ pub struct Launch {
 pub struct AgentHandle(String);
 
 impl AgentHandle {
+    /// A handle as the platform spells it.
     pub fn new(handle: impl Into<String>) -> AgentHandle {
         AgentHandle(handle.into())
     }
 
+    /// The handle's text (what the journal keeps).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -74,15 +82,20 @@ impl std::fmt::Display for ExitReason {
 /// An agent that ended by itself.
 #[derive(Debug, Clone)]
 pub struct Exited {
+    /// The task whose agent ended.
     pub task_id: String,
+    /// How it ended.
     pub reason: ExitReason,
 }
 
 /// What the controller asks of a platform, for the error counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// Starting an agent.
     Launch,
+    /// Stopping an agent.
     Stop,
+    /// Taking back an agent after a restart.
     Adopt,
     /// ECS: the poll of watched tasks.
     DescribeTasks,
@@ -91,6 +104,7 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The operation's name, as the `operation` label of `bakery_platform_api_errors`.
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Launch => "launch",
@@ -102,14 +116,19 @@ impl Operation {
     }
 }
 
+/// Where platforms report agents that ended by themselves.
 pub type ExitSender = mpsc::UnboundedSender<Exited>;
 
+/// Why a platform could not be set up, or could not start or stop an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
+    /// The platform's settings are missing or wrong, or its API cannot be reached at start-up.
     #[error("{0}")]
     Config(String),
+    /// The agent could not be started; the task fails with this.
     #[error("could not start the agent: {0}")]
     Launch(String),
+    /// The agent could not be stopped.
     #[error("could not stop the agent: {0}")]
     Stop(String),
 }
@@ -117,6 +136,7 @@ pub enum PlatformError {
 /// A place to run agents: local processes, ECS tasks, Kubernetes pods.
 #[async_trait::async_trait]
 pub trait AgentPlatform: Send + Sync + 'static {
+    /// The platform's name (`local`, `ecs`, `k8s`), for logs and metrics.
     fn name(&self) -> &'static str;
 
     /// Starts the agent of `launch`; returns a handle for [`AgentPlatform::stop`].

@@ -59,18 +59,26 @@ pub struct RecordedResult {
 
 /// An arch whose agent pushed, as the image check needs it.
 pub struct Pushed {
+    /// The task's position in the build.
     pub index: usize,
+    /// The arch it built.
     pub arch: bakery_protocol::Arch,
+    /// The manifest digest it reported.
     pub digest: String,
+    /// The per-arch tag it pushed.
     pub push: String,
+    /// The images it was built on, the final stage's base first.
     pub bases: Vec<String>,
 }
 
 /// The deadlines [`Aggregate::evaluate`] applies, and what it needs to say
 /// why one passed.
 pub struct Limits<'a> {
+    /// BUILD_TASK_TIMEOUT: how long an agent may take to start and check in.
     pub task_timeout: std::time::Duration,
+    /// BUILD_RESULT_TIMEOUT: how long a checked-in agent may take to report.
     pub result_timeout: std::time::Duration,
+    /// BUILD_QUEUE_TIMEOUT: how long a task may wait for an agent slot.
     pub queue_timeout: std::time::Duration,
     /// How many agent slots a platform has (MAX_CONCURRENT_AGENTS).
     pub slots: &'a dyn Fn(Platform) -> usize,
@@ -261,6 +269,7 @@ impl Aggregate {
 
     // ---- reading ----
 
+    /// The build's id.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -280,6 +289,7 @@ impl Aggregate {
         }
     }
 
+    /// Where the build as a whole is.
     pub fn state(&self) -> BuildState {
         self.head.state
     }
@@ -294,18 +304,22 @@ impl Aggregate {
         }
     }
 
+    /// The build's tasks, one per arch, in the order of the request.
     pub fn tasks(&self) -> &[Task] {
         &self.tasks
     }
 
+    /// The task at `index`.
     pub fn task(&self, index: usize) -> &Task {
         &self.tasks[index]
     }
 
+    /// The multi-arch index tag, when the build pushes.
     pub fn destination(&self) -> Option<&str> {
         self.destination.as_deref()
     }
 
+    /// More tags for the same index.
     pub fn tags(&self) -> &[String] {
         &self.tags
     }
@@ -318,18 +332,22 @@ impl Aggregate {
             .collect()
     }
 
+    /// Each task's request, in order (passwords gone once finished).
     pub fn requests(&self) -> impl Iterator<Item = &TaskRequest> {
         self.tasks.iter().map(|t| &t.request)
     }
 
+    /// Whether a cancel was asked for and not yet carried out.
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested
     }
 
+    /// Whether the client was told the build exists.
     pub fn acknowledged(&self) -> bool {
         self.acknowledged
     }
 
+    /// The `Idempotency-Key` it was created with, if any.
     pub fn idempotency_key(&self) -> Option<&str> {
         self.idempotency_key.as_deref()
     }
@@ -339,6 +357,7 @@ impl Aggregate {
         self.tasks.iter().any(|t| t.runtime.result_saving)
     }
 
+    /// How many log lines the build holds.
     pub fn log_len(&self) -> usize {
         self.logs.len()
     }
@@ -433,6 +452,7 @@ impl Aggregate {
         self.changed(Change::State);
     }
 
+    /// Records the `Idempotency-Key` the build was created with.
     pub fn set_idempotency_key(&mut self, key: Option<String>) {
         self.idempotency_key = key;
         self.changed(Change::State);

@@ -35,6 +35,7 @@ use aggregate::Change;
 /// One build: shared by the API handlers, its supervisor and its followers.
 #[derive(Debug)]
 pub struct Build {
+    /// The build's id, fixed at creation.
     pub id: String,
     inner: Mutex<Aggregate>,
     /// Anything a follower shows changed: saved lines, the status.
@@ -144,6 +145,7 @@ impl Build {
         self.update(|b| b.append_agent_lines(index, lines))
     }
 
+    /// The status as clients see it.
     pub fn status(&self) -> BuildStatus {
         self.lock().status()
     }
@@ -284,6 +286,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Adds a build, and its tasks by task id.
     pub fn insert(&self, build: Arc<Build>) {
         let task_ids: Vec<String> = build
             .read()
@@ -317,6 +320,7 @@ impl Registry {
         }
     }
 
+    /// The build `id`, if it is held.
     pub fn get(&self, id: &str) -> Option<Arc<Build>> {
         self.builds
             .lock()
@@ -325,6 +329,7 @@ impl Registry {
             .cloned()
     }
 
+    /// The build that has the task `task_id`, and the task's position in it.
     pub fn task(&self, task_id: &str) -> Option<(Arc<Build>, usize)> {
         self.tasks
             .lock()
@@ -333,6 +338,7 @@ impl Registry {
             .cloned()
     }
 
+    /// Every build held, in no particular order.
     pub fn all(&self) -> Vec<Arc<Build>> {
         self.builds
             .lock()

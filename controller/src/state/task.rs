@@ -93,18 +93,23 @@ impl Task {
     pub fn id(&self) -> &str {
         &self.status.id
     }
+    /// The arch this task builds.
     pub fn arch(&self) -> bakery_protocol::Arch {
         self.status.arch
     }
+    /// The platform its agent runs on.
     pub fn platform(&self) -> Platform {
         self.status.platform
     }
+    /// Where the task is.
     pub fn state(&self) -> TaskState {
         self.status.state
     }
+    /// The task's status as clients see it.
     pub fn status(&self) -> &TaskStatus {
         &self.status
     }
+    /// What the client asked of this task (its password gone once the build finished).
     pub fn request(&self) -> &TaskRequest {
         &self.request
     }
@@ -116,9 +121,11 @@ impl Task {
     pub fn handle(&self) -> Option<&AgentHandle> {
         self.runtime.handle.as_ref()
     }
+    /// When the agent was launched, if it was.
     pub fn launched_at(&self) -> Option<Instant> {
         self.runtime.launched_at
     }
+    /// Whether the task is over: succeeded, failed or cancelled.
     pub fn is_terminal(&self) -> bool {
         self.status.state.is_terminal()
     }

@@ -36,6 +36,8 @@ use agents::Work;
 /// How often deadlines are checked when nothing else wakes the supervisor.
 const TICK: Duration = Duration::from_millis(500);
 
+/// Supervises `build` until it ends and its agents are stopped: launches, deadlines, the image
+/// check and the index, then cleanup. A panic fails the build instead of leaving it hanging.
 pub async fn run(app: Arc<App>, build: Arc<Build>) {
     guarded(Arc::clone(&app), Arc::clone(&build), supervise(app, build)).await;
 }

@@ -32,8 +32,13 @@ pub use interpolate::interpolate;
 
 /// A parsed compose file with the positions of its values.
 pub struct ComposeFile {
+    /// The compose file, as it was named (on the command
+    /// line, in `COMPOSE_FILE`, or found in the repository).
     pub path: PathBuf,
+    /// Where each key and value sits in the interpolated text, for errors that point at a line.
     pub locations: Locations,
+    /// The services, in the order the file lists them; those
+    /// without `build` are kept, and skipped when planned.
     pub services: IndexMap<String, Service>,
     /// The variables in force: the process environment over `.env`.
     pub vars: HashMap<String, String>,
@@ -47,7 +52,9 @@ pub struct ComposeFile {
 /// A top-level secret: a file (relative to the compose file) or a variable.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TopSecret {
+    /// `file:`: the secret's file, relative to the compose file's directory.
     pub file: Option<String>,
+    /// `environment:`: the variable of the client that holds the secret.
     pub environment: Option<String>,
     /// `external`, `name`, …: swarm's, which a build cannot use.
     #[serde(flatten)]
@@ -59,9 +66,13 @@ pub struct TopSecret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum BuildSecretEntry {
+    /// The short form: the name of a top-level secret, which the Dockerfile mounts by the same id.
     Name(String),
+    /// The long form, naming the top-level secret and, optionally, the id to mount it as.
     Long {
+        /// The name of the top-level secret.
         source: String,
+        /// The id the Dockerfile mounts (`RUN --mount=type=secret,id=…`); `None` means `source`.
         target: Option<String>,
         /// `uid`, `gid`, `mode`: applied by BuildKit's mount, not here.
         #[serde(flatten)]
@@ -72,8 +83,11 @@ pub enum BuildSecretEntry {
 /// A variable the file uses that is not set, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unset {
+    /// The variable's name.
     pub name: String,
+    /// 1-based line of its first use.
     pub line: usize,
+    /// 1-based column of its first use.
     pub column: usize,
 }
 
@@ -88,11 +102,16 @@ struct RawFile {
     other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
+/// One entry of `services:`, as far as building it goes.
 #[derive(Debug, Deserialize)]
 pub struct Service {
+    /// `build:`; a service without it has nothing to build.
     pub build: Option<Build>,
+    /// `image:`: the destination tag, which becomes the multi-arch index.
     pub image: Option<String>,
+    /// `platform:`, one platform; used when no list of platforms is given.
     pub platform: Option<String>,
+    /// `x-bake:` on the service; its `platforms` come second, after the build's own `x-bake`.
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,
     /// Every other key: `docker compose up`'s, or misspelt.
@@ -104,20 +123,32 @@ pub struct Service {
 #[derive(Debug, Default)]
 pub struct Build(pub BuildSection);
 
+/// The `build:` mapping (a bare `build: ./dir` fills `context` alone).
 #[derive(Debug, Default, Deserialize)]
 pub struct BuildSection {
+    /// The build context, relative to the compose file's directory; `None` means that directory.
     pub context: Option<String>,
+    /// The Dockerfile, relative to the context; `None` means `Dockerfile`.
     pub dockerfile: Option<String>,
+    /// `args:`, as a map or a list of `KEY=value`; a key without a value
+    /// takes the variable of that name, and is left out when it is unset.
     #[serde(default, deserialize_with = "compose_vars")]
     pub args: Option<BTreeMap<String, Option<String>>>,
+    /// The Dockerfile stage to build.
     pub target: Option<String>,
+    /// `labels:`, as a map or a list of `KEY=value`; a key without
+    /// a value takes the variable of that name, as with `args`.
     #[serde(default, deserialize_with = "compose_vars")]
     pub labels: Option<BTreeMap<String, Option<String>>>,
+    /// `cache_from:`: images whose layers the builder may reuse.
     pub cache_from: Option<Vec<String>>,
+    /// `platforms:`: the platforms to build, after the two `x-bake.platforms`.
     pub platforms: Option<Vec<String>>,
     /// More tags for the image, in the same repository as `image`.
     pub tags: Option<Vec<String>>,
+    /// `secrets:`: top-level secrets the build mounts.
     pub secrets: Option<Vec<BuildSecretEntry>>,
+    /// `x-bake:` inside `build`; its `platforms` come first, as `docker buildx bake` reads them.
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,
     /// Every other key, checked by [`check_build_keys`].
@@ -125,8 +156,10 @@ pub struct BuildSection {
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
+/// The `x-bake:` block, which `docker buildx bake` reads; bakery takes only its platforms.
 #[derive(Debug, Default, Deserialize)]
 pub struct XBake {
+    /// The platforms to build (`linux/amd64`, `linux/arm64`).
     pub platforms: Option<Vec<String>>,
     /// Every other key: bake's own, or misspelt.
     #[serde(flatten)]

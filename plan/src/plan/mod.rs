@@ -35,7 +35,11 @@ use resolver::Resolver;
 pub struct PlanOptions {
     /// The repository root: config.yaml context paths are relative to it.
     pub repo: PathBuf,
+    /// `--config`: the config.yaml to read; with neither file named,
+    /// `config.yaml` in `repo` when it exists, else a compose file found there.
     pub config: Option<PathBuf>,
+    /// `--compose`: the compose file to read; given with `config`, config.yaml's
+    /// `global` and `bake` layers apply to its services.
     pub compose: Option<PathBuf>,
     /// Services to build; empty means all.
     pub services: Vec<String>,
@@ -60,9 +64,13 @@ pub struct Overrides {
     pub platforms: Vec<String>,
     /// Merged over each service's (the flag wins).
     pub build_args: BTreeMap<String, String>,
+    /// `--label`: merged over each service's labels (the flag wins).
     pub labels: BTreeMap<String, String>,
+    /// `--target`: the Dockerfile stage every service builds, replacing the file's.
     pub target: Option<String>,
+    /// `--cache`: turn the registry layer cache on for every service.
     pub cache: bool,
+    /// `--cache-repo`: the cache's base repository for every service (implies `cache`).
     pub cache_repo: Option<String>,
     /// `--secret`: added to every service's (the flag wins on an id);
     /// files relative to the working directory. With `--tag` too.
@@ -105,13 +113,18 @@ impl Overrides {
 pub struct InlineBuild {
     /// The context, relative to the repository.
     pub context: String,
+    /// `--file`: the Dockerfile; a path that exists from the repository wins, else
+    /// it is relative to the context; `None` means `Dockerfile` in the context.
     pub dockerfile: Option<String>,
     /// The first is the destination; the others tag the same index.
     pub tags: Vec<String>,
     /// `linux/amd64`, `linux/arm64`; empty means the host's arch.
     pub platforms: Vec<String>,
+    /// `--build-arg` values.
     pub build_args: BTreeMap<String, String>,
+    /// `--label` values.
     pub labels: BTreeMap<String, String>,
+    /// `--target`: the Dockerfile stage to build.
     pub target: Option<String>,
     /// `--cache`: the registry layer cache, in `cache_repo` or, when that
     /// is `None`, in the repository derived from the destination.
@@ -123,6 +136,8 @@ pub struct InlineBuild {
 }
 
 impl PlanOptions {
+    /// Options for the repository `repo`: no file named (so config.yaml or a compose file is
+    /// looked for there), every service, the process environment, and this machine's arch.
     pub fn new(repo: impl Into<PathBuf>) -> Self {
         PlanOptions {
             repo: repo.into(),
@@ -140,6 +155,7 @@ impl PlanOptions {
 /// Everything to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The services to build, in the order their file lists them.
     pub services: Vec<ServicePlan>,
     /// Things the user should know that do not stop the build, each
     /// `file:line:col: …` where it has a place.
@@ -153,6 +169,8 @@ pub struct Plan {
 /// One image: its arches and the multi-arch tag that joins them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServicePlan {
+    /// The service's name: the compose service, or for config.yaml and flags,
+    /// the short name of the destination (else the repository's directory name).
     pub name: String,
     /// The multi-arch index tag; `None` when the build does not push.
     pub destination: Option<String>,
@@ -161,17 +179,20 @@ pub struct ServicePlan {
     /// per-arch images copied there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// One build per arch.
     pub builds: Vec<ArchBuild>,
 }
 
 /// One agent's work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArchBuild {
+    /// The arch this build is for.
     pub arch: Arch,
     /// The per-arch tag the agent pushes; `None` for a build without push.
     pub push: Option<String>,
     /// The context directory on the client; the agent gets it as an archive.
     pub context_dir: PathBuf,
+    /// The resolved spec the agent receives.
     pub spec: BuildSpec,
     /// The files build secrets were read from: left out of the uploaded
     /// context when they are inside it.

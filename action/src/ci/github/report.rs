@@ -146,8 +146,11 @@ fn html_escape(s: &str) -> String {
 pub struct Annotation {
     /// The Dockerfile, relative to the workspace.
     pub path: Option<String>,
+    /// The line in the Dockerfile the build failed at; `None` when it could not be told.
     pub line: Option<usize>,
+    /// The annotation's title: `<service> (<arch>) build failed`.
     pub title: String,
+    /// The task's error, as the controller reported it.
     pub message: String,
 }
 

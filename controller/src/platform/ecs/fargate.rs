@@ -6,7 +6,9 @@ use bakery_protocol::resources::{Cpu, Memory};
 /// A Fargate task size: CPU units and MiB, one of the pairs Fargate accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FargateSize {
+    /// ECS CPU units (1024 per vCPU).
     pub cpu_units: u32,
+    /// Memory in MiB, one of the sizes Fargate pairs with `cpu_units`.
     pub memory_mib: u32,
 }
 

@@ -39,6 +39,8 @@ use crate::config::Config;
 use placement::is_capacity_shortage;
 use watch::{lock, mark_stopping, Watched, WatchedTask};
 
+/// The ECS platform: each agent a Fargate task of its arch,
+/// launched with RunTask and watched by polling DescribeTasks.
 pub struct EcsPlatform {
     client: Client,
     settings: EcsSettings,
@@ -114,6 +116,7 @@ impl EcsPlatform {
         Ok(platform)
     }
 
+    /// The settings it runs with.
     pub fn settings(&self) -> &EcsSettings {
         &self.settings
     }

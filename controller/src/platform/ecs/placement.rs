@@ -7,7 +7,9 @@ use super::settings::EcsSettings;
 /// Fargate's two capacity providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CapacityProvider {
+    /// On-demand Fargate.
     Fargate,
+    /// Fargate Spot: cheaper, and may have no capacity (then the launch falls back to on-demand).
     FargateSpot,
 }
 
@@ -24,11 +26,15 @@ impl CapacityProvider {
 /// How one RunTask call will place its task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
+    /// The capacity provider to run with, when no launch type is set.
     pub capacity_provider: Option<CapacityProvider>,
+    /// ECS_LAUNCH_TYPE, which replaces the capacity provider strategy.
     pub launch_type: Option<String>,
 }
 
 impl Placement {
+    /// ECS_LAUNCH_TYPE when set; else Fargate Spot for
+    /// a `spot` build, on-demand Fargate otherwise.
     pub fn choose(settings: &EcsSettings, spot: bool) -> Placement {
         match &settings.launch_type {
             Some(lt) => Placement {

@@ -15,24 +15,42 @@ use crate::platform::Launch;
 
 /// The container name in every agent task definition.
 pub const CONTAINER: &str = "agent";
+/// The tag naming the controller (BAKERY_OWNER) that owns a task definition or task.
 pub const OWNER_TAG: &str = "bakery:owner";
+/// The tag holding the [`EcsSettings::config_hash`] a task
+/// definition was made with: a revision with another is stale.
 pub const CONFIG_TAG: &str = "bakery:config";
 
 /// What the ECS platform needs, checked once at start-up.
 #[derive(Debug, Clone)]
 pub struct EcsSettings {
+    /// ECS_CLUSTER: the cluster the agent tasks run in.
     pub cluster: String,
+    /// ECS_SUBNETS: the subnets of the agents' awsvpc network.
     pub subnets: Vec<String>,
+    /// ECS_SECURITY_GROUPS: the security groups of the agents' network interfaces.
     pub security_groups: Vec<String>,
+    /// ECS_EXEC_ROLE_ARN: the task execution role (image pull, logs).
     pub exec_role_arn: Option<String>,
+    /// ECS_TASK_ROLE_ARN: the agents' own AWS identity; `None` gives them none.
     pub task_role_arn: Option<String>,
+    /// AGENT_IMAGE: the agent container image.
     pub image: String,
+    /// The Secrets Manager secret with the agent image's registry login
+    /// (given, or stored at start-up); `None` for a public image.
     pub image_secret_arn: Option<String>,
+    /// ECS_LOG_GROUP: the CloudWatch Logs group of the agents' own output; `None`: it is not kept.
     pub log_group: Option<String>,
+    /// AWS_REGION, also the region of the agents' logs;
+    /// `None` leaves it to the standard AWS chain.
     pub region: Option<String>,
+    /// ECS_ASSIGN_PUBLIC_IP: give each agent a public IP (subnets without a NAT gateway).
     pub assign_public_ip: bool,
+    /// ECS_LAUNCH_TYPE: run tasks with this launch type instead of a capacity provider strategy.
     pub launch_type: Option<String>,
+    /// BAKERY_OWNER: names the task definition families and tags what this controller owns.
     pub owner: String,
+    /// ECS_POLL_INTERVAL: how often the watched tasks are described.
     pub poll_interval: Duration,
     /// Extra non-secret agent environment (INSECURE_REGISTRIES).
     pub agent_env: Vec<(String, String)>,

@@ -44,6 +44,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The Kubernetes platform: each agent a pod on a node of its arch, watched through the API.
 pub struct K8sPlatform {
     pods: Api<Pod>,
     settings: K8sSettings,

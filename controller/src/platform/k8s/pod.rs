@@ -128,11 +128,15 @@ fn agent_container(s: &K8sSettings, launch: &Launch) -> Container {
 /// What a pod's status says about its agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodOutcome {
+    /// The agent container runs.
     Running,
     /// Not started yet; the reason, when Kubernetes gives one.
     Pending(Option<String>),
+    /// The pod ended.
     Ended {
+        /// Whether it ended well (phase `Succeeded`).
         success: bool,
+        /// Why it ended, as a person debugging the pod would put it.
         reason: String,
     },
 }

@@ -9,10 +9,16 @@ use serde::Deserialize;
 
 use crate::config::Config;
 
+/// The standard label naming the tool that manages a pod: `bakery` on every agent pod.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The label naming the owning controller (BAKERY_OWNER):
+/// orphan cleanup deletes only its own pods.
 pub const OWNER_LABEL: &str = "bakery.dev/owner";
+/// The label with the pod's task id.
 pub const TASK_LABEL: &str = "bakery.dev/task";
+/// The label with the pod's build id.
 pub const BUILD_LABEL: &str = "bakery.dev/build";
+/// The label with the pod's arch.
 pub const ARCH_LABEL: &str = "bakery.dev/arch";
 
 /// The server-side agent settings (`K8S_AGENT_CONFIG`, a YAML file; in the
@@ -20,6 +26,8 @@ pub const ARCH_LABEL: &str = "bakery.dev/arch";
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentPodConfig {
+    /// The service account the agent pods run as (their cloud
+    /// identity, if any); `None` is the namespace's default.
     pub service_account_name: Option<String>,
     /// Node labels besides `kubernetes.io/arch`, e.g. a dedicated pool.
     #[serde(default)]
@@ -33,25 +41,34 @@ pub struct AgentPodConfig {
     /// Secrets for pulling the agent image.
     #[serde(default)]
     pub image_pull_secrets: Vec<String>,
+    /// Labels added to every agent pod (bakery's own win on a clash).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Annotations added to every agent pod.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// What the Kubernetes platform needs, checked once at start-up.
 #[derive(Debug, Clone)]
 pub struct K8sSettings {
+    /// K8S_NAMESPACE: where the agent pods run.
     pub namespace: String,
+    /// AGENT_IMAGE: the agent container image.
     pub image: String,
+    /// BAKERY_OWNER: the owner label on every pod.
     pub owner: String,
+    /// The pods' scheduling and identity (K8S_AGENT_CONFIG).
     pub agent: AgentPodConfig,
     /// `activeDeadlineSeconds`: both timeouts, so Kubernetes ends the pod
     /// even if the controller that should have is gone.
     pub deadline_secs: i64,
+    /// Extra non-secret agent environment (INSECURE_REGISTRIES).
     pub agent_env: Vec<(String, String)>,
 }
 
 impl K8sSettings {
+    /// Reads the Kubernetes variables and K8S_AGENT_CONFIG, naming every missing variable at once.
     pub fn from_config(c: &Config) -> Result<K8sSettings, String> {
         let mut missing = Vec::new();
         if c.k8s_namespace.is_none() {

@@ -13,8 +13,11 @@ use crate::platform::{AgentHandle, ExitReason};
 
 /// An agent to stop: its task, handle and platform.
 pub struct ToStop {
+    /// The task's position in the build.
     pub index: usize,
+    /// The platform's handle of its agent.
     pub handle: AgentHandle,
+    /// The platform it runs on.
     pub platform: Platform,
 }
 
@@ -107,6 +110,8 @@ impl Aggregate {
         self.tasks[index].runtime.slot = slot;
     }
 
+    /// The agent of task `index` was launched as `handle`
+    /// at `now`: its start deadline runs from here.
     pub fn launched(&mut self, index: usize, handle: AgentHandle, now: Instant) {
         if handle.as_str() != self.tasks[index].id() {
             self.log(index, &format!("agent launched: {handle}"));
@@ -115,6 +120,7 @@ impl Aggregate {
         self.changed(Change::State);
     }
 
+    /// The agent of task `index` could not be launched: the task fails with `error`.
     pub fn launch_failed(&mut self, index: usize, error: String) {
         self.finish_task(index, TaskState::Failed, Some(error));
     }
