@@ -10,6 +10,19 @@ exactly as it would to ECS. Every other request and answer passes through.
 For fault-injection tests, FAIL_RUNTASK=N makes the first N RunTask calls
 answer 503 ServiceUnavailableException, as ECS does during an outage, and
 FAIL_S3=N the first N S3 requests 503 SlowDown, without reaching moto.
+NO_CAPACITY=N answers the first N RunTask calls as ECS does when Fargate has
+no capacity (200, no task, a failure "Capacity is unavailable at this time");
+MISSING=N answers the first N DescribeTasks calls that name a task (without
+`include`, as the watcher's are) as DescribeTasks does right after RunTask:
+every task a MISSING failure.
+
+REQUEST_LOG=FILE appends every JSON-protocol request (ECS, Secrets Manager)
+as a line {"target": ..., "body": ...}, as the client sent it, for the tests
+to validate against botocore's service models.
+
+moto answers 500 to RunTask with a capacityProviderStrategy (bakery's default
+path); CAPACITY_PROVIDERS=translate has the proxy send such a call on to
+moto as launchType FARGATE, after logging it as sent.
 
 usage: moto-compat-proxy.py LISTEN_PORT MOTO_URL
 """
@@ -24,9 +37,32 @@ import urllib.request
 LISTEN_PORT = int(sys.argv[1])
 UPSTREAM = sys.argv[2].rstrip("/")
 STRING_FIELDS = ("cpu", "memory", "memoryReservation")
-LIMITS = {"ecs": int(os.environ.get("FAIL_RUNTASK", "0")), "s3": int(os.environ.get("FAIL_S3", "0"))}
-failed = {"ecs": 0, "s3": 0}
+LIMITS = {"ecs": int(os.environ.get("FAIL_RUNTASK", "0")), "s3": int(os.environ.get("FAIL_S3", "0")),
+          "capacity": int(os.environ.get("NO_CAPACITY", "0")), "missing": int(os.environ.get("MISSING", "0"))}
+failed = {"ecs": 0, "s3": 0, "capacity": 0, "missing": 0}
 lock = threading.Lock()
+REQUEST_LOG = os.environ.get("REQUEST_LOG")
+TRANSLATE = os.environ.get("CAPACITY_PROVIDERS") == "translate"
+
+
+def take(kind):
+    """Whether this call is one of the first LIMITS[kind] of its kind."""
+    with lock:
+        if failed[kind] < LIMITS[kind]:
+            failed[kind] += 1
+            return True
+    return False
+
+
+def log_request(target, body):
+    if not REQUEST_LOG or not target:
+        return
+    try:
+        parsed = json.loads(body or b"{}")
+    except ValueError:
+        parsed = {"__unparsed__": (body or b"").decode("utf-8", "replace")}
+    with lock, open(REQUEST_LOG, "a") as f:
+        f.write(json.dumps({"target": target, "body": parsed}) + "\n")
 
 
 def inject_failure(target, path):
@@ -60,7 +96,25 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def forward(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        kind = inject_failure(self.headers.get("X-Amz-Target", ""), self.path)
+        target = self.headers.get("X-Amz-Target", "")
+        log_request(target, body)
+        if target.endswith(".RunTask") and take("capacity"):
+            request = json.loads(body or b"{}")
+            return self.answer(200, {"tasks": [], "failures": [{
+                "arn": "arn:aws:ecs:us-east-1:123456789012:container-instance/none",
+                "reason": "Capacity is unavailable at this time. Please try again later or in a different availability zone",
+                "detail": "injected by moto-compat-proxy (NO_CAPACITY) for " + request.get("taskDefinition", "")}]})
+        # The watcher's DescribeTasks (the start-up sweep's asks for tags).
+        describe = json.loads(body or b"{}") if target.endswith(".DescribeTasks") else {}
+        if describe.get("tasks") and not describe.get("include") and take("missing"):
+            arns = json.loads(body)["tasks"]
+            return self.answer(200, {"tasks": [], "failures": [{"arn": a, "reason": "MISSING"} for a in arns]})
+        if target.endswith(".RunTask") and TRANSLATE:
+            request = json.loads(body or b"{}")
+            if request.pop("capacityProviderStrategy", None):
+                request["launchType"] = "FARGATE"
+                body = json.dumps(request).encode()
+        kind = inject_failure(target, self.path)
         if kind:
             if kind == "ecs":
                 data = json.dumps({"__type": "ServiceUnavailableException",
@@ -77,6 +131,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
         req = urllib.request.Request(UPSTREAM + self.path, data=body, headers=headers, method=self.command)
         try:
             resp = urllib.request.urlopen(req)
@@ -90,6 +146,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         for k, v in rheaders.items():
             if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
                 self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def answer(self, status, doc):
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -12,6 +12,13 @@
   dump URL             print every task definition (with tags, any status),
                        every task of the cluster and the secrets' names as JSON
   stop URL TASK REASON stop a task the way ECS does when its container dies
+  orphan URL SUBNET SG OWNER
+                       run a task tagged bakery:owner=OWNER ("-" for none) that
+                       no journal knows, as a crashed controller leaves one;
+                       print its ARN
+  secret URL NAME [VALUE]
+                       create the secret NAME with VALUE; without VALUE, print
+                       its current value
 """
 import json
 import sys
@@ -77,6 +84,30 @@ def dump(endpoint):
     print(json.dumps({"task_definitions": defs, "tasks": tasks, "secrets": secrets}, default=str))
 
 
+def orphan(endpoint, subnet, security_group, owner):
+    _, ecs, _ = clients(endpoint)
+    arn = ecs.register_task_definition(
+        family="orphan-agent", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="512",
+        memory="2048", containerDefinitions=[{"name": "agent", "image": "old/agent:0",
+                                              "cpu": 512, "memory": 2048, "essential": True}],
+    )["taskDefinition"]["taskDefinitionArn"]
+    kw = dict(cluster="bakery", taskDefinition=arn, launchType="FARGATE",
+              networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet],
+                                                            "securityGroups": [security_group]}})
+    if owner != "-":
+        kw["tags"] = [{"key": "bakery:owner", "value": owner}]
+    print(ecs.run_task(**kw)["tasks"][0]["taskArn"])
+
+
+def secret(endpoint, name, value=None):
+    sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    if value is None:
+        print(sm.get_secret_value(SecretId=name)["SecretString"])
+    else:
+        sm.create_secret(Name=name, SecretString=value)
+
+
 def stop(endpoint, task, reason):
     _, ecs, _ = clients(endpoint)
     ecs.stop_task(cluster="bakery", task=task, reason=reason)
@@ -84,4 +115,5 @@ def stop(endpoint, task, reason):
 
 if __name__ == "__main__":
     command, endpoint, *rest = sys.argv[1:]
-    {"setup": setup, "register": register, "dump": dump, "stop": stop}[command](endpoint, *rest)
+    {"setup": setup, "register": register, "dump": dump, "stop": stop,
+     "orphan": orphan, "secret": secret}[command](endpoint, *rest)

@@ -20,6 +20,8 @@ const SECRET: &str = "ecs-registry-password-7f3a";
 const IMAGE_PULL_SECRET: &str = "agent-image-pull-password-91c2";
 
 struct Ecs {
+    /// Every ECS and Secrets Manager request, as the controller sent it.
+    requests: tempfile::TempDir,
     moto: Server,
     _proxy: Server,
     controller: Server,
@@ -42,17 +44,55 @@ impl Drop for Ecs {
 impl Ecs {
     /// moto with the account set up, `pre` run against it, then a controller on ECS.
     fn start(pre: impl FnOnce(&str)) -> Ecs {
-        Ecs::start_with(pre, &[])
+        Ecs::start_with(|moto, _| pre(moto), &[])
+    }
+
+    /// The requests so far, parsed.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.requests.path().join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// scripts/validate-aws-requests.py: every request against botocore's
+    /// ECS and Secrets Manager models, and every call against the
+    /// Terraform example's server policy.
+    fn validate_requests(&self) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = Command::new("python3")
+            .arg(root.join("scripts/validate-aws-requests.py"))
+            .arg(self.requests.path().join("requests.jsonl"))
+            .arg("--iam")
+            .arg(root.join("examples/server/terraform/main.tf"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// With fault injection in the proxy (see scripts/moto-compat-proxy.py).
-    fn start_with(pre: impl FnOnce(&str), proxy_env: &[(&str, &str)]) -> Ecs {
+    fn start_with(pre: impl FnOnce(&str, &Value), proxy_env: &[(&str, &str)]) -> Ecs {
         let registry = registry();
         let base = push_base_image(&registry);
         let moto = moto();
         let fixture = ecs_fixture(&["setup", &moto.url()]);
-        pre(&moto.url());
-        let proxy = moto_proxy_with(&moto, proxy_env);
+        pre(&moto.url(), &fixture);
+        let requests = tempfile::tempdir().unwrap();
+        let log = requests.path().join("requests.jsonl");
+        let mut proxy_env = proxy_env.to_vec();
+        // The default placement, a capacity provider, which moto cannot take.
+        proxy_env.extend([
+            ("REQUEST_LOG", log.to_str().unwrap()),
+            ("CAPACITY_PROVIDERS", "translate"),
+        ]);
+        let proxy = moto_proxy_with(&moto, &proxy_env);
         let port = free_port();
         let controller_url = format!("http://127.0.0.1:{port}");
         let env = [
@@ -71,8 +111,6 @@ impl Ecs {
             ("ECS_TASK_ROLE_ARN", fixture["task_role"].as_str().unwrap()),
             ("AGENT_IMAGE", "registry.example/bakery-agent:test"),
             ("CONTROLLER_URL", &controller_url),
-            // moto 500s on capacityProviderStrategy; Spot selection is unit-tested on the request.
-            ("ECS_LAUNCH_TYPE", "FARGATE"),
             ("ECS_POLL_INTERVAL", "200ms"),
             ("CLEANUP_ECS_TASK_DEFINITIONS", "true"),
             ("AGENT_IMAGE_USERNAME", "puller"),
@@ -81,6 +119,7 @@ impl Ecs {
         ];
         let controller = controller_on(port, &env);
         Ecs {
+            requests,
             moto,
             _proxy: proxy,
             controller,
@@ -123,6 +162,9 @@ impl Ecs {
                 continue;
             }
             let env = &task["overrides"]["containerOverrides"][0]["environment"];
+            if !env.is_array() {
+                continue; // not one of bakery's (a test's stand-in orphan)
+            }
             let mut cmd = Command::new(sibling_binary("bakery-agent"));
             cmd.env_clear().env("PATH", std::env::var("PATH").unwrap());
             for kv in env.as_array().unwrap() {
@@ -345,6 +387,105 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
         .unwrap()
         .iter()
         .all(|t| t["lastStatus"] == "STOPPED"));
+    // The default placement went out as a capacity provider strategy.
+    let run_tasks: Vec<Value> = ecs
+        .requests()
+        .into_iter()
+        .filter(|r| r["target"].as_str().unwrap().ends_with(".RunTask"))
+        .collect();
+    assert_eq!(run_tasks.len(), 4);
+    for r in &run_tasks {
+        assert_eq!(
+            r["body"]["capacityProviderStrategy"][0]["capacityProvider"], "FARGATE",
+            "{r}"
+        );
+        assert!(r["body"].get("launchType").is_none(), "{r}");
+    }
+    let checked = ecs.validate_requests();
+    for op in [
+        "ecs:RunTask",
+        "ecs:RegisterTaskDefinition",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "secretsmanager:CreateSecret",
+    ] {
+        assert!(checked.contains(op), "{op} was validated: {checked}");
+    }
+}
+
+/// DescribeTasks not knowing a task right after RunTask (eventual
+/// consistency) and Fargate without capacity are ridden out; a task tagged
+/// with our owner that no build knows is stopped at start-up, one without
+/// our tag is left alone.
+#[test]
+fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
+    let orphans = std::cell::RefCell::new(Vec::new());
+    let mut ecs = Ecs::start_with(
+        |moto, fixture| {
+            let subnet = fixture["subnet"].as_str().unwrap();
+            let sg = fixture["security_group"].as_str().unwrap();
+            // An earlier start stored the agent image login with another password.
+            ecs_fixture(&[
+                "secret",
+                moto,
+                "bakery/agent-image-registry",
+                r#"{"username":"puller","password":"old"}"#,
+            ]);
+            for owner in ["bakery", "-"] {
+                let out = Command::new("python3")
+                    .arg(
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                            .join("../scripts/moto-ecs-fixture.py"),
+                    )
+                    .args(["orphan", moto, subnet, sg, owner])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                orphans
+                    .borrow_mut()
+                    .push(String::from_utf8(out.stdout).unwrap().trim().to_string());
+            }
+        },
+        &[("NO_CAPACITY", "2"), ("MISSING", "3")],
+    );
+    let tasks = ecs.dump()["tasks"].as_array().unwrap().clone();
+    let status_of = |arn: &str| {
+        tasks
+            .iter()
+            .find(|t| t["taskArn"] == arn)
+            .map(|t| t["desiredStatus"].clone())
+            .unwrap()
+    };
+    let orphans = orphans.into_inner();
+    assert_eq!(status_of(&orphans[0]), "STOPPED", "ours, unknown: stopped");
+    assert_eq!(status_of(&orphans[1]), "RUNNING", "not ours: left alone");
+    let login = Command::new("python3")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto-ecs-fixture.py"),
+        )
+        .args(["secret", &ecs.moto.url(), "bakery/agent-image-registry"])
+        .output()
+        .unwrap();
+    let login = String::from_utf8_lossy(&login.stdout);
+    assert!(
+        login.contains(IMAGE_PULL_SECRET),
+        "the changed password was written: {login}"
+    );
+    let repo = ecs.project();
+    let id = ecs.submit(repo.path());
+    let status = ecs.wait(&id, true);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let run_tasks = ecs
+        .requests()
+        .iter()
+        .filter(|r| r["target"].as_str().unwrap().ends_with(".RunTask"))
+        .count();
+    assert_eq!(run_tasks, 4, "two refused for capacity, then one per arch");
+    ecs.validate_requests();
 }
 
 #[test]
@@ -408,7 +549,7 @@ fn a_task_that_stops_before_reporting_fails_the_build_with_the_ecs_reason() {
 /// backoff and the build goes on to a pushed image.
 #[test]
 fn a_brief_ecs_outage_is_retried() {
-    let mut ecs = Ecs::start_with(|_| {}, &[("FAIL_RUNTASK", "2")]);
+    let mut ecs = Ecs::start_with(|_, _| {}, &[("FAIL_RUNTASK", "2")]);
     let repo = ecs.project();
     let id = ecs.submit(repo.path());
     let status = ecs.wait(&id, true);
@@ -419,7 +560,7 @@ fn a_brief_ecs_outage_is_retried() {
 /// once the retries are spent, and nothing is left running.
 #[test]
 fn a_persistent_ecs_outage_fails_the_build_with_the_cause() {
-    let mut ecs = Ecs::start_with(|_| {}, &[("FAIL_RUNTASK", "1000")]);
+    let mut ecs = Ecs::start_with(|_, _| {}, &[("FAIL_RUNTASK", "1000")]);
     let repo = ecs.project();
     let id = ecs.submit(repo.path());
     let status = ecs.wait(&id, false);

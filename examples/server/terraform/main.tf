@@ -98,17 +98,19 @@ resource "aws_iam_role_policy_attachment" "agent_execution_managed" {
   policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 }
 
+# ECS reads the agent image's registry login when it pulls the image: the
+# secret bakery-controller creates (${var.name}/agent-image-registry) or the
+# one AGENT_IMAGE_SECRET_ARN names. Harmless when the image is public.
 resource "aws_iam_role_policy" "agent_execution_image_secret" {
-  count = var.agent_image_secret_arn == "" ? 0 : 1
-  name  = "agent-image-secret"
-  role  = aws_iam_role.agent_execution.id
+  name = "agent-image-secret"
+  role = aws_iam_role.agent_execution.id
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Sid      = "PullAgentImageFromPrivateRegistry"
       Effect   = "Allow"
       Action   = ["secretsmanager:GetSecretValue"]
-      Resource = var.agent_image_secret_arn
+      Resource = local.image_secret_arns
     }]
   })
 }
@@ -143,6 +145,22 @@ resource "aws_iam_role_policy" "agent_task" {
 }
 
 # ---- server (controller) permissions -----------------------------------------
+#
+# Exactly the calls bakery-controller makes (the test suite checks every ECS
+# and Secrets Manager request it sends against this list):
+# task definitions (RegisterTaskDefinition takes no resource ARN), tasks in
+# this cluster only, the agent image login under ${var.name}/, and passing
+# the two agent roles to ECS tasks only.
+
+locals {
+  cluster_arn       = aws_ecs_cluster.bakery.arn
+  image_secret_name = "${var.name}/agent-image-registry"
+  image_secret_arns = compact([
+    # Secrets Manager appends a random 6-character suffix to a secret's ARN.
+    "arn:aws:secretsmanager:${var.region}:${local.account}:secret:${local.image_secret_name}-*",
+    var.agent_image_secret_arn,
+  ])
+}
 
 resource "aws_iam_policy" "server" {
   name        = "${var.name}-server"
@@ -151,7 +169,7 @@ resource "aws_iam_policy" "server" {
     Version = "2012-10-17"
     Statement = [
       {
-        Sid    = "ManageAgentTasks"
+        Sid    = "ManageAgentTaskDefinitions"
         Effect = "Allow"
         Action = [
           "ecs:RegisterTaskDefinition",
@@ -159,40 +177,97 @@ resource "aws_iam_policy" "server" {
           "ecs:DeregisterTaskDefinition",
           "ecs:ListTaskDefinitions",
           "ecs:ListTaskDefinitionFamilies",
-          "ecs:RunTask",
-          "ecs:DescribeTasks",
-          # Beyond the original README: bakery stops every task it started
-          # (success, failure, timeout, cancel) and tags what it owns.
-          "ecs:StopTask",
+          # Task definitions and tasks are tagged with the owner at creation.
           "ecs:TagResource",
         ]
         Resource = "*"
       },
       {
-        Sid      = "AgentImageCredentials"
-        Effect   = "Allow"
-        Action   = ["secretsmanager:CreateSecret", "secretsmanager:DescribeSecret"]
-        Resource = "arn:aws:secretsmanager:${var.region}:${local.account}:secret:${var.name}/*"
+        Sid    = "RunAgentTasksInThisCluster"
+        Effect = "Allow"
+        Action = [
+          "ecs:RunTask",
+          "ecs:DescribeTasks",
+          "ecs:ListTasks",
+          # Beyond the original README: bakery stops every task it started
+          # (success, failure, timeout, cancel) and, at start-up, the ones
+          # tagged with its owner that no build knows.
+          "ecs:StopTask",
+        ]
+        Resource = "*"
+        Condition = {
+          ArnEquals = { "ecs:cluster" = local.cluster_arn }
+        }
+      },
+      {
+        Sid    = "AgentImageCredentials"
+        Effect = "Allow"
+        # Created from AGENT_IMAGE_USERNAME/PASSWORD on first start, and
+        # updated when the password changes; AGENT_IMAGE_SECRET_ARN is read.
+        Action = [
+          "secretsmanager:CreateSecret",
+          "secretsmanager:DescribeSecret",
+          "secretsmanager:PutSecretValue",
+        ]
+        Resource = local.image_secret_arns
       },
       {
         Sid      = "PassAgentRoles"
         Effect   = "Allow"
         Action   = ["iam:PassRole"]
         Resource = [aws_iam_role.agent_execution.arn, aws_iam_role.agent_task.arn]
-      },
-      {
-        Sid      = "AgentLogs"
-        Effect   = "Allow"
-        Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-        Resource = "arn:aws:logs:${var.region}:${local.account}:log-group:${var.log_group == "" ? "none" : var.log_group}:*"
+        Condition = {
+          StringEquals = { "iam:PassedToService" = "ecs-tasks.amazonaws.com" }
+        }
       },
     ]
   })
 }
 
+# Who may be the controller: an ECS task (default), a pod on EKS through
+# EKS Pod Identity, or a pod through IRSA (an OIDC provider of the cluster).
+data "aws_iam_policy_document" "server_trust" {
+  dynamic "statement" {
+    for_each = var.server_runs_on == "ecs" ? [1] : []
+    content {
+      actions = ["sts:AssumeRole"]
+      principals {
+        type        = "Service"
+        identifiers = ["ecs-tasks.amazonaws.com"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.server_runs_on == "eks-pod-identity" ? [1] : []
+    content {
+      actions = ["sts:AssumeRole", "sts:TagSession"]
+      principals {
+        type        = "Service"
+        identifiers = ["pods.eks.amazonaws.com"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.server_runs_on == "irsa" ? [1] : []
+    content {
+      actions = ["sts:AssumeRoleWithWebIdentity"]
+      principals {
+        type        = "Federated"
+        identifiers = [var.irsa_oidc_provider_arn]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "${replace(var.irsa_oidc_provider_arn, "/^.*oidc-provider//", "")}:sub"
+        # The Kustomize example's service account.
+        values = ["system:serviceaccount:bakery:bakery-server"]
+      }
+    }
+  }
+}
+
 resource "aws_iam_role" "server" {
   name               = "${var.name}-server"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+  assume_role_policy = data.aws_iam_policy_document.server_trust.json
 }
 
 resource "aws_iam_role_policy_attachment" "server" {

@@ -41,3 +41,25 @@ variable "log_group" {
   type        = string
   default     = "/bakery/agents"
 }
+
+variable "assign_public_ip" {
+  description = "Give agent tasks a public IP (ECS_ASSIGN_PUBLIC_IP): needed in public subnets without a NAT gateway, to reach S3, the controller and registries"
+  type        = bool
+  default     = false
+}
+
+variable "server_runs_on" {
+  description = "Where bakery-controller runs, for its role's trust: ecs (an ECS task), eks-pod-identity, or irsa"
+  type        = string
+  default     = "ecs"
+  validation {
+    condition     = contains(["ecs", "eks-pod-identity", "irsa"], var.server_runs_on)
+    error_message = "server_runs_on is ecs, eks-pod-identity or irsa."
+  }
+}
+
+variable "irsa_oidc_provider_arn" {
+  description = "With server_runs_on = irsa: the cluster's IAM OIDC provider ARN"
+  type        = string
+  default     = ""
+}

@@ -8,7 +8,10 @@ use crate::platform::PlatformError;
 
 /// The Secrets Manager secret holding the agent image's registry login:
 /// AGENT_IMAGE_SECRET_ARN if given (checked to exist), else one created from
-/// AGENT_IMAGE_USERNAME/AGENT_IMAGE_PASSWORD (or found from an earlier start).
+/// AGENT_IMAGE_USERNAME/AGENT_IMAGE_PASSWORD, or found from an earlier start
+/// and given the current login (a changed password had never been written).
+/// The version's request token is a hash of the login, so an unchanged one
+/// adds no version at each start.
 pub(super) async fn image_secret(
     shared: &aws_config::SdkConfig,
     config: &Config,
@@ -30,14 +33,23 @@ pub(super) async fn image_secret(
         return Ok(None);
     };
     let name = format!("{}/agent-image-registry", settings.owner);
+    let value = serde_json::json!({"username": user, "password": password.expose()}).to_string();
+    let token = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(value.as_bytes()));
     if let Ok(out) = sm.describe_secret().secret_id(&name).send().await {
+        sm.put_secret_value()
+            .secret_id(&name)
+            .client_request_token(&token)
+            .secret_string(value)
+            .send()
+            .await
+            .map_err(|e| fail(format!("updating {name}: {}", sdk_error(&e))))?;
         return Ok(out.arn().map(String::from));
     }
-    let value = serde_json::json!({"username": user, "password": password.expose()}).to_string();
     let out = sm
         .create_secret()
         .name(&name)
         .description("Registry login for the bakery agent image (created by bakery-controller)")
+        .client_request_token(&token)
         .secret_string(value)
         .send()
         .await
