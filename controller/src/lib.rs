@@ -308,6 +308,11 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
 /// Starts one agent platform. ECS and Kubernetes are cargo features (on in
 /// `bakery-controller`, off in the controller the CI client embeds): a
 /// build without one says so rather than failing later.
+// Only the ECS and Kubernetes platforms await anything at start.
+#[cfg_attr(
+    not(any(feature = "ecs", feature = "k8s")),
+    allow(clippy::unused_async)
+)]
 async fn start_platform(
     p: Platform,
     config: &Config,

@@ -48,6 +48,8 @@ pub struct EcsPlatform {
     watched: Watched,
     /// RunTask's client-side rate.
     throttle: throttle::Throttle,
+    /// Family → the task definition ARN in use, once found or registered.
+    definitions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl EcsPlatform {
@@ -88,6 +90,7 @@ impl EcsPlatform {
             settings,
             watched: Arc::default(),
             throttle: throttle::Throttle::default(),
+            definitions: std::sync::Mutex::default(),
         };
         let orphans = sweep::stop_orphans(
             &platform.client,

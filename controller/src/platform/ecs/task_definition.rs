@@ -16,8 +16,12 @@ use super::{sdk_error, EcsPlatform};
 use crate::platform::PlatformError;
 
 impl EcsPlatform {
-    /// The task definition for `arch` and `size`: the latest revision of the
-    /// family when it is ours and current, else a new registration.
+    /// The task definition for `arch` and `size`: the one this process
+    /// registered or found before (the settings, and so the hash, do not
+    /// change while it runs), else the latest revision of the family when it
+    /// is ours and current, else a new registration. A Describe that fails
+    /// (throttled, say) fails the launch: registering then would add a
+    /// revision at every throttled call.
     pub async fn task_definition(
         &self,
         arch: Arch,
@@ -25,10 +29,28 @@ impl EcsPlatform {
     ) -> Result<String, PlatformError> {
         let s = &self.settings;
         let family = s.family(arch, size);
-        let hash = s.config_hash();
-        if let Some(arn) = self.current_revision(&family, &hash).await {
-            return Ok(arn);
+        if let Some(arn) = super::watch::lock(&self.definitions).get(&family) {
+            return Ok(arn.clone());
         }
+        let hash = s.config_hash();
+        let arn = match self.current_revision(&family, &hash).await? {
+            Some(arn) => arn,
+            None => self.register(&family, &hash, arch, size).await?,
+        };
+        super::watch::lock(&self.definitions).insert(family, arn.clone());
+        Ok(arn)
+    }
+
+    /// Registers a revision of `family` for `arch` and `size`, tagged with
+    /// our owner and `hash`.
+    async fn register(
+        &self,
+        family: &str,
+        hash: &str,
+        arch: Arch,
+        size: FargateSize,
+    ) -> Result<String, PlatformError> {
+        let s = &self.settings;
         let platform = RuntimePlatform::builder()
             .cpu_architecture(match arch {
                 Arch::Amd64 => CpuArchitecture::X8664,
@@ -39,7 +61,7 @@ impl EcsPlatform {
         let mut request = self
             .client
             .register_task_definition()
-            .family(&family)
+            .family(family)
             .requires_compatibilities(Compatibility::Fargate)
             .network_mode(NetworkMode::Awsvpc)
             .cpu(size.cpu_units.to_string())
@@ -47,7 +69,7 @@ impl EcsPlatform {
             .runtime_platform(platform)
             .container_definitions(self.container_definition(size)?)
             .tags(Tag::builder().key(OWNER_TAG).value(&s.owner).build())
-            .tags(Tag::builder().key(CONFIG_TAG).value(&hash).build());
+            .tags(Tag::builder().key(CONFIG_TAG).value(hash).build());
         if let Some(role) = &s.exec_role_arn {
             request = request.execution_role_arn(role);
         }
@@ -67,23 +89,45 @@ impl EcsPlatform {
         Ok(arn.to_string())
     }
 
-    /// The family's latest revision, when it is active, ours and current.
-    async fn current_revision(&self, family: &str, hash: &str) -> Option<String> {
-        let out = self
+    /// The family's latest revision, when it is active, ours and current;
+    /// `None` also when the family does not exist (ECS answers a
+    /// ClientException "Unable to describe task definition").
+    async fn current_revision(
+        &self,
+        family: &str,
+        hash: &str,
+    ) -> Result<Option<String>, PlatformError> {
+        let out = match self
             .client
             .describe_task_definition()
             .task_definition(family)
             .include(TaskDefinitionField::Tags)
             .send()
             .await
-            .ok()?;
+        {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_client_exception()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(PlatformError::Launch(format!(
+                    "describing the task definition {family}: {}",
+                    sdk_error(&e)
+                )))
+            }
+        };
         let current = tag(out.tags(), OWNER_TAG) == Some(self.settings.owner.as_str())
             && tag(out.tags(), CONFIG_TAG) == Some(hash);
-        let definition = out.task_definition()?;
+        let Some(definition) = out.task_definition() else {
+            return Ok(None);
+        };
         let active = definition.status() == Some(&TaskDefinitionStatus::Active);
-        (current && active)
+        Ok((current && active)
             .then(|| definition.task_definition_arn().map(String::from))
-            .flatten()
+            .flatten())
     }
 
     /// The agent container: image (with its registry login when private),
