@@ -151,6 +151,10 @@ pub struct Input {
     )]
     pub push: bool,
 
+    /// Scratch disk of every agent (`50G`): Fargate's ephemeral storage (21 to 200 GiB), a pod's ephemeral-storage; for every selected service, replacing the files'.
+    #[arg(long, env = "BAKERY_DISK", global = true)]
+    pub disk: Option<bakery_protocol::resources::Disk>,
+
     /// Layer cache repository (implies --cache); each arch uses <repo>-<arch>.
     #[arg(long, env = "BAKERY_CACHE_REPO", global = true)]
     pub cache_repo: Option<String>,

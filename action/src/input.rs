@@ -32,6 +32,7 @@ pub fn plan(input: &Input) -> Result<Plan> {
             cache_repo: flags.cache_repo,
             secrets: flags.secrets,
             no_push: !input.push,
+            disk: input.disk,
         }
     };
     let opts = PlanOptions {
@@ -127,6 +128,7 @@ fn inline_build(input: &Input, flags: &Flags) -> Option<InlineBuild> {
         cache: input.cache,
         cache_repo: flags.cache_repo.clone(),
         no_push: !input.push,
+        disk: input.disk,
     })
 }
 

@@ -142,7 +142,7 @@ impl Ecs {
             (
                 "config.yaml",
                 &format!(
-                    "global:\n  kaniko-credentials:\n    - {{registry: {r}, username: ci, password: {SECRET}}}\n  kaniko:\n    destination: {r}/ecs/app:1\n    build-args: {{BASE_IMAGE: {b}}}\nbake:\n  - arch: amd64\n  - arch: arm64\n    cpu: 1\n    memory: 3G\n    kaniko: {{dockerfile: Dockerfile.arm64}}\n",
+                    "global:\n  kaniko-credentials:\n    - {{registry: {r}, username: ci, password: {SECRET}}}\n  kaniko:\n    destination: {r}/ecs/app:1\n    build-args: {{BASE_IMAGE: {b}}}\nbake:\n  - arch: amd64\n  - arch: arm64\n    cpu: 1\n    memory: 3G\n    disk: 30G\n    kaniko: {{dockerfile: Dockerfile.arm64}}\n",
                     r = self.registry.host(),
                     b = self.base
                 ),
@@ -401,6 +401,13 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
         );
         assert!(r["body"].get("launchType").is_none(), "{r}");
     }
+    // The arm64 entry's `disk: 30G` is the task's ephemeral storage.
+    let disks: Vec<&Value> = run_tasks
+        .iter()
+        .map(|r| &r["body"]["overrides"]["ephemeralStorage"]["sizeInGiB"])
+        .collect();
+    assert_eq!(disks.iter().filter(|d| **d == 30).count(), 2, "{disks:?}");
+    assert_eq!(disks.iter().filter(|d| d.is_null()).count(), 2, "{disks:?}");
     let checked = ecs.validate_requests();
     for op in [
         "ecs:RunTask",

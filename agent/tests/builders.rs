@@ -35,6 +35,7 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
             secrets: vec![],
             cpu: None,
             memory: None,
+            disk: None,
             spot: false,
             cache: Cache {
                 enable: Some(true),

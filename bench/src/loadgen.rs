@@ -376,6 +376,7 @@ fn spec() -> BuildSpec {
         secrets: vec![],
         cpu: None,
         memory: None,
+        disk: None,
         spot: false,
         cache: Default::default(),
         cache_from: vec![],

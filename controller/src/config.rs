@@ -48,6 +48,9 @@ pub struct Config {
     /// DEFAULT_BUILD_MEMORY: the memory of a build that asks for none (default 2 GiB).
     #[serde(default = "default_memory")]
     pub default_build_memory: Memory,
+    /// DEFAULT_BUILD_DISK: the scratch disk of a build that asks for none;
+    /// unset: the platform's (Fargate 20 GiB, a node's ephemeral storage).
+    pub default_build_disk: Option<bakery_protocol::resources::Disk>,
     /// S3 bucket for build contexts. Unset: contexts are stored in DATA_DIR
     /// and uploaded to the controller itself.
     pub s3_bucket: Option<String>,

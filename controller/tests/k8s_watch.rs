@@ -130,6 +130,7 @@ async fn a_watch_that_expires_relists_and_still_reports_the_failed_pod() {
             arch: bakery_protocol::Arch::Amd64,
             cpu: bakery_protocol::resources::Cpu::from_millis(500),
             memory: bakery_protocol::resources::Memory::from_mib(2048),
+            disk: None,
             spot: false,
             env: Default::default(),
         })

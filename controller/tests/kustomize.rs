@@ -191,6 +191,7 @@ fn agent_pod() -> Value {
         arch: bakery_protocol::Arch::Arm64,
         cpu: "1".parse().unwrap(),
         memory: "2G".parse().unwrap(),
+        disk: Some("50G".parse().unwrap()),
         spot: false,
         env: BTreeMap::from([(
             "BAKERY_TASK_ID".to_string(),
@@ -390,6 +391,12 @@ fn pods_meet_the_pod_security_standards_the_namespace_sets() {
     let spec = &agent["spec"];
     assert_eq!(pod_security_violations(spec, false), Vec::<String>::new());
     assert_eq!(spec["automountServiceAccountToken"], false);
+    let resources = &spec["containers"][0]["resources"];
+    assert_eq!(
+        resources["requests"]["ephemeral-storage"], "50Gi",
+        "{resources}"
+    );
+    assert_eq!(resources["limits"]["ephemeral-storage"], "50Gi");
     assert_eq!(
         spec["securityContext"]["seccompProfile"]["type"],
         "RuntimeDefault"

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use bakery_protocol::resources::{Cpu, Memory};
+use bakery_protocol::resources::{Cpu, Disk, Memory};
 use bakery_protocol::spec::{Compression, Credential, SnapshotMode};
 use bakery_protocol::{Arch, Platform};
 
@@ -30,6 +30,10 @@ pub struct Settings {
     pub cpu: Option<Cpu>,
     /// Memory for each agent, with a unit (`2G`, `512Mi`); unset means the controller's default.
     pub memory: Option<Memory>,
+    /// Scratch disk for each agent (`50G`): Fargate's ephemeral storage
+    /// (21 to 200 GiB), a pod's ephemeral-storage; unset means the
+    /// controller's default.
+    pub disk: Option<Disk>,
     /// Ask for Spot capacity where the platform has it (ECS Fargate Spot).
     pub spot: Option<bool>,
     /// Environment variables of the agent container (and its scripts).
@@ -179,6 +183,7 @@ impl Settings {
             arch: pick(&self.arch, &top.arch),
             cpu: pick(&self.cpu, &top.cpu),
             memory: pick(&self.memory, &top.memory),
+            disk: pick(&self.disk, &top.disk),
             spot: pick(&self.spot, &top.spot),
             env: merge_map(&self.env, &top.env),
             pre_script: pick(&self.pre_script, &top.pre_script),

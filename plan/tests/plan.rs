@@ -1143,9 +1143,17 @@ fn flags_apply_to_every_selected_service_of_a_file() {
         cache_repo: None,
         secrets: vec![],
         no_push: false,
+        disk: Some("60G".parse().unwrap()),
     };
     let plan = Plan::resolve(&opts).unwrap();
     assert_eq!(plan.services.len(), 2);
+    for (_, build) in plan.builds() {
+        assert_eq!(
+            build.spec.disk.map(|d| d.gib()),
+            Some(60),
+            "--disk for every service"
+        );
+    }
     for (service, build) in plan.builds() {
         assert_eq!(build.arch, Arch::Arm64, "{}", service.name);
         assert_eq!(
@@ -1391,4 +1399,35 @@ fn a_dockerfile_outside_the_context_is_sent_beside_it() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`nope/Dockerfile` not found"), "{err}");
+}
+
+/// `disk` in config.yaml (global and per bake entry) and in compose's
+/// x-bake; a size without a unit is an error at its line.
+#[test]
+fn disk_is_read_from_config_and_compose() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  disk: 40G\n  kaniko:\n    destination: r.io/a:1\nbake:\n  - arch: amd64\n  - arch: arm64\n    disk: 100G\n",
+        ),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/a:1\n    build:\n      context: .\n      x-bake:\n        disk: 80G\n",
+        ),
+    ]);
+    let plan = repo.config().unwrap();
+    let disks: Vec<_> = plan
+        .builds()
+        .map(|(_, b)| b.spec.disk.unwrap().gib())
+        .collect();
+    assert_eq!(disks, [40, 100]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    assert_eq!(plan.services[0].builds[0].spec.disk.unwrap().gib(), 80);
+    fs::write(
+        repo.path("config.yaml"),
+        "global:\n  disk: 40\n  kaniko:\n    destination: r.io/a:1\n",
+    )
+    .unwrap();
+    assert_located(repo.config().unwrap_err(), "config.yaml", 2, "no unit");
 }

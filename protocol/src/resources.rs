@@ -137,6 +137,57 @@ impl fmt::Display for Memory {
     }
 }
 
+/// Scratch disk for one build (the builder unpacks base images and writes
+/// layers there), in GiB: written `30G`, `30Gi`, `1T`. Fargate gives 20 GiB
+/// unless asked (21 to 200), GKE Autopilot 1 GiB: large builds need more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Disk {
+    gib: u32,
+}
+
+impl Disk {
+    /// `gib` GiB.
+    pub fn from_gib(gib: u32) -> Disk {
+        Disk { gib }
+    }
+    /// The size in GiB, as Fargate's `ephemeralStorage.sizeInGiB` takes it.
+    pub fn gib(self) -> u32 {
+        self.gib
+    }
+}
+
+impl FromStr for Disk {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let value: u32 = number
+            .parse()
+            .map_err(|_| format!("disk `{s}` is not a size such as `30G` or `1T`"))?;
+        let gib = match unit {
+            "Gi" | "G" | "GB" | "GiB" => Some(value),
+            "Ti" | "T" | "TB" | "TiB" => value.checked_mul(1024),
+            "" => return Err(format!("disk `{s}` has no unit; write `{s}G` for GiB")),
+            other => {
+                return Err(format!(
+                    "disk `{s}` has unknown unit `{other}`; use G (GiB) or T (TiB)"
+                ))
+            }
+        };
+        match gib {
+            Some(gib) if (1..=10_240).contains(&gib) => Ok(Disk { gib }),
+            _ => Err(format!("disk `{s}` is out of range (1G to 10T)")),
+        }
+    }
+}
+
+impl fmt::Display for Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}Gi", self.gib)
+    }
+}
+
 /// Both quantities are written either as YAML strings or numbers, and
 /// serialised back in their canonical spelling.
 macro_rules! quantity_serde {
@@ -156,6 +207,7 @@ macro_rules! quantity_serde {
 }
 quantity_serde!(Cpu);
 quantity_serde!(Memory);
+quantity_serde!(Disk);
 
 /// A string or a number, as text (`cpu: 2` and `cpu: "2"` mean the same).
 struct TextVisitor;
@@ -182,6 +234,16 @@ impl serde::de::Visitor<'_> for TextVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_is_gib_with_a_unit() {
+        assert_eq!("30G".parse::<Disk>().unwrap().gib(), 30);
+        assert_eq!("30Gi".parse::<Disk>().unwrap().to_string(), "30Gi");
+        assert_eq!("1T".parse::<Disk>().unwrap().gib(), 1024);
+        assert!("30".parse::<Disk>().unwrap_err().contains("no unit"));
+        assert!("30M".parse::<Disk>().unwrap_err().contains("unknown unit"));
+        assert!("0G".parse::<Disk>().unwrap_err().contains("out of range"));
+    }
 
     #[test]
     fn cpu_has_one_meaning() {

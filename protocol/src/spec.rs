@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::arch::Platform;
-use crate::resources::{Cpu, Memory};
+use crate::resources::{Cpu, Disk, Memory};
 
 /// A fully resolved build: no field is left to be inherited. Unknown
 /// fields are refused, on the controller as much as in the agent.
@@ -52,6 +52,10 @@ pub struct BuildSpec {
     pub cpu: Option<Cpu>,
     /// The memory to ask the platform for; `None` means the controller's `DEFAULT_BUILD_MEMORY`.
     pub memory: Option<Memory>,
+    /// Scratch disk; `None` means the controller's DEFAULT_BUILD_DISK, else
+    /// the platform's own default (Fargate: 20 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Disk>,
     /// Run on Spot capacity where the platform has it
     /// (ECS Fargate Spot); other platforms ignore it.
     pub spot: bool,

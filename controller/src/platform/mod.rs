@@ -27,6 +27,9 @@ pub struct Launch {
     pub cpu: Cpu,
     /// The memory it gets (the build's, or DEFAULT_BUILD_MEMORY).
     pub memory: Memory,
+    /// Its scratch disk (the build's, or DEFAULT_BUILD_DISK); `None`: the
+    /// platform's default.
+    pub disk: Option<bakery_protocol::resources::Disk>,
     /// Run on Spot capacity where the platform has it (ECS Fargate Spot).
     pub spot: bool,
     /// The agent's environment: controller URL, task id and token.

@@ -128,6 +128,7 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
             arch: task.arch(),
             cpu: spec.cpu.unwrap_or(app.config.default_build_cpu),
             memory: spec.memory.unwrap_or(app.config.default_build_memory),
+            disk: spec.disk.or(app.config.default_build_disk),
             spot: spec.spot,
             env: BTreeMap::from([
                 (agent_env::CONTROLLER_URL.to_string(), controller_url),

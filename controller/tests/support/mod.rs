@@ -196,6 +196,7 @@ pub fn spec() -> BuildSpec {
         secrets: vec![],
         cpu: None,
         memory: None,
+        disk: None,
         spot: false,
         cache: Cache::default(),
         cache_from: vec![],

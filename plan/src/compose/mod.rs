@@ -156,11 +156,14 @@ pub struct BuildSection {
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
-/// The `x-bake:` block, which `docker buildx bake` reads; bakery takes only its platforms.
+/// The `x-bake:` block, which `docker buildx bake` reads; bakery takes its
+/// platforms, and its own `disk`.
 #[derive(Debug, Default, Deserialize)]
 pub struct XBake {
     /// The platforms to build (`linux/amd64`, `linux/arm64`).
     pub platforms: Option<Vec<String>>,
+    /// bakery's: the agents' scratch disk (`50G`), as config.yaml's `disk`.
+    pub disk: Option<bakery_protocol::resources::Disk>,
     /// Every other key: bake's own, or misspelt.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
@@ -248,7 +251,8 @@ impl ComposeFile {
                 ));
             }
         }
-        let bake_keys: Vec<&str> = std::iter::once("platforms")
+        let bake_keys: Vec<&str> = ["platforms", "disk"]
+            .into_iter()
             .chain(IGNORED_BAKE_KEYS.iter().copied())
             .collect();
         for (name, service) in &self.services {

@@ -239,6 +239,7 @@ fn spec(
         secrets: Vec::new(),
         cpu: merged.cpu,
         memory: merged.memory,
+        disk: merged.disk,
         spot: merged.spot.unwrap_or(false),
         cache: cache.into(),
         cache_from: kaniko.cache_from.unwrap_or_default(),

@@ -77,6 +77,8 @@ pub struct Overrides {
     pub secrets: Vec<SecretRef>,
     /// `--push=false`: build and check every arch, push nothing.
     pub no_push: bool,
+    /// `--disk`: every agent's scratch disk, replacing the files'.
+    pub disk: Option<bakery_protocol::resources::Disk>,
 }
 
 impl Overrides {
@@ -86,6 +88,7 @@ impl Overrides {
         let none = self.build_args.is_empty()
             && self.labels.is_empty()
             && self.target.is_none()
+            && self.disk.is_none()
             && !self.no_push;
         if none && !cache {
             return None;
@@ -103,6 +106,7 @@ impl Overrides {
                 no_push: self.no_push.then_some(true),
                 ..Kaniko::default()
             }),
+            disk: self.disk,
             ..Settings::default()
         })
     }
@@ -133,6 +137,8 @@ pub struct InlineBuild {
     pub cache_repo: Option<String>,
     /// `--push=false`.
     pub no_push: bool,
+    /// `--disk`.
+    pub disk: Option<bakery_protocol::resources::Disk>,
 }
 
 impl PlanOptions {

@@ -121,6 +121,7 @@ impl Resolver<'_> {
                 no_push: inline.no_push.then_some(true),
                 ..Kaniko::default()
             }),
+            disk: inline.disk,
             ..Settings::default()
         };
         let locations = Locations::default();
@@ -234,8 +235,13 @@ impl Resolver<'_> {
             })
         };
         let secrets = compose_secrets(compose, build, &compose_dir, prefix)?;
+        let disk = [service.x_bake.as_ref(), build.x_bake.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|x| x.disk);
         Ok(Settings {
             secrets,
+            disk,
             kaniko: Some(Kaniko {
                 context_path: Some(context),
                 dockerfile: build.dockerfile.clone(),

@@ -5,7 +5,7 @@
 
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride,
-    KeyValuePair, LaunchType, NetworkConfiguration, Tag, TaskOverride,
+    EphemeralStorage, KeyValuePair, LaunchType, NetworkConfiguration, Tag, TaskOverride,
 };
 
 use super::placement::Placement;
@@ -29,7 +29,7 @@ impl EcsPlatform {
             .task_definition(definition)
             .count(1)
             .network_configuration(self.network_configuration()?)
-            .overrides(self.overrides(launch))
+            .overrides(self.overrides(launch)?)
             .started_by(
                 format!("bakery/{}", launch.build_id)
                     .chars()
@@ -94,14 +94,30 @@ impl EcsPlatform {
             .build())
     }
 
-    fn overrides(&self, launch: &Launch) -> TaskOverride {
+    fn overrides(&self, launch: &Launch) -> Result<TaskOverride, String> {
         let mut env_override = ContainerOverride::builder().name(CONTAINER);
         for (k, v) in agent_environment(&self.settings, launch) {
             env_override =
                 env_override.environment(KeyValuePair::builder().name(k).value(v).build());
         }
-        TaskOverride::builder()
-            .container_overrides(env_override.build())
-            .build()
+        let mut task = TaskOverride::builder().container_overrides(env_override.build());
+        if let Some(gib) = fargate_disk(launch.disk)? {
+            task = task.ephemeral_storage(EphemeralStorage::builder().size_in_gib(gib).build());
+        }
+        Ok(task.build())
+    }
+}
+
+/// Fargate's ephemeral storage for `disk`: 21 to 200 GiB when asked (20 is
+/// its default, so less than 21 is 21); more than 200 fails the launch.
+pub(super) fn fargate_disk(
+    disk: Option<bakery_protocol::resources::Disk>,
+) -> Result<Option<i32>, String> {
+    match disk.map(bakery_protocol::resources::Disk::gib) {
+        None => Ok(None),
+        Some(gib) if gib > 200 => Err(format!(
+            "disk {gib}G is more than Fargate's 200 GiB of ephemeral storage"
+        )),
+        Some(gib) => Ok(Some(gib.max(21) as i32)),
     }
 }

@@ -89,3 +89,18 @@ fn missing_variables_are_named_together() {
         assert!(e.contains(var), "{e}");
     }
 }
+
+#[test]
+fn disk_maps_to_fargate_ephemeral_storage() {
+    use super::run::fargate_disk;
+    let gib = |g: u32| Some(bakery_protocol::resources::Disk::from_gib(g));
+    assert_eq!(fargate_disk(None), Ok(None));
+    assert_eq!(
+        fargate_disk(gib(10)),
+        Ok(Some(21)),
+        "asked for, at least Fargate's 21"
+    );
+    assert_eq!(fargate_disk(gib(120)), Ok(Some(120)));
+    let e = fargate_disk(gib(500)).unwrap_err();
+    assert!(e.contains("200 GiB"), "{e}");
+}

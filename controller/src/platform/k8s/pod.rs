@@ -102,7 +102,7 @@ fn agent_container(s: &K8sSettings, launch: &Launch) -> Container {
     env.extend(s.agent_env.iter().map(|(k, v)| var((k, v))));
     // Requests equal limits: the build gets what it asked for, and the
     // scheduler places it where that fits (the original set limits only).
-    let resources: BTreeMap<String, Quantity> = BTreeMap::from([
+    let mut resources: BTreeMap<String, Quantity> = BTreeMap::from([
         (
             "cpu".to_string(),
             Quantity(format!("{}m", launch.cpu.millis())),
@@ -112,6 +112,15 @@ fn agent_container(s: &K8sSettings, launch: &Launch) -> Container {
             Quantity(format!("{}Mi", launch.memory.mib())),
         ),
     ]);
+    // The builder's scratch space (unpacked layers, snapshots): without a
+    // request, a node may place the pod where it is evicted for disk, and
+    // GKE Autopilot gives 1 GiB.
+    if let Some(disk) = launch.disk {
+        resources.insert(
+            "ephemeral-storage".to_string(),
+            Quantity(format!("{}Gi", disk.gib())),
+        );
+    }
     Container {
         name: "agent".into(),
         image: Some(s.image.clone()),
