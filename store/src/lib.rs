@@ -48,6 +48,60 @@ pub enum StoreError {
     },
 }
 
+/// How close to its lifecycle expiry an object is uploaded again.
+pub const EXPIRY_MARGIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether S3's `x-amz-expiration` (`expiry-date="Fri, 23 Dec 2012 00:00:00
+/// GMT", rule-id="…"`) is within [`EXPIRY_MARGIN`] of `now`. A header that
+/// does not parse says nothing: the object is used.
+pub fn expires_soon(header: &str, now: std::time::SystemTime) -> bool {
+    let Some(date) = header
+        .split("expiry-date=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+    else {
+        return false;
+    };
+    let Ok(at) = aws_sdk_s3::primitives::DateTime::from_str(
+        date,
+        aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+    ) else {
+        return false;
+    };
+    let Ok(at) = std::time::SystemTime::try_from(at) else {
+        return false;
+    };
+    at.duration_since(now)
+        .map_or(true, |left| left < EXPIRY_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn an_object_about_to_expire_is_uploaded_again() {
+        // Fri, 23 Dec 2012 00:00:00 GMT
+        let expiry = UNIX_EPOCH + Duration::from_secs(1_356_220_800);
+        let header = r#"expiry-date="Fri, 23 Dec 2012 00:00:00 GMT", rule-id="expire-contexts""#;
+        assert!(expires_soon(header, expiry - Duration::from_secs(3600)));
+        assert!(
+            expires_soon(header, expiry + Duration::from_secs(1)),
+            "past"
+        );
+        assert!(!expires_soon(
+            header,
+            expiry - Duration::from_secs(3 * 24 * 3600)
+        ));
+        assert!(
+            !expires_soon("rule-id=\"x\"", SystemTime::now()),
+            "no date: used"
+        );
+        assert!(!expires_soon("expiry-date=\"soon\"", SystemTime::now()));
+    }
+}
+
 /// An S3 client bound to the contexts bucket.
 #[derive(Clone)]
 pub struct S3Store {
@@ -123,7 +177,11 @@ impl S3Store {
         }
     }
 
-    /// Whether the object `key` is in the bucket (a `HeadObject`; a 404 is `false`, not an error).
+    /// Whether the object `key` is in the bucket (a `HeadObject`; a 404 is
+    /// `false`, not an error). An object the bucket's lifecycle rule expires
+    /// within [`EXPIRY_MARGIN`] counts as absent: uploading it again resets
+    /// its age, where skipping the upload would have a build's agents find
+    /// it gone.
     pub async fn exists(&self, key: &ContextKey) -> Result<bool, StoreError> {
         match self
             .client
@@ -133,7 +191,9 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(out) => Ok(!out
+                .expiration()
+                .is_some_and(|e| expires_soon(e, std::time::SystemTime::now()))),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(false),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
             Err(e) => Err(self.error(key, e)),
