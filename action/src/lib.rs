@@ -49,6 +49,17 @@ pub fn print_error(e: &anyhow::Error) {
     }
 }
 
+/// Whether to colour a stream: `CLICOLOR_FORCE` (set, not `0`) forces it,
+/// `NO_COLOR` (set, not empty) turns it off, else only on a terminal
+/// (no-color.org, bixense.com/clicolors).
+pub fn colour(is_terminal: bool) -> bool {
+    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if set("CLICOLOR_FORCE").is_some_and(|v| v != "0") {
+        return true;
+    }
+    set("NO_COLOR").is_none() && is_terminal
+}
+
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Build {
@@ -80,7 +91,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 codec,
                 format: cli.log_format,
             };
-            let ok = build::build(plan, target, opts).await?;
+            let ok = match build::build(plan, target, opts).await {
+                Ok(ok) => ok,
+                Err(e) => match e.downcast_ref::<build::Cancelled>() {
+                    Some(cancelled) => {
+                        eprintln!("{cancelled}");
+                        return Ok(ExitCode::from(cancelled.exit_code()));
+                    }
+                    None => return Err(e),
+                },
+            };
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -117,7 +137,7 @@ pub fn init_logging(format: Option<LogFormat>) {
             .init(),
         Some(LogFormat::Plain) => builder.with_ansi(false).init(),
         None => builder
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(colour(std::io::stderr().is_terminal()))
             .with_target(false)
             .init(),
     }

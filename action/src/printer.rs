@@ -48,7 +48,7 @@ impl Printer {
     fn with_width(width: usize, format: Option<LogFormat>, ci: Arc<dyn CiSystem>) -> Printer {
         Printer {
             width,
-            color: format.is_none() && std::io::stdout().is_terminal(),
+            color: format.is_none() && crate::colour(std::io::stdout().is_terminal()),
             format,
             colors: Mutex::default(),
             tails: Mutex::default(),

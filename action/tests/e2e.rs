@@ -278,7 +278,9 @@ fn interrupt_cancels(signal: &str) {
     let interrupted = Instant::now();
     nix_kill(child.id(), signal);
     let status = child.wait().unwrap();
-    assert!(!status.success());
+    // 128 + the signal, as a shell reports a command it ended.
+    let expected = if signal == "INT" { 130 } else { 143 };
+    assert_eq!(status.code(), Some(expected), "{status:?}");
     let summary = std::fs::read_to_string(&summary).unwrap_or_default();
     assert!(
         summary.contains("⏹️ cancelled"),
@@ -1242,4 +1244,49 @@ fn an_agent_whose_controller_is_gone_stops_at_its_deadline() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// On a terminal (a pseudo-terminal from `script`) the arch prefixes are
+/// coloured; `NO_COLOR` turns that off, and `CLICOLOR_FORCE` forces it
+/// without a terminal (no-color.org, bixense.com/clicolors).
+#[test]
+fn no_color_and_clicolor_force_are_honoured() {
+    let registry = registry();
+    let repo = project(&[
+        ("Dockerfile", "FROM scratch\nCOPY hello.txt /\n"),
+        ("hello.txt", "hi\n"),
+    ]);
+    let tag = format!("{}/e2e/colour:1", registry.host());
+    let command = format!("{} --tag {tag} build", env!("CARGO_BIN_EXE_bakery"));
+    let on_a_terminal = |env: &[(&str, &str)]| {
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(repo.path())
+            .env_remove("CONTROLLER_URL")
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(&[]);
+    assert!(
+        coloured.contains("\x1b["),
+        "a terminal gets colour: {coloured}"
+    );
+    let plain = on_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(plain.contains("colour-amd64"), "{plain}");
+    assert!(!plain.contains("\x1b["), "NO_COLOR: {plain:?}");
+    let forced = bakery(
+        repo.path(),
+        &["--tag", &tag, "build"],
+        &[("CLICOLOR_FORCE", "1")],
+    );
+    assert!(forced.status.success());
+    assert!(
+        String::from_utf8_lossy(&forced.stdout).contains("\x1b["),
+        "CLICOLOR_FORCE"
+    );
 }

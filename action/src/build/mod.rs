@@ -83,13 +83,13 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     };
     let results = tokio::select! {
         r = run.all(&opts) => r?,
-        () = interrupted() => {
+        signal = interrupted() => {
             // The job still gets its summary and outputs, saying cancelled.
             let results = run.cancel().await;
             run.printer.end_block();
             crate::render::print_summary(&results, &run.printer);
             run.printer.report(&plan, &results);
-            bail!("cancelled");
+            return Err(Cancelled(signal).into());
         }
     };
     let Some(results) = results else {
@@ -143,17 +143,36 @@ async fn check_logins(plan: &mut Plan, insecure: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM (how CI systems cancel a job) or Ctrl-C (how a person does).
-async fn interrupted() {
+/// A build cancelled by a signal; the process exits 128 + its number, as a
+/// shell reports a command the signal ended (130 for SIGINT, 143 for
+/// SIGTERM), after the summary.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled by {}", if *.0 == SIGINT { "SIGINT" } else { "SIGTERM" })]
+pub struct Cancelled(pub i32);
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+impl Cancelled {
+    /// The process's exit status.
+    pub fn exit_code(&self) -> u8 {
+        (128 + self.0).clamp(0, 255) as u8
+    }
+}
+
+/// SIGTERM (how CI systems cancel a job) or Ctrl-C (how a person does):
+/// which one came.
+async fn interrupted() -> i32 {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => SIGINT,
+                _ = term.recv() => SIGTERM,
             }
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+            SIGINT
         }
     }
 }
