@@ -117,6 +117,17 @@ fn embedded_build_pushes_a_multi_arch_index() {
     assert!(all.contains("hello-amd64 | "), "{all}");
     assert!(all.contains("hello-arm64 | "), "{all}");
     assert!(all.contains("SERVICE  ARCH   STATUS"), "{all}");
+    // The platform args bakery passes are not reported as the user's; the
+    // user's own are (the arm64 Dockerfile does not use BASE_IMAGE).
+    let unused: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("were not consumed"))
+        .collect();
+    assert!(unused.iter().all(|l| !l.contains("TARGET")), "{unused:?}");
+    assert!(
+        unused.iter().any(|l| l.contains("[BASE_IMAGE]")),
+        "{unused:?}"
+    );
     assert!(
         all.contains(&format!(
             "multi-arch index hello: {}/e2e/hello:1.0 → sha256:",

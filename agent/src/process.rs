@@ -35,6 +35,9 @@ pub async fn run_streaming(
                     .find(|s| !s.is_empty())
                     .unwrap_or("")
                     .to_string();
+                let Some(line) = crate::builder::user_line(&line) else {
+                    continue;
+                };
                 log.line(&line);
                 let mut t = tail
                     .lock()

@@ -44,8 +44,8 @@ impl Job<'_> {
         crate::context::dockerfile_path(self.context_dir, self.work_dir, &self.task.spec)
     }
 
-    /// Build args: the platform variables BuildKit defines, then the user's
-    /// (which win on a clash).
+    /// Build args: the platform variables BuildKit defines
+    /// ([`PLATFORM_ARGS`]), then the user's (which win on a clash).
     pub fn build_args(&self) -> BTreeMap<String, String> {
         let target = &self.task.spec.custom_platform;
         let mut parts = target.split('/');
@@ -66,6 +66,65 @@ impl Job<'_> {
         ]);
         args.extend(self.task.spec.build_args.clone());
         args
+    }
+}
+
+/// The build args bakery passes to every build, as BuildKit defines them.
+pub const PLATFORM_ARGS: [&str; 7] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+];
+
+/// A builder's output line as the user should see it. buildah warns
+/// `[Warning] one or more build args were not consumed: [TARGETARCH …]`
+/// about the platform args bakery passes to every build; the warning names
+/// only the user's own args, and is dropped (`None`) when none is left.
+pub fn user_line(line: &str) -> Option<String> {
+    const WARNING: &str = "one or more build args were not consumed: [";
+    let Some(at) = line.find(WARNING) else {
+        return Some(line.to_string());
+    };
+    let listed = &line[at + WARNING.len()..];
+    let Some(end) = listed.find(']') else {
+        return Some(line.to_string());
+    };
+    let users: Vec<&str> = listed[..end]
+        .split_whitespace()
+        .filter(|a| !PLATFORM_ARGS.contains(a))
+        .collect();
+    if users.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}{WARNING}{}{}",
+        &line[..at],
+        users.join(" "),
+        &listed[end..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_line;
+
+    #[test]
+    fn the_platform_args_bakery_passes_are_not_reported_as_unused() {
+        let only_ours = "[Warning] one or more build args were not consumed: [TARGETARCH TARGETOS TARGETPLATFORM]";
+        assert_eq!(user_line(only_ours), None);
+        let mixed = "[Warning] one or more build args were not consumed: [NPM_TOKEN TARGETARCH]";
+        assert_eq!(
+            user_line(mixed).as_deref(),
+            Some("[Warning] one or more build args were not consumed: [NPM_TOKEN]")
+        );
+        assert_eq!(
+            user_line("STEP 1/2: FROM x").as_deref(),
+            Some("STEP 1/2: FROM x")
+        );
     }
 }
 
