@@ -25,19 +25,43 @@ pub(crate) fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, P
         // Merge keys (`<<: *defaults`) must be resolved before typed parsing.
         // Positions are lost on this path, so errors name the key path instead.
         let mut value: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| to_plan_error(file, &e))?;
-        value.apply_merge().map_err(|e| to_plan_error(file, &e))?;
-        return serde_yaml_ng::from_value(value).map_err(|e| to_plan_error(file, &e));
+            serde_yaml_ng::from_str(text).map_err(|e| to_plan_error(file, text, &e))?;
+        value
+            .apply_merge()
+            .map_err(|e| to_plan_error(file, text, &e))?;
+        return serde_yaml_ng::from_value(value).map_err(|e| to_plan_error(file, text, &e));
     }
-    serde_yaml_ng::from_str(text).map_err(|e| to_plan_error(file, &e))
+    serde_yaml_ng::from_str(text).map_err(|e| to_plan_error(file, text, &e))
 }
 
-fn to_plan_error(file: &Path, e: &serde_yaml_ng::Error) -> PlanError {
+/// Other names people write for the two arches, and what bakery calls them.
+const ARCH_ALIASES: [(&str, &str); 5] = [
+    ("x86_64", "amd64"),
+    ("x86-64", "amd64"),
+    ("x64", "amd64"),
+    ("aarch64", "arm64"),
+    ("arm64v8", "arm64"),
+];
+
+fn to_plan_error(file: &Path, text: &str, e: &serde_yaml_ng::Error) -> PlanError {
     let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
     let full = e.to_string();
     let message = AT_LINE.replace_all(&full, "").into_owned();
     let location = Location::new(file, line, column);
     let Some(caps) = UNKNOWN.captures(&message) else {
+        // A tab where YAML wants indentation: the scanner's own words do
+        // not say so.
+        let tabbed = text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .is_some_and(|l| l.starts_with('\t') || l.trim_start_matches(' ').starts_with('\t'));
+        if tabbed {
+            return PlanError::invalid_with_hint(
+                location,
+                message,
+                "tabs are not allowed for indentation in YAML; indent with spaces",
+            );
+        }
         return PlanError::invalid(location, message);
     };
     let given = &caps[2];
@@ -53,9 +77,13 @@ fn to_plan_error(file: &Path, e: &serde_yaml_ng::Error) -> PlanError {
     } else {
         format!("unknown {what} `{given}` in `{context}`")
     };
-    let hint = match did_you_mean(given, candidates.iter().copied()) {
-        Some(best) => format!("did you mean `{best}`?"),
-        None => format!("expected one of: {}", candidates.join(", ")),
+    let alias = ARCH_ALIASES
+        .iter()
+        .find(|(other, ours)| *other == given && candidates.contains(ours));
+    let hint = match (alias, did_you_mean(given, candidates.iter().copied())) {
+        (Some((_, ours)), _) => format!("did you mean `{ours}`? (OCI platforms call it {ours})"),
+        (None, Some(best)) => format!("did you mean `{best}`?"),
+        (None, None) => format!("expected one of: {}", candidates.join(", ")),
     };
     PlanError::invalid_with_hint(location, message, hint)
 }
@@ -64,6 +92,23 @@ fn to_plan_error(file: &Path, e: &serde_yaml_ng::Error) -> PlanError {
 mod tests {
     use super::*;
     use crate::settings::Settings;
+
+    #[test]
+    fn tabs_and_arch_aliases_get_a_hint() {
+        let d = err("kaniko:\n\tdestination: r/a:1\n");
+        assert_eq!(d.location.line, 2);
+        assert!(
+            d.hint.as_deref().unwrap().contains("tabs are not allowed"),
+            "{d:?}"
+        );
+        let d = err("arch: x86_64\n");
+        assert_eq!(
+            d.hint.as_deref(),
+            Some("did you mean `amd64`? (OCI platforms call it amd64)")
+        );
+        let d = err("arch: aarch64\n");
+        assert!(d.hint.as_deref().unwrap().contains("`arm64`"), "{d:?}");
+    }
 
     fn err(text: &str) -> crate::error::Diagnostic {
         let e = parse::<Settings>(Path::new("c.yaml"), text).unwrap_err();

@@ -54,6 +54,12 @@ impl Arch {
         match parts.as_slice() {
             ["linux", "amd64"] => Ok(Arch::Amd64),
             ["linux", "arm64"] | ["linux", "arm64", "v8"] => Ok(Arch::Arm64),
+            ["linux", "x86_64" | "x86-64" | "x64"] => Err(format!(
+                "unsupported platform `{s}`: did you mean linux/amd64? (OCI platforms call x86_64 amd64)"
+            )),
+            ["linux", "aarch64" | "arm64v8"] => Err(format!(
+                "unsupported platform `{s}`: did you mean linux/arm64? (OCI platforms call aarch64 arm64)"
+            )),
             _ => Err(format!(
                 "unsupported platform `{s}`: bakery builds natively on linux/amd64 and linux/arm64"
             )),
