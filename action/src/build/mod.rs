@@ -200,8 +200,13 @@ impl Run<'_> {
             ids.push((service.name.clone(), self.submit(service).await?));
         }
         if opts.detach {
+            // stdout stays `service<TAB>id` for scripts; how to follow goes
+            // to stderr, for people.
             for (service, id) in &ids {
                 println!("{service}\t{id}");
+            }
+            if let Some((_, id)) = ids.first() {
+                eprintln!("follow with: bakery logs {id}    (state: bakery status {id})");
             }
             return Ok(None);
         }

@@ -463,9 +463,13 @@ pub fn submit_detached(repo: &Path, controller_url: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    let id = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .nth(1)
         .expect("service<TAB>id")
-        .to_string()
+        .to_string();
+    // People are told how to follow it; stdout stays for scripts.
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(told.contains(&format!("bakery logs {id}")), "{told}");
+    id
 }
