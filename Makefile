@@ -13,8 +13,8 @@
 #   CONTROLLER_TOKEN  its token; unset, the embedded local controller builds
 #                   (arm64 then needs BINARIES=prebuilt: no emulation)
 #   BAKE_CONFIG     a config.yaml merged under the compose file, e.g. with
-#                   kaniko-credentials for REGISTRY (ECR needs none: the
-#                   agent's task role pushes)
+#                   kaniko-credentials for REGISTRY (for ECR, the runner's
+#                   docker-credential-ecr-login login is used)
 #   BINARIES        compiled (default: cargo build in the image) or prebuilt
 #                   (dist/<arch>/ from `make release`)
 #   RUNTIME_IMAGE, CLIENT_IMAGE, KANIKO_IMAGE   base images (see Dockerfile)

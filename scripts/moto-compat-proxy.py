@@ -16,6 +16,9 @@ MISSING=N answers the first N DescribeTasks calls that name a task (without
 `include`, as the watcher's are) as DescribeTasks does right after RunTask:
 every task a MISSING failure.
 
+FORBID_HEAD=1 answers every S3 HEAD request 403, as S3 does when the caller
+may only PutObject.
+
 REQUEST_LOG=FILE appends every JSON-protocol request (ECS, Secrets Manager)
 as a line {"target": ..., "body": ...}, as the client sent it, for the tests
 to validate against botocore's service models.
@@ -114,6 +117,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if request.pop("capacityProviderStrategy", None):
                 request["launchType"] = "FARGATE"
                 body = json.dumps(request).encode()
+        if os.environ.get("FORBID_HEAD") and self.command == "HEAD" and not target:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         kind = inject_failure(target, self.path)
         if kind:
             if kind == "ecs":

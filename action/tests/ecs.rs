@@ -142,7 +142,7 @@ impl Ecs {
             (
                 "config.yaml",
                 &format!(
-                    "global:\n  kaniko-credentials:\n    - {{registry: {r}, username: ci, password: {SECRET}}}\n  kaniko:\n    destination: {r}/ecs/app:1\n    build-args: {{BASE_IMAGE: {b}}}\nbake:\n  - arch: amd64\n  - arch: arm64\n    cpu: 1\n    memory: 3G\n    disk: 30G\n    kaniko: {{dockerfile: Dockerfile.arm64}}\n",
+                    "global:\n  spot: true\n  kaniko-credentials:\n    - {{registry: {r}, username: ci, password: {SECRET}}}\n  kaniko:\n    destination: {r}/ecs/app:1\n    build-args: {{BASE_IMAGE: {b}}}\nbake:\n  - arch: amd64\n  - arch: arm64\n    cpu: 1\n    memory: 3G\n    disk: 30G\n    kaniko: {{dockerfile: Dockerfile.arm64}}\n",
                     r = self.registry.host(),
                     b = self.base
                 ),
@@ -394,9 +394,23 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
         .filter(|r| r["target"].as_str().unwrap().ends_with(".RunTask"))
         .collect();
     assert_eq!(run_tasks.len(), 4);
+    // `spot: true`: Fargate Spot for amd64; arm64 on demand (Fargate Spot
+    // runs X86_64 tasks only).
     for r in &run_tasks {
+        let arch = r["body"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == "bakery:arch")
+            .map(|t| t["value"].as_str().unwrap().to_string())
+            .unwrap();
+        let expected = if arch == "amd64" {
+            "FARGATE_SPOT"
+        } else {
+            "FARGATE"
+        };
         assert_eq!(
-            r["body"]["capacityProviderStrategy"][0]["capacityProvider"], "FARGATE",
+            r["body"]["capacityProviderStrategy"][0]["capacityProvider"], expected,
             "{r}"
         );
         assert!(r["body"].get("launchType").is_none(), "{r}");

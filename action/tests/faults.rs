@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use bakery_controller::index::{registry_client, write_index, RetryPolicy};
@@ -167,4 +168,36 @@ async fn a_persistent_s3_outage_names_the_endpoint_and_the_answer() {
         error.contains("503") || error.contains("SlowDown"),
         "{error}"
     );
+}
+
+/// A client allowed only s3:PutObject (the original tool's policy): S3
+/// answers HeadObject 403. The context is uploaded anyway (it had failed
+/// the build), with a warning; the 403 was really answered.
+#[tokio::test]
+async fn a_put_only_s3_policy_uploads_without_asking() {
+    with_aws_test_credentials();
+    let moto = s3("contexts");
+    let proxy = moto_proxy_with(&moto, &[("FORBID_HEAD", "1")]);
+    let store = bakery_store::S3Store::connect(s3_through(&proxy)).await;
+    let head = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
+        .arg(format!("{}/contexts/{}", proxy.url(), key('c')))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&head.stdout),
+        "403",
+        "the fault is injected"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"context").unwrap();
+    assert!(store
+        .upload_if_absent(&key('c'), file.path())
+        .await
+        .unwrap());
+    // Without the check, every upload sends it again.
+    assert!(store
+        .upload_if_absent(&key('c'), file.path())
+        .await
+        .unwrap());
 }

@@ -196,6 +196,16 @@ impl S3Store {
                 .is_some_and(|e| expires_soon(e, std::time::SystemTime::now()))),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(false),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            // A policy that allows only s3:PutObject (the original tool's)
+            // answers HeadObject with 403: upload, as that tool did, and say
+            // what the check would save.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                eprintln!(
+                    "warning: s3://{}/{key}: HeadObject is refused (403), so unchanged contexts are uploaded again; allow s3:GetObject and s3:ListBucket on the bucket to skip them",
+                    self.settings.bucket
+                );
+                Ok(false)
+            }
             Err(e) => Err(self.error(key, e)),
         }
     }

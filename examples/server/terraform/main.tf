@@ -7,6 +7,8 @@ data "aws_caller_identity" "current" {}
 
 locals {
   account = data.aws_caller_identity.current.account_id
+  # The issuer an IRSA condition names: the provider ARN without its prefix.
+  oidc_issuer = replace(var.irsa_oidc_provider_arn, "/^.*oidc-provider//", "")
 }
 
 # ---- cluster ---------------------------------------------------------------
@@ -122,9 +124,11 @@ resource "aws_iam_role" "agent_task" {
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
 
-resource "aws_iam_role_policy" "agent_task" {
-  name = "download-contexts"
-  role = aws_iam_role.agent_task.id
+# Reading contexts: the agents' one AWS permission. A managed policy, so
+# that agent pods on Kubernetes (below) can have it too.
+resource "aws_iam_policy" "read_contexts" {
+  name        = "${var.name}-read-contexts"
+  description = "bakery agents: download build contexts"
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -142,6 +146,58 @@ resource "aws_iam_role_policy" "agent_task" {
       },
     ]
   })
+}
+
+resource "aws_iam_role_policy_attachment" "agent_task" {
+  role       = aws_iam_role.agent_task.name
+  policy_arn = aws_iam_policy.read_contexts.arn
+}
+
+# Agent pods on EKS (server_runs_on = eks-pod-identity or irsa): the
+# `bakery-agent` service account of the Kustomize example gets this role.
+data "aws_iam_policy_document" "agent_pod_trust" {
+  dynamic "statement" {
+    for_each = var.server_runs_on == "eks-pod-identity" ? [1] : []
+    content {
+      actions = ["sts:AssumeRole", "sts:TagSession"]
+      principals {
+        type        = "Service"
+        identifiers = ["pods.eks.amazonaws.com"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.server_runs_on == "irsa" ? [1] : []
+    content {
+      actions = ["sts:AssumeRoleWithWebIdentity"]
+      principals {
+        type        = "Federated"
+        identifiers = [var.irsa_oidc_provider_arn]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "${local.oidc_issuer}:sub"
+        values   = ["system:serviceaccount:bakery:bakery-agent"]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "${local.oidc_issuer}:aud"
+        values   = ["sts.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role" "agent_pod" {
+  count              = var.server_runs_on == "ecs" ? 0 : 1
+  name               = "${var.name}-agent-pod"
+  assume_role_policy = data.aws_iam_policy_document.agent_pod_trust.json
+}
+
+resource "aws_iam_role_policy_attachment" "agent_pod" {
+  count      = var.server_runs_on == "ecs" ? 0 : 1
+  role       = aws_iam_role.agent_pod[0].name
+  policy_arn = aws_iam_policy.read_contexts.arn
 }
 
 # ---- server (controller) permissions -----------------------------------------
@@ -257,9 +313,14 @@ data "aws_iam_policy_document" "server_trust" {
       }
       condition {
         test     = "StringEquals"
-        variable = "${replace(var.irsa_oidc_provider_arn, "/^.*oidc-provider//", "")}:sub"
+        variable = "${local.oidc_issuer}:sub"
         # The Kustomize example's service account.
         values = ["system:serviceaccount:bakery:bakery-server"]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "${local.oidc_issuer}:aud"
+        values   = ["sts.amazonaws.com"]
       }
     }
   }

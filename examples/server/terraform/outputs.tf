@@ -24,3 +24,13 @@ output "server_role_arn" {
 output "client_policy_arn" {
   value = aws_iam_policy.client.arn
 }
+
+output "agent_pod_role_arn" {
+  description = "For agent pods on EKS: the role the bakery-agent service account gets (IRSA annotation or Pod Identity association)"
+  value       = var.server_runs_on == "ecs" ? null : aws_iam_role.agent_pod[0].arn
+}
+
+output "agent_image_secret_arn" {
+  description = "AGENT_IMAGE_SECRET_ARN for the controller, when given"
+  value       = var.agent_image_secret_arn
+}

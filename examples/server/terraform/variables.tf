@@ -7,6 +7,10 @@ variable "name" {
   description = "Prefix of every resource name; also a good BAKERY_OWNER"
   type        = string
   default     = "bakery"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]+$", var.name))
+    error_message = "name becomes BAKERY_OWNER: letters, digits, _ and - only."
+  }
 }
 
 variable "vpc_id" {
@@ -62,4 +66,8 @@ variable "irsa_oidc_provider_arn" {
   description = "With server_runs_on = irsa: the cluster's IAM OIDC provider ARN"
   type        = string
   default     = ""
+  validation {
+    condition     = var.server_runs_on != "irsa" || var.irsa_oidc_provider_arn != ""
+    error_message = "server_runs_on = irsa needs irsa_oidc_provider_arn."
+  }
 }

@@ -1,5 +1,6 @@
 terraform {
-  required_version = ">= 1.5"
+  # 1.9: a variable's validation may refer to another variable.
+  required_version = ">= 1.9"
   required_providers {
     aws = {
       source  = "hashicorp/aws"

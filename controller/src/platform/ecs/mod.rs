@@ -157,7 +157,13 @@ impl AgentPlatform for EcsPlatform {
             );
         }
         let definition = self.task_definition(launch.arch, size).await?;
-        let placement = Placement::choose(&self.settings, launch.spot);
+        // Fargate Spot runs X86_64 Linux tasks only (AWS's Fargate capacity
+        // provider considerations): an arm64 task asks for on-demand.
+        let spot = launch.spot && launch.arch == bakery_protocol::Arch::Amd64;
+        if launch.spot && !spot {
+            tracing::info!(task = %launch.task_id, "Fargate Spot has no ARM64 capacity: the arm64 agent runs on demand");
+        }
+        let placement = Placement::choose(&self.settings, spot);
         let arn = self
             .run_until_placed(&launch, &definition, placement)
             .await?;
