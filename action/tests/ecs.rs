@@ -453,22 +453,8 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
                 r#"{"username":"puller","password":"old"}"#,
             ]);
             for owner in ["bakery", "-"] {
-                let out = Command::new("python3")
-                    .arg(
-                        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                            .join("../scripts/moto-ecs-fixture.py"),
-                    )
-                    .args(["orphan", moto, subnet, sg, owner])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                orphans
-                    .borrow_mut()
-                    .push(String::from_utf8(out.stdout).unwrap().trim().to_string());
+                let arn = ecs_fixture_text(&["orphan", moto, subnet, sg, owner]);
+                orphans.borrow_mut().push(arn);
             }
         },
         &[("NO_CAPACITY", "2"), ("MISSING", "3")],
@@ -484,14 +470,7 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
     let orphans = orphans.into_inner();
     assert_eq!(status_of(&orphans[0]), "STOPPED", "ours, unknown: stopped");
     assert_eq!(status_of(&orphans[1]), "RUNNING", "not ours: left alone");
-    let login = Command::new("python3")
-        .arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto-ecs-fixture.py"),
-        )
-        .args(["secret", &ecs.moto.url(), "bakery/agent-image-registry"])
-        .output()
-        .unwrap();
-    let login = String::from_utf8_lossy(&login.stdout);
+    let login = ecs_fixture_text(&["secret", &ecs.moto.url(), "bakery/agent-image-registry"]);
     assert!(
         login.contains(IMAGE_PULL_SECRET),
         "the changed password was written: {login}"

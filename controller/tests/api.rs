@@ -739,6 +739,17 @@ fn log_format_json_makes_every_log_line_a_json_object() {
     assert!(child.wait().unwrap().success());
 }
 
+async fn get_info(h: &Harness) -> serde_json::Value {
+    h.http
+        .get(h.url("/v1/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Clients and agents are told the bucket's region the controller
 /// resolved: S3_REGION, else AWS_REGION (agents had fallen back to
 /// us-east-1, and every upload to a bucket elsewhere failed).
@@ -753,15 +764,7 @@ async fn the_context_store_announces_the_resolved_region() {
         ],
     )
     .await;
-    let info: serde_json::Value = h
-        .http
-        .get(h.url("/v1/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_info(&h).await;
     let s3 = &info["context_store"];
     assert_eq!(s3["region"], "eu-west-3", "{info}");
     assert_eq!(s3["bucket"], "contexts", "{info}");
@@ -775,15 +778,7 @@ async fn the_context_store_announces_the_resolved_region() {
         ],
     )
     .await;
-    let info: serde_json::Value = h
-        .http
-        .get(h.url("/v1/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_info(&h).await;
     let s3 = &info["context_store"];
     assert_eq!(s3["region"], "ap-northeast-2", "{info}");
     assert_eq!(s3["path_style"], false, "{info}");

@@ -241,6 +241,11 @@ pub fn moto_proxy_with(moto: &Server, env: &[(&str, &str)]) -> Server {
 
 /// Runs scripts/moto-ecs-fixture.py and parses its JSON output.
 pub fn ecs_fixture(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ecs_fixture_text(args)).unwrap_or(serde_json::Value::Null)
+}
+
+/// The same, its output as text (an ARN, a secret's value).
+pub fn ecs_fixture_text(args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto-ecs-fixture.py");
     let out = Command::new("python3")
         .arg(script)
@@ -252,7 +257,7 @@ pub fn ecs_fixture(args: &[&str]) -> serde_json::Value {
         "fixture {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `bakery-controller` as its own process.
