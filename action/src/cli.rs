@@ -193,9 +193,9 @@ pub enum Command {
     },
     /// Pack each build context as a content-addressed archive.
     Pack {
-        /// Directory the archives are written to.
-        #[arg(long, short, default_value = ".")]
-        output: PathBuf,
+        /// Directory the archives are written to (default: bakery-pack in the temporary directory, outside every context: an archive written into the context would be packed by the next run).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
         /// gzip (what Kaniko reads) or zstd (faster; read by bakery's agent).
         #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
         codec: bakery_pack::Codec,

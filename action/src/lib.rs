@@ -114,7 +114,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             output,
             codec,
             json,
-        } => commands::pack(&cli.input, &output, codec, json).map(|()| ExitCode::SUCCESS),
+        } => {
+            let output = output.unwrap_or_else(|| std::env::temp_dir().join("bakery-pack"));
+            commands::pack(&cli.input, &output, codec, json).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

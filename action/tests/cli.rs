@@ -184,6 +184,25 @@ fn pack_writes_content_addressed_archives_once_per_context() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains(".tar.zst"), "{stdout}");
+
+    // Without --output, archives go outside the context (they had gone into
+    // the working directory, and the next pack packed its own archive).
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_env = [("TMPDIR", tmp.path().to_str().unwrap())];
+    let first = bakery(dir.path(), &["pack", "--json"], &tmp_env);
+    let again = bakery(dir.path(), &["pack", "--json"], &tmp_env);
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(first[0]["path"]
+        .as_str()
+        .unwrap()
+        .starts_with(tmp.path().to_str().unwrap()));
+    assert_eq!(again[0]["packed"]["sha256"], first[0]["packed"]["sha256"]);
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("sha256-")));
 }
 
 #[test]
