@@ -169,6 +169,15 @@ pub fn auth_for(credentials: &[Credential], registry: &str) -> RegistryAuth {
         })
 }
 
+/// The manifest `digest` in `repo`'s repository.
+pub(crate) fn at_digest(repo: &Reference, digest: &str) -> Reference {
+    Reference::with_digest(
+        repo.registry().to_string(),
+        repo.repository().to_string(),
+        digest.to_string(),
+    )
+}
+
 /// The destination as a reference.
 pub fn parse_reference(destination: &str) -> Result<Reference, IndexError> {
     destination.parse().map_err(|e: oci_client::ParseError| {

@@ -16,7 +16,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
 
-use crate::index::{retry, IndexError, RetryPolicy};
+use crate::index::{at_digest, retry, IndexError, RetryPolicy};
 use crate::verify::Checked;
 
 #[derive(Deserialize)]
@@ -116,14 +116,6 @@ impl Copy<'_> {
         .await
         .map(drop)
     }
-}
-
-fn at_digest(repo: &Reference, digest: &str) -> Reference {
-    Reference::with_digest(
-        repo.registry().to_string(),
-        repo.repository().to_string(),
-        digest.to_string(),
-    )
 }
 
 /// `registry/repository`, as messages name it.

@@ -60,11 +60,7 @@ pub async fn check(
     auth: &RegistryAuth,
     policy: RetryPolicy,
 ) -> Result<Checked, IndexError> {
-    let by_digest = Reference::with_digest(
-        repo.registry().to_string(),
-        repo.repository().to_string(),
-        digest.to_string(),
-    );
+    let by_digest = crate::index::at_digest(repo, digest);
     let (body, _) = retry(policy, || {
         client.pull_manifest_raw(
             &by_digest,

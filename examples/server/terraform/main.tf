@@ -153,9 +153,11 @@ resource "aws_iam_role_policy_attachment" "agent_task" {
   policy_arn = aws_iam_policy.read_contexts.arn
 }
 
-# Agent pods on EKS (server_runs_on = eks-pod-identity or irsa): the
-# `bakery-agent` service account of the Kustomize example gets this role.
-data "aws_iam_policy_document" "agent_pod_trust" {
+# Pods on EKS (server_runs_on = eks-pod-identity or irsa) assume their role
+# as the Kustomize example's service accounts: bakery-server for the
+# controller's role, bakery-agent for the agent pods' (below).
+data "aws_iam_policy_document" "pod_trust" {
+  for_each = toset(["bakery-server", "bakery-agent"])
   dynamic "statement" {
     for_each = var.server_runs_on == "eks-pod-identity" ? [1] : []
     content {
@@ -177,7 +179,7 @@ data "aws_iam_policy_document" "agent_pod_trust" {
       condition {
         test     = "StringEquals"
         variable = "${local.oidc_issuer}:sub"
-        values   = ["system:serviceaccount:bakery:bakery-agent"]
+        values   = ["system:serviceaccount:bakery:${each.key}"]
       }
       condition {
         test     = "StringEquals"
@@ -191,7 +193,7 @@ data "aws_iam_policy_document" "agent_pod_trust" {
 resource "aws_iam_role" "agent_pod" {
   count              = var.server_runs_on == "ecs" ? 0 : 1
   name               = "${var.name}-agent-pod"
-  assume_role_policy = data.aws_iam_policy_document.agent_pod_trust.json
+  assume_role_policy = data.aws_iam_policy_document.pod_trust["bakery-agent"].json
 }
 
 resource "aws_iam_role_policy_attachment" "agent_pod" {
@@ -282,53 +284,9 @@ resource "aws_iam_policy" "server" {
 
 # Who may be the controller: an ECS task (default), a pod on EKS through
 # EKS Pod Identity, or a pod through IRSA (an OIDC provider of the cluster).
-data "aws_iam_policy_document" "server_trust" {
-  dynamic "statement" {
-    for_each = var.server_runs_on == "ecs" ? [1] : []
-    content {
-      actions = ["sts:AssumeRole"]
-      principals {
-        type        = "Service"
-        identifiers = ["ecs-tasks.amazonaws.com"]
-      }
-    }
-  }
-  dynamic "statement" {
-    for_each = var.server_runs_on == "eks-pod-identity" ? [1] : []
-    content {
-      actions = ["sts:AssumeRole", "sts:TagSession"]
-      principals {
-        type        = "Service"
-        identifiers = ["pods.eks.amazonaws.com"]
-      }
-    }
-  }
-  dynamic "statement" {
-    for_each = var.server_runs_on == "irsa" ? [1] : []
-    content {
-      actions = ["sts:AssumeRoleWithWebIdentity"]
-      principals {
-        type        = "Federated"
-        identifiers = [var.irsa_oidc_provider_arn]
-      }
-      condition {
-        test     = "StringEquals"
-        variable = "${local.oidc_issuer}:sub"
-        # The Kustomize example's service account.
-        values = ["system:serviceaccount:bakery:bakery-server"]
-      }
-      condition {
-        test     = "StringEquals"
-        variable = "${local.oidc_issuer}:aud"
-        values   = ["sts.amazonaws.com"]
-      }
-    }
-  }
-}
-
 resource "aws_iam_role" "server" {
   name               = "${var.name}-server"
-  assume_role_policy = data.aws_iam_policy_document.server_trust.json
+  assume_role_policy = var.server_runs_on == "ecs" ? data.aws_iam_policy_document.ecs_tasks_trust.json : data.aws_iam_policy_document.pod_trust["bakery-server"].json
 }
 
 resource "aws_iam_role_policy_attachment" "server" {
