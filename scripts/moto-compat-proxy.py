@@ -16,6 +16,10 @@ MISSING=N answers the first N DescribeTasks calls that name a task (without
 `include`, as the watcher's are) as DescribeTasks does right after RunTask:
 every task a MISSING failure.
 
+moto sets no `stopCode`; a task stopped with the reason ECS gives a Spot
+interruption ("Your Spot Task was interrupted.") gets ECS's stopCode
+SpotInterruption in DescribeTasks, so a test can interrupt a task.
+
 FORBID_HEAD=1 answers every S3 HEAD request 403, as S3 does when the caller
 may only PutObject.
 
@@ -84,8 +88,13 @@ def inject_failure(target, path):
     return None
 
 
+SPOT_REASON = "Your Spot Task was interrupted."
+
+
 def fix(doc):
     for task in doc.get("tasks", []) if isinstance(doc, dict) else []:
+        if task.get("lastStatus") == "STOPPED" and (task.get("stoppedReason") or "").startswith(SPOT_REASON):
+            task["stopCode"] = "SpotInterruption"
         for container in task.get("containers", []):
             for field in STRING_FIELDS:
                 if isinstance(container.get(field), int):

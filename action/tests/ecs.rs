@@ -27,16 +27,16 @@ struct Ecs {
     controller: Server,
     registry: Server,
     base: String,
-    agents: Vec<Child>,
+    /// The agents started, by task ARN.
+    agents: Vec<(String, Child)>,
     started: HashSet<String>,
     work: tempfile::TempDir,
 }
 
 impl Drop for Ecs {
     fn drop(&mut self) {
-        for a in &mut self.agents {
-            let _ = a.kill();
-            let _ = a.wait();
+        for (_, a) in &mut self.agents {
+            kill_group(a);
         }
     }
 }
@@ -166,6 +166,9 @@ impl Ecs {
                 continue; // not one of bakery's (a test's stand-in orphan)
             }
             let mut cmd = Command::new(sibling_binary("bakery-agent"));
+            // Its own group, so that the builder dies with it when a test
+            // plays ECS taking the task away.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             cmd.env_clear().env("PATH", std::env::var("PATH").unwrap());
             for kv in env.as_array().unwrap() {
                 cmd.env(kv["name"].as_str().unwrap(), kv["value"].as_str().unwrap());
@@ -174,7 +177,7 @@ impl Ecs {
                 "BAKERY_WORK_DIR",
                 self.work.path().join(arn.rsplit('/').next().unwrap()),
             );
-            self.agents.push(cmd.spawn().unwrap());
+            self.agents.push((arn.clone(), cmd.spawn().unwrap()));
             self.started.insert(arn);
         }
     }
@@ -201,6 +204,15 @@ impl Ecs {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Kills an agent and its builder (its process group), as ECS ends a task.
+fn kill_group(agent: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", agent.id())])
+        .status();
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
 
 fn family_revisions(dump: &Value, family: &str, status: &str) -> Vec<u64> {
@@ -569,4 +581,108 @@ fn a_persistent_ecs_outage_fails_the_build_with_the_cause() {
     assert!(error.contains("RunTask"), "{error}");
     assert!(error.contains("ServiceUnavailableException"), "{error}");
     assert!(ecs.dump()["tasks"].as_array().unwrap().is_empty());
+}
+
+/// Fargate Spot takes the amd64 task away mid-build (ECS: SIGKILL, then
+/// STOPPED with stopCode SpotInterruption): the arch is started again once,
+/// on demand, with a new token; its second agent's lines are taken after
+/// the first's, and the build succeeds.
+#[test]
+fn a_spot_interruption_starts_the_arch_again_on_demand() {
+    let mut ecs = Ecs::start(|_| {});
+    let repo = project(&[
+        (
+            "Dockerfile",
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo first-step && sleep 4 && echo second-step\n",
+        ),
+        ("Dockerfile.arm64", "FROM scratch\nCOPY Dockerfile /\n"),
+        (
+            "config.yaml",
+            &format!(
+                "global:\n  spot: true\n  kaniko:\n    destination: {r}/ecs/spot:1\n    build-args: {{BASE_IMAGE: {b}}}\nbake:\n  - arch: amd64\n  - arch: arm64\n    kaniko: {{dockerfile: Dockerfile.arm64}}\n",
+                r = ecs.registry.host(),
+                b = ecs.base
+            ),
+        ),
+    ]);
+    let id = ecs.submit(repo.path());
+    let log_url = format!("{}/v1/builds/{id}/logs", ecs.controller.url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Until the amd64 agent runs its build step (it has checked in and sent lines).
+    let first = loop {
+        ecs.run_agents();
+        let log = curl_text(&log_url, "1");
+        let status = ecs.status(&id);
+        if log.contains("first-step") && status["tasks"][0]["state"] == "running" {
+            break ecs.agents[0].0.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "amd64 never ran: {status}\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(first.contains("task/"), "{first}");
+    kill_group(&mut ecs.agents[0].1);
+    ecs_fixture(&[
+        "stop",
+        &ecs.moto.url(),
+        &first,
+        "Your Spot Task was interrupted.",
+    ]);
+    let status = ecs.wait(&id, true);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let log = curl_text(&log_url, "10");
+    assert!(
+        log.contains("Your Spot Task was interrupted. [SpotInterruption]")
+            && log.contains("starting the amd64 agent again on demand (once)"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("agent started").count(),
+        3,
+        "two amd64 check-ins, one arm64: {log}"
+    );
+    assert!(
+        log.contains("second-step"),
+        "the second agent's lines are taken: {log}"
+    );
+    // The first RunTask for amd64 asked for Spot, the second for on-demand Fargate.
+    let providers: Vec<String> = ecs
+        .requests()
+        .iter()
+        .filter(|r| r["target"].as_str().unwrap().ends_with(".RunTask"))
+        .filter(|r| {
+            r["body"]["taskDefinition"]
+                .as_str()
+                .unwrap()
+                .contains("amd64")
+        })
+        .map(|r| r["body"]["capacityProviderStrategy"][0]["capacityProvider"].to_string())
+        .collect();
+    assert_eq!(
+        providers,
+        ["\"FARGATE_SPOT\"", "\"FARGATE\""],
+        "{providers:?}"
+    );
+    let dump = ecs.dump();
+    assert!(
+        dump["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["lastStatus"] == "STOPPED" || t["desiredStatus"] == "STOPPED"),
+        "nothing left running: {dump}"
+    );
+    ecs.validate_requests();
+}
+
+/// A build's log as the API serves it: all of it once the build is over,
+/// what came within `seconds` while it runs.
+fn curl_text(url: &str, seconds: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", seconds, url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -52,13 +52,16 @@ pub struct AgentConfig {
     pub load: Option<load::Load>,
     /// When to give up on its own, from the start.
     pub deadline: Option<std::time::Duration>,
+    /// The seq its first log line follows (`BAKERY_FIRST_SEQ`): 0, or a
+    /// reclaimed predecessor's last.
+    pub first_seq: u64,
 }
 
 /// Runs the task to the end and reports. Returns whether it succeeded.
 pub async fn run(cfg: AgentConfig) -> bool {
     let born = Instant::now();
     let controller = AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
-    let (log, shipper) = logs::start(controller.clone());
+    let (log, shipper) = logs::start_after(controller.clone(), cfg.first_seq);
     // Past the deadline the work (and the builder, killed on drop) is
     // abandoned and the failure reported, if anyone still listens.
     let outcome = match cfg.deadline {

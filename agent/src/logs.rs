@@ -80,10 +80,19 @@ pub struct Shipper {
 /// Starts shipping to `controller`: the sink takes lines, the shipper
 /// delivers them in the background until [`Shipper::finish`].
 pub fn start(controller: AgentApi) -> (LogSink, Shipper) {
+    start_after(controller, 0)
+}
+
+/// [`start`], numbering lines from `first_seq + 1`: an agent that takes
+/// over a task whose earlier agent was reclaimed continues its numbering.
+pub fn start_after(controller: AgentApi, first_seq: u64) -> (LogSink, Shipper) {
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let outbox = Arc::new(Outbox::default());
     let handle = tokio::spawn(async move {
-        tokio::join!(gather(rx, Arc::clone(&outbox)), deliver(controller, outbox));
+        tokio::join!(
+            gather(rx, Arc::clone(&outbox), first_seq),
+            deliver(controller, outbox)
+        );
     });
     (
         LogSink {
@@ -133,8 +142,8 @@ impl Outbox {
 
 /// Numbers the sink's lines, batches them ([`LINGER`]) and queues each
 /// batch in the outbox (and on the open stream).
-async fn gather(mut rx: mpsc::UnboundedReceiver<String>, outbox: Arc<Outbox>) {
-    let mut seq = 0u64;
+async fn gather(mut rx: mpsc::UnboundedReceiver<String>, outbox: Arc<Outbox>, first_seq: u64) {
+    let mut seq = first_seq;
     let mut batch: Vec<String> = Vec::new();
     let mut last_sent = tokio::time::Instant::now() - LINGER;
     loop {

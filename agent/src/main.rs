@@ -34,6 +34,12 @@ async fn main() -> ExitCode {
                 Ok(v) => Some(v.parse()?),
                 Err(_) => None,
             },
+            first_seq: match std::env::var(agent_env::FIRST_SEQ) {
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| format!("{} is `{v}`, not a line number", agent_env::FIRST_SEQ))?,
+                Err(_) => 0,
+            },
             deadline: match std::env::var(agent_env::DEADLINE) {
                 Ok(v) => Some(std::time::Duration::from_secs(v.parse().map_err(|_| {
                     format!("{} is `{v}`, not a number of seconds", agent_env::DEADLINE)

@@ -364,6 +364,11 @@ pub mod agent_env {
     /// (the task and result timeouts together): a controller that is gone
     /// cannot leave an agent, and on ECS a billing task, running.
     pub const DEADLINE: &str = "BAKERY_DEADLINE";
+    /// The seq after which the agent numbers its log lines; unset, 0. Set
+    /// for an agent that takes over from one whose capacity was reclaimed
+    /// (a Spot interruption), so its lines are not taken for resends of
+    /// its predecessor's.
+    pub const FIRST_SEQ: &str = "BAKERY_FIRST_SEQ";
 
     /// The daemonless builder an agent runs ([`BUILDER`]): Kaniko in the
     /// agent image (ECS, Kubernetes), buildah on the local platform.

@@ -152,6 +152,10 @@ pub struct TaskRecord {
     /// When the task began waiting for an agent slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_ms: Option<u64>,
+    /// The task's agent was reclaimed (a Spot interruption) and started
+    /// again on demand: it is not started again a second time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relaunched: bool,
 }
 
 /// A build as read back at start-up.

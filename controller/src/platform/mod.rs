@@ -70,6 +70,10 @@ pub enum ExitReason {
     Signal(i32),
     /// What the platform said: an ECS stop reason, a pod's phase and reason.
     Platform(String),
+    /// The platform took the capacity back (ECS: `stopCode` `SpotInterruption`):
+    /// the agent did nothing wrong, so its task may run again on capacity
+    /// that is not reclaimed ([`crate::state::Aggregate::agent_exited`]).
+    Reclaimed(String),
 }
 
 impl std::fmt::Display for ExitReason {
@@ -77,7 +81,7 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::Code(code) => write!(f, "agent exited with code {code}"),
             ExitReason::Signal(signal) => write!(f, "agent was killed by signal {signal}"),
-            ExitReason::Platform(text) => f.write_str(text),
+            ExitReason::Platform(text) | ExitReason::Reclaimed(text) => f.write_str(text),
         }
     }
 }

@@ -191,6 +191,7 @@ impl Aggregate {
                     checked_in_at: t.checked_in_ms.map(journal::instant_from_ms),
                     handle: t.handle.map(crate::platform::AgentHandle::new),
                     queued_at: t.queued_ms.map(journal::instant_from_ms),
+                    relaunched: t.relaunched,
                     ..Runtime::new(t.token)
                 },
             })
@@ -246,6 +247,7 @@ impl Aggregate {
                     launched_ms: t.runtime.launched_at.map(journal::ms_from_instant),
                     checked_in_ms: t.runtime.checked_in_at.map(journal::ms_from_instant),
                     queued_ms: t.runtime.queued_at.map(journal::ms_from_instant),
+                    relaunched: t.runtime.relaunched,
                 })
                 .collect(),
             cancel_requested: self.cancel_requested || self.cancel_pending,

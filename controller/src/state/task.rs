@@ -35,6 +35,9 @@ pub(super) struct Runtime {
     /// The agent's result is recorded and being saved: nothing acts on it
     /// until it is.
     pub(super) result_saving: bool,
+    /// Its first agent's capacity was reclaimed and a second one started on
+    /// demand ([`Task::relaunch`]): there is no third.
+    pub(super) relaunched: bool,
 }
 
 impl Runtime {
@@ -50,6 +53,7 @@ impl Runtime {
             queued_at: None,
             stopped: false,
             result_saving: false,
+            relaunched: false,
         }
     }
 }
@@ -121,6 +125,16 @@ impl Task {
     pub fn handle(&self) -> Option<&AgentHandle> {
         self.runtime.handle.as_ref()
     }
+    /// The highest seq of the lines its agents sent: where a new agent's
+    /// numbering continues.
+    pub fn lines_received(&self) -> u64 {
+        self.runtime.agent_seq
+    }
+    /// Whether its agent may run on Spot capacity: if the build asked, and
+    /// not once Spot took an agent of it away.
+    pub fn wants_spot(&self) -> bool {
+        self.request.spec.spot && !self.runtime.relaunched
+    }
     /// When the agent was launched, if it was.
     pub fn launched_at(&self) -> Option<Instant> {
         self.runtime.launched_at
@@ -171,6 +185,21 @@ impl Task {
         self.runtime.handle = Some(handle);
         self.runtime.launched_at = Some(now);
         self.status.started_ms = Some(now_ms());
+    }
+
+    /// Its agent is gone without a result through no fault of its own (its
+    /// Spot capacity was reclaimed): the task waits for a new agent, with a
+    /// new slot and a new token (the old one, in the old agent's task
+    /// description, is worthless from now on). The lines received stay, and
+    /// the new agent numbers its own after them.
+    pub(super) fn relaunch(&mut self, token: String) {
+        self.runtime = Runtime {
+            agent_seq: self.runtime.agent_seq,
+            relaunched: true,
+            ..Runtime::new(token)
+        };
+        self.status.state = TaskState::Starting;
+        self.status.started_ms = None;
     }
 
     /// The agent is stopped (or was never started): its slot is free.

@@ -264,6 +264,52 @@ fn deadlines_fail_tasks_with_the_reason() {
         .contains("killed by signal 9 before reporting a result"));
 }
 
+/// A Spot interruption before the result: the task waits for a second
+/// agent, on demand, with a new token, its lines kept and numbered on; a
+/// second interruption fails it as any other exit does.
+#[test]
+fn an_agent_reclaimed_by_spot_is_started_again_on_demand_once() {
+    let now = Instant::now();
+    let mut spot = request(&[Arch::Amd64], true);
+    spot.tasks[0].spec.spot = true;
+    let mut b = Aggregate::new("b1".into(), spot, Platform::Local, 1 << 20);
+    running(&mut b, 0, now);
+    let line = |seq| AgentLine {
+        seq,
+        line: format!("step {seq}"),
+    };
+    assert_eq!(b.append_agent_lines(0, &[line(1), line(2)]), Some(2));
+    let (old_token, task) = (b.task(0).token().to_string(), b.task(0));
+    assert!(task.wants_spot());
+    let reclaimed =
+        ExitReason::Reclaimed("ECS task stopped: Your Spot Task was interrupted.".into());
+    b.agent_exited(0, &reclaimed);
+    assert!(!b.evaluate(now, &limits()), "the build goes on");
+    let task = b.task(0);
+    assert_eq!(task.state(), TaskState::Starting);
+    assert!(task.handle().is_none() && !task.wants_spot());
+    assert_ne!(
+        task.token(),
+        old_token,
+        "the old agent's token is worthless"
+    );
+    assert!(!b.agent_may_speak(0, &old_token));
+    assert!(b.record().tasks[0].relaunched, "a restart knows");
+    assert_eq!(b.next_to_launch(), Some(0), "it needs a slot again");
+    assert_eq!(b.task(0).lines_received(), 2);
+    assert!(log_text(&b).contains("starting the amd64 agent again on demand"));
+    // The second agent: its numbering continues, its lines are taken.
+    running(&mut b, 0, now);
+    assert_eq!(b.append_agent_lines(0, &[line(3)]), Some(1));
+    b.agent_exited(0, &reclaimed);
+    assert!(b.evaluate(now, &limits()), "no third agent");
+    let error = b.status().tasks[0].error.clone().unwrap();
+    assert!(
+        error.contains("Spot Task was interrupted. before reporting"),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_cancel_is_saved_before_it_is_acted_on() {
     let now = Instant::now();

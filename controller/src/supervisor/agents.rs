@@ -121,7 +121,6 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
         let read = build.read();
         let task = read.task(index);
         let spec = &task.request().spec;
-        let controller_url = app.agent_url_for(task.platform()).to_string();
         Launch {
             build_id: build.id.clone(),
             task_id: task.id().to_string(),
@@ -129,18 +128,8 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
             cpu: spec.cpu.unwrap_or(app.config.default_build_cpu),
             memory: spec.memory.unwrap_or(app.config.default_build_memory),
             disk: spec.disk.or(app.config.default_build_disk),
-            spot: spec.spot,
-            env: BTreeMap::from([
-                (agent_env::CONTROLLER_URL.to_string(), controller_url),
-                (agent_env::TASK_ID.to_string(), task.id().to_string()),
-                (agent_env::TASK_TOKEN.to_string(), task.token().to_string()),
-                (
-                    agent_env::DEADLINE.to_string(),
-                    (app.config.build_task_timeout + app.config.build_result_timeout)
-                        .as_secs()
-                        .to_string(),
-                ),
-            ]),
+            spot: task.wants_spot(),
+            env: agent_environment(app, task),
         }
     };
     let platform = app.platform(build.read().task(index).platform());
@@ -167,6 +156,32 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
             build.update(|b| b.launch_failed(index, e));
         }
     }
+}
+
+/// What a task's agent is told: where the controller is, who it is, its
+/// token and deadline, and (for an agent that takes over from a reclaimed
+/// one) where its log numbering continues.
+fn agent_environment(app: &App, task: &crate::state::Task) -> BTreeMap<String, String> {
+    let deadline = app.config.build_task_timeout + app.config.build_result_timeout;
+    let mut env = BTreeMap::from([
+        (
+            agent_env::CONTROLLER_URL.to_string(),
+            app.agent_url_for(task.platform()).to_string(),
+        ),
+        (agent_env::TASK_ID.to_string(), task.id().to_string()),
+        (agent_env::TASK_TOKEN.to_string(), task.token().to_string()),
+        (
+            agent_env::DEADLINE.to_string(),
+            deadline.as_secs().to_string(),
+        ),
+    ]);
+    if task.lines_received() > 0 {
+        env.insert(
+            agent_env::FIRST_SEQ.to_string(),
+            task.lines_received().to_string(),
+        );
+    }
+    env
 }
 
 /// Follows again the agents a previous run of this controller started.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::types::Task;
+use aws_sdk_ecs::types::{Task, TaskStopCode};
 use aws_sdk_ecs::Client;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
@@ -53,7 +53,7 @@ pub(super) type Watched = Arc<Mutex<HashMap<String, WatchedTask>>>;
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Seen {
     /// Ended tasks bakery had not stopped: (task id, why).
-    pub exited: Vec<(String, String)>,
+    pub exited: Vec<(String, ExitReason)>,
     /// Tasks bakery stopped that still run: StopTask again.
     pub stop_again: Vec<String>,
 }
@@ -62,7 +62,7 @@ pub(super) struct Seen {
 /// `missing`: ARNs ECS does not know; `running`: the others) at `now`.
 pub(super) fn apply(
     watched: &mut HashMap<String, WatchedTask>,
-    stopped: Vec<(String, String)>,
+    stopped: Vec<(String, ExitReason)>,
     missing: &[String],
     running: &[String],
     now: Instant,
@@ -76,10 +76,10 @@ pub(super) fn apply(
         match watched.get(arn) {
             Some(t) if now.duration_since(t.since) >= MISSING_GRACE => gone.push((
                 arn.clone(),
-                format!(
+                ExitReason::Platform(format!(
                     "ECS task no longer exists (DescribeTasks has answered MISSING since {}s after it started)",
                     MISSING_GRACE.as_secs()
-                ),
+                )),
             )),
             _ => {}
         }
@@ -177,10 +177,7 @@ pub(super) async fn watch(
                 Instant::now(),
             );
             for (task_id, reason) in seen.exited {
-                let _ = exits.send(Exited {
-                    task_id,
-                    reason: ExitReason::Platform(reason),
-                });
+                let _ = exits.send(Exited { task_id, reason });
             }
             for arn in seen.stop_again {
                 super::send_stop(&client, &settings.cluster, &arn)
@@ -197,8 +194,9 @@ pub(super) async fn watch(
     }
 }
 
-/// ECS's stop reason, with the agent container's exit code and reason.
-fn stop_reason(task: &Task) -> String {
+/// ECS's stop reason, with the agent container's exit code and reason; a
+/// Spot interruption is [`ExitReason::Reclaimed`] (the build may go on).
+fn stop_reason(task: &Task) -> ExitReason {
     let container = task
         .containers()
         .iter()
@@ -216,7 +214,10 @@ fn stop_reason(task: &Task) -> String {
     if let Some(r) = container.and_then(|c| c.reason()) {
         reason.push_str(&format!(" ({r})"));
     }
-    reason
+    match task.stop_code() {
+        Some(TaskStopCode::SpotInterruption) => ExitReason::Reclaimed(reason),
+        _ => ExitReason::Platform(reason),
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -259,7 +260,7 @@ mod tests {
         let seen = apply(&mut w, vec![], &missing, &[], start + MISSING_GRACE);
         assert_eq!(seen.exited.len(), 1);
         assert_eq!(seen.exited[0].0, "task-a");
-        assert!(seen.exited[0].1.contains("MISSING"), "{seen:?}");
+        assert!(seen.exited[0].1.to_string().contains("MISSING"), "{seen:?}");
         assert!(w.is_empty());
     }
 
@@ -277,7 +278,7 @@ mod tests {
         assert!(seen.stop_again.is_empty(), "too soon: {seen:?}");
         let seen = apply(&mut w, vec![], &[], &running, t0 + STOP_RETRY);
         assert_eq!(seen.stop_again, ["a"]);
-        let stopped = vec![("a".to_string(), "stopped".to_string())];
+        let stopped = vec![("a".to_string(), ExitReason::Platform("stopped".into()))];
         let seen = apply(
             &mut w,
             stopped,
@@ -287,11 +288,9 @@ mod tests {
         );
         assert!(seen.exited.is_empty(), "bakery stopped it: {seen:?}");
         assert!(!w.contains_key("a") && w.contains_key("b"));
-        let stopped = vec![("b".to_string(), "OutOfMemory".to_string())];
+        let oom = ExitReason::Platform("OutOfMemory".into());
+        let stopped = vec![("b".to_string(), oom.clone())];
         let seen = apply(&mut w, stopped, &[], &[], t0 + STOP_RETRY * 3);
-        assert_eq!(
-            seen.exited,
-            [("task-b".to_string(), "OutOfMemory".to_string())]
-        );
+        assert_eq!(seen.exited, [("task-b".to_string(), oom)]);
     }
 }

@@ -125,12 +125,40 @@ impl Aggregate {
         self.finish_task(index, TaskState::Failed, Some(error));
     }
 
-    /// The platform reports task `index`'s agent gone (or not found again).
+    /// The platform reports task `index`'s agent gone (or not found again):
+    /// the task fails at the next evaluation. An agent whose capacity was
+    /// reclaimed (a Spot interruption) before it reported is started again
+    /// instead, once, on demand: the build goes on as if the first agent had
+    /// been slow to start.
     pub fn agent_exited(&mut self, index: usize, reason: &ExitReason) {
-        if !self.tasks[index].is_terminal() {
-            self.tasks[index].runtime.exited = Some(reason.to_string());
-            self.changed(Change::State);
+        if self.tasks[index].is_terminal() {
+            return;
         }
+        if matches!(reason, ExitReason::Reclaimed(_)) && self.may_relaunch(index) {
+            let arch = self.tasks[index].arch();
+            self.log(
+                index,
+                &format!("{reason}: Spot took the {arch} agent's capacity back before it reported; starting the {arch} agent again on demand (once)"),
+            );
+            self.tasks[index].relaunch(crate::state::random_token());
+            self.redactor = super::redactor_for(&self.tasks);
+        } else {
+            self.tasks[index].runtime.exited = Some(reason.to_string());
+        }
+        self.changed(Change::State);
+    }
+
+    /// Whether task `index` may get a second agent: its first was launched
+    /// and is not being stopped, it has not reported, it has had no second,
+    /// and the build goes on.
+    fn may_relaunch(&self, index: usize) -> bool {
+        let rt = &self.tasks[index].runtime;
+        rt.handle.is_some()
+            && !rt.relaunched
+            && !rt.stopped
+            && !rt.result_saving
+            && !self.cancel_requested
+            && !self.head.state.is_terminal()
     }
 
     /// The agents to stop now: of ended tasks not stopped yet and not
