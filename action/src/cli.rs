@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long, env = "CONTROLLER_URL", global = true)]
     pub controller_url: Option<String>,
 
+    /// Talk plain HTTP to a CONTROLLER_URL that is not loopback (the token,
+    /// logins and secrets cross the network in clear): only on a private network.
+    #[arg(long, env = "BAKERY_INSECURE", global = true)]
+    pub insecure: bool,
+
     /// What to do; `None` means `build`.
     #[command(subcommand)]
     pub command: Option<Command>,

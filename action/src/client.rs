@@ -1,6 +1,7 @@
-//! Connecting to the controller: its URL, and the client token from the
-//! environment. The calls themselves are `bakery-client`'s.
+//! Connecting to the controller: its URL, checked, and the client token
+//! from the environment. The calls themselves are `bakery-client`'s.
 
+use anyhow::{bail, Context, Result};
 pub use bakery_client::{Controller, Event};
 
 /// CONTROLLER_TOKEN, or the content of CONTROLLER_TOKEN_FILE.
@@ -13,7 +14,74 @@ fn client_token() -> Option<String> {
     })
 }
 
-/// The controller at `base`, with the client token when one is set.
-pub fn connect(base: &str) -> Controller {
-    Controller::new(base, client_token().as_deref())
+/// A controller's URL that bakery will talk to: `https://`, or plain
+/// `http://` to a loopback address. Plain HTTP elsewhere would carry the
+/// client token, registry logins and build secrets in clear, so it takes
+/// `--insecure` (BAKERY_INSECURE=true).
+#[derive(Debug, Clone)]
+pub struct Remote(String);
+
+impl Remote {
+    /// Checks `url` (`insecure`: plain HTTP to any host is allowed).
+    pub fn new(url: &str, insecure: bool) -> Result<Remote> {
+        let parsed = url::Url::parse(url).with_context(|| {
+            format!("CONTROLLER_URL `{url}` is not a URL; write it as https://host[:port]")
+        })?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if insecure || is_loopback(&parsed) => {}
+            "http" => bail!(
+                "refusing to talk plain HTTP to {}: the controller token, registry logins and build secrets would cross the network in clear. Use an https:// CONTROLLER_URL (the controller's TLS_CERT_FILE/TLS_KEY_FILE, or a TLS proxy in front; see docs/tls.md), or pass --insecure (BAKERY_INSECURE=true) if this network is private",
+                parsed.host_str().unwrap_or(url)
+            ),
+            other => bail!("CONTROLLER_URL `{url}` has scheme `{other}`; use https:// (or http:// on loopback)"),
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            bail!("CONTROLLER_URL carries a user name or password; put the token in CONTROLLER_TOKEN instead");
+        }
+        Ok(Remote(url.to_string()))
+    }
+
+    /// The URL as given.
+    pub fn url(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The controller at `remote`, with the client token when one is set.
+pub fn connect(remote: &Remote) -> Controller {
+    Controller::new(remote.url(), client_token().as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_insecure() {
+        for ok in [
+            "https://bakery.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(Remote::new(ok, false).is_ok(), "{ok}");
+        }
+        let e = Remote::new("http://bakery.example.com", false).unwrap_err();
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        assert!(Remote::new("http://bakery.example.com", true).is_ok());
+        assert!(Remote::new("http://localhost.example.com", false).is_err());
+        assert!(Remote::new("ftp://x", true).is_err());
+        assert!(Remote::new("https://u:p@x", false).is_err());
+        assert!(Remote::new("bakery.example.com", false).is_err());
+    }
 }

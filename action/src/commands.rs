@@ -13,9 +13,9 @@ use crate::cli::{Input, LogFormat};
 use crate::client::{self, Controller, Event};
 use crate::printer::Printer;
 
-fn controller(url: Option<&str>, command: &str) -> Result<Controller> {
-    let url = url.with_context(|| format!("`bakery {command}` needs CONTROLLER_URL"))?;
-    Ok(client::connect(url))
+fn controller(remote: Option<&client::Remote>, command: &str) -> Result<Controller> {
+    let remote = remote.with_context(|| format!("`bakery {command}` needs CONTROLLER_URL"))?;
+    Ok(client::connect(remote))
 }
 
 fn exit_code(status: &BuildStatus) -> ExitCode {
@@ -27,7 +27,11 @@ fn exit_code(status: &BuildStatus) -> ExitCode {
 }
 
 /// `bakery logs ID`: a build's log to its end, then its state.
-pub async fn logs(url: Option<&str>, id: &str, format: Option<LogFormat>) -> Result<ExitCode> {
+pub async fn logs(
+    url: Option<&client::Remote>,
+    id: &str,
+    format: Option<LogFormat>,
+) -> Result<ExitCode> {
     let controller = controller(url, "logs")?;
     let service = controller.status(id).await?.service;
     let printer = Printer::standalone(&service, format, crate::ci::detect(false).await);
@@ -52,13 +56,16 @@ pub async fn logs(url: Option<&str>, id: &str, format: Option<LogFormat>) -> Res
 }
 
 /// `bakery status ID [--json]`.
-pub async fn status(url: Option<&str>, id: &str, json: bool) -> Result<ExitCode> {
+pub async fn status(url: Option<&client::Remote>, id: &str, json: bool) -> Result<ExitCode> {
     let status = controller(url, "status")?.status(id).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(exit_code(&status));
     }
     println!("{} {} {:?}", status.id, status.service, status.state);
+    if let Some(creator) = &status.created_by {
+        println!("  created by {creator}");
+    }
     for t in &status.tasks {
         println!(
             "  {} {:?} {}",

@@ -72,7 +72,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         .controller_url
         .as_deref()
         .map(str::trim)
-        .filter(|u| !u.is_empty());
+        .filter(|u| !u.is_empty())
+        .map(|u| client::Remote::new(u, cli.insecure))
+        .transpose()?;
     match command {
         Command::Build { detach, codec } => {
             let plan = input::plan(&cli.input)?;
@@ -82,7 +84,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let target = match url {
-                Some(url) => build::Target::Remote(url.to_string()),
+                Some(remote) => build::Target::Remote(remote),
                 None => build::Target::Embedded,
             };
             let opts = build::BuildOptions {
@@ -107,8 +109,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Logs { id } => commands::logs(url, &id, cli.log_format).await,
-        Command::Status { id, json } => commands::status(url, &id, json).await,
+        Command::Logs { id } => commands::logs(url.as_ref(), &id, cli.log_format).await,
+        Command::Status { id, json } => commands::status(url.as_ref(), &id, json).await,
         Command::Plan { json } => commands::plan(&cli.input, json).map(|()| ExitCode::SUCCESS),
         Command::Pack {
             output,

@@ -254,3 +254,33 @@ fn an_empty_controller_url_is_no_controller_url() {
     assert!(!out.status.success());
     assert!(stderr.contains("--detach needs CONTROLLER_URL"), "{stderr}");
 }
+
+/// Services whose CI outputs share a key (`web-api`/`web.api`, and
+/// `app_amd64` beside `app`'s amd64 digest) wrote one dotenv key twice, and
+/// a later job could deploy the wrong image: refused before any upload.
+#[test]
+fn services_whose_ci_outputs_would_collide_are_refused() {
+    let dir = repo();
+    let service = |name: &str| {
+        format!("  {name}:\n    image: r.io/{name}:1\n    build:\n      context: .\n      x-bake:\n        platforms: [linux/amd64]\n")
+    };
+    for (a, b, key) in [
+        ("web-api", "web.api", "BAKERY_WEB_API_DIGEST"),
+        ("app", "app_amd64", "BAKERY_APP_AMD64_DIGEST"),
+    ] {
+        let compose = format!("services:\n{}{}", service(a), service(b));
+        fs::write(dir.path().join("clash.yaml"), compose).unwrap();
+        let out = bakery(dir.path(), &["--compose", "clash.yaml", "plan"], &[]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{a}/{b}");
+        assert!(
+            stderr.contains(&format!("services `{a}` and `{b}` would both report {key}")),
+            "{stderr}"
+        );
+    }
+    // Distinct keys pass.
+    let compose = format!("services:\n{}{}", service("web"), service("api"));
+    fs::write(dir.path().join("fine.yaml"), compose).unwrap();
+    let out = bakery(dir.path(), &["--compose", "fine.yaml", "plan"], &[]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}

@@ -19,7 +19,8 @@ use axum::{Extension, Json};
 use bakery_protocol::api::{AgentLogs, AgentResult, AgentTask, ContextSource};
 use bakery_protocol::Platform;
 
-use crate::routes::{bearer, durable, unavailable, Failure, Result};
+use crate::auth::bearer;
+use crate::routes::{durable, unavailable, Failure, Result};
 use crate::state::Build;
 use crate::App;
 

@@ -84,6 +84,15 @@ pub struct Config {
     pub controller_token: Option<bakery_protocol::spec::Secret>,
     /// A file holding that token (a mounted Kubernetes Secret, say).
     pub controller_token_file: Option<PathBuf>,
+    /// TLS_CERT_FILE: a PEM certificate chain; with TLS_KEY_FILE the
+    /// controller serves HTTPS (re-reading both when they change).
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS_KEY_FILE: the PEM private key of TLS_CERT_FILE.
+    pub tls_key_file: Option<PathBuf>,
+    /// MAX_CONNECTIONS: most client, agent and follower connections open
+    /// at once. Default: the open-file limit (raised to its hard limit at
+    /// start-up) less 256, at most 16,384.
+    pub max_connections: Option<usize>,
     /// Issuers whose OpenID Connect ID tokens are accepted, comma-separated.
     #[serde(default)]
     pub oidc_issuers: String,
@@ -93,6 +102,12 @@ pub struct Config {
     /// Which jobs may build: `claim=pattern,…` rules separated by `;`.
     #[serde(default)]
     pub oidc_allow: String,
+    /// LOCAL_PLATFORM_SHARED: accept that builds on the local platform of
+    /// different CI identities share one trust domain (their scripts run on
+    /// this host as the controller's user). Without it, a controller with
+    /// the local platform and OIDC_ISSUERS does not start.
+    #[serde(default)]
+    pub local_platform_shared: bool,
 
     // ---- ECS (DEFAULT_PLATFORM=ecs) ----
     /// AWS_REGION: the region of the ECS cluster (and of the Secrets Manager

@@ -34,13 +34,14 @@ pub struct FollowQuery {
 /// `Last-Event-ID` (or `?after=`), until the build ends or the controller stops.
 pub async fn follow_logs(
     State(app): State<Arc<App>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     id: std::result::Result<Path<String>, PathRejection>,
     query: std::result::Result<Query<FollowQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     let Path(id) = id?;
     let Query(query) = query?;
-    let build = find(&app, &id)?;
+    let build = find(&app, &id, &caller)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -19,19 +19,21 @@
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
 
 pub mod agent_api;
+pub mod auth;
 pub mod config;
 pub mod follow;
 pub mod index;
 pub mod journal;
 pub mod log_stream;
 pub mod metrics;
-pub mod oidc;
 pub mod platform;
 pub mod replicate;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -39,7 +41,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bakery_protocol::Platform;
-use tokio::net::TcpListener;
 
 pub use config::Config;
 use platform::local::LocalPlatform;
@@ -78,7 +79,9 @@ pub struct App {
     /// What clients must present, if anything.
     pub client_token: Option<bakery_protocol::spec::Secret>,
     /// OpenID Connect ID tokens accepted instead, if configured.
-    pub oidc: Option<oidc::Oidc>,
+    pub oidc: Option<auth::oidc::Oidc>,
+    /// Refused authentications, logged at a bounded rate.
+    pub refusals: auth::Refusals,
     /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
     pub slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
     /// Cancelled when the controller stops: log followers and agents' log
@@ -102,6 +105,8 @@ pub struct Running {
     pub addr: SocketAddr,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Whether it serves HTTPS.
+    tls: bool,
 }
 
 /// Why a controller could not start.
@@ -123,6 +128,9 @@ pub enum StartError {
     /// A configuration variable has a value that cannot be used.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// TLS_CERT_FILE / TLS_KEY_FILE cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The build journal could not be opened or read back.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
@@ -131,7 +139,8 @@ pub enum StartError {
 impl Running {
     /// The base URL clients use.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Cancels unfinished builds, waits for their agents to be stopped, and
@@ -410,63 +419,44 @@ pub async fn forget_once(app: &App) {
     }
 }
 
-/// Connections the kernel queues for the controller before it accepts them
-/// (capped by `net.core.somaxconn`). tokio's default of 1,024 overflowed
-/// when a thousand builds started at once (each with an agent and a
-/// follower connecting): the kernel dropped the extra SYNs and those
-/// clients waited out TCP's one-second retransmission.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds `addr` the way `TcpListener::bind` does, with a deeper backlog.
-async fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    let mut last = None;
-    for candidate in tokio::net::lookup_host(addr).await? {
-        let socket = match candidate {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(candidate)
-            .and_then(|()| socket.listen(LISTEN_BACKLOG))
-        {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
-    }))
-}
-
 /// Binds `config.listen_addr` and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     // kube and the AWS SDK both use rustls: pick its crypto provider once,
     // or the first TLS client panics on the ambiguity.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let listener = listen(&config.listen_addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen_addr.clone(),
-            source,
-        })?;
+    let listener =
+        serve::listen(&config.listen_addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen_addr.clone(),
+                source,
+            })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen_addr.clone(),
         source,
     })?;
+    // Configuration mistakes first: they need no journal or platform to report.
+    let certificates = tls::from_config(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+    )?;
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let agent_url = config
         .controller_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
-    // Configuration mistakes first: they need no journal or platform to report.
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let client_token = config.client_token()?;
-    if client_token.is_none() && config.oidc_issuers.trim().is_empty() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "no CONTROLLER_TOKEN (or OIDC_ISSUERS) is set and the controller listens beyond loopback: anyone who can reach it can build, cancel and read logs; set CONTROLLER_TOKEN"
-        );
-    }
-    let oidc = oidc::Oidc::from_config(
+    serve::warn_if_exposed(
+        &config,
+        addr,
+        certificates.is_some(),
+        client_token.is_some(),
+    );
+    let oidc = auth::oidc::Oidc::from_config(
         &config.oidc_issuers,
         &config.oidc_audience,
         &config.oidc_allow,
@@ -487,6 +477,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(metrics::Metrics::new());
     let platforms = start_platforms(&config, exit_tx, &keep, &metrics).await?;
+    check_local_trust(&config, &platforms, oidc.is_some())?;
     let s3 = match config.s3() {
         Some(location) => {
             let store =
@@ -501,6 +492,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let app = Arc::new(App {
         client_token,
         oidc,
+        refusals: auth::Refusals::default(),
         slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         s3,
@@ -519,15 +511,47 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
     resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));
-    let (shutdown, server) = serve(listener, routes::router(Arc::clone(&app)));
+    let limits = serve::Limits {
+        max_connections: app
+            .config
+            .max_connections
+            .unwrap_or_else(|| serve::default_max_connections(serve::raise_file_limit())),
+    };
+    let acceptor = certificates.as_ref().map(tls::Certificates::acceptor);
+    let tls = acceptor.is_some();
+    let (shutdown, server) =
+        serve::serve(listener, routes::router(Arc::clone(&app)), acceptor, limits);
     let names: Vec<&str> = app.platforms.values().map(|p| p.name()).collect();
-    tracing::info!(%addr, platforms = ?names, default = %app.config.default_platform, "controller listening");
+    tracing::info!(%addr, tls, max_connections = limits.max_connections, platforms = ?names, default = %app.config.default_platform, "controller listening");
     Ok(Running {
         app,
         addr,
         server,
         shutdown,
+        tls,
     })
+}
+
+/// The local platform runs every build's pre- and post-script and builder
+/// on this host, as the controller's user, next to DATA_DIR: one build can
+/// read another's secrets there. With several CI identities (OIDC) that is
+/// refused unless LOCAL_PLATFORM_SHARED=true says it is understood.
+fn check_local_trust(
+    config: &Config,
+    platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
+    many_identities: bool,
+) -> Result<(), StartError> {
+    if !platforms.contains_key(&Platform::Local) {
+        return Ok(());
+    }
+    if many_identities && !config.local_platform_shared {
+        return Err(config::ConfigError::new(
+            "the local platform runs every build's scripts and builder on this host as the controller's user, so builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
+        )
+        .into());
+    }
+    tracing::info!("local platform: builds run on this host as the controller's user and share one trust domain (see SECURITY.md)");
+    Ok(())
 }
 
 /// Every platform the configuration names: the default, and ECS and
@@ -572,31 +596,4 @@ fn agent_slots(
             (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
         })
         .collect()
-}
-
-/// Serves `router` until the returned sender says stop.
-fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    // Small writes go out at once: with Nagle's algorithm a response whose
-    // body follows its head in a second write (a streamed context, an SSE
-    // event) waited for the client's delayed ACK, 40 ms on Linux.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    (shutdown, server)
 }

@@ -15,13 +15,14 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bakery_protocol::api::{ApiError, BuildStatus, ContextStore, CreateBuild, Created, Info};
 use bakery_protocol::validate;
 use bakery_protocol::ContextKey;
 
 use crate::agent_api::{self, require_task_token};
-use crate::state::{new_build_id, token_matches, Build};
+use crate::auth::Caller;
+use crate::state::{new_build_id, Build};
 use crate::App;
 
 /// Body limit of routes that take small JSON (status, cancel, results).
@@ -55,7 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/contexts/{*key}", put(put_context).head(head_context))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
-            require_client_token,
+            crate::auth::require_client,
         ));
     let agent = Router::new()
         .route(
@@ -153,53 +154,6 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
 
-/// The token of an `Authorization` header, whatever the case of its
-/// `Bearer` scheme (RFC 9110 makes schemes case-insensitive).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Checks `Authorization: Bearer <CONTROLLER_TOKEN>` in constant time.
-async fn require_client_token(
-    State(app): State<Arc<App>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if app.client_token.is_none() && app.oidc.is_none() {
-        return next.run(request).await;
-    }
-    let Some(token) = bearer(request.headers()).map(str::to_string) else {
-        return Failure::new(
-            StatusCode::UNAUTHORIZED,
-            "this controller needs a token: set CONTROLLER_TOKEN (or CONTROLLER_TOKEN_FILE) for the client (the GitHub Action's `controller-token` input; a masked CONTROLLER_TOKEN variable for the GitLab component), or send a CI ID token (the action's `oidc-audience`, the component's `oidc: true`)",
-        )
-        .into_response();
-    };
-    if let Some(expected) = &app.client_token {
-        if token_matches(&token, expected.expose()) {
-            return next.run(request).await;
-        }
-    }
-    // Three dot-separated parts: an ID token, checked against the issuers.
-    if let (Some(oidc), 3) = (&app.oidc, token.split('.').count()) {
-        return match oidc.verify(&token).await {
-            Ok(_) => next.run(request).await,
-            Err(why) => Failure::new(StatusCode::UNAUTHORIZED, format!("ID token refused: {why}"))
-                .into_response(),
-        };
-    }
-    Failure::new(
-        StatusCode::UNAUTHORIZED,
-        "wrong controller token; check CONTROLLER_TOKEN",
-    )
-    .into_response()
-}
-
 /// An API error: a status and a message for the caller.
 pub struct Failure(StatusCode, String);
 
@@ -207,6 +161,10 @@ impl Failure {
     /// A failure answered with `status` and `message` (as `{"error": message}`).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Failure(status, message.into())
+    }
+    /// The message the caller is sent.
+    pub fn message(&self) -> &str {
+        &self.1
     }
     fn not_found(what: &str, id: &str) -> Self {
         let shown: String = id.chars().take(80).flat_map(char::escape_default).collect();
@@ -269,6 +227,7 @@ async fn info(State(app): State<Arc<App>>) -> Json<Info> {
 /// A client that retries with the same `Idempotency-Key` gets the same build.
 async fn create_build(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     request: std::result::Result<Json<CreateBuild>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Created>)> {
@@ -276,11 +235,11 @@ async fn create_build(
     validate::check_create(&request)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     check_platforms_and_contexts(&app, &request).await?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(&headers)?.map(|k| format!("{}{k}", caller.key_scope()));
     // A key is taken, and its build registered, in one step: two requests
     // with the same key at once get one build.
     let build = loop {
-        match reserve(&app, key.as_deref(), &request) {
+        match reserve(&app, key.as_deref(), &request, &caller) {
             Reserved::New(build) => break build,
             Reserved::Existing(build) => {
                 if let Some(id) = same_build(&app, &build, &request).await? {
@@ -300,7 +259,7 @@ async fn create_build(
         ));
     }
     build.update(|b| b.acknowledge());
-    tracing::info!(build = %id, service = %build.status().service, "build created");
+    tracing::info!(build = %id, service = %build.status().service, by = %caller.creator(), "build created");
     app.spawn_supervisor(crate::supervisor::run(Arc::clone(&app), build));
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
@@ -347,7 +306,7 @@ enum Reserved {
 }
 
 /// Takes the key for a new build of `request`, unless a build has it.
-fn reserve(app: &App, key: Option<&str>, request: &CreateBuild) -> Reserved {
+fn reserve(app: &App, key: Option<&str>, request: &CreateBuild, caller: &Caller) -> Reserved {
     let mut keys = app.idempotency.lock().expect("lock");
     let existing = key
         .and_then(|k| keys.get(k))
@@ -368,7 +327,7 @@ fn reserve(app: &App, key: Option<&str>, request: &CreateBuild) -> Reserved {
         Some(app.journal.signal()),
         app.config.build_log_limit,
     ));
-    build.update(|b| b.set_idempotency_key(key.map(String::from)));
+    build.update(|b| b.set_origin(caller.creator().clone(), key.map(String::from)));
     app.builds.insert(Arc::clone(&build));
     if let Some(key) = key {
         keys.insert(key.to_string(), build.id.clone());
@@ -454,28 +413,33 @@ async fn check_platforms_and_contexts(app: &App, request: &CreateBuild) -> Resul
     Ok(())
 }
 
-/// The build `id`, or 404.
-pub fn find(app: &App, id: &str) -> Result<Arc<Build>> {
+/// The build `id`, or 404 (also when it is another tenant's: the caller
+/// learns nothing of builds it may not see).
+pub fn find(app: &App, id: &str, caller: &Caller) -> Result<Arc<Build>> {
     app.builds
         .get(id)
+        .filter(|b| caller.may_access(b.read().created_by()))
         .ok_or_else(|| Failure::not_found("build", id))
 }
 
 async fn build_status(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<BuildStatus>> {
     let Path(id) = id?;
-    Ok(Json(find(&app, &id)?.status()))
+    Ok(Json(find(&app, &id, &caller)?.status()))
 }
 
 /// Saved before it is acted on: a cancel answered 503 stopped nothing.
 async fn cancel_build(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<BuildStatus>)> {
     let Path(id) = id?;
-    let build = find(&app, &id)?;
+    let build = find(&app, &id, &caller)?;
+    tracing::info!(build = %id, by = %caller.creator(), "cancel asked for");
     if !build.update(|b| b.request_cancel()) {
         return Ok((StatusCode::ACCEPTED, Json(build.status())));
     }

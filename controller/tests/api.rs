@@ -720,12 +720,17 @@ fn log_format_json_makes_every_log_line_a_json_object() {
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut lines = stdout.lines();
-    let first = lines.next().unwrap().unwrap();
-    let event: serde_json::Value =
-        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
-    assert_eq!(event["level"], "INFO");
-    assert_eq!(event["fields"]["message"], "controller listening");
-    assert!(event["timestamp"].is_string());
+    // Start-up lines, each JSON, up to the one that says it listens.
+    loop {
+        let line = lines.next().unwrap().unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(event["timestamp"].is_string());
+        if event["fields"]["message"] == "controller listening" {
+            assert_eq!(event["level"], "INFO");
+            break;
+        }
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

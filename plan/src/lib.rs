@@ -23,4 +23,6 @@ pub mod settings;
 mod yaml;
 
 pub use error::{Diagnostic, Location, PlanError};
-pub use plan::{ArchBuild, InlineBuild, Overrides, Plan, PlanOptions, ServicePlan};
+pub use plan::{
+    output_key, output_keys, ArchBuild, InlineBuild, Overrides, Plan, PlanOptions, ServicePlan,
+};

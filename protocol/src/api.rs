@@ -176,6 +176,67 @@ pub struct BuildStatus {
     pub finished_ms: Option<u64>,
     /// One status per arch, in the order of the request.
     pub tasks: Vec<TaskStatus>,
+    /// Who created the build, as the controller authenticated them (never
+    /// a token); `None` for builds of controllers from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<Creator>,
+}
+
+/// Who created a build: what the controller knew of the caller when it
+/// accepted the build. Recorded so that an operator can tell who built
+/// what, and so that a CI job sees only its own repository's builds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Creator {
+    /// The controller takes no token (loopback, or the client's embedded
+    /// controller): anyone who reached it.
+    Anonymous,
+    /// A holder of the static CONTROLLER_TOKEN (an administrator).
+    ControllerToken,
+    /// A CI job with an OpenID Connect ID token.
+    Oidc(OidcIdentity),
+}
+
+/// The claims of a CI job's ID token that say who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OidcIdentity {
+    /// The token's issuer (`iss`).
+    pub issuer: String,
+    /// The token's subject (`sub`), e.g. `repo:org/app:ref:refs/heads/main`.
+    pub subject: String,
+    /// GitHub's `repository` claim (`org/app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// GitLab's `project_path` claim (`group/app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_path: Option<String>,
+}
+
+impl OidcIdentity {
+    /// The tenant the identity belongs to: its repository or project on its
+    /// issuer (the subject when the token names neither). Builds are
+    /// visible to the tenant that created them.
+    pub fn tenant(&self) -> (&str, &str) {
+        let who = self
+            .repository
+            .as_deref()
+            .or(self.project_path.as_deref())
+            .unwrap_or(&self.subject);
+        (&self.issuer, who)
+    }
+}
+
+impl std::fmt::Display for Creator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Creator::Anonymous => f.write_str("anonymous (no token configured)"),
+            Creator::ControllerToken => f.write_str("CONTROLLER_TOKEN"),
+            Creator::Oidc(id) => {
+                let (issuer, who) = id.tenant();
+                write!(f, "{who} via {issuer} (sub {})", id.subject)
+            }
+        }
+    }
 }
 
 /// One arch's task as clients see it.

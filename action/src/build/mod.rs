@@ -42,7 +42,7 @@ pub struct BuildOptions {
 /// Where the controller is: a URL, or one started in this process.
 pub enum Target {
     /// A controller at this URL (`CONTROLLER_URL`).
-    Remote(String),
+    Remote(client::Remote),
     /// A controller started inside this process, running
     /// agents on this machine (the local platform).
     Embedded,
@@ -58,10 +58,10 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     check_bases(&plan, &insecure).await?;
     let embedded;
     let controller = match target {
-        Target::Remote(url) => client::connect(&url),
+        Target::Remote(remote) => client::connect(&remote),
         Target::Embedded => {
             embedded = embedded::start_embedded().await?;
-            client::connect(&embedded.0.url())
+            client::connect(&client::Remote::new(&embedded.0.url(), false)?)
         }
     };
     let info = controller.info().await.map_err(|e| match e {

@@ -156,17 +156,8 @@ fn section(label: &str, n: usize) -> String {
 /// `BAKERY_DIGEST` and `BAKERY_IMAGE` (the first service's index), then
 /// `BAKERY_<SERVICE>_DIGEST`, `_IMAGE`, and per arch `_<ARCH>_DIGEST`.
 pub fn dotenv_report(results: &[ServiceResult]) -> String {
-    let key = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
+    // Plan::resolve refused services whose keys collide.
+    let key = bakery_plan::output_key;
     let mut out = String::new();
     // The first service's index as well, for a job that builds one image
     // (build-push-action's single `digest`).

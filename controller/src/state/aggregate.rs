@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 use bakery_protocol::api::{
-    now_ms, AgentLine, AgentResult, BuildState, BuildStatus, CreateBuild, LogEventRef, TaskRequest,
-    TaskState,
+    now_ms, AgentLine, AgentResult, BuildState, BuildStatus, CreateBuild, Creator, LogEventRef,
+    TaskRequest, TaskState,
 };
 use bakery_protocol::redact::Redactor;
 use bakery_protocol::spec::Credential;
@@ -49,6 +49,8 @@ struct Head {
     error: Option<String>,
     created_ms: u64,
     finished_ms: Option<u64>,
+    /// Who created it ([`Aggregate::set_origin`]).
+    created_by: Option<Creator>,
 }
 
 /// What recording an agent's result says back.
@@ -138,6 +140,7 @@ impl Aggregate {
             error: None,
             created_ms: now_ms(),
             finished_ms: None,
+            created_by: None,
         };
         let redactor = redactor_for(&tasks);
         Aggregate {
@@ -217,6 +220,7 @@ impl Aggregate {
                 error: status.error,
                 created_ms: status.created_ms,
                 finished_ms: status.finished_ms,
+                created_by: status.created_by,
             },
             tasks,
             logs,
@@ -288,6 +292,7 @@ impl Aggregate {
             created_ms: self.head.created_ms,
             finished_ms: self.head.finished_ms,
             tasks: self.tasks.iter().map(|t| t.status.clone()).collect(),
+            created_by: self.head.created_by.clone(),
         }
     }
 
@@ -454,10 +459,16 @@ impl Aggregate {
         self.changed(Change::State);
     }
 
-    /// Records the `Idempotency-Key` the build was created with.
-    pub fn set_idempotency_key(&mut self, key: Option<String>) {
+    /// Records who created the build and the `Idempotency-Key` they sent.
+    pub fn set_origin(&mut self, creator: Creator, key: Option<String>) {
+        self.head.created_by = Some(creator);
         self.idempotency_key = key;
         self.changed(Change::State);
+    }
+
+    /// Who created the build, if known.
+    pub fn created_by(&self) -> Option<&Creator> {
+        self.head.created_by.as_ref()
     }
 
     /// A cancel asked for: saved first ([`Aggregate::cancel_saved`]), acted

@@ -224,6 +224,7 @@ impl Plan {
     /// Resolves and validates a plan from files on disk.
     pub fn resolve(opts: &PlanOptions) -> Result<Plan, PlanError> {
         let mut plan = Self::resolve_files(opts)?;
+        plan.check_output_keys()?;
         plan.warn_secret_build_args();
         Ok(plan)
     }
@@ -390,4 +391,66 @@ fn looks_secret(name: &str) -> bool {
     ]
     .iter()
     .any(|s| upper.contains(s))
+}
+
+/// The name a CI output key gives `name` (a service or an arch):
+/// upper-cased, every character but ASCII letters and digits as `_`. GitLab
+/// dotenv reports and shell variables take nothing else.
+pub fn output_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The dotenv keys a service's results are reported under:
+/// `BAKERY_<SERVICE>_DIGEST`, `_IMAGE`, and `BAKERY_<SERVICE>_<ARCH>_DIGEST`.
+pub fn output_keys(service: &ServicePlan) -> Vec<String> {
+    let k = output_key(&service.name);
+    let mut keys = vec![format!("BAKERY_{k}_DIGEST"), format!("BAKERY_{k}_IMAGE")];
+    keys.extend(
+        service
+            .builds
+            .iter()
+            .map(|b| format!("BAKERY_{k}_{}_DIGEST", output_key(b.arch.as_str()))),
+    );
+    keys
+}
+
+/// Keys of the step outputs' `metadata` object that are not services'.
+const METADATA_KEYS: [&str; 2] = ["containerimage.digest", "image.name"];
+
+impl Plan {
+    /// Two services whose CI outputs would land under one key (`web-api`
+    /// and `web.api` are both `BAKERY_WEB_API_*`; `app_amd64`'s digest is
+    /// `app`'s amd64 digest) are refused, naming both: a later job would
+    /// deploy the wrong image.
+    fn check_output_keys(&self) -> Result<(), PlanError> {
+        let mut owner: std::collections::HashMap<String, &str> = Default::default();
+        for service in &self.services {
+            if METADATA_KEYS.contains(&service.name.as_str()) {
+                return Err(PlanError::Conflict(format!(
+                    "service `{}` has the name of a key build-push-action's `metadata` output already has; rename the service",
+                    service.name
+                )));
+            }
+            for key in output_keys(service) {
+                match owner.insert(key.clone(), &service.name) {
+                    Some(other) if other != service.name => {
+                        return Err(PlanError::Conflict(format!(
+                            "services `{other}` and `{}` would both report {key} (CI output names keep only letters and digits, upper-cased): a later job could deploy the wrong image; rename one of them",
+                            service.name
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,314 @@
+//! The controller's listener: plain HTTP, or HTTPS with [`crate::tls`],
+//! with the limits a server facing the network needs and `axum::serve`
+//! does not set:
+//!
+//! * a header-read timeout ([`HEADER_TIMEOUT`]), which is also how long a
+//!   kept-alive connection may sit idle: a client that sends half its
+//!   headers and stops (slowloris) is dropped;
+//! * a TLS handshake timeout, the same;
+//! * a cap on connections ([`Limits::max_connections`]), of which only
+//!   half may be waiting for their first request's headers, and at most
+//!   [`WAITING_PER_PEER`] from one address: connections that never get that
+//!   far cannot crowd out agents, clients and followers, whose connections
+//!   carry requests.
+//!
+//! Stopping: no new connections, each connection finishes its request in
+//! flight ([`hyper`]'s graceful shutdown; streams end on
+//! [`crate::App::stopping`]), and the server task ends when all have.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tower_service::Service;
+
+/// Longest a client may take to send a request's headers (from the
+/// connection's start, or from the end of its previous request), or to
+/// finish a TLS handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections one address may have open that have not sent their
+/// first request's headers yet. A client sends them at once; a proxy in
+/// front (all connections from its address) too.
+pub const WAITING_PER_PEER: usize = 64;
+
+/// What the listener allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+}
+
+/// The listener's shutdown switch and its task.
+pub type Server = (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// Serves `router` on `listener` (with TLS when `tls` is given) until the
+/// returned sender says stop.
+pub fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+) -> Server {
+    let (shutdown, stop) = watch::channel(false);
+    let server = tokio::spawn(accept_loop(listener, router, tls, limits, stop));
+    (shutdown, server)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(2)));
+    let waiting = Waiting::new((limits.max_connections / 2).max(1));
+    let mut connections = JoinSet::new();
+    let mut refused = Throttled::default();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) and the like: the
+                    // connection stays in the backlog; try again shortly.
+                    refused.warn(&format!("accepting a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let permits = Arc::clone(&open)
+            .try_acquire_owned()
+            .ok()
+            .and_then(|o| waiting.enter(peer.ip()).map(|w| (o, w)));
+        let Some((open_permit, waiting_permit)) = permits else {
+            refused.warn(&format!(
+                "closing a connection from {}: {} connections are open, or half of them (or {WAITING_PER_PEER} from that address) have sent no request yet (a slow or hostile client); raise MAX_CONNECTIONS if this is load",
+                peer.ip(),
+                limits.max_connections
+            ));
+            continue;
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
+        connections.spawn(async move {
+            let _open = open_permit;
+            let waiting = Arc::new(Mutex::new(Some(waiting_permit)));
+            match tls {
+                None => connection(tcp, peer, router, waiting, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection(stream, peer, router, waiting, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Serves one connection's requests until it closes or the server stops.
+/// Its first request's headers free its place among the waiting.
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: axum::Router,
+    waiting: Arc<Mutex<Option<WaitingGuard>>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        waiting.lock().unwrap_or_else(|p| p.into_inner()).take();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move { router.call(request.map(Body::new)).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        }
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Connections that have not sent their first request's headers, in all
+/// and per peer address.
+#[derive(Clone)]
+struct Waiting {
+    cap: usize,
+    counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+}
+
+/// One waiting connection's place, given back when dropped.
+struct WaitingGuard {
+    peer: IpAddr,
+    counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+}
+
+impl Waiting {
+    fn new(cap: usize) -> Waiting {
+        Waiting {
+            cap,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for a connection from `peer`, if there is one.
+    fn enter(&self, peer: IpAddr) -> Option<WaitingGuard> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_peer) = &mut *counts;
+        if *total >= self.cap || per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER {
+            return None;
+        }
+        *per_peer.entry(peer).or_default() += 1;
+        *total += 1;
+        Some(WaitingGuard {
+            peer,
+            counts: Arc::clone(&self.counts),
+        })
+    }
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_peer) = &mut *counts;
+        *total -= 1;
+        if let Some(n) = per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Resolves once the server is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A warning logged at most once every ten seconds, with how many like it
+/// were not: a flood of refused connections must not flood the log.
+#[derive(Default)]
+struct Throttled {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    fn warn(&mut self, message: &str) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(similar_not_logged = self.unlogged, "{message}");
+        self.last = Some(std::time::Instant::now());
+        self.unlogged = 0;
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that the
+/// connection cap, not `EMFILE`, decides, and returns the limit now in
+/// force (`None` where it cannot be read).
+pub fn raise_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+/// The default connection cap for a file limit: room kept for the
+/// journal, agents' processes, registry and cloud connections.
+pub fn default_max_connections(file_limit: Option<u64>) -> usize {
+    let limit = file_limit.unwrap_or(1024).min(1 << 20) as usize;
+    limit.saturating_sub(256).clamp(64, 16_384)
+}
+
+/// Connections the kernel queues for the controller before it accepts them
+/// (capped by `net.core.somaxconn`). tokio's default of 1,024 overflowed
+/// when a thousand builds started at once (each with an agent and a
+/// follower connecting): the kernel dropped the extra SYNs and those
+/// clients waited out TCP's one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` the way `TcpListener::bind` does, with a deeper backlog.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = match candidate {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(candidate)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
+/// Warns of a controller that others on the network can reach without a
+/// token, or that takes tokens and logins over plain HTTP.
+pub fn warn_if_exposed(config: &crate::Config, addr: SocketAddr, tls: bool, token: bool) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if !token && config.oidc_issuers.trim().is_empty() {
+        tracing::warn!(
+            %addr,
+            "no CONTROLLER_TOKEN (or OIDC_ISSUERS) is set and the controller listens beyond loopback: anyone who can reach it can build, cancel and read logs; set CONTROLLER_TOKEN"
+        );
+    }
+    if !tls {
+        tracing::warn!(
+            %addr,
+            "serving plain HTTP beyond loopback: tokens and registry logins cross the network in clear unless a TLS-terminating proxy is in front; set TLS_CERT_FILE and TLS_KEY_FILE, or see docs/tls.md"
+        );
+    }
+}
