@@ -172,3 +172,49 @@ async fn an_agent_that_died_while_the_controller_was_down_leaves_no_work_dir() {
     .await;
     assert!(no_agents_left(&data));
 }
+
+/// A running build's agent token is in the journal only as its hash: a
+/// build that reads `builds.redb` gets nothing an agent endpoint takes. The
+/// agent's token still works after a restart (the hash is compared).
+#[tokio::test]
+async fn the_journal_holds_agent_tokens_only_as_hashes() {
+    let agent = curl_agent(
+        r#"echo "$BAKERY_TASK_TOKEN" > "$BAKERY_WORK_DIR.token"
+while [ ! -e "$BAKERY_WORK_DIR.go" ]; do sleep 0.05; done
+curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeeded","digest":null}' "$base/result""#,
+    );
+    let mut h = Harness::new(&agent, &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    let work = h.dir.path().join("data/work");
+    let token_file = work.join(format!("{id}-amd64.token"));
+    eventually("the agent checks in", Duration::from_secs(10), async || {
+        h.status(&id).await.tasks[0].state == bakery_protocol::api::TaskState::Running
+            && std::fs::read_to_string(&token_file).is_ok_and(|t| t.trim().len() == 64)
+    })
+    .await;
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    h.app().journal.flush().await.unwrap();
+    let journal = std::fs::read(h.dir.path().join("data/builds.redb")).unwrap();
+    let holds = |needle: &[u8]| journal.windows(needle.len()).any(|w| w == needle);
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    };
+    assert!(
+        holds(hash.as_bytes()),
+        "the hash is saved (the fault check)"
+    );
+    assert!(!holds(token.as_bytes()), "the token itself is not");
+    // A restarted controller takes the agent's token by its hash, and
+    // not the hash itself.
+    h.restart(&[]).await;
+    let build = h.app().builds.get(&id).unwrap();
+    assert!(build.read().agent_may_speak(0, &token));
+    assert!(!build.read().agent_may_speak(0, &hash));
+    std::fs::write(work.join(format!("{id}-amd64.go")), "").unwrap();
+    h.cancel(&id).await;
+}

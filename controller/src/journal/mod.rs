@@ -137,7 +137,13 @@ fn first_version() -> u32 {
 /// A task's private state that must outlive the process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRecord {
-    /// The agent keeps using this token after a restart.
+    /// The SHA-256 of the agent's token (hex): what a restarted controller
+    /// compares the agent's token with. The token itself is never saved.
+    #[serde(default)]
+    pub token_sha256: String,
+    /// Journals from before the hash saved the token itself: read, hashed,
+    /// never written again.
+    #[serde(default, skip_serializing)]
     pub token: String,
     /// The highest log line seq received from the agent,
     /// so a resent line is dropped after a restart too.
@@ -156,6 +162,19 @@ pub struct TaskRecord {
     /// again on demand: it is not started again a second time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relaunched: bool,
+}
+
+impl TaskRecord {
+    /// The task's token as this record knows it: by its hash (a journal
+    /// from before the hash held the token itself, hashed now).
+    pub fn token(&self) -> crate::state::TaskToken {
+        if self.token_sha256.is_empty() && !self.token.is_empty() {
+            let mut hashed = crate::state::TaskToken::from_plain(&self.token);
+            hashed.forget_plain();
+            return hashed;
+        }
+        crate::state::TaskToken::from_sha256(self.token_sha256.clone())
+    }
 }
 
 /// A build as read back at start-up.

@@ -188,6 +188,7 @@ impl Aggregate {
                 request,
                 status,
                 runtime: Runtime {
+                    token: t.token(),
                     // The chunks carry the newer value when only lines changed.
                     agent_seq: t.agent_seq.max(agent_seqs.get(i).copied().unwrap_or(0)),
                     launched_at: t.launched_ms.map(journal::instant_from_ms),
@@ -195,7 +196,7 @@ impl Aggregate {
                     handle: t.handle.map(crate::platform::AgentHandle::new),
                     queued_at: t.queued_ms.map(journal::instant_from_ms),
                     relaunched: t.relaunched,
-                    ..Runtime::new(t.token)
+                    ..Runtime::new(String::new())
                 },
             })
             .collect();
@@ -245,7 +246,8 @@ impl Aggregate {
                 .tasks
                 .iter()
                 .map(|t| TaskRecord {
-                    token: t.runtime.token.clone(),
+                    token_sha256: t.runtime.token.sha256().to_string(),
+                    token: String::new(),
                     agent_seq: t.runtime.agent_seq,
                     handle: t.runtime.handle.as_ref().map(|h| h.as_str().to_string()),
                     launched_ms: t.runtime.launched_at.map(journal::ms_from_instant),
@@ -404,7 +406,7 @@ impl Aggregate {
     /// Whether `given` is the token of task `index`, which is not over.
     pub fn agent_may_speak(&self, index: usize, given: &str) -> bool {
         let task = &self.tasks[index];
-        super::token_matches(given, &task.runtime.token) && !task.is_terminal()
+        task.runtime.token.matches(given) && !task.is_terminal()
     }
 
     // ---- the log ----
@@ -621,6 +623,10 @@ fn redactor_for(tasks: &[Task]) -> Redactor {
                     .map(str::to_string)
                     .collect::<Vec<_>>()
             })
-            .chain(tasks.iter().map(|t| t.runtime.token.clone())),
+            .chain(
+                tasks
+                    .iter()
+                    .filter_map(|t| t.runtime.token.plain().map(str::to_string)),
+            ),
     )
 }

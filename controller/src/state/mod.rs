@@ -17,9 +17,11 @@ mod aggregate;
 mod task;
 #[cfg(test)]
 mod tests;
+mod token;
 
 pub use aggregate::{Aggregate, AlreadyCheckedIn, Limits, Pushed, RecordedResult, ToStop};
 pub use task::Task;
+pub use token::TaskToken;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -13,7 +13,7 @@ use crate::platform::AgentHandle;
 /// What the controller keeps of a task besides its public status.
 #[derive(Debug)]
 pub(super) struct Runtime {
-    pub(super) token: String,
+    pub(super) token: super::TaskToken,
     /// Highest agent line seq received, to drop resent lines.
     pub(super) agent_seq: u64,
     pub(super) launched_at: Option<Instant>,
@@ -43,7 +43,7 @@ pub(super) struct Runtime {
 impl Runtime {
     pub(super) fn new(token: String) -> Runtime {
         Runtime {
-            token,
+            token: super::TaskToken::new(token),
             agent_seq: 0,
             launched_at: None,
             checked_in_at: None,
@@ -119,7 +119,7 @@ impl Task {
     }
     /// The agent's own token (empty once the build has finished).
     pub fn token(&self) -> &str {
-        &self.runtime.token
+        self.runtime.token.plain().unwrap_or_default()
     }
     /// The platform's handle of the agent, once launched.
     pub fn handle(&self) -> Option<&AgentHandle> {

@@ -97,6 +97,13 @@ impl Aggregate {
         if self.tasks[index].is_terminal() || self.cancel_requested {
             return false;
         }
+        // A task read back from the journal knows only its token's hash:
+        // its agent gets a new token.
+        if self.tasks[index].runtime.token.plain().is_none() {
+            self.tasks[index].runtime.token =
+                super::super::TaskToken::new(crate::state::random_token());
+            self.redactor = super::redactor_for(&self.tasks);
+        }
         if let Some(waited) = self.tasks[index].take_slot(slot) {
             self.log(index, &format!("got an agent slot after {waited:.1}s"));
         }
