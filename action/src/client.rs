@@ -24,17 +24,19 @@ pub struct Remote(String);
 impl Remote {
     /// Checks `url` (`insecure`: plain HTTP to any host is allowed).
     pub fn new(url: &str, insecure: bool) -> Result<Remote> {
+        // Messages never repeat a password written into the URL.
+        let shown = bakery_protocol::redact::without_userinfo(url);
         let parsed = url::Url::parse(url).with_context(|| {
-            format!("CONTROLLER_URL `{url}` is not a URL; write it as https://host[:port]")
+            format!("CONTROLLER_URL `{shown}` is not a URL; write it as https://host[:port]")
         })?;
         match parsed.scheme() {
             "https" => {}
             "http" if insecure || is_loopback(&parsed) => {}
             "http" => bail!(
                 "refusing to talk plain HTTP to {}: the controller token, registry logins and build secrets would cross the network in clear. Use an https:// CONTROLLER_URL (the controller's TLS_CERT_FILE/TLS_KEY_FILE, or a TLS proxy in front; see docs/tls.md), or pass --insecure (BAKERY_INSECURE=true) if this network is private",
-                parsed.host_str().unwrap_or(url)
+                parsed.host_str().unwrap_or(&shown)
             ),
-            other => bail!("CONTROLLER_URL `{url}` has scheme `{other}`; use https:// (or http:// on loopback)"),
+            other => bail!("CONTROLLER_URL `{shown}` has scheme `{other}`; use https:// (or http:// on loopback)"),
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
             bail!("CONTROLLER_URL carries a user name or password; put the token in CONTROLLER_TOKEN instead");
@@ -83,5 +85,9 @@ mod tests {
         assert!(Remote::new("ftp://x", true).is_err());
         assert!(Remote::new("https://u:p@x", false).is_err());
         assert!(Remote::new("bakery.example.com", false).is_err());
+        for url in ["htp://user:hunter2@x", "http://x:hunter2@[::1"] {
+            let e = Remote::new(url, false).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 }

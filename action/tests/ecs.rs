@@ -27,15 +27,15 @@ struct Ecs {
     controller: Server,
     registry: Server,
     base: String,
-    /// The agents started, by task ARN.
-    agents: Vec<(String, Child)>,
+    /// The agents started: (bakery task id, ECS task ARN, process).
+    agents: Vec<(String, String, Child)>,
     started: HashSet<String>,
     work: tempfile::TempDir,
 }
 
 impl Drop for Ecs {
     fn drop(&mut self) {
-        for (_, a) in &mut self.agents {
+        for (_, _, a) in &mut self.agents {
             kill_group(a);
         }
     }
@@ -165,6 +165,14 @@ impl Ecs {
             if !env.is_array() {
                 continue; // not one of bakery's (a test's stand-in orphan)
             }
+            let task_id = env
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|kv| kv["name"] == "BAKERY_TASK_ID")
+                .and_then(|kv| kv["value"].as_str())
+                .unwrap_or_default()
+                .to_string();
             let mut cmd = Command::new(sibling_binary("bakery-agent"));
             // Its own group, so that the builder dies with it when a test
             // plays ECS taking the task away.
@@ -177,7 +185,8 @@ impl Ecs {
                 "BAKERY_WORK_DIR",
                 self.work.path().join(arn.rsplit('/').next().unwrap()),
             );
-            self.agents.push((arn.clone(), cmd.spawn().unwrap()));
+            self.agents
+                .push((task_id, arn.clone(), cmd.spawn().unwrap()));
             self.started.insert(arn);
         }
     }
@@ -613,8 +622,15 @@ fn a_spot_interruption_starts_the_arch_again_on_demand() {
         ecs.run_agents();
         let log = curl_text(&log_url, "1");
         let status = ecs.status(&id);
-        if log.contains("first-step") && status["tasks"][0]["state"] == "running" {
-            break ecs.agents[0].0.clone();
+        let amd64 = ecs
+            .agents
+            .iter()
+            .position(|(t, _, _)| t.ends_with("-amd64"));
+        if let (Some(i), true) = (
+            amd64,
+            log.contains("first-step") && status["tasks"][0]["state"] == "running",
+        ) {
+            break i;
         }
         assert!(
             Instant::now() < deadline,
@@ -622,12 +638,13 @@ fn a_spot_interruption_starts_the_arch_again_on_demand() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(first.contains("task/"), "{first}");
-    kill_group(&mut ecs.agents[0].1);
+    let arn = ecs.agents[first].1.clone();
+    assert!(arn.contains("task/"), "{arn}");
+    kill_group(&mut ecs.agents[first].2);
     ecs_fixture(&[
         "stop",
         &ecs.moto.url(),
-        &first,
+        &arn,
         "Your Spot Task was interrupted.",
     ]);
     let status = ecs.wait(&id, true);

@@ -48,6 +48,7 @@ async fn the_index_write_rides_out_a_registry_restart() {
         RetryPolicy {
             attempts: 8,
             first_delay: Duration::from_millis(300),
+            ..RetryPolicy::default()
         },
     )
     .await;
@@ -73,6 +74,7 @@ async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
         RetryPolicy {
             attempts: 3,
             first_delay: Duration::from_millis(50),
+            ..RetryPolicy::default()
         },
     )
     .await
@@ -84,6 +86,43 @@ async fn a_registry_that_stays_down_fails_the_index_with_the_cause() {
         "{error}"
     );
     assert!(error.contains("gave up after 3 attempts"), "{error}");
+}
+
+/// A registry that accepts connections and never answers: each try ends
+/// at REGISTRY_TIMEOUT, and no try starts once the policy's patience has
+/// passed, so the index gives up after about patience + one timeout (with
+/// 6 tries of 30 s each it had taken 6.5 minutes), naming the registry.
+#[tokio::test]
+async fn a_registry_that_never_answers_is_given_up_on_within_the_patience() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    // Accepts (the kernel does) and never answers.
+    let destination = format!("{addr}/app/x:1");
+    let started = std::time::Instant::now();
+    let error = write_index(
+        &registry_client(&destination, &[], Duration::from_secs(1)),
+        &destination,
+        &[],
+        &[(Arch::Amd64, format!("sha256:{}", "a".repeat(64)))],
+        &[],
+        RetryPolicy {
+            patience: Duration::from_secs(3),
+            ..RetryPolicy::default()
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    let took = started.elapsed();
+    assert!(error.contains(&addr.to_string()), "{error}");
+    assert!(error.contains("gave up after"), "{error}");
+    // The fault: several tries each timed out, not one refused connection.
+    assert!(!error.to_lowercase().contains("refused"), "{error}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "{took:?}: {error}"
+    );
+    drop(silent);
 }
 
 #[tokio::test]

@@ -44,6 +44,16 @@ pub enum AgentError {
     /// little disk for it, or a RUN step for an arch this machine cannot run.
     #[error("{0}")]
     Context(String),
+    /// A registry the build needs accepted the connection and did not answer.
+    #[error("registry {host} did not answer within {}s (GET /v2/); the {step} would hang on it: is the registry up, and is {host} its address?", .waited.as_secs())]
+    Registry {
+        /// The registry host.
+        host: String,
+        /// The step that needs it.
+        step: &'static str,
+        /// How long it was given.
+        waited: std::time::Duration,
+    },
     /// The agent's own deadline ([`bakery_protocol::api::agent_env::DEADLINE`]).
     #[error("the agent gave up after its deadline of {}s (the controller's task and result timeouts)", .0.as_secs())]
     Deadline(std::time::Duration),

@@ -16,6 +16,7 @@ pub mod load;
 mod login;
 pub mod logs;
 pub mod process;
+mod registries;
 mod secrets;
 pub mod sources;
 mod step;

@@ -57,6 +57,13 @@ pub(crate) async fn work(
     let docker_config = login::write_docker_config(&cfg.work_dir, &task)?;
     let secret_files = crate::secrets::write_secret_files(&cfg.work_dir, &task)?;
     let insecure = sources::plain_http(&task, &sources, &cfg.insecure);
+    let push = task.push.as_deref().filter(|_| !task.spec.no_push);
+    crate::registries::check(
+        crate::registries::uses(&sources.hosts, push),
+        &insecure,
+        crate::registries::PROBE_TIMEOUT,
+    )
+    .await?;
     if let Some(script) = &task.spec.pre_script {
         log.line("running pre-script");
         script_step(

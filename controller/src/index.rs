@@ -101,13 +101,19 @@ pub enum IndexError {
 }
 
 /// How registry requests are retried: transient failures only (no answer,
-/// 5xx, 429), with exponential backoff and jitter.
+/// 5xx, 429), with exponential backoff and jitter, and no new try once
+/// `patience` has passed since the first began. So one registry operation
+/// gives up within `patience` plus one try (at most REGISTRY_TIMEOUT to
+/// connect and between reads): a registry that never answers costs about
+/// that, not `attempts` × REGISTRY_TIMEOUT (6.5 minutes before).
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: usize,
     /// The wait before the first retry; each later one waits longer, with jitter.
     pub first_delay: Duration,
+    /// No try starts later than this after the first.
+    pub patience: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -117,6 +123,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts: 6,
             first_delay: Duration::from_millis(500),
+            patience: Duration::from_secs(30),
         }
     }
 }
@@ -297,17 +304,23 @@ where
     Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
 {
     let mut tries = 1;
+    let started = std::time::Instant::now();
     call.retry(policy.backoff())
-        .when(is_transient)
+        .when(|e| is_transient(e) && started.elapsed() < policy.patience)
         .notify(|e, pause| {
             tries += 1;
             tracing::warn!("registry request failed, retrying in {pause:?}: {e}");
         })
         .await
         .map_err(|e| {
+            let transient = is_transient(&e);
             let e = describe(&e);
-            if tries > 1 {
-                format!("{e} (gave up after {tries} attempts)")
+            if transient {
+                format!(
+                    "{e} (gave up after {tries} attempt{} in {}s)",
+                    if tries == 1 { "" } else { "s" },
+                    started.elapsed().as_secs()
+                )
             } else {
                 e
             }

@@ -518,6 +518,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .unwrap_or_else(|| serve::default_max_connections(serve::raise_file_limit())),
     };
     let acceptor = certificates.as_ref().map(tls::Certificates::acceptor);
+    if let Some(certificates) = certificates {
+        app.spawn(certificates.watch());
+    }
     let tls = acceptor.is_some();
     let (shutdown, server) =
         serve::serve(listener, routes::router(Arc::clone(&app)), acceptor, limits);

@@ -235,7 +235,7 @@ async fn create_build(
     validate::check_create(&request)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     check_platforms_and_contexts(&app, &request).await?;
-    let key = idempotency_key(&headers)?.map(|k| format!("{}{k}", caller.key_scope()));
+    let key = idempotency_key(&headers)?.map(|k| caller.scoped_key(&k));
     // A key is taken, and its build registered, in one step: two requests
     // with the same key at once get one build.
     let build = loop {
@@ -308,9 +308,12 @@ enum Reserved {
 /// Takes the key for a new build of `request`, unless a build has it.
 fn reserve(app: &App, key: Option<&str>, request: &CreateBuild, caller: &Caller) -> Reserved {
     let mut keys = app.idempotency.lock().expect("lock");
+    // Defence in depth: scoped keys of two tenants never meet, but a build
+    // the caller may not see is never handed to it.
     let existing = key
         .and_then(|k| keys.get(k))
-        .and_then(|id| app.builds.get(id));
+        .and_then(|id| app.builds.get(id))
+        .filter(|b| caller.may_access(b.read().created_by()));
     if let Some(existing) = existing {
         let withdrawn = {
             let read = existing.read();

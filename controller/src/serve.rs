@@ -8,15 +8,16 @@
 //! * a TLS handshake timeout, the same;
 //! * a cap on connections ([`Limits::max_connections`]), of which only
 //!   half may be waiting for their first request's headers, and at most
-//!   [`WAITING_PER_PEER`] from one address: connections that never get that
-//!   far cannot crowd out agents, clients and followers, whose connections
-//!   carry requests.
+//!   [`WAITING_PER_PEER`] from one address; a new connection takes the
+//!   place of the oldest waiting one when they are full ([`Waiting`]), so
+//!   connections that never send a request, from however many addresses,
+//!   cannot keep out agents, clients and followers.
 //!
 //! Stopping: no new connections, each connection finishes its request in
 //! flight ([`hyper`]'s graceful shutdown; streams end on
 //! [`crate::App::stopping`]), and the server task ends when all have.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 /// Longest a client may take to send a request's headers (from the
@@ -93,18 +95,22 @@ async fn accept_loop(
                 }
             },
         };
-        let permits = Arc::clone(&open)
-            .try_acquire_owned()
-            .ok()
-            .and_then(|o| waiting.enter(peer.ip()).map(|w| (o, w)));
-        let Some((open_permit, waiting_permit)) = permits else {
+        let Ok(open_permit) = Arc::clone(&open).try_acquire_owned() else {
             refused.warn(&format!(
-                "closing a connection from {}: {} connections are open, or half of them (or {WAITING_PER_PEER} from that address) have sent no request yet (a slow or hostile client); raise MAX_CONNECTIONS if this is load",
+                "closing a connection from {}: {} connections are open; raise MAX_CONNECTIONS if this is load",
                 peer.ip(),
                 limits.max_connections
             ));
             continue;
         };
+        let (waiting_permit, evict, made_room) = waiting.enter(peer.ip());
+        if made_room {
+            refused.warn(&format!(
+                "closed the oldest connection that had sent no request yet, to make room for one from {}: half of MAX_CONNECTIONS ({}), or {WAITING_PER_PEER} from one address, were waiting for headers (a slow or hostile client)",
+                peer.ip(),
+                limits.max_connections
+            ));
+        }
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
         }
@@ -112,15 +118,23 @@ async fn accept_loop(
         connections.spawn(async move {
             let _open = open_permit;
             let waiting = Arc::new(Mutex::new(Some(waiting_permit)));
-            match tls {
-                None => connection(tcp, peer, router, waiting, stop).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, peer, router, waiting, stop).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let serve = async move {
+                match tls {
+                    None => connection(tcp, peer, router, waiting, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => connection(stream, peer, router, waiting, stop).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
                     }
                 }
+            };
+            // Closed to make room while still waiting for its headers (once
+            // they came, nothing cancels it).
+            tokio::select! {
+                () = serve => {}
+                () = evict.cancelled() => tracing::debug!(%peer, "closed to make room"),
             }
         });
     }
@@ -165,55 +179,89 @@ async fn connection<I>(
     }
 }
 
-/// Connections that have not sent their first request's headers, in all
-/// and per peer address.
+/// Connections that have not sent their first request's headers, oldest
+/// first. When the pool (or one address's share of it) is full, the
+/// oldest waiting connection is closed to make room: a client sends its
+/// headers within milliseconds of connecting, so a pool full of half-open
+/// connections (from any number of addresses) cannot keep it out.
 #[derive(Clone)]
 struct Waiting {
     cap: usize,
-    counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    state: Arc<Mutex<WaitState>>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    next: u64,
+    /// By arrival: the peer, and what closes its connection.
+    entries: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    per_peer: HashMap<IpAddr, usize>,
 }
 
 /// One waiting connection's place, given back when dropped.
 struct WaitingGuard {
-    peer: IpAddr,
-    counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    id: u64,
+    state: Arc<Mutex<WaitState>>,
+}
+
+impl WaitState {
+    fn remove(&mut self, id: u64) -> Option<CancellationToken> {
+        let (peer, token) = self.entries.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+        Some(token)
+    }
 }
 
 impl Waiting {
     fn new(cap: usize) -> Waiting {
         Waiting {
             cap,
-            counts: Arc::default(),
+            state: Arc::default(),
         }
     }
 
-    /// A place for a connection from `peer`, if there is one.
-    fn enter(&self, peer: IpAddr) -> Option<WaitingGuard> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *counts;
-        if *total >= self.cap || per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER {
-            return None;
-        }
-        *per_peer.entry(peer).or_default() += 1;
-        *total += 1;
-        Some(WaitingGuard {
-            peer,
-            counts: Arc::clone(&self.counts),
-        })
+    /// A place for a connection from `peer`, and what closes it if it is
+    /// still waiting when the place is needed; whether an older connection
+    /// was closed to make room.
+    fn enter(&self, peer: IpAddr) -> (WaitingGuard, CancellationToken, bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = if state.per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER {
+            state
+                .entries
+                .iter()
+                .find(|(_, (p, _))| *p == peer)
+                .map(|(id, _)| *id)
+        } else if state.entries.len() >= self.cap {
+            state.entries.keys().next().copied()
+        } else {
+            None
+        };
+        let evicted = oldest.and_then(|id| state.remove(id)).is_some_and(|token| {
+            token.cancel();
+            true
+        });
+        let id = state.next;
+        state.next += 1;
+        let token = CancellationToken::new();
+        state.entries.insert(id, (peer, token.clone()));
+        *state.per_peer.entry(peer).or_default() += 1;
+        let guard = WaitingGuard {
+            id,
+            state: Arc::clone(&self.state),
+        };
+        (guard, token, evicted)
     }
 }
 
 impl Drop for WaitingGuard {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *counts;
-        *total -= 1;
-        if let Some(n) = per_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                per_peer.remove(&self.peer);
-            }
-        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.remove(self.id);
     }
 }
 

@@ -1,14 +1,18 @@
 //! HTTPS for the controller's listener: `TLS_CERT_FILE` (PEM, leaf first,
 //! then intermediates) and `TLS_KEY_FILE` (PEM, PKCS#8, PKCS#1 or SEC1).
 //!
-//! The pair is read again at the next handshake after either file changes
+//! The pair is read again within [`RELOAD_CHECK`] of either file changing
 //! (cert-manager and similar tools rotate them in place), so a renewal
 //! needs no restart; a pair that does not load keeps the last good one
-//! in use, with a warning.
+//! in use, with a warning. The files are looked at by a background task,
+//! never during a handshake, and read only when they are regular files of
+//! at most [`MAX_PEM`]: a path swapped for `/dev/zero`, a FIFO or a hung
+//! mount cannot stall or exhaust the listener.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -20,19 +24,20 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[error("{0}")]
 pub struct TlsError(String);
 
+/// How often the files' modification times are looked at.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(2);
+
+/// Largest certificate or key file read: a chain is a few KiB.
+pub const MAX_PEM: u64 = 1 << 20;
+
 /// The certificate the listener presents, re-read when its files change.
 #[derive(Debug)]
 pub struct Certificates {
     cert_file: PathBuf,
     key_file: PathBuf,
-    current: Mutex<Loaded>,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    /// The files' modification times when read.
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' modification times when last looked at.
+    stamps: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
 impl Certificates {
@@ -43,7 +48,8 @@ impl Certificates {
         Ok(Arc::new(Certificates {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
-            current: Mutex::new(Loaded { key, stamps }),
+            current: RwLock::new(key),
+            stamps: Mutex::new(stamps),
         }))
     }
 
@@ -56,29 +62,43 @@ impl Certificates {
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
-    /// The certificate in use, first re-read if a file changed: two
-    /// `stat`s per handshake, which costs far less than the handshake.
-    fn current(&self) -> Arc<CertifiedKey> {
-        let mut loaded = self.current.lock().unwrap_or_else(|p| p.into_inner());
+    /// Looks at the files every [`RELOAD_CHECK`] and loads a changed pair;
+    /// runs until the controller stops.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(RELOAD_CHECK).await;
+            let me = Arc::clone(&self);
+            // Blocking file I/O off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
+        }
+    }
+
+    /// Loads the pair again if either file changed since last looked at.
+    fn reload_if_changed(&self) {
         let stamps = (modified(&self.cert_file), modified(&self.key_file));
-        if stamps != loaded.stamps {
-            match read_pair(&self.cert_file, &self.key_file) {
-                Ok(key) => {
-                    tracing::info!(cert = %self.cert_file.display(), "TLS certificate changed on disk: now serving the new one");
-                    loaded.key = key;
-                }
-                Err(e) => tracing::warn!("{e}; still serving the previous certificate"),
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == stamps {
+                return;
             }
             // Not read again until a file changes again.
-            loaded.stamps = stamps;
+            *seen = stamps;
         }
-        Arc::clone(&loaded.key)
+        match read_pair(&self.cert_file, &self.key_file) {
+            Ok(key) => {
+                tracing::info!(cert = %self.cert_file.display(), "TLS certificate changed on disk: now serving the new one");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+            }
+            Err(e) => tracing::warn!("{e}; still serving the previous certificate"),
+        }
     }
 }
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
     }
 }
 
@@ -86,10 +106,30 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// A file's bytes: a regular file (after symlinks) of at most [`MAX_PEM`].
+fn read_bounded(file: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_PEM {
+        return Err(format!("is larger than {} KiB", MAX_PEM >> 10));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_PEM + 1).read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_PEM {
+        return Err(format!("is larger than {} KiB", MAX_PEM >> 10));
+    }
+    Ok(bytes)
+}
+
 fn read_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let at = |file: &Path, what: &str| TlsError(format!("TLS: {}: {what}", file.display()));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| at(cert_file, &e.to_string()))?
+    let cert_pem = read_bounded(cert_file).map_err(|e| at(cert_file, &e))?;
+    let key_pem = read_bounded(key_file).map_err(|e| at(key_file, &e))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| at(cert_file, &e.to_string()))?;
     if certs.is_empty() {
@@ -98,7 +138,7 @@ fn read_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, Tls
             "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         at(
             key_file,
             &format!("{e} (want a PEM private key: PKCS#8, PKCS#1 or SEC1)"),

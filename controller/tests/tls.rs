@@ -142,15 +142,34 @@ async fn the_controller_serves_https_and_rotates_its_certificate() {
         .unwrap();
     assert_eq!(s.state, BuildState::Succeeded, "{s:?}");
 
-    // Rotated in place (as cert-manager does): the next handshake has it.
+    // Rotated in place (as cert-manager does): served within the check.
     let first = der(&cert);
     dev_tls(tls.path(), "second");
-    assert_ne!(der(&cert), first);
-    assert_eq!(peer_certificate(tls.path(), &health).await, der(&cert));
-    // A broken rewrite keeps the last good certificate in service.
-    let good = der(&cert);
-    std::fs::write(&cert, "not a certificate").unwrap();
-    assert_eq!(peer_certificate(tls.path(), &health).await, good);
+    let second = der(&cert);
+    assert_ne!(second, first);
+    let wait = bakery_controller::tls::RELOAD_CHECK * 3;
+    support::eventually("the rotated certificate is served", wait, async || {
+        peer_certificate(tls.path(), &health).await == second
+    })
+    .await;
+    // A broken rewrite, or the path swapped for an endless file, keeps the
+    // last good certificate in service, and handshakes go on meanwhile.
+    for broken in ["garbage", "/dev/zero"] {
+        std::fs::remove_file(&cert).unwrap();
+        if broken == "garbage" {
+            std::fs::write(&cert, "not a certificate").unwrap();
+        } else {
+            std::os::unix::fs::symlink(broken, &cert).unwrap();
+        }
+        tokio::time::sleep(wait).await;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            peer_certificate(tls.path(), &health).await,
+            second,
+            "{broken}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{broken}");
+    }
 }
 
 #[tokio::test]

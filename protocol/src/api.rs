@@ -213,16 +213,18 @@ pub struct OidcIdentity {
 }
 
 impl OidcIdentity {
-    /// The tenant the identity belongs to: its repository or project on its
-    /// issuer (the subject when the token names neither). Builds are
-    /// visible to the tenant that created them.
-    pub fn tenant(&self) -> (&str, &str) {
-        let who = self
-            .repository
-            .as_deref()
-            .or(self.project_path.as_deref())
-            .unwrap_or(&self.subject);
-        (&self.issuer, who)
+    /// The tenant the identity belongs to: its issuer, and its repository
+    /// (GitHub), else its project (GitLab), else its subject, each kind
+    /// apart: a GitLab project `org/a` is not the GitHub repository
+    /// `org/a`, even on one issuer. Builds are visible to the tenant that
+    /// created them.
+    pub fn tenant(&self) -> (&str, &'static str, &str) {
+        let (kind, who) = match (&self.repository, &self.project_path) {
+            (Some(r), _) => ("repository", r.as_str()),
+            (None, Some(p)) => ("project", p.as_str()),
+            (None, None) => ("subject", self.subject.as_str()),
+        };
+        (&self.issuer, kind, who)
     }
 }
 
@@ -232,8 +234,8 @@ impl std::fmt::Display for Creator {
             Creator::Anonymous => f.write_str("anonymous (no token configured)"),
             Creator::ControllerToken => f.write_str("CONTROLLER_TOKEN"),
             Creator::Oidc(id) => {
-                let (issuer, who) = id.tenant();
-                write!(f, "{who} via {issuer} (sub {})", id.subject)
+                let (issuer, kind, who) = id.tenant();
+                write!(f, "{kind} {who} via {issuer} (sub {})", id.subject)
             }
         }
     }

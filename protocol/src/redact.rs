@@ -62,6 +62,21 @@ impl Redactor {
     }
 }
 
+/// `url` with any `user:password@` before its host replaced by `***@`, for
+/// messages about a URL that is wrong: a URL with a password in it is still
+/// the user's password, even when it does not parse.
+pub fn without_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Standard base64 with padding, as Docker's config.json `auth` is.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -87,6 +102,14 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_masked_even_in_urls_that_do_not_parse() {
+        assert_eq!(without_userinfo("htp://user:hunter2@x"), "htp://***@x");
+        assert_eq!(without_userinfo("http://x:hunter2@[::1"), "http://***@[::1");
+        assert_eq!(without_userinfo("https://h/p@q"), "https://h/p@q");
+        assert_eq!(without_userinfo("no scheme"), "no scheme");
+    }
 
     #[test]
     fn masks_every_occurrence_longest_first() {

@@ -46,16 +46,16 @@ impl Caller {
         }
     }
 
-    /// The namespace of the caller's `Idempotency-Key`s: a key another
-    /// tenant chose must not return this tenant's build.
-    pub fn key_scope(&self) -> String {
-        match &self.0 {
-            Creator::Oidc(id) => {
-                let (issuer, who) = id.tenant();
-                format!("{issuer} {who}")
-            }
-            _ => String::new(),
-        }
+    /// The caller's `Idempotency-Key` under its own namespace: a key
+    /// another tenant chose must not return this tenant's build. The
+    /// namespace is JSON (self-delimiting), so no tenant name and key can
+    /// be mistaken for another pair (`org/a` + `b-1` vs `org/ab` + `-1`).
+    pub fn scoped_key(&self, key: &str) -> String {
+        let scope = match &self.0 {
+            Creator::Oidc(id) => serde_json::json!(id.tenant()),
+            Creator::ControllerToken | Creator::Anonymous => serde_json::json!("all"),
+        };
+        format!("{scope}{key}")
     }
 }
 

@@ -82,6 +82,12 @@ fn parse_rule(n: usize, text: &str) -> Result<Rule, String> {
         if claim.is_empty() || pattern.is_empty() {
             return Err(empty(&format!("has `{pair}` with an empty side")));
         }
+        if pattern.starts_with('=') {
+            return Err(format!(
+                "OIDC_ALLOW rule {n}: `{pair}` has `==`; write `{claim}={}`",
+                pattern.trim_start_matches('=')
+            ));
+        }
         conditions.push((claim.to_string(), pattern.to_string()));
     }
     Ok(Rule(conditions))
@@ -97,6 +103,12 @@ impl Rule {
             .filter(|(c, _)| c == "iss")
             .map(|(_, p)| p.as_str())
             .collect();
+        if named.len() > 1 {
+            return Err(format!(
+                "OIDC_ALLOW rule {n} (`{text}`) names `iss` {} times, and a token has one issuer: it could never match; write one rule per issuer",
+                named.len()
+            ));
+        }
         if named.is_empty() && issuers.len() > 1 {
             return Err(format!(
                 "OIDC_ALLOW rule {n} (`{text}`) names no issuer, and OIDC_ISSUERS has {}: add `iss=<issuer>` to every rule, or a repository of the same name on another issuer passes",
@@ -118,14 +130,10 @@ impl Rule {
         self.0.iter().any(|(claim, pattern)| {
             let literal = pattern.split('*').next().unwrap_or_default();
             IDENTITY_CLAIMS.contains(&claim.as_str())
-                && if claim == "sub" {
-                    // `repo:` / `project_path:` name the kind, not the repository.
-                    literal
-                        .split_once(':')
-                        .is_some_and(|(_, rest)| !rest.is_empty())
-                } else {
-                    !literal.is_empty()
-                }
+                && !literal.is_empty()
+                // `sub=repo:*` / `sub=project_path:*` name the kind of
+                // subject, not the repository.
+                && !(claim == "sub" && literal.ends_with(':') && literal.matches(':').count() == 1)
         })
     }
 
@@ -202,6 +210,7 @@ mod tests {
             ("repository=", "empty side"),
             ("=my-org/*", "empty side"),
             ("repository", "not claim=pattern"),
+            ("repository==org/*", "write `repository=org/*`"),
         ] {
             let e = one(allow).unwrap_err();
             assert!(e.contains(why), "{allow}: {e}");
@@ -219,6 +228,7 @@ mod tests {
         for allow in [
             "repository_owner_id=123",
             "sub=repo:my-org/*",
+            "sub=solo-*",
             "namespace_path=grp",
         ] {
             assert!(one(allow).unwrap().1.is_empty(), "{allow}");
@@ -234,6 +244,9 @@ mod tests {
         assert!(e.contains("names no issuer"), "{e}");
         let e = Rules::parse("iss=https://other,repository=my-org/*", &issuers).unwrap_err();
         assert!(e.contains("not one of OIDC_ISSUERS"), "{e}");
+        let e =
+            Rules::parse("iss=https://gh,iss=https://ghes,repository=a/*", &issuers).unwrap_err();
+        assert!(e.contains("could never match"), "{e}");
         let (rules, _) = Rules::parse(
             "iss=https://gh,repository=my-org/*;iss=https://ghes,repository=corp/*",
             &issuers,

@@ -7,9 +7,11 @@
 use url::{Host, Url};
 
 /// An issuer URL as `OIDC_ISSUERS` gives it, checked.
-pub(super) fn check_issuer(issuer: &str) -> Result<Url, String> {
+pub(super) fn check_issuer(given: &str) -> Result<Url, String> {
+    // Messages never repeat a password written into the URL.
+    let issuer = bakery_protocol::redact::without_userinfo(given);
     let url =
-        Url::parse(issuer).map_err(|e| format!("OIDC_ISSUERS: `{issuer}` is not a URL ({e})"))?;
+        Url::parse(given).map_err(|e| format!("OIDC_ISSUERS: `{issuer}` is not a URL ({e})"))?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
             "OIDC_ISSUERS: `{issuer}` has a query or fragment, which an issuer URL never has"
@@ -74,12 +76,17 @@ mod tests {
             ("http://localhost@127.0.0.2:8080", "user name"),
             ("http://127.0.0.1:80@203.0.113.7", "user name"),
             ("https://user:pw@issuer.example.com", "user name"),
+            (
+                "https://user:secretpw@issuer.example.com",
+                "https://***@issuer",
+            ),
             ("http://10.0.0.1", "must be an https URL"),
             ("https://issuer.example.com/?x=1", "query"),
             ("issuer.example.com", "not a URL"),
         ] {
             let e = check_issuer(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("secretpw"), "{e}");
         }
     }
 
