@@ -513,5 +513,27 @@ async fn a_ci_tenant_sees_and_cancels_only_its_own_builds() {
         .post(url(&format!("/v1/builds/{id}/cancel")))
         .bearer_auth(&alice);
     assert_eq!(cancel.send().await.unwrap().status(), StatusCode::ACCEPTED);
+    // Namespaced keys cannot meet: `octo-org/a` + `b-1` and `octo-org/ab` + `-1`.
+    let create_as = |repo: &str, idempotency: &'static str| {
+        let token = issuer.token(json!({"repository": repo}));
+        http.post(url("/v1/builds"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", idempotency)
+            .json(&support::unpushed_request(&key, &[Arch::Amd64]))
+            .send()
+    };
+    let first: Value = create_as("octo-org/a", "b-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second: Value = create_as("octo-org/ab", "-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(first["id"], second["id"], "{first} {second}");
     running.shutdown().await;
 }
