@@ -58,6 +58,10 @@ pub struct AgentConfig {
     pub first_seq: u64,
 }
 
+/// How long an agent past its deadline tries to send its last lines and
+/// result.
+const LAST_WORD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the task to the end and reports. Returns whether it succeeded.
 pub async fn run(cfg: AgentConfig) -> bool {
     let born = Instant::now();
@@ -71,6 +75,7 @@ pub async fn run(cfg: AgentConfig) -> bool {
             .unwrap_or(Err(AgentError::Deadline(limit))),
         None => work::work(&cfg, &controller, &log, born).await,
     };
+    let outcome_was_deadline = matches!(outcome, Err(AgentError::Deadline(_)));
     let result = match outcome {
         Ok(built) => AgentResult::Succeeded {
             digest: built.digest,
@@ -95,9 +100,29 @@ pub async fn run(cfg: AgentConfig) -> bool {
             }
         }
     };
-    shipper.finish(log).await;
     let ok = matches!(result, AgentResult::Succeeded { .. });
-    let reported = controller.result(&result).await;
+    let report = async {
+        shipper.finish(log).await;
+        controller.result(&result).await
+    };
+    // Past its deadline the controller has given up on this task (or is
+    // gone): a last word, briefly, rather than minutes of retries.
+    let reported = if outcome_was_deadline {
+        tokio::time::timeout(LAST_WORD, report)
+            .await
+            .unwrap_or_else(|_| {
+                Err(bakery_client::Error::Local {
+                    what: "reporting the result",
+                    cause: std::io::Error::other(format!(
+                        "no answer within {}s after the agent's deadline",
+                        LAST_WORD.as_secs()
+                    )),
+                })
+            })
+    } else {
+        report.await
+    };
+
     // After the report, not before: the build's end waits for the report
     // only, and a builder's storage can take seconds to delete. The local
     // platform deletes the work dir too once the agent is gone (it may be

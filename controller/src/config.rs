@@ -102,6 +102,10 @@ pub struct Config {
     /// Which jobs may build: `claim=pattern,…` rules separated by `;`.
     #[serde(default)]
     pub oidc_allow: String,
+    /// LOCAL_AGENT_ISOLATION: `auto` (namespaces where the host allows them),
+    /// `namespaces` (required), or `none`.
+    #[serde(default)]
+    pub local_agent_isolation: crate::platform::local::Isolation,
     /// LOCAL_PLATFORM_SHARED: accept that builds on the local platform of
     /// different CI identities share one trust domain (their scripts run on
     /// this host as the controller's user). Without it, a controller with

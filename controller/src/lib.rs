@@ -332,12 +332,19 @@ async fn start_platform(
     // Without a cloud feature these serve no platform.
     let _ = (keep, metrics);
     Ok(match p {
-        Platform::Local => Box::new(LocalPlatform::new(
-            LocalPlatform::resolve_agent(config.agent_binary.as_deref())?,
-            config.data_dir.join("work"),
-            config.insecure_registries.clone(),
-            exits,
-        )),
+        Platform::Local => Box::new(
+            LocalPlatform::new(
+                LocalPlatform::resolve_agent(config.agent_binary.as_deref())?,
+                config.data_dir.join("work"),
+                config.insecure_registries.clone(),
+                exits,
+            )
+            .confined(
+                platform::local::Sandbox::detect(config.local_agent_isolation, &config.data_dir)
+                    .await
+                    .map_err(config::ConfigError::new)?,
+            ),
+        ),
         #[cfg(feature = "ecs")]
         Platform::Ecs => Box::new(
             platform::ecs::EcsPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
@@ -535,21 +542,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// The local platform runs every build's pre- and post-script and builder
-/// on this host, as the controller's user, next to DATA_DIR: one build can
-/// read another's secrets there. With several CI identities (OIDC) that is
-/// refused unless LOCAL_PLATFORM_SHARED=true says it is understood.
+/// Without namespaces the local platform runs every build's pre- and
+/// post-script and builder on this host, as the controller's user, next to
+/// DATA_DIR: one build can read another's secrets there. With several CI
+/// identities (OIDC) that is refused unless LOCAL_PLATFORM_SHARED=true says
+/// it is understood.
 fn check_local_trust(
     config: &Config,
     platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
     many_identities: bool,
 ) -> Result<(), StartError> {
-    if !platforms.contains_key(&Platform::Local) {
-        return Ok(());
+    match platforms.get(&Platform::Local) {
+        None => return Ok(()),
+        Some(local) if local.isolates_builds() => {
+            tracing::info!(
+                "local platform: each agent runs in its own user, mount and PID namespaces"
+            );
+            return Ok(());
+        }
+        Some(_) => {}
     }
     if many_identities && !config.local_platform_shared {
         return Err(config::ConfigError::new(
-            "the local platform runs every build's scripts and builder on this host as the controller's user, so builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
+            "the local platform cannot isolate agents on this host (see the warning above), so its builds run as the controller's user and builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run the controller as root with a subordinate id range for root (SECURITY.md), run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
         )
         .into());
     }

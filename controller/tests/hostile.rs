@@ -394,3 +394,54 @@ async fn a_digest_for_a_task_that_pushes_nothing_is_not_kept() {
     assert_eq!(status.state, BuildState::Succeeded, "{status:?}");
     assert_eq!(status.tasks[0].digest, None);
 }
+
+/// A build that prints another running build's registry password (read
+/// where it should not have been, or shared between teams) has it masked:
+/// every running build's secrets are masked in every build's log, and
+/// leave the book when their build ends.
+#[tokio::test]
+async fn a_build_printing_another_builds_secret_has_it_masked() {
+    let agent = curl_agent(
+        r#"curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"lines":[{"seq":1,"line":"leak alpha-password-1 beta-password-22"}]}' "$base/logs"
+while [ ! -e "$BAKERY_WORK_DIR.go" ]; do sleep 0.05; done
+curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeeded","digest":null}' "$base/result""#,
+    );
+    let h = Harness::new(&agent, &[]).await;
+    let key = h.upload(b"ctx").await;
+    let with_password = |pw: &str| {
+        let mut r = unpushed_request(&key, &[Arch::Amd64]);
+        r.tasks[0].spec.credentials[0].password = bakery_protocol::spec::Secret::new(pw);
+        r
+    };
+    let alpha = h.create(&with_password("alpha-password-1")).await;
+    let beta = h.create(&with_password("beta-password-22")).await;
+    assert_eq!(
+        h.app().builds.secrets().builds(),
+        2,
+        "both running builds' secrets are held"
+    );
+    for id in [&alpha, &beta] {
+        eventually("the leak is logged", Duration::from_secs(10), async || {
+            h.app().builds.get(id).unwrap().read().log_len() > 3
+        })
+        .await;
+    }
+    for id in [&alpha, &beta] {
+        std::fs::write(h.dir.path().join(format!("data/work/{id}-amd64.go")), "").unwrap();
+        assert_eq!(
+            h.wait_end(id, Duration::from_secs(10)).await.state,
+            BuildState::Succeeded
+        );
+        let log = h.log_text(id).await;
+        assert!(log.contains("leak *** ***"), "{log}");
+        assert!(
+            !log.contains("alpha-password-1") && !log.contains("beta-password-22"),
+            "{log}"
+        );
+    }
+    assert_eq!(
+        h.app().builds.secrets().builds(),
+        0,
+        "ended builds leave the book"
+    );
+}

@@ -141,6 +141,7 @@ fn config(dir: &std::path::Path, issuers: &str, allow: &str) -> Config {
             // The stand-in agents run locally; these tests are about who
             // may call, not where builds run.
             ("LOCAL_PLATFORM_SHARED", "true"),
+            ("LOCAL_AGENT_ISOLATION", "none"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     )
@@ -384,8 +385,8 @@ async fn configurations_that_admit_too_much_do_not_start() {
     );
 }
 
-/// Builds of several CI identities on the local platform would share the
-/// host: refused unless the operator says it is understood.
+/// Builds of several CI identities on a local platform without namespaces
+/// would share the host: refused unless the operator says it is understood.
 #[tokio::test]
 async fn the_local_platform_with_several_identities_needs_consent() {
     let dir = tempfile::tempdir().unwrap();
@@ -396,6 +397,15 @@ async fn the_local_platform_with_several_identities_needs_consent() {
         panic!("started")
     };
     assert!(e.to_string().contains("LOCAL_PLATFORM_SHARED=true"), "{e}");
+    // With agents in namespaces (root, a subordinate id range: scripts/setup)
+    // the builds do not share a trust domain, and it starts.
+    let mut cfg = config(dir.path(), &issuer.url, "repository=octo-org/*");
+    cfg.local_platform_shared = false;
+    cfg.local_agent_isolation = bakery_controller::platform::local::Isolation::Namespaces;
+    let running = bakery_controller::start(cfg)
+        .await
+        .expect("isolated local agents need no consent");
+    running.shutdown().await;
 }
 
 /// A discovery document that names another issuer is not trusted.

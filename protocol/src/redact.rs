@@ -31,23 +31,9 @@ impl Redactor {
         Redactor { secrets }
     }
 
-    /// The secrets of a build spec: registry passwords, each login as the
-    /// `auth` of a Docker config (base64 of `user:password`), which a
-    /// script that prints the config would show, and build secrets.
+    /// The secrets of a build spec, in every form [`secret_forms`] lists.
     pub fn for_spec(spec: &crate::spec::BuildSpec) -> Self {
-        let logins = spec.credentials.iter().flat_map(|c| {
-            let auth = base64(format!("{}:{}", c.username, c.password.expose()).as_bytes());
-            [c.password.expose().to_string(), auth]
-        });
-        // A multi-line secret (a key file) is masked line by line too: logs
-        // arrive a line at a time.
-        let secrets = spec.secrets.iter().flat_map(|s| {
-            let value = s.value.expose();
-            std::iter::once(value.to_string())
-                .chain(value.lines().map(str::to_string))
-                .collect::<Vec<_>>()
-        });
-        Redactor::new(logins.chain(secrets))
+        Redactor::new(secret_forms(spec))
     }
 
     /// The line with every known secret replaced by [`crate::spec::REDACTED`].
@@ -60,6 +46,26 @@ impl Redactor {
         }
         out
     }
+}
+
+/// Every form in which a spec's secrets may show up in a log: registry
+/// passwords, each login as the `auth` of a Docker config (base64 of
+/// `user:password`), which a script that prints the config would show, and
+/// build secrets, whole and line by line.
+pub fn secret_forms(spec: &crate::spec::BuildSpec) -> Vec<String> {
+    let logins = spec.credentials.iter().flat_map(|c| {
+        let auth = base64(format!("{}:{}", c.username, c.password.expose()).as_bytes());
+        [c.password.expose().to_string(), auth]
+    });
+    // A multi-line secret (a key file) is masked line by line too: logs
+    // arrive a line at a time.
+    let secrets = spec.secrets.iter().flat_map(|s| {
+        let value = s.value.expose();
+        std::iter::once(value.to_string())
+            .chain(value.lines().map(str::to_string))
+            .collect::<Vec<_>>()
+    });
+    logins.chain(secrets).collect()
 }
 
 /// `url` with any `user:password@` before its host replaced by `***@`, for

@@ -416,8 +416,14 @@ impl Journal {
         } else {
             self.signal.wake();
         }
-        let mut committed = self.signal.committed.subscribe();
         let limit = self.flush_timeout();
+        // No time at all means no commit is waited for: a writer fast
+        // enough to commit between the request and the first look must not
+        // make a zero deadline sometimes succeed.
+        if limit.is_zero() {
+            return Err(JournalError::Timeout(limit));
+        }
+        let mut committed = self.signal.committed.subscribe();
         let reached = tokio::time::timeout(limit, committed.wait_for(|c| *c >= mine))
             .await
             .is_ok_and(|r| r.is_ok());

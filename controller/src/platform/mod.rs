@@ -146,6 +146,13 @@ pub trait AgentPlatform: Send + Sync + 'static {
     /// The platform's name (`local`, `ecs`, `k8s`), for logs and metrics.
     fn name(&self) -> &'static str;
 
+    /// Whether one build's agent is kept from other builds' files,
+    /// processes and secrets (its own task, pod or namespaces). The local
+    /// platform without namespaces is not.
+    fn isolates_builds(&self) -> bool {
+        true
+    }
+
     /// Starts the agent of `launch`; returns a handle for [`AgentPlatform::stop`].
     async fn launch(&self, launch: Launch) -> Result<AgentHandle, PlatformError>;
 

@@ -14,12 +14,14 @@
 //! followers shared one channel and split the lines between them).
 
 mod aggregate;
+mod secret_book;
 mod task;
 #[cfg(test)]
 mod tests;
 mod token;
 
 pub use aggregate::{Aggregate, AlreadyCheckedIn, Limits, Pushed, RecordedResult, ToStop};
+pub use secret_book::SecretBook;
 pub use task::Task;
 pub use token::TaskToken;
 
@@ -55,6 +57,11 @@ pub struct Build {
     meta_dirty: AtomicBool,
     /// How many log lines the journal holds.
     persisted: AtomicUsize,
+    /// Every running build's secrets, masked in this build's agent lines;
+    /// set when the build joins the [`Registry`].
+    book: std::sync::OnceLock<Arc<SecretBook>>,
+    /// Its own secrets have left the book (it ended).
+    left_book: AtomicBool,
 }
 
 /// A read-only view of a build's state, under its lock: hold it briefly.
@@ -109,6 +116,8 @@ impl Build {
             dirty: AtomicBool::new(dirty),
             meta_dirty: AtomicBool::new(dirty),
             persisted: AtomicUsize::new(persisted),
+            book: std::sync::OnceLock::new(),
+            left_book: AtomicBool::new(false),
         }
     }
 
@@ -124,11 +133,17 @@ impl Build {
     /// Runs a transition, then wakes whoever must hear of what it changed
     /// and has the journal save it.
     pub fn update<R>(&self, transition: impl FnOnce(&mut Aggregate) -> R) -> R {
-        let (result, change) = {
+        let (result, change, ended) = {
             let mut aggregate = self.lock();
             let result = transition(&mut aggregate);
-            (result, aggregate.take_change())
+            let ended = aggregate.state().is_terminal();
+            (result, aggregate.take_change(), ended)
         };
+        if ended && !self.left_book.swap(true, Ordering::SeqCst) {
+            if let Some(book) = self.book.get() {
+                book.remove(&self.id);
+            }
+        }
         match change {
             Change::None => {}
             Change::Log => self.touch_log(),
@@ -143,8 +158,13 @@ impl Build {
     }
 
     /// See [`Aggregate::append_agent_lines`].
+    /// Each line is first masked against every running build's secrets.
     pub fn append_agent_lines(&self, index: usize, lines: &[AgentLine]) -> Option<usize> {
-        self.update(|b| b.append_agent_lines(index, lines))
+        let lines = match self.book.get() {
+            Some(book) => book.mask(lines),
+            None => std::borrow::Cow::Borrowed(lines),
+        };
+        self.update(|b| b.append_agent_lines(index, &lines))
     }
 
     /// The status as clients see it.
@@ -285,17 +305,26 @@ impl journal::Builds for Registry {
 pub struct Registry {
     builds: Mutex<HashMap<String, Arc<Build>>>,
     tasks: Mutex<HashMap<String, (Arc<Build>, usize)>>,
+    /// The running builds' secrets, masked in every build's agent lines.
+    secrets: Arc<SecretBook>,
 }
 
 impl Registry {
     /// Adds a build, and its tasks by task id.
     pub fn insert(&self, build: Arc<Build>) {
-        let task_ids: Vec<String> = build
-            .read()
-            .tasks()
-            .iter()
-            .map(|t| t.id().to_string())
-            .collect();
+        let (task_ids, secrets, running): (Vec<String>, Vec<String>, bool) = {
+            let read = build.read();
+            let ids = read.tasks().iter().map(|t| t.id().to_string()).collect();
+            let secrets = read
+                .requests()
+                .flat_map(|t| bakery_protocol::redact::secret_forms(&t.spec))
+                .collect();
+            (ids, secrets, !read.state().is_terminal())
+        };
+        if running {
+            self.secrets.add(&build.id, secrets);
+        }
+        let _ = build.book.set(Arc::clone(&self.secrets));
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         for (i, id) in task_ids.into_iter().enumerate() {
             tasks.insert(id, (Arc::clone(&build), i));
@@ -314,12 +343,18 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.secrets.remove(id);
         if let Some(build) = removed {
             let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             for t in build.read().tasks() {
                 tasks.remove(t.id());
             }
         }
+    }
+
+    /// The running builds' secrets.
+    pub fn secrets(&self) -> &SecretBook {
+        &self.secrets
     }
 
     /// The build `id`, if it is held.

@@ -60,6 +60,10 @@ impl Harness {
                 "AGENT_BINARY".to_string(),
                 dir.join("agent.sh").display().to_string(),
             ),
+            // The stand-in agents play the protocol (and write files beside
+            // their work dirs); the sandbox is tested with real agents
+            // (action/tests/isolation.rs).
+            ("LOCAL_AGENT_ISOLATION".to_string(), "none".to_string()),
         ];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Config::from_vars(vars).unwrap()

@@ -12,6 +12,11 @@
 //! can only do COPY-style steps (see the README), which is what the remote
 //! platforms are for.
 //!
+//! Where the host allows it, each agent runs in its own namespaces
+//! ([`sandbox`]): it sees no other build's files or processes, nor the
+//! controller's. Elsewhere agents run as the controller's user: one trust
+//! domain, said at start-up.
+//!
 //! An agent starts with a cleared environment plus an allow-list
 //! ([`INHERITED`]): the controller's own environment holds its client token
 //! and cloud credentials (an embedded controller's, the whole CI job's), and
@@ -27,6 +32,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::watch;
+
+pub mod sandbox;
+
+pub use sandbox::{Isolation, Sandbox};
 
 use super::{AgentHandle, AgentPlatform, ExitReason, ExitSender, Exited, Launch, PlatformError};
 use crate::config::ConfigError;
@@ -90,6 +99,8 @@ pub struct LocalPlatform {
     /// Agents by process group. Kept until stop(): the group may outlive
     /// its agent.
     running: Arc<Mutex<HashMap<i32, Agent>>>,
+    /// Where agents are confined, if the host allows it.
+    sandbox: Option<Sandbox>,
 }
 
 impl LocalPlatform {
@@ -102,7 +113,15 @@ impl LocalPlatform {
             insecure,
             exits,
             running: Arc::default(),
+            sandbox: None,
         }
+    }
+
+    /// Runs its agents in `sandbox` ([`Sandbox::detect`]).
+    #[must_use]
+    pub fn confined(mut self, sandbox: Option<Sandbox>) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     /// Keeps an agent for stop(); the returned sender tells it the agent exited.
@@ -170,6 +189,10 @@ impl AgentPlatform for LocalPlatform {
         "local"
     }
 
+    fn isolates_builds(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
     async fn launch(&self, launch: Launch) -> Result<AgentHandle, PlatformError> {
         let work = self.work_root.join(&launch.task_id);
         let log_path = self.work_root.join(format!("{}.log", launch.task_id));
@@ -179,12 +202,27 @@ impl AgentPlatform for LocalPlatform {
         let log_err = log
             .try_clone()
             .map_err(|e| PlatformError::Launch(format!("{}: {e}", log_path.display())))?;
-        let mut cmd = Command::new(&self.agent);
+        let mut cmd = match &self.sandbox {
+            Some(sandbox) => {
+                sandbox
+                    .prepare(&work)
+                    .map_err(|e| PlatformError::Launch(format!("{}: {e}", work.display())))?;
+                sandbox.command(&self.agent, &work)
+            }
+            None => Command::new(&self.agent),
+        };
         cmd.env_clear()
             .envs(
                 INHERITED
                     .iter()
                     .filter_map(|k| Some((*k, std::env::var_os(k)?))),
+            )
+            .envs(
+                self.sandbox
+                    .as_ref()
+                    .map(|_| Sandbox::env(&work))
+                    .into_iter()
+                    .flatten(),
             )
             .envs(&launch.env)
             .env(agent_env::WORK_DIR, &work)
