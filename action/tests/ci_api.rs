@@ -304,3 +304,121 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
         "the build went on: {output}"
     );
 }
+
+fn gitlab_env<'a>(api: &'a str, dotenv: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("GITLAB_CI", "true"),
+        ("BAKERY_DOTENV", dotenv),
+        ("CI_SERVER_URL", api),
+        ("CI_PROJECT_ID", "42"),
+        ("CI_COMMIT_SHA", SHA),
+        ("CI_COMMIT_REF_NAME", "main"),
+        ("BAKERY_GITLAB_TOKEN", "glpat-test-token-value"),
+    ]
+}
+
+/// A cancelled job (the runner's SIGINT) concluded nothing: its commit
+/// statuses stayed `running` and a required check blocked the merge. Now
+/// each arch's last status is `canceled`, sent before bakery exits.
+#[test]
+fn a_cancelled_build_concludes_its_commit_statuses() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let repo = project(&[
+        (
+            "compose.yaml",
+            &format!(
+                "services:\n  slow:\n    image: {}/ci/slow:1\n    build:\n      context: .\n      args: {{BASE_IMAGE: {base}}}\n      x-bake:\n        platforms: [linux/amd64]\n",
+                registry.host()
+            ),
+        ),
+        (
+            "Dockerfile",
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo slow-step-started && sleep 600\n",
+        ),
+    ]);
+    let (api, log) = recorder("gitlab");
+    let dotenv = repo.path().join("bakery.env");
+    let api_url = api.url();
+    let env = gitlab_env(&api_url, dotenv.to_str().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .args(["--compose", "compose.yaml", "build"])
+        .env_remove("CONTROLLER_URL")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let running = || calls(&log).iter().any(|c| c["body"]["state"] == "running");
+    while !running() {
+        assert!(
+            Instant::now() < deadline,
+            "never running: {:?}",
+            calls(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit 128 + SIGINT");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(7),
+        "within the runner's grace: {:?}",
+        signalled.elapsed()
+    );
+    let states: Vec<String> = calls(&log)
+        .iter()
+        .filter(|c| c["body"]["name"] == "bakery/slow/amd64")
+        .map(|c| c["body"]["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("canceled"),
+        "{states:?}"
+    );
+}
+
+/// A CI API that accepts connections and never answers: the images are
+/// pushed, the build ends, and bakery exits, warning once, instead of
+/// hanging the job after the work is done.
+#[test]
+fn a_blackholed_ci_api_does_not_hold_the_build() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", silent.local_addr().unwrap());
+    let registry = registry();
+    let repo = two_services(&registry, "blackhole");
+    for env in [
+        vec![
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_API_URL", api.as_str()),
+            ("GITHUB_REPOSITORY", "octo/app"),
+            ("GITHUB_SHA", SHA),
+            ("BAKERY_GITHUB_TOKEN", "ghs_test_token_value"),
+        ],
+        gitlab_env(&api, "/dev/null"),
+    ] {
+        let started = Instant::now();
+        let (ok, output) = run_bakery(repo.path(), &env);
+        assert!(!ok, "`bad` fails as designed: {output}");
+        assert!(
+            output.contains("multi-arch index good"),
+            "the good image is pushed: {output}"
+        );
+        assert!(
+            output.contains("did not answer within 5s"),
+            "said once: {output}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}: {output}",
+            started.elapsed()
+        );
+    }
+    drop(silent);
+}

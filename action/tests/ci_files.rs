@@ -679,3 +679,146 @@ fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
         &["examples/client/.gitlab.yml", ".gitlab-ci.yml"],
     );
 }
+
+/// Boolean inputs read as @actions/core's getBooleanInput does: `push:
+/// False` had pushed (only `false` was seen); anything else fails the step
+/// naming the input. And secret-envs takes build-push-action's comma form.
+#[test]
+fn boolean_inputs_and_comma_secret_envs_read_as_build_push_action_reads_them() {
+    let stub = tempfile::tempdir().unwrap();
+    let dump = stub.path().join("dump");
+    std::fs::write(
+        stub.path().join("bakery"),
+        format!(
+            "#!/bin/sh\n{{ printf 'push=%s\\nsecrets=%s\\n' \"$BAKERY_PUSH\" \"$BAKERY_SECRETS\"; }} > {}\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(stub.path().join("bakery"))
+        .status()
+        .unwrap();
+    let run = |push: &str, secret_envs: &str| {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/action-build"))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", stub.path().display()))
+            .env("CONTROLLER_URL", "https://bakery.example.com")
+            .env("INPUT_PUSH", push)
+            .env("INPUT_SECRET_ENVS", secret_envs)
+            .output()
+            .unwrap();
+        let dumped = std::fs::read_to_string(&dump).unwrap_or_default();
+        let _ = std::fs::remove_file(&dump);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            dumped,
+        )
+    };
+    for no in ["false", "False", "FALSE"] {
+        let (ok, _, dumped) = run(no, "");
+        assert!(ok && dumped.contains("push=false\n"), "{no}: {dumped}");
+    }
+    for yes in ["true", "True", "TRUE", ""] {
+        let (ok, _, dumped) = run(yes, "");
+        assert!(ok && dumped.contains("push=\n"), "{yes:?}: {dumped}");
+    }
+    let (ok, stdout, dumped) = run("no", "");
+    assert!(!ok && dumped.is_empty(), "not run: {dumped}");
+    assert!(
+        stdout.contains("::error::input 'push' is 'no', not a boolean"),
+        "{stdout}"
+    );
+    let (ok, _, dumped) = run("true", "A=ENV_A,B=ENV_B");
+    assert!(ok, "{dumped}");
+    assert!(
+        dumped.contains("id=A,env=ENV_A\nid=B,env=ENV_B"),
+        "{dumped}"
+    );
+}
+
+/// Every docker/build-push-action v6 input, as a workflow that changed only
+/// its `uses:` line passes them: actionlint (which checks a local action's
+/// inputs against its action.yml) finds nothing undefined; it had reported
+/// 21 inputs the runner then ignored with a mere warning.
+#[test]
+fn a_workflow_swapping_build_push_action_for_bakery_lints_clean() {
+    const BUILD_PUSH_ACTION_V6: [&str; 33] = [
+        "add-hosts",
+        "allow",
+        "annotations",
+        "attests",
+        "build-args",
+        "build-contexts",
+        "builder",
+        "cache-from",
+        "cache-to",
+        "call",
+        "cgroup-parent",
+        "context",
+        "file",
+        "github-token",
+        "labels",
+        "load",
+        "network",
+        "no-cache",
+        "no-cache-filters",
+        "outputs",
+        "platforms",
+        "provenance",
+        "pull",
+        "push",
+        "sbom",
+        "secrets",
+        "secret-envs",
+        "secret-files",
+        "shm-size",
+        "ssh",
+        "tags",
+        "target",
+        "ulimit",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("action.yml"), dir.path().join("action.yml")).unwrap();
+    // actionlint finds `uses: ./` from the repository's root.
+    assert!(Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap()
+        .success());
+    let workflows = dir.path().join(".github/workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    let with = |names: &[&str]| -> String {
+        names
+            .iter()
+            .fold(String::new(), |out, n| out + "          " + n + ": \"x\"\n")
+    };
+    let workflow = |extra: &[&str]| {
+        format!(
+            "on: push\npermissions: {{}}\njobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: ./\n        with:\n          controller-url: https://bakery.example.com\n{}{}",
+            with(&BUILD_PUSH_ACTION_V6),
+            with(extra)
+        )
+    };
+    let lint = |file: &str, text: String| {
+        std::fs::write(workflows.join(file), text).unwrap();
+        let out = Command::new("actionlint")
+            .args(["-no-color", &format!(".github/workflows/{file}")])
+            .current_dir(dir.path())
+            .output()
+            .expect("actionlint is installed (scripts/setup)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (clean, report) = lint("swap.yml", workflow(&[]));
+    assert!(clean, "{report}");
+    // The check itself: an input bakery does not declare is reported.
+    let (clean, report) = lint("unknown.yml", workflow(&["no-such-input"]));
+    assert!(!clean && report.contains("no-such-input"), "{report}");
+}

@@ -564,7 +564,7 @@ fn check_local_trust(
     }
     if many_identities && !config.local_platform_shared {
         return Err(config::ConfigError::new(
-            "the local platform cannot isolate agents on this host (see the warning above), so its builds run as the controller's user and builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run the controller as root with a subordinate id range for root (SECURITY.md), run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
+            "the local platform cannot isolate agents on this host (the line above says why), so its builds run as the controller's user and builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run the controller as root with a subordinate id range for root (SECURITY.md), run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
         )
         .into());
     }

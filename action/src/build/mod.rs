@@ -80,12 +80,14 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         printer: Printer::new(&plan, opts.format, ci.clone()),
         ci,
         submitted: Arc::default(),
+        reporting: crate::ci::Reporting::default(),
     };
     let results = tokio::select! {
         r = run.all(&opts) => r?,
         signal = interrupted() => {
             // The job still gets its summary and outputs, saying cancelled.
             let results = run.cancel().await;
+            run.conclude_cancelled(&results).await;
             run.printer.end_block();
             crate::render::print_summary(&results, &run.printer);
             run.printer.report(&plan, &results);
@@ -187,6 +189,8 @@ struct Run<'a> {
     ci: Arc<dyn CiSystem>,
     /// (service, build id) of the builds created so far, for cancelling.
     submitted: Arc<Mutex<Vec<(String, String)>>>,
+    /// Each call to the CI system's API, bounded.
+    reporting: crate::ci::Reporting,
 }
 
 impl Run<'_> {
@@ -254,7 +258,7 @@ impl Run<'_> {
     /// Follows one build to its end, keeping the commit status in step.
     async fn follow(&self, service: &str, id: &str) -> Result<BuildStatus> {
         if let Ok(status) = self.controller.status(id).await {
-            self.ci.started(&status).await;
+            self.reporting.bounded(self.ci.started(&status)).await;
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BuildStatus>();
         let follow = async move {
@@ -278,27 +282,59 @@ impl Run<'_> {
         };
         let updates = async {
             while let Some(status) = rx.recv().await {
-                self.ci.updated(&status).await;
+                self.reporting.bounded(self.ci.updated(&status)).await;
             }
         };
         let (status, ()) = tokio::join!(follow, updates);
         let status = status?;
-        self.ci
-            .finished(self.plan, &status, &self.printer.tails())
+        self.reporting
+            .bounded(self.ci.finished(self.plan, &status, &self.printer.tails()))
             .await;
         Ok(status)
     }
 
+    /// Concludes the check run or commit statuses of every cancelled build
+    /// (a build still stopping is reported cancelled: the user cancelled
+    /// it), all at once and bounded: a required check left in progress
+    /// would block the merge.
+    async fn conclude_cancelled(&self, results: &[ServiceResult]) {
+        let tails = self.printer.tails();
+        let reports = results
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .map(|status| {
+                let mut status = status.clone();
+                if !status.state.is_terminal() {
+                    status.state = bakery_protocol::api::BuildState::Cancelled;
+                    for t in &mut status.tasks {
+                        if !t.state.is_terminal() {
+                            t.state = bakery_protocol::api::TaskState::Cancelled;
+                        }
+                    }
+                }
+                let tails = &tails;
+                async move { self.ci.finished(self.plan, &status, tails).await }
+            });
+        let all = self.reporting.bounded(async {
+            futures_util::future::join_all(reports).await;
+        });
+        // Cancel (3 s) + stop (2 s) + this (2 s) stay within the runner's
+        // 7.5 s between SIGINT and SIGTERM.
+        let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
+    }
+
     /// Cancels every submitted build at once (a CI system kills the job
     /// soon after its SIGTERM, and a hanging controller is not waited for),
-    /// gives the controller up to 10 s to stop the agents, and returns every
-    /// service's result as it stands, for the summary and the CI reports.
+    /// gives the controller a few seconds to stop the agents, and returns
+    /// every service's result as it stands, for the summary and the CI
+    /// reports. All of it, with [`Run::conclude_cancelled`], fits in the
+    /// runner's grace: SIGINT, SIGTERM 7.5 s later, SIGKILL 2.5 s after.
     async fn cancel(&self) -> Vec<ServiceResult> {
         eprintln!("interrupted: cancelling the builds");
         let submitted = self.submitted.lock().map(|s| s.clone()).unwrap_or_default();
         let cancels = submitted.iter().map(|(_, id)| self.controller.cancel(id));
         let _ = tokio::time::timeout(
-            Duration::from_secs(15),
+            Duration::from_secs(3),
             futures_util::future::join_all(cancels),
         )
         .await;
@@ -316,7 +352,7 @@ impl Run<'_> {
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
         self.plan
             .services
             .iter()

@@ -38,9 +38,14 @@ impl GitLab {
         });
         let mut statuses = None;
         if let Some(token) = var("BAKERY_GITLAB_TOKEN").filter(|_| with_statuses) {
-            match Statuses::new(&token).await {
-                Ok(s) => statuses = Some(s),
-                Err(e) => tracing::warn!("GitLab commit statuses disabled: {e}"),
+            // Setting up the client asks the API: bounded like every call.
+            match tokio::time::timeout(super::REPORT_TIMEOUT, Statuses::new(&token)).await {
+                Ok(Ok(s)) => statuses = Some(s),
+                Ok(Err(e)) => tracing::warn!("GitLab commit statuses disabled: {e}"),
+                Err(_) => tracing::warn!(
+                    "GitLab commit statuses disabled: CI_SERVER_URL did not answer within {}s",
+                    super::REPORT_TIMEOUT.as_secs()
+                ),
             }
         }
         GitLab { dotenv, statuses }

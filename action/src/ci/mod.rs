@@ -28,6 +28,37 @@ use futures_util::future::BoxFuture;
 
 use crate::outcome::ServiceResult;
 
+/// Longest one report to the CI system's API may take: a blackholed API
+/// (accepts connections, never answers) must not hold a build's end, nor a
+/// cancelled job past the runner's grace period.
+pub const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The CI system's API as the build loop uses it: each report bounded by
+/// [`REPORT_TIMEOUT`], and none tried again once one has run out.
+#[derive(Default)]
+pub struct Reporting {
+    gave_up: std::sync::atomic::AtomicBool,
+}
+
+impl Reporting {
+    /// Runs `report` unless an earlier one ran out of time; a report that
+    /// runs out now says so, once.
+    pub async fn bounded(&self, report: impl std::future::Future<Output = ()>) {
+        use std::sync::atomic::Ordering;
+        if self.gave_up.load(Ordering::SeqCst) {
+            return;
+        }
+        if tokio::time::timeout(REPORT_TIMEOUT, report).await.is_err()
+            && !self.gave_up.swap(true, Ordering::SeqCst)
+        {
+            tracing::warn!(
+                "the CI system's API did not answer within {}s: no more checks or statuses are sent for this run; the build goes on",
+                REPORT_TIMEOUT.as_secs()
+            );
+        }
+    }
+}
+
 /// The last log lines of each `<service>-<arch>`.
 pub type Tails = BTreeMap<String, Vec<String>>;
 

@@ -35,7 +35,15 @@ impl Checks {
         let sha = var("BAKERY_GITHUB_SHA")
             .or_else(|| var("GITHUB_SHA"))
             .ok_or("neither BAKERY_GITHUB_SHA nor GITHUB_SHA is set")?;
-        let mut builder = octocrab::Octocrab::builder().personal_token(token.to_string());
+        // Every call bounded (the build loop bounds each report to
+        // REPORT_TIMEOUT as well, and gives up on the API after the first
+        // that runs out): a blackholed API must not hang the job.
+        let limit = super::super::REPORT_TIMEOUT * 2;
+        let mut builder = octocrab::Octocrab::builder()
+            .personal_token(token.to_string())
+            .set_connect_timeout(Some(limit))
+            .set_read_timeout(Some(limit))
+            .set_write_timeout(Some(limit));
         if let Some(api) = var("GITHUB_API_URL") {
             builder = builder.base_uri(api).map_err(|e| e.to_string())?;
         }

@@ -114,11 +114,12 @@ pub fn markdown_summary(
             );
             if t.state == TaskState::Failed {
                 let label = format!("{service}-{}", t.arch);
+                let tail = tails.get(&label).map(|l| l.join("\n")).unwrap_or_default();
+                let fence = fence_for(&tail);
                 let _ = write!(
                     failures,
-                    "\n<details><summary><b>{label}</b>: {}</summary>\n\n```\n{}\n```\n</details>\n",
+                    "\n<details><summary><b>{label}</b>: {}</summary>\n\n{fence}\n{tail}\n{fence}\n</details>\n",
                     html_escape(t.error.as_deref().unwrap_or("failed")),
-                    tails.get(&label).map(|l| l.join("\n")).unwrap_or_default()
                 );
             }
         }
@@ -256,5 +257,27 @@ mod tests {
     fn workflow_command_escaping() {
         assert_eq!(escape_data("50%\nnext"), "50%25%0Anext");
         assert_eq!(escape_property("a:b,c"), "a%3Ab%2Cc");
+    }
+}
+
+/// A code fence longer than any run of backticks in `text`, so that log
+/// lines cannot close it and write Markdown (links, images, headings) into
+/// the job summary or a check run.
+fn fence_for(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::fence_for;
+
+    #[test]
+    fn a_log_line_cannot_close_the_fence() {
+        assert_eq!(fence_for("plain"), "```");
+        assert_eq!(fence_for("a ``` b\n````` c"), "``````");
+        let tail = "```\n# injected heading\n![x](https://example.com/x.png)";
+        let fence = fence_for(tail);
+        assert!(!tail.contains(fence.as_str()));
     }
 }

@@ -69,7 +69,7 @@ impl Sandbox {
                 "LOCAL_AGENT_ISOLATION=namespaces, but local agents cannot be isolated here: {why}"
             )),
             (Err(why), _) => {
-                tracing::warn!("local agents run as the controller's user and share one trust domain: {why} (see SECURITY.md, \"Isolation between builds\")");
+                tracing::info!("local agents run as the controller's user and share one trust domain: {why} (see SECURITY.md, \"Isolation between builds\")");
                 Ok(None)
             }
         }
