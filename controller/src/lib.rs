@@ -12,7 +12,10 @@
 //! * [`state`]: builds, tasks and their logs in memory.
 //! * [`journal`]: the same on disk, so a restart resumes every build.
 //! * [`supervisor`]: one build from launch through timeouts to cleanup.
-//! * [`platform`]: where agents run, behind one trait (`local` here).
+//! * [`platform`]: where agents run, behind one trait (`local` here);
+//!   `startup` starts the configured ones.
+//! * [`auth`]: who is calling, and which builds they may touch;
+//!   [`serve`] and [`tls`]: the listener, its limits and its HTTPS.
 //! * [`verify`]: each pushed image is the architecture it was built for.
 //! * [`index`]: joining per-arch images into the multi-arch index.
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
@@ -30,6 +33,7 @@ pub mod platform;
 pub mod replicate;
 pub mod routes;
 pub mod serve;
+mod startup;
 pub mod state;
 pub mod store;
 pub mod supervisor;
@@ -43,8 +47,7 @@ use std::sync::Arc;
 use bakery_protocol::Platform;
 
 pub use config::Config;
-use platform::local::LocalPlatform;
-use platform::{AgentPlatform, Operation};
+use platform::AgentPlatform;
 
 /// Largest context upload (when contexts are kept on the controller):
 /// streamed to disk under this cap. Other routes have small limits of
@@ -314,60 +317,6 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
     }
 }
 
-/// Starts one agent platform. ECS and Kubernetes are cargo features (on in
-/// `bakery-controller`, off in the controller the CI client embeds): a
-/// build without one says so rather than failing later.
-// Only the ECS and Kubernetes platforms await anything at start.
-#[cfg_attr(
-    not(any(feature = "ecs", feature = "k8s")),
-    allow(clippy::unused_async)
-)]
-async fn start_platform(
-    p: Platform,
-    config: &Config,
-    exits: platform::ExitSender,
-    keep: &std::collections::HashSet<String>,
-    metrics: &Arc<metrics::Metrics>,
-) -> Result<Box<dyn AgentPlatform>, StartError> {
-    // Without a cloud feature these serve no platform.
-    let _ = (keep, metrics);
-    Ok(match p {
-        Platform::Local => Box::new(
-            LocalPlatform::new(
-                LocalPlatform::resolve_agent(config.agent_binary.as_deref())?,
-                config.data_dir.join("work"),
-                config.insecure_registries.clone(),
-                exits,
-            )
-            .confined(
-                platform::local::Sandbox::detect(config.local_agent_isolation, &config.data_dir)
-                    .await
-                    .map_err(config::ConfigError::new)?,
-            ),
-        ),
-        #[cfg(feature = "ecs")]
-        Platform::Ecs => Box::new(
-            platform::ecs::EcsPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
-        ),
-        #[cfg(feature = "k8s")]
-        Platform::K8s => Box::new(
-            platform::k8s::K8sPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
-        ),
-        #[cfg(not(feature = "ecs"))]
-        Platform::Ecs => return Err(not_built(p, "ecs")),
-        #[cfg(not(feature = "k8s"))]
-        Platform::K8s => return Err(not_built(p, "k8s")),
-    })
-}
-
-#[cfg(not(all(feature = "ecs", feature = "k8s")))]
-fn not_built(p: Platform, feature: &str) -> StartError {
-    config::ConfigError::new(format!(
-        "the {p} platform is not in this build of the controller (cargo feature `{feature}`); run the bakery-controller release binary or image"
-    ))
-    .into()
-}
-
 /// Drops finished builds older than BUILD_RETENTION, hourly, with what
 /// they left on the controller's disk: the local agents' own logs, and
 /// contexts that no build still kept refers to.
@@ -483,8 +432,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .collect();
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(metrics::Metrics::new());
-    let platforms = start_platforms(&config, exit_tx, &keep, &metrics).await?;
-    check_local_trust(&config, &platforms, oidc.is_some())?;
+    let platforms = startup::start_platforms(&config, exit_tx, &keep, &metrics).await?;
+    startup::check_local_trust(&config, &platforms, oidc.is_some())?;
     let s3 = match config.s3() {
         Some(location) => {
             let store =
@@ -495,7 +444,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
-    let slots = agent_slots(&config, &platforms);
+    let slots = startup::agent_slots(&config, &platforms);
     let app = Arc::new(App {
         client_token,
         oidc,
@@ -540,78 +489,4 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tls,
     })
-}
-
-/// Without namespaces the local platform runs every build's pre- and
-/// post-script and builder on this host, as the controller's user, next to
-/// DATA_DIR: one build can read another's secrets there. With several CI
-/// identities (OIDC) that is refused unless LOCAL_PLATFORM_SHARED=true says
-/// it is understood.
-fn check_local_trust(
-    config: &Config,
-    platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
-    many_identities: bool,
-) -> Result<(), StartError> {
-    match platforms.get(&Platform::Local) {
-        None => return Ok(()),
-        Some(local) if local.isolates_builds() => {
-            tracing::info!(
-                "local platform: each agent runs in its own user, mount and PID namespaces"
-            );
-            return Ok(());
-        }
-        Some(_) => {}
-    }
-    if many_identities && !config.local_platform_shared {
-        return Err(config::ConfigError::new(
-            "the local platform cannot isolate agents on this host (the line above says why), so its builds run as the controller's user and builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run the controller as root with a subordinate id range for root (SECURITY.md), run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
-        )
-        .into());
-    }
-    tracing::info!("local platform: builds run on this host as the controller's user and share one trust domain (see SECURITY.md)");
-    Ok(())
-}
-
-/// Every platform the configuration names: the default, and ECS and
-/// Kubernetes when their cluster or namespace is set.
-async fn start_platforms(
-    config: &Config,
-    exits: platform::ExitSender,
-    keep: &HashSet<String>,
-    metrics: &Arc<metrics::Metrics>,
-) -> Result<HashMap<Platform, Box<dyn AgentPlatform>>, StartError> {
-    let mut wanted = vec![config.default_platform];
-    if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
-        wanted.push(Platform::Ecs);
-    }
-    if config.k8s_namespace.is_some() && !wanted.contains(&Platform::K8s) {
-        wanted.push(Platform::K8s);
-    }
-    let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
-    for p in wanted {
-        let platform = start_platform(p, config, exits.clone(), keep, metrics).await?;
-        metrics.platform_operations(
-            platform.name(),
-            &[Operation::Launch, Operation::Stop, Operation::Adopt],
-        );
-        platforms.insert(p, platform);
-    }
-    Ok(platforms)
-}
-
-/// One slot per agent that may run at once on each platform
-/// (`MAX_CONCURRENT_AGENTS`; 4 locally, 100 on a cloud platform).
-fn agent_slots(
-    config: &Config,
-    platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
-) -> HashMap<Platform, Arc<tokio::sync::Semaphore>> {
-    platforms
-        .keys()
-        .map(|p| {
-            let n = config
-                .max_concurrent_agents
-                .unwrap_or(if *p == Platform::Local { 4 } else { 100 });
-            (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
-        })
-        .collect()
 }

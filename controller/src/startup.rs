@@ -1,0 +1,140 @@
+//! Start-up of the agent platforms: which ones the configuration names,
+//! each one started (ECS and Kubernetes behind cargo features), the trust
+//! the local platform can offer, and the agent slots per platform.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bakery_protocol::Platform;
+
+use crate::platform::local::LocalPlatform;
+use crate::platform::{self, AgentPlatform, Operation};
+use crate::{config, metrics, Config, StartError};
+
+/// Starts one agent platform. ECS and Kubernetes are cargo features (on in
+/// `bakery-controller`, off in the controller the CI client embeds): a
+/// build without one says so rather than failing later.
+// Only the ECS and Kubernetes platforms await anything at start.
+#[cfg_attr(
+    not(any(feature = "ecs", feature = "k8s")),
+    allow(clippy::unused_async)
+)]
+async fn start_platform(
+    p: Platform,
+    config: &Config,
+    exits: platform::ExitSender,
+    keep: &std::collections::HashSet<String>,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Box<dyn AgentPlatform>, StartError> {
+    // Without a cloud feature these serve no platform.
+    let _ = (keep, metrics);
+    Ok(match p {
+        Platform::Local => Box::new(
+            LocalPlatform::new(
+                LocalPlatform::resolve_agent(config.agent_binary.as_deref())?,
+                config.data_dir.join("work"),
+                config.insecure_registries.clone(),
+                exits,
+            )
+            .confined(
+                platform::local::Sandbox::detect(config.local_agent_isolation, &config.data_dir)
+                    .await
+                    .map_err(config::ConfigError::new)?,
+            ),
+        ),
+        #[cfg(feature = "ecs")]
+        Platform::Ecs => Box::new(
+            platform::ecs::EcsPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
+        ),
+        #[cfg(feature = "k8s")]
+        Platform::K8s => Box::new(
+            platform::k8s::K8sPlatform::start(config, exits, keep, Arc::clone(metrics)).await?,
+        ),
+        #[cfg(not(feature = "ecs"))]
+        Platform::Ecs => return Err(not_built(p, "ecs")),
+        #[cfg(not(feature = "k8s"))]
+        Platform::K8s => return Err(not_built(p, "k8s")),
+    })
+}
+
+#[cfg(not(all(feature = "ecs", feature = "k8s")))]
+fn not_built(p: Platform, feature: &str) -> StartError {
+    config::ConfigError::new(format!(
+        "the {p} platform is not in this build of the controller (cargo feature `{feature}`); run the bakery-controller release binary or image"
+    ))
+    .into()
+}
+
+/// Without namespaces the local platform runs every build's pre- and
+/// post-script and builder on this host, as the controller's user, next to
+/// DATA_DIR: one build can read another's secrets there. With several CI
+/// identities (OIDC) that is refused unless LOCAL_PLATFORM_SHARED=true says
+/// it is understood.
+pub(crate) fn check_local_trust(
+    config: &Config,
+    platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
+    many_identities: bool,
+) -> Result<(), StartError> {
+    match platforms.get(&Platform::Local) {
+        None => return Ok(()),
+        Some(local) if local.isolates_builds() => {
+            tracing::info!(
+                "local platform: each agent runs in its own user, mount and PID namespaces"
+            );
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+    if many_identities && !config.local_platform_shared {
+        return Err(config::ConfigError::new(
+            "the local platform cannot isolate agents on this host (the line above says why), so its builds run as the controller's user and builds of different CI identities (OIDC_ISSUERS) could read each other's registry logins, secrets and agent tokens: run the controller as root with a subordinate id range for root (SECURITY.md), run agents on ECS or Kubernetes (DEFAULT_PLATFORM=ecs or k8s), or set LOCAL_PLATFORM_SHARED=true to accept one trust domain",
+        )
+        .into());
+    }
+    tracing::info!("local platform: builds run on this host as the controller's user and share one trust domain (see SECURITY.md)");
+    Ok(())
+}
+
+/// Every platform the configuration names: the default, and ECS and
+/// Kubernetes when their cluster or namespace is set.
+pub(crate) async fn start_platforms(
+    config: &Config,
+    exits: platform::ExitSender,
+    keep: &HashSet<String>,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<HashMap<Platform, Box<dyn AgentPlatform>>, StartError> {
+    let mut wanted = vec![config.default_platform];
+    if config.ecs_cluster.is_some() && !wanted.contains(&Platform::Ecs) {
+        wanted.push(Platform::Ecs);
+    }
+    if config.k8s_namespace.is_some() && !wanted.contains(&Platform::K8s) {
+        wanted.push(Platform::K8s);
+    }
+    let mut platforms: HashMap<Platform, Box<dyn AgentPlatform>> = HashMap::new();
+    for p in wanted {
+        let platform = start_platform(p, config, exits.clone(), keep, metrics).await?;
+        metrics.platform_operations(
+            platform.name(),
+            &[Operation::Launch, Operation::Stop, Operation::Adopt],
+        );
+        platforms.insert(p, platform);
+    }
+    Ok(platforms)
+}
+
+/// One slot per agent that may run at once on each platform
+/// (`MAX_CONCURRENT_AGENTS`; 4 locally, 100 on a cloud platform).
+pub(crate) fn agent_slots(
+    config: &Config,
+    platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
+) -> HashMap<Platform, Arc<tokio::sync::Semaphore>> {
+    platforms
+        .keys()
+        .map(|p| {
+            let n = config
+                .max_concurrent_agents
+                .unwrap_or(if *p == Platform::Local { 4 } else { 100 });
+            (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
+        })
+        .collect()
+}
