@@ -56,12 +56,14 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     );
     check_logins(&mut plan, &insecure).await?;
     check_bases(&plan, &insecure).await?;
-    let embedded;
+    let mut embedded = None;
     let controller = match target {
         Target::Remote(remote) => client::connect(&remote),
         Target::Embedded => {
-            embedded = embedded::start_embedded().await?;
-            client::connect(&client::Remote::new(&embedded.0.url(), false)?)
+            let started = embedded::start_embedded().await?;
+            let controller = client::connect(&client::Remote::new(&started.0.url(), false)?);
+            embedded = Some(started);
+            controller
         }
     };
     let info = controller.info().await.map_err(|e| match e {
@@ -100,6 +102,12 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     run.printer.end_block();
     crate::render::print_summary(&results, &run.printer);
     run.printer.report(&plan, &results);
+    if let Some((running, data)) = embedded {
+        // The agents this process started are stopped before it exits (and
+        // before their data dir goes): nothing runs when nobody builds.
+        let _ = tokio::time::timeout(Duration::from_secs(15), running.shutdown()).await;
+        drop(data);
+    }
     Ok(results.iter().all(ServiceResult::succeeded))
 }
 

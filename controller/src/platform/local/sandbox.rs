@@ -166,7 +166,10 @@ impl Sandbox {
 /// step reuses them instead of compressing them again; and the host's own
 /// container storage stays out of sight); then enters the user and PID
 /// namespaces as their root and runs the agent. The mounts are locked once
-/// the user namespace exists: nothing inside can unmount them.
+/// the user namespace exists: nothing inside can unmount them. The agent is
+/// the PID namespace's init, which ignores a SIGTERM it has no handler for:
+/// `--kill-child` has it killed when `unshare` (the process the platform
+/// signals) ends, so a stop ends it as it ends an agent outside.
 const SCRIPT: &str = r#"hidden=$1 work=$2 base=$3 ids=$4 agent=$5
 exec 3<"$work" 4<"$agent"
 mount -t tmpfs -o mode=0755,size=64k bakery-hidden "$hidden"
@@ -182,7 +185,8 @@ chmod 0700 "$work/xdg"
 mount --no-canonicalize --bind /proc/self/fd/4 "$work/bin/bakery-agent"
 exec 4<&-
 exec unshare --user --map-users="$base,0,$ids" --map-groups="$base,0,$ids" \
-  --setuid 0 --setgid 0 --pid --fork --mount-proc --propagation private -- "$work/bin/bakery-agent""#;
+  --setuid 0 --setgid 0 --pid --fork --kill-child --mount-proc --propagation private \
+  -- "$work/bin/bakery-agent""#;
 
 /// The start of root's first subordinate id range of at least [`IDS`] in
 /// `file` (`root:START:COUNT` or `0:START:COUNT`).
