@@ -275,6 +275,14 @@ sleep 300"#;
         h.status(&id).await.tasks[0].state == TaskState::Running
     })
     .await;
+    // The check-in is recorded before the agent has its answer and writes
+    // it down: wait for the line.
+    eventually(
+        "the agent notes its 200",
+        Duration::from_secs(10),
+        async || std::fs::read_to_string(&codes).is_ok_and(|c| c.trim_end().ends_with("200")),
+    )
+    .await;
     let seen = std::fs::read_to_string(&codes).unwrap();
     assert!(
         !seen.contains("409"),
