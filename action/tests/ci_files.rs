@@ -245,93 +245,244 @@ fn release_assets(dir: &Path, version: &str) -> String {
     name
 }
 
-#[test]
-fn the_action_installs_a_checked_release_binary_once() {
-    let releases = tempfile::tempdir().unwrap();
-    let arch = release_arch();
-    let version_dir = releases.path().join("v9.9.9");
-    let name = release_assets(&version_dir, "9.9.9");
+/// A static file server on a random loopback port, serving `dir`; with
+/// `status` set, every request is answered with that status instead.
+struct Releases {
+    server: std::process::Child,
+    port: u16,
+}
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // The release directory over HTTP, as a releases page serves assets.
-    let serve = || {
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(releases.path())
+impl Releases {
+    fn serve(dir: &Path, status: Option<u16>) -> Releases {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let code = format!(
+            "import functools, http.server as h\n\
+             class H(h.SimpleHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       if {status}: self.send_error({status}); return\n\
+             \x20       super().do_GET()\n\
+             h.ThreadingHTTPServer(('127.0.0.1', {port}), functools.partial(H, directory='{dir}')).serve_forever()\n",
+            status = status.unwrap_or(0),
+            dir = dir.display(),
+        );
+        let server = Command::new("python3")
+            .args(["-c", &code])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap()
-    };
-    let mut server = serve();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(std::time::Duration::from_millis(50));
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Releases { server, port }
     }
-    let cache = tempfile::tempdir().unwrap();
-    let github_path = cache.path().join("GITHUB_PATH");
-    let install = |version: &str| {
-        Command::new("bash")
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Releases {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The tool cache is shared by every job on a runner: the action verifies
+/// the release archive before each use (a swapped cached archive is
+/// replaced, not run), runs its own unpacked copy, keys the cache by where
+/// the release comes from, checks the attestation with gh where gh can run
+/// (and says when it cannot), and never builds from source on a server error.
+#[test]
+fn the_action_installs_a_release_binary_verified_before_each_use() {
+    let releases = tempfile::tempdir().unwrap();
+    let version_dir = releases.path().join("v9.9.9");
+    let name = release_assets(&version_dir, "9.9.9");
+    let server = Releases::serve(releases.path(), None);
+    let runner = tempfile::tempdir().unwrap();
+    let cache = runner.path().join("tool-cache");
+    let temp = runner.path().join("temp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let github_path = runner.path().join("GITHUB_PATH");
+    let install = |version: &str, releases_url: &str, extra: &[(&str, &str)]| {
+        let mut command = Command::new("bash");
+        command
             .arg(root().join("scripts/install-bakery"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", runner.path())
             .env("BAKERY_VERSION", version)
-            .env("BAKERY_RELEASES", format!("http://127.0.0.1:{port}"))
-            .env("RUNNER_TOOL_CACHE", cache.path())
-            .env("GITHUB_PATH", &github_path)
-            .output()
-            .unwrap()
+            .env("BAKERY_RELEASES", releases_url)
+            .env("GITHUB_ACTION_REPOSITORY", "acme/bakery")
+            .env("RUNNER_TOOL_CACHE", &cache)
+            .env("RUNNER_TEMP", &temp)
+            .env("GITHUB_PATH", &github_path);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     };
-    let out = install("v9.9.9");
+    let (ok, text) = install("v9.9.9", &server.url(), &[]);
+    assert!(ok, "{text}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("bakery 9.9.9"),
+        "it runs the installed binary: {text}"
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("bakery "),
-        "it runs the installed binary"
+        text.contains("::warning::gh attestation verify cannot run here"),
+        "{text}"
     );
-    let installed = cache.path().join(format!("bakery/v9.9.9/{arch}"));
-    assert!(installed.join("bakery").is_file());
-    assert_eq!(
-        std::fs::read_to_string(&github_path).unwrap().trim(),
-        installed.display().to_string()
+    // The job runs its own copy, not the shared cache's.
+    let path_line = std::fs::read_to_string(&github_path).unwrap();
+    let job_dir = PathBuf::from(path_line.trim());
+    assert!(job_dir.starts_with(&temp), "{}", job_dir.display());
+    assert!(job_dir.join("bakery").is_file());
+
+    // Someone swaps the cached archive: the next job notices and downloads
+    // the release again.
+    let cached: Vec<PathBuf> = walk(&cache)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n == format!("{name}.tar.gz").as_str())
+        })
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let evil = tempfile::tempdir().unwrap();
+    release_assets(&evil.path().join("v9.9.9"), "666-evil");
+    std::fs::copy(
+        evil.path().join(format!("v9.9.9/{name}.tar.gz")),
+        &cached[0],
+    )
+    .unwrap();
+    let (ok, text) = install("v9.9.9", &server.url(), &[]);
+    assert!(ok && text.contains("bakery 9.9.9"), "{text}");
+    assert!(!text.contains("evil"), "{text}");
+
+    // Another source of releases gets its own cache slot.
+    let evil_server = Releases::serve(evil.path(), None);
+    let (ok, text) = install("v9.9.9", &evil_server.url(), &[]);
+    assert!(ok && text.contains("666-evil"), "{text}");
+    let (ok, text) = install("v9.9.9", &server.url(), &[]);
+    assert!(ok && text.contains("bakery 9.9.9"), "{text}");
+
+    // With gh and a token, the attestation decides.
+    let gh = tempfile::tempdir().unwrap();
+    let gh_log = gh.path().join("args");
+    let fake_gh = |exit: i32| {
+        std::fs::write(
+            gh.path().join("gh"),
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\necho 'verification failed: no attestation' >&2\nexit {exit}\n",
+                gh_log.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(gh.path().join("gh"))
+            .status()
+            .unwrap();
+    };
+    let with_gh = format!("{}:/usr/bin:/bin", gh.path().display());
+    fake_gh(0);
+    let (ok, text) = install(
+        "v9.9.9",
+        &server.url(),
+        &[("PATH", &with_gh), ("GH_TOKEN", "t")],
+    );
+    assert!(ok, "{text}");
+    assert!(!text.contains("::warning::"), "{text}");
+    let args = std::fs::read_to_string(&gh_log).unwrap();
+    assert!(
+        args.contains("attestation verify ") && args.trim_end().ends_with("--repo acme/bakery"),
+        "{args}"
+    );
+    fake_gh(1);
+    let (ok, text) = install(
+        "v9.9.9",
+        &server.url(),
+        &[("PATH", &with_gh), ("GH_TOKEN", "t")],
+    );
+    assert!(!ok, "an unattested archive must not be installed: {text}");
+    assert!(
+        text.contains("is not attested by acme/bakery's release workflow")
+            && text.contains("no attestation"),
+        "{text}"
     );
 
-    // Cached: a second install needs no server.
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(install("v9.9.9").status.success());
-
-    // A tampered download is refused.
+    // A tampered release is refused.
     std::fs::write(
         version_dir.join(format!("{name}.tar.gz.sha256")),
         format!("{}  {name}.tar.gz\n", "0".repeat(64)),
     )
     .unwrap();
     std::fs::rename(&version_dir, releases.path().join("v9.9.8")).unwrap();
-    let mut server = serve();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let (ok, text) = install("v9.9.8", &server.url(), &[]);
+    assert!(!ok, "a checksum mismatch must fail: {text}");
+    assert!(
+        text.contains("does not match its published SHA-256"),
+        "{text}"
+    );
+
+    // A failing release host is retried, then an error: never a source
+    // build, even with cargo on the runner (a stand-in that says if run).
+    let cargo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cargo.path().join("cargo"),
+        "#!/bin/sh\necho CARGO-RAN\nexit 1\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(cargo.path().join("cargo"))
+        .status()
+        .unwrap();
+    let failing = Releases::serve(releases.path(), Some(503));
+    let with_cargo = format!("{}:/usr/bin:/bin", cargo.path().display());
+    let (ok, text) = install("v9.9.7", &failing.url(), &[("PATH", &with_cargo)]);
+    assert!(!ok);
+    assert!(
+        text.contains("HTTP 503") && text.contains("after retries"),
+        "{text}"
+    );
+    assert!(!text.contains("CARGO-RAN"), "{text}");
+    // A release that does not exist (404) is a source build, announced.
+    let (ok, text) = install("v9.9.7", &server.url(), &[("PATH", &with_cargo)]);
+    assert!(!ok);
+    assert!(
+        text.contains("::warning::bakery v9.9.7 has no release")
+            && text.contains("CARGO-RAN")
+            && text.contains("::error::building bakery from"),
+        "{text}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
     }
-    let out = install("v9.9.8");
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(!out.status.success(), "a checksum mismatch must fail");
-    assert!(!cache
-        .path()
-        .join(format!("bakery/v9.9.8/{arch}/bakery"))
-        .exists());
+    out
 }
 
 /// The action's `secrets`, `secret-files` and `secret-envs` inputs become
