@@ -160,6 +160,25 @@ pub struct Input {
     #[arg(long, env = "BAKERY_DISK", global = true)]
     pub disk: Option<bakery_protocol::resources::Disk>,
 
+    /// OCI annotation (buildx syntax: [manifest:|index:|manifest-descriptor:]KEY=VALUE, as docker/metadata-action's annotations output; repeat for more); for every selected service. Kaniko cannot annotate manifests: on its images, manifest annotations go on the image's index entry.
+    #[arg(
+        long = "annotation",
+        env = "BAKERY_ANNOTATIONS",
+        value_delimiter = '\n',
+        global = true
+    )]
+    pub annotations: Vec<String>,
+
+    /// SLSA provenance attestation on each pushed image, attached as BuildKit attaches it: true or mode=min (the default, as docker buildx), mode=max (adds the Dockerfile, target and labels), false. Never a build-arg value or secret.
+    #[arg(
+        long,
+        env = "BAKERY_PROVENANCE",
+        global = true,
+        default_value = "mode=min",
+        value_name = "MODE"
+    )]
+    pub provenance: bakery_protocol::provenance::ProvenanceSetting,
+
     /// Layer cache repository (implies --cache); each arch uses <repo>-<arch>.
     #[arg(long, env = "BAKERY_CACHE_REPO", global = true)]
     pub cache_repo: Option<String>,

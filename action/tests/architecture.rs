@@ -6,6 +6,7 @@
 //! is reached over plain HTTP like the destination.
 
 mod support;
+use support::provenance::image_entries;
 
 use std::process::{Command, Output};
 
@@ -102,9 +103,7 @@ fn a_multi_arch_base_builds_both_arches() {
     let out = bakery(repo.path(), &["build"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let index = raw_manifest(&dest);
-    let mut platforms: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
+    let mut platforms: Vec<String> = image_entries(&index)
         .iter()
         .map(|m| {
             let p = &m["platform"];
@@ -144,10 +143,7 @@ fn a_base_on_a_second_loopback_registry_builds() {
     let repo = copy_only(&base, &dest, &["amd64", "arm64"]);
     let out = bakery(repo.path(), &["build"], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        raw_manifest(&dest)["manifests"].as_array().unwrap().len(),
-        2
-    );
+    assert_eq!(image_entries(&raw_manifest(&dest)).len(), 2);
 }
 
 /// Past the client (any token holder can submit without it): buildah, asked

@@ -179,6 +179,55 @@ fn gitlab_component_declares_typed_documented_inputs_and_uses_them() {
         format!("ghcr.io/example/bakery-client:{version}"),
         "the release job in .gitlab-ci.yml refuses a tag whose default image differs"
     );
+    // Each `regex:` (GitLab's RE2, no slashes) takes its own default and
+    // what the description promises; push may name a CI/CD variable.
+    for (name, input) in spec["spec"]["inputs"].as_object().unwrap() {
+        let Some(pattern) = input["regex"].as_str() else {
+            continue;
+        };
+        assert!(
+            !pattern.starts_with('/'),
+            "{name}: GitLab's regex takes no slashes"
+        );
+        let re = regex::Regex::new(pattern).unwrap();
+        let default = match &input["default"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert!(
+            re.is_match(&default),
+            "{name}: default {default:?} fails {pattern}"
+        );
+    }
+    let push =
+        regex::Regex::new(spec["spec"]["inputs"]["push"]["regex"].as_str().unwrap()).unwrap();
+    assert!(push.is_match("$PUSH_IMAGES") && push.is_match("false") && !push.is_match("no"));
+    let token = regex::Regex::new(
+        spec["spec"]["inputs"]["status-token-variable"]["regex"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(token.is_match("") && token.is_match("MY_TOKEN") && !token.is_match("X; rm -rf /"));
+    // The repository's own pipeline runs the component at its commit, with
+    // inputs the component declares, and releases with a pinned image.
+    let own = yaml(&std::fs::read_to_string(root().join(".gitlab-ci.yml")).unwrap());
+    let include = &own["include"][0];
+    assert_eq!(
+        include["component"],
+        "$CI_SERVER_FQDN/$CI_PROJECT_PATH/bakery@$CI_COMMIT_SHA"
+    );
+    for name in include["inputs"].as_object().unwrap().keys() {
+        assert!(
+            spec["spec"]["inputs"].get(name).is_some(),
+            ".gitlab-ci.yml passes {name}, which the component does not declare"
+        );
+    }
+    let image = own["release-component"]["image"].as_str().unwrap();
+    assert!(
+        !image.ends_with(":latest") && image.contains(':'),
+        "pinned: {image}"
+    );
     let job = yaml(
         &job_text
             .replace("$[[", "\"$[[")
@@ -197,7 +246,8 @@ fn gitlab_component_declares_typed_documented_inputs_and_uses_them() {
         "$[[ inputs.dotenv ]]"
     );
     for var in job["variables"].as_object().unwrap().keys() {
-        if var != "BAKERY_DOTENV" {
+        // Read by the CI reporters from the environment, as GitLab sets them.
+        if !["BAKERY_DOTENV", "BAKERY_CHECK_NAME"].contains(&var.as_str()) {
             assert!(
                 help.contains(&format!("env: {var}")),
                 "bakery does not read {var}"
@@ -807,6 +857,7 @@ fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
         "zizmor",
         &[
             "--offline",
+            "--pedantic",
             "--config",
             "zizmor.yml",
             "action.yml",
@@ -834,6 +885,114 @@ fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
 /// Boolean inputs read as @actions/core's getBooleanInput does: `push:
 /// False` had pushed (only `false` was seen); anything else fails the step
 /// naming the input. And secret-envs takes build-push-action's comma form.
+/// build-push-action's cache-from/cache-to (buildx syntax), annotations,
+/// provenance and attests map to bakery's cache repository, annotations and
+/// provenance; what bakery cannot do fails the step naming the input and the
+/// type, never silently dropped.
+#[test]
+fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
+    let stub = tempfile::tempdir().unwrap();
+    let dump = stub.path().join("dump");
+    std::fs::write(
+        stub.path().join("bakery"),
+        format!(
+            "#!/bin/sh\n{{ for v in BAKERY_CACHE_REPO BAKERY_ANNOTATIONS BAKERY_PROVENANCE; do printf '%s=%s|\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(stub.path().join("bakery"))
+        .status()
+        .unwrap();
+    let run = |inputs: &[(&str, &str)]| {
+        let mut command = Command::new("bash");
+        command
+            .arg(root().join("scripts/action-build"))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", stub.path().display()))
+            .env("CONTROLLER_URL", "https://bakery.example.com");
+        for (k, v) in inputs {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        let dumped = std::fs::read_to_string(&dump).unwrap_or_default();
+        let _ = std::fs::remove_file(&dump);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            dumped,
+        )
+    };
+    let cache = "type=registry,ref=ghcr.io/acme/app:buildcache,mode=max";
+    let (ok, stdout, dumped) = run(&[
+        ("INPUT_CACHE_FROM", cache),
+        ("INPUT_CACHE_TO", cache),
+        (
+            "INPUT_ANNOTATIONS",
+            "manifest:org.opencontainers.image.title=app\nindex:org.opencontainers.image.description=An app\n",
+        ),
+        ("INPUT_PROVENANCE", "mode=max"),
+    ]);
+    assert!(ok, "{stdout}");
+    assert!(
+        dumped.contains("BAKERY_CACHE_REPO=ghcr.io/acme/app-buildcache|"),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("BAKERY_ANNOTATIONS=manifest:org.opencontainers.image.title=app\nindex:org.opencontainers.image.description=An app|"),
+        "{dumped}"
+    );
+    assert!(dumped.contains("BAKERY_PROVENANCE=mode=max|"), "{dumped}");
+    // A bare ref is a registry cache; cache-from alone warns that it is written too.
+    let (ok, stdout, dumped) = run(&[("INPUT_CACHE_FROM", "r.io/app/cache")]);
+    assert!(
+        ok && dumped.contains("BAKERY_CACHE_REPO=r.io/app/cache|"),
+        "{dumped}"
+    );
+    assert!(
+        stdout.contains("::warning::input 'cache-from' without 'cache-to'"),
+        "{stdout}"
+    );
+    // attests: provenance sets it; an SBOM is refused by name.
+    let (ok, _, dumped) = run(&[("INPUT_ATTESTS", "type=provenance,mode=max")]);
+    assert!(
+        ok && dumped.contains("BAKERY_PROVENANCE=mode=max|"),
+        "{dumped}"
+    );
+    for (input, value, says) in [
+        (
+            "INPUT_CACHE_TO",
+            "type=gha,mode=max",
+            "'cache-to' type=gha is not supported",
+        ),
+        (
+            "INPUT_CACHE_FROM",
+            "type=local,src=/tmp/c",
+            "'cache-from' type=local is not supported",
+        ),
+        ("INPUT_CACHE_TO", "type=registry,mode=max", "names no ref="),
+        ("INPUT_ATTESTS", "type=sbom", "'attests' 'type=sbom'"),
+        ("INPUT_SBOM", "true", "'sbom' is not supported"),
+    ] {
+        let (ok, stdout, dumped) = run(&[(input, value)]);
+        assert!(
+            !ok && dumped.is_empty(),
+            "{input}={value} must fail: {dumped}"
+        );
+        assert!(stdout.contains(says), "{input}={value}: {stdout}");
+    }
+    let (ok, stdout, _) = run(&[
+        ("INPUT_CACHE_FROM", "type=registry,ref=r.io/a"),
+        ("INPUT_CACHE_TO", "type=registry,ref=r.io/b"),
+    ]);
+    assert!(
+        !ok && stdout.contains("bakery reads and writes one layer cache repository"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn boolean_inputs_and_comma_secret_envs_read_as_build_push_action_reads_them() {
     let stub = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! moto_server as S3, and the controller and agent binaries.
 
 mod support;
+use support::provenance::image_entries;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -51,7 +52,7 @@ fn assert_multi_arch(registry: &Server, tag: &str) {
         index["mediaType"],
         "application/vnd.oci.image.index.v1+json"
     );
-    let manifests = index["manifests"].as_array().unwrap();
+    let manifests = &image_entries(&index);
     let mut platforms: Vec<String> = manifests
         .iter()
         .map(|m| {
@@ -98,6 +99,43 @@ fn assert_multi_arch(registry: &Server, tag: &str) {
         Some("built natively for amd64\n"),
         "the amd64 RUN step ran"
     );
+    // Each image has its SLSA provenance beside it, as BuildKit attaches it.
+    let statements = support::provenance::provenance_statements(
+        &format!("{}/e2e/hello", registry.host()),
+        &index,
+    );
+    for (statement, image) in statements.iter().zip(manifests) {
+        let predicate = &statement["predicate"];
+        assert_eq!(
+            predicate["runDetails"]["builder"]["version"]["builder"], "buildah",
+            "{statement}"
+        );
+        let deps = predicate["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
+        assert!(
+            deps.iter()
+                .any(|d| d["name"] == "context" && d["digest"]["sha256"].is_string()),
+            "{statement}"
+        );
+        let arch = image["platform"]["architecture"].as_str().unwrap();
+        assert_eq!(
+            predicate["buildDefinition"]["externalParameters"]["platform"],
+            format!("linux/{arch}")
+        );
+        // amd64 is built FROM the base image, resolved by digest (arm64 FROM scratch).
+        let base = deps.iter().find(|d| {
+            d["uri"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("pkg:docker/"))
+        });
+        if arch == "amd64" {
+            let base = base.unwrap_or_else(|| panic!("no base in {statement}"));
+            assert!(base["digest"]["sha256"].is_string(), "{base}");
+        } else {
+            assert!(base.is_none(), "{statement}");
+        }
+    }
 }
 
 #[test]
@@ -446,7 +484,7 @@ fn async_builds_everything_at_once_and_reports_failures_together() {
     assert!(all.contains("multi-arch index good: "), "{all}");
     let index = raw_manifest(&format!("{}/e2e/good:1", registry.host()));
     assert_eq!(
-        index["manifests"].as_array().unwrap().len(),
+        image_entries(&index).len(),
         2,
         "the good service still pushed its index"
     );
@@ -684,7 +722,7 @@ fn flags_build_like_buildx_and_tag_the_index_twice() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let a = raw_manifest(&one);
-    assert_eq!(a["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(image_entries(&a).len(), 2);
     assert_eq!(a, raw_manifest(&two), "both tags name the same index");
 }
 
@@ -718,7 +756,7 @@ fn a_dockerfile_outside_the_context_builds_and_stays_out_of_the_image() {
         &[],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(raw_manifest(&tag)["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(image_entries(&raw_manifest(&tag)).len(), 2);
     assert_eq!(
         file_in_image(&tag, "ctx/hello.txt").as_deref(),
         Some("hi\n")
@@ -1067,7 +1105,7 @@ fn a_controller_restart_mid_build_loses_nothing() {
         .iter()
         .any(|(_, l)| l.contains("the controller restarted")));
     let index = raw_manifest(&format!("{}/e2e/restart:1", registry.host()));
-    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(image_entries(&index).len(), 1);
     drop(second);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_mentioning(&data_dir).is_empty() {

@@ -8,6 +8,7 @@
 //! runs to a pushed image in a real registry.
 
 mod support;
+use support::provenance::image_entries;
 
 use std::collections::HashSet;
 use std::process::{Child, Command};
@@ -285,7 +286,23 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
 
     // The index joins both arches in the real registry.
     let index = raw_manifest(&format!("{}/ecs/app:1", ecs.registry.host()));
-    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(image_entries(&index).len(), 2);
+    // Each image's provenance names Kaniko on ECS, the production builder.
+    let statements = support::provenance::provenance_statements(
+        &format!("{}/ecs/app", ecs.registry.host()),
+        &index,
+    );
+    for s in &statements {
+        let predicate = &s["predicate"];
+        assert_eq!(
+            predicate["runDetails"]["builder"]["version"]["builder"],
+            "kaniko"
+        );
+        assert_eq!(
+            predicate["buildDefinition"]["internalParameters"]["agentPlatform"],
+            "ecs"
+        );
+    }
 
     let dump = ecs.dump();
     // One family per (arch, size); arm64 asked for 1 vCPU / 3G, a valid Fargate pair.

@@ -170,9 +170,11 @@ fn release_artifacts_verify_and_make_bake_builds_bakery_with_bakery() {
     ] {
         let reference = format!("{ns}/{image}:t1");
         let index = raw_manifest(&reference);
-        let mut platforms: Vec<String> = index["manifests"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{reference} is not an index: {index}"))
+        assert!(
+            index["manifests"].is_array(),
+            "{reference} is not an index: {index}"
+        );
+        let mut platforms: Vec<String> = support::provenance::image_entries(&index)
             .iter()
             .map(|m| {
                 format!(

@@ -3,6 +3,7 @@
 //! and the client's refusal to send its token over plain HTTP.
 
 mod support;
+use support::provenance::image_entries;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -102,7 +103,7 @@ fn a_build_runs_over_https_with_a_private_ca() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let index = raw_manifest(&format!("{}/tls/hello:1", registry.host()));
-    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    assert_eq!(image_entries(&index).len(), 2, "{index}");
 }
 
 /// A token over plain HTTP to a host that is not loopback is refused

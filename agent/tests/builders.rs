@@ -28,6 +28,11 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
             target: Some("runtime".into()),
             build_args: [("VERSION".to_string(), "1.2".to_string())].into(),
             labels: [("team".to_string(), "core".to_string())].into(),
+            annotations: [(
+                "org.opencontainers.image.title".to_string(),
+                "app".to_string(),
+            )]
+            .into(),
             env: Default::default(),
             pre_script: None,
             post_script: None,
@@ -207,7 +212,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         build,
         format!(
             "buildah --storage-driver=vfs --root={w}/storage --runroot={w}/run build --isolation=chroot --platform=linux/arm64 \
-             --file=/c/docker/Dockerfile --tag=localhost/bakery-task:arm64 --build-arg=VERSION --secret=id=npmrc,src=/w/secrets/0 --target=runtime --label=team=core \
+             --file=/c/docker/Dockerfile --tag=localhost/bakery-task:arm64 --build-arg=VERSION --secret=id=npmrc,src=/w/secrets/0 --target=runtime --label=team=core --annotation=org.opencontainers.image.title=app \
              --layers --cache-from=r.io/cache/app --cache-to=r.io/cache/app --cache-ttl=24h --verbosity=debug /c"
         )
     );

@@ -358,6 +358,9 @@ fn request(key: &bakery_protocol::ContextKey, i: usize) -> CreateBuild {
             context_bytes: None,
             spec: spec(),
         }],
+        provenance: None,
+        index_annotations: Default::default(),
+        descriptor_annotations: Default::default(),
     }
 }
 
@@ -369,6 +372,7 @@ fn spec() -> BuildSpec {
         target: None,
         build_args: Default::default(),
         labels: Default::default(),
+        annotations: Default::default(),
         env: Default::default(),
         pre_script: None,
         post_script: None,

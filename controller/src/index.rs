@@ -8,6 +8,7 @@
 //! against the arch asked for ([`crate::verify`]): never assumed. The body
 //! is built and hashed here, so the digest we report is the one we pushed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -17,12 +18,14 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::provenance::Attestation;
 use crate::replicate::repository;
 
 /// Why the multi-arch index (or a copy of the per-arch images) could not be written.
@@ -214,6 +217,7 @@ pub async fn write_index(
         destination,
         extra_tags,
         &checked,
+        &Extras::default(),
         credentials,
         policy,
     )
@@ -224,37 +228,58 @@ pub async fn write_index(
 /// manifests whose platform was checked, each entry's `platform` as its
 /// image's config says, and returns its digest. A tag in another
 /// repository gets the per-arch images copied there first
-/// ([`crate::replicate`]), so the index is the same bytes everywhere.
+/// ([`crate::replicate`]), so the index is the same bytes everywhere. Each
+/// of `extras`' attestations is pushed into every repository the index is,
+/// and listed after the images (which makes the index an OCI index).
 pub async fn write_checked(
     client: &Client,
     destination: &str,
     extra_tags: &[String],
     checked: &[crate::verify::Checked],
+    extras: &Extras,
     credentials: &[Credential],
     policy: RetryPolicy,
 ) -> Result<String, IndexError> {
     let reference = parse_reference(destination)?;
     let auth = &auth_for(credentials, reference.registry());
-    let manifests: Vec<serde_json::Value> = checked
+    let attestations = &extras.attestations;
+    let mut manifests: Vec<serde_json::Value> = checked
         .iter()
-        .map(|c| {
-            json!({
+        .enumerate()
+        .map(|(i, c)| {
+            let mut entry = json!({
                 "mediaType": c.media_type,
                 "digest": c.digest,
                 "size": c.size,
                 "platform": c.platform.to_json(),
-            })
+            });
+            if let Some(a) = extras
+                .descriptor_annotations
+                .get(i)
+                .filter(|a| !a.is_empty())
+            {
+                entry["annotations"] = json!(a);
+            }
+            entry
         })
         .collect();
-    let index_type = if checked
-        .iter()
-        .all(|c| c.media_type == IMAGE_MANIFEST_MEDIA_TYPE)
+    manifests.extend(attestations.iter().map(Attestation::index_entry));
+    // Annotations, like attestations, are OCI's: a Docker manifest list has none.
+    let index_type = if attestations.is_empty()
+        && extras.index_annotations.is_empty()
+        && extras.descriptor_annotations.iter().all(BTreeMap::is_empty)
+        && checked
+            .iter()
+            .all(|c| c.media_type == IMAGE_MANIFEST_MEDIA_TYPE)
     {
         IMAGE_MANIFEST_LIST_MEDIA_TYPE
     } else {
         OCI_IMAGE_INDEX_MEDIA_TYPE
     };
-    let index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests});
+    let mut index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests});
+    if !extras.index_annotations.is_empty() {
+        index["annotations"] = json!(extras.index_annotations);
+    }
     let body = serde_json::to_vec(&index).expect("json values serialise");
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let content_type = index_type
@@ -283,6 +308,9 @@ pub async fn write_checked(
                 copy.image(image).await?;
             }
             holding.push(repository(target));
+            push_attestations(client, target, &extras.attestations, policy).await?;
+        } else if target == &reference {
+            push_attestations(client, target, &extras.attestations, policy).await?;
         }
         retry(policy, || {
             client.push_manifest_raw(target, body.clone(), Clone::clone(&content_type))
@@ -294,6 +322,49 @@ pub async fn write_checked(
         })?;
     }
     Ok(digest)
+}
+
+/// What an index holds besides its images.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Provenance attestations, one per image.
+    pub attestations: Vec<Attestation>,
+    /// Annotations on the index itself.
+    pub index_annotations: BTreeMap<String, String>,
+    /// Annotations on each image's entry, in the order of the images.
+    pub descriptor_annotations: Vec<BTreeMap<String, String>>,
+}
+
+/// Pushes each attestation's blobs and manifest (by digest) into `target`'s repository.
+async fn push_attestations(
+    client: &Client,
+    target: &Reference,
+    attestations: &[Attestation],
+    policy: RetryPolicy,
+) -> Result<(), IndexError> {
+    let failed = |e: String| IndexError::Push {
+        dest: format!("{} (provenance attestation)", repository(target)),
+        message: e,
+    };
+    let content_type = OCI_IMAGE_MEDIA_TYPE
+        .parse()
+        .expect("media types are valid header values");
+    for a in attestations {
+        for blob in &a.blobs {
+            retry(policy, || {
+                client.push_blob(target, blob.bytes.clone(), &blob.digest)
+            })
+            .await
+            .map_err(failed)?;
+        }
+        let at = at_digest(target, &a.manifest.digest);
+        retry(policy, || {
+            client.push_manifest_raw(&at, a.manifest.bytes.clone(), Clone::clone(&content_type))
+        })
+        .await
+        .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Runs `call` under `policy`; the error, when it comes, says how many

@@ -17,7 +17,8 @@
 //! * [`auth`]: who is calling, and which builds they may touch;
 //!   [`serve`] and [`tls`]: the listener, its limits and its HTTPS.
 //! * [`verify`]: each pushed image is the architecture it was built for.
-//! * [`index`]: joining per-arch images into the multi-arch index.
+//! * [`index`]: joining per-arch images into the multi-arch index;
+//!   [`provenance`]: the SLSA attestation listed beside each image.
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
 
@@ -30,6 +31,7 @@ pub mod journal;
 pub mod log_stream;
 pub mod metrics;
 pub mod platform;
+pub mod provenance;
 pub mod replicate;
 pub mod routes;
 pub mod serve;

@@ -20,6 +20,7 @@ use oci_client::manifest::{
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::index::{retry, IndexError, RetryPolicy};
 
@@ -125,6 +126,8 @@ pub struct Found {
     pub index: bool,
     /// The platforms it offers: an index's entries, or a single image's own.
     pub platforms: Vec<ImagePlatform>,
+    /// The digest of the manifest (or index) the reference resolved to.
+    pub digest: String,
 }
 
 impl Found {
@@ -168,6 +171,7 @@ pub async fn platforms_of(
         .pull_manifest_raw(&reference, auth, &accepted)
         .await
         .map_err(|e| format!("{image}: {e}"))?;
+    let resolved = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("{image}: {e}"))?;
     if let Some(entries) = value.get("manifests").and_then(|m| m.as_array()) {
@@ -187,6 +191,7 @@ pub async fn platforms_of(
         return Ok(Found {
             index: true,
             platforms,
+            digest: resolved,
         });
     }
     let digest = value
@@ -205,24 +210,38 @@ pub async fn platforms_of(
     Ok(Found {
         index: false,
         platforms: vec![platform],
+        digest: resolved,
     })
+}
+
+/// A base image as the check found it: its reference and, when the
+/// registry answered, the digest the reference resolved to (for the
+/// provenance attestation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBase {
+    /// The reference the Dockerfile names.
+    pub image: String,
+    /// `sha256:…` of what it resolved to; `None` when it could not be read.
+    pub digest: Option<String>,
 }
 
 /// Checks the images a build says it was built on (`bases`, the final
 /// stage's first) serve linux/`arch`: a builder that falls back to another
 /// platform's base may still write `arch` into the config it pushes (buildah
 /// does), so the config alone does not tell. A base that cannot be read is
-/// passed over. The first one that falls short, and why.
+/// passed over. Each base as resolved, or the first one that falls short,
+/// and why.
 pub async fn check_bases(
     client: &Client,
     bases: &[String],
     arch: Arch,
     auth: impl Fn(&str) -> RegistryAuth,
-) -> Result<(), (String, String)> {
+) -> Result<Vec<ResolvedBase>, (String, String)> {
     let wanted = ImagePlatform::parse(arch.platform());
+    let mut resolved = Vec::new();
     for base in bases {
         let host = bakery_protocol::reference::registry_of(base);
-        match platforms_of(client, base, &auth(host)).await {
+        let digest = match platforms_of(client, base, &auth(host)).await {
             Ok(found) if !found.serves(&wanted) => {
                 let first = found
                     .platforms
@@ -230,9 +249,16 @@ pub async fn check_bases(
                     .map_or_else(|| "another platform".into(), ToString::to_string);
                 return Err((first, found.shortfall(base, &wanted)));
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!("cannot check base image {e}"),
-        }
+            Ok(found) => Some(found.digest),
+            Err(e) => {
+                tracing::debug!("cannot check base image {e}");
+                None
+            }
+        };
+        resolved.push(ResolvedBase {
+            image: base.clone(),
+            digest,
+        });
     }
-    Ok(())
+    Ok(resolved)
 }

@@ -5,6 +5,8 @@
 //! own token) endpoints share these shapes, so a change breaks the build of
 //! every party rather than a production run.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{Arch, Platform};
@@ -66,6 +68,17 @@ pub struct CreateBuild {
     pub tags: Vec<String>,
     /// One task per arch, each arch at most once.
     pub tasks: Vec<TaskRequest>,
+    /// The SLSA provenance attestation to attach to each pushed image;
+    /// `None` attaches none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::provenance::Provenance>,
+    /// Annotations on the multi-arch index (`index:` level).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub index_annotations: BTreeMap<String, String>,
+    /// Annotations on each image's entry in the index
+    /// (`manifest-descriptor:` level, and Kaniko images' `manifest:` ones).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptor_annotations: BTreeMap<String, String>,
 }
 
 /// One arch of a build.

@@ -12,16 +12,20 @@
 //! * [`arch`], [`resources`]: architectures, platforms, CPU and memory.
 //! * [`reference`], [`registry`], [`image_platform`]: image references,
 //!   which registries are plain HTTP, and an image's platform.
+//! * [`annotations`]: OCI annotations by level (manifest, index, descriptor).
+//! * [`provenance`]: the SLSA provenance a build asks for, and its source.
 //! * [`validate`]: what the controller checks of requests and reports.
 //! * [`redact`]: keeping secrets out of logs.
 //! * [`dockerfile`]: which images a Dockerfile pulls: the client checks
 //!   them before a build, the agent reports them after.
 
+pub mod annotations;
 pub mod api;
 pub mod arch;
 pub mod context_key;
 pub mod dockerfile;
 pub mod image_platform;
+pub mod provenance;
 pub mod redact;
 pub mod reference;
 pub mod registry;

@@ -34,6 +34,11 @@ pub struct BuildSpec {
     pub build_args: BTreeMap<String, String>,
     /// Labels set on the built image (`--label`).
     pub labels: BTreeMap<String, String>,
+    /// Annotations on the image manifest (`manifest:` level): buildah's
+    /// `--annotation`; for Kaniko, which cannot, the controller puts them
+    /// on the image's index entry (see [`crate::annotations`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Environment variables of the agent's build and its pre- and post-script.
     pub env: BTreeMap<String, String>,
     /// Shell run with `sh -ce` in the context directory before the build; `None` runs nothing.

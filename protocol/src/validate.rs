@@ -68,6 +68,11 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
 /// Checks a build request as the controller receives it.
 pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
     check_service(&request.service)?;
+    if let Some(provenance) = &request.provenance {
+        check_provenance(provenance)?;
+    }
+    check_map(&request.index_annotations, "index_annotations")?;
+    check_map(&request.descriptor_annotations, "descriptor_annotations")?;
     if request.tasks.is_empty() {
         return Err(invalid("tasks", "a build needs at least one task"));
     }
@@ -118,6 +123,30 @@ pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
                     shown(platform),
                     task.arch,
                     task.arch.platform()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Longest field of a provenance request's source (a URL or a workflow ref).
+pub const MAX_SOURCE_CHARS: usize = 2048;
+
+/// The source fields end up in an attestation that tools parse: short,
+/// printable, one line.
+fn check_provenance(provenance: &crate::provenance::Provenance) -> Result<(), Invalid> {
+    for (name, value) in provenance.source.fields() {
+        let Some(value) = value else { continue };
+        if value.is_empty()
+            || value.chars().count() > MAX_SOURCE_CHARS
+            || value.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                format!("provenance.source.{name}"),
+                format!(
+                    "`{}` is not a source description: 1 to {MAX_SOURCE_CHARS} printable characters",
+                    shown(value)
                 ),
             ));
         }
@@ -259,32 +288,38 @@ fn check_secrets(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Build args, labels and env: names a shell and a Dockerfile accept,
+/// Build args, labels, annotations and env: names a shell and a Dockerfile accept,
 /// values of bounded size without NUL.
 fn check_maps(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
-    let f = |name: &str| format!("{at}.{name}");
     for (name, map) in [
         ("build_args", &spec.build_args),
         ("labels", &spec.labels),
+        ("annotations", &spec.annotations),
         ("env", &spec.env),
     ] {
-        for (k, v) in map {
-            if k.is_empty()
-                || k.len() > MAX_NAME_BYTES
-                || k.contains('=')
-                || k.chars().any(|c| c.is_control() || c.is_whitespace())
-            {
-                return Err(invalid(
-                    format!("{}.{}", f(name), shown(k)),
-                    format!("a name must be 1 to {MAX_NAME_BYTES} bytes, without `=`, spaces or control characters"),
-                ));
-            }
-            if v.contains('\0') || v.len() > MAX_VALUE_BYTES {
-                return Err(invalid(
-                    format!("{}.{k}", f(name)),
-                    format!("a value must be under {MAX_VALUE_BYTES} bytes, without NUL"),
-                ));
-            }
+        check_map(map, &format!("{at}.{name}"))?;
+    }
+    Ok(())
+}
+
+/// One map of names and values (see [`check_maps`]); `at` names it.
+fn check_map(map: &std::collections::BTreeMap<String, String>, at: &str) -> Result<(), Invalid> {
+    for (k, v) in map {
+        if k.is_empty()
+            || k.len() > MAX_NAME_BYTES
+            || k.contains('=')
+            || k.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(invalid(
+                format!("{at}.{}", shown(k)),
+                format!("a name must be 1 to {MAX_NAME_BYTES} bytes, without `=`, spaces or control characters"),
+            ));
+        }
+        if v.contains('\0') || v.len() > MAX_VALUE_BYTES {
+            return Err(invalid(
+                format!("{at}.{k}"),
+                format!("a value must be under {MAX_VALUE_BYTES} bytes, without NUL"),
+            ));
         }
     }
     Ok(())

@@ -22,6 +22,9 @@ use bakery_protocol::api::{BuildState, BuildStatus};
 use crate::ci::CiSystem;
 use crate::cli::LogFormat;
 use crate::client::{self, Controller, Event};
+use bakery_protocol::annotations::Annotations;
+use bakery_protocol::provenance::{Provenance, ProvenanceMode, Source};
+
 use crate::outcome::ServiceResult;
 use crate::printer::Printer;
 use upload::Contexts;
@@ -37,6 +40,10 @@ pub struct BuildOptions {
     pub codec: Codec,
     /// `--log-format`; `None` prints for a person (coloured prefixes on a terminal).
     pub format: Option<LogFormat>,
+    /// `--provenance`: the attestation each pushed image gets; `None` for none.
+    pub provenance: Option<ProvenanceMode>,
+    /// `--annotation`: for every service.
+    pub annotations: Annotations,
 }
 
 /// Where the controller is: a URL, or one started in this process.
@@ -83,6 +90,13 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         ci,
         submitted: Arc::default(),
         reporting: crate::ci::Reporting::default(),
+        asks: upload::Asks {
+            provenance: opts.provenance.map(|mode| Provenance {
+                mode,
+                source: Source::from_env(crate::ci::var),
+            }),
+            annotations: opts.annotations.clone(),
+        },
     };
     let results = tokio::select! {
         r = run.all(&opts) => r?,
@@ -199,6 +213,8 @@ struct Run<'a> {
     submitted: Arc<Mutex<Vec<(String, String)>>>,
     /// Each call to the CI system's API, bounded.
     reporting: crate::ci::Reporting,
+    /// What every build asks of its index: provenance, annotations.
+    asks: upload::Asks,
 }
 
 impl Run<'_> {
@@ -254,7 +270,7 @@ impl Run<'_> {
     async fn submit(&self, service: &bakery_plan::ServicePlan) -> Result<String> {
         let id = self
             .controller
-            .create(&upload::request(service, self.contexts)?)
+            .create(&upload::request(service, self.contexts, &self.asks)?)
             .await?;
         self.submitted
             .lock()

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use bakery_pack::{pack_to_dir, Codec, PackOptions};
 use bakery_plan::{Plan, ServicePlan};
 use bakery_protocol::api::{ContextStore, CreateBuild, TaskRequest};
+use bakery_protocol::BuildSpec;
 
 use crate::client::Controller;
 
@@ -165,7 +166,15 @@ fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3S
 }
 
 /// The build request for one service, naming each arch's uploaded context.
-pub(super) fn request(service: &ServicePlan, keys: &Contexts) -> Result<CreateBuild> {
+/// What every build of a run asks of its index besides the images.
+pub(super) struct Asks {
+    /// The provenance attestation; `None` for none.
+    pub provenance: Option<bakery_protocol::provenance::Provenance>,
+    /// `--annotation`, by level.
+    pub annotations: bakery_protocol::annotations::Annotations,
+}
+
+pub(super) fn request(service: &ServicePlan, keys: &Contexts, asks: &Asks) -> Result<CreateBuild> {
     let tasks = service
         .builds
         .iter()
@@ -179,7 +188,10 @@ pub(super) fn request(service: &ServicePlan, keys: &Contexts) -> Result<CreateBu
                 push: b.push.clone(),
                 context_key: uploaded.key,
                 context_bytes: Some(uploaded.content_bytes),
-                spec: b.spec.clone(),
+                spec: BuildSpec {
+                    annotations: asks.annotations.manifest.clone(),
+                    ..b.spec.clone()
+                },
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -188,5 +200,12 @@ pub(super) fn request(service: &ServicePlan, keys: &Contexts) -> Result<CreateBu
         destination: service.destination.clone(),
         tags: service.tags.clone(),
         tasks,
+        // Only what is pushed gets an attestation.
+        provenance: asks
+            .provenance
+            .clone()
+            .filter(|_| service.destination.is_some()),
+        index_annotations: asks.annotations.index.clone(),
+        descriptor_annotations: asks.annotations.manifest_descriptor.clone(),
     })
 }

@@ -242,7 +242,10 @@ impl Statuses {
             if self.sent.lock().expect("lock").get(&key) == Some(&state) {
                 continue;
             }
-            let name = format!("bakery/{}/{}", status.service, task.arch);
+            let name = match crate::ci::var("BAKERY_CHECK_NAME") {
+                Some(n) => format!("bakery/{}/{}/{}", status.service, n.trim(), task.arch),
+                None => format!("bakery/{}/{}", status.service, task.arch),
+            };
             let description: String = match (&task.digest, &task.error) {
                 (Some(d), _) => format!("pushed {d}"),
                 (None, Some(e)) => e.clone(),

@@ -137,6 +137,18 @@ pub async fn detect(with_statuses: bool) -> Arc<dyn CiSystem> {
     }
 }
 
+/// What a service's check run (GitHub) or commit statuses (GitLab) are
+/// called: `bakery: <service>`, and with `BAKERY_CHECK_NAME` (the action's
+/// and component's `check-name`) ` (<name>)` after it, so that matrix jobs
+/// building the same service report separately instead of overwriting
+/// one another.
+pub(crate) fn check_name(service: &str) -> String {
+    match var("BAKERY_CHECK_NAME") {
+        Some(name) => format!("bakery: {service} ({})", name.trim()),
+        None => format!("bakery: {service}"),
+    }
+}
+
 /// An environment variable, unset when empty (CI systems export empty
 /// variables freely).
 pub(crate) fn var(k: &str) -> Option<String> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod provenance;
 pub mod runner;
 
 use std::net::TcpListener;

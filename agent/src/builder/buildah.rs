@@ -118,6 +118,10 @@ impl Buildah {
         for (k, v) in &spec.labels {
             build.push(format!("--label={k}={v}"));
         }
+        // On the OCI manifest buildah writes (its default format).
+        for (k, v) in &spec.annotations {
+            build.push(format!("--annotation={k}={v}"));
+        }
         if spec.cache.enable == Some(true) {
             build.push("--layers".into());
             if let Some(repo) = &spec.cache.repo {

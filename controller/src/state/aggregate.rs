@@ -4,12 +4,14 @@
 //! supervisor and has the journal save it accordingly, so no caller has to
 //! remember to.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bakery_protocol::api::{
     now_ms, AgentLine, AgentResult, BuildState, BuildStatus, CreateBuild, Creator, LogEventRef,
     TaskRequest, TaskState,
 };
+use bakery_protocol::provenance::Provenance;
 use bakery_protocol::redact::Redactor;
 use bakery_protocol::spec::Credential;
 use bakery_protocol::validate;
@@ -88,6 +90,18 @@ pub struct Limits<'a> {
     pub diagnose: &'a dyn Fn(Platform, &crate::platform::AgentHandle) -> Option<String>,
 }
 
+/// What a build asks of its index besides the images (see
+/// [`CreateBuild`]): provenance attestations and annotations.
+#[derive(Debug, Clone, Default)]
+pub struct IndexAsks {
+    /// The provenance attestation each image gets, if any.
+    pub provenance: Option<Provenance>,
+    /// On the index itself.
+    pub index_annotations: BTreeMap<String, String>,
+    /// On each image's entry in the index.
+    pub descriptor_annotations: BTreeMap<String, String>,
+}
+
 /// A check-in that is not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AlreadyCheckedIn;
@@ -99,6 +113,8 @@ pub struct Aggregate {
     service: String,
     destination: Option<String>,
     tags: Vec<String>,
+    /// What the client asked of the index besides its images.
+    asks: IndexAsks,
     head: Head,
     tasks: Vec<Task>,
     logs: Vec<StoredLine>,
@@ -129,7 +145,15 @@ impl Aggregate {
             destination,
             tags,
             tasks,
+            provenance,
+            index_annotations,
+            descriptor_annotations,
         } = request;
+        let asks = IndexAsks {
+            provenance,
+            index_annotations,
+            descriptor_annotations,
+        };
         let tasks: Vec<Task> = tasks
             .into_iter()
             .map(|t| Task::new(&id, t, default, super::random_token()))
@@ -148,6 +172,7 @@ impl Aggregate {
             service,
             destination,
             tags,
+            asks,
             head,
             tasks,
             logs: Vec::new(),
@@ -215,6 +240,11 @@ impl Aggregate {
             service: request.service,
             destination: request.destination,
             tags: request.tags,
+            asks: IndexAsks {
+                provenance: request.provenance,
+                index_annotations: request.index_annotations,
+                descriptor_annotations: request.descriptor_annotations,
+            },
             head: Head {
                 state: status.state,
                 index_digest: status.index_digest,
@@ -310,7 +340,15 @@ impl Aggregate {
             destination: self.destination.clone(),
             tags: self.tags.clone(),
             tasks: self.tasks.iter().map(|t| t.request.clone()).collect(),
+            provenance: self.asks.provenance.clone(),
+            index_annotations: self.asks.index_annotations.clone(),
+            descriptor_annotations: self.asks.descriptor_annotations.clone(),
         }
+    }
+
+    /// What the client asked of the index besides its images.
+    pub fn index_asks(&self) -> &IndexAsks {
+        &self.asks
     }
 
     /// The build's tasks, one per arch, in the order of the request.

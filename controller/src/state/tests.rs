@@ -46,6 +46,9 @@ fn request(arches: &[Arch], push: bool) -> CreateBuild {
                 spec: spec(*a),
             })
             .collect(),
+        provenance: None,
+        index_annotations: Default::default(),
+        descriptor_annotations: Default::default(),
     }
 }
 

@@ -10,6 +10,9 @@ use crate::App;
 
 type ClientMaking = tokio::task::JoinHandle<oci_client::Client>;
 
+/// A pushed image that is its arch, and its bases as resolved.
+type Checked = (crate::verify::Checked, Vec<crate::verify::ResolvedBase>);
+
 /// Starts making the registry client for the build's check and index on a
 /// blocking thread, so that it is ready by the time the agents have pushed
 /// (see [`crate::index::registry_client`]). `None` when nothing is pushed.
@@ -93,10 +96,14 @@ async fn finish_pushed(app: &App, build: &Build, client: Option<ClientMaking>) {
     let bases_client = bases_client(app, &client, &pushed).await;
     let auth = |host: &str| index::auth_for(&credentials, host);
     let mut checked = Vec::new();
+    let mut resolved = Vec::new();
     let mut wrong = Vec::new();
     for p in &pushed {
         match check_one(&client, &bases_client, p, &auth, policy).await {
-            Ok(Ok(config)) => checked.push(config),
+            Ok(Ok((config, bases))) => {
+                checked.push(config);
+                resolved.push(bases);
+            }
             Ok(Err(why)) => wrong.push((p.index, why)),
             Err(e) => return build.update(|b| b.index_failed(e.to_string())),
         }
@@ -114,12 +121,114 @@ async fn finish_pushed(app: &App, build: &Build, client: Option<ClientMaking>) {
             &format!("and in {other}, with the per-arch images copied there"),
         );
     }
-    let result =
-        index::write_checked(&client, &destination, &tags, &checked, &credentials, policy).await;
+    let extras = extras(build, &destination, &pushed, &checked, &resolved);
+    if !extras.attestations.is_empty() {
+        let n = extras.attestations.len();
+        let s = if n == 1 { "" } else { "s" };
+        build.log(0, &format!("attaching {n} SLSA provenance attestation{s}"));
+    }
+    let result = index::write_checked(
+        &client,
+        &destination,
+        &tags,
+        &checked,
+        &extras,
+        &credentials,
+        policy,
+    )
+    .await;
     match result {
         Ok(digest) => build.update(|b| b.index_written(&digest)),
         Err(e) => build.update(|b| b.index_failed(e.to_string())),
     }
+}
+
+/// The index's annotations and attestations, as the build asked. A
+/// Kaniko-built image's manifest annotations (Kaniko cannot write them) go
+/// on its index entry, and the log says so.
+fn extras(
+    build: &Build,
+    destination: &str,
+    pushed: &[Pushed],
+    checked: &[crate::verify::Checked],
+    resolved: &[Vec<crate::verify::ResolvedBase>],
+) -> index::Extras {
+    let (asks, descriptor_annotations, moved) = {
+        let read = build.read();
+        let asks = read.index_asks().clone();
+        let mut moved = false;
+        let descriptors = pushed
+            .iter()
+            .map(|p| {
+                let task = read.task(p.index);
+                let mut own = asks.descriptor_annotations.clone();
+                let manifest = &task.request().spec.annotations;
+                if !manifest.is_empty()
+                    && crate::provenance::builder_kind(task.platform()) == "kaniko"
+                {
+                    own.extend(manifest.clone());
+                    moved = true;
+                }
+                own
+            })
+            .collect::<Vec<_>>();
+        (asks, descriptors, moved)
+    };
+    if moved {
+        build.log(
+            0,
+            "Kaniko cannot annotate image manifests: the manifest annotations are on each image's entry in the index",
+        );
+    }
+    index::Extras {
+        attestations: attestations(build, destination, pushed, checked, resolved),
+        index_annotations: asks.index_annotations,
+        descriptor_annotations,
+    }
+}
+
+/// One provenance attestation per checked image, when the build asked for
+/// them (see [`crate::provenance`]).
+fn attestations(
+    build: &Build,
+    destination: &str,
+    pushed: &[Pushed],
+    checked: &[crate::verify::Checked],
+    resolved: &[Vec<crate::verify::ResolvedBase>],
+) -> Vec<crate::provenance::Attestation> {
+    let read = build.read();
+    let Some(provenance) = read.index_asks().provenance.as_ref() else {
+        return Vec::new();
+    };
+    let repository = index::parse_reference(destination).map_or_else(
+        |_| destination.to_string(),
+        |r| crate::replicate::repository(&r),
+    );
+    let status = read.status();
+    let finished_ms = bakery_protocol::api::now_ms();
+    pushed
+        .iter()
+        .zip(checked)
+        .zip(resolved)
+        .map(|((p, c), bases)| {
+            let task = read.task(p.index);
+            let platform = c.platform.to_string();
+            let facts = crate::provenance::Facts {
+                build_id: &status.id,
+                provenance,
+                repository: &repository,
+                digest: &c.digest,
+                platform: &platform,
+                spec: &task.request().spec,
+                context: &task.request().context_key,
+                agent_platform: task.platform(),
+                bases,
+                started_ms: status.created_ms,
+                finished_ms,
+            };
+            crate::provenance::Attestation::new(&crate::provenance::statement(&facts), &c.digest)
+        })
+        .collect()
 }
 
 /// The repositories of `tags` other than the destination's, once each.
@@ -148,7 +257,7 @@ async fn check_one(
     p: &Pushed,
     auth: &(impl Fn(&str) -> oci_client::secrets::RegistryAuth + Sync),
     policy: index::RetryPolicy,
-) -> Result<Result<crate::verify::Checked, String>, IndexError> {
+) -> Result<Result<Checked, String>, IndexError> {
     let config = async {
         let repo = index::parse_reference(&p.push)?;
         crate::verify::check(
@@ -163,11 +272,11 @@ async fn check_one(
     };
     let bases = crate::verify::check_bases(bases_client, &p.bases, p.arch, auth);
     match (config.await, bases.await) {
-        (Ok(c), Ok(())) => Ok(Ok(c)),
+        (Ok(c), Ok(bases)) => Ok(Ok((c, bases))),
         (Ok(_) | Err(IndexError::WrongPlatform { .. }), Err((found, why))) => {
             Ok(Err(format!("the image is {found}: {why}")))
         }
-        (Err(IndexError::WrongPlatform { found, .. }), Ok(())) => {
+        (Err(IndexError::WrongPlatform { found, .. }), Ok(_)) => {
             let why = match p.bases.first() {
                 Some(base) => format!(
                     "it was built FROM {base}; check that it has a linux/{} variant, and `--platform` on the FROM lines",

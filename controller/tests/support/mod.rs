@@ -189,6 +189,7 @@ pub fn spec() -> BuildSpec {
         target: None,
         build_args: Default::default(),
         labels: Default::default(),
+        annotations: Default::default(),
         env: Default::default(),
         pre_script: None,
         post_script: None,
@@ -234,6 +235,9 @@ pub fn request(key: &str, arches: &[Arch]) -> CreateBuild {
                 },
             })
             .collect(),
+        provenance: None,
+        index_annotations: Default::default(),
+        descriptor_annotations: Default::default(),
     }
 }
 

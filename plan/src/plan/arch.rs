@@ -1,5 +1,6 @@
 //! One arch's build: its layers merged, checked and turned into a spec.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bakery_protocol::reference::ImageRef;
@@ -232,6 +233,8 @@ fn spec(
         target: kaniko.target,
         build_args: kaniko.build_args.unwrap_or_default(),
         labels: kaniko.labels.unwrap_or_default(),
+        // `--annotation` applies to every service: the client adds them.
+        annotations: BTreeMap::new(),
         env: merged.env.unwrap_or_default(),
         pre_script: merged.pre_script,
         post_script: merged.post_script,

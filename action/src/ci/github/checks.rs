@@ -64,7 +64,7 @@ impl Checks {
     pub(super) async fn start(&self, status: &BuildStatus) -> Result<(), octocrab::Error> {
         let checks = self.client.checks(&self.owner, &self.repo);
         let mut request = checks
-            .create_check_run(format!("bakery: {}", status.service), &self.sha)
+            .create_check_run(crate::ci::check_name(&status.service), &self.sha)
             .status(CheckRunStatus::InProgress)
             .external_id(status.id.clone());
         if let Some(url) = &self.details_url {

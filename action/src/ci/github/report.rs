@@ -201,12 +201,9 @@ pub fn annotations(
                 let text = std::fs::read_to_string(df).ok()?;
                 locate(&text, &message, tail)
             });
-            let path = dockerfile.filter(|_| line.is_some()).map(|df| {
-                df.strip_prefix(workspace)
-                    .unwrap_or(&df)
-                    .display()
-                    .to_string()
-            });
+            let path = dockerfile
+                .filter(|_| line.is_some())
+                .map(|df| repository_path(&df, workspace));
             out.push(Annotation {
                 path,
                 line,
@@ -221,23 +218,40 @@ pub fn annotations(
 /// A located problem (a plan error, a base image without the platform) as
 /// a workflow command at its file, line and column.
 pub fn diagnostic_command(d: &bakery_plan::Diagnostic, workspace: &Path, title: &str) -> String {
-    let file = d
-        .location
-        .file
-        .strip_prefix(workspace)
-        .unwrap_or(&d.location.file);
+    let file = repository_path(&d.location.file, workspace);
     let message = match &d.hint {
         Some(hint) => format!("{}\n{hint}", d.message),
         None => d.message.clone(),
     };
     format!(
         "::error file={},line={},col={},title={}::{}",
-        escape_property(&file.display().to_string()),
+        escape_property(&file),
         d.location.line,
         d.location.column,
         escape_property(title),
         escape_data(&message)
     )
+}
+
+/// `file` as GitHub wants annotation paths: relative to the root of the
+/// repository it is in, the nearest directory at or below the workspace
+/// holding `.git` (actions/checkout with `path:` checks out below the
+/// workspace); else relative to the workspace.
+pub fn repository_path(file: &Path, workspace: &Path) -> String {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if !d.starts_with(workspace) {
+            break;
+        }
+        if d.join(".git").exists() {
+            return file.strip_prefix(d).unwrap_or(file).display().to_string();
+        }
+        dir = d.parent();
+    }
+    file.strip_prefix(workspace)
+        .unwrap_or(file)
+        .display()
+        .to_string()
 }
 
 fn escape_data(s: &str) -> String {
@@ -248,6 +262,24 @@ fn escape_data(s: &str) -> String {
 
 fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+#[cfg(test)]
+mod repository_path_tests {
+    use super::repository_path;
+
+    #[test]
+    fn annotation_paths_are_relative_to_the_checkout_also_below_the_workspace() {
+        let ws = tempfile::tempdir().unwrap();
+        let repo = ws.path().join("src");
+        std::fs::create_dir_all(repo.join(".git")).unwrap();
+        std::fs::create_dir_all(repo.join("docker")).unwrap();
+        let file = repo.join("docker/Dockerfile");
+        assert_eq!(repository_path(&file, ws.path()), "docker/Dockerfile");
+        // Without a .git: relative to the workspace, as before.
+        let plain = ws.path().join("other/Dockerfile");
+        assert_eq!(repository_path(&plain, ws.path()), "other/Dockerfile");
+    }
 }
 
 #[cfg(test)]
