@@ -169,6 +169,24 @@ pub struct Input {
     )]
     pub annotations: Vec<String>,
 
+    /// Named build context (buildx syntax: NAME=DIR or NAME=docker-image://IMAGE; repeat for more), for `FROM NAME` and `COPY --from=NAME`; needs the buildah builder (the local platform): Kaniko has none, and the controller refuses it there.
+    #[arg(
+        long = "build-context",
+        env = "BAKERY_BUILD_CONTEXTS",
+        value_delimiter = '\n',
+        global = true
+    )]
+    pub build_contexts: Vec<String>,
+
+    /// SSH key for RUN --mount=type=ssh (ID=KEYFILE, e.g. default=$HOME/.ssh/id_ed25519; repeat for more): sent as a build secret is; the build's agent cannot reach this machine's ssh-agent. Needs the buildah builder (the local platform).
+    #[arg(
+        long = "ssh",
+        env = "BAKERY_SSH",
+        value_delimiter = '\n',
+        global = true
+    )]
+    pub ssh: Vec<String>,
+
     /// SLSA provenance attestation on each pushed image, attached as BuildKit attaches it: true or mode=min (the default, as docker buildx), mode=max (adds the Dockerfile, target and labels), false. Never a build-arg value or secret.
     #[arg(
         long,

@@ -92,11 +92,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 detach,
                 codec,
                 format: cli.log_format,
-                provenance: cli.input.provenance.0,
-                annotations: bakery_protocol::annotations::Annotations::parse(
-                    cli.input.annotations.iter().map(String::as_str),
-                )
-                .map_err(|e| anyhow::anyhow!("--annotation (BAKERY_ANNOTATIONS): {e}"))?,
+                asks: build::Asks::from_input(&cli.input)?,
             };
             let ok = match build::build(plan, target, opts).await {
                 Ok(ok) => ok,

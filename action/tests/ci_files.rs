@@ -886,8 +886,8 @@ fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
 /// False` had pushed (only `false` was seen); anything else fails the step
 /// naming the input. And secret-envs takes build-push-action's comma form.
 /// build-push-action's cache-from/cache-to (buildx syntax), annotations,
-/// provenance and attests map to bakery's cache repository, annotations and
-/// provenance; what bakery cannot do fails the step naming the input and the
+/// provenance, attests, build-contexts and ssh map to bakery's cache
+/// repository, annotations, provenance, named contexts and SSH keys; what bakery cannot do fails the step naming the input and the
 /// type, never silently dropped.
 #[test]
 fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
@@ -896,7 +896,7 @@ fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
     std::fs::write(
         stub.path().join("bakery"),
         format!(
-            "#!/bin/sh\n{{ for v in BAKERY_CACHE_REPO BAKERY_ANNOTATIONS BAKERY_PROVENANCE; do printf '%s=%s|\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
+            "#!/bin/sh\n{{ for v in BAKERY_CACHE_REPO BAKERY_ANNOTATIONS BAKERY_PROVENANCE BAKERY_BUILD_CONTEXTS BAKERY_SSH; do printf '%s=%s|\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
             dump.display()
         ),
     )
@@ -934,8 +934,18 @@ fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
             "manifest:org.opencontainers.image.title=app\nindex:org.opencontainers.image.description=An app\n",
         ),
         ("INPUT_PROVENANCE", "mode=max"),
+        ("INPUT_BUILD_CONTEXTS", "shared=../shared\nbase=docker-image://alpine:3.20\n"),
+        ("INPUT_SSH", "default=/home/runner/.ssh/id_ed25519\n"),
     ]);
     assert!(ok, "{stdout}");
+    assert!(
+        dumped.contains("BAKERY_BUILD_CONTEXTS=shared=../shared\nbase=docker-image://alpine:3.20|"),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("BAKERY_SSH=default=/home/runner/.ssh/id_ed25519|"),
+        "{dumped}"
+    );
     assert!(
         dumped.contains("BAKERY_CACHE_REPO=ghcr.io/acme/app-buildcache|"),
         "{dumped}"

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bakery_client::AgentApi;
 use bakery_protocol::api::{AgentTask, ContextSource};
-use bakery_protocol::spec::DOCKERFILE_BESIDE;
+use bakery_protocol::spec::{NamedContext, CONTEXTS_BESIDE, DOCKERFILE_BESIDE};
 use bakery_protocol::{BuildSpec, ContextKey};
 use futures_util::TryStreamExt;
 
@@ -120,6 +120,29 @@ pub fn take_beside(context: &Path, work: &Path, spec: &BuildSpec) -> Result<(), 
             "moving the Dockerfile sent beside the context out of it: {e}"
         ))
     })
+}
+
+/// Named build contexts sent in the archive are moved out of the context
+/// before anything runs, as a Dockerfile sent beside it is, into
+/// `<work>/contexts/<n>` ([`named_dir`]).
+pub fn take_named(context: &Path, work: &Path, spec: &BuildSpec) -> Result<(), AgentError> {
+    let sent = spec
+        .build_contexts
+        .values()
+        .any(|c| matches!(c, NamedContext::Archive(_)));
+    if !sent {
+        return Ok(());
+    }
+    std::fs::rename(context.join(CONTEXTS_BESIDE), work.join("contexts")).map_err(|e| {
+        AgentError::Context(format!(
+            "moving the named build contexts sent with the context out of it: {e}"
+        ))
+    })
+}
+
+/// Where the named build context stored as `n` lies once taken.
+pub fn named_dir(work: &Path, n: u32) -> PathBuf {
+    work.join("contexts").join(n.to_string())
 }
 
 /// Where the builder reads the Dockerfile: in the context, or in the work

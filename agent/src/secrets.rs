@@ -5,22 +5,24 @@
 
 use std::path::{Path, PathBuf};
 
-use bakery_protocol::api::AgentTask;
+use bakery_protocol::spec::BuildSecret;
 
 use crate::error::{io, AgentError};
 
-/// Writes each secret of `task` and returns `(id, path)` pairs.
-pub(crate) fn write_secret_files(
+/// Writes each of `secrets` (build secrets, SSH keys) into `<work>/<dir>`
+/// and returns `(id, path)` pairs.
+pub(crate) fn write_files(
     work: &Path,
-    task: &AgentTask,
+    dir: &str,
+    secrets: &[BuildSecret],
 ) -> Result<Vec<(String, PathBuf)>, AgentError> {
-    if task.spec.secrets.is_empty() {
+    if secrets.is_empty() {
         return Ok(Vec::new());
     }
-    let dir = work.join("secrets");
+    let dir = work.join(dir);
     std::fs::create_dir_all(&dir).map_err(io("creating the secrets dir"))?;
     let mut files = Vec::new();
-    for (i, secret) in task.spec.secrets.iter().enumerate() {
+    for (i, secret) in secrets.iter().enumerate() {
         // Numbered, not named by id: an id is the user's text.
         let path = dir.join(i.to_string());
         crate::step::write_private(&path, secret.value.expose().as_bytes())
@@ -28,6 +30,13 @@ pub(crate) fn write_secret_files(
         files.push((secret.id.clone(), path));
     }
     Ok(files)
+}
+
+/// buildah's `--ssh` flags for key `files`.
+pub(crate) fn ssh_flags(files: &[(String, PathBuf)]) -> impl Iterator<Item = String> + '_ {
+    files
+        .iter()
+        .map(|(id, path)| format!("--ssh={id}={}", path.display()))
 }
 
 /// The builders' flags for `files`.

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use bakery_protocol::api::AgentTask;
 use bakery_protocol::dockerfile::{self, Base};
+use bakery_protocol::spec::NamedContext;
 use bakery_protocol::Arch;
 
 use crate::AgentError;
@@ -40,18 +41,36 @@ pub fn read(dockerfile: &Path, task: &AgentTask) -> Sources {
     let pulls = dockerfile::pulls(&stages, target).unwrap_or_default();
     // What the build pulls for the platform it builds (a stage pinned to
     // another with `--platform` is meant to be of that one).
-    let mut bases: Vec<String> = dockerfile::root_base(&stages, target).into_iter().collect();
+    // A named build context stands in for the image of its name: an
+    // image context is pulled instead, a directory is not pulled at all.
+    let named = &task.spec.build_contexts;
+    let resolve = |image: &String| match named.get(image) {
+        Some(NamedContext::DockerImage(other)) => Some(other.clone()),
+        Some(NamedContext::Archive(_)) => None,
+        None => Some(image.clone()),
+    };
+    let mut bases: Vec<String> = dockerfile::root_base(&stages, target)
+        .iter()
+        .filter_map(resolve)
+        .collect();
     for pull in pulls
         .iter()
         .filter(|p| p.platform.as_ref().is_none_or(|p| p == platform))
+        .filter_map(|p| resolve(&p.image))
     {
-        if !bases.contains(&pull.image) {
-            bases.push(pull.image.clone());
+        if !bases.contains(&pull) {
+            bases.push(pull);
         }
     }
     let mut hosts: Vec<String> = Vec::new();
     let cache = task.spec.cache.repo.iter().chain(&task.spec.cache_from);
-    for image in pulls.iter().map(|p| &p.image).chain(cache) {
+    let images = named.values().filter_map(|c| match c {
+        NamedContext::DockerImage(image) => Some(image.clone()),
+        NamedContext::Archive(_) => None,
+    });
+    let pulled: Vec<String> = pulls.iter().filter_map(|p| resolve(&p.image)).collect();
+    for image in pulled.iter().cloned().chain(cache.cloned()).chain(images) {
+        let image = &image;
         let host = bakery_protocol::reference::registry_of(image).to_string();
         if !hosts.contains(&host) {
             hosts.push(host);

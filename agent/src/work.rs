@@ -9,7 +9,7 @@ use bakery_protocol::api::AgentTask;
 use bakery_protocol::redact::Redactor;
 
 use crate::builder::{self, Builder, Job};
-use crate::context::{check_dockerfile, download, extraction_limits, take_beside};
+use crate::context::{check_dockerfile, download, extraction_limits, take_beside, take_named};
 use crate::error::{io, AgentError};
 use crate::logs::LogSink;
 use crate::step::{run_builder_step, script_step};
@@ -55,7 +55,8 @@ pub(crate) async fn work(
     let sources = sources::read(&dockerfile, &task);
     sources::check_emulation(&task, &sources)?;
     let docker_config = login::write_docker_config(&cfg.work_dir, &task)?;
-    let secret_files = crate::secrets::write_secret_files(&cfg.work_dir, &task)?;
+    let secret_files = crate::secrets::write_files(&cfg.work_dir, "secrets", &task.spec.secrets)?;
+    let ssh_files = crate::secrets::write_files(&cfg.work_dir, "ssh", &task.spec.ssh)?;
     let insecure = sources::plain_http(&task, &sources, &cfg.insecure);
     let push = task.push.as_deref().filter(|_| !task.spec.no_push);
     crate::registries::check(
@@ -82,6 +83,7 @@ pub(crate) async fn work(
         work_dir: &cfg.work_dir,
         docker_config: docker_config.as_deref(),
         secret_files: &secret_files,
+        ssh_files: &ssh_files,
         insecure: &insecure,
     };
     build(builder.as_ref(), &job, log, born).await?;
@@ -120,6 +122,7 @@ async fn fetch_context(
     let extracted = download(controller, task, &context_dir, limits).await?;
     check_dockerfile(&context_dir, &task.spec.dockerfile)?;
     take_beside(&context_dir, &cfg.work_dir, &task.spec)?;
+    take_named(&context_dir, &cfg.work_dir, &task.spec)?;
     log.line(format!(
         "context: {} entries, {} bytes, unpacked in {:.2}s",
         extracted.entries,

@@ -33,6 +33,8 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
                 "app".to_string(),
             )]
             .into(),
+            ssh: Vec::new(),
+            build_contexts: Default::default(),
             env: Default::default(),
             pre_script: None,
             post_script: None,
@@ -73,6 +75,7 @@ fn kaniko_command_line() {
         work_dir: Path::new("/w"),
         docker_config: Some(Path::new("/w/docker")),
         secret_files: &[],
+        ssh_files: &[],
         insecure: &["reg.lan:5000".to_string()],
     };
     let steps = of_kind(BuilderKind::Kaniko).steps(&job).unwrap();
@@ -143,6 +146,7 @@ fn build_arg_values_stay_off_the_command_line() {
         work_dir: work.path(),
         docker_config: None,
         secret_files: &[],
+        ssh_files: &[],
         insecure: &[],
     };
     for builder in [BuilderKind::Kaniko, BuilderKind::Buildah] {
@@ -183,6 +187,7 @@ fn kaniko_without_push() {
         work_dir: Path::new("/w"),
         docker_config: None,
         secret_files: &[],
+        ssh_files: &[],
         insecure: &[],
     };
     let argv = &of_kind(BuilderKind::Kaniko).steps(&job).unwrap()[0].argv;
@@ -202,6 +207,7 @@ fn buildah_builds_then_pushes_with_its_own_storage() {
         work_dir: work.path(),
         docker_config: Some(Path::new("/w/docker")),
         secret_files: &secrets,
+        ssh_files: &[],
         insecure: &insecure,
     };
     let steps = of_kind(BuilderKind::Buildah).steps(&job).unwrap();
@@ -247,6 +253,7 @@ fn buildah_without_logins_reads_no_ambient_login_file() {
         work_dir: work.path(),
         docker_config: None,
         secret_files: &[],
+        ssh_files: &[],
         insecure: &[],
     };
     let steps = of_kind(BuilderKind::Buildah).steps(&job).unwrap();
@@ -275,6 +282,7 @@ fn both_builders_take_secrets_as_files() {
         work_dir: work.path(),
         docker_config: None,
         secret_files: &files,
+        ssh_files: &[],
         insecure: &[],
     };
     let flag = format!("--secret=id=npmrc,src={}", files[0].1.display());
@@ -290,4 +298,53 @@ fn both_builders_take_secrets_as_files() {
             assert!(!all.contains("never-in-argv-77"), "{builder}: {all}");
         }
     }
+}
+
+/// Named build contexts and SSH keys: buildah's `--build-context` (a
+/// directory sent with the context, or an image) and `--ssh id=file`;
+/// Kaniko, which has neither, refuses the task instead of building without.
+#[test]
+fn buildah_takes_named_contexts_and_ssh_keys_and_kaniko_refuses_them() {
+    use bakery_protocol::spec::NamedContext;
+    let work = tempfile::tempdir().unwrap();
+    let mut t = task(Arch::Amd64, Some("r.io/app:1_amd64"));
+    t.spec.build_contexts = [
+        ("shared".to_string(), NamedContext::Archive(0)),
+        (
+            "alpine".to_string(),
+            NamedContext::DockerImage("r.io/mirror/alpine:3.20".into()),
+        ),
+    ]
+    .into();
+    let keys = [("default".to_string(), PathBuf::from("/w/ssh/0"))];
+    let job = Job {
+        task: &t,
+        context_dir: Path::new("/c"),
+        work_dir: work.path(),
+        docker_config: None,
+        secret_files: &[],
+        ssh_files: &keys,
+        insecure: &[],
+    };
+    let steps = of_kind(BuilderKind::Buildah).steps(&job).unwrap();
+    let argv = &steps[0].argv;
+    assert!(
+        argv.contains(&"--ssh=default=/w/ssh/0".to_string()),
+        "{argv:?}"
+    );
+    assert!(
+        argv.contains(&"--build-context=alpine=docker-image://r.io/mirror/alpine:3.20".to_string()),
+        "{argv:?}"
+    );
+    assert!(
+        argv.contains(&format!(
+            "--build-context=shared={}/contexts/0",
+            work.path().display()
+        )),
+        "{argv:?}"
+    );
+    let refused = of_kind(BuilderKind::Kaniko).steps(&job).unwrap_err();
+    assert!(refused
+        .to_string()
+        .contains("Kaniko has no named build contexts"));
 }

@@ -60,12 +60,9 @@ pub struct Facts<'a> {
     pub finished_ms: u64,
 }
 
-/// The builder an agent on `platform` runs.
-pub fn builder_kind(platform: Platform) -> &'static str {
-    match platform {
-        Platform::Local => "buildah",
-        Platform::Ecs | Platform::K8s => "kaniko",
-    }
+/// The builder an agent on `platform` runs, by name.
+fn builder_kind(platform: Platform) -> &'static str {
+    crate::platform::builder_of(platform).as_str()
 }
 
 /// The in-toto statement for one image.

@@ -403,6 +403,16 @@ async fn check_platforms_and_contexts(app: &App, request: &CreateBuild) -> Resul
                 ),
             ));
         }
+        let builder = crate::platform::builder_of(platform);
+        if let Some(what) = crate::platform::unsupported(builder, &t.spec) {
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the {} build uses {what}, which {builder}, the builder of platform `{platform}`, does not have; COPY from the context or a stage instead, pass keys as build secrets, or build on the local platform (buildah)",
+                    t.arch
+                ),
+            ));
+        }
         if app.config.s3_bucket.is_none() && !app.disk.exists(&t.context_key).await {
             return Err(Failure::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -18,7 +18,7 @@ use gzp::ZWriter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use bakery_protocol::spec::DOCKERFILE_BESIDE;
+pub use bakery_protocol::spec::{CONTEXTS_BESIDE, DOCKERFILE_BESIDE};
 pub use bakery_protocol::{Codec, ContextKey};
 pub use ignore::{IgnoreError, IgnoreRules};
 
@@ -40,6 +40,20 @@ pub struct PackOptions {
     /// [`DOCKERFILE_BESIDE`]): compose and buildx allow such a Dockerfile,
     /// and the agent receives only the archive.
     pub dockerfile_beside: Option<PathBuf>,
+    /// Named build contexts that are directories, stored under
+    /// [`CONTEXTS_BESIDE`]`/<n>/`, each honouring its own `.dockerignore`.
+    pub named: Vec<NamedDir>,
+}
+
+/// A directory sent as a named build context (`--build-context name=dir`),
+/// stored as [`CONTEXTS_BESIDE`]`/<its position in PackOptions::named>`:
+/// the name is the user's text, so it never becomes a path.
+#[derive(Debug, Clone)]
+pub struct NamedDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Files in it (relative, `/`-separated) never packed: secrets and logins.
+    pub exclude: Vec<String>,
 }
 
 impl Default for PackOptions {
@@ -50,6 +64,7 @@ impl Default for PackOptions {
             threads: 0,
             exclude: Vec::new(),
             dockerfile_beside: None,
+            named: Vec::new(),
         }
     }
 }
@@ -102,6 +117,12 @@ pub enum ContextError {
     /// The context has an entry where a Dockerfile from outside it goes.
     #[error("{}: the context has an entry named `{DOCKERFILE_BESIDE}`, where bakery puts a Dockerfile from outside the context; rename it, or move the Dockerfile into the context", context.display())]
     BesideTaken {
+        /// The context directory.
+        context: PathBuf,
+    },
+    /// The context has an entry where named build contexts go.
+    #[error("{}: the context has an entry named `{CONTEXTS_BESIDE}`, where bakery puts named build contexts; rename it", context.display())]
+    ContextsTaken {
         /// The context directory.
         context: PathBuf,
     },
@@ -254,14 +275,15 @@ pub fn pack<W: Write + Send + 'static>(
     append_tree(
         &mut tar,
         context,
-        &rules,
-        &always,
+        Path::new(""),
+        (&rules, &always),
         &opts.exclude,
         &mut packed,
     )?;
     if let Some(outside) = &opts.dockerfile_beside {
         append_beside(&mut tar, context, outside, dockerfile, &mut packed)?;
     }
+    append_named(&mut tar, context, &opts.named, &mut packed)?;
     let compressor = tar.into_inner().map_err(io_err(context))?;
     let mut hashing = compressor.finish()?;
     hashing.flush().map_err(io_err(context))?;
@@ -276,13 +298,57 @@ pub fn pack<W: Write + Send + 'static>(
     Ok(packed)
 }
 
+/// Appends each named directory as [`CONTEXTS_BESIDE`]`/<n>/`, each with
+/// its own `.dockerignore`.
+fn append_named<W: Write>(
+    tar: &mut tar::Builder<W>,
+    context: &Path,
+    named: &[NamedDir],
+    packed: &mut Packed,
+) -> Result<(), ContextError> {
+    if named.is_empty() {
+        return Ok(());
+    }
+    if context.join(CONTEXTS_BESIDE).symlink_metadata().is_ok() {
+        return Err(ContextError::ContextsTaken {
+            context: context.to_path_buf(),
+        });
+    }
+    tar.append_dir(CONTEXTS_BESIDE, context)
+        .map_err(io_err(context))?;
+    packed.entries += 1;
+    for (n, named) in named.iter().enumerate() {
+        let meta = std::fs::metadata(&named.dir).map_err(io_err(&named.dir))?;
+        if !meta.is_dir() {
+            return Err(io_err(&named.dir)(io::Error::other(
+                "a named build context must be a directory",
+            )));
+        }
+        let under = Path::new(CONTEXTS_BESIDE).join(n.to_string());
+        tar.append_dir(&under, &named.dir)
+            .map_err(io_err(&named.dir))?;
+        packed.entries += 1;
+        let (rules, _) = IgnoreRules::for_build(&named.dir, "Dockerfile")?;
+        append_tree(
+            tar,
+            &named.dir,
+            &under,
+            (&rules, &[]),
+            &named.exclude,
+            packed,
+        )?;
+    }
+    Ok(())
+}
+
 /// Appends every entry of `context` that `rules` keep (and the `always`
-/// files) to `tar`, in name order, counting into `packed`.
+/// files) to `tar` under `under` (empty for the context itself), in name
+/// order, counting into `packed`.
 fn append_tree<W: Write>(
     tar: &mut tar::Builder<W>,
     context: &Path,
-    rules: &IgnoreRules,
-    always: &[String],
+    under: &Path,
+    (rules, always): (&IgnoreRules, &[String]),
     secret: &[String],
     packed: &mut Packed,
 ) -> Result<(), ContextError> {
@@ -328,14 +394,17 @@ fn append_tree<W: Write>(
             }
             continue;
         }
+        let name = under.join(rel);
         if ft.is_dir() {
-            tar.append_dir(rel, path).map_err(io_err(path))?;
+            tar.append_dir(&name, path).map_err(io_err(path))?;
         } else if ft.is_file() {
             packed.content_bytes += entry.metadata().map_err(|e| io_err(path)(e.into()))?.len();
-            tar.append_path_with_name(path, rel).map_err(io_err(path))?;
+            tar.append_path_with_name(path, &name)
+                .map_err(io_err(path))?;
         } else if ft.is_symlink() {
             // Stored as a link, never followed: the link itself is the content.
-            tar.append_path_with_name(path, rel).map_err(io_err(path))?;
+            tar.append_path_with_name(path, &name)
+                .map_err(io_err(path))?;
         } else {
             packed.warnings.push(format!(
                 "{}: skipped: not a regular file, directory or symlink",

@@ -366,3 +366,46 @@ fn a_dockerfile_outside_the_context_is_packed_beside_it() {
         "{err}"
     );
 }
+
+/// Named build contexts travel in the archive as `.bakery-contexts/<n>/`
+/// (never by their name, which is the user's text), each with its own
+/// `.dockerignore` and excluded files; a context that has an entry of that
+/// name is refused rather than mixed up with them.
+#[test]
+fn named_directories_are_packed_beside_the_context_by_number() {
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), &[("Dockerfile", "FROM x\n")]);
+    let shared = tempfile::tempdir().unwrap();
+    write(
+        shared.path(),
+        &[
+            ("data.txt", "d"),
+            ("private.txt", "p"),
+            ("key", "k"),
+            (".dockerignore", "private.txt\n"),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let opts = PackOptions {
+        named: vec![bakery_pack::NamedDir {
+            dir: shared.path().to_path_buf(),
+            exclude: vec!["key".into()],
+        }],
+        ..PackOptions::default()
+    };
+    let (path, _) = pack_to_dir(ctx.path(), "Dockerfile", out.path(), &opts).unwrap();
+    let got = entries(&path);
+    assert_eq!(got[".bakery-contexts/0/data.txt"], ('f', "d".into()));
+    assert!(
+        !got.contains_key(".bakery-contexts/0/private.txt"),
+        "{got:?}"
+    );
+    assert!(!got.contains_key(".bakery-contexts/0/key"), "{got:?}");
+    assert!(got.contains_key("Dockerfile"));
+
+    write(ctx.path(), &[(".bakery-contexts/x", "mine")]);
+    let e = pack_to_dir(ctx.path(), "Dockerfile", out.path(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("where bakery puts named build contexts"), "{e}");
+}

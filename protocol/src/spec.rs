@@ -53,6 +53,17 @@ pub struct BuildSpec {
     /// build ends, masked in every log line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<BuildSecret>,
+    /// SSH keys for `RUN --mount=type=ssh[,id=…]` (buildah's `--ssh
+    /// id=<key file>`): each a private key's content, travelling and
+    /// forgotten like a build secret. Kaniko has no SSH mounts: the
+    /// controller refuses them for its agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<BuildSecret>,
+    /// Named build contexts (`FROM <name>`, `COPY --from=<name>`),
+    /// buildah's `--build-context`. Kaniko has none: the controller
+    /// refuses them for its agents.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_contexts: BTreeMap<String, NamedContext>,
     /// The vCPUs to ask the platform for; `None` means the controller's `DEFAULT_BUILD_CPU`.
     pub cpu: Option<Cpu>,
     /// The memory to ask the platform for; `None` means the controller's `DEFAULT_BUILD_MEMORY`.
@@ -167,18 +178,35 @@ impl fmt::Display for SnapshotMode {
     }
 }
 
+/// What a named build context is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum NamedContext {
+    /// A directory the client sent in the context archive, as
+    /// [`CONTEXTS_BESIDE`]`/<n>/` (the name is the user's text and never a
+    /// path); the agent moves it out of the context before building.
+    Archive(u32),
+    /// An image (`docker-image://<reference>`).
+    DockerImage(String),
+}
+
+/// The archive directory that carries named build contexts (see
+/// [`NamedContext::Archive`]).
+pub const CONTEXTS_BESIDE: &str = ".bakery-contexts";
+
 /// The archive directory that carries a Dockerfile from outside the
 /// context (see [`BuildSpec::dockerfile_beside`]).
 pub const DOCKERFILE_BESIDE: &str = ".bakery-dockerfile";
 
 impl BuildSpec {
-    /// Every value that must not reach a log: registry passwords and build
-    /// secrets.
+    /// Every value that must not reach a log: registry passwords, build
+    /// secrets and SSH keys.
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {
         self.credentials
             .iter()
             .map(|c| c.password.expose())
             .chain(self.secrets.iter().map(|s| s.value.expose()))
+            .chain(self.ssh.iter().map(|s| s.value.expose()))
     }
 
     /// Blanks every password and secret value: what a finished build keeps.
@@ -186,7 +214,7 @@ impl BuildSpec {
         for c in &mut self.credentials {
             c.password = Secret::new("");
         }
-        for s in &mut self.secrets {
+        for s in self.secrets.iter_mut().chain(self.ssh.iter_mut()) {
             s.value = Secret::new("");
         }
     }

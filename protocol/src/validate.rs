@@ -241,8 +241,52 @@ fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
             return Err(invalid(field, "a password cannot contain NUL"));
         }
     }
-    check_secrets(spec, at)?;
+    check_secrets(&spec.secrets, &format!("{at}.secrets"))?;
+    check_secrets(&spec.ssh, &format!("{at}.ssh"))?;
+    check_contexts(spec, at)?;
     check_words(spec, at)
+}
+
+/// Named build contexts: names a Dockerfile can say (`FROM <name>`), and
+/// images that parse as references.
+fn check_contexts(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
+    if spec.build_contexts.len() > MAX_SECRETS {
+        return Err(invalid(
+            format!("{at}.build_contexts"),
+            format!("at most {MAX_SECRETS} build contexts"),
+        ));
+    }
+    for (name, context) in &spec.build_contexts {
+        let field = format!("{at}.build_contexts.{}", shown(name));
+        let name_ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':'))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok {
+            return Err(invalid(
+                field,
+                "a build context name is 1 to 128 letters, digits, `_`, `-`, `.`, `/` or `:`, starting with a letter or digit",
+            ));
+        }
+        match context {
+            crate::spec::NamedContext::DockerImage(image) => {
+                if !one_line(image) || ImageRef::parse(image).is_err() {
+                    return Err(invalid(
+                        field,
+                        format!("`{}` is not an image reference", shown(image)),
+                    ));
+                }
+            }
+            crate::spec::NamedContext::Archive(n) => {
+                if *n as usize >= spec.build_contexts.len() {
+                    return Err(invalid(field, "no such directory in the archive"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Largest build secret: Docker's limit for a secret (a key or a token
@@ -252,18 +296,15 @@ pub const MAX_SECRET_BYTES: usize = 500 * 1024;
 /// Most secrets one build takes.
 pub const MAX_SECRETS: usize = 128;
 
-/// Secret ids are what `RUN --mount=type=secret,id=…` and the builders'
-/// `--secret id=…` accept; each once.
-fn check_secrets(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
-    if spec.secrets.len() > MAX_SECRETS {
-        return Err(invalid(
-            format!("{at}.secrets"),
-            format!("at most {MAX_SECRETS} secrets"),
-        ));
+/// Secret (and SSH key) ids are what `RUN --mount=type=secret,id=…` and
+/// the builders' `--secret id=…` accept; each once. `at` names the list.
+fn check_secrets(secrets: &[crate::spec::BuildSecret], at: &str) -> Result<(), Invalid> {
+    if secrets.len() > MAX_SECRETS {
+        return Err(invalid(at, format!("at most {MAX_SECRETS} secrets")));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for (i, s) in spec.secrets.iter().enumerate() {
-        let field = format!("{at}.secrets[{i}]");
+    for (i, s) in secrets.iter().enumerate() {
+        let field = format!("{at}[{i}]");
         let id_ok = !s.id.is_empty()
             && s.id.len() <= 128
             && s.id
@@ -509,14 +550,14 @@ mod tests {
             "secrets": [{"id": "npm.rc_1-x", "value": "v"}]
         }))
         .unwrap();
-        assert!(check_secrets(&spec, "s").is_ok());
+        assert!(check_secrets(&spec.secrets, "s").is_ok());
         let with = |id: &str, value: String| {
             let mut s = spec.clone();
             s.secrets.push(crate::spec::BuildSecret {
                 id: id.into(),
                 value: crate::spec::Secret::new(value),
             });
-            check_secrets(&s, "s").map_err(|e| e.message)
+            check_secrets(&s.secrets, "s").map_err(|e| e.message)
         };
         assert!(with("npm.rc_1-x", "w".into())
             .unwrap_err()
@@ -525,5 +566,28 @@ mod tests {
         assert!(with("", "w".into()).is_err());
         let e = with("big", "x".repeat(MAX_SECRET_BYTES + 1)).unwrap_err();
         assert!(e.contains("`big`") && !e.contains("xxxx"), "{e}");
+    }
+
+    #[test]
+    fn named_contexts_have_plain_names_and_real_images() {
+        use crate::spec::NamedContext;
+        let spec: BuildSpec = serde_json::from_value(serde_json::json!({
+            "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
+            "credentials": [], "spot": false, "cache": {}, "cache_from": [],
+            "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
+            "no_push": false, "ignore_path": [], "extra_flags": [],
+            "build_contexts": {"shared": {"archive": 0}, "docker.io/library/alpine:3.20": {"docker-image": "r.io/alpine:3.20"}}
+        }))
+        .unwrap();
+        assert!(check_contexts(&spec, "s").is_ok());
+        let with = |name: &str, c: NamedContext| {
+            let mut s = spec.clone();
+            s.build_contexts.insert(name.into(), c);
+            check_contexts(&s, "s").map_err(|e| e.to_string())
+        };
+        assert!(with("../x", NamedContext::Archive(0)).is_err());
+        assert!(with("a b", NamedContext::Archive(0)).is_err());
+        assert!(with("x", NamedContext::Archive(9)).is_err());
+        assert!(with("x", NamedContext::DockerImage("not an image".into())).is_err());
     }
 }

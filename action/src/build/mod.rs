@@ -8,8 +8,11 @@
 //!   `--async`), follows their logs through the [`Printer`], keeps the commit
 //!   status in step and cancels everything on SIGTERM or Ctrl-C.
 
+mod asks;
 mod embedded;
 mod upload;
+
+pub use asks::Asks;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,8 +25,6 @@ use bakery_protocol::api::{BuildState, BuildStatus};
 use crate::ci::CiSystem;
 use crate::cli::LogFormat;
 use crate::client::{self, Controller, Event};
-use bakery_protocol::annotations::Annotations;
-use bakery_protocol::provenance::{Provenance, ProvenanceMode, Source};
 
 use crate::outcome::ServiceResult;
 use crate::printer::Printer;
@@ -40,10 +41,8 @@ pub struct BuildOptions {
     pub codec: Codec,
     /// `--log-format`; `None` prints for a person (coloured prefixes on a terminal).
     pub format: Option<LogFormat>,
-    /// `--provenance`: the attestation each pushed image gets; `None` for none.
-    pub provenance: Option<ProvenanceMode>,
-    /// `--annotation`: for every service.
-    pub annotations: Annotations,
+    /// Provenance, annotations, named contexts and SSH keys, for every build.
+    pub asks: Asks,
 }
 
 /// Where the controller is: a URL, or one started in this process.
@@ -79,8 +78,14 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         }
         e => e.into(),
     })?;
-    let contexts =
-        upload::upload_contexts(&plan, &controller, &info.context_store, opts.codec).await?;
+    let contexts = upload::upload_contexts(
+        &plan,
+        &controller,
+        &info.context_store,
+        opts.codec,
+        &opts.asks,
+    )
+    .await?;
     let ci = crate::ci::detect(true).await;
     let run = Run {
         plan: &plan,
@@ -90,13 +95,7 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         ci,
         submitted: Arc::default(),
         reporting: crate::ci::Reporting::default(),
-        asks: upload::Asks {
-            provenance: opts.provenance.map(|mode| Provenance {
-                mode,
-                source: Source::from_env(crate::ci::var),
-            }),
-            annotations: opts.annotations.clone(),
-        },
+        asks: &opts.asks,
     };
     let results = tokio::select! {
         r = run.all(&opts) => r?,
@@ -213,8 +212,8 @@ struct Run<'a> {
     submitted: Arc<Mutex<Vec<(String, String)>>>,
     /// Each call to the CI system's API, bounded.
     reporting: crate::ci::Reporting,
-    /// What every build asks of its index: provenance, annotations.
-    asks: upload::Asks,
+    /// What every build asks for besides its plan.
+    asks: &'a Asks,
 }
 
 impl Run<'_> {
@@ -270,7 +269,7 @@ impl Run<'_> {
     async fn submit(&self, service: &bakery_plan::ServicePlan) -> Result<String> {
         let id = self
             .controller
-            .create(&upload::request(service, self.contexts, &self.asks)?)
+            .create(&upload::request(service, self.contexts, self.asks)?)
             .await?;
         self.submitted
             .lock()

@@ -11,6 +11,7 @@ use bakery_plan::{Plan, ServicePlan};
 use bakery_protocol::api::{ContextStore, CreateBuild, TaskRequest};
 use bakery_protocol::BuildSpec;
 
+use super::asks::Asks;
 use crate::client::Controller;
 
 /// Where each (context directory, Dockerfile) was uploaded.
@@ -28,7 +29,7 @@ pub(super) struct Uploaded {
 /// The build secrets' files and the runner's login files that lie inside
 /// `context`, relative to it: they must not be uploaded with it (the
 /// context is kept, on the controller or in S3, long after the build).
-fn secret_files_in(protected: &[PathBuf], context: &std::path::Path) -> Vec<String> {
+pub(super) fn secret_files_in(protected: &[PathBuf], context: &std::path::Path) -> Vec<String> {
     let Ok(context) = std::fs::canonicalize(context) else {
         return Vec::new();
     };
@@ -58,6 +59,7 @@ pub(super) async fn upload_contexts(
     controller: &Controller,
     store: &ContextStore,
     codec: Codec,
+    asks: &Asks,
 ) -> Result<Contexts> {
     let tmp = tempfile::tempdir().context("creating a temporary directory for context archives")?;
     let s3 = match store {
@@ -67,7 +69,13 @@ pub(super) async fn upload_contexts(
         ContextStore::Controller => None,
     };
     let mut keys = HashMap::new();
-    let protected = protected_files(plan);
+    let mut protected = protected_files(plan);
+    protected.extend(
+        asks.key_files()
+            .iter()
+            .filter_map(|f| std::fs::canonicalize(f).ok()),
+    );
+    let named = asks.contexts.pack(&protected);
     for (_, build) in plan.builds() {
         if let Some(file) = build
             .dockerfile_outside
@@ -92,6 +100,7 @@ pub(super) async fn upload_contexts(
             );
             let beside = build.dockerfile_outside.clone();
             let exclude = secret_files_in(&protected, &dir);
+            let named = named.clone();
             tokio::task::spawn_blocking(move || {
                 pack_to_dir(
                     &dir,
@@ -101,6 +110,7 @@ pub(super) async fn upload_contexts(
                         codec,
                         exclude,
                         dockerfile_beside: beside,
+                        named,
                         ..PackOptions::default()
                     },
                 )
@@ -166,15 +176,8 @@ fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3S
 }
 
 /// The build request for one service, naming each arch's uploaded context.
-/// What every build of a run asks of its index besides the images.
-pub(super) struct Asks {
-    /// The provenance attestation; `None` for none.
-    pub provenance: Option<bakery_protocol::provenance::Provenance>,
-    /// `--annotation`, by level.
-    pub annotations: bakery_protocol::annotations::Annotations,
-}
-
 pub(super) fn request(service: &ServicePlan, keys: &Contexts, asks: &Asks) -> Result<CreateBuild> {
+    let build_contexts = asks.contexts.spec();
     let tasks = service
         .builds
         .iter()
@@ -190,6 +193,8 @@ pub(super) fn request(service: &ServicePlan, keys: &Contexts, asks: &Asks) -> Re
                 context_bytes: Some(uploaded.content_bytes),
                 spec: BuildSpec {
                     annotations: asks.annotations.manifest.clone(),
+                    build_contexts: build_contexts.clone(),
+                    ssh: asks.ssh.clone(),
                     ..b.spec.clone()
                 },
             })

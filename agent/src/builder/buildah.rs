@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use bakery_protocol::spec::NamedContext;
+
 use super::{Builder, Job, Step};
 
 /// Buildah as a [`Builder`]: `buildah build`, then `buildah push` unless the build does not push.
@@ -112,6 +114,16 @@ impl Buildah {
         let (arg_flags, arg_env) = super::build_arg_flags(&spec.build_args);
         build.extend(arg_flags);
         build.extend(crate::secrets::flags(job.secret_files));
+        build.extend(crate::secrets::ssh_flags(job.ssh_files));
+        for (name, context) in &spec.build_contexts {
+            let value = match context {
+                NamedContext::Archive(n) => crate::context::named_dir(job.work_dir, *n)
+                    .display()
+                    .to_string(),
+                NamedContext::DockerImage(image) => format!("docker-image://{image}"),
+            };
+            build.push(format!("--build-context={name}={value}"));
+        }
         if let Some(target) = &spec.target {
             build.push(format!("--target={target}"));
         }

@@ -23,6 +23,13 @@ impl Builder for Kaniko {
 
     fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>> {
         let spec = &job.task.spec;
+        // The controller refuses these for Kaniko agents; a task that has
+        // them anyway fails here rather than building without them.
+        if !spec.build_contexts.is_empty() || !spec.ssh.is_empty() {
+            return Err(std::io::Error::other(
+                "Kaniko has no named build contexts or SSH mounts: this build needs an agent with buildah (the local platform)",
+            ));
+        }
         let mut a = vec![
             self.executor.clone(),
             format!("--context=dir://{}", job.context_dir.display()),

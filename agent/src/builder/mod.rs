@@ -28,6 +28,8 @@ pub struct Job<'a> {
     pub docker_config: Option<&'a Path>,
     /// Build secrets as `(id, file)`, for `--secret id=…,src=…`.
     pub secret_files: &'a [(String, PathBuf)],
+    /// SSH keys as `(id, file)`, for buildah's `--ssh id=file`.
+    pub ssh_files: &'a [(String, PathBuf)],
     /// Registries reached over plain HTTP.
     pub insecure: &'a [String],
 }

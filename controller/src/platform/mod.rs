@@ -10,9 +10,31 @@ pub mod local;
 
 use std::collections::BTreeMap;
 
+use bakery_protocol::api::agent_env::BuilderKind;
 use bakery_protocol::resources::{Cpu, Memory};
 use bakery_protocol::Arch;
 use tokio::sync::mpsc;
+
+/// The builder a platform's agents run: Kaniko in the agent image (ECS,
+/// Kubernetes), buildah on the local platform.
+pub fn builder_of(platform: bakery_protocol::Platform) -> BuilderKind {
+    match platform {
+        bakery_protocol::Platform::Local => BuilderKind::Buildah,
+        bakery_protocol::Platform::Ecs | bakery_protocol::Platform::K8s => BuilderKind::Kaniko,
+    }
+}
+
+/// What of `spec` a `kind` builder cannot do, if anything: Kaniko has no
+/// named build contexts and no SSH mounts.
+pub fn unsupported(kind: BuilderKind, spec: &bakery_protocol::BuildSpec) -> Option<&'static str> {
+    match kind {
+        BuilderKind::Kaniko if !spec.ssh.is_empty() => Some("SSH mounts (--ssh)"),
+        BuilderKind::Kaniko if !spec.build_contexts.is_empty() => {
+            Some("named build contexts (--build-context)")
+        }
+        _ => None,
+    }
+}
 
 /// What a platform needs to start one agent.
 #[derive(Debug, Clone)]
@@ -169,5 +191,32 @@ pub trait AgentPlatform: Send + Sync + 'static {
     /// (unschedulable, pulling its image…), for the timeout message.
     fn diagnosis(&self, _handle: &AgentHandle) -> Option<String> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bakery_protocol::spec::NamedContext;
+
+    #[test]
+    fn kaniko_platforms_refuse_what_kaniko_cannot_build() {
+        let mut spec: bakery_protocol::BuildSpec = serde_json::from_value(serde_json::json!({
+            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
+            "labels": {}, "env": {}, "pre_script": null, "post_script": null,
+            "credentials": [], "cpu": null, "memory": null, "spot": false, "cache": {},
+            "cache_from": [], "snapshot_mode": null, "use_new_run": false, "cleanup": false,
+            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [],
+            "extra_flags": []
+        }))
+        .unwrap();
+        let ecs = builder_of(bakery_protocol::Platform::Ecs);
+        let local = builder_of(bakery_protocol::Platform::Local);
+        assert_eq!(unsupported(ecs, &spec), None);
+        spec.build_contexts
+            .insert("shared".into(), NamedContext::Archive(0));
+        assert!(unsupported(ecs, &spec).unwrap().contains("--build-context"));
+        assert!(unsupported(builder_of(bakery_protocol::Platform::K8s), &spec).is_some());
+        assert_eq!(unsupported(local, &spec), None);
     }
 }

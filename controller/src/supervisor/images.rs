@@ -1,6 +1,7 @@
 //! The end of a build that pushed: each image checked to be its arch, then
 //! the multi-arch index written over the checked images.
 
+use bakery_protocol::api::agent_env::BuilderKind;
 use bakery_protocol::reference::registry_of;
 use bakery_protocol::registry::is_insecure;
 
@@ -164,7 +165,7 @@ fn extras(
                 let mut own = asks.descriptor_annotations.clone();
                 let manifest = &task.request().spec.annotations;
                 if !manifest.is_empty()
-                    && crate::provenance::builder_kind(task.platform()) == "kaniko"
+                    && crate::platform::builder_of(task.platform()) == BuilderKind::Kaniko
                 {
                     own.extend(manifest.clone());
                     moved = true;

@@ -190,6 +190,8 @@ pub fn spec() -> BuildSpec {
         build_args: Default::default(),
         labels: Default::default(),
         annotations: Default::default(),
+        ssh: Vec::new(),
+        build_contexts: Default::default(),
         env: Default::default(),
         pre_script: None,
         post_script: None,

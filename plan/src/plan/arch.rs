@@ -233,8 +233,11 @@ fn spec(
         target: kaniko.target,
         build_args: kaniko.build_args.unwrap_or_default(),
         labels: kaniko.labels.unwrap_or_default(),
-        // `--annotation` applies to every service: the client adds them.
+        // `--annotation`, `--build-context` and `--ssh` apply to every
+        // service: the client adds them.
         annotations: BTreeMap::new(),
+        ssh: Vec::new(),
+        build_contexts: BTreeMap::new(),
         env: merged.env.unwrap_or_default(),
         pre_script: merged.pre_script,
         post_script: merged.post_script,
