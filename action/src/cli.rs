@@ -156,6 +156,20 @@ pub struct Input {
     )]
     pub push: bool,
 
+    /// Push each arch as `<tag>_<arch>` too (the default); `--arch-tags=false` pushes each arch to one rolling `bakery-staging-<arch>` tag per repository instead, so a repository gains no tags per build besides the index's (the index keeps each image by digest).
+    #[arg(
+        long,
+        env = "BAKERY_ARCH_TAGS",
+        global = true,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub arch_tags: bool,
+
     /// Scratch disk of every agent (`50G`): Fargate's ephemeral storage (21 to 200 GiB), a pod's ephemeral-storage; for every selected service, replacing the files'.
     #[arg(long, env = "BAKERY_DISK", global = true)]
     pub disk: Option<bakery_protocol::resources::Disk>,

@@ -43,7 +43,10 @@ pub fn plan(input: &Input) -> Result<Plan> {
         overrides,
         ..PlanOptions::new(&input.repo)
     };
-    let plan = Plan::resolve(&opts)?;
+    let mut plan = Plan::resolve(&opts)?;
+    if !input.arch_tags {
+        plan.stage_arch_pushes();
+    }
     if let Some(found) = &plan.discovered {
         eprintln!(
             "using {} (no config.yaml; pass --compose or --config to choose)",

@@ -188,3 +188,66 @@ fn provenance_can_be_turned_off_and_bad_settings_are_refused_up_front() {
         );
     }
 }
+
+/// `--arch-tags=false`: the repository gains no `<tag>_<arch>` tags; each
+/// arch goes to one rolling staging tag, and the index pins both images
+/// by digest, so a second build's pushes take nothing from the first index.
+#[test]
+fn without_arch_tags_a_repository_keeps_only_the_index_tags() {
+    let registry = registry();
+    let base = format!("{}/bakery/two-arch:1", registry.host());
+    push_index_base(&base);
+    let repo = app(&base);
+    let data = tempfile::tempdir().unwrap();
+    let build = |tag: &str| {
+        let tag = format!("{}/att/lean:{tag}", registry.host());
+        let out = bakery(
+            repo.path(),
+            &[
+                "build",
+                "--tag",
+                &tag,
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--arch-tags=false",
+                "--build-arg",
+                &format!("NOTE={tag}"),
+            ],
+            &[("DATA_DIR", data.path().to_str().unwrap())],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        raw_manifest(&tag)
+    };
+    let first = build("1");
+    let second = build("2");
+    let list = Command::new("curl")
+        .args([
+            "-fsS",
+            &format!("http://{}/v2/att/lean/tags/list", registry.host()),
+        ])
+        .output()
+        .unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let mut tags: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort_unstable();
+    assert_eq!(
+        tags,
+        ["1", "2", "bakery-staging-amd64", "bakery-staging-arm64"]
+    );
+    // The first index still names images of its own arches, by digest.
+    for image in image_entries(&first) {
+        let arch = image["platform"]["architecture"].as_str().unwrap();
+        let config = image_config(&format!(
+            "{}/att/lean@{}",
+            registry.host(),
+            image["digest"].as_str().unwrap()
+        ));
+        assert_eq!(config["architecture"], arch);
+    }
+    assert_ne!(image_entries(&first), image_entries(&second));
+}

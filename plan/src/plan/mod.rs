@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use bakery_protocol::reference::ImageRef;
 use bakery_protocol::{Arch, BuildSpec};
 
 use crate::compose::ComposeFile;
@@ -424,6 +425,45 @@ pub fn output_keys(service: &ServicePlan) -> Vec<String> {
 
 /// Keys of the step outputs' `metadata` object that are not services'.
 const METADATA_KEYS: [&str; 2] = ["containerimage.digest", "image.name"];
+
+/// The tag each arch is pushed to with `--arch-tags=false`: one rolling tag
+/// per arch and repository, overwritten by every build (the builders push
+/// to a tag; the index pins each image by digest, so a later push to the
+/// same tag takes nothing from an earlier index).
+pub const STAGING_TAG_PREFIX: &str = "bakery-staging-";
+
+impl Plan {
+    /// `--arch-tags=false`: each arch is pushed to
+    /// [`STAGING_TAG_PREFIX`]`<arch>` in its index's repository instead of
+    /// `<tag>_<arch>`, so a repository gains no tags per build besides the
+    /// index's. An arch with a destination of its own (a bake entry's) keeps it.
+    pub fn stage_arch_pushes(&mut self) {
+        for service in &mut self.services {
+            let Some(index) = service
+                .destination
+                .as_deref()
+                .and_then(|d| ImageRef::parse(d).ok())
+            else {
+                continue;
+            };
+            for build in &mut service.builds {
+                let suffixed = index
+                    .with_arch_suffix(build.arch)
+                    .ok()
+                    .map(|r| r.to_string());
+                if build.push.is_some() && build.push == suffixed {
+                    build.push = Some(
+                        ImageRef {
+                            tag: format!("{STAGING_TAG_PREFIX}{}", build.arch),
+                            ..index.clone()
+                        }
+                        .to_string(),
+                    );
+                }
+            }
+        }
+    }
+}
 
 impl Plan {
     /// Two services whose CI outputs would land under one key (`web-api`
