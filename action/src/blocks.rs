@@ -13,7 +13,7 @@
 //! once inside the open block (still prefixed with its task).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::{BufWriter, Stdout, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,16 @@ pub const MAX_WAITING_BYTES: usize = 8 << 20;
 
 /// Prints task lines into CI log blocks, one block per task (service ×
 /// arch), holding back the lines of tasks whose block is not open yet.
+///
+/// Output is buffered (Rust's stdout writes each line on its own: a
+/// million-line build log was a million `write` calls): the owner calls
+/// [`Blocks::flush`] when its input pauses, and [`Blocks::close`] (or
+/// dropping it: the buffer flushes itself) writes the rest.
 pub struct Blocks {
     ci: Arc<dyn CiSystem>,
     state: Mutex<State>,
+    /// Locked after `state` where both are needed.
+    out: Mutex<BufWriter<Stdout>>,
 }
 
 #[derive(Default)]
@@ -67,17 +74,28 @@ impl Blocks {
         Blocks {
             ci,
             state: Mutex::default(),
+            out: Mutex::new(BufWriter::with_capacity(64 << 10, std::io::stdout())),
         }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&self) {
+        let _ = self.out.lock().expect("lock").flush();
     }
 
     /// Prints `rendered` (a whole line, newline included) of task `label`.
     pub fn line(&self, label: &str, rendered: &str) {
-        let mut out = std::io::stdout().lock();
         if !self.ci.has_blocks() {
-            let _ = out.write_all(rendered.as_bytes());
+            let _ = self
+                .out
+                .lock()
+                .expect("lock")
+                .write_all(rendered.as_bytes());
             return;
         }
         let mut state = self.state.lock().expect("lock");
+        let mut out = self.out.lock().expect("lock");
+        let mut out = &mut *out;
         if state.closed.contains(label) {
             let _ = out.write_all(rendered.as_bytes());
             return;
@@ -141,8 +159,9 @@ impl Blocks {
     /// its block: nothing is left unprinted when the client is done.
     pub fn close(&self) {
         let mut state = self.state.lock().expect("lock");
-        let mut out = std::io::stdout().lock();
-        self.advance(&mut state, &mut out, true);
+        let mut out = self.out.lock().expect("lock");
+        self.advance(&mut state, &mut *out, true);
+        let _ = out.flush();
     }
 
     fn open(&self, state: &mut State, label: &str, out: &mut impl Write) {

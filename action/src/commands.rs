@@ -36,12 +36,13 @@ pub async fn logs(
     let service = controller.status(id).await?.service;
     let printer = Printer::standalone(&service, format, crate::ci::detect(false).await);
     let status = controller
-        .follow(id, |event| {
-            if let Event::Log(line) = event {
-                printer.line(&service, &line);
-            }
+        .follow(id, |event| match event {
+            Event::Log(line) => printer.line(&service, &line),
+            Event::Idle => printer.flush(),
+            _ => {}
         })
         .await?;
+    printer.end_block();
     println!(
         "{}: {:?}{}",
         status.id,

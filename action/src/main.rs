@@ -9,10 +9,35 @@ use bakery::cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     bakery::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Following, inspecting, planning and packing run on one thread: the
+    // log stream of `bakery logs` is read and printed where it arrives,
+    // with no hand-off (and wake-up) between threads per event. A build
+    // may run an embedded controller and its agents: all cores.
+    let single = matches!(
+        cli.command,
+        Some(bakery::cli::Command::Logs { .. } | bakery::cli::Command::Status { .. })
+    );
+    if !matches!(cli.command, None | Some(bakery::cli::Command::Build { .. })) {
+        // A reader that stops reading (`bakery logs ID | head -1`) ends these
+        // commands as it ends `cat`: quietly, by SIGPIPE, not by a panic in
+        // println!. A build keeps running its clean-up instead (its output
+        // ignores a closed pipe).
+        // SAFETY: at start-up, before any other thread exists; SIG_DFL
+        // installs no handler of ours.
+        #[allow(unsafe_code)]
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

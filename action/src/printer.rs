@@ -113,9 +113,14 @@ impl Printer {
     }
 
     /// Ends the open CI log block and shows what waited for one, so what
-    /// follows is not folded away.
+    /// follows is not folded away; everything printed so far is written.
     pub fn end_block(&self) {
         self.blocks.close();
+    }
+
+    /// Writes the lines printed so far (they are buffered: see [`Blocks`]).
+    pub fn flush(&self) {
+        self.blocks.flush();
     }
 
     /// The last lines of every task's log.

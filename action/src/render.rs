@@ -176,5 +176,7 @@ pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
             }
         }
     }
-    print!("{out}");
+    // Not print!: a closed stdout (`bakery build | head -1`) must not end
+    // the build's clean-up in a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }

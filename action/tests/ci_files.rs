@@ -458,8 +458,11 @@ fn the_action_installs_a_release_binary_verified_before_each_use() {
     assert!(!text.contains("::warning::"), "{text}");
     let args = std::fs::read_to_string(&gh_log).unwrap();
     assert!(
-        args.contains("attestation verify ") && args.trim_end().ends_with("--repo acme/bakery"),
-        "{args}"
+        args.contains("attestation verify ")
+            && args.trim_end().ends_with(
+                "--repo acme/bakery --signer-workflow acme/bakery/.github/workflows/release.yml --source-ref refs/tags/v9.9.9"
+            ),
+        "the release workflow of that tag, not any workflow of the repository: {args}"
     );
     fake_gh(1);
     let (ok, text) = install(
@@ -469,7 +472,7 @@ fn the_action_installs_a_release_binary_verified_before_each_use() {
     );
     assert!(!ok, "an unattested archive must not be installed: {text}");
     assert!(
-        text.contains("is not attested by acme/bakery's release workflow")
+        text.contains("is not attested by acme/bakery's release workflow for v9.9.9")
             && text.contains("no attestation"),
         "{text}"
     );

@@ -284,3 +284,54 @@ fn services_whose_ci_outputs_would_collide_are_refused() {
     let out = bakery(dir.path(), &["--compose", "fine.yaml", "plan"], &[]);
     assert!(out.status.success(), "{:?}", text(&out));
 }
+
+/// docs/cli.md lists every flag and variable `bakery` reads, and nothing
+/// it does not: its table is checked against the binary's own help.
+#[test]
+fn the_cli_page_lists_exactly_the_flags_and_variables_bakery_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut help = String::new();
+    for args in [&["--help"][..], &["build", "--help"]] {
+        let (out, _) = text(&bakery(dir.path(), args, &[]));
+        help.push_str(&out);
+    }
+    let flag = regex::Regex::new(r"(?m)^\s+(?:-[a-zA-Z], )?--([a-z][a-z0-9-]*)").unwrap();
+    let env = regex::Regex::new(r"\[env: ([A-Z_]+)=").unwrap();
+    let flags: std::collections::BTreeSet<String> = flag
+        .captures_iter(&help)
+        .map(|c| c[1].to_string())
+        .filter(|f| f != "help" && f != "version")
+        .collect();
+    let vars: std::collections::BTreeSet<String> =
+        env.captures_iter(&help).map(|c| c[1].to_string()).collect();
+    assert!(
+        flags.contains("tag") && vars.contains("BAKERY_PUSH"),
+        "{help}"
+    );
+    let page =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md")).unwrap();
+    let table = page
+        .lines()
+        .skip_while(|l| !l.starts_with("| flag | variable |"))
+        .take_while(|l| l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cell_flag = regex::Regex::new(r"`(?:build )?(?:-[a-zA-Z]/)?--([a-z][a-z0-9-]*)").unwrap();
+    let listed: std::collections::BTreeSet<String> = cell_flag
+        .captures_iter(&table)
+        .map(|c| c[1].to_string())
+        .collect();
+    let missing: Vec<_> = flags.difference(&listed).collect();
+    assert!(missing.is_empty(), "docs/cli.md lacks {missing:?}");
+    let unknown: Vec<_> = listed.difference(&flags).collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/cli.md lists flags bakery has not: {unknown:?}"
+    );
+    for var in &vars {
+        assert!(
+            table.contains(&format!("`{var}`")),
+            "docs/cli.md lacks {var}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bakery_protocol::api::{BuildState, BuildStatus, LogEvent};
 use futures_util::StreamExt;
+use support::load::{create, two_arch, upload};
 use support::*;
 
 /// A controller process on `port` over `data`, with load-mode agents.
@@ -42,58 +43,6 @@ fn terminate(child: &mut Child) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Uploads a context (the load-mode agent never reads it) and returns its key.
-async fn upload(http: &reqwest::Client, base: &str) -> String {
-    use sha2::Digest;
-    let body = b"load-mode context".to_vec();
-    let key = format!(
-        "contexts/sha256-{}.tar.gz",
-        hex::encode(sha2::Sha256::digest(&body))
-    );
-    let resp = http
-        .put(format!("{base}/v1/contexts/{key}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-    key
-}
-
-/// A build of both arches that pushes nothing.
-fn two_arch(key: &str, n: usize) -> serde_json::Value {
-    let spec = serde_json::json!({
-        "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
-        "labels": {}, "env": {}, "pre_script": null, "post_script": null, "credentials": [],
-        "cpu": null, "memory": null, "spot": false, "cache": {}, "cache_from": [],
-        "snapshot_mode": null, "use_new_run": false, "cleanup": false,
-        "custom_platform": "linux/amd64", "no_push": true, "ignore_path": [], "extra_flags": []
-    });
-    let task = |arch: &str| {
-        let mut spec = spec.clone();
-        spec["custom_platform"] = serde_json::json!(format!("linux/{arch}"));
-        serde_json::json!({"arch": arch, "push": null, "context_key": key, "spec": spec})
-    };
-    serde_json::json!({
-        "service": format!("soak-{n}"), "destination": null,
-        "tasks": [task("amd64"), task("arm64")]
-    })
-}
-
-async fn create(http: &reqwest::Client, base: &str, body: &serde_json::Value) -> String {
-    let resp = http
-        .post(format!("{base}/v1/builds"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
-    resp.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// What one follower saw: every log event, and the final status.

@@ -133,7 +133,23 @@ pub fn take_named(context: &Path, work: &Path, spec: &BuildSpec) -> Result<(), A
     if !sent {
         return Ok(());
     }
-    std::fs::rename(context.join(CONTEXTS_BESIDE), work.join("contexts")).map_err(|e| {
+    // Directories, as the client packs them: a hand-made archive's symlink
+    // (`.bakery-contexts/0 -> /`) would hand the builder any path.
+    let from = context.join(CONTEXTS_BESIDE);
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let sent_dirs = spec.build_contexts.values().filter_map(|c| match c {
+        NamedContext::Archive(n) => Some(from.join(n.to_string())),
+        NamedContext::DockerImage(_) => None,
+    });
+    for dir in std::iter::once(from.clone()).chain(sent_dirs) {
+        if !real_dir(&dir) {
+            return Err(AgentError::Context(format!(
+                "the context archive's {} is not a directory",
+                dir.strip_prefix(context).unwrap_or(&dir).display()
+            )));
+        }
+    }
+    std::fs::rename(&from, work.join("contexts")).map_err(|e| {
         AgentError::Context(format!(
             "moving the named build contexts sent with the context out of it: {e}"
         ))
@@ -159,6 +175,32 @@ pub fn dockerfile_path(context: &Path, work: &Path, spec: &BuildSpec) -> PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_context_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (context, work) = (dir.path().join("context"), dir.path().join("work"));
+        std::fs::create_dir_all(context.join(CONTEXTS_BESIDE)).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        std::os::unix::fs::symlink("/", context.join(CONTEXTS_BESIDE).join("0")).unwrap();
+        let mut spec: BuildSpec = serde_json::from_value(serde_json::json!({
+            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
+            "labels": {}, "env": {}, "pre_script": null, "post_script": null,
+            "credentials": [], "cpu": null, "memory": null, "spot": false, "cache": {},
+            "cache_from": [], "snapshot_mode": null, "use_new_run": false, "cleanup": false,
+            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [],
+            "extra_flags": []
+        }))
+        .unwrap();
+        spec.build_contexts
+            .insert("shared".into(), NamedContext::Archive(0));
+        let e = take_named(&context, &work, &spec).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        std::fs::remove_file(context.join(CONTEXTS_BESIDE).join("0")).unwrap();
+        std::fs::create_dir(context.join(CONTEXTS_BESIDE).join("0")).unwrap();
+        take_named(&context, &work, &spec).unwrap();
+        assert!(named_dir(&work, 0).is_dir());
+    }
 
     #[test]
     fn a_context_is_capped_at_what_was_packed_and_what_the_disk_holds() {

@@ -154,9 +154,15 @@ impl Controller {
                 .await
             {
                 Ok(Some(end)) => return Ok(end),
-                Ok(None) => delays = backoff(),
+                Ok(None) => {
+                    on(Event::Idle);
+                    delays = backoff();
+                }
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
+                    // What was read before the stream broke is shown now,
+                    // not after the back-off and reconnect.
+                    on(Event::Idle);
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > FOLLOW_PATIENCE {
                         return Err(e);
@@ -187,7 +193,17 @@ impl Controller {
         }
         let resp = self.http.send(WHAT, request).await?;
         let mut events = resp.bytes_stream().eventsource();
-        while let Some(event) = events.next().await {
+        loop {
+            // What is already read is handled before waiting for more;
+            // waiting is announced, so output can be flushed once per read.
+            let next = match futures_util::FutureExt::now_or_never(events.next()) {
+                Some(next) => next,
+                None => {
+                    on(Event::Idle);
+                    events.next().await
+                }
+            };
+            let Some(event) = next else { break };
             let event = event.map_err(|e| Error::Unreachable {
                 what: WHAT,
                 base: self.http.base().to_string(),

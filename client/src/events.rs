@@ -12,6 +12,12 @@ pub enum Event {
     Status(BuildStatus),
     /// The final status; the stream ends after it.
     End(BuildStatus),
+    /// Every event received so far has been handed over and the next has
+    /// not arrived yet: a consumer that buffers its output flushes here, so
+    /// a chatty build costs a write per network read, not per line, and a
+    /// quiet one still shows its last line at once. Never parsed from the
+    /// stream.
+    Idle,
 }
 
 impl Event {

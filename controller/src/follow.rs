@@ -6,16 +6,18 @@
 //! (without `end`), so that a rollout is not held open by the clients
 //! watching it: they reconnect to the next controller and resume.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
 use bakery_protocol::api::{self, BuildStatus};
-use futures_util::stream::{self, Stream};
+use futures_util::stream;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +40,7 @@ pub async fn follow_logs(
     id: std::result::Result<Path<String>, PathRejection>,
     query: std::result::Result<Query<FollowQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+) -> Result<Response> {
     let Path(id) = id?;
     let Query(query) = query?;
     let build = find(&app, &id, &caller)?;
@@ -49,20 +51,40 @@ pub async fn follow_logs(
         .or(query.after)
         .unwrap_or(0);
     // Produced as the connection reads: no task or channel between the
-    // build and the socket, and a batch of lines is written in one go.
+    // build and the socket, and every event made at once goes out as one
+    // chunk (a client that reads a long log pays per chunk, not per line).
     let follower = Follower {
         changed: build.subscribe(),
         build,
         cursor: after,
         last_status: None,
-        queued: VecDeque::new(),
+        queued: String::new(),
         finished: false,
         stopping: app.stopping.clone(),
     };
-    let events = stream::unfold(follower, |mut f| async move {
-        f.next().await.map(|e| (Ok::<_, Infallible>(e), f))
+    let chunks = stream::unfold(follower, |mut f| async move {
+        f.next().await.map(|c| (Ok::<_, Infallible>(c), f))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(chunks))
+        .expect("a valid response"))
+}
+
+/// How long a quiet stream waits before a comment line keeps proxies and
+/// clients from timing it out (as axum's SSE keep-alive).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Appends one server-sent event (`data` is one line of JSON).
+fn push_event(out: &mut String, name: &str, id: Option<u64>, data: &impl serde::Serialize) {
+    let _ = writeln!(out, "event: {name}");
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    out.push_str("data: ");
+    out.push_str(&serde_json::to_string(data).expect("events serialise"));
+    out.push_str("\n\n");
 }
 
 /// Most lines a follower takes from its build at a time: what a follower
@@ -77,8 +99,8 @@ struct Follower {
     /// The seq of the last line sent.
     cursor: u64,
     last_status: Option<BuildStatus>,
-    /// Events made and not yet taken by the connection.
-    queued: VecDeque<Event>,
+    /// Events made and not yet taken by the connection, as text.
+    queued: String,
     /// The `end` event is queued: nothing follows it.
     finished: bool,
     /// The controller is stopping: the stream ends where it is.
@@ -86,10 +108,11 @@ struct Follower {
 }
 
 impl Follower {
-    async fn next(&mut self) -> Option<Event> {
+    /// The next chunk: every event made since the last one.
+    async fn next(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(event) = self.queued.pop_front() {
-                return Some(event);
+            if !self.queued.is_empty() {
+                return Some(Bytes::from(std::mem::take(&mut self.queued)));
             }
             if self.finished || self.stopping.is_cancelled() {
                 return None;
@@ -97,13 +120,7 @@ impl Follower {
             let (cursor, queued) = (&mut self.cursor, &mut self.queued);
             let (status, caught_up) = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
                 *cursor = line.seq;
-                queued.push_back(
-                    Event::default()
-                        .event(api::event::LOG)
-                        .id(line.seq.to_string())
-                        .json_data(line)
-                        .expect("log events serialise"),
-                );
+                push_event(queued, api::event::LOG, Some(line.seq), &line);
             });
             let terminal = status.state.is_terminal();
             // The end waits for the last lines to be saved (and sent).
@@ -114,12 +131,7 @@ impl Follower {
                 } else {
                     api::event::STATUS
                 };
-                self.queued.push_back(
-                    Event::default()
-                        .event(name)
-                        .json_data(&status)
-                        .expect("status serialises"),
-                );
+                push_event(&mut self.queued, name, None, &status);
                 self.last_status = Some(status);
             }
             if terminal && !hold {
@@ -136,6 +148,7 @@ impl Follower {
                         }
                     }
                     () = self.stopping.cancelled() => return None,
+                    () = tokio::time::sleep(KEEP_ALIVE) => return Some(Bytes::from_static(b":\n\n")),
                 }
             }
         }

@@ -87,10 +87,20 @@ fn read_by_code() -> BTreeSet<String> {
     names
 }
 
-/// First cells of the rows of README tables headed `| variable |` (the
-/// environment variable tables; `make` variables have their own header).
+/// First cells of the rows of tables headed `| variable |` in the README
+/// and every page of docs/ (the environment variable tables; `make`
+/// variables have their own header).
 fn in_readme() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut pages = vec![root().join("README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            pages.push(entry.path());
+        }
+    }
+    let readme: String = pages
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap() + "\n")
+        .collect();
     let mut names = BTreeSet::new();
     let mut in_variable_table = false;
     for line in readme.lines() {

@@ -16,6 +16,10 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+/// Keys reserved for attestations (`vnd.docker.reference.type` and
+/// `.digest`): an image annotated with them would be taken for one.
+pub const RESERVED_PREFIX: &str = "vnd.docker.reference.";
+
 /// Where an annotation goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -47,11 +51,21 @@ impl FromStr for Annotation {
         // A key has no `:` of its own in practice only after the level;
         // `org.opencontainers.image.source` has none at all.
         let (level, key) = match key.split_once(':') {
+            Some((levels, _)) if levels.contains(',') => {
+                return Err(format!(
+                    "`{levels}`: give one level per annotation (one line each for {levels})"
+                ))
+            }
             Some((level, key)) => (level_of(level)?, key),
             None => (Level::Manifest, key),
         };
         if key.is_empty() || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(format!("`{key}` is not an annotation key"));
+        }
+        if key.starts_with(RESERVED_PREFIX) {
+            return Err(format!(
+                "`{key}`: `{RESERVED_PREFIX}*` annotations are the attestations' own"
+            ));
         }
         if value.chars().any(char::is_control) {
             return Err(format!(
@@ -144,6 +158,7 @@ mod tests {
             "layer:k=v",
             "no-equals",
             "=v",
+            "manifest-descriptor:vnd.docker.reference.type=attestation-manifest",
         ] {
             assert!(Annotations::parse([bad]).is_err(), "{bad}");
         }

@@ -51,7 +51,7 @@ impl Redactor {
 /// Every form in which a spec's secrets may show up in a log: registry
 /// passwords, each login as the `auth` of a Docker config (base64 of
 /// `user:password`), which a script that prints the config would show, and
-/// build secrets, whole and line by line.
+/// build secrets and SSH keys, whole and line by line.
 pub fn secret_forms(spec: &crate::spec::BuildSpec) -> Vec<String> {
     let logins = spec.credentials.iter().flat_map(|c| {
         let auth = base64(format!("{}:{}", c.username, c.password.expose()).as_bytes());
@@ -59,7 +59,7 @@ pub fn secret_forms(spec: &crate::spec::BuildSpec) -> Vec<String> {
     });
     // A multi-line secret (a key file) is masked line by line too: logs
     // arrive a line at a time.
-    let secrets = spec.secrets.iter().flat_map(|s| {
+    let secrets = spec.secrets.iter().chain(&spec.ssh).flat_map(|s| {
         let value = s.value.expose();
         std::iter::once(value.to_string())
             .chain(value.lines().map(str::to_string))
@@ -138,10 +138,14 @@ mod tests {
             "credentials": [{"registry": "r.io", "username": "ci", "password": "hunter2-pw"}],
             "cpu": null, "memory": null, "spot": false, "cache": {}, "cache_from": [],
             "snapshot_mode": null, "use_new_run": false, "cleanup": false,
-            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [], "extra_flags": []
+            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [], "extra_flags": [],
+            "ssh": [{"id": "default", "value": "-----BEGIN KEY-----\nc2VjcmV0LWtleS1ib2R5\n-----END KEY-----\n"}]
         }))
         .unwrap();
         let r = Redactor::for_spec(&spec);
+        // An SSH key's lines, each: a script that cats the key file logs
+        // them one at a time.
+        assert_eq!(r.redact("c2VjcmV0LWtleS1ib2R5"), "***");
         let auth = base64(b"ci:hunter2-pw");
         assert_eq!(
             r.redact(&format!(

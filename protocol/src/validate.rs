@@ -71,8 +71,8 @@ pub fn check_create(request: &CreateBuild) -> Result<(), Invalid> {
     if let Some(provenance) = &request.provenance {
         check_provenance(provenance)?;
     }
-    check_map(&request.index_annotations, "index_annotations")?;
-    check_map(&request.descriptor_annotations, "descriptor_annotations")?;
+    check_annotations(&request.index_annotations, "index_annotations")?;
+    check_annotations(&request.descriptor_annotations, "descriptor_annotations")?;
     if request.tasks.is_empty() {
         return Err(invalid("tasks", "a build needs at least one task"));
     }
@@ -335,10 +335,34 @@ fn check_maps(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
     for (name, map) in [
         ("build_args", &spec.build_args),
         ("labels", &spec.labels),
-        ("annotations", &spec.annotations),
         ("env", &spec.env),
     ] {
         check_map(map, &format!("{at}.{name}"))?;
+    }
+    check_annotations(&spec.annotations, &format!("{at}.annotations"))
+}
+
+/// Annotations: a map as [`check_map`] wants it, one-line values, and none
+/// of the keys by which tools tell an attestation from an image
+/// (`vnd.docker.reference.*`): an image annotated as one would be hidden.
+fn check_annotations(
+    map: &std::collections::BTreeMap<String, String>,
+    at: &str,
+) -> Result<(), Invalid> {
+    check_map(map, at)?;
+    for (k, v) in map {
+        if k.starts_with(crate::annotations::RESERVED_PREFIX) {
+            return Err(invalid(
+                format!("{at}.{}", shown(k)),
+                "`vnd.docker.reference.*` annotations are the attestations' own",
+            ));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(invalid(
+                format!("{at}.{}", shown(k)),
+                "an annotation value is one line without control characters",
+            ));
+        }
     }
     Ok(())
 }

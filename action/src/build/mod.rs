@@ -300,6 +300,7 @@ impl Run<'_> {
                         }
                         let _ = tx.send(status);
                     }
+                    Event::Idle => self.printer.flush(),
                 })
                 .await
         };

@@ -414,6 +414,7 @@ async fn the_writer_recovers_from_a_failed_write_by_reopening() {
 async fn secrets_live_beside_the_journal_never_in_it() {
     const PASSWORD: &str = "vault-Registry-Pw-1";
     const SECRET: &str = "vault-Build-Secret-2";
+    const KEY: &str = "vault-Ssh-Key-3";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("builds.redb");
     let registry = Arc::new(Registry::default());
@@ -433,6 +434,13 @@ async fn secrets_live_beside_the_journal_never_in_it() {
             id: "npm".into(),
             value: bakery_protocol::spec::Secret::new(SECRET),
         });
+    req.tasks[0]
+        .spec
+        .ssh
+        .push(bakery_protocol::spec::BuildSecret {
+            id: "default".into(),
+            value: bakery_protocol::spec::Secret::new(KEY),
+        });
     let holds = |file: &Path, needle: &str| {
         std::fs::read(file).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
     };
@@ -449,7 +457,7 @@ async fn secrets_live_beside_the_journal_never_in_it() {
         registry.insert(Arc::clone(&build));
         assert_eq!(journal.commit_dirty(registry.as_ref()).await.unwrap(), 1);
         assert!(
-            holds(&vault, PASSWORD) && holds(&vault, SECRET),
+            holds(&vault, PASSWORD) && holds(&vault, SECRET) && holds(&vault, KEY),
             "the vault file holds them"
         );
         use std::os::unix::fs::PermissionsExt;
@@ -459,13 +467,18 @@ async fn secrets_live_beside_the_journal_never_in_it() {
         );
     }
     assert!(
-        !holds(&path, PASSWORD) && !holds(&path, SECRET),
+        !holds(&path, PASSWORD) && !holds(&path, SECRET) && !holds(&path, KEY),
         "not in the database"
     );
     let restored = Journal::open(&path).unwrap().load().unwrap();
     let spec = &restored[0].record.request.tasks[0].spec;
     assert_eq!(spec.credentials[0].password.expose(), PASSWORD);
     assert_eq!(spec.secrets[0].value.expose(), SECRET);
+    assert_eq!(
+        spec.ssh[0].value.expose(),
+        KEY,
+        "a restarted controller has the SSH key"
+    );
     let journal = Journal::open(&path).unwrap();
     registry
         .get("s1")

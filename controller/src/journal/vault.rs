@@ -27,6 +27,9 @@ struct Sealed {
 struct TaskSecrets {
     passwords: Vec<String>,
     secrets: Vec<String>,
+    /// SSH keys (`--ssh`); absent in files written before they existed.
+    #[serde(default)]
+    ssh: Vec<String>,
 }
 
 /// Where the secrets files go; `None` keeps them in the records (a
@@ -84,13 +87,22 @@ impl Vault {
                         .iter()
                         .map(|s| s.value.expose().to_string())
                         .collect(),
+                    ssh: t
+                        .spec
+                        .ssh
+                        .iter()
+                        .map(|s| s.value.expose().to_string())
+                        .collect(),
                 })
                 .collect(),
         };
-        let empty = sealed
-            .tasks
-            .iter()
-            .all(|t| t.passwords.iter().chain(&t.secrets).all(String::is_empty));
+        let empty = sealed.tasks.iter().all(|t| {
+            t.passwords
+                .iter()
+                .chain(&t.secrets)
+                .chain(&t.ssh)
+                .all(String::is_empty)
+        });
         if empty {
             return match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -123,6 +135,9 @@ impl Vault {
                 c.password = Secret::new(p);
             }
             for (s, v) in task.spec.secrets.iter_mut().zip(saved.secrets) {
+                s.value = Secret::new(v);
+            }
+            for (s, v) in task.spec.ssh.iter_mut().zip(saved.ssh) {
                 s.value = Secret::new(v);
             }
         }
