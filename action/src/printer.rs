@@ -178,5 +178,9 @@ fn strip_ansi(s: &str) -> String {
     static ANSI: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").expect("valid regex")
     });
+    // Most lines have no escape at all: no regex for them.
+    if !s.contains('\x1b') {
+        return s.to_string();
+    }
     ANSI.replace_all(s, "").into_owned()
 }
