@@ -6,6 +6,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// Writes `text` to `path` and makes it executable: the stand-ins (bakery,
+/// gh, cargo) the action's scripts run.
+fn executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let chmod = Command::new("chmod").arg("+x").arg(path).status().unwrap();
+    assert!(chmod.success(), "chmod +x {}", path.display());
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -93,19 +101,10 @@ fn action_yml_declares_uses_and_passes_every_input() {
 fn the_action_build_step_maps_inputs_to_bakery() {
     let stub = tempfile::tempdir().unwrap();
     let dump = stub.path().join("dump");
-    std::fs::write(
-        stub.path().join("bakery"),
-        format!(
+    executable(&stub.path().join("bakery"), &format!(
             "#!/bin/sh\n{{ echo \"args=$*\"; for v in BAKERY_TAGS BAKERY_PLATFORMS BAKERY_BUILD_ARGS BAKERY_ASYNC BAKERY_CONFIG BAKERY_CONTEXT BAKERY_CACHE BAKERY_CACHE_REPO; do [ -n \"$(printenv $v)\" ] && printf '%s=%s\\n' $v \"$(printenv $v)\" || true; done; }} > {}\n",
             dump.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(stub.path().join("bakery"))
-        .status()
-        .unwrap();
+        ));
     let status = Command::new("bash")
         .arg(root().join("scripts/action-build"))
         .env_clear()
@@ -274,12 +273,7 @@ fn release_assets(dir: &Path, version: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let bin = tempfile::tempdir().unwrap();
     let script = format!("#!/bin/sh\necho \"bakery {version}\"\n");
-    std::fs::write(bin.path().join("bakery"), script).unwrap();
-    let chmod = Command::new("chmod")
-        .arg("+x")
-        .arg(bin.path().join("bakery"))
-        .status();
-    assert!(chmod.unwrap().success());
+    executable(&bin.path().join("bakery"), &script);
     let tarball = dir.join(format!("{name}.tar.gz"));
     let tar = Command::new("tar")
         .arg("-czf")
@@ -433,19 +427,10 @@ fn the_action_installs_a_release_binary_verified_before_each_use() {
     let gh = tempfile::tempdir().unwrap();
     let gh_log = gh.path().join("args");
     let fake_gh = |exit: i32| {
-        std::fs::write(
-            gh.path().join("gh"),
-            format!(
+        executable(&gh.path().join("gh"), &format!(
                 "#!/bin/sh\necho \"$*\" >> {}\necho 'verification failed: no attestation' >&2\nexit {exit}\n",
                 gh_log.display()
-            ),
-        )
-        .unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(gh.path().join("gh"))
-            .status()
-            .unwrap();
+            ));
     };
     let with_gh = format!("{}:/usr/bin:/bin", gh.path().display());
     fake_gh(0);
@@ -494,16 +479,10 @@ fn the_action_installs_a_release_binary_verified_before_each_use() {
     // A failing release host is retried, then an error: never a source
     // build, even with cargo on the runner (a stand-in that says if run).
     let cargo = tempfile::tempdir().unwrap();
-    std::fs::write(
-        cargo.path().join("cargo"),
+    executable(
+        &cargo.path().join("cargo"),
         "#!/bin/sh\necho CARGO-RAN\nexit 1\n",
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(cargo.path().join("cargo"))
-        .status()
-        .unwrap();
+    );
     let failing = Releases::serve(releases.path(), Some(503));
     let with_cargo = format!("{}:/usr/bin:/bin", cargo.path().display());
     let (ok, text) = install("v9.9.7", &failing.url(), &[("PATH", &with_cargo)]);
@@ -545,19 +524,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn the_action_maps_secret_inputs_to_secret_specs_without_putting_values_in_argv() {
     let stub = tempfile::tempdir().unwrap();
     let dump = stub.path().join("dump");
-    std::fs::write(
-        stub.path().join("bakery"),
-        format!(
+    executable(&stub.path().join("bakery"), &format!(
             "#!/bin/sh\n{{ echo \"args=$*\"; printf 'SECRETS=%s\\n' \"$BAKERY_SECRETS\"; printf 'V1=%s\\n' \"$BAKERY_SECRET_VALUE_1\"; }} > {}\n",
             dump.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(stub.path().join("bakery"))
-        .status()
-        .unwrap();
+        ));
     let run = |secrets: &str| {
         Command::new("bash")
             .arg(root().join("scripts/action-build"))
@@ -750,19 +720,10 @@ fn the_gitlab_component_job_runs_with_its_inputs_filled_in() {
         );
         let stub = tempfile::tempdir().unwrap();
         let dump = stub.path().join("dump");
-        std::fs::write(
-            stub.path().join("bakery"),
-            format!(
+        executable(&stub.path().join("bakery"), &format!(
                 "#!/bin/sh\n{{ env | grep -E '^(BAKERY_|CONTROLLER_)' | sort; printf 'SECRETS=%s\\n' \"$BAKERY_SECRETS\"; }} > {}\n",
                 dump.display()
-            ),
-        )
-        .unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(stub.path().join("bakery"))
-            .status()
-            .unwrap();
+            ));
         let mut script = String::from("set -e\n");
         for (k, v) in job["variables"].as_object().unwrap() {
             let v = match v {
@@ -896,19 +857,10 @@ fn zizmor_actionlint_and_the_published_schemas_find_nothing() {
 fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
     let stub = tempfile::tempdir().unwrap();
     let dump = stub.path().join("dump");
-    std::fs::write(
-        stub.path().join("bakery"),
-        format!(
+    executable(&stub.path().join("bakery"), &format!(
             "#!/bin/sh\n{{ for v in BAKERY_CACHE_REPO BAKERY_ANNOTATIONS BAKERY_PROVENANCE BAKERY_BUILD_CONTEXTS BAKERY_SSH; do printf '%s=%s|\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
             dump.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(stub.path().join("bakery"))
-        .status()
-        .unwrap();
+        ));
     let run = |inputs: &[(&str, &str)]| {
         let mut command = Command::new("bash");
         command
@@ -1010,19 +962,10 @@ fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
 fn boolean_inputs_and_comma_secret_envs_read_as_build_push_action_reads_them() {
     let stub = tempfile::tempdir().unwrap();
     let dump = stub.path().join("dump");
-    std::fs::write(
-        stub.path().join("bakery"),
-        format!(
+    executable(&stub.path().join("bakery"), &format!(
             "#!/bin/sh\n{{ printf 'push=%s\\nsecrets=%s\\n' \"$BAKERY_PUSH\" \"$BAKERY_SECRETS\"; }} > {}\n",
             dump.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(stub.path().join("bakery"))
-        .status()
-        .unwrap();
+        ));
     let run = |push: &str, secret_envs: &str| {
         let out = Command::new("bash")
             .arg(root().join("scripts/action-build"))
