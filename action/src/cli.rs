@@ -31,7 +31,7 @@ Examples:
 
 /// On-demand native multi-arch container image builds.
 #[derive(Debug, Parser)]
-#[command(name = "bakery", version, after_help = EXAMPLES)]
+#[command(name = "bakery", version, long_version = LONG_VERSION, after_help = EXAMPLES)]
 pub struct Cli {
     /// Where the build plan comes from.
     #[command(flatten)]
@@ -67,9 +67,18 @@ pub struct Input {
     #[arg(long, env = "BAKERY_COMPOSE", global = true)]
     pub compose: Option<PathBuf>,
 
-    /// Services to build, comma-separated (default: all).
+    /// Services to build, comma-separated (default: all); `bakery build api web` names them too.
     #[arg(long, env = "BAKERY_SERVICES", value_delimiter = ',', global = true)]
     pub services: Vec<String>,
+
+    /// Compose profiles to activate (repeat or comma-separate; `*` for all): a service with `profiles:` is built only when one of them is active or when it is named.
+    #[arg(
+        long = "profile",
+        env = "COMPOSE_PROFILES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub profiles: Vec<String>,
 
     /// Build all selected services at once instead of one after another.
     #[arg(long = "async", env = "BAKERY_ASYNC", global = true)]
@@ -221,6 +230,11 @@ pub struct Input {
 pub enum Command {
     /// Build and push every planned image (the default command).
     Build {
+        /// Services to build (as `docker compose build api web`); added to --services.
+        // Not `services`: that id is the global --services flag's, and clap
+        // would merge the two.
+        #[arg(value_name = "SERVICE")]
+        named: Vec<String>,
         /// Submit, print the build ids, and return without following.
         #[arg(long, env = "BAKERY_DETACH")]
         detach: bool,
@@ -243,6 +257,11 @@ pub enum Command {
     },
     /// Resolve config and compose into the list of builds, and check it.
     Plan {
+        /// Services to plan; added to --services.
+        // Not `services`: that id is the global --services flag's, and clap
+        // would merge the two.
+        #[arg(value_name = "SERVICE")]
+        named: Vec<String>,
         /// Print the plan as JSON (secrets masked).
         #[arg(long)]
         json: bool,
@@ -259,7 +278,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print bakery's version, the commit it was built from, and its target.
+    Version,
 }
+
+/// `bakery --version` and `bakery version`: the commit and target tell a
+/// bug report which binary it is about.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BAKERY_COMMIT"),
+    ", ",
+    env!("BAKERY_TARGET"),
+    ")"
+);
 
 /// How log lines print (`--log-format`, `LOG_FORMAT`);
 /// unset, for a person reading a terminal or a CI log.

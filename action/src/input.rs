@@ -39,6 +39,7 @@ pub fn plan(input: &Input) -> Result<Plan> {
         config: input.config.clone(),
         compose: input.compose.clone(),
         services: input.services.clone(),
+        profiles: input.profiles.clone(),
         inline,
         overrides,
         ..PlanOptions::new(&input.repo)

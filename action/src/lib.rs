@@ -61,11 +61,15 @@ pub fn colour(is_terminal: bool) -> bool {
 }
 
 /// Runs one command line.
-pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let command = cli.command.unwrap_or(Command::Build {
+pub async fn run(mut cli: Cli) -> Result<ExitCode> {
+    let command = cli.command.take().unwrap_or(Command::Build {
+        named: Vec::new(),
         detach: false,
         codec: bakery_pack::Codec::Gzip,
     });
+    if let Command::Build { named, .. } | Command::Plan { named, .. } = &command {
+        cli.input.services.extend(named.iter().cloned());
+    }
     // An empty CONTROLLER_URL (a CI variable that is not set in this
     // project, an input left empty) means none, as unset does.
     let url = cli
@@ -76,7 +80,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         .map(|u| client::Remote::new(u, cli.insecure))
         .transpose()?;
     match command {
-        Command::Build { detach, codec } => {
+        Command::Build { detach, codec, .. } => {
             let plan = input::plan(&cli.input)?;
             if detach && url.is_none() {
                 anyhow::bail!(
@@ -112,7 +116,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Logs { id } => commands::logs(url.as_ref(), &id, cli.log_format).await,
         Command::Status { id, json } => commands::status(url.as_ref(), &id, json).await,
-        Command::Plan { json } => commands::plan(&cli.input, json).map(|()| ExitCode::SUCCESS),
+        Command::Plan { json, .. } => commands::plan(&cli.input, json).map(|()| ExitCode::SUCCESS),
+        Command::Version => {
+            println!("bakery {}", cli::LONG_VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pack {
             output,
             codec,

@@ -335,3 +335,52 @@ fn the_cli_page_lists_exactly_the_flags_and_variables_bakery_reads() {
         );
     }
 }
+
+/// `bakery build api web` names services as `docker compose build` does,
+/// and `bakery version` says which binary this is.
+#[test]
+fn positional_services_and_version() {
+    let dir = repo();
+    let out = bakery(
+        dir.path(),
+        &["--compose", "compose.yaml", "plan", "web"],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("r.io/web:1") && !stdout.contains("r.io/api"),
+        "{stdout}"
+    );
+    let out = bakery(
+        dir.path(),
+        &[
+            "--compose",
+            "compose.yaml",
+            "--services",
+            "api",
+            "plan",
+            "web",
+        ],
+        &[],
+    );
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("r.io/web:1") && stdout.contains("r.io/api"),
+        "{stdout}"
+    );
+
+    let out = bakery(dir.path(), &["version"], &[]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    let line = stdout.trim();
+    assert!(
+        line.starts_with(&format!("bakery {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    assert!(line.contains("linux"), "the target: {line}");
+    assert!(
+        !line.contains("commit unknown"),
+        "built in a git checkout: {line}"
+    );
+}

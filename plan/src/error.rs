@@ -30,8 +30,21 @@ impl Location {
     }
 }
 
+impl Location {
+    /// A flag or variable of the command line: errors about it name the
+    /// flag, with no line of a file to point at.
+    pub fn command_line() -> Self {
+        Location::new(Path::new(COMMAND_LINE), 0, 0)
+    }
+}
+
+const COMMAND_LINE: &str = "command line";
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file == Path::new(COMMAND_LINE) {
+            return f.write_str(COMMAND_LINE);
+        }
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
     }
 }

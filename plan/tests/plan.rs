@@ -2,67 +2,14 @@
 //! forms, the config + compose merge, and every validation error with its
 //! location.
 
-use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bakery_plan::{Plan, PlanError, PlanOptions};
+use support::Repo;
+
+mod support;
 use bakery_protocol::{Arch, Platform};
-
-struct Repo {
-    dir: tempfile::TempDir,
-}
-
-impl Repo {
-    fn new(files: &[(&str, &str)]) -> Repo {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            let path = dir.path().join(name);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
-        }
-        Repo { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn opts(&self) -> PlanOptions {
-        PlanOptions {
-            env: HashMap::new(),
-            host_arch: Arch::Amd64,
-            ..PlanOptions::new(self.dir.path())
-        }
-    }
-
-    fn config(&self) -> Result<Plan, PlanError> {
-        Plan::resolve(&self.opts())
-    }
-
-    fn compose(&self, file: &str, services: &[&str]) -> Result<Plan, PlanError> {
-        self.compose_env(file, services, &[])
-    }
-
-    fn compose_env(
-        &self,
-        file: &str,
-        services: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Plan, PlanError> {
-        let mut opts = self.opts();
-        opts.compose = Some(self.path(file));
-        opts.services = services
-            .iter()
-            .map(std::string::ToString::to_string)
-            .collect();
-        opts.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Plan::resolve(&opts)
-    }
-}
 
 /// The config.yaml of the original README, verbatim.
 const README_CONFIG: &str = r"global:

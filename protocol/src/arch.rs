@@ -60,6 +60,16 @@ impl Arch {
             ["linux", "aarch64" | "arm64v8"] => Err(format!(
                 "unsupported platform `{s}`: did you mean linux/arm64? (OCI platforms call aarch64 arm64)"
             )),
+            // A bare arch: what `--platform` means, without the OS.
+            ["amd64" | "x86_64" | "x86-64" | "x64"] => Err(format!(
+                "unsupported platform `{s}`: did you mean linux/amd64? (a platform is os/arch)"
+            )),
+            ["arm64" | "aarch64" | "arm64v8"] => Err(format!(
+                "unsupported platform `{s}`: did you mean linux/arm64? (a platform is os/arch)"
+            )),
+            ["linux", "arm", ..] | ["arm" | "armhf" | "armv7"] => Err(format!(
+                "unsupported platform `{s}`: 32-bit arm is not built; bakery builds natively on linux/amd64 and linux/arm64"
+            )),
             _ => Err(format!(
                 "unsupported platform `{s}`: bakery builds natively on linux/amd64 and linux/arm64"
             )),
@@ -141,5 +151,20 @@ mod tests {
             .parse::<Arch>()
             .unwrap_err()
             .contains("write `amd64`"));
+    }
+
+    #[test]
+    fn a_bare_arch_as_a_platform_gets_did_you_mean() {
+        for (given, meant) in [
+            ("arm64", "linux/arm64"),
+            ("aarch64", "linux/arm64"),
+            ("amd64", "linux/amd64"),
+            ("x86_64", "linux/amd64"),
+        ] {
+            let e = Arch::from_platform(given).unwrap_err();
+            assert!(e.contains(&format!("did you mean {meant}?")), "{e}");
+        }
+        let e = Arch::from_platform("linux/arm/v7").unwrap_err();
+        assert!(e.contains("32-bit arm"), "{e}");
     }
 }

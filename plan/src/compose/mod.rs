@@ -20,21 +20,26 @@ use serde::{Deserialize, Deserializer};
 use crate::error::{did_you_mean, Location, PlanError};
 use crate::location::Locations;
 use crate::scalar::compose_vars;
-use interpolate::read_dotenv;
 use keys::{
     IGNORED_BAKE_KEYS, IGNORED_BUILD_KEYS, SERVICE_KEYS, SUPPORTED_BUILD_KEYS, TOP_LEVEL_KEYS,
 };
 
 mod interpolate;
 mod keys;
+mod load;
+mod merge;
 
 pub use interpolate::interpolate;
 
 /// A parsed compose file with the positions of its values.
 pub struct ComposeFile {
     /// The compose file, as it was named (on the command
-    /// line, in `COMPOSE_FILE`, or found in the repository).
+    /// line, in `COMPOSE_FILE`, or found in the repository), or as an
+    /// `include:` names it.
     pub path: PathBuf,
+    /// What its relative paths (contexts, secret files) start from: the
+    /// file's directory, or an include's `project_directory`.
+    pub project_dir: PathBuf,
     /// Where each key and value sits in the interpolated text, for errors that point at a line.
     pub locations: Locations,
     /// The services, in the order the file lists them; those
@@ -47,6 +52,8 @@ pub struct ComposeFile {
     pub unset_variables: Vec<Unset>,
     /// The top-level `secrets:` that services' `build.secrets` name.
     pub secrets: BTreeMap<String, TopSecret>,
+    /// The files of its `include:`, each a project of its own.
+    pub included: Vec<ComposeFile>,
 }
 
 /// A top-level secret: a file (relative to the compose file) or a variable.
@@ -111,6 +118,9 @@ pub struct Service {
     pub image: Option<String>,
     /// `platform:`, one platform; used when no list of platforms is given.
     pub platform: Option<String>,
+    /// `profiles:`: the service is built only when one of them is active
+    /// (`--profile`, `COMPOSE_PROFILES`) or when it is named.
+    pub profiles: Option<Vec<String>>,
     /// `x-bake:` on the service; its `platforms` come second, after the build's own `x-bake`.
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,
@@ -192,40 +202,6 @@ impl<'de> Deserialize<'de> for Build {
 }
 
 impl ComposeFile {
-    /// Reads, interpolates and parses a compose file. `env` is the process
-    /// environment; the `.env` next to the file fills what it does not set.
-    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<ComposeFile, PlanError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
-            path: path.to_path_buf(),
-            cause: source,
-        })?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut vars = read_dotenv(&dir.join(".env"))?;
-        vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let mut unset = Vec::new();
-        let text = interpolate(&text, &vars, &mut unset).map_err(|(line, column, msg)| {
-            PlanError::invalid(Location::new(path, line, column), msg)
-        })?;
-        let unset: Vec<Unset> = unset
-            .into_iter()
-            .map(|(name, line, column)| Unset { name, line, column })
-            .collect();
-        let raw: RawFile =
-            crate::yaml::parse(path, &text).map_err(|e| explain_unset(e, path, &unset))?;
-        let locations = Locations::index(&text);
-        let file = ComposeFile {
-            path: path.to_path_buf(),
-            locations,
-            services: raw.services,
-            vars,
-            unset_variables: unset,
-            secrets: raw.secrets,
-        };
-        file.check_keys(&raw.other)?;
-        file.check_build_keys()?;
-        Ok(file)
-    }
-
     /// Misspelt top-level, service and `x-bake` keys are errors, with the
     /// key they were probably meant to be (a misspelt `x-bake.platforms`
     /// silently dropped an arch). `x-` keys are the user's own.
@@ -291,7 +267,26 @@ impl ComposeFile {
     /// variable's doing (`image: r.io/app:${TAGG}` is an image without a
     /// tag): say so, at the variable.
     pub fn explain_unset(&self, error: PlanError) -> PlanError {
-        explain_unset(error, &self.path, &self.unset_variables)
+        self.files().into_iter().fold(error, |error, file| {
+            explain_unset(error, &file.path, &file.unset_variables)
+        })
+    }
+
+    /// This file and every file it includes, depth first.
+    pub fn files(&self) -> Vec<&ComposeFile> {
+        let mut out = vec![self];
+        for inc in &self.included {
+            out.extend(inc.files());
+        }
+        out
+    }
+
+    /// Every service of the project (this file's and its includes'), with
+    /// the file that defines it, in file order.
+    pub fn all_services(&self) -> impl Iterator<Item = (&ComposeFile, &String, &Service)> {
+        self.files()
+            .into_iter()
+            .flat_map(|f| f.services.iter().map(move |(n, s)| (f, n, s)))
     }
 
     /// Where `path` (dotted, under the file root) is written.

@@ -80,7 +80,7 @@ impl Resolver<'_> {
             }
         }
         let cwd = std::env::current_dir().unwrap_or_default();
-        let flags = || Location::new(std::path::Path::new("command line"), 1, 1);
+        let flags = || Location::command_line();
         let mut seen = std::collections::HashSet::new();
         for r in &self.overrides.secrets {
             if !seen.insert(r.id.as_str()) {

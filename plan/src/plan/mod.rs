@@ -42,8 +42,12 @@ pub struct PlanOptions {
     /// `--compose`: the compose file to read; given with `config`, config.yaml's
     /// `global` and `bake` layers apply to its services.
     pub compose: Option<PathBuf>,
-    /// Services to build; empty means all.
+    /// Services to build; empty means all (of the active profiles).
     pub services: Vec<String>,
+    /// Compose profiles to activate (`--profile`, `COMPOSE_PROFILES`): a
+    /// service with `profiles:` is built only when one is active, or when
+    /// `services` names it.
+    pub profiles: Vec<String>,
     /// The environment for compose interpolation and valueless build args.
     pub env: HashMap<String, String>,
     /// The arch to build when nothing names one.
@@ -151,6 +155,7 @@ impl PlanOptions {
             config: None,
             compose: None,
             services: Vec::new(),
+            profiles: Vec::new(),
             env: std::env::vars().collect(),
             host_arch: Arch::host(),
             inline: None,
@@ -304,23 +309,23 @@ impl Plan {
         };
         let mut plan = match &compose {
             Some(compose) => resolver
-                .plan_compose(compose, &opts.services)
+                .plan_compose(compose, &opts.services, &opts.profiles)
                 .map_err(|e| compose.explain_unset(e))?,
             None => resolver.plan_config(&opts.services)?,
         };
         plan.discovered = discovered;
-        if let Some(compose) = &compose {
-            for unset in &compose.unset_variables {
+        for file in compose.iter().flat_map(|c| c.files()) {
+            for unset in &file.unset_variables {
                 plan.warnings.push(format!(
                     "{}: variable `{}` is not set; it was replaced by an empty string",
-                    Location::new(&compose.path, unset.line, unset.column),
+                    Location::new(&file.path, unset.line, unset.column),
                     unset.name
                 ));
             }
-            for path in compose.ignored_keys() {
+            for path in file.ignored_keys() {
                 plan.warnings.push(format!(
                     "{}: `{path}` is not applied by bakery; it is ignored",
-                    compose.location_of(&path)
+                    file.location_of(&path)
                 ));
             }
         }

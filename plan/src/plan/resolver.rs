@@ -1,6 +1,6 @@
 //! From config.yaml, compose or flags to the layers of every (service, arch).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use bakery_protocol::reference::ImageRef;
@@ -86,8 +86,8 @@ impl Resolver<'_> {
         inline: &InlineBuild,
         filter: &[String],
     ) -> Result<Plan, PlanError> {
-        let flags = Path::new("command line");
-        let at = |_: usize| Location::new(flags, 1, 1);
+        let at = |_: usize| Location::command_line();
+        let flags = Location::command_line().file;
         let Some(first) = inline.tags.first() else {
             return Err(PlanError::invalid(at(0), "no --tag given"));
         };
@@ -127,7 +127,7 @@ impl Resolver<'_> {
         let locations = Locations::default();
         let layer = Layer {
             settings,
-            file: flags,
+            file: &flags,
             locations: &locations,
             prefix: String::new(),
             kind: LayerKind::Config,
@@ -156,10 +156,11 @@ impl Resolver<'_> {
         &self,
         compose: &ComposeFile,
         filter: &[String],
+        profiles: &[String],
     ) -> Result<Plan, PlanError> {
         let mut services = Vec::new();
-        for name in buildable_selection(compose, filter)? {
-            services.push(self.compose_service(compose, name)?);
+        for (file, name) in buildable_selection(compose, filter, profiles)? {
+            services.push(self.compose_service(file, name)?);
         }
         Ok(Plan {
             services,
@@ -216,7 +217,7 @@ impl Resolver<'_> {
         prefix: &str,
     ) -> Result<Settings, PlanError> {
         let build = &service.build.as_ref().expect("buildable service").0;
-        let compose_dir = absolute(compose.path.parent().unwrap_or(Path::new(".")));
+        let compose_dir = absolute(&compose.project_dir);
         let context = normalize(&compose_dir.join(build.context.as_deref().unwrap_or(".")));
         let context = match context.strip_prefix(self.repo) {
             Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
@@ -265,10 +266,7 @@ impl Resolver<'_> {
         let mut arches = Vec::new();
         for p in &self.overrides.platforms {
             let arch = Arch::from_platform(p).map_err(|m| {
-                PlanError::invalid(
-                    Location::new(Path::new("command line"), 1, 1),
-                    format!("--platform: {m}"),
-                )
+                PlanError::invalid(Location::command_line(), format!("--platform: {m}"))
             })?;
             if !arches.contains(&arch) {
                 arches.push(arch);
@@ -392,52 +390,49 @@ fn check_single_filter(name: &str, filter: &[String]) -> Result<(), PlanError> {
     })
 }
 
-/// The compose services to build, in file order: those with a `build`
-/// section that the filter selects (all of them without one). A filter
-/// naming a service without `build`, or none at all, is an error.
+/// The compose services to build, in file order (the root file's, then
+/// each include's): those with a `build` section that the filter selects,
+/// or without a filter, those whose `profiles` are active (a service
+/// without `profiles` always is; `*` activates all), as `docker compose`
+/// selects them. A filter naming a service without `build`, or none at
+/// all, is an error.
 fn buildable_selection<'c>(
     compose: &'c ComposeFile,
     filter: &[String],
-) -> Result<Vec<&'c String>, PlanError> {
-    let buildable: Vec<&String> = compose
-        .services
-        .iter()
-        .filter(|(_, s)| s.build.is_some())
-        .map(|(n, _)| n)
+    profiles: &[String],
+) -> Result<Vec<(&'c ComposeFile, &'c String)>, PlanError> {
+    let buildable: Vec<(&ComposeFile, &String, &Service)> = compose
+        .all_services()
+        .filter(|(_, _, s)| s.build.is_some())
         .collect();
-    if let Some(name) = filter
+    let defined = |name: &String| compose.all_services().find(|(_, n, _)| *n == name);
+    if let Some((file, name, service)) = filter
         .iter()
-        .find(|f| compose.services.contains_key(*f) && !buildable.iter().any(|b| b == f))
+        .filter_map(defined)
+        .find(|(_, _, s)| s.build.is_none())
     {
-        let image = compose.services[name].image.clone();
+        let names: Vec<&str> = buildable.iter().map(|(_, n, _)| n.as_str()).collect();
         return Err(PlanError::invalid_with_hint(
-                compose.location_of(&format!("services.{name}")),
+                file.location_of(&format!("services.{name}")),
                 format!(
                     "service `{name}` has no `build` section{}: bakery builds images, it does not run services",
-                    image.map(|i| format!(" (compose runs it from `{i}`)")).unwrap_or_default()
+                    service.image.as_ref().map(|i| format!(" (compose runs it from `{i}`)")).unwrap_or_default()
                 ),
                 format!(
                     "build only the services that have one{}, or give `{name}` a `build` section",
-                    if buildable.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " ({})",
-                            buildable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        )
-                    }
+                    if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) }
                 ),
             ));
     }
     let unknown: Vec<String> = filter
         .iter()
-        .filter(|f| !buildable.iter().any(|b| b == f))
+        .filter(|f| !buildable.iter().any(|(_, b, _)| b == f))
         .cloned()
         .collect();
     if !unknown.is_empty() {
         return Err(PlanError::UnknownServices {
             unknown,
-            known: buildable.iter().map(|s| (*s).clone()).collect(),
+            known: buildable.iter().map(|(_, s, _)| (*s).clone()).collect(),
         });
     }
     if buildable.is_empty() {
@@ -447,10 +442,37 @@ fn buildable_selection<'c>(
             "add `build: .` (or a build mapping) to the services bakery should build",
         ));
     }
-    Ok(buildable
-        .into_iter()
-        .filter(|name| filter.is_empty() || filter.contains(name))
-        .collect())
+    let active = |s: &Service| match &s.profiles {
+        None => true,
+        Some(p) if p.is_empty() => true,
+        Some(p) => profiles.iter().any(|a| a == "*" || p.contains(a)),
+    };
+    let selected: Vec<(&ComposeFile, &String)> = buildable
+        .iter()
+        .filter(|(_, name, s)| {
+            if filter.is_empty() {
+                active(s)
+            } else {
+                filter.contains(name)
+            }
+        })
+        .map(|(f, n, _)| (*f, *n))
+        .collect();
+    if selected.is_empty() {
+        let inactive: BTreeSet<&String> = buildable
+            .iter()
+            .flat_map(|(_, _, s)| s.profiles.iter().flatten())
+            .collect();
+        return Err(PlanError::invalid_with_hint(
+            compose.location_of("services"),
+            "every service with a `build` section belongs to a profile that is not active",
+            format!(
+                "activate one with --profile (or COMPOSE_PROFILES): {}",
+                inactive.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(selected)
 }
 
 /// A service's `build.secrets`, each resolved through the top-level

@@ -1,0 +1,412 @@
+//! Reading compose files as `docker compose` does: interpolation, then each
+//! service's `extends` chain merged, then the files of `include:` read as
+//! projects of their own.
+//!
+//! Typed parsing runs on each file's own text first, so a wrong type is
+//! reported at its line; a service that extends another is then rebuilt
+//! from the merged YAML ([`super::merge`]), and its errors point at its
+//! `extends:`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+
+use super::interpolate::{interpolate, read_dotenv};
+use super::merge::{merge_services, rebase};
+use super::{explain_unset, ComposeFile, RawFile, Service, Unset};
+use crate::error::{did_you_mean, Location, PlanError};
+use crate::location::Locations;
+
+/// One file, read, interpolated and parsed both ways.
+struct Source {
+    path: PathBuf,
+    locations: Locations,
+    /// The typed parse, which has already checked every type.
+    raw: RawFile,
+    /// The same document as YAML, for merging.
+    value: Value,
+    unset: Vec<Unset>,
+}
+
+impl Source {
+    fn read(path: &Path, vars: &HashMap<String, String>) -> Result<Source, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| PlanError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let mut unset = Vec::new();
+        let text = interpolate(&text, vars, &mut unset).map_err(|(line, column, msg)| {
+            PlanError::invalid(Location::new(path, line, column), msg)
+        })?;
+        let unset: Vec<Unset> = unset
+            .into_iter()
+            .map(|(name, line, column)| Unset { name, line, column })
+            .collect();
+        let raw: RawFile =
+            crate::yaml::parse(path, &text).map_err(|e| explain_unset(e, path, &unset))?;
+        // The typed parse accepted it, so it is YAML.
+        let mut value: Value = serde_yaml_ng::from_str(&text).unwrap_or(Value::Null);
+        let _ = value.apply_merge();
+        Ok(Source {
+            path: path.to_path_buf(),
+            locations: Locations::index(&text),
+            raw,
+            value,
+            unset,
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    fn location_of(&self, path: &str) -> Location {
+        let pos = self.locations.nearest(path);
+        Location::new(&self.path, pos.line, pos.column)
+    }
+
+    fn service(&self, name: &str) -> Option<&Value> {
+        self.value.get("services")?.get(name)
+    }
+
+    fn service_names(&self) -> Vec<&str> {
+        self.raw.services.keys().map(String::as_str).collect()
+    }
+}
+
+impl ComposeFile {
+    /// Reads, interpolates and parses a compose file and the files it
+    /// includes and extends. `env` is the process environment; the `.env`
+    /// next to the file fills what it does not set.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<ComposeFile, PlanError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let vars = variables(&[dir.join(".env")], env)?;
+        load_project(path, dir.to_path_buf(), vars, env, &mut Vec::new())
+    }
+}
+
+/// The `.env` files' variables (a later file wins), under the process environment.
+fn variables(
+    dotenvs: &[PathBuf],
+    env: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, PlanError> {
+    let mut vars = HashMap::new();
+    for file in dotenvs {
+        vars.extend(read_dotenv(file)?);
+    }
+    vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(vars)
+}
+
+/// One file as a project: its services with their `extends` applied, its
+/// includes loaded beneath it. `stack` holds the files being included, to
+/// refuse a cycle.
+fn load_project(
+    path: &Path,
+    project_dir: PathBuf,
+    vars: HashMap<String, String>,
+    env: &HashMap<String, String>,
+    stack: &mut Vec<PathBuf>,
+) -> Result<ComposeFile, PlanError> {
+    let source = Source::read(path, &vars)?;
+    let mut services: Vec<(String, Service)> = Vec::new();
+    for (name, service) in &source.raw.services {
+        if !service.other.contains_key("extends") {
+            continue;
+        }
+        let merged = resolve_extends(&source, name, &vars, &mut Vec::new())?;
+        let at = source.location_of(&format!("services.{name}.extends"));
+        let service: Service = serde_yaml_ng::from_value(merged).map_err(|e| {
+            PlanError::invalid(at, format!("`services.{name}` with what it extends: {e}"))
+        })?;
+        services.push((name.clone(), service));
+    }
+    let Source {
+        locations,
+        mut raw,
+        unset,
+        ..
+    } = source;
+    for (name, service) in services {
+        raw.services.insert(name, service);
+    }
+    let include = raw.other.remove("include");
+    let mut file = ComposeFile {
+        path: path.to_path_buf(),
+        project_dir,
+        locations,
+        services: raw.services,
+        vars,
+        unset_variables: unset,
+        secrets: raw.secrets,
+        included: Vec::new(),
+    };
+    file.check_keys(&raw.other)?;
+    file.check_build_keys()?;
+    stack.push(canonical(path));
+    file.included = includes(&file, include.as_ref(), env, stack)?;
+    stack.pop();
+    check_unique_services(&file)?;
+    Ok(file)
+}
+
+/// A link of an `extends` chain: which service, and where it says `extends`.
+struct Link {
+    file: PathBuf,
+    service: String,
+    at: Location,
+}
+
+/// The service `name` of `source` with its `extends` chain merged, as YAML.
+fn resolve_extends(
+    source: &Source,
+    name: &str,
+    vars: &HashMap<String, String>,
+    chain: &mut Vec<Link>,
+) -> Result<Value, PlanError> {
+    let service = source.service(name).cloned().unwrap_or(Value::Null);
+    let Some(extends) = service.get("extends") else {
+        return Ok(service);
+    };
+    let at = source.location_of(&format!("services.{name}.extends"));
+    let file = canonical(&source.path);
+    if let Some(first) = chain
+        .iter()
+        .position(|l| l.file == file && l.service == name)
+    {
+        let links: Vec<String> = chain[first..]
+            .iter()
+            .map(|l| format!("`{}` ({})", l.service, l.at))
+            .collect();
+        return Err(PlanError::invalid_with_hint(
+            chain[first].at.clone(),
+            format!("`extends` makes a cycle: {} → `{name}`", links.join(" → ")),
+            "remove the `extends` of one of these services",
+        ));
+    }
+    let (base_file, base) = extends_target(extends).ok_or_else(|| {
+        PlanError::invalid_with_hint(
+            at.clone(),
+            format!(
+                "`services.{name}.extends` is neither a service name nor a mapping with `service`"
+            ),
+            "write `extends: base` or `extends: {service: base, file: common.yaml}`",
+        )
+    })?;
+    let other;
+    let base_source = match &base_file {
+        Some(f) => {
+            let path = source.dir().join(f);
+            other = Source::read(&path, vars).map_err(|e| match e {
+                PlanError::Read { cause, .. } => PlanError::invalid_with_hint(
+                    at.clone(),
+                    format!("`extends.file`: cannot read {}: {cause}", path.display()),
+                    "the file is relative to the compose file that names it",
+                ),
+                e => e,
+            })?;
+            &other
+        }
+        None => source,
+    };
+    if base_source.service(&base).is_none() {
+        let hint = match did_you_mean(&base, base_source.service_names()) {
+            Some(best) => format!("did you mean `{best}`?"),
+            None => format!(
+                "the services of {} are: {}",
+                base_source.path.display(),
+                base_source.service_names().join(", ")
+            ),
+        };
+        return Err(PlanError::invalid_with_hint(
+            at,
+            format!(
+                "`{name}` extends `{base}`, which {} does not define",
+                base_source.path.display()
+            ),
+            hint,
+        ));
+    }
+    chain.push(Link {
+        file,
+        service: name.to_string(),
+        at,
+    });
+    let mut base_value = resolve_extends(base_source, &base, vars, chain)?;
+    chain.pop();
+    if canonical(&base_source.path) != canonical(&source.path) {
+        rebase(&mut base_value, base_source.dir());
+    }
+    let mut own = service;
+    if let Some(map) = own.as_mapping_mut() {
+        map.remove("extends");
+    }
+    Ok(merge_services(base_value, own))
+}
+
+/// `extends: name` or `extends: {service: name, file: path}`.
+fn extends_target(value: &Value) -> Option<(Option<String>, String)> {
+    match value {
+        Value::String(s) => Some((None, s.clone())),
+        Value::Mapping(m) => {
+            let service = m.get("service")?.as_str()?.to_string();
+            let file = match m.get("file") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_str()?.to_string()),
+            };
+            Some((file, service))
+        }
+        _ => None,
+    }
+}
+
+/// An `include:` entry: the file, and the project it is read as.
+struct Include {
+    path: PathBuf,
+    project_dir: PathBuf,
+    env_files: Vec<PathBuf>,
+}
+
+/// The files of `include:`, each loaded as its own project: paths are
+/// relative to the including project's directory; an included file's
+/// relative paths to its `project_directory` (default: its own directory),
+/// and it is interpolated with its `env_file` (default: that directory's
+/// `.env`) under the process environment.
+fn includes(
+    file: &ComposeFile,
+    include: Option<&Value>,
+    env: &HashMap<String, String>,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Vec<ComposeFile>, PlanError> {
+    let Some(include) = include else {
+        return Ok(Vec::new());
+    };
+    let Some(entries) = include.as_sequence() else {
+        return Err(PlanError::invalid_with_hint(
+            file.location_of("include"),
+            "`include` is a list",
+            "write `include: [other/compose.yaml]` or a list of {path, project_directory, env_file}",
+        ));
+    };
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = file.location_of(&format!("include[{i}]"));
+        let inc = include_entry(entry, &file.project_dir)
+            .map_err(|(message, hint)| PlanError::invalid_with_hint(at.clone(), message, hint))?;
+        if !inc.path.is_file() {
+            return Err(PlanError::invalid_with_hint(
+                at,
+                format!("the included file {} does not exist", inc.path.display()),
+                format!(
+                    "include paths are relative to {}",
+                    file.project_dir.display()
+                ),
+            ));
+        }
+        if stack.contains(&canonical(&inc.path)) {
+            return Err(PlanError::invalid_with_hint(
+                at,
+                format!(
+                    "{} includes itself (through: {})",
+                    inc.path.display(),
+                    chain(stack)
+                ),
+                "remove one of the includes that lead back to this file",
+            ));
+        }
+        let vars = variables(&inc.env_files, env)?;
+        out.push(load_project(&inc.path, inc.project_dir, vars, env, stack)?);
+    }
+    Ok(out)
+}
+
+fn chain(stack: &[PathBuf]) -> String {
+    stack
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+/// One `include:` entry: a path, or `{path, project_directory, env_file}`.
+fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)> {
+    let form = || {
+        (
+            "an `include` entry is a path or a mapping with `path`".to_string(),
+            "write `- other/compose.yaml` or `- path: other/compose.yaml`".to_string(),
+        )
+    };
+    let (path, project, env_files) = match entry {
+        Value::String(p) => (p.clone(), None, Vec::new()),
+        Value::Mapping(m) => {
+            let path = match m.get("path") {
+                Some(Value::String(p)) => p.clone(),
+                Some(Value::Sequence(list)) if list.len() == 1 => {
+                    list[0].as_str().ok_or_else(form)?.to_string()
+                }
+                Some(Value::Sequence(_)) => {
+                    return Err((
+                        "an `include` entry lists several files to merge as overrides; bakery reads one file per entry".into(),
+                        "merge the override into the file, or include each file as its own entry".into(),
+                    ))
+                }
+                _ => return Err(form()),
+            };
+            let project = m
+                .get("project_directory")
+                .and_then(Value::as_str)
+                .map(String::from);
+            let env_files = match m.get("env_file") {
+                Some(Value::String(f)) => vec![f.clone()],
+                Some(Value::Sequence(list)) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (path, project, env_files)
+        }
+        _ => return Err(form()),
+    };
+    let path = base.join(path);
+    let project_dir = match project {
+        Some(d) => base.join(d),
+        None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    let env_files = if env_files.is_empty() {
+        vec![project_dir.join(".env")]
+    } else {
+        env_files.iter().map(|f| base.join(f)).collect()
+    };
+    Ok(Include {
+        path,
+        project_dir,
+        env_files,
+    })
+}
+
+/// A service name is one service in the whole project: compose refuses an
+/// included file that defines a service the project already has.
+fn check_unique_services(root: &ComposeFile) -> Result<(), PlanError> {
+    let mut seen: HashMap<&str, Location> = HashMap::new();
+    for file in root.files() {
+        for name in file.services.keys() {
+            let here = file.location_of(&format!("services.{name}"));
+            if let Some(first) = seen.get(name.as_str()) {
+                return Err(PlanError::invalid_with_hint(
+                    here,
+                    format!("service `{name}` is defined twice: here and at {first}"),
+                    "rename one of them: an included file's services join the project's",
+                ));
+            }
+            seen.insert(name, here);
+        }
+    }
+    Ok(())
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
