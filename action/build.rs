@@ -1,10 +1,12 @@
-//! Records the commit and target `bakery version` prints. A release build
-//! sets BAKERY_COMMIT (scripts/release); elsewhere git says, when it can.
+//! Records the commit and target `bakery version` prints. A build outside
+//! a git checkout may set BAKERY_VERSION_COMMIT; elsewhere git says.
+//! (Cargo also sets these variables for `cargo test`'s processes, so they
+//! must not be names bakery reads as settings: BAKERY_TARGET is --target.)
 
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=BAKERY_COMMIT");
+    println!("cargo:rerun-if-env-changed=BAKERY_VERSION_COMMIT");
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -26,12 +28,12 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    let commit = std::env::var("BAKERY_COMMIT")
+    let commit = std::env::var("BAKERY_VERSION_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=BAKERY_COMMIT={commit}");
+    println!("cargo:rustc-env=BAKERY_VERSION_COMMIT={commit}");
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
-    println!("cargo:rustc-env=BAKERY_TARGET={target}");
+    println!("cargo:rustc-env=BAKERY_VERSION_TARGET={target}");
 }

@@ -287,9 +287,9 @@ pub enum Command {
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("BAKERY_COMMIT"),
+    env!("BAKERY_VERSION_COMMIT"),
     ", ",
-    env!("BAKERY_TARGET"),
+    env!("BAKERY_VERSION_TARGET"),
     ")"
 );
 
