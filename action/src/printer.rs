@@ -57,6 +57,11 @@ impl Printer {
         }
     }
 
+    /// Whether stdout carries JSON only (`--log-format json`).
+    pub fn json(&self) -> bool {
+        self.format == Some(LogFormat::Json)
+    }
+
     /// Prints one log line of `service`, in `format`, inside its
     /// task's CI log block; remembers it for [`Printer::tail`].
     pub fn line(&self, service: &str, event: &LogEvent) {

@@ -99,8 +99,17 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// The table CI users read first: one row per (service, arch), the index,
-/// and for failures the last lines of the failing arch's log.
-pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
+/// for failures the Dockerfile line and the last lines of the failing
+/// arch's log, and the total time.
+pub fn print_summary(
+    plan: &Plan,
+    results: &[ServiceResult],
+    printer: &Printer,
+    started: std::time::Instant,
+) {
+    if printer.json() {
+        return print_summary_json(plan, results, printer, started);
+    }
     let mut rows = vec![["SERVICE", "ARCH", "STATUS", "DURATION", "DIGEST"].map(String::from)];
     let mut failures = Vec::new();
     let mut indexes = Vec::new();
@@ -137,6 +146,7 @@ pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
                 failures.push((
                     format!("{service}-{}", t.arch),
                     t.error.clone().unwrap_or_default(),
+                    Some((service.as_str(), t.arch)),
                 ));
             }
         }
@@ -145,7 +155,11 @@ pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
             (_, _, BuildState::Failed)
                 if !status.tasks.iter().any(|t| t.state == TaskState::Failed) =>
             {
-                failures.push((service.clone(), status.error.clone().unwrap_or_default()));
+                failures.push((
+                    service.clone(),
+                    status.error.clone().unwrap_or_default(),
+                    None,
+                ));
             }
             _ => {}
         }
@@ -166,9 +180,17 @@ pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
     for line in &indexes {
         out.push_str(&format!("multi-arch index {line}\n"));
     }
-    for (label, error) in &failures {
-        out.push_str(&format!("\n{label} failed: {error}\n"));
+    for (label, error, task) in &failures {
         let tail = printer.tail(label);
+        let at = task
+            .and_then(|(service, arch)| {
+                crate::ci::github::locate::failed_line(plan, service, arch, error, &tail)
+            })
+            .map(|(df, line)| format!(" at {}:{line}", shown_path(&df)))
+            .unwrap_or_default();
+        out.push_str(&format!("\n{label} failed{at}: {error}\n"));
+        // The error is the builder's last line: shown once, above.
+        let tail: Vec<&String> = tail.iter().filter(|l| !repeats(l, error)).collect();
         if !tail.is_empty() {
             out.push_str(&format!("last lines of {label}:\n"));
             for l in tail {
@@ -176,7 +198,89 @@ pub fn print_summary(results: &[ServiceResult], printer: &Printer) {
             }
         }
     }
+    out.push_str(&format!(
+        "\n{} in {:.1}s\n",
+        if failures.is_empty() {
+            "finished"
+        } else {
+            "failed"
+        },
+        started.elapsed().as_secs_f64()
+    ));
     // Not print!: a closed stdout (`bakery build | head -1`) must not end
     // the build's clean-up in a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+}
+
+/// The summary in `--log-format json`: one object per service (its
+/// tasks, its index), then one for the whole run, so that every line of
+/// stdout parses as JSON.
+fn print_summary_json(
+    plan: &Plan,
+    results: &[ServiceResult],
+    printer: &Printer,
+    started: std::time::Instant,
+) {
+    let mut out = String::new();
+    let mut ok = true;
+    for ServiceResult { service, status } in results {
+        let Some(status) = status else {
+            let line = serde_json::json!({"service": service, "summary": {"state": "skipped"}});
+            out.push_str(&format!("{line}\n"));
+            ok = false;
+            continue;
+        };
+        let tasks: Vec<serde_json::Value> = status
+            .tasks
+            .iter()
+            .map(|t| {
+                let error = t.error.as_deref().unwrap_or_default();
+                let tail = printer.tail(&format!("{service}-{}", t.arch));
+                let at =
+                    crate::ci::github::locate::failed_line(plan, service, t.arch, error, &tail);
+                serde_json::json!({
+                    "arch": t.arch,
+                    "state": t.state,
+                    "seconds": t.started_ms.zip(t.finished_ms)
+                        .map(|(s, f)| f.saturating_sub(s) as f64 / 1000.0),
+                    "digest": t.digest,
+                    "error": t.error,
+                    "dockerfile": at.as_ref().map(|(df, _)| shown_path(df)),
+                    "line": at.map(|(_, l)| l),
+                })
+            })
+            .collect();
+        ok &= status.state == BuildState::Succeeded;
+        let line = serde_json::json!({"service": service, "summary": {
+            "state": status.state,
+            "tasks": tasks,
+            "destination": status.destination,
+            "index_digest": status.index_digest,
+            "error": status.error,
+        }});
+        out.push_str(&format!("{line}\n"));
+    }
+    let end =
+        serde_json::json!({"finished": {"ok": ok, "seconds": started.elapsed().as_secs_f64()}});
+    out.push_str(&format!("{end}\n"));
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+}
+
+/// Whether a log line says what `error` already says: the agent's and the
+/// controller's `error: …` line, or the builder's line the error quotes.
+fn repeats(line: &str, error: &str) -> bool {
+    let line = line.trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    !line.is_empty() && (line == error || error.ends_with(line) || line.ends_with(error))
+}
+
+/// A path as a person would type it here: relative to the working
+/// directory when it is below it.
+fn shown_path(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }

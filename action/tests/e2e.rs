@@ -252,6 +252,22 @@ fn failing_dockerfile_fails_the_build_with_the_builders_error() {
     let summary = &all[all.find("SERVICE  ARCH").expect("summary")..];
     assert!(summary.contains("failed"), "{summary}");
     assert!(summary.contains("missing-dependency-xyz"), "{summary}");
+    // The failure leads with its Dockerfile line, and is said once in the
+    // log and once in the summary (it was three times in each).
+    assert!(
+        summary.contains("broken-amd64 failed at Dockerfile:3: "),
+        "{summary}"
+    );
+    let log = &all[..all.find("SERVICE  ARCH").unwrap()];
+    let said = |text: &str| text.matches("failed (exit code").count();
+    assert_eq!(said(log), 1, "{log}");
+    assert_eq!(said(summary), 1, "{summary}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("failed in "),
+        "a total time line ends the summary: {stdout}"
+    );
     assert!(
         processes_mentioning(data.path().to_str().unwrap()).is_empty(),
         "nothing left running"

@@ -94,7 +94,8 @@ pub async fn run(cfg: AgentConfig) -> bool {
             return false;
         }
         Err(e) => {
-            log.line(format!("error: {e}"));
+            // Not logged here: the controller logs the reported error as
+            // the task's last line, and a line here would print it twice.
             AgentResult::Failed {
                 error: e.to_string(),
             }

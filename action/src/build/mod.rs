@@ -57,6 +57,7 @@ pub enum Target {
 /// Runs the plan's builds; `Ok(true)` when every one succeeded (or, with
 /// `--detach`, was submitted).
 pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
+    let started = std::time::Instant::now();
     let insecure = bakery_protocol::registry::parse_list(
         &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
     );
@@ -66,9 +67,9 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     let controller = match target {
         Target::Remote(remote) => client::connect(&remote),
         Target::Embedded => {
-            let started = embedded::start_embedded().await?;
-            let controller = client::connect(&client::Remote::new(&started.0.url(), false)?);
-            embedded = Some(started);
+            let running = embedded::start_embedded().await?;
+            let controller = client::connect(&client::Remote::new(&running.0.url(), false)?);
+            embedded = Some(running);
             controller
         }
     };
@@ -104,7 +105,7 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
             let results = run.cancel().await;
             run.conclude_cancelled(&results).await;
             run.printer.end_block();
-            crate::render::print_summary(&results, &run.printer);
+            crate::render::print_summary(&plan, &results, &run.printer, started);
             run.printer.report(&plan, &results);
             return Err(Cancelled(signal).into());
         }
@@ -113,7 +114,7 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         return Ok(true);
     };
     run.printer.end_block();
-    crate::render::print_summary(&results, &run.printer);
+    crate::render::print_summary(&plan, &results, &run.printer, started);
     run.printer.report(&plan, &results);
     if let Some((running, data)) = embedded {
         // The agents this process started are stopped before it exits (and
@@ -230,7 +231,11 @@ impl Run<'_> {
             // stdout stays `service<TAB>id` for scripts; how to follow goes
             // to stderr, for people.
             for (service, id) in &ids {
-                println!("{service}\t{id}");
+                if opts.format == Some(crate::cli::LogFormat::Json) {
+                    println!("{}", serde_json::json!({"service": service, "id": id}));
+                } else {
+                    println!("{service}\t{id}");
+                }
             }
             if let Some((_, id)) = ids.first() {
                 eprintln!("follow with: bakery logs {id}    (state: bakery status {id})");

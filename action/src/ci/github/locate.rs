@@ -49,6 +49,26 @@ pub fn locate(dockerfile: &str, error: &str, tail: &[String]) -> Option<usize> {
         .find_map(|c| find(&c[1]))
 }
 
+/// The Dockerfile and line an arch of a planned service failed at, when
+/// [`locate`] finds it: for the annotation and the summary alike.
+pub fn failed_line(
+    plan: &bakery_plan::Plan,
+    service: &str,
+    arch: bakery_protocol::Arch,
+    error: &str,
+    tail: &[String],
+) -> Option<(std::path::PathBuf, usize)> {
+    let dockerfile = plan
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .and_then(|s| s.builds.iter().find(|b| b.arch == arch))
+        .map(bakery_plan::ArchBuild::dockerfile_path)?;
+    let text = std::fs::read_to_string(&dockerfile).ok()?;
+    let line = locate(&text, error, tail)?;
+    Some((dockerfile, line))
+}
+
 /// Whether a log line is a builder announcing an instruction.
 pub fn is_instruction(line: &str) -> bool {
     LOGGED.is_match(line.trim_end())

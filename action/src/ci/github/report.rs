@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use bakery_plan::{ArchBuild, Plan};
+use bakery_plan::Plan;
 use bakery_protocol::api::TaskState;
 
-use super::locate::locate;
+use super::locate::failed_line;
 use crate::outcome::{submitted, ServiceResult};
 
 /// The step outputs, shaped like docker/build-push-action's: `digest` and
@@ -187,23 +187,13 @@ pub fn annotations(
     for (service, status) in submitted(results) {
         for t in status.tasks.iter().filter(|t| t.state == TaskState::Failed) {
             let message = t.error.clone().unwrap_or_else(|| "failed".into());
-            let dockerfile = plan
-                .services
-                .iter()
-                .find(|s| &s.name == service)
-                .and_then(|s| s.builds.iter().find(|b| b.arch == t.arch))
-                .map(ArchBuild::dockerfile_path);
             let tail = tails
                 .get(&format!("{service}-{}", t.arch))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let line = dockerfile.as_ref().and_then(|df| {
-                let text = std::fs::read_to_string(df).ok()?;
-                locate(&text, &message, tail)
-            });
-            let path = dockerfile
-                .filter(|_| line.is_some())
-                .map(|df| repository_path(&df, workspace));
+            let at = failed_line(plan, service, t.arch, &message, tail);
+            let line = at.as_ref().map(|(_, l)| *l);
+            let path = at.map(|(df, _)| repository_path(&df, workspace));
             out.push(Annotation {
                 path,
                 line,

@@ -1,0 +1,69 @@
+//! `--log-format json`: every line of stdout is one JSON object (log lines,
+//! then a summary per service, then the run's end), for tools that read it.
+
+mod support;
+use support::*;
+
+use std::process::Command;
+
+#[test]
+fn json_mode_prints_json_only_on_stdout() {
+    let registry = registry();
+    let host = registry.host();
+    let repo = project(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a.txt\n"),
+        ("a.txt", "a\n"),
+        ("broken/Dockerfile", "FROM scratch\nCOPY missing.txt /m\n"),
+        (
+            "compose.yaml",
+            &format!(
+                "services:\n  ok:\n    build: .\n    image: {host}/json/ok:1\n    platform: linux/arm64\n  bad:\n    build: broken\n    image: {host}/json/bad:1\n"
+            ),
+        ),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .args(["--log-format", "json", "--async", "build"])
+        .env_remove("CONTROLLER_URL")
+        .env("DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "bad fails: {stdout}");
+    let objects: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{stdout}"))
+        })
+        .collect();
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["service"] == "ok" && o["line"].is_string()),
+        "log lines: {stdout}"
+    );
+    let summary = |name: &str| {
+        objects
+            .iter()
+            .find(|o| o["service"] == name && o["summary"].is_object())
+            .unwrap_or_else(|| panic!("no summary of {name}: {stdout}"))["summary"]
+            .clone()
+    };
+    let ok = summary("ok");
+    assert_eq!(ok["state"], "succeeded", "{ok}");
+    assert_eq!(ok["tasks"][0]["arch"], "arm64", "{ok}");
+    assert!(
+        ok["index_digest"].as_str().unwrap().starts_with("sha256:"),
+        "{ok}"
+    );
+    let bad = summary("bad");
+    assert_eq!(bad["state"], "failed", "{bad}");
+    assert_eq!(
+        bad["tasks"][0]["line"], 2,
+        "the COPY's Dockerfile line: {bad}"
+    );
+    let end = objects.last().unwrap();
+    assert_eq!(end["finished"]["ok"], false, "{end}");
+    assert!(end["finished"]["seconds"].as_f64().unwrap() > 0.0, "{end}");
+}
