@@ -119,6 +119,9 @@ pub fn pack(input: &Input, output: &Path, codec: Codec, json: bool) -> Result<()
         for w in &packed.warnings {
             tracing::warn!("{w}");
         }
+        if let Some(w) = crate::build::large_context_warning(&key.0, &packed) {
+            eprintln!("warning: {w}");
+        }
         if !json {
             println!(
                 "{}  {} entries, {} excluded, {} → {} in {:.2}s",

@@ -384,3 +384,61 @@ fn positional_services_and_version() {
         "built in a git checkout: {line}"
     );
 }
+
+/// A context over 100 MiB is packed with a warning that names its biggest
+/// top-level paths, biggest first, and where to leave them out.
+#[test]
+fn a_large_context_warns_with_its_biggest_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY src /src\n",
+    )
+    .unwrap();
+    fs::create_dir_all(dir.path().join("node_modules/pkg")).unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    fs::write(dir.path().join("src/main.c"), "int main(){}\n").unwrap();
+    // Sparse: 110 MiB of content that costs no disk and packs fast.
+    let big = fs::File::create(dir.path().join("node_modules/pkg/blob")).unwrap();
+    big.set_len(110 * 1024 * 1024).unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = bakery(
+        dir.path(),
+        &[
+            "-t",
+            "r.io/big:1",
+            "pack",
+            "-o",
+            out_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: ") && l.contains("the context is"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(warning.contains("node_modules (110.0 MiB)"), "{warning}");
+    assert!(
+        warning.find("node_modules").unwrap() < warning.find("src (").unwrap(),
+        "biggest first: {warning}"
+    );
+    assert!(warning.contains(".dockerignore"), "{warning}");
+
+    // Under the threshold: no warning.
+    fs::remove_dir_all(dir.path().join("node_modules")).unwrap();
+    let out = bakery(
+        dir.path(),
+        &[
+            "-t",
+            "r.io/big:1",
+            "pack",
+            "-o",
+            out_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("the context is"), "{stderr}");
+}

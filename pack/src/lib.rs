@@ -86,7 +86,15 @@ pub struct Packed {
     pub excluded: u64,
     /// Files that could not be archived and were skipped, with why.
     pub warnings: Vec<String>,
+    /// The context's biggest top-level paths by content bytes (a directory
+    /// counts what it holds), largest first, at most [`LARGEST_SHOWN`]:
+    /// what a big context's warning names, for `.dockerignore`.
+    #[serde(default)]
+    pub largest: Vec<(String, u64)>,
 }
+
+/// How many of the biggest paths [`Packed::largest`] keeps.
+pub const LARGEST_SHOWN: usize = 5;
 
 impl Packed {
     /// The object key this archive is stored under.
@@ -271,15 +279,21 @@ pub fn pack<W: Write + Send + 'static>(
         content_bytes: 0,
         excluded: 0,
         warnings: Vec::new(),
+        largest: Vec::new(),
     };
+    let mut sizes = std::collections::HashMap::new();
     append_tree(
         &mut tar,
         context,
         Path::new(""),
         (&rules, &always),
-        &opts.exclude,
+        (&opts.exclude, &mut sizes),
         &mut packed,
     )?;
+    let mut sizes: Vec<(String, u64)> = sizes.into_iter().collect();
+    sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sizes.truncate(LARGEST_SHOWN);
+    packed.largest = sizes;
     if let Some(outside) = &opts.dockerfile_beside {
         append_beside(&mut tar, context, outside, dockerfile, &mut packed)?;
     }
@@ -334,7 +348,8 @@ fn append_named<W: Write>(
             &named.dir,
             &under,
             (&rules, &[]),
-            &named.exclude,
+            // The warning about size names the main context's paths only.
+            (&named.exclude, &mut std::collections::HashMap::new()),
             packed,
         )?;
     }
@@ -349,7 +364,7 @@ fn append_tree<W: Write>(
     context: &Path,
     under: &Path,
     (rules, always): (&IgnoreRules, &[String]),
-    secret: &[String],
+    (secret, sizes): (&[String], &mut std::collections::HashMap<String, u64>),
     packed: &mut Packed,
 ) -> Result<(), ContextError> {
     let prune = !rules.has_exceptions();
@@ -398,7 +413,10 @@ fn append_tree<W: Write>(
         if ft.is_dir() {
             tar.append_dir(&name, path).map_err(io_err(path))?;
         } else if ft.is_file() {
-            packed.content_bytes += entry.metadata().map_err(|e| io_err(path)(e.into()))?.len();
+            let len = entry.metadata().map_err(|e| io_err(path)(e.into()))?.len();
+            packed.content_bytes += len;
+            let top = rel_str.split('/').next().unwrap_or_default();
+            *sizes.entry(top.to_string()).or_default() += len;
             tar.append_path_with_name(path, &name)
                 .map_err(io_err(path))?;
         } else if ft.is_symlink() {

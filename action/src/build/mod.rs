@@ -13,6 +13,7 @@ mod embedded;
 mod upload;
 
 pub use asks::Asks;
+pub use upload::{large_context_warning, LARGE_CONTEXT};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

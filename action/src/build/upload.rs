@@ -121,6 +121,9 @@ pub(super) async fn upload_contexts(
         for w in &packed.warnings {
             tracing::warn!("{w}");
         }
+        if let Some(w) = large_context_warning(&id.0, &packed) {
+            eprintln!("warning: {w}");
+        }
         let key = packed.key();
         let uploaded = Uploaded {
             key: key.clone(),
@@ -213,4 +216,32 @@ pub(super) fn request(service: &ServicePlan, keys: &Contexts, asks: &Asks) -> Re
         index_annotations: asks.annotations.index.clone(),
         descriptor_annotations: asks.annotations.manifest_descriptor.clone(),
     })
+}
+
+/// Contexts above this many bytes of content get a warning that names
+/// what makes them big: most are a `node_modules`, `target` or `.git` that
+/// `.dockerignore` should leave out.
+pub const LARGE_CONTEXT: u64 = 100 * 1024 * 1024;
+
+/// The warning for a context over [`LARGE_CONTEXT`], naming its biggest paths.
+pub fn large_context_warning(
+    dir: &std::path::Path,
+    packed: &bakery_pack::Packed,
+) -> Option<String> {
+    if packed.content_bytes <= LARGE_CONTEXT {
+        return None;
+    }
+    let biggest: Vec<String> = packed
+        .largest
+        .iter()
+        .map(|(path, bytes)| format!("{path} ({})", crate::render::bytes(*bytes)))
+        .collect();
+    Some(format!(
+        "{}: the context is {} (over {}): every build uploads and unpacks it; the biggest paths: {}. Leave out what the Dockerfile does not COPY in {}",
+        dir.display(),
+        crate::render::bytes(packed.content_bytes),
+        crate::render::bytes(LARGE_CONTEXT),
+        biggest.join(", "),
+        dir.join(".dockerignore").display()
+    ))
 }
