@@ -66,6 +66,17 @@ fn a_pre_script_sees_none_of_the_controllers_environment() {
         "the pre-script printed its environment: {all}"
     );
     assert!(all.contains("FROM_THE_CONFIG=yes-please"), "{all}");
+    // What the script is told about its build, as a Dockerfile is.
+    for told in [
+        "BAKERY_ARCH=amd64",
+        "TARGETARCH=amd64",
+        "TARGETOS=linux",
+        "TARGETPLATFORM=linux/amd64",
+        "BAKERY_SERVICE=remote",
+        "BAKERY_BUILD_ID=",
+    ] {
+        assert!(all.contains(told), "{told}: {all}");
+    }
     for leaked in [TOKEN, AWS, "AWS_SECRET_ACCESS_KEY", "BAKERY_TASK_TOKEN"] {
         assert!(!all.contains(leaked), "{leaked} reached the build:\n{all}");
     }

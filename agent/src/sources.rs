@@ -177,6 +177,7 @@ mod tests {
             .collect();
         let task = AgentTask {
             build_id: "b".into(),
+            service: "app".into(),
             task_id: format!("b-{arch}"),
             arch,
             push: Some("127.0.0.1:5000/app:1".into()),

@@ -28,7 +28,8 @@ pub(crate) async fn script_step(
     cmd.arg("-e")
         .arg(&file)
         .current_dir(dir)
-        .envs(&task.spec.env);
+        .envs(&task.spec.env)
+        .envs(script_env(task));
     without_agent_secrets(&mut cmd);
     let (status, tail) = process::run_streaming(cmd, log, 20)
         .await
@@ -41,6 +42,20 @@ pub(crate) async fn script_step(
         });
     }
     Ok(())
+}
+
+/// What a script is told about its build, as a Dockerfile is told by its
+/// platform args: one script can then serve every arch (`curl
+/// …-$TARGETARCH.tar.gz`). Set after the spec's `env`, so they are true.
+pub(crate) fn script_env(task: &AgentTask) -> [(&'static str, String); 6] {
+    [
+        ("BAKERY_ARCH", task.arch.to_string()),
+        ("BAKERY_SERVICE", task.service.clone()),
+        ("BAKERY_BUILD_ID", task.build_id.clone()),
+        ("TARGETARCH", task.arch.to_string()),
+        ("TARGETOS", "linux".to_string()),
+        ("TARGETPLATFORM", task.arch.platform().to_string()),
+    ]
 }
 
 /// Scripts and builders run the build's own code: they get the agent's

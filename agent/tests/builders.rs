@@ -12,6 +12,7 @@ use bakery_protocol::BuildSpec;
 fn task(arch: Arch, push: Option<&str>) -> AgentTask {
     AgentTask {
         build_id: "b1".into(),
+        service: "app".into(),
         task_id: "b1-arm64".into(),
         arch,
         push: push.map(String::from),

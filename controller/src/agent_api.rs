@@ -90,6 +90,7 @@ pub async fn agent_spec(
         };
         let spec = AgentTask {
             build_id: build.id.clone(),
+            service: read.service().to_string(),
             task_id: task.id().to_string(),
             arch: req.arch,
             push: req.push.clone(),

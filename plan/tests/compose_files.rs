@@ -350,3 +350,156 @@ fn a_valueless_arg_of_a_base_is_taken_from_the_environment() {
         "unset: left out, as compose does"
     );
 }
+
+/// Found by review: each case failed or passed silently before.
+#[test]
+fn a_relative_compose_path_rebases_a_bases_context_once() {
+    let repo = Repo::new(&[
+        ("Dockerfile", DOCKERFILE),
+        ("sub/Dockerfile", DOCKERFILE),
+        ("compose.yaml", "include: [sub/compose.yaml]\n"),
+        (
+            "sub/compose.yaml",
+            "services:\n  api:\n    image: r.io/api:1\n    extends: {file: base.yaml, service: base}\n",
+        ),
+        ("sub/base.yaml", "services:\n  base:\n    build: .\n"),
+    ]);
+    let mut opts = repo.opts();
+    // As the action passes it: relative to the working directory.
+    let cwd = std::env::current_dir().unwrap();
+    let relative = pathdiff(&repo.path("compose.yaml"), &cwd);
+    opts.compose = Some(relative);
+    let plan = Plan::resolve(&opts).unwrap();
+    assert_eq!(
+        std::path::absolute(&service(&plan, "api").builds[0].context_dir).unwrap(),
+        repo.path("sub")
+    );
+}
+
+/// `path` relative to `base` (both absolute), through `..` as needed.
+fn pathdiff(path: &std::path::Path, base: &std::path::Path) -> std::path::PathBuf {
+    let common = path
+        .components()
+        .zip(base.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ups = base.components().count() - common;
+    let mut out = std::path::PathBuf::new();
+    for _ in 0..ups {
+        out.push("..");
+    }
+    out.extend(path.components().skip(common));
+    out
+}
+
+#[test]
+fn an_included_file_sees_the_projects_variables_first() {
+    let repo = Repo::new(&[
+        (".env", "TAG=fromroot\n"),
+        ("sub/.env", "TAG=fromsub\nONLY_SUB=s\n"),
+        ("sub/Dockerfile", DOCKERFILE),
+        (
+            "sub/compose.yaml",
+            "services:\n  api:\n    build: .\n    image: r.io/api:${TAG}-${ONLY_SUB}\n",
+        ),
+        ("compose.yaml", "include: [sub/compose.yaml]\n"),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    assert_eq!(
+        service(&plan, "api").destination.as_deref(),
+        Some("r.io/api:fromroot-s")
+    );
+}
+
+#[test]
+fn a_file_included_twice_is_taken_once() {
+    let repo = Repo::new(&[
+        ("common/Dockerfile", DOCKERFILE),
+        (
+            "common/compose.yaml",
+            "services:\n  common:\n    build: .\n    image: r.io/c:1\n",
+        ),
+        ("a/compose.yaml", "include: [../common/compose.yaml]\n"),
+        ("b/compose.yaml", "include: [../common/compose.yaml]\n"),
+        (
+            "compose.yaml",
+            "include: [a/compose.yaml, b/compose.yaml]\ninclude_null: 1\n",
+        ),
+    ]);
+    // (A misspelt top-level key is still an error.)
+    assert!(error(repo.compose("compose.yaml", &[])).contains("include_null"));
+    std::fs::write(
+        repo.path("compose.yaml"),
+        "include: [a/compose.yaml, b/compose.yaml]\n",
+    )
+    .unwrap();
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    assert_eq!(names(&plan), ["common"]);
+}
+
+#[test]
+fn misspelt_include_and_extends_keys_and_missing_env_files_are_errors() {
+    let repo = Repo::new(&[
+        ("Dockerfile", DOCKERFILE),
+        ("common/base.yaml", "services:\n  base:\n    build: .\n"),
+        (
+            "compose.yaml",
+            "services:\n  base:\n    build: .\n  web:\n    image: r.io/w:1\n    extends: {service: base, files: common/base.yaml}\n",
+        ),
+    ]);
+    let text = error(repo.compose("compose.yaml", &[]));
+    assert!(
+        text.contains("compose.yaml:6:") && text.contains("`file`"),
+        "{text}"
+    );
+
+    let repo = Repo::new(&[
+        ("sub/Dockerfile", DOCKERFILE),
+        (
+            "sub/compose.yaml",
+            "services:\n  s:\n    build: .\n    image: r.io/s:1\n",
+        ),
+        (
+            "compose.yaml",
+            "include:\n  - path: sub/compose.yaml\n    env-file: x.env\n",
+        ),
+    ]);
+    let text = error(repo.compose("compose.yaml", &[]));
+    assert!(
+        text.contains("compose.yaml:2:") && text.contains("did you mean `env_file`?"),
+        "{text}"
+    );
+
+    std::fs::write(
+        repo.path("compose.yaml"),
+        "include:\n  - path: sub/compose.yaml\n    env_file: nope.env\n",
+    )
+    .unwrap();
+    let text = error(repo.compose("compose.yaml", &[]));
+    assert!(
+        text.contains("nope.env") && text.contains("does not exist"),
+        "{text}"
+    );
+
+    std::fs::write(
+        repo.path("compose.yaml"),
+        "include:\nservices:\n  x:\n    build: sub\n    image: r.io/x:1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        names(&repo.compose("compose.yaml", &[]).unwrap()),
+        ["x"],
+        "include: null is none"
+    );
+}
+
+#[test]
+fn a_chain_deeper_than_the_limit_is_refused_not_a_stack_overflow() {
+    let mut text = String::from("services:\n  s0:\n    build: .\n    image: r.io/s:1\n");
+    for i in 1..=100 {
+        text.push_str(&format!("  s{i}:\n    extends: s{}\n", i - 1));
+    }
+    let repo = Repo::new(&[("Dockerfile", DOCKERFILE), ("compose.yaml", &text)]);
+    let text = error(repo.compose("compose.yaml", &["s100"]));
+    assert!(text.contains("more than 64 services deep"), "{text}");
+}

@@ -331,6 +331,10 @@ pub mod event {
 pub struct AgentTask {
     /// The id of the build the task belongs to.
     pub build_id: String,
+    /// The service the build is of: scripts get it as `BAKERY_SERVICE`.
+    /// (Empty from a controller older than this field.)
+    #[serde(default)]
+    pub service: String,
     /// The task's id, `<build>-<arch>`, as in the agent's URLs.
     pub task_id: String,
     /// The arch to build; the agent runs on a machine of that arch.

@@ -206,6 +206,11 @@ impl Aggregate {
         &self.id
     }
 
+    /// The service the build is of, as the client named it.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// The status as clients see it.
     pub fn status(&self) -> BuildStatus {
         BuildStatus {

@@ -111,11 +111,12 @@ fn load_project(
 ) -> Result<ComposeFile, PlanError> {
     let source = Source::read(path, &vars)?;
     let mut services: Vec<(String, Service)> = Vec::new();
+    let mut sources = Sources::default();
     for (name, service) in &source.raw.services {
         if !service.other.contains_key("extends") {
             continue;
         }
-        let merged = resolve_extends(&source, name, &vars, &mut Vec::new())?;
+        let merged = resolve_extends(&source, name, &vars, &mut Vec::new(), &mut sources)?;
         let at = source.location_of(&format!("services.{name}.extends"));
         let service: Service = serde_yaml_ng::from_value(merged).map_err(|e| {
             PlanError::invalid(at, format!("`services.{name}` with what it extends: {e}"))
@@ -164,12 +165,20 @@ fn resolve_extends(
     name: &str,
     vars: &HashMap<String, String>,
     chain: &mut Vec<Link>,
+    sources: &mut Sources,
 ) -> Result<Value, PlanError> {
     let service = source.service(name).cloned().unwrap_or(Value::Null);
     let Some(extends) = service.get("extends") else {
         return Ok(service);
     };
     let at = source.location_of(&format!("services.{name}.extends"));
+    if chain.len() >= MAX_EXTENDS_DEPTH {
+        return Err(PlanError::invalid_with_hint(
+            at,
+            format!("`extends` goes more than {MAX_EXTENDS_DEPTH} services deep"),
+            "extend a service nearer the root of the chain",
+        ));
+    }
     let file = canonical(&source.path);
     if let Some(first) = chain
         .iter()
@@ -189,7 +198,7 @@ fn resolve_extends(
         PlanError::invalid_with_hint(
             at.clone(),
             format!(
-                "`services.{name}.extends` is neither a service name nor a mapping with `service`"
+                "`services.{name}.extends` is neither a service name nor a mapping of `service` and `file`"
             ),
             "write `extends: base` or `extends: {service: base, file: common.yaml}`",
         )
@@ -198,7 +207,7 @@ fn resolve_extends(
     let base_source = match &base_file {
         Some(f) => {
             let path = source.dir().join(f);
-            other = Source::read(&path, vars).map_err(|e| match e {
+            other = sources.read(&path, vars).map_err(|e| match e {
                 PlanError::Read { cause, .. } => PlanError::invalid_with_hint(
                     at.clone(),
                     format!("`extends.file`: cannot read {}: {cause}", path.display()),
@@ -206,7 +215,7 @@ fn resolve_extends(
                 ),
                 e => e,
             })?;
-            &other
+            &*other
         }
         None => source,
     };
@@ -233,10 +242,12 @@ fn resolve_extends(
         service: name.to_string(),
         at,
     });
-    let mut base_value = resolve_extends(base_source, &base, vars, chain)?;
+    let mut base_value = resolve_extends(base_source, &base, vars, chain, sources)?;
     chain.pop();
     if canonical(&base_source.path) != canonical(&source.path) {
-        rebase(&mut base_value, base_source.dir());
+        // Absolute: the service's own file joins a relative result to its
+        // directory again (`--compose compose.yaml` is relative).
+        rebase(&mut base_value, &absolute_dir(base_source.dir()));
     }
     let mut own = service;
     if let Some(map) = own.as_mapping_mut() {
@@ -250,6 +261,11 @@ fn extends_target(value: &Value) -> Option<(Option<String>, String)> {
     match value {
         Value::String(s) => Some((None, s.clone())),
         Value::Mapping(m) => {
+            if m.keys()
+                .any(|k| !matches!(k.as_str(), Some("service" | "file")))
+            {
+                return None;
+            }
             let service = m.get("service")?.as_str()?.to_string();
             let file = match m.get("file") {
                 None | Some(Value::Null) => None,
@@ -266,6 +282,8 @@ struct Include {
     path: PathBuf,
     project_dir: PathBuf,
     env_files: Vec<PathBuf>,
+    /// No `env_file` given: the project directory's `.env`, if there is one.
+    default_env_file: bool,
 }
 
 /// The files of `include:`, each loaded as its own project: paths are
@@ -279,7 +297,7 @@ fn includes(
     env: &HashMap<String, String>,
     stack: &mut Vec<PathBuf>,
 ) -> Result<Vec<ComposeFile>, PlanError> {
-    let Some(include) = include else {
+    let Some(include) = include.filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
     let Some(entries) = include.as_sequence() else {
@@ -290,6 +308,7 @@ fn includes(
         ));
     };
     let mut out = Vec::new();
+    let mut loaded = std::collections::HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = file.location_of(&format!("include[{i}]"));
         let inc = include_entry(entry, &file.project_dir)
@@ -315,8 +334,25 @@ fn includes(
                 "remove one of the includes that lead back to this file",
             ));
         }
-        let vars = variables(&inc.env_files, env)?;
-        out.push(load_project(&inc.path, inc.project_dir, vars, env, stack)?);
+        for f in &inc.env_files {
+            if !f.is_file() && !inc.default_env_file {
+                return Err(PlanError::invalid(
+                    at,
+                    format!("the include's env_file {} does not exist", f.display()),
+                ));
+            }
+        }
+        if loaded.contains(&canonical(&inc.path)) {
+            // Included twice (a diamond): its services are the same ones,
+            // which compose takes once.
+            continue;
+        }
+        // The including project's variables (the environment, its .env)
+        // win over the include's env_file, as compose has them.
+        let vars = variables(&inc.env_files, &file.vars)?;
+        let child = load_project(&inc.path, inc.project_dir, vars, env, stack)?;
+        loaded.insert(canonical(&inc.path));
+        out.push(child);
     }
     Ok(out)
 }
@@ -340,6 +376,18 @@ fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)
     let (path, project, env_files) = match entry {
         Value::String(p) => (p.clone(), None, Vec::new()),
         Value::Mapping(m) => {
+            const KEYS: [&str; 3] = ["path", "project_directory", "env_file"];
+            if let Some(key) = m
+                .keys()
+                .find(|k| !KEYS.contains(&k.as_str().unwrap_or_default()))
+            {
+                let key = key.as_str().unwrap_or("?");
+                let hint = match did_you_mean(key, KEYS) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("an include entry has: {}", KEYS.join(", ")),
+                };
+                return Err((format!("unknown key `{key}` in an `include` entry"), hint));
+            }
             let path = match m.get("path") {
                 Some(Value::String(p)) => p.clone(),
                 Some(Value::Sequence(list)) if list.len() == 1 => {
@@ -353,18 +401,29 @@ fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)
                 }
                 _ => return Err(form()),
             };
-            let project = m
-                .get("project_directory")
-                .and_then(Value::as_str)
-                .map(String::from);
+            let typed = |what: &str| {
+                (
+                    format!("`{what}` of an `include` entry is not a path"),
+                    format!("write `{what}: ./dir`"),
+                )
+            };
+            let project = match m.get("project_directory") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) => Some(d.clone()),
+                Some(_) => return Err(typed("project_directory")),
+            };
             let env_files = match m.get("env_file") {
+                None | Some(Value::Null) => Vec::new(),
                 Some(Value::String(f)) => vec![f.clone()],
                 Some(Value::Sequence(list)) => list
                     .iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect(),
-                _ => Vec::new(),
+                    .map(|v| {
+                        v.as_str()
+                            .map(String::from)
+                            .ok_or_else(|| typed("env_file"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err(typed("env_file")),
             };
             (path, project, env_files)
         }
@@ -375,7 +434,8 @@ fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)
         Some(d) => base.join(d),
         None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
-    let env_files = if env_files.is_empty() {
+    let default_env_file = env_files.is_empty();
+    let env_files = if default_env_file {
         vec![project_dir.join(".env")]
     } else {
         env_files.iter().map(|f| base.join(f)).collect()
@@ -384,6 +444,7 @@ fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)
         path,
         project_dir,
         env_files,
+        default_env_file,
     })
 }
 
@@ -409,4 +470,40 @@ fn check_unique_services(root: &ComposeFile) -> Result<(), PlanError> {
 
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The deepest `extends` chain followed: deeper is a mistake, and every
+/// level is a merge (a chain of thousands overflowed the stack).
+const MAX_EXTENDS_DEPTH: usize = 64;
+
+/// Files read for `extends.file`, each read and parsed once per project
+/// (a chain that alternates between two files read them at every link).
+#[derive(Default)]
+struct Sources(HashMap<PathBuf, std::rc::Rc<Source>>);
+
+impl Sources {
+    fn read(
+        &mut self,
+        path: &Path,
+        vars: &HashMap<String, String>,
+    ) -> Result<std::rc::Rc<Source>, PlanError> {
+        let key = canonical(path);
+        if let Some(source) = self.0.get(&key) {
+            return Ok(std::rc::Rc::clone(source));
+        }
+        let source = std::rc::Rc::new(Source::read(path, vars)?);
+        self.0.insert(key, std::rc::Rc::clone(&source));
+        Ok(source)
+    }
+}
+
+/// `dir` from the root: `Path::new("")` (a file named without a directory)
+/// is the working directory.
+fn absolute_dir(dir: &Path) -> PathBuf {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }

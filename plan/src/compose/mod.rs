@@ -272,11 +272,18 @@ impl ComposeFile {
         })
     }
 
-    /// This file and every file it includes, depth first.
+    /// This file and every file it includes, depth first; a file included
+    /// twice (a diamond) once, as compose takes it.
     pub fn files(&self) -> Vec<&ComposeFile> {
-        let mut out = vec![self];
-        for inc in &self.included {
-            out.extend(inc.files());
+        let mut out: Vec<&ComposeFile> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut pending = vec![self];
+        while let Some(file) = pending.pop() {
+            let key = std::fs::canonicalize(&file.path).unwrap_or_else(|_| file.path.clone());
+            if seen.insert(key) {
+                out.push(file);
+                pending.extend(file.included.iter().rev());
+            }
         }
         out
     }
