@@ -220,6 +220,19 @@ pub struct Input {
     )]
     pub provenance: bakery_protocol::provenance::ProvenanceSetting,
 
+    /// Build with no layer cache (as docker buildx's --no-cache): the registry cache is neither read nor written, whatever the files set, for every selected service.
+    #[arg(
+        long,
+        env = "BAKERY_NO_CACHE",
+        global = true,
+        conflicts_with_all = ["cache", "cache_repo"]
+    )]
+    pub no_cache: bool,
+
+    /// Always pull base images (docker buildx's --pull): what every bakery build does, since each agent starts with empty storage; accepted so that scripts written for buildx run unchanged.
+    #[arg(long, env = "BAKERY_PULL", global = true)]
+    pub pull: bool,
+
     /// Layer cache repository (implies --cache); each arch uses <repo>-<arch>.
     #[arg(long, env = "BAKERY_CACHE_REPO", global = true)]
     pub cache_repo: Option<String>,
@@ -265,6 +278,10 @@ pub enum Command {
         /// Print the plan as JSON (secrets masked).
         #[arg(long)]
         json: bool,
+        /// Skip what needs the network: the check that every base image has
+        /// each planned platform, which `build` runs too.
+        #[arg(long, env = "BAKERY_OFFLINE")]
+        offline: bool,
     },
     /// Pack each build context as a content-addressed archive.
     Pack {
@@ -280,6 +297,34 @@ pub enum Command {
     },
     /// Print bakery's version, the commit it was built from, and its target.
     Version,
+}
+
+impl Cli {
+    /// Parses the command line; `--help` of a subcommand that reads no
+    /// plan (`logs`, `status`, `version`) leaves out the plan's flags,
+    /// which every subcommand accepts (they are global) but these ignore.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let input: Vec<String> = Input::augment_args(clap::Command::new("input"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let mut command = Cli::command();
+        command.build();
+        for name in ["logs", "status", "version"] {
+            command = command.mut_subcommand(name, |sub| {
+                sub.mut_args(|arg| {
+                    if input.iter().any(|id| id == arg.get_id().as_str()) {
+                        arg.hide(true)
+                    } else {
+                        arg
+                    }
+                })
+            });
+        }
+        let matches = command.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// `bakery --version` and `bakery version`: the commit and target tell a

@@ -84,9 +84,16 @@ pub async fn status(url: Option<&client::Remote>, id: &str, json: bool) -> Resul
     Ok(exit_code(&status))
 }
 
-/// `bakery plan [--json]`: what would be built, passwords masked.
-pub fn plan(input: &Input, json: bool) -> Result<()> {
-    let plan = crate::input::plan(input)?.redacted();
+/// `bakery plan [--json]`: what would be built, passwords masked, checked
+/// as `build` checks it before uploading
+/// (each base image has each planned platform) unless `offline`, so that
+/// plan never passes what build refuses.
+pub async fn plan(input: &Input, json: bool, offline: bool) -> Result<()> {
+    let mut plan = crate::input::plan(input)?;
+    if !offline {
+        crate::build::check_plan_bases(&mut plan).await?;
+    }
+    let plan = plan.redacted();
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {

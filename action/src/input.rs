@@ -33,6 +33,7 @@ pub fn plan(input: &Input) -> Result<Plan> {
             secrets: flags.secrets,
             no_push: !input.push,
             disk: input.disk,
+            no_cache: input.no_cache,
         }
     };
     let opts = PlanOptions {

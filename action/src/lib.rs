@@ -116,7 +116,9 @@ pub async fn run(mut cli: Cli) -> Result<ExitCode> {
         }
         Command::Logs { id } => commands::logs(url.as_ref(), &id, cli.log_format).await,
         Command::Status { id, json } => commands::status(url.as_ref(), &id, json).await,
-        Command::Plan { json, .. } => commands::plan(&cli.input, json).map(|()| ExitCode::SUCCESS),
+        Command::Plan { json, offline, .. } => commands::plan(&cli.input, json, offline)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Version => {
             println!("bakery {}", cli::LONG_VERSION);
             Ok(ExitCode::SUCCESS)

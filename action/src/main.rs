@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use bakery::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     bakery::init_logging(cli.log_format);
     // Following, inspecting, planning and packing run on one thread: the
     // log stream of `bakery logs` is read and printed where it arrives,

@@ -95,6 +95,49 @@ impl Printer {
         self.blocks.line(&label, &rendered);
     }
 
+    /// For each task of `service` still under way (`running`, with its
+    /// state) that has printed nothing for `after` (counted from `since`
+    /// before its first line), a line saying so: a quiet package install
+    /// or an agent still starting would otherwise look like a hang.
+    pub fn heartbeat(
+        &self,
+        service: &str,
+        running: &[(bakery_protocol::Arch, bakery_protocol::api::TaskState)],
+        after: std::time::Duration,
+        since: std::time::Instant,
+    ) {
+        let now = std::time::Instant::now();
+        for (arch, state) in running {
+            let label = format!("{service}-{arch}");
+            let silent = {
+                let mut tails = self.tails.lock().expect("lock");
+                let tail = tails.entry(label.clone()).or_default();
+                let heard = *tail.heard.get_or_insert(since);
+                if now.duration_since(heard) < after {
+                    continue;
+                }
+                tail.heard = Some(now);
+                now.duration_since(heard)
+            };
+            let what = match state {
+                bakery_protocol::api::TaskState::Queued => "queued",
+                bakery_protocol::api::TaskState::Starting => "its agent is starting",
+                _ => "still running",
+            };
+            let text = format!("… no output for {}s ({what})", silent.as_secs());
+            let rendered = match self.format {
+                Some(LogFormat::Json) => format!(
+                    "{}\n",
+                    serde_json::json!({"service": service, "arch": arch, "silent_seconds": silent.as_secs(), "state": state})
+                ),
+                Some(LogFormat::Simple) => format!("{text}\n"),
+                _ => format!("{label:<w$} | {text}\n", w = self.width),
+            };
+            self.blocks.line(&label, &rendered);
+            self.blocks.flush();
+        }
+    }
+
     /// The task of `service` for `arch` ended (`complete`: and its whole
     /// log has been delivered): its log block may close.
     pub fn task_ended(&self, service: &str, arch: bakery_protocol::Arch, complete: bool) {
@@ -154,12 +197,16 @@ impl Printer {
 struct Tail {
     lines: std::collections::VecDeque<String>,
     step: Option<String>,
+    /// When the task last printed, or was last said to be silent.
+    heard: Option<std::time::Instant>,
 }
 
 impl Tail {
     const LINES: usize = 15;
 
     fn push(&mut self, line: &str) {
+        // A clock read from the vDSO: no system call per line.
+        self.heard = Some(std::time::Instant::now());
         if crate::ci::github::locate::is_instruction(line) {
             self.step = Some(line.to_string());
         }

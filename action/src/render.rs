@@ -15,13 +15,17 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
     let mut rows = vec![[
         "SERVICE",
         "ARCH",
-        "PLATFORM",
+        "RUNS ON",
         "CONTEXT",
         "DOCKERFILE",
+        "TARGET",
+        "MEMORY",
+        "DISK",
         "PUSH",
         "CACHE",
     ]
     .map(String::from)];
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for (service, build) in plan.builds() {
         let context = build.context_dir.strip_prefix(&repo).map_or_else(
             |_| build.context_dir.display().to_string(),
@@ -36,6 +40,7 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
         rows.push([
             service.name.clone(),
             build.arch.to_string(),
+            // Where the agent runs: ecs, k8s, local, or the controller's choice.
             build
                 .spec
                 .platform
@@ -45,6 +50,9 @@ pub fn plan_table(plan: &Plan, repo: &Path) -> String {
                 Some(file) => file.display().to_string(),
                 None => build.spec.dockerfile.clone(),
             },
+            or_dash(build.spec.target.clone()),
+            or_dash(build.spec.memory.as_ref().map(ToString::to_string)),
+            or_dash(build.spec.disk.as_ref().map(ToString::to_string)),
             build.push.clone().unwrap_or_else(|| "(no push)".into()),
             // The resolved per-arch repository: where a derived one lands is
             // the first thing to check when a registry refuses the push.

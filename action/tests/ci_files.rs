@@ -858,7 +858,7 @@ fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
     let stub = tempfile::tempdir().unwrap();
     let dump = stub.path().join("dump");
     executable(&stub.path().join("bakery"), &format!(
-            "#!/bin/sh\n{{ for v in BAKERY_CACHE_REPO BAKERY_ANNOTATIONS BAKERY_PROVENANCE BAKERY_BUILD_CONTEXTS BAKERY_SSH; do printf '%s=%s|\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
+            "#!/bin/sh\n{{ for v in BAKERY_CACHE_REPO BAKERY_ANNOTATIONS BAKERY_PROVENANCE BAKERY_BUILD_CONTEXTS BAKERY_SSH BAKERY_NO_CACHE COMPOSE_PROFILES; do printf '%s=%s|\\n' $v \"$(printenv $v)\"; done; }} > {}\n",
             dump.display()
         ));
     let run = |inputs: &[(&str, &str)]| {
@@ -956,6 +956,20 @@ fn cache_annotations_and_provenance_inputs_map_as_buildx_reads_them() {
         !ok && stdout.contains("bakery reads and writes one layer cache repository"),
         "{stdout}"
     );
+    // no-cache: bakery's --no-cache, refused beside a cache it would not use;
+    // profiles: COMPOSE_PROFILES.
+    let (ok, stdout, dumped) = run(&[
+        ("INPUT_NO_CACHE", "true"),
+        ("INPUT_PROFILES", "debug\ndocs"),
+    ]);
+    assert!(ok, "{stdout}");
+    assert!(dumped.contains("BAKERY_NO_CACHE=true|"), "{dumped}");
+    assert!(dumped.contains("COMPOSE_PROFILES=debug,docs|"), "{dumped}");
+    let (ok, stdout, _) = run(&[
+        ("INPUT_NO_CACHE", "true"),
+        ("INPUT_CACHE_TO", "r.io/app/cache"),
+    ]);
+    assert!(!ok && stdout.contains("'no-cache'"), "{stdout}");
 }
 
 #[test]

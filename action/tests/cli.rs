@@ -442,3 +442,31 @@ fn a_large_context_warns_with_its_biggest_paths() {
     let (_, stderr) = text(&out);
     assert!(!stderr.contains("the context is"), "{stderr}");
 }
+
+/// `logs -h` and `status -h` list the flags those commands read, not the
+/// plan's (which every subcommand accepts, as they are global).
+#[test]
+fn subcommand_help_lists_its_own_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["logs", "status"] {
+        let out = bakery(dir.path(), &[sub, "-h"], &[]);
+        let (stdout, _) = text(&out);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("--controller-url"), "{sub}: {stdout}");
+        for flag in [
+            "--config",
+            "--compose",
+            "--build-arg",
+            "--platform",
+            "--profile",
+        ] {
+            assert!(!stdout.contains(flag), "{sub} -h lists {flag}: {stdout}");
+        }
+    }
+    let out = bakery(dir.path(), &["plan", "-h"], &[]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("--config") && stdout.contains("--offline"),
+        "{stdout}"
+    );
+}

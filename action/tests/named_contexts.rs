@@ -119,3 +119,40 @@ fn named_contexts_and_ssh_keys_reach_a_buildah_build() {
         assert!(all.contains(says), "{flag} {value}: {all}");
     }
 }
+
+/// Compose's `additional_contexts` (a directory beside the service and an
+/// image) reach the build as `--build-context` does; two services with
+/// different contexts of the same name each get their own.
+#[test]
+fn compose_additional_contexts_reach_each_services_build() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let host = registry.host();
+    let repo = project(&[
+        ("app/Dockerfile", "FROM base\nCOPY --from=assets a.txt /a.txt\n"),
+        ("assets-one/a.txt", "one\n"),
+        ("assets-two/a.txt", "two\n"),
+        (
+            "compose.yaml",
+            &format!(
+                "services:\n  one:\n    image: {host}/ac/one:1\n    build:\n      context: app\n      additional_contexts:\n        assets: ./assets-one\n        base: docker-image://{base}\n  two:\n    image: {host}/ac/two:1\n    build:\n      context: app\n      additional_contexts: [assets=./assets-two, base=docker-image://{base}]\n"
+            ),
+        ),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let out = bakery(
+        repo.path(),
+        &["build"],
+        &[("DATA_DIR", data.path().to_str().unwrap())],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for (service, want) in [("one", "one\n"), ("two", "two\n")] {
+        let image = format!("{host}/ac/{service}:1_amd64");
+        assert_eq!(
+            file_in_image(&image, "/a.txt").as_deref(),
+            Some(want),
+            "{service}"
+        );
+    }
+}

@@ -117,22 +117,31 @@ pub fn plain_http(task: &AgentTask, sources: &Sources, configured: &[String]) ->
 /// with binfmt_misc): fail before the builder starts, with what to do,
 /// rather than at the first RUN step with `exec format error`.
 pub fn check_emulation(task: &AgentTask, sources: &Sources) -> Result<(), AgentError> {
-    check_emulation_in(task, sources, Path::new(BINFMT))
+    let told: Vec<Arch> = std::env::var(bakery_protocol::api::agent_env::EMULATED)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    check_emulation_in(task, sources, Path::new(BINFMT), &told)
 }
 
 /// Where binfmt_misc lists its interpreters.
 const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 
+/// `told`: the arches the agent's launcher says its machine emulates
+/// ([`bakery_protocol::api::agent_env::EMULATED`]), for an agent that
+/// cannot read binfmt_misc itself.
 fn check_emulation_in(
     task: &AgentTask,
     sources: &Sources,
     binfmt: &Path,
+    told: &[Arch],
 ) -> Result<(), AgentError> {
     let host = Arch::host();
     let Some(line) = sources.first_run else {
         return Ok(());
     };
-    if task.arch == host || emulates(binfmt, task.arch) {
+    if task.arch == host || told.contains(&task.arch) || emulates(binfmt, task.arch) {
         return Ok(());
     }
     Err(AgentError::Context(format!(
@@ -144,11 +153,8 @@ fn check_emulation_in(
 
 /// Whether binfmt_misc has an enabled interpreter for `arch` programs.
 fn emulates(binfmt: &Path, arch: Arch) -> bool {
-    let name = match arch {
-        Arch::Arm64 => "qemu-aarch64",
-        Arch::Amd64 => "qemu-x86_64",
-    };
-    std::fs::read_to_string(binfmt.join(name)).is_ok_and(|s| s.lines().next() == Some("enabled"))
+    std::fs::read_to_string(binfmt.join(arch.binfmt_name()))
+        .is_ok_and(|s| s.lines().next() == Some("enabled"))
 }
 
 #[cfg(test)]
@@ -242,7 +248,7 @@ RUN make
         );
         let sources = read(&dir.path().join("Dockerfile"), &t);
         assert_eq!(sources.first_run, Some(3));
-        let e = check_emulation_in(&t, &sources, none.path())
+        let e = check_emulation_in(&t, &sources, none.path(), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("Dockerfile:3 runs a program for linux/"), "{e}");
@@ -258,6 +264,7 @@ COPY a /a
             &copy_only,
             &read(&dir.path().join("Dockerfile"), &copy_only),
             none.path(),
+            &[],
         )
         .unwrap();
         let qemu = tempfile::tempdir().unwrap();
@@ -271,7 +278,9 @@ COPY a /a
             "enabled\ninterpreter /usr/bin/qemu\n",
         )
         .unwrap();
-        check_emulation_in(&t, &sources, qemu.path()).unwrap();
+        check_emulation_in(&t, &sources, qemu.path(), &[]).unwrap();
+        // What the launcher says, for an agent that cannot see binfmt_misc.
+        check_emulation_in(&t, &sources, none.path(), &[other]).unwrap();
         let (dir, native) = task(
             Arch::host(),
             "FROM alpine
@@ -283,6 +292,7 @@ RUN make
             &native,
             &read(&dir.path().join("Dockerfile"), &native),
             none.path(),
+            &[],
         )
         .unwrap();
     }

@@ -24,5 +24,6 @@ mod yaml;
 
 pub use error::{Diagnostic, Location, PlanError};
 pub use plan::{
-    output_key, output_keys, ArchBuild, InlineBuild, Overrides, Plan, PlanOptions, ServicePlan,
+    output_key, output_keys, ArchBuild, InlineBuild, NamedSource, Overrides, Plan, PlanOptions,
+    ServicePlan,
 };

@@ -503,3 +503,47 @@ fn a_chain_deeper_than_the_limit_is_refused_not_a_stack_overflow() {
     let text = error(repo.compose("compose.yaml", &["s100"]));
     assert!(text.contains("more than 64 services deep"), "{text}");
 }
+
+#[test]
+fn additional_contexts_resolve_from_the_compose_file_and_refuse_what_cannot_build() {
+    let repo = Repo::new(&[
+        ("Dockerfile", DOCKERFILE),
+        ("lib/x.txt", "x\n"),
+        (
+            "compose.yaml",
+            "services:\n  a:\n    image: r.io/a:1\n    build:\n      context: .\n      additional_contexts:\n        lib: ./lib\n        base: docker-image://alpine:3.20\n",
+        ),
+    ]);
+    let plan = repo.compose("compose.yaml", &[]).unwrap();
+    let named = &service(&plan, "a").builds[0].named_contexts;
+    assert_eq!(
+        named.get("lib"),
+        Some(&bakery_plan::NamedSource::Dir(repo.path("lib")))
+    );
+    assert_eq!(
+        named.get("base"),
+        Some(&bakery_plan::NamedSource::Image("alpine:3.20".into()))
+    );
+    assert!(
+        plan.warnings.is_empty(),
+        "applied, not ignored: {:?}",
+        plan.warnings
+    );
+
+    for (value, says) in [
+        ("service:base", "is not supported"),
+        ("https://example.com/ctx.tar", "is not supported"),
+        ("./missing", "is not a directory"),
+    ] {
+        std::fs::write(
+            repo.path("compose.yaml"),
+            format!("services:\n  a:\n    image: r.io/a:1\n    build:\n      context: .\n      additional_contexts:\n        lib: {value}\n"),
+        )
+        .unwrap();
+        let text = error(repo.compose("compose.yaml", &[]));
+        assert!(
+            text.contains("compose.yaml:7:") && text.contains(says),
+            "{value}: {text}"
+        );
+    }
+}

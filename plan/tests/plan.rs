@@ -1091,6 +1091,7 @@ fn flags_apply_to_every_selected_service_of_a_file() {
         secrets: vec![],
         no_push: false,
         disk: Some("60G".parse().unwrap()),
+        no_cache: false,
     };
     let plan = Plan::resolve(&opts).unwrap();
     assert_eq!(plan.services.len(), 2);
@@ -1377,4 +1378,23 @@ fn disk_is_read_from_config_and_compose() {
     )
     .unwrap();
     assert_located(repo.config().unwrap_err(), "config.yaml", 2, "no unit");
+}
+
+/// `--no-cache` turns off a layer cache the files turn on, for every
+/// service, as docker buildx's flag does.
+#[test]
+fn no_cache_turns_off_the_files_cache() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:1\n    cache: {enable: true, repo: cache.example.com}\n",
+        ),
+    ]);
+    let cached = repo.config().unwrap();
+    assert_eq!(cached.services[0].builds[0].spec.cache.enable, Some(true));
+    let mut opts = repo.opts();
+    opts.overrides.no_cache = true;
+    let plan = Plan::resolve(&opts).unwrap();
+    assert_eq!(plan.services[0].builds[0].spec.cache.enable, Some(false));
 }

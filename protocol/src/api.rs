@@ -449,6 +449,11 @@ pub mod agent_env {
     /// (a Spot interruption), so its lines are not taken for resends of
     /// its predecessor's.
     pub const FIRST_SEQ: &str = "BAKERY_FIRST_SEQ";
+    /// The arches the agent's machine runs through emulation, comma-separated
+    /// (`arm64`), as the platform that launched it sees them: the local
+    /// platform reads the host's binfmt_misc, which an agent behind its own
+    /// `/proc` cannot (the kernel still runs its programs through qemu).
+    pub const EMULATED: &str = "BAKERY_EMULATED";
 
     /// The daemonless builder an agent runs ([`BUILDER`]): Kaniko in the
     /// agent image (ECS, Kubernetes), buildah on the local platform.

@@ -48,6 +48,15 @@ impl Arch {
         }
     }
 
+    /// The name qemu-user registers for this arch's programs in
+    /// binfmt_misc (`/proc/sys/fs/binfmt_misc/qemu-aarch64`).
+    pub fn binfmt_name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "qemu-x86_64",
+            Arch::Arm64 => "qemu-aarch64",
+        }
+    }
+
     /// Parses an OCI platform (`linux/arm64`, `linux/arm64/v8`, `linux/amd64`).
     pub fn from_platform(s: &str) -> Result<Arch, String> {
         let parts: Vec<&str> = s.trim().split('/').collect();

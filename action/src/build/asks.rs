@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use bakery_pack::NamedDir;
+use bakery_plan::NamedSource;
 use bakery_protocol::annotations::Annotations;
 use bakery_protocol::provenance::{Provenance, Source};
 use bakery_protocol::spec::{BuildSecret, NamedContext};
@@ -100,6 +101,32 @@ impl NamedContexts {
         }
         out.dirs.sort();
         Ok(out)
+    }
+
+    /// These (the command line's) over a service's own named contexts
+    /// (compose `additional_contexts`): the flag wins on a name both give,
+    /// as `docker buildx bake --set` does.
+    pub fn over(&self, service: &BTreeMap<String, NamedSource>) -> NamedContexts {
+        let mut out = self.clone();
+        for (name, source) in service {
+            if out.images.contains_key(name) || out.dirs.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            match source {
+                NamedSource::Dir(dir) => out.dirs.push((name.clone(), dir.clone())),
+                NamedSource::Image(image) => {
+                    out.images.insert(name.clone(), image.clone());
+                }
+            }
+        }
+        out.dirs.sort();
+        out
+    }
+
+    /// The directories in the order they are packed: with the context and
+    /// the Dockerfile, what makes one archive differ from another.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.clone()).collect()
     }
 
     /// Whether there is none.

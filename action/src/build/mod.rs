@@ -128,6 +128,20 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
 
 /// Every base image has the platform it is pulled for, or nothing is
 /// uploaded.
+/// `bakery plan`'s check of the base images: with the runner's logins
+/// (for private bases), without asking whether they may push.
+pub async fn check_plan_bases(plan: &mut Plan) -> Result<()> {
+    let insecure = bakery_protocol::registry::parse_list(
+        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
+    );
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let (_, warnings) = crate::logins::attach(plan, &env).await?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    check_bases(plan, &insecure).await
+}
+
 async fn check_bases(plan: &Plan, insecure: &[String]) -> Result<()> {
     let problems = crate::preflight::check_bases(plan, insecure).await;
     if problems.is_empty() {
@@ -290,6 +304,10 @@ impl Run<'_> {
             self.reporting.bounded(self.ci.started(&status)).await;
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BuildStatus>();
+        let running = std::sync::Mutex::new(Vec::new());
+        // Borrowed by both futures; `tx` moves into the follower, so the
+        // updates end when it does.
+        let running = &running;
         let follow = async move {
             self.controller
                 .follow(id, |event| match event {
@@ -298,6 +316,12 @@ impl Run<'_> {
                         for task in status.tasks.iter().filter(|t| t.state.is_terminal()) {
                             self.printer.task_ended(service, task.arch, false);
                         }
+                        *running.lock().expect("lock") = status
+                            .tasks
+                            .iter()
+                            .filter(|t| !t.state.is_terminal())
+                            .map(|t| (t.arch, t.state))
+                            .collect();
                         let _ = tx.send(status);
                     }
                     Event::End(status) => {
@@ -315,8 +339,22 @@ impl Run<'_> {
                 self.reporting.bounded(self.ci.updated(&status)).await;
             }
         };
-        let (status, ()) = tokio::join!(follow, updates);
-        let status = status?;
+        let heartbeat = async {
+            let Some(after) = heartbeat_after() else {
+                return std::future::pending::<std::convert::Infallible>().await;
+            };
+            let since = std::time::Instant::now();
+            let mut tick = tokio::time::interval(after.min(Duration::from_secs(5)));
+            loop {
+                tick.tick().await;
+                let running = running.lock().expect("lock").clone();
+                self.printer.heartbeat(service, &running, after, since);
+            }
+        };
+        let status = tokio::select! {
+            (status, ()) = async { tokio::join!(follow, updates) } => status?,
+            never = heartbeat => match never {},
+        };
         self.reporting
             .bounded(self.ci.finished(self.plan, &status, &self.printer.tails()))
             .await;
@@ -399,4 +437,14 @@ impl Run<'_> {
             })
             .collect()
     }
+}
+
+/// How long a running arch may print nothing before bakery says so:
+/// `BAKERY_HEARTBEAT` seconds (default 30; 0 turns it off).
+fn heartbeat_after() -> Option<Duration> {
+    let secs = std::env::var("BAKERY_HEARTBEAT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(30);
+    (secs > 0).then(|| Duration::from_secs(secs))
 }

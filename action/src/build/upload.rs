@@ -14,8 +14,9 @@ use bakery_protocol::BuildSpec;
 use super::asks::Asks;
 use crate::client::Controller;
 
-/// Where each (context directory, Dockerfile) was uploaded.
-pub(super) type Contexts = HashMap<(PathBuf, PathBuf), Uploaded>;
+/// Where each (context directory, Dockerfile, named context directories)
+/// was uploaded.
+pub(super) type Contexts = HashMap<(PathBuf, PathBuf, Vec<PathBuf>), Uploaded>;
 
 /// A packed context as the build request names it.
 #[derive(Clone)]
@@ -75,7 +76,6 @@ pub(super) async fn upload_contexts(
             .iter()
             .filter_map(|f| std::fs::canonicalize(f).ok()),
     );
-    let named = asks.contexts.pack(&protected);
     for (_, build) in plan.builds() {
         if let Some(file) = build
             .dockerfile_outside
@@ -87,10 +87,16 @@ pub(super) async fn upload_contexts(
                 file.display()
             );
         }
-        let id = (build.context_dir.clone(), build.dockerfile_path());
+        let named = asks.contexts.over(&build.named_contexts);
+        let id = (
+            build.context_dir.clone(),
+            build.dockerfile_path(),
+            named.dirs(),
+        );
         if keys.contains_key(&id) {
             continue;
         }
+        let named = named.pack(&protected);
         let started = Instant::now();
         let (path, packed) = {
             let (dir, df, out) = (
@@ -100,7 +106,6 @@ pub(super) async fn upload_contexts(
             );
             let beside = build.dockerfile_outside.clone();
             let exclude = secret_files_in(&protected, &dir);
-            let named = named.clone();
             tokio::task::spawn_blocking(move || {
                 pack_to_dir(
                     &dir,
@@ -180,13 +185,13 @@ fn s3_settings(location: &bakery_protocol::api::S3Location) -> bakery_store::S3S
 
 /// The build request for one service, naming each arch's uploaded context.
 pub(super) fn request(service: &ServicePlan, keys: &Contexts, asks: &Asks) -> Result<CreateBuild> {
-    let build_contexts = asks.contexts.spec();
     let tasks = service
         .builds
         .iter()
         .map(|b| {
+            let named = asks.contexts.over(&b.named_contexts);
             let uploaded = keys
-                .get(&(b.context_dir.clone(), b.dockerfile_path()))
+                .get(&(b.context_dir.clone(), b.dockerfile_path(), named.dirs()))
                 .context("context was not packed")?
                 .clone();
             Ok(TaskRequest {
@@ -196,7 +201,7 @@ pub(super) fn request(service: &ServicePlan, keys: &Contexts, asks: &Asks) -> Re
                 context_bytes: Some(uploaded.content_bytes),
                 spec: BuildSpec {
                     annotations: asks.annotations.manifest.clone(),
-                    build_contexts: build_contexts.clone(),
+                    build_contexts: named.spec(),
                     ssh: asks.ssh.clone(),
                     ..b.spec.clone()
                 },

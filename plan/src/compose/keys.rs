@@ -131,13 +131,13 @@ pub(super) const SUPPORTED_BUILD_KEYS: &[&str] = &[
     "platforms",
     "tags",
     "secrets",
+    "additional_contexts",
     "x-bake",
 ];
 
 /// Build keys of the compose specification that bakery does not apply.
 /// They are legitimate, so they warn instead of failing the build.
 pub(super) const IGNORED_BUILD_KEYS: &[&str] = &[
-    "additional_contexts",
     "cache_to",
     "dockerfile_inline",
     "entitlements",

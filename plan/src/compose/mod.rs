@@ -158,6 +158,11 @@ pub struct BuildSection {
     pub tags: Option<Vec<String>>,
     /// `secrets:`: top-level secrets the build mounts.
     pub secrets: Option<Vec<BuildSecretEntry>>,
+    /// `additional_contexts:`, as a map or a list of `name=value`: named
+    /// contexts, each a directory (relative to the compose file) or a
+    /// `docker-image://` reference.
+    #[serde(default, deserialize_with = "compose_vars")]
+    pub additional_contexts: Option<BTreeMap<String, Option<String>>>,
     /// `x-bake:` inside `build`; its `platforms` come first, as `docker buildx bake` reads them.
     #[serde(rename = "x-bake")]
     pub x_bake: Option<XBake>,

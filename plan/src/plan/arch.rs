@@ -49,6 +49,7 @@ impl Resolver<'_> {
             spec,
             secret_files,
             dockerfile_outside,
+            named_contexts: BTreeMap::new(),
         };
         Ok((build, index.map(|r| r.to_string())))
     }

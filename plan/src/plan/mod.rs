@@ -84,6 +84,9 @@ pub struct Overrides {
     pub no_push: bool,
     /// `--disk`: every agent's scratch disk, replacing the files'.
     pub disk: Option<bakery_protocol::resources::Disk>,
+    /// `--no-cache`: the layer cache off for every service, whatever the
+    /// files say (it cannot be given with `cache`).
+    pub no_cache: bool,
 }
 
 impl Overrides {
@@ -95,19 +98,27 @@ impl Overrides {
             && self.target.is_none()
             && self.disk.is_none()
             && !self.no_push;
-        if none && !cache {
+        if none && !cache && !self.no_cache {
             return None;
         }
+        let cache = if self.no_cache {
+            Some(Cache {
+                enable: Some(false),
+                ..Cache::default()
+            })
+        } else {
+            cache.then(|| Cache {
+                enable: Some(true),
+                repo: self.cache_repo.clone(),
+                ..Cache::default()
+            })
+        };
         Some(Settings {
             kaniko: Some(Kaniko {
                 target: self.target.clone(),
                 build_args: (!self.build_args.is_empty()).then(|| self.build_args.clone()),
                 labels: (!self.labels.is_empty()).then(|| self.labels.clone()),
-                cache: cache.then(|| Cache {
-                    enable: Some(true),
-                    repo: self.cache_repo.clone(),
-                    ..Cache::default()
-                }),
+                cache,
                 no_push: self.no_push.then_some(true),
                 ..Kaniko::default()
             }),
@@ -214,6 +225,21 @@ pub struct ArchBuild {
     /// `dockerfile` then names its entry in the archive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile_outside: Option<PathBuf>,
+    /// The service's named build contexts (compose `additional_contexts`),
+    /// for `FROM name` and `COPY --from=name`; the command line's
+    /// `--build-context` wins on a name both give.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_contexts: BTreeMap<String, NamedSource>,
+}
+
+/// Where a named build context comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedSource {
+    /// A directory on this machine, packed beside the context.
+    Dir(PathBuf),
+    /// An image (`docker-image://…`), pulled by the builder.
+    Image(String),
 }
 
 impl ArchBuild {

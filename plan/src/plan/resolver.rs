@@ -10,7 +10,7 @@ use super::arch::{extra_tags, service_plan};
 use super::config_file::ConfigFile;
 use super::layer::{Layer, LayerKind};
 use super::paths::{absolute, normalize};
-use super::{ArchBuild, InlineBuild, Overrides, Plan, ServicePlan};
+use super::{ArchBuild, InlineBuild, NamedSource, Overrides, Plan, ServicePlan};
 use crate::compose::{BuildSecretEntry, ComposeFile, Service};
 use crate::error::{Location, PlanError};
 use crate::location::Locations;
@@ -197,6 +197,10 @@ impl Resolver<'_> {
             builds.push(self.resolve_arch(arch, &layers)?);
         }
         let mut plan = service_plan(name.to_string(), builds);
+        let named = compose_named_contexts(compose, service, &prefix)?;
+        for build in &mut plan.builds {
+            build.named_contexts = named.clone();
+        }
         let tags = service
             .build
             .as_ref()
@@ -473,6 +477,59 @@ fn buildable_selection<'c>(
         ));
     }
     Ok(selected)
+}
+
+/// A service's `build.additional_contexts`: directories (relative to the
+/// compose file's project directory; they must exist) and
+/// `docker-image://` images. Other kinds are refused at their line.
+fn compose_named_contexts(
+    compose: &ComposeFile,
+    service: &Service,
+    prefix: &str,
+) -> Result<BTreeMap<String, NamedSource>, PlanError> {
+    let build = &service.build.as_ref().expect("buildable service").0;
+    let Some(entries) = &build.additional_contexts else {
+        return Ok(BTreeMap::new());
+    };
+    let dir = absolute(&compose.project_dir);
+    let mut out = BTreeMap::new();
+    for (name, value) in entries {
+        let at = || compose.location_of(&format!("{prefix}.build.additional_contexts.{name}"));
+        let Some(value) = value.as_deref().filter(|v| !v.is_empty()) else {
+            return Err(PlanError::invalid_with_hint(
+                at(),
+                format!("additional context `{name}` has no value"),
+                "give a directory or docker-image://IMAGE",
+            ));
+        };
+        let source = if let Some(image) = value.strip_prefix("docker-image://") {
+            NamedSource::Image(image.to_string())
+        } else if value.contains("://")
+            || value.starts_with("service:")
+            || value.starts_with("target:")
+        {
+            return Err(PlanError::invalid_with_hint(
+                at(),
+                format!("additional context `{name}`: `{value}` is not supported"),
+                "use a directory, or docker-image://IMAGE (for a `service:` context, the image that service pushes)",
+            ));
+        } else {
+            let path = normalize(&dir.join(value));
+            if !path.is_dir() {
+                return Err(PlanError::invalid_with_hint(
+                    at(),
+                    format!(
+                        "additional context `{name}`: {} is not a directory",
+                        path.display()
+                    ),
+                    "a directory is relative to the compose file",
+                ));
+            }
+            NamedSource::Dir(path)
+        };
+        out.insert(name.clone(), source);
+    }
+    Ok(out)
 }
 
 /// A service's `build.secrets`, each resolved through the top-level

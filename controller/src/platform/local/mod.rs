@@ -40,6 +40,7 @@ pub use sandbox::{Isolation, Sandbox};
 use super::{AgentHandle, AgentPlatform, ExitReason, ExitSender, Exited, Launch, PlatformError};
 use crate::config::ConfigError;
 use bakery_protocol::api::agent_env;
+use bakery_protocol::Arch;
 
 /// One agent as stop() needs it.
 struct Agent {
@@ -227,6 +228,7 @@ impl AgentPlatform for LocalPlatform {
             .envs(&launch.env)
             .env(agent_env::WORK_DIR, &work)
             .env(agent_env::BUILDER, agent_env::BuilderKind::Buildah.as_str())
+            .env(agent_env::EMULATED, emulated_here())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -421,6 +423,23 @@ fn is_agent_of(pid: i32, task_id: &str) -> bool {
     let wanted = format!("{}={task_id}", agent_env::TASK_ID);
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
+}
+
+/// The arches this machine runs through qemu, as its binfmt_misc says: an
+/// agent in the sandbox has its own `/proc`, where binfmt_misc is not
+/// mounted, though the kernel runs its programs through qemu all the same.
+fn emulated_here() -> String {
+    let binfmt = Path::new("/proc/sys/fs/binfmt_misc");
+    [Arch::Amd64, Arch::Arm64]
+        .into_iter()
+        .filter(|a| *a != Arch::host())
+        .filter(|a| {
+            std::fs::read_to_string(binfmt.join(a.binfmt_name()))
+                .is_ok_and(|s| s.lines().next() == Some("enabled"))
+        })
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

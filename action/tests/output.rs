@@ -1,5 +1,6 @@
-//! `--log-format json`: every line of stdout is one JSON object (log lines,
-//! then a summary per service, then the run's end), for tools that read it.
+//! What a build prints: with `--log-format json` every line of stdout is
+//! one JSON object (log lines, then a summary per service, then the run's
+//! end), for tools that read it; an arch that goes quiet gets a heartbeat.
 
 mod support;
 use support::*;
@@ -66,4 +67,53 @@ fn json_mode_prints_json_only_on_stdout() {
     let end = objects.last().unwrap();
     assert_eq!(end["finished"]["ok"], false, "{end}");
     assert!(end["finished"]["seconds"].as_f64().unwrap() > 0.0, "{end}");
+}
+
+/// A RUN step that prints nothing for a while: the client says the arch is
+/// still running (the interval shortened by BAKERY_HEARTBEAT for the test;
+/// 30 s by default), and says nothing with BAKERY_HEARTBEAT=0.
+#[test]
+fn a_silent_arch_gets_a_heartbeat() {
+    let registry = registry();
+    let base = push_base_image(&registry);
+    let host = registry.host();
+    let repo = project(&[
+        (
+            "Dockerfile",
+            "ARG BASE\nFROM ${BASE}\nRUN echo before && sleep 4 && echo after\n",
+        ),
+        (
+            "config.yaml",
+            &format!("global:\n  arch: amd64\n  kaniko:\n    destination: {host}/quiet/app:1\n    build-args: {{BASE: {base}}}\n"),
+        ),
+    ]);
+    let run = |beat: &str| {
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+            .current_dir(repo.path())
+            .arg("build")
+            .env_remove("CONTROLLER_URL")
+            .env("DATA_DIR", data.path())
+            .env("BAKERY_HEARTBEAT", beat)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout
+    };
+    let stdout = run("1");
+    let (before, after) = (
+        stdout.find("| before").unwrap(),
+        stdout.find("| after").unwrap(),
+    );
+    let silence = &stdout[before..after];
+    let beat = silence
+        .lines()
+        .find(|l| l.contains("no output for"))
+        .unwrap_or_else(|| panic!("no heartbeat during the sleep: {stdout}"));
+    assert!(beat.starts_with("app-amd64 | … no output for "), "{beat}");
+    assert!(beat.ends_with("(still running)"), "{beat}");
+
+    let stdout = run("0");
+    assert!(!stdout.contains("no output for"), "{stdout}");
 }
