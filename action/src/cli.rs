@@ -31,7 +31,7 @@ Examples:
 
 /// On-demand native multi-arch container image builds.
 #[derive(Debug, Parser)]
-#[command(name = "bakery", version, long_version = LONG_VERSION, after_help = EXAMPLES)]
+#[command(name = "bakery", version = LONG_VERSION, long_version = LONG_VERSION, after_help = EXAMPLES)]
 pub struct Cli {
     /// Where the build plan comes from.
     #[command(flatten)]
@@ -48,7 +48,7 @@ pub struct Cli {
 
     /// Talk plain HTTP to a CONTROLLER_URL that is not loopback (the token,
     /// logins and secrets cross the network in clear): only on a private network.
-    #[arg(long, env = "BAKERY_INSECURE", global = true)]
+    #[arg(long, env = "BAKERY_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
 
     /// What to do; `None` means `build`.
@@ -81,7 +81,7 @@ pub struct Input {
     pub profiles: Vec<String>,
 
     /// Build all selected services at once instead of one after another.
-    #[arg(long = "async", env = "BAKERY_ASYNC", global = true)]
+    #[arg(long = "async", env = "BAKERY_ASYNC", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub async_mode: bool,
 
     /// Source code path: config.yaml context paths are relative to it.
@@ -147,7 +147,7 @@ pub struct Input {
     pub target: Option<String>,
 
     /// Registry layer cache, per arch in <destination>-cache-<arch> unless --cache-repo names one; with a config or compose file, for every selected service.
-    #[arg(long, env = "BAKERY_CACHE", global = true)]
+    #[arg(long, env = "BAKERY_CACHE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub cache: bool,
 
     /// Push the images and the multi-arch index (the default); `--push=false` builds every arch and checks it without pushing (pull requests from forks), for every selected service.
@@ -157,6 +157,7 @@ pub struct Input {
         global = true,
         default_value_t = true,
         action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
         num_args = 0..=1,
         // `--push build` must not read `build` as the value.
         require_equals = true,
@@ -172,6 +173,7 @@ pub struct Input {
         global = true,
         default_value_t = true,
         action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
         num_args = 0..=1,
         require_equals = true,
         default_missing_value = "true",
@@ -225,12 +227,13 @@ pub struct Input {
         long,
         env = "BAKERY_NO_CACHE",
         global = true,
+        value_parser = clap::builder::BoolishValueParser::new(),
         conflicts_with_all = ["cache", "cache_repo"]
     )]
     pub no_cache: bool,
 
     /// Always pull base images (docker buildx's --pull): what every bakery build does, since each agent starts with empty storage; accepted so that scripts written for buildx run unchanged.
-    #[arg(long, env = "BAKERY_PULL", global = true)]
+    #[arg(long, env = "BAKERY_PULL", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub pull: bool,
 
     /// Layer cache repository (implies --cache); each arch uses <repo>-<arch>.
@@ -249,7 +252,7 @@ pub enum Command {
         #[arg(value_name = "SERVICE")]
         named: Vec<String>,
         /// Submit, print the build ids, and return without following.
-        #[arg(long, env = "BAKERY_DETACH")]
+        #[arg(long, env = "BAKERY_DETACH", value_parser = clap::builder::BoolishValueParser::new())]
         detach: bool,
         /// Context archive codec: gzip or zstd.
         #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
@@ -280,11 +283,14 @@ pub enum Command {
         json: bool,
         /// Skip what needs the network: the check that every base image has
         /// each planned platform, which `build` runs too.
-        #[arg(long, env = "BAKERY_OFFLINE")]
+        #[arg(long, env = "BAKERY_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
         offline: bool,
     },
     /// Pack each build context as a content-addressed archive.
     Pack {
+        /// Services to pack; added to --services.
+        #[arg(value_name = "SERVICE")]
+        named: Vec<String>,
         /// Directory the archives are written to (default: bakery-pack in the temporary directory, outside every context: an archive written into the context would be packed by the next run).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -300,9 +306,10 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Parses the command line; `--help` of a subcommand that reads no
-    /// plan (`logs`, `status`, `version`) leaves out the plan's flags,
-    /// which every subcommand accepts (they are global) but these ignore.
+    /// Parses the command line. Every subcommand accepts every global
+    /// flag, but its `--help` lists only those it reads: `logs` and
+    /// `status` none of the plan's, `plan` and `pack` none of a build's
+    /// or a controller's.
     pub fn parse_args() -> Cli {
         use clap::{CommandFactory, FromArgMatches};
         let input: Vec<String> = Input::augment_args(clap::Command::new("input"))
@@ -311,10 +318,48 @@ impl Cli {
             .collect();
         let mut command = Cli::command();
         command.build();
-        for name in ["logs", "status", "version"] {
+        let remote = ["controller_url", "insecure"];
+        let building = [
+            "async_mode",
+            "push",
+            "arch_tags",
+            "provenance",
+            "annotations",
+            "disk",
+            "cache",
+            "cache_repo",
+            "no_cache",
+            "pull",
+        ];
+        let hidden: [(&str, Vec<&str>); 5] = [
+            ("logs", input.iter().map(String::as_str).collect()),
+            (
+                "status",
+                input
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["log_format"])
+                    .collect(),
+            ),
+            (
+                "version",
+                input
+                    .iter()
+                    .map(String::as_str)
+                    .chain(remote)
+                    .chain(["log_format"])
+                    .collect(),
+            ),
+            (
+                "plan",
+                remote.into_iter().chain(["async_mode", "pull"]).collect(),
+            ),
+            ("pack", remote.into_iter().chain(building).collect()),
+        ];
+        for (name, ids) in hidden {
             command = command.mut_subcommand(name, |sub| {
                 sub.mut_args(|arg| {
-                    if input.iter().any(|id| id == arg.get_id().as_str()) {
+                    if ids.contains(&arg.get_id().as_str()) {
                         arg.hide(true)
                     } else {
                         arg

@@ -63,15 +63,16 @@ pub async fn status(url: Option<&client::Remote>, id: &str, json: bool) -> Resul
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(exit_code(&status));
     }
-    println!("{} {} {:?}", status.id, status.service, status.state);
+    let word = crate::render::build_word(status.state, status.destination.is_some());
+    println!("{} {} {word}", status.id, status.service);
     if let Some(creator) = &status.created_by {
         println!("  created by {creator}");
     }
     for t in &status.tasks {
         println!(
-            "  {} {:?} {}",
+            "  {} {} {}",
             t.arch,
-            t.state,
+            crate::render::task_word(t.state, t.push.is_some()),
             t.digest.clone().or(t.error.clone()).unwrap_or_default()
         );
     }
@@ -90,6 +91,8 @@ pub async fn status(url: Option<&client::Remote>, id: &str, json: bool) -> Resul
 /// plan never passes what build refuses.
 pub async fn plan(input: &Input, json: bool, offline: bool) -> Result<()> {
     let mut plan = crate::input::plan(input)?;
+    // The flags build checks before it packs anything.
+    crate::build::Asks::from_input(input)?;
     if !offline {
         crate::build::check_plan_bases(&mut plan).await?;
     }
@@ -103,22 +106,36 @@ pub async fn plan(input: &Input, json: bool, offline: bool) -> Result<()> {
 }
 
 /// `bakery pack --output DIR`: each distinct context packed once.
+/// Named contexts (`--build-context`, compose `additional_contexts`) are
+/// packed in, as `build` packs them.
 pub fn pack(input: &Input, output: &Path, codec: Codec, json: bool) -> Result<()> {
     let plan = crate::input::plan(input)?;
+    let asks = crate::build::Asks::from_input(input)?;
+    let keys: Vec<PathBuf> = asks
+        .key_files()
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect();
     let opts = PackOptions {
         codec,
         ..PackOptions::default()
     };
-    let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut done: Vec<(PathBuf, PathBuf, Vec<PathBuf>)> = Vec::new();
     let mut results = Vec::new();
     for (_, build) in plan.builds() {
-        let key = (build.context_dir.clone(), build.dockerfile_path());
+        let named = asks.contexts.over(&build.named_contexts);
+        let key = (
+            build.context_dir.clone(),
+            build.dockerfile_path(),
+            named.dirs(),
+        );
         if done.contains(&key) {
             continue;
         }
         let started = Instant::now();
         let opts = PackOptions {
             dockerfile_beside: build.dockerfile_outside.clone(),
+            named: named.pack(&keys),
             ..opts.clone()
         };
         let (path, packed) = pack_to_dir(&key.0, &build.spec.dockerfile, output, &opts)

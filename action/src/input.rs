@@ -39,8 +39,9 @@ pub fn plan(input: &Input) -> Result<Plan> {
     let opts = PlanOptions {
         config: input.config.clone(),
         compose: input.compose.clone(),
-        services: input.services.clone(),
-        profiles: input.profiles.clone(),
+        // `--services ''`, `BAKERY_SERVICES=` and `api,` name no service.
+        services: trimmed(&input.services),
+        profiles: trimmed(&input.profiles),
         inline,
         overrides,
         ..PlanOptions::new(&input.repo)
@@ -111,6 +112,9 @@ fn pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
         .map(|s| match s.split_once('=') {
+            Some((k, _)) if k.trim().is_empty() => {
+                anyhow::bail!("{flag} `{s}`: the name before `=` is empty; write KEY=VALUE")
+            }
             Some((k, v)) => Ok((k.trim().to_string(), v.to_string())),
             None => anyhow::bail!("{flag} `{s}` is not KEY=VALUE"),
         })

@@ -23,6 +23,7 @@ pub mod ci;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod hints;
 pub mod input;
 pub mod logins;
 pub mod outcome;
@@ -67,7 +68,10 @@ pub async fn run(mut cli: Cli) -> Result<ExitCode> {
         detach: false,
         codec: bakery_pack::Codec::Gzip,
     });
-    if let Command::Build { named, .. } | Command::Plan { named, .. } = &command {
+    if let Command::Build { named, .. }
+    | Command::Plan { named, .. }
+    | Command::Pack { named, .. } = &command
+    {
         cli.input.services.extend(named.iter().cloned());
     }
     // An empty CONTROLLER_URL (a CI variable that is not set in this
@@ -127,6 +131,7 @@ pub async fn run(mut cli: Cli) -> Result<ExitCode> {
             output,
             codec,
             json,
+            ..
         } => {
             let output = output.unwrap_or_else(|| std::env::temp_dir().join("bakery-pack"));
             commands::pack(&cli.input, &output, codec, json).map(|()| ExitCode::SUCCESS)

@@ -42,10 +42,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // With --log-format json, stdout is JSON only, and a build that fails
+    // before its summary still ends with the `finished` object.
+    let json_build = cli.log_format == Some(bakery::cli::LogFormat::Json)
+        && matches!(cli.command, None | Some(bakery::cli::Command::Build { .. }));
+    let started = std::time::Instant::now();
     match runtime.block_on(bakery::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             bakery::print_error(&e);
+            if json_build {
+                let end = serde_json::json!({"finished": {
+                    "ok": false,
+                    "seconds": started.elapsed().as_secs_f64(),
+                    "error": format!("{e:#}"),
+                }});
+                println!("{end}");
+            }
             ExitCode::FAILURE
         }
     }

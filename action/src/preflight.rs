@@ -78,6 +78,21 @@ pub async fn check_bases(plan: &Plan, insecure: &[String]) -> Vec<Diagnostic> {
     for (w, found) in checks {
         let found = match found {
             Ok(found) => found,
+            // The registry answered, and has no such image: the build
+            // would fail at its FROM.
+            Err(e) if is_missing(&e) => {
+                for (file, line, service) in &w.at {
+                    problems.push(Diagnostic {
+                        location: Location::new(file, *line, 1),
+                        message: format!(
+                            "base image {} does not exist in its registry (service `{service}`): {e}",
+                            w.image
+                        ),
+                        hint: Some("check the image's name and tag, and the build args that make them".into()),
+                    });
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("could not look up base image ({e}); the pushed image is checked after the build");
                 continue;
@@ -161,4 +176,14 @@ fn pulls(build: &ArchBuild) -> Vec<dockerfile::Pull> {
 /// the logins it needs.
 pub fn base_images(build: &ArchBuild) -> Vec<String> {
     pulls(build).into_iter().map(|p| p.image).collect()
+}
+
+/// Whether a lookup's error is the registry saying the image is not there
+/// (`MANIFEST_UNKNOWN`, `NAME_UNKNOWN`), not that it cannot be read here
+/// (no login: Docker Hub answers 401 for a missing repository too).
+fn is_missing(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("manifest unknown")
+        || e.contains("not known to registry")
+        || e.contains("image manifest not found")
 }

@@ -66,10 +66,15 @@ impl Printer {
     /// task's CI log block; remembers it for [`Printer::tail`].
     pub fn line(&self, service: &str, event: &LogEvent) {
         let label = format!("{service}-{}", event.arch);
-        let text = strip_ansi(&event.line);
+        let mut text = strip_ansi(&event.line);
         {
             let mut tails = self.tails.lock().expect("lock");
-            tails.entry(label.clone()).or_default().push(&text);
+            let tail = tails.entry(label.clone()).or_default();
+            let shown = tail.without_repeat(&text);
+            tail.push(&text);
+            if let Some(shown) = shown {
+                text = shown;
+            }
         }
         let rendered = match self.format {
             Some(LogFormat::Json) => {
@@ -214,6 +219,19 @@ impl Tail {
         if self.lines.len() > Self::LINES {
             self.lines.pop_front();
         }
+    }
+
+    /// `error: … failed (exit code 1): <the builder's last line>` right
+    /// after that line: shown without the repeat (the summary keeps it).
+    fn without_repeat(&self, line: &str) -> Option<String> {
+        if !line.starts_with("error: ") {
+            return None;
+        }
+        self.lines.iter().rev().take(3).find_map(|earlier| {
+            let earlier = earlier.trim();
+            let cut = line.strip_suffix(earlier)?.strip_suffix(": ")?;
+            (!earlier.is_empty()).then(|| format!("{cut} (the builder's error is above)"))
+        })
     }
 
     fn lines(&self) -> Vec<String> {

@@ -137,16 +137,10 @@ pub fn print_summary(
                 (Some(s), Some(f)) => format!("{:.1}s", f.saturating_sub(s) as f64 / 1000.0),
                 _ => "-".into(),
             };
-            let state = match t.state {
-                TaskState::Succeeded => "pushed",
-                TaskState::Failed => "failed",
-                TaskState::Cancelled => "cancelled",
-                TaskState::Queued | TaskState::Starting | TaskState::Running => "unfinished",
-            };
             rows.push([
                 service.clone(),
                 t.arch.to_string(),
-                state.into(),
+                task_word(t.state, t.push.is_some()).into(),
                 secs,
                 t.digest.clone().unwrap_or_else(|| "-".into()),
             ]);
@@ -197,6 +191,11 @@ pub fn print_summary(
             .map(|(df, line)| format!(" at {}:{line}", shown_path(&df)))
             .unwrap_or_default();
         out.push_str(&format!("\n{label} failed{at}: {error}\n"));
+        if let Some(hint) =
+            task.and_then(|(service, arch)| failure_hint(plan, service, arch, error, &tail))
+        {
+            out.push_str(&format!("  hint: {hint}\n"));
+        }
         // The error is the builder's last line: shown once, above.
         let tail: Vec<&String> = tail.iter().filter(|l| !repeats(l, error)).collect();
         if !tail.is_empty() {
@@ -255,6 +254,7 @@ fn print_summary_json(
                     "error": t.error,
                     "dockerfile": at.as_ref().map(|(df, _)| shown_path(df)),
                     "line": at.map(|(_, l)| l),
+                    "hint": failure_hint(plan, service, t.arch, error, &tail),
                 })
             })
             .collect();
@@ -272,6 +272,49 @@ fn print_summary_json(
         serde_json::json!({"finished": {"ok": ok, "seconds": started.elapsed().as_secs_f64()}});
     out.push_str(&format!("{end}\n"));
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+}
+
+/// What to do about a failed arch, where the error does not say.
+fn failure_hint(
+    plan: &Plan,
+    service: &str,
+    arch: bakery_protocol::Arch,
+    error: &str,
+    tail: &[String],
+) -> Option<String> {
+    let build = plan
+        .services
+        .iter()
+        .find(|s| s.name == service)?
+        .builds
+        .iter()
+        .find(|b| b.arch == arch)?;
+    crate::hints::dockerignore_hint(build, error, tail)
+}
+
+/// A task's state in the words the summary and `bakery status` share.
+pub fn task_word(state: TaskState, pushes: bool) -> &'static str {
+    match state {
+        TaskState::Succeeded if pushes => "pushed",
+        TaskState::Succeeded => "built",
+        TaskState::Failed => "failed",
+        TaskState::Cancelled => "cancelled",
+        TaskState::Queued => "queued",
+        TaskState::Starting => "starting",
+        TaskState::Running => "running",
+    }
+}
+
+/// A build's state in the same words as [`task_word`].
+pub fn build_word(state: BuildState, pushes: bool) -> &'static str {
+    match state {
+        BuildState::Running => "running",
+        BuildState::Indexing => "writing the index",
+        BuildState::Succeeded if pushes => "pushed",
+        BuildState::Succeeded => "built",
+        BuildState::Failed => "failed",
+        BuildState::Cancelled => "cancelled",
+    }
 }
 
 /// Whether a log line says what `error` already says: the agent's and the

@@ -313,3 +313,21 @@ fn an_arm64_run_step_runs_where_it_can() {
         Some("aarch64\n")
     );
 }
+
+/// `bakery plan` checks the base images as `build` does: one its registry
+/// does not have is an error at its FROM line (`--offline` skips the
+/// check), so plan never passes what build refuses.
+#[test]
+fn plan_refuses_a_base_image_its_registry_does_not_have() {
+    let registry = registry();
+    let missing = format!("{}/arch/no-such-base:1", registry.host());
+    let dest = format!("{}/arch/app:1", registry.host());
+    let repo = copy_only(&missing, &dest, &["amd64"]);
+    let out = bakery(repo.path(), &["plan"], &[]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("Dockerfile:2:1: base image"), "{all}");
+    assert!(all.contains("does not exist"), "{all}");
+    let offline = bakery(repo.path(), &["plan", "--offline"], &[]);
+    assert!(offline.status.success(), "{}", text(&offline));
+}

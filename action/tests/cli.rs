@@ -470,3 +470,80 @@ fn subcommand_help_lists_its_own_flags() {
         "{stdout}"
     );
 }
+
+/// Found by review: each was accepted (or refused) wrongly before.
+#[test]
+fn careless_flags_and_variables_read_as_a_buildx_user_means_them() {
+    let dir = repo();
+    // An empty name in a build arg fails here, naming the flag, not at the controller.
+    let out = bakery(
+        dir.path(),
+        &["-t", "r.io/a:1", "--build-arg", "=x", "plan", "--offline"],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success() && stderr.contains("--build-arg `=x`"),
+        "{stderr}"
+    );
+    // Booleans from the environment as CI systems write them.
+    let out = bakery(
+        dir.path(),
+        &["--compose", "compose.yaml", "plan", "--offline"],
+        &[("BAKERY_ASYNC", "1"), ("BAKERY_NO_CACHE", "yes")],
+    );
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // An empty services list (an unset CI variable) means every service.
+    let out = bakery(
+        dir.path(),
+        &[
+            "--compose",
+            "compose.yaml",
+            "--services",
+            "",
+            "plan",
+            "--offline",
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("r.io/web:1") && stdout.contains("r.io/api"),
+        "{stdout}"
+    );
+    // plan checks the flags build checks before packing.
+    let out = bakery(
+        dir.path(),
+        &[
+            "-t",
+            "r.io/a:1",
+            "--build-context",
+            "noequals",
+            "plan",
+            "--offline",
+        ],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success() && stderr.contains("--build-context"),
+        "{stderr}"
+    );
+    // -V says what --version says.
+    let short = bakery(dir.path(), &["-V"], &[]);
+    let long = bakery(dir.path(), &["--version"], &[]);
+    assert_eq!(text(&short).0, text(&long).0);
+    assert!(text(&short).0.contains("(commit "), "{}", text(&short).0);
+    // pack's help lists no build or controller flags.
+    let out = bakery(dir.path(), &["pack", "-h"], &[]);
+    let (stdout, _) = text(&out);
+    for flag in ["--async", "--provenance", "--controller-url", "--no-cache"] {
+        assert!(!stdout.contains(flag), "pack -h lists {flag}: {stdout}");
+    }
+    assert!(
+        stdout.contains("--output") && stdout.contains("--config"),
+        "{stdout}"
+    );
+}

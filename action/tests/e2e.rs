@@ -549,6 +549,16 @@ fn detached_builds_are_followed_later_with_status_and_logs() {
         .unwrap()
         .starts_with("sha256:"));
 
+    // In words, the summary's: `pushed`, not the enum's `Succeeded`.
+    let words = bakery(repo.path(), &["status", id], &env);
+    let words = String::from_utf8_lossy(&words.stdout).into_owned();
+    assert!(
+        words.lines().next().unwrap().ends_with(" pushed"),
+        "{words}"
+    );
+    assert!(words.contains("  amd64 pushed sha256:"), "{words}");
+    assert!(!words.contains("Succeeded"), "{words}");
+
     let unknown = bakery(repo.path(), &["status", "b000000000000"], &env);
     assert!(!unknown.status.success());
     assert!(

@@ -117,3 +117,65 @@ fn a_silent_arch_gets_a_heartbeat() {
     let stdout = run("0");
     assert!(!stdout.contains("no output for"), "{stdout}");
 }
+
+/// A COPY of a file that `.dockerignore` leaves out: the builder says "no
+/// such file"; the summary says which .dockerignore line excludes it.
+#[test]
+fn a_dockerignored_copy_names_the_dockerignore_line() {
+    let registry = registry();
+    let host = registry.host();
+    let repo = project(&[
+        ("Dockerfile", "FROM scratch\nCOPY app.env /app.env\n"),
+        ("app.env", "A=1\n"),
+        (".dockerignore", "# secrets stay home\n*.env\n"),
+        (
+            "config.yaml",
+            &format!("global:\n  arch: amd64\n  kaniko:\n    destination: {host}/ignored/app:1\n"),
+        ),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .arg("build")
+        .env_remove("CONTROLLER_URL")
+        .env("DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let hint = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("hint: "))
+        .unwrap_or_else(|| panic!("no hint: {stdout}"));
+    assert!(hint.contains("`app.env`"), "{hint}");
+    assert!(hint.contains(".dockerignore:2 (`*.env`)"), "{hint}");
+}
+
+/// A build that fails before its summary (bad input) still ends its JSON
+/// stdout with the `finished` object, saying why.
+#[test]
+fn json_mode_says_finished_when_the_plan_fails() {
+    let repo = project(&[(
+        "config.yaml",
+        "global:\n  kaniko:\n    destination: r.io/app:1\n",
+    )]);
+    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo.path())
+        .args(["--log-format", "json", "build"])
+        .env_remove("CONTROLLER_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let end: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(end["finished"]["ok"], false, "{end}");
+    assert!(
+        end["finished"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Dockerfile"),
+        "{end}"
+    );
+}

@@ -29,6 +29,10 @@ pub struct IgnoreError {
 struct Rule {
     regex: Regex,
     exception: bool,
+    /// 1-based line in its file, and the pattern as written: to say which
+    /// line left a file out.
+    line: usize,
+    pattern: String,
 }
 
 /// The rules of one `.dockerignore` file.
@@ -70,7 +74,12 @@ impl IgnoreRules {
             };
             let regex =
                 compile(&cleaned).map_err(|m| err(format!("bad pattern `{pattern}`: {m}")))?;
-            rules.push(Rule { regex, exception });
+            rules.push(Rule {
+                regex,
+                exception,
+                line: i + 1,
+                pattern: raw.trim().to_string(),
+            });
         }
         Ok(IgnoreRules { rules })
     }
@@ -129,6 +138,12 @@ impl IgnoreRules {
 
     /// Whether `path` (relative to the context, `/`-separated) is excluded.
     pub fn excludes(&self, path: &str) -> bool {
+        self.excluded_by(path).is_some()
+    }
+
+    /// The line (1-based) and pattern that leave `path` out, if it is
+    /// excluded: for the error of a COPY that finds nothing.
+    pub fn excluded_by(&self, path: &str) -> Option<(usize, &str)> {
         let parents: Vec<&str> = match path.rfind('/') {
             Some(i) => {
                 let parent = &path[..i];
@@ -140,18 +155,18 @@ impl IgnoreRules {
             }
             None => Vec::new(),
         };
-        let mut excluded = false;
+        let mut by: Option<&Rule> = None;
         for rule in &self.rules {
             // An exclusion only matters while included, an exception only while excluded.
-            if rule.exception != excluded {
+            if rule.exception != by.is_some() {
                 continue;
             }
             let hit = rule.regex.is_match(path) || parents.iter().any(|p| rule.regex.is_match(p));
             if hit {
-                excluded = !rule.exception;
+                by = (!rule.exception).then_some(rule);
             }
         }
-        excluded
+        by.map(|r| (r.line, r.pattern.as_str()))
     }
 }
 
@@ -337,6 +352,19 @@ mod tests {
         let r = rules("a+b.(c)|{d}$\n");
         assert!(r.excludes("a+b.(c)|{d}$"));
         assert!(!r.excludes("aab.(c)|{d}$"));
+    }
+
+    #[test]
+    fn the_excluding_line_is_named() {
+        let rules = IgnoreRules::parse(
+            "# c\n*.log\n!keep.log\nbuild/\n",
+            Path::new(".dockerignore"),
+        )
+        .unwrap();
+        assert_eq!(rules.excluded_by("a.log"), Some((2, "*.log")));
+        assert_eq!(rules.excluded_by("keep.log"), None);
+        assert_eq!(rules.excluded_by("build/out/x"), Some((4, "build/")));
+        assert_eq!(rules.excluded_by("src/main.rs"), None);
     }
 
     #[test]

@@ -547,3 +547,32 @@ fn additional_contexts_resolve_from_the_compose_file_and_refuse_what_cannot_buil
         );
     }
 }
+
+/// A wrong value the service inherits is reported in the base's file, at
+/// its line, not at the extending service.
+#[test]
+fn an_error_in_an_inherited_value_points_into_the_base_file() {
+    let repo = Repo::new(&[
+        ("common/Dockerfile", DOCKERFILE),
+        (
+            "common/base.yaml",
+            "services:\n  base:\n    build:\n      context: .\n      x-bake:\n        platforms: [linux/s390x]\n      dockerfil: D\n",
+        ),
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: r.io/w:1\n    extends: {file: common/base.yaml, service: base}\n",
+        ),
+    ]);
+    let text = error(repo.compose("compose.yaml", &[]));
+    assert!(
+        text.contains("common/base.yaml:7:"),
+        "the misspelt key: {text}"
+    );
+    std::fs::write(
+        repo.path("common/base.yaml"),
+        "services:\n  base:\n    build:\n      context: .\n      x-bake:\n        platforms: [linux/s390x]\n",
+    )
+    .unwrap();
+    let text = error(repo.compose("compose.yaml", &[]));
+    assert!(text.contains("common/base.yaml:6:"), "the platform: {text}");
+}

@@ -59,6 +59,12 @@ impl Arch {
 
     /// Parses an OCI platform (`linux/arm64`, `linux/arm64/v8`, `linux/amd64`).
     pub fn from_platform(s: &str) -> Result<Arch, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        if lower != s.trim() && Arch::from_platform(&lower).is_ok() {
+            return Err(format!(
+                "unsupported platform `{s}`: did you mean {lower}? (platforms are lowercase)"
+            ));
+        }
         let parts: Vec<&str> = s.trim().split('/').collect();
         match parts.as_slice() {
             ["linux", "amd64"] => Ok(Arch::Amd64),
@@ -175,5 +181,7 @@ mod tests {
         }
         let e = Arch::from_platform("linux/arm/v7").unwrap_err();
         assert!(e.contains("32-bit arm"), "{e}");
+        let e = Arch::from_platform("linux/AMD64").unwrap_err();
+        assert!(e.contains("did you mean linux/amd64?"), "{e}");
     }
 }

@@ -146,9 +146,10 @@ pub(super) async fn upload_contexts(
             (ContextStore::S3(_), None) => unreachable!("connected above"),
         };
         eprintln!(
-            "context {}: {} files, {} → {} ({}) in {:.2}s",
+            "context {}: {} {}, {} → {} ({}) in {:.2}s",
             id.0.display(),
             packed.entries,
+            if packed.entries == 1 { "file" } else { "files" },
             crate::render::bytes(packed.content_bytes),
             crate::render::bytes(packed.size),
             if sent {

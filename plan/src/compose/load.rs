@@ -9,19 +9,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use serde_yaml_ng::Value;
 
 use super::interpolate::{interpolate, read_dotenv};
 use super::merge::{merge_services, rebase};
-use super::{explain_unset, ComposeFile, RawFile, Service, Unset};
+use super::{explain_unset, Base, ComposeFile, RawFile, Service, Unset};
 use crate::error::{did_you_mean, Location, PlanError};
 use crate::location::Locations;
 
 /// One file, read, interpolated and parsed both ways.
 struct Source {
     path: PathBuf,
-    locations: Locations,
+    locations: Rc<Locations>,
     /// The typed parse, which has already checked every type.
     raw: RawFile,
     /// The same document as YAML, for merging.
@@ -50,7 +51,7 @@ impl Source {
         let _ = value.apply_merge();
         Ok(Source {
             path: path.to_path_buf(),
-            locations: Locations::index(&text),
+            locations: Rc::new(Locations::index(&text)),
             raw,
             value,
             unset,
@@ -112,11 +113,20 @@ fn load_project(
     let source = Source::read(path, &vars)?;
     let mut services: Vec<(String, Service)> = Vec::new();
     let mut sources = Sources::default();
+    let mut bases = HashMap::new();
     for (name, service) in &source.raw.services {
         if !service.other.contains_key("extends") {
             continue;
         }
-        let merged = resolve_extends(&source, name, &vars, &mut Vec::new(), &mut sources)?;
+        let mut chain_bases = Vec::new();
+        let mut walk = Walk {
+            vars: &vars,
+            chain: Vec::new(),
+            sources: &mut sources,
+            bases: &mut chain_bases,
+        };
+        let merged = resolve_extends(&source, name, &mut walk)?;
+        bases.insert(name.clone(), chain_bases);
         let at = source.location_of(&format!("services.{name}.extends"));
         let service: Service = serde_yaml_ng::from_value(merged).map_err(|e| {
             PlanError::invalid(at, format!("`services.{name}` with what it extends: {e}"))
@@ -136,7 +146,8 @@ fn load_project(
     let mut file = ComposeFile {
         path: path.to_path_buf(),
         project_dir,
-        locations,
+        locations: Rc::try_unwrap(locations).unwrap_or_else(|shared| (*shared).clone()),
+        bases,
         services: raw.services,
         vars,
         unset_variables: unset,
@@ -160,13 +171,18 @@ struct Link {
 }
 
 /// The service `name` of `source` with its `extends` chain merged, as YAML.
-fn resolve_extends(
-    source: &Source,
-    name: &str,
-    vars: &HashMap<String, String>,
-    chain: &mut Vec<Link>,
-    sources: &mut Sources,
-) -> Result<Value, PlanError> {
+/// What one service's walk up its `extends` chain carries along.
+struct Walk<'a> {
+    vars: &'a HashMap<String, String>,
+    /// The services being extended, to refuse a cycle.
+    chain: Vec<Link>,
+    sources: &'a mut Sources,
+    /// Each base passed, nearest first: where an inherited value is written.
+    bases: &'a mut Vec<Base>,
+}
+
+fn resolve_extends(source: &Source, name: &str, walk: &mut Walk<'_>) -> Result<Value, PlanError> {
+    let chain = &walk.chain;
     let service = source.service(name).cloned().unwrap_or(Value::Null);
     let Some(extends) = service.get("extends") else {
         return Ok(service);
@@ -207,7 +223,7 @@ fn resolve_extends(
     let base_source = match &base_file {
         Some(f) => {
             let path = source.dir().join(f);
-            other = sources.read(&path, vars).map_err(|e| match e {
+            other = walk.sources.read(&path, walk.vars).map_err(|e| match e {
                 PlanError::Read { cause, .. } => PlanError::invalid_with_hint(
                     at.clone(),
                     format!("`extends.file`: cannot read {}: {cause}", path.display()),
@@ -237,13 +253,18 @@ fn resolve_extends(
             hint,
         ));
     }
-    chain.push(Link {
+    walk.chain.push(Link {
         file,
         service: name.to_string(),
         at,
     });
-    let mut base_value = resolve_extends(base_source, &base, vars, chain, sources)?;
-    chain.pop();
+    walk.bases.push(Base {
+        path: base_source.path.clone(),
+        locations: Rc::clone(&base_source.locations),
+        service: base.clone(),
+    });
+    let mut base_value = resolve_extends(base_source, &base, walk)?;
+    walk.chain.pop();
     if canonical(&base_source.path) != canonical(&source.path) {
         // Absolute: the service's own file joins a relative result to its
         // directory again (`--compose compose.yaml` is relative).

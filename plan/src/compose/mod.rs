@@ -54,6 +54,16 @@ pub struct ComposeFile {
     pub secrets: BTreeMap<String, TopSecret>,
     /// The files of its `include:`, each a project of its own.
     pub included: Vec<ComposeFile>,
+    /// For each service that extends another, the bases it inherits from,
+    /// nearest first: an error in an inherited value points at its line.
+    bases: HashMap<String, Vec<Base>>,
+}
+
+/// A service another one extends, and where its file's values are written.
+pub(super) struct Base {
+    path: PathBuf,
+    locations: std::rc::Rc<Locations>,
+    service: String,
 }
 
 /// A top-level secret: a file (relative to the compose file) or a variable.
@@ -301,8 +311,25 @@ impl ComposeFile {
             .flat_map(|f| f.services.iter().map(move |(n, s)| (f, n, s)))
     }
 
-    /// Where `path` (dotted, under the file root) is written.
+    /// Where `path` (dotted, under the file root) is written: in this
+    /// file, or for a value a service inherits through `extends`, in the
+    /// base's file; else the nearest key above it here.
     pub fn location_of(&self, path: &str) -> Location {
+        if self.locations.key(path).is_none() {
+            let inherited = path
+                .strip_prefix("services.")
+                .and_then(|p| p.split_once('.'))
+                .and_then(|(service, rest)| {
+                    self.bases.get(service)?.iter().find_map(|base| {
+                        let theirs = format!("services.{}.{rest}", base.service);
+                        let pos = base.locations.key(&theirs)?;
+                        Some(Location::new(&base.path, pos.line, pos.column))
+                    })
+                });
+            if let Some(at) = inherited {
+                return at;
+            }
+        }
         let pos = self.locations.nearest(path);
         Location::new(&self.path, pos.line, pos.column)
     }
