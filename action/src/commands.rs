@@ -133,13 +133,16 @@ pub fn pack(input: &Input, output: &Path, codec: Codec, json: bool) -> Result<()
             continue;
         }
         let started = Instant::now();
+        let step = crate::progress::Step::start(format!("packing {}", key.0.display()), None);
         let opts = PackOptions {
             dockerfile_beside: build.dockerfile_outside.clone(),
             named: named.pack(&keys),
+            progress: Some(step.counter()),
             ..opts.clone()
         };
         let (path, packed) = pack_to_dir(&key.0, &build.spec.dockerfile, output, &opts)
             .with_context(|| format!("packing {}", key.0.display()))?;
+        drop(step);
         for w in &packed.warnings {
             tracing::warn!("{w}");
         }

@@ -29,6 +29,7 @@ pub mod logins;
 pub mod outcome;
 pub mod preflight;
 pub mod printer;
+pub mod progress;
 pub mod render;
 
 use std::io::IsTerminal;

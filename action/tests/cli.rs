@@ -547,3 +547,67 @@ fn careless_flags_and_variables_read_as_a_buildx_user_means_them() {
         "{stdout}"
     );
 }
+
+/// Incompressible bytes, quickly: packing them takes a while.
+fn noise(path: &Path, bytes: usize) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(bytes);
+    while out.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    fs::write(path, out).unwrap();
+}
+
+/// Packing a big context shows progress: lines in a CI log (here every
+/// 50 ms, BAKERY_HEARTBEAT shortened), a bar on a terminal (under a
+/// pseudo-terminal, where no such lines are printed).
+#[test]
+fn packing_shows_progress_in_a_log_and_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+    noise(&dir.path().join("blob.bin"), 48 << 20);
+    let out_dir = tempfile::tempdir().unwrap();
+    let args = [
+        "-t",
+        "r.io/big:1",
+        "pack",
+        "-o",
+        out_dir.path().to_str().unwrap(),
+    ];
+    let out = bakery(dir.path(), &args, &[("BAKERY_HEARTBEAT", "0.05")]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // Counted as the archive is written, not file by file: the one big
+    // file shows as it goes.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("packing ") && l.contains(" after "))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line: {stderr}");
+    assert!(lines.iter().any(|l| l.contains(" MiB after ")), "{lines:?}");
+
+    let command = format!(
+        "{} {}",
+        env!("CARGO_BIN_EXE_bakery"),
+        args.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .env("BAKERY_HEARTBEAT", "0.05")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("packing "), "a bar names the step: {shown}");
+    assert!(
+        !shown.contains(" after "),
+        "no log lines on a terminal: {shown}"
+    );
+}

@@ -184,7 +184,7 @@ async fn upload_load_context(controller: &Controller) -> Result<bakery_protocol:
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), &body)?;
-    controller.upload_context(&key, file.path()).await?;
+    controller.upload_context(&key, file.path(), None).await?;
     Ok(key)
 }
 

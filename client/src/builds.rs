@@ -58,8 +58,14 @@ impl Controller {
     /// Uploads a context archive unless the controller already has it.
     /// Returns whether bytes were sent. The upload itself has no overall
     /// deadline (a large context on a slow link takes what it takes), only
-    /// the read deadline between packets.
-    pub async fn upload_context(&self, key: &ContextKey, file: &Path) -> Result<bool, Error> {
+    /// the read deadline between packets. `progress`, when given, counts
+    /// the bytes sent.
+    pub async fn upload_context(
+        &self,
+        key: &ContextKey,
+        file: &Path,
+        progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Result<bool, Error> {
         const WHAT: &str = "uploading the context";
         let path = format!("/v1/contexts/{key}");
         let head = self
@@ -74,8 +80,13 @@ impl Controller {
         let local = |cause| Error::Local { what: WHAT, cause };
         let f = tokio::fs::File::open(file).await.map_err(local)?;
         let len = f.metadata().await.map_err(local)?.len();
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+        let chunks = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+        let counted = futures_util::StreamExt::inspect(chunks, move |chunk| {
+            if let (Some(progress), Ok(chunk)) = (&progress, chunk) {
+                progress.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let body = reqwest::Body::wrap_stream(counted);
         let request = self
             .http
             .request(Method::PUT, &path)

@@ -43,6 +43,10 @@ pub struct PackOptions {
     /// Named build contexts that are directories, stored under
     /// [`CONTEXTS_BESIDE`]`/<n>/`, each honouring its own `.dockerignore`.
     pub named: Vec<NamedDir>,
+    /// Bytes of the archive packed so far, before compression (file
+    /// content and tar headers), counted as they are written: what a
+    /// progress display reads while a big context is packed.
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A directory sent as a named build context (`--build-context name=dir`),
@@ -65,6 +69,7 @@ impl Default for PackOptions {
             exclude: Vec::new(),
             dockerfile_beside: None,
             named: Vec::new(),
+            progress: None,
         }
     }
 }
@@ -267,7 +272,10 @@ pub fn pack<W: Write + Send + 'static>(
         inner: out,
         state: Arc::clone(&state),
     };
-    let mut tar = tar::Builder::new(Compressor::new(hashing, opts)?);
+    let mut tar = tar::Builder::new(Counted {
+        inner: Compressor::new(hashing, opts)?,
+        progress: opts.progress.clone(),
+    });
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
 
@@ -297,8 +305,8 @@ pub fn pack<W: Write + Send + 'static>(
     if let Some(outside) = &opts.dockerfile_beside {
         append_beside(&mut tar, context, outside, dockerfile, &mut packed)?;
     }
-    append_named(&mut tar, context, &opts.named, &mut packed)?;
-    let compressor = tar.into_inner().map_err(io_err(context))?;
+    append_named(&mut tar, context, opts, &mut packed)?;
+    let compressor = tar.into_inner().map_err(io_err(context))?.inner;
     let mut hashing = compressor.finish()?;
     hashing.flush().map_err(io_err(context))?;
     let (hasher, size) = {
@@ -317,9 +325,10 @@ pub fn pack<W: Write + Send + 'static>(
 fn append_named<W: Write>(
     tar: &mut tar::Builder<W>,
     context: &Path,
-    named: &[NamedDir],
+    opts: &PackOptions,
     packed: &mut Packed,
 ) -> Result<(), ContextError> {
+    let named = &opts.named;
     if named.is_empty() {
         return Ok(());
     }
@@ -491,4 +500,25 @@ pub fn open_archive(path: &Path) -> Result<tar::Archive<Box<dyn io::Read>>, Cont
         Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)))
     };
     Ok(tar::Archive::new(reader))
+}
+
+/// The tar stream on its way to the compressor, counted for
+/// [`PackOptions::progress`].
+struct Counted<W> {
+    inner: W,
+    progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(progress) = &self.progress {
+            progress.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -439,12 +439,7 @@ impl Run<'_> {
     }
 }
 
-/// How long a running arch may print nothing before bakery says so:
-/// `BAKERY_HEARTBEAT` seconds (default 30; 0 turns it off).
+/// How long a running arch may print nothing before bakery says so.
 fn heartbeat_after() -> Option<Duration> {
-    let secs = std::env::var("BAKERY_HEARTBEAT")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(30);
-    (secs > 0).then(|| Duration::from_secs(secs))
+    crate::progress::heartbeat()
 }

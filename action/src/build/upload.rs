@@ -106,7 +106,9 @@ pub(super) async fn upload_contexts(
             );
             let beside = build.dockerfile_outside.clone();
             let exclude = secret_files_in(&protected, &dir);
-            tokio::task::spawn_blocking(move || {
+            let step = crate::progress::Step::start(format!("packing {}", dir.display()), None);
+            let progress = Some(step.counter());
+            let packed = tokio::task::spawn_blocking(move || {
                 pack_to_dir(
                     &dir,
                     &df,
@@ -116,12 +118,15 @@ pub(super) async fn upload_contexts(
                         exclude,
                         dockerfile_beside: beside,
                         named,
+                        progress,
                         ..PackOptions::default()
                     },
                 )
             })
             .await?
-            .with_context(|| format!("packing {}", id.0.display()))?
+            .with_context(|| format!("packing {}", id.0.display()))?;
+            drop(step);
+            packed
         };
         for w in &packed.warnings {
             tracing::warn!("{w}");
@@ -140,11 +145,20 @@ pub(super) async fn upload_contexts(
             keys.insert(id, uploaded);
             continue;
         }
+        let step = crate::progress::Step::start(
+            format!("uploading {}", id.0.display()),
+            Some(packed.size),
+        );
         let sent = match (store, &s3) {
-            (ContextStore::Controller, _) => controller.upload_context(&key, &path).await?,
+            (ContextStore::Controller, _) => {
+                controller
+                    .upload_context(&key, &path, Some(step.counter()))
+                    .await?
+            }
             (ContextStore::S3(_), Some(s3)) => s3.upload_if_absent(&key, &path).await?,
             (ContextStore::S3(_), None) => unreachable!("connected above"),
         };
+        drop(step);
         eprintln!(
             "context {}: {} {}, {} → {} ({}) in {:.2}s",
             id.0.display(),
