@@ -41,6 +41,10 @@ pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
 
+    /// How build output shows, as docker buildx's --progress: auto (the default), plain (no colour, no bars), tty (colour even without a terminal), json or rawjson (as --log-format json), quiet (no build log: the summary and errors only). --log-format, when given, wins.
+    #[arg(long, env = "BAKERY_PROGRESS", value_enum, global = true)]
+    pub progress: Option<ProgressMode>,
+
     /// The controller's URL. Unset or empty: an embedded controller runs
     /// the build on this machine (local platform).
     #[arg(long, env = "CONTROLLER_URL", global = true)]
@@ -382,6 +386,47 @@ pub const LONG_VERSION: &str = concat!(
     env!("BAKERY_VERSION_TARGET"),
     ")"
 );
+
+/// `--progress`, as docker buildx takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Colour and bars on a terminal, plain lines elsewhere.
+    Auto,
+    /// No colour, no bars: lines.
+    Plain,
+    /// Colour even without a terminal (bars need one).
+    Tty,
+    /// One JSON object per line, as `--log-format json`.
+    Json,
+    /// As `json`.
+    Rawjson,
+    /// No build log and no progress: the summary and errors only.
+    Quiet,
+}
+
+impl Cli {
+    /// `--progress` applied: the log format it implies when `--log-format`
+    /// is not given, and the process-wide display settings.
+    pub fn with_progress(mut self) -> Cli {
+        match self.progress {
+            Some(ProgressMode::Plain) => {
+                self.log_format.get_or_insert(LogFormat::Plain);
+                crate::progress::set_display(crate::progress::Display::Lines);
+            }
+            Some(ProgressMode::Json | ProgressMode::Rawjson) => {
+                self.log_format.get_or_insert(LogFormat::Json);
+            }
+            Some(ProgressMode::Tty) => {
+                crate::progress::set_display(crate::progress::Display::Colour)
+            }
+            Some(ProgressMode::Quiet) => {
+                crate::progress::set_display(crate::progress::Display::Quiet)
+            }
+            Some(ProgressMode::Auto) | None => {}
+        }
+        self
+    }
+}
 
 /// How log lines print (`--log-format`, `LOG_FORMAT`);
 /// unset, for a person reading a terminal or a CI log.

@@ -59,6 +59,11 @@ pub fn colour(is_terminal: bool) -> bool {
     if set("CLICOLOR_FORCE").is_some_and(|v| v != "0") {
         return true;
     }
+    match progress::display() {
+        progress::Display::Colour => return set("NO_COLOR").is_none(),
+        progress::Display::Lines => return false,
+        progress::Display::Auto | progress::Display::Quiet => {}
+    }
     set("NO_COLOR").is_none() && is_terminal
 }
 

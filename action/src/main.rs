@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use bakery::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_args();
+    let cli = Cli::parse_args().with_progress();
     bakery::init_logging(cli.log_format);
     // Following, inspecting, planning and packing run on one thread: the
     // log stream of `bakery logs` is read and printed where it arrives,

@@ -67,6 +67,7 @@ impl Printer {
     pub fn line(&self, service: &str, event: &LogEvent) {
         let label = format!("{service}-{}", event.arch);
         let mut text = strip_ansi(&event.line);
+        let quiet = crate::progress::display() == crate::progress::Display::Quiet;
         {
             let mut tails = self.tails.lock().expect("lock");
             let tail = tails.entry(label.clone()).or_default();
@@ -75,6 +76,10 @@ impl Printer {
             if let Some(shown) = shown {
                 text = shown;
             }
+        }
+        if quiet {
+            // Kept for the summary's last lines; not shown.
+            return;
         }
         let rendered = match self.format {
             Some(LogFormat::Json) => {
@@ -111,6 +116,9 @@ impl Printer {
         after: std::time::Duration,
         since: std::time::Instant,
     ) {
+        if crate::progress::display() == crate::progress::Display::Quiet {
+            return;
+        }
         let now = std::time::Instant::now();
         for (arch, state) in running {
             let label = format!("{service}-{arch}");

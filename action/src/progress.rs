@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// What `--progress` asked for beyond the log format: set once, at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    /// Bars and colour on a terminal, lines elsewhere (the default).
+    Auto,
+    /// Lines even on a terminal (`--progress plain`).
+    Lines,
+    /// Colour even without a terminal (`--progress tty`).
+    Colour,
+    /// No build log, no progress (`--progress quiet`).
+    Quiet,
+}
+
+static DISPLAY: std::sync::OnceLock<Display> = std::sync::OnceLock::new();
+
+/// Sets the display for the process (the first call wins).
+pub fn set_display(display: Display) {
+    let _ = DISPLAY.set(display);
+}
+
+/// The display `--progress` set.
+pub fn display() -> Display {
+    DISPLAY.get().copied().unwrap_or(Display::Auto)
+}
+
 /// How often a line is printed without a terminal: 10 s, or sooner when
 /// `BAKERY_HEARTBEAT` (the silence the client tolerates) is shorter.
 pub fn every() -> Duration {
@@ -42,7 +67,14 @@ impl Step {
     pub fn start(what: String, total: Option<u64>) -> Step {
         let done = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let terminal = std::io::stderr().is_terminal();
+        if display() == Display::Quiet {
+            return Step {
+                done,
+                stop,
+                shower: None,
+            };
+        }
+        let terminal = std::io::stderr().is_terminal() && display() != Display::Lines;
         let (d, s) = (Arc::clone(&done), Arc::clone(&stop));
         let shower = std::thread::Builder::new()
             .name("bakery-progress".into())

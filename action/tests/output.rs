@@ -179,3 +179,42 @@ fn json_mode_says_finished_when_the_plan_fails() {
         "{end}"
     );
 }
+
+/// `--progress quiet` (docker buildx's): no build log, the summary only;
+/// `--progress plain` is plain lines.
+#[test]
+fn progress_quiet_prints_the_summary_only() {
+    let registry = registry();
+    let host = registry.host();
+    let repo = project(&[
+        ("Dockerfile", "FROM scratch\nCOPY a.txt /a.txt\n"),
+        ("a.txt", "a\n"),
+        (
+            "config.yaml",
+            &format!("global:\n  arch: amd64\n  kaniko:\n    destination: {host}/quiet/app:1\n"),
+        ),
+    ]);
+    let run = |mode: &str| {
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+            .current_dir(repo.path())
+            .args(["--progress", mode, "build"])
+            .env_remove("CONTROLLER_URL")
+            .env("DATA_DIR", data.path())
+            .env("CLICOLOR_FORCE", "")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{mode}: {stdout}");
+        stdout
+    };
+    let quiet = run("quiet");
+    assert!(!quiet.contains("app-amd64 |"), "{quiet}");
+    assert!(
+        quiet.contains("SERVICE  ARCH") && quiet.contains("multi-arch index app:"),
+        "{quiet}"
+    );
+    let plain = run("plain");
+    assert!(plain.contains("app-amd64 | "), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "no colour: {plain}");
+}
