@@ -407,6 +407,7 @@ pub enum ProgressMode {
 impl Cli {
     /// `--progress` applied: the log format it implies when `--log-format`
     /// is not given, and the process-wide display settings.
+    #[must_use]
     pub fn with_progress(mut self) -> Cli {
         match self.progress {
             Some(ProgressMode::Plain) => {
@@ -417,10 +418,10 @@ impl Cli {
                 self.log_format.get_or_insert(LogFormat::Json);
             }
             Some(ProgressMode::Tty) => {
-                crate::progress::set_display(crate::progress::Display::Colour)
+                crate::progress::set_display(crate::progress::Display::Colour);
             }
             Some(ProgressMode::Quiet) => {
-                crate::progress::set_display(crate::progress::Display::Quiet)
+                crate::progress::set_display(crate::progress::Display::Quiet);
             }
             Some(ProgressMode::Auto) | None => {}
         }
