@@ -105,8 +105,20 @@ impl Drop for Step {
     }
 }
 
-/// A bar (or, with no total, a spinner with a byte count) on stderr.
+/// A bar (or, with no total, a spinner with a byte count) on stderr, once
+/// the step has run a second (sooner with a shorter `BAKERY_HEARTBEAT`): a
+/// quick step leaves the terminal as it was.
 fn bar(what: &str, total: Option<u64>, done: &AtomicU64, stop: &AtomicBool) {
+    let shown_from = Instant::now() + every().min(Duration::from_secs(1));
+    while Instant::now() < shown_from {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::park_timeout(shown_from.saturating_duration_since(Instant::now()));
+    }
+    if stop.load(Ordering::Relaxed) {
+        return;
+    }
     let bar = match total {
         Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),

@@ -5,7 +5,23 @@
 mod support;
 use support::*;
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// `bakery ARGS` in `repo` on the embedded controller, with its own data
+/// directory; `env` added.
+fn bakery(repo: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
+        .current_dir(repo)
+        .args(args)
+        .env_remove("CONTROLLER_URL")
+        .env("DATA_DIR", data.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
 
 #[test]
 fn json_mode_prints_json_only_on_stdout() {
@@ -22,15 +38,11 @@ fn json_mode_prints_json_only_on_stdout() {
             ),
         ),
     ]);
-    let data = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-        .current_dir(repo.path())
-        .args(["--log-format", "json", "--async", "build"])
-        .env_remove("CONTROLLER_URL")
-        .env("DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, stdout) = bakery(
+        repo.path(),
+        &["--log-format", "json", "--async", "build"],
+        &[],
+    );
     assert!(!out.status.success(), "bad fails: {stdout}");
     let objects: Vec<serde_json::Value> = stdout
         .lines()
@@ -88,16 +100,7 @@ fn a_silent_arch_gets_a_heartbeat() {
         ),
     ]);
     let run = |beat: &str| {
-        let data = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-            .current_dir(repo.path())
-            .arg("build")
-            .env_remove("CONTROLLER_URL")
-            .env("DATA_DIR", data.path())
-            .env("BAKERY_HEARTBEAT", beat)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (out, stdout) = bakery(repo.path(), &["build"], &[("BAKERY_HEARTBEAT", beat)]);
         assert!(out.status.success(), "{stdout}");
         stdout
     };
@@ -133,15 +136,7 @@ fn a_dockerignored_copy_names_the_dockerignore_line() {
             &format!("global:\n  arch: amd64\n  kaniko:\n    destination: {host}/ignored/app:1\n"),
         ),
     ]);
-    let data = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-        .current_dir(repo.path())
-        .arg("build")
-        .env_remove("CONTROLLER_URL")
-        .env("DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, stdout) = bakery(repo.path(), &["build"], &[]);
     assert!(!out.status.success(), "{stdout}");
     let hint = stdout
         .lines()
@@ -159,14 +154,8 @@ fn json_mode_says_finished_when_the_plan_fails() {
         "config.yaml",
         "global:\n  kaniko:\n    destination: r.io/app:1\n",
     )]);
-    let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-        .current_dir(repo.path())
-        .args(["--log-format", "json", "build"])
-        .env_remove("CONTROLLER_URL")
-        .output()
-        .unwrap();
+    let (out, stdout) = bakery(repo.path(), &["--log-format", "json", "build"], &[]);
     assert!(!out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
     let end: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
@@ -195,16 +184,11 @@ fn progress_quiet_prints_the_summary_only() {
         ),
     ]);
     let run = |mode: &str| {
-        let data = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_bakery"))
-            .current_dir(repo.path())
-            .args(["--progress", mode, "build"])
-            .env_remove("CONTROLLER_URL")
-            .env("DATA_DIR", data.path())
-            .env("CLICOLOR_FORCE", "")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (out, stdout) = bakery(
+            repo.path(),
+            &["--progress", mode, "build"],
+            &[("CLICOLOR_FORCE", "")],
+        );
         assert!(out.status.success(), "{mode}: {stdout}");
         stdout
     };
