@@ -14,12 +14,14 @@ use crate::error::AgentError;
 use crate::extract;
 
 /// Streams the context from where the controller says it is into the
-/// extractor: no temporary archive on disk.
+/// extractor: no temporary archive on disk. `received` counts the archive's
+/// bytes as they arrive, for the progress lines of a big context.
 pub(crate) async fn download(
     controller: &AgentApi,
     task: &AgentTask,
     dest: &Path,
     limits: extract::Limits,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<extract::Extracted, AgentError> {
     let (key, reader): (&ContextKey, Box<dyn tokio::io::AsyncRead + Send + Unpin>) =
         match &task.context {
@@ -40,7 +42,10 @@ pub(crate) async fn download(
     let codec = key.codec();
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let sync = tokio_util::io::SyncIoBridge::new(reader);
+        let sync = Counted {
+            inner: tokio_util::io::SyncIoBridge::new(reader),
+            received,
+        };
         extract::extract_compressed(sync, codec, &dest, limits)
     })
     .await
@@ -49,6 +54,21 @@ pub(crate) async fn download(
         source: std::io::Error::other(e),
     })?
     .map_err(AgentError::from)
+}
+
+/// The archive as it arrives, counted.
+struct Counted<R> {
+    inner: R,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.received
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// What the context may unpack to: what the client packed (its declared

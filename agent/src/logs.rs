@@ -63,6 +63,19 @@ impl LogSink {
         let _ = self.tx.send(clean);
     }
 
+    /// A sink whose lines the test reads back.
+    #[cfg(test)]
+    pub(crate) fn capture() -> (LogSink, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = LogSink {
+            tx,
+            redactor: std::sync::Arc::new(std::sync::RwLock::new(Redactor::new(
+                Vec::<String>::new(),
+            ))),
+        };
+        (sink, rx)
+    }
+
     /// Secrets learnt after start-up (from the spec) are masked from then on.
     pub fn set_redactor(&self, redactor: Redactor) {
         *self

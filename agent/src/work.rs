@@ -119,7 +119,15 @@ async fn fetch_context(
         .map_err(io(format!("creating {}", context_dir.display())))?;
     let limits = extraction_limits(&cfg.work_dir, task.context_bytes)?;
     let started = Instant::now();
-    let extracted = download(controller, task, &context_dir, limits).await?;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = tokio::spawn(download_progress(
+        log.clone(),
+        std::sync::Arc::clone(&received),
+        std::time::Duration::from_secs(10),
+    ));
+    let extracted = download(controller, task, &context_dir, limits, received).await;
+    progress.abort();
+    let extracted = extracted?;
     check_dockerfile(&context_dir, &task.spec.dockerfile)?;
     take_beside(&context_dir, &cfg.work_dir, &task.spec)?;
     take_named(&context_dir, &cfg.work_dir, &task.spec)?;
@@ -172,4 +180,47 @@ fn pushed_digest(job: &Job<'_>) -> Result<Option<String>, AgentError> {
         return Err(AgentError::NoDigest(file));
     }
     Ok(Some(digest))
+}
+
+/// Every 10 s while a context is fetched and unpacked, a line saying how
+/// far it got: a big context never looks like a hung agent.
+async fn download_progress(
+    log: LogSink,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    every: std::time::Duration,
+) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let mib = received.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1_048_576.0;
+        log.line(format!(
+            "fetching and unpacking the context: {mib:.1} MiB received after {}s",
+            started.elapsed().as_secs()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_long_download_says_how_far_it_got() {
+        let (log, mut lines) = LogSink::capture();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(5 << 20));
+        let progress = tokio::spawn(download_progress(
+            log,
+            received,
+            std::time::Duration::from_millis(20),
+        ));
+        let line = tokio::time::timeout(std::time::Duration::from_secs(5), lines.recv())
+            .await
+            .expect("a line within the deadline")
+            .expect("the sink is open");
+        progress.abort();
+        assert!(
+            line.starts_with("fetching and unpacking the context: 5.0 MiB received after "),
+            "{line}"
+        );
+    }
 }
