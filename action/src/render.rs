@@ -282,14 +282,7 @@ fn failure_hint(
     error: &str,
     tail: &[String],
 ) -> Option<String> {
-    let build = plan
-        .services
-        .iter()
-        .find(|s| s.name == service)?
-        .builds
-        .iter()
-        .find(|b| b.arch == arch)?;
-    crate::hints::dockerignore_hint(build, error, tail)
+    crate::hints::dockerignore_hint(plan.build(service, arch)?, error, tail)
 }
 
 /// A task's state in the words the summary and `bakery status` share.

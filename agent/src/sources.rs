@@ -122,11 +122,13 @@ pub fn check_emulation(task: &AgentTask, sources: &Sources) -> Result<(), AgentE
         .split(',')
         .filter_map(|a| a.trim().parse().ok())
         .collect();
-    check_emulation_in(task, sources, Path::new(BINFMT), &told)
+    check_emulation_in(
+        task,
+        sources,
+        Path::new(bakery_protocol::arch::BINFMT_MISC),
+        &told,
+    )
 }
-
-/// Where binfmt_misc lists its interpreters.
-const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 
 /// `told`: the arches the agent's launcher says its machine emulates
 /// ([`bakery_protocol::api::agent_env::EMULATED`]), for an agent that
@@ -141,7 +143,7 @@ fn check_emulation_in(
     let Some(line) = sources.first_run else {
         return Ok(());
     };
-    if task.arch == host || told.contains(&task.arch) || emulates(binfmt, task.arch) {
+    if task.arch == host || told.contains(&task.arch) || task.arch.emulated_in(binfmt) {
         return Ok(());
     }
     Err(AgentError::Context(format!(
@@ -149,12 +151,6 @@ fn check_emulation_in(
         arch = task.arch,
         dockerfile = task.spec.dockerfile,
     )))
-}
-
-/// Whether binfmt_misc has an enabled interpreter for `arch` programs.
-fn emulates(binfmt: &Path, arch: Arch) -> bool {
-    std::fs::read_to_string(binfmt.join(arch.binfmt_name()))
-        .is_ok_and(|s| s.lines().next() == Some("enabled"))
 }
 
 #[cfg(test)]

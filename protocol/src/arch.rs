@@ -48,13 +48,15 @@ impl Arch {
         }
     }
 
-    /// The name qemu-user registers for this arch's programs in
-    /// binfmt_misc (`/proc/sys/fs/binfmt_misc/qemu-aarch64`).
-    pub fn binfmt_name(self) -> &'static str {
-        match self {
+    /// Whether the binfmt_misc directory `binfmt` (normally
+    /// [`BINFMT_MISC`]) has qemu-user enabled for this arch's programs.
+    pub fn emulated_in(self, binfmt: &std::path::Path) -> bool {
+        let name = match self {
             Arch::Amd64 => "qemu-x86_64",
             Arch::Arm64 => "qemu-aarch64",
-        }
+        };
+        std::fs::read_to_string(binfmt.join(name))
+            .is_ok_and(|s| s.lines().next() == Some("enabled"))
     }
 
     /// Parses an OCI platform (`linux/arm64`, `linux/arm64/v8`, `linux/amd64`).
@@ -91,6 +93,10 @@ impl Arch {
         }
     }
 }
+
+/// Where binfmt_misc lists the interpreters the kernel runs other
+/// architectures' programs with.
+pub const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -386,6 +386,16 @@ impl Plan {
         plan
     }
 
+    /// The build of `service` for `arch`, if planned.
+    pub fn build(&self, service: &str, arch: Arch) -> Option<&ArchBuild> {
+        self.services
+            .iter()
+            .find(|s| s.name == service)?
+            .builds
+            .iter()
+            .find(|b| b.arch == arch)
+    }
+
     /// Every (service, arch) pair.
     pub fn builds(&self) -> impl Iterator<Item = (&ServicePlan, &ArchBuild)> {
         self.services

@@ -58,12 +58,7 @@ pub fn failed_line(
     error: &str,
     tail: &[String],
 ) -> Option<(std::path::PathBuf, usize)> {
-    let dockerfile = plan
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .and_then(|s| s.builds.iter().find(|b| b.arch == arch))
-        .map(bakery_plan::ArchBuild::dockerfile_path)?;
+    let dockerfile = plan.build(service, arch)?.dockerfile_path();
     let text = std::fs::read_to_string(&dockerfile).ok()?;
     let line = locate(&text, error, tail)?;
     Some((dockerfile, line))

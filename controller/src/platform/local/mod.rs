@@ -429,14 +429,10 @@ fn is_agent_of(pid: i32, task_id: &str) -> bool {
 /// agent in the sandbox has its own `/proc`, where binfmt_misc is not
 /// mounted, though the kernel runs its programs through qemu all the same.
 fn emulated_here() -> String {
-    let binfmt = Path::new("/proc/sys/fs/binfmt_misc");
+    let binfmt = Path::new(bakery_protocol::arch::BINFMT_MISC);
     [Arch::Amd64, Arch::Arm64]
         .into_iter()
-        .filter(|a| *a != Arch::host())
-        .filter(|a| {
-            std::fs::read_to_string(binfmt.join(a.binfmt_name()))
-                .is_ok_and(|s| s.lines().next() == Some("enabled"))
-        })
+        .filter(|a| *a != Arch::host() && a.emulated_in(binfmt))
         .map(|a| a.as_str())
         .collect::<Vec<_>>()
         .join(",")
