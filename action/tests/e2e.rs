@@ -195,17 +195,48 @@ fn s3_contexts_are_uploaded_once_and_read_by_agents() {
     let mut env = s3_env.to_vec();
     let url = controller.url();
     env.push(("CONTROLLER_URL", &url));
+    let records = tempfile::tempdir().unwrap();
+    let records_dir = records.path().display().to_string();
+    env.push(("BAKERY_PACK_CACHE", &records_dir));
 
+    // Files written a moment ago are not trusted by their metadata.
     let first = bakery(repo.path(), &["build"], &env);
     assert!(first.status.success(), "{}", text(&first));
     assert!(text(&first).contains("(uploaded)"), "{}", text(&first));
     assert_multi_arch(&registry, "1.0");
+    assert_eq!(std::fs::read_dir(records.path()).unwrap().count(), 0);
 
-    // Unchanged context: nothing is sent again.
+    // Unchanged context: nothing is sent again; once the files have
+    // settled, what it packed to is recorded.
+    std::thread::sleep(bakery_pack::SETTLE + std::time::Duration::from_secs(1));
     let second = bakery(repo.path(), &["build"], &env);
     assert!(second.status.success(), "{}", text(&second));
     assert!(!text(&second).contains("(uploaded)"), "{}", text(&second));
     assert!(text(&second).contains("unchanged, not uploaded"));
+
+    // The record: not even packed.
+    let third = bakery(repo.path(), &["build"], &env);
+    assert!(third.status.success(), "{}", text(&third));
+    assert!(
+        text(&third).contains("(unchanged by file metadata: neither packed nor uploaded)"),
+        "{}",
+        text(&third)
+    );
+
+    // An edit that keeps the size and puts the mtime back is still seen
+    // (ctime), packed and uploaded.
+    let file = repo.path().join("hello.txt");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, "HELLO\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let fourth = bakery(repo.path(), &["build"], &env);
+    assert!(fourth.status.success(), "{}", text(&fourth));
+    assert!(text(&fourth).contains("(uploaded)"), "{}", text(&fourth));
 
     let listing = Command::new("curl")
         .args(["-fsS", &format!("{}/contexts?list-type=2", s3.url())])
@@ -214,8 +245,8 @@ fn s3_contexts_are_uploaded_once_and_read_by_agents() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert_eq!(
         listing.matches("<Key>contexts/sha256-").count(),
-        1,
-        "{listing}"
+        2,
+        "one archive, then the edited one: {listing}"
     );
 }
 
@@ -1156,6 +1187,9 @@ fn only_build_id(data_dir: &str) -> String {
 /// `--cache` keeps RUN layers in a per-arch registry cache, so the next
 /// build on a fresh agent (its own empty storage) reuses them: the RUN step's
 /// output is byte for byte the first build's, although it records the time.
+/// The RUN follows an ARG in a build stage, as a compile step often does:
+/// buildah 1.28 does not look an ARG step up in the cache repository, and
+/// every step after it ran again until the agent fetched it beforehand.
 #[test]
 fn the_layer_cache_carries_run_steps_to_a_fresh_agent() {
     let registry = registry();
@@ -1163,7 +1197,9 @@ fn the_layer_cache_carries_run_steps_to_a_fresh_agent() {
     let repo = project(&[
         (
             "Dockerfile",
-            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN date +%s%N > /ran-at.txt\nCOPY late.txt /late.txt\n",
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE} AS build\nARG GREETING=hi\n\
+             RUN date +%s%N > /ran-at.txt && echo \"$GREETING\" >> /ran-at.txt\n\
+             FROM ${BASE_IMAGE}\nCOPY --from=build /ran-at.txt /ran-at.txt\nCOPY late.txt /late.txt\n",
         ),
         ("late.txt", "one\n"),
     ]);
@@ -1212,9 +1248,23 @@ fn the_layer_cache_carries_run_steps_to_a_fresh_agent() {
         "no arm64 cache from an amd64 build: {arm64}"
     );
 
+    let hint = tags("e2e/cached-cache-amd64");
+    assert!(
+        hint["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "bakery-arg-steps"),
+        "the ARG step's key is kept for the next build: {hint}"
+    );
+
     std::fs::write(repo.path().join("late.txt"), "two\n").unwrap();
     let warm = build();
     assert!(warm.contains("Using cache"), "{warm}");
+    assert!(
+        warm.contains("layer cache: 1 of 1 ARG steps fetched"),
+        "{warm}"
+    );
     assert_eq!(
         file_in_image(&tag, "/ran-at.txt").unwrap(),
         first,

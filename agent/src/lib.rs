@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub token: String,
     /// The builder to run (`BAKERY_BUILDER`; Kaniko when unset).
     pub builder: BuilderKind,
+    /// buildah's storage driver (`BAKERY_BUILDAH_STORAGE`; vfs when unset).
+    pub buildah_storage: builder::Storage,
     /// The directory to unpack and build in (`BAKERY_WORK_DIR`).
     pub work_dir: PathBuf,
     /// Registries reached over plain HTTP (`INSECURE_REGISTRIES`);

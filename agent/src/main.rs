@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
                 Ok(name) => name.parse()?,
                 Err(_) => agent_env::BuilderKind::Kaniko,
             },
+            buildah_storage: bakery_agent::builder::Storage::from_env()?,
             work_dir: std::env::var(agent_env::WORK_DIR)
                 .map_or_else(|_| std::env::temp_dir().join("bakery-agent"), Into::into),
             insecure: bakery_protocol::registry::parse_list(

@@ -7,12 +7,26 @@ use tokio::process::Command;
 
 use crate::logs::LogSink;
 
+/// Something told every line a command prints, as the user sees it (the
+/// buildah cache hints read the cache keys buildah pushes).
+pub type Watcher = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Runs `cmd`, sending stdout and stderr to `log` as lines arrive, and keeps
 /// the last lines for the failure report. Returns the exit status and the tail.
 pub async fn run_streaming(
+    cmd: Command,
+    log: &LogSink,
+    tail_len: usize,
+) -> std::io::Result<(std::process::ExitStatus, Vec<String>)> {
+    run_watched(cmd, log, tail_len, None).await
+}
+
+/// [`run_streaming`], with every line also shown to `watch`.
+pub async fn run_watched(
     mut cmd: Command,
     log: &LogSink,
     tail_len: usize,
+    watch: Option<Watcher>,
 ) -> std::io::Result<(std::process::ExitStatus, Vec<String>)> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -23,6 +37,7 @@ pub async fn run_streaming(
     let pump = |stream: Option<Box<dyn AsyncRead + Send + Unpin>>| {
         let log = log.clone();
         let tail = std::sync::Arc::clone(&tail);
+        let watch = watch.clone();
         tokio::spawn(async move {
             let Some(stream) = stream else { return };
             let mut reader = BufReader::new(stream);
@@ -38,6 +53,9 @@ pub async fn run_streaming(
                 let Some(line) = crate::builder::user_line(&line) else {
                     continue;
                 };
+                if let Some(watch) = &watch {
+                    watch(&line);
+                }
                 log.line(&line);
                 let mut t = tail
                     .lock()

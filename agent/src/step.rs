@@ -103,6 +103,7 @@ pub(crate) async fn run_builder_step(
     dir: &Path,
     task: &AgentTask,
     log: &LogSink,
+    watch: Option<process::Watcher>,
 ) -> Result<(), AgentError> {
     let mut cmd = Command::new(&step.argv[0]);
     cmd.args(&step.argv[1..])
@@ -110,7 +111,7 @@ pub(crate) async fn run_builder_step(
         .envs(&step.env)
         .current_dir(dir);
     without_agent_secrets(&mut cmd);
-    let (status, tail) = process::run_streaming(cmd, log, 20)
+    let (status, tail) = process::run_watched(cmd, log, 20, watch)
         .await
         .map_err(io(format!("starting {}", step.argv[0])))?;
     if !status.success() {

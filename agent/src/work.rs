@@ -8,7 +8,7 @@ use bakery_client::AgentApi;
 use bakery_protocol::api::AgentTask;
 use bakery_protocol::redact::Redactor;
 
-use crate::builder::{self, Builder, Job};
+use crate::builder::{self, ArgCache, Builder, Job};
 use crate::context::{check_dockerfile, download, extraction_limits, take_beside, take_named};
 use crate::error::{io, AgentError};
 use crate::logs::LogSink;
@@ -27,7 +27,6 @@ pub(crate) async fn work(
     log: &LogSink,
     born: Instant,
 ) -> Result<Built, AgentError> {
-    let builder = builder::of_kind(cfg.builder);
     let task = controller.spec().await?;
     log.set_redactor(Redactor::for_spec(&task.spec));
     if let Some(load) = cfg.load {
@@ -43,12 +42,13 @@ pub(crate) async fn work(
             bases: Vec::new(),
         });
     }
+    let builder = builder::for_agent(cfg.builder, cfg.buildah_storage, &cfg.work_dir);
     log.line(format!(
         "bakery-agent {} building {} for {} with {}",
         env!("CARGO_PKG_VERSION"),
         task.push.as_deref().unwrap_or("(no push)"),
         task.spec.custom_platform,
-        builder.name()
+        builder.describe()
     ));
     let context_dir = fetch_context(cfg, controller, &task, log).await?;
     let dockerfile = crate::context::dockerfile_path(&context_dir, &cfg.work_dir, &task.spec);
@@ -148,6 +148,12 @@ async fn build(
     born: Instant,
 ) -> Result<(), AgentError> {
     let steps = builder.steps(job).map_err(io("preparing the builder"))?;
+    let hints = builder
+        .arg_cache(job)
+        .map_err(io("preparing the builder"))?;
+    if let Some(hints) = &hints {
+        hints.prefetch(log).await;
+    }
     // Cold start as a user feels it (check-in, context download and
     // extraction, pre-script): what bench/run reports as start-to-builder.
     log.line(format!(
@@ -157,13 +163,20 @@ async fn build(
     ));
     for step in steps {
         let started = Instant::now();
-        run_builder_step(builder.name(), &step, job.context_dir, job.task, log).await?;
+        let watch = hints
+            .as_ref()
+            .filter(|_| step.what == "build")
+            .map(ArgCache::watcher);
+        run_builder_step(builder.name(), &step, job.context_dir, job.task, log, watch).await?;
         log.line(format!(
             "{} {} finished in {:.3}s",
             builder.name(),
             step.what,
             started.elapsed().as_secs_f64()
         ));
+    }
+    if let Some(hints) = &hints {
+        hints.record(log).await;
     }
     Ok(())
 }

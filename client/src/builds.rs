@@ -55,6 +55,17 @@ impl Controller {
         json(WHAT, resp).await
     }
 
+    /// Whether the controller's store already holds the context `key`.
+    pub async fn has_context(&self, key: &ContextKey) -> Result<bool, Error> {
+        let head = self
+            .http
+            .call(Method::HEAD, &format!("/v1/contexts/{key}"))
+            .send()
+            .await
+            .map_err(|e| self.http.unreachable("checking the context", &e))?;
+        Ok(head.status() == StatusCode::OK)
+    }
+
     /// Uploads a context archive unless the controller already has it.
     /// Returns whether bytes were sent. The upload itself has no overall
     /// deadline (a large context on a slow link takes what it takes), only
@@ -68,13 +79,7 @@ impl Controller {
     ) -> Result<bool, Error> {
         const WHAT: &str = "uploading the context";
         let path = format!("/v1/contexts/{key}");
-        let head = self
-            .http
-            .call(Method::HEAD, &path)
-            .send()
-            .await
-            .map_err(|e| self.http.unreachable("checking the context", &e))?;
-        if head.status() == StatusCode::OK {
+        if self.has_context(key).await? {
             return Ok(false);
         }
         let local = |cause| Error::Local { what: WHAT, cause };

@@ -5,7 +5,9 @@
 //! an unchanged context is never uploaded twice. The tree is streamed file by
 //! file through the compressor and never held in memory.
 
+mod fingerprint;
 mod ignore;
+mod tree;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use bakery_protocol::spec::{CONTEXTS_BESIDE, DOCKERFILE_BESIDE};
 pub use bakery_protocol::{Codec, ContextKey};
+pub use fingerprint::{fingerprint, Fingerprint, SETTLE};
 pub use ignore::{IgnoreError, IgnoreRules};
 
 /// How to pack.
@@ -102,6 +105,20 @@ pub struct Packed {
 pub const LARGEST_SHOWN: usize = 5;
 
 impl Packed {
+    /// Nothing packed yet, with `codec`.
+    pub(crate) fn empty(codec: Codec) -> Packed {
+        Packed {
+            sha256: String::new(),
+            codec,
+            size: 0,
+            entries: 0,
+            content_bytes: 0,
+            excluded: 0,
+            warnings: Vec::new(),
+            largest: Vec::new(),
+        }
+    }
+
     /// The object key this archive is stored under.
     pub fn key(&self) -> ContextKey {
         ContextKey::new(&self.sha256, self.codec).expect("a SHA-256 in lowercase hex")
@@ -244,29 +261,7 @@ pub fn pack<W: Write + Send + 'static>(
     out: W,
     opts: &PackOptions,
 ) -> Result<Packed, ContextError> {
-    let (rules, _) = match &opts.dockerfile_beside {
-        Some(outside) => {
-            let named = dockerfile
-                .strip_prefix(DOCKERFILE_BESIDE)
-                .and_then(|n| n.strip_prefix('/'))
-                .is_some_and(|n| !n.is_empty() && !n.contains('/'));
-            if !named {
-                return Err(ContextError::BesideName(dockerfile.into()));
-            }
-            if context.join(DOCKERFILE_BESIDE).symlink_metadata().is_ok() {
-                return Err(ContextError::BesideTaken {
-                    context: context.to_path_buf(),
-                });
-            }
-            IgnoreRules::for_outside(context, outside)?
-        }
-        None => IgnoreRules::for_build(context, dockerfile)?,
-    };
-    let always = [
-        dockerfile.trim_start_matches("./").to_string(),
-        ".dockerignore".to_string(),
-    ];
-
+    let walk = tree::Walk::new(context, dockerfile, opts)?;
     let state = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let hashing = HashingWriter {
         inner: out,
@@ -279,33 +274,8 @@ pub fn pack<W: Write + Send + 'static>(
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
 
-    let mut packed = Packed {
-        sha256: String::new(),
-        codec: opts.codec,
-        size: 0,
-        entries: 0,
-        content_bytes: 0,
-        excluded: 0,
-        warnings: Vec::new(),
-        largest: Vec::new(),
-    };
-    let mut sizes = std::collections::HashMap::new();
-    append_tree(
-        &mut tar,
-        context,
-        Path::new(""),
-        (&rules, &always),
-        (&opts.exclude, &mut sizes),
-        &mut packed,
-    )?;
-    let mut sizes: Vec<(String, u64)> = sizes.into_iter().collect();
-    sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    sizes.truncate(LARGEST_SHOWN);
-    packed.largest = sizes;
-    if let Some(outside) = &opts.dockerfile_beside {
-        append_beside(&mut tar, context, outside, dockerfile, &mut packed)?;
-    }
-    append_named(&mut tar, context, opts, &mut packed)?;
+    let mut packed = Packed::empty(opts.codec);
+    walk.run(&mut tar, &mut packed)?;
     let compressor = tar.into_inner().map_err(io_err(context))?.inner;
     let mut hashing = compressor.finish()?;
     hashing.flush().map_err(io_err(context))?;
@@ -318,153 +288,6 @@ pub fn pack<W: Write + Send + 'static>(
     packed.sha256 = hex::encode(hasher.finalize());
     packed.size = size;
     Ok(packed)
-}
-
-/// Appends each named directory as [`CONTEXTS_BESIDE`]`/<n>/`, each with
-/// its own `.dockerignore`.
-fn append_named<W: Write>(
-    tar: &mut tar::Builder<W>,
-    context: &Path,
-    opts: &PackOptions,
-    packed: &mut Packed,
-) -> Result<(), ContextError> {
-    let named = &opts.named;
-    if named.is_empty() {
-        return Ok(());
-    }
-    if context.join(CONTEXTS_BESIDE).symlink_metadata().is_ok() {
-        return Err(ContextError::ContextsTaken {
-            context: context.to_path_buf(),
-        });
-    }
-    tar.append_dir(CONTEXTS_BESIDE, context)
-        .map_err(io_err(context))?;
-    packed.entries += 1;
-    for (n, named) in named.iter().enumerate() {
-        let meta = std::fs::metadata(&named.dir).map_err(io_err(&named.dir))?;
-        if !meta.is_dir() {
-            return Err(io_err(&named.dir)(io::Error::other(
-                "a named build context must be a directory",
-            )));
-        }
-        let under = Path::new(CONTEXTS_BESIDE).join(n.to_string());
-        tar.append_dir(&under, &named.dir)
-            .map_err(io_err(&named.dir))?;
-        packed.entries += 1;
-        let (rules, _) = IgnoreRules::for_build(&named.dir, "Dockerfile")?;
-        append_tree(
-            tar,
-            &named.dir,
-            &under,
-            (&rules, &[]),
-            // The warning about size names the main context's paths only.
-            (&named.exclude, &mut std::collections::HashMap::new()),
-            packed,
-        )?;
-    }
-    Ok(())
-}
-
-/// Appends every entry of `context` that `rules` keep (and the `always`
-/// files) to `tar` under `under` (empty for the context itself), in name
-/// order, counting into `packed`.
-fn append_tree<W: Write>(
-    tar: &mut tar::Builder<W>,
-    context: &Path,
-    under: &Path,
-    (rules, always): (&IgnoreRules, &[String]),
-    (secret, sizes): (&[String], &mut std::collections::HashMap<String, u64>),
-    packed: &mut Packed,
-) -> Result<(), ContextError> {
-    let prune = !rules.has_exceptions();
-    let mut walker = walkdir::WalkDir::new(context)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter();
-    while let Some(entry) = walker.next() {
-        let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map_or_else(|| context.to_path_buf(), Path::to_path_buf);
-            ContextError::Io {
-                path,
-                cause: e.into(),
-            }
-        })?;
-        let path = entry.path();
-        let rel = path
-            .strip_prefix(context)
-            .expect("walkdir stays under its root");
-        let Some(rel_str) = rel.to_str().map(|s| s.replace('\\', "/")) else {
-            packed.warnings.push(format!(
-                "{}: skipped: the name is not UTF-8",
-                path.display()
-            ));
-            continue;
-        };
-        let ft = entry.file_type();
-        if secret.contains(&rel_str) {
-            packed.excluded += 1;
-            packed.warnings.push(format!(
-                "{rel_str}: left out of the context: it holds a build secret or a registry login, which reach the build only as such"
-            ));
-            continue;
-        }
-        if rules.excludes(&rel_str) && !always.contains(&rel_str) {
-            packed.excluded += 1;
-            if ft.is_dir() && prune {
-                walker.skip_current_dir();
-            }
-            continue;
-        }
-        let name = under.join(rel);
-        if ft.is_dir() {
-            tar.append_dir(&name, path).map_err(io_err(path))?;
-        } else if ft.is_file() {
-            let len = entry.metadata().map_err(|e| io_err(path)(e.into()))?.len();
-            packed.content_bytes += len;
-            let top = rel_str.split('/').next().unwrap_or_default();
-            *sizes.entry(top.to_string()).or_default() += len;
-            tar.append_path_with_name(path, &name)
-                .map_err(io_err(path))?;
-        } else if ft.is_symlink() {
-            // Stored as a link, never followed: the link itself is the content.
-            tar.append_path_with_name(path, &name)
-                .map_err(io_err(path))?;
-        } else {
-            packed.warnings.push(format!(
-                "{}: skipped: not a regular file, directory or symlink",
-                path.display()
-            ));
-            continue;
-        }
-        packed.entries += 1;
-    }
-    Ok(())
-}
-
-/// Appends a Dockerfile from outside the context as `entry` (in
-/// [`DOCKERFILE_BESIDE`]), after the tree so that names stay sorted within
-/// it. The file's own bytes, with the same normalised header as the rest.
-fn append_beside<W: Write>(
-    tar: &mut tar::Builder<W>,
-    context: &Path,
-    outside: &Path,
-    entry: &str,
-    packed: &mut Packed,
-) -> Result<(), ContextError> {
-    let meta = std::fs::metadata(outside).map_err(io_err(outside))?;
-    if !meta.is_file() {
-        return Err(io_err(outside)(io::Error::other("not a regular file")));
-    }
-    tar.append_dir(DOCKERFILE_BESIDE, context)
-        .map_err(io_err(context))?;
-    tar.append_path_with_name(outside, entry)
-        .map_err(io_err(outside))?;
-    packed.entries += 2;
-    packed.content_bytes += meta.len();
-    Ok(())
 }
 
 /// Packs into `dir`, naming the archive after its hash. The archive is

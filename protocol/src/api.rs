@@ -454,6 +454,14 @@ pub mod agent_env {
     /// platform reads the host's binfmt_misc, which an agent behind its own
     /// `/proc` cannot (the kernel still runs its programs through qemu).
     pub const EMULATED: &str = "BAKERY_EMULATED";
+    /// The storage driver a buildah agent asks for: `vfs` (the default:
+    /// works anywhere, copies every layer whole) or `overlay` (native
+    /// overlay mounts: a cached layer costs its download only). The local
+    /// platform asks for `overlay` when its agents run in their own mount
+    /// namespace, where no mount outlives the agent; an agent that finds
+    /// overlay unusable (an old kernel, a data directory on overlayfs)
+    /// falls back to vfs and says so.
+    pub const BUILDAH_STORAGE: &str = "BAKERY_BUILDAH_STORAGE";
 
     /// The daemonless builder an agent runs ([`BUILDER`]): Kaniko in the
     /// agent image (ECS, Kubernetes), buildah on the local platform.

@@ -10,6 +10,7 @@
 
 mod asks;
 mod embedded;
+mod pack_cache;
 mod upload;
 
 pub use asks::Asks;

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use bakery_pack::{pack_to_dir, Codec, PackOptions};
+use bakery_pack::{fingerprint, pack_to_dir, Codec, PackOptions, Packed};
 use bakery_plan::{Plan, ServicePlan};
 use bakery_protocol::api::{ContextStore, CreateBuild, TaskRequest};
 use bakery_protocol::BuildSpec;
 
 use super::asks::Asks;
+use super::pack_cache::PackCache;
 use crate::client::Controller;
 
 /// Where each (context directory, Dockerfile, named context directories)
@@ -70,6 +71,7 @@ pub(super) async fn upload_contexts(
         ContextStore::Controller => None,
     };
     let mut keys = HashMap::new();
+    let cache = PackCache::from_env();
     let mut protected = protected_files(plan);
     protected.extend(
         asks.key_files()
@@ -96,86 +98,166 @@ pub(super) async fn upload_contexts(
         if keys.contains_key(&id) {
             continue;
         }
-        let named = named.pack(&protected);
-        let started = Instant::now();
-        let (path, packed) = {
-            let (dir, df, out) = (
-                id.0.clone(),
-                build.spec.dockerfile.clone(),
-                tmp.path().to_path_buf(),
-            );
-            let beside = build.dockerfile_outside.clone();
-            let exclude = secret_files_in(&protected, &dir);
-            let step = crate::progress::Step::start(format!("packing {}", dir.display()), None);
-            let progress = Some(step.counter());
-            let packed = tokio::task::spawn_blocking(move || {
-                pack_to_dir(
-                    &dir,
-                    &df,
-                    &out,
-                    &PackOptions {
-                        codec,
-                        exclude,
-                        dockerfile_beside: beside,
-                        named,
-                        progress,
-                        ..PackOptions::default()
-                    },
-                )
-            })
-            .await?
-            .with_context(|| format!("packing {}", id.0.display()))?;
-            drop(step);
-            packed
+        let opts = PackOptions {
+            codec,
+            exclude: secret_files_in(&protected, &id.0),
+            dockerfile_beside: build.dockerfile_outside.clone(),
+            named: named.pack(&protected),
+            ..PackOptions::default()
         };
-        for w in &packed.warnings {
-            tracing::warn!("{w}");
-        }
-        if let Some(w) = large_context_warning(&id.0, &packed) {
-            eprintln!("warning: {w}");
-        }
-        let key = packed.key();
-        let uploaded = Uploaded {
-            key: key.clone(),
-            content_bytes: packed.content_bytes,
+        let target = Target {
+            dir: &id.0,
+            dockerfile: &build.spec.dockerfile,
+            store: (store, s3.as_ref()),
         };
-        if keys.values().any(|k: &Uploaded| k.key == key) {
-            // Same bytes as a context already handled (another Dockerfile in
-            // the same directory, say): nothing more to report.
-            keys.insert(id, uploaded);
-            continue;
-        }
-        let step = crate::progress::Step::start(
-            format!("uploading {}", id.0.display()),
-            Some(packed.size),
-        );
-        let sent = match (store, &s3) {
-            (ContextStore::Controller, _) => {
-                controller
-                    .upload_context(&key, &path, Some(step.counter()))
-                    .await?
-            }
-            (ContextStore::S3(_), Some(s3)) => s3.upload_if_absent(&key, &path).await?,
-            (ContextStore::S3(_), None) => unreachable!("connected above"),
-        };
-        drop(step);
-        eprintln!(
-            "context {}: {} {}, {} → {} ({}) in {:.2}s",
-            id.0.display(),
-            packed.entries,
-            if packed.entries == 1 { "file" } else { "files" },
-            crate::render::bytes(packed.content_bytes),
-            crate::render::bytes(packed.size),
-            if sent {
-                "uploaded"
-            } else {
-                "unchanged, not uploaded"
-            },
-            started.elapsed().as_secs_f64()
-        );
+        let uploaded = one_context(&target, opts, controller, &cache, tmp.path(), &keys).await?;
         keys.insert(id, uploaded);
     }
     Ok(keys)
+}
+
+/// A context to send: its directory, its Dockerfile (as the archive
+/// names it), and the store it goes to.
+struct Target<'a> {
+    dir: &'a std::path::Path,
+    dockerfile: &'a str,
+    store: (&'a ContextStore, Option<&'a bakery_store::S3Store>),
+}
+
+impl Target<'_> {
+    /// Whether the store holds `key` already.
+    async fn has(
+        &self,
+        controller: &Controller,
+        key: &bakery_protocol::ContextKey,
+    ) -> Result<bool> {
+        Ok(match self.store {
+            (ContextStore::Controller, _) => controller.has_context(key).await?,
+            (ContextStore::S3(_), Some(s3)) => s3.exists(key).await?,
+            (ContextStore::S3(_), None) => unreachable!("connected by the caller"),
+        })
+    }
+}
+
+/// Packs one context (unless its metadata says it is unchanged and the
+/// store has its archive) and uploads what the store lacks.
+async fn one_context(
+    target: &Target<'_>,
+    opts: PackOptions,
+    controller: &Controller,
+    cache: &PackCache,
+    tmp: &std::path::Path,
+    done: &Contexts,
+) -> Result<Uploaded> {
+    let started = Instant::now();
+    let fp = {
+        let (dir, df, opts) = (
+            target.dir.to_path_buf(),
+            target.dockerfile.to_string(),
+            opts.clone(),
+        );
+        // An error here is the pack's to report, with its context.
+        tokio::task::spawn_blocking(move || fingerprint(&dir, &df, &opts).ok()).await?
+    };
+    if let Some(packed) = fp.as_ref().and_then(|fp| cache.get(fp)) {
+        if target.has(controller, &packed.key()).await? {
+            warn(target.dir, &packed);
+            report(
+                target.dir,
+                &packed,
+                "unchanged by file metadata: neither packed nor uploaded",
+                started,
+            );
+            return Ok(Uploaded {
+                key: packed.key(),
+                content_bytes: packed.content_bytes,
+            });
+        }
+    }
+    let (path, packed) = pack(target, opts, tmp).await?;
+    if let Some(fp) = &fp {
+        cache.put(fp, &packed);
+    }
+    let key = packed.key();
+    let uploaded = Uploaded {
+        key: key.clone(),
+        content_bytes: packed.content_bytes,
+    };
+    if done.values().any(|k: &Uploaded| k.key == key) {
+        // Same bytes as a context already handled (another Dockerfile in
+        // the same directory, say): nothing more to report.
+        return Ok(uploaded);
+    }
+    let step = crate::progress::Step::start(
+        format!("uploading {}", target.dir.display()),
+        Some(packed.size),
+    );
+    let sent = match target.store {
+        (ContextStore::Controller, _) => {
+            controller
+                .upload_context(&key, &path, Some(step.counter()))
+                .await?
+        }
+        (ContextStore::S3(_), Some(s3)) => s3.upload_if_absent(&key, &path).await?,
+        (ContextStore::S3(_), None) => unreachable!("connected by the caller"),
+    };
+    drop(step);
+    let what = if sent {
+        "uploaded"
+    } else {
+        "unchanged, not uploaded"
+    };
+    report(target.dir, &packed, what, started);
+    Ok(uploaded)
+}
+
+/// Packs `target` into `tmp` with a progress display; prints the pack's
+/// warnings and the large-context warning.
+async fn pack(
+    target: &Target<'_>,
+    opts: PackOptions,
+    tmp: &std::path::Path,
+) -> Result<(PathBuf, Packed)> {
+    let (dir, df, out) = (
+        target.dir.to_path_buf(),
+        target.dockerfile.to_string(),
+        tmp.to_path_buf(),
+    );
+    let step = crate::progress::Step::start(format!("packing {}", dir.display()), None);
+    let opts = PackOptions {
+        progress: Some(step.counter()),
+        ..opts
+    };
+    let (path, packed) = tokio::task::spawn_blocking(move || pack_to_dir(&dir, &df, &out, &opts))
+        .await?
+        .with_context(|| format!("packing {}", target.dir.display()))?;
+    drop(step);
+    warn(target.dir, &packed);
+    Ok((path, packed))
+}
+
+/// The pack's warnings (entries skipped or left out) and the large-context
+/// warning: the same whether the context was packed now or recorded.
+fn warn(dir: &std::path::Path, packed: &Packed) {
+    for w in &packed.warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(w) = large_context_warning(dir, packed) {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// The line that says what became of a context.
+fn report(dir: &std::path::Path, packed: &Packed, what: &str, started: Instant) {
+    eprintln!(
+        "context {}: {} {}, {} → {} ({what}) in {:.2}s",
+        dir.display(),
+        packed.entries,
+        if packed.entries == 1 { "file" } else { "files" },
+        crate::render::bytes(packed.content_bytes),
+        crate::render::bytes(packed.size),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The controller's bucket, with the client's own `S3_*` variables winning:

@@ -2,6 +2,7 @@
 //! and push it and leave the pushed manifest digest in `<work>/digest`.
 //! Command lines are plain data so tests can check them exactly.
 
+mod arg_cache;
 mod buildah;
 mod kaniko;
 
@@ -12,7 +13,8 @@ use bakery_protocol::api::agent_env::BuilderKind;
 use bakery_protocol::api::AgentTask;
 use bakery_protocol::Arch;
 
-pub use buildah::Buildah;
+pub use arg_cache::ArgCache;
+pub use buildah::{Buildah, Storage};
 pub use kaniko::Kaniko;
 
 /// Everything a builder needs besides the task.
@@ -215,12 +217,30 @@ pub trait Builder: Send + Sync {
     fn name(&self) -> &'static str;
     /// Prepares files the steps need (configuration), then lists the steps.
     fn steps(&self, job: &Job) -> std::io::Result<Vec<Step>>;
+    /// The builder as the agent's first line names it (with its storage).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+    /// The cache hints for steps after an ARG, for a builder that does not
+    /// find them in the layer cache itself (see [`ArgCache`]).
+    fn arg_cache(&self, _job: &Job) -> std::io::Result<Option<ArgCache>> {
+        Ok(None)
+    }
 }
 
-/// The builder of a kind (`BAKERY_BUILDER`).
+/// The builder of a kind (`BAKERY_BUILDER`), buildah on vfs storage.
 pub fn of_kind(kind: BuilderKind) -> Box<dyn Builder> {
     match kind {
         BuilderKind::Kaniko => Box::new(Kaniko::default()),
         BuilderKind::Buildah => Box::new(Buildah::default()),
+    }
+}
+
+/// The builder an agent runs: [`of_kind`], with buildah on `storage` in
+/// `work_dir` where buildah can use it there.
+pub fn for_agent(kind: BuilderKind, storage: Storage, work_dir: &Path) -> Box<dyn Builder> {
+    match kind {
+        BuilderKind::Buildah => Box::new(Buildah::with_storage(storage, work_dir)),
+        BuilderKind::Kaniko => of_kind(BuilderKind::Kaniko),
     }
 }

@@ -144,12 +144,20 @@ impl Sandbox {
     }
 
     /// The environment the agent needs in the sandbox: a home, runtime and
-    /// temporary directory of its own (the controller's are not its).
-    pub fn env(work: &Path) -> [(&'static str, PathBuf); 3] {
+    /// temporary directory of its own (the controller's are not its), and
+    /// buildah's overlay storage: the agent's mount namespace ends with it,
+    /// so no overlay mount can outlive a killed agent and pin its work dir
+    /// (outside the sandbox buildah keeps vfs, whose layers are plain
+    /// directories).
+    pub fn env(work: &Path) -> [(&'static str, PathBuf); 4] {
         [
             ("HOME", work.join("home")),
             ("XDG_RUNTIME_DIR", work.join("xdg")),
             ("TMPDIR", work.join("tmp")),
+            (
+                bakery_protocol::api::agent_env::BUILDAH_STORAGE,
+                PathBuf::from("overlay"),
+            ),
         ]
     }
 }
