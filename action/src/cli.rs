@@ -258,8 +258,8 @@ pub enum Command {
         /// Submit, print the build ids, and return without following.
         #[arg(long, env = "BAKERY_DETACH", value_parser = clap::builder::BoolishValueParser::new())]
         detach: bool,
-        /// Context archive codec: gzip or zstd.
-        #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
+        /// Context archive codec: zstd (the default: the agent unpacks every context itself) or gzip.
+        #[arg(long, env = "BAKERY_CODEC", default_value = "zstd")]
         codec: bakery_pack::Codec,
     },
     /// Follow the log of a submitted build (needs CONTROLLER_URL).
@@ -298,8 +298,8 @@ pub enum Command {
         /// Directory the archives are written to (default: bakery-pack in the temporary directory, outside every context: an archive written into the context would be packed by the next run).
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// gzip (what Kaniko reads) or zstd (faster; read by bakery's agent).
-        #[arg(long, env = "BAKERY_CODEC", default_value = "gzip")]
+        /// zstd (the default; what bakery's agent reads fastest) or gzip (for tools that read only gzip).
+        #[arg(long, env = "BAKERY_CODEC", default_value = "zstd")]
         codec: bakery_pack::Codec,
         /// Print the result as JSON.
         #[arg(long)]

@@ -168,8 +168,9 @@ fn pack_writes_content_addressed_archives_once_per_context() {
     let sha = first["packed"]["sha256"].as_str().unwrap();
     assert_eq!(sha.len(), 64);
     let path = first["path"].as_str().unwrap();
-    assert!(Path::new(path).is_file() && path.ends_with(&format!("sha256-{sha}.tar.gz")));
-    assert_eq!(first["key"], format!("contexts/sha256-{sha}.tar.gz"));
+    // zstd by default: the agent unpacks every context itself.
+    assert!(Path::new(path).is_file() && path.ends_with(&format!("sha256-{sha}.tar.zst")));
+    assert_eq!(first["key"], format!("contexts/sha256-{sha}.tar.zst"));
 
     // Same input, same archive.
     let again = bakery(dir.path(), &["pack", "--output", out_path, "--json"], &[]);

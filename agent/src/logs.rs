@@ -34,11 +34,60 @@ pub const LINGER: Duration = Duration::from_millis(30);
 /// See [`gather`].
 const SLACK: Duration = Duration::from_millis(5);
 
+/// Most bytes of lines queued or sent and not yet acknowledged before the
+/// builder's output waits ([`LogSink::room`]): a controller slower than the
+/// build slows the build down instead of growing the agent (an unbounded
+/// queue held 886 MB for a 10M-line build). No line is ever dropped for it.
+pub const QUEUE_LIMIT: usize = 64 << 20;
+
+/// What is queued and not yet acknowledged, in bytes; shared by the sink
+/// (which adds) and the shipper (which releases on acknowledgement).
+pub(crate) struct Budget {
+    bytes: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    room: Notify,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+        })
+    }
+
+    fn take(&self, bytes: usize) {
+        self.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lines of `bytes` left the queue (acknowledged, or given up on).
+    pub(crate) fn release(&self, bytes: usize) {
+        let before = self
+            .bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::SeqCst);
+        if before >= self.limit && before - bytes < self.limit {
+            self.room.notify_waiters();
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.load(std::sync::atomic::Ordering::SeqCst) >= self.limit
+    }
+}
+
+/// A line's weight in the [`Budget`]: its text and its numbering.
+pub(crate) fn weight(line: &str) -> usize {
+    line.len() + 32
+}
+
 /// Cheap to clone; every clone feeds the same stream.
 #[derive(Clone)]
 pub struct LogSink {
     tx: mpsc::UnboundedSender<String>,
     redactor: std::sync::Arc<std::sync::RwLock<Redactor>>,
+    budget: Arc<Budget>,
 }
 
 impl LogSink {
@@ -60,20 +109,52 @@ impl LogSink {
             clean.truncate(end);
             clean.push_str(" [line cut at 64 KiB]");
         }
+        self.budget.take(weight(&clean));
         let _ = self.tx.send(clean);
+    }
+
+    /// Waits while the queue is over [`QUEUE_LIMIT`]: what reads a
+    /// builder's output calls it after each line, so a full queue stops the
+    /// reading and the builder blocks on its pipe until the controller
+    /// catches up. At once when there is room (one atomic load).
+    pub async fn room(&self) {
+        loop {
+            if !self.budget.full() {
+                return;
+            }
+            let notified = self.budget.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.budget.full() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// A sink whose lines the test reads back.
     #[cfg(test)]
     pub(crate) fn capture() -> (LogSink, mpsc::UnboundedReceiver<String>) {
+        let (sink, rx, _) = LogSink::capture_within(usize::MAX);
+        (sink, rx)
+    }
+
+    /// [`LogSink::capture`] with a queue of `limit` bytes, which only the
+    /// test releases (nothing is acknowledged).
+    #[cfg(test)]
+    pub(crate) fn capture_within(
+        limit: usize,
+    ) -> (LogSink, mpsc::UnboundedReceiver<String>, Arc<Budget>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Budget::new(limit);
         let sink = LogSink {
             tx,
             redactor: std::sync::Arc::new(std::sync::RwLock::new(Redactor::new(
                 Vec::<String>::new(),
             ))),
+            budget: Arc::clone(&budget),
         };
-        (sink, rx)
+        (sink, rx, budget)
     }
 
     /// Secrets learnt after start-up (from the spec) are masked from then on.
@@ -100,7 +181,12 @@ pub fn start(controller: AgentApi) -> (LogSink, Shipper) {
 /// over a task whose earlier agent was reclaimed continues its numbering.
 pub fn start_after(controller: AgentApi, first_seq: u64) -> (LogSink, Shipper) {
     let (tx, rx) = mpsc::unbounded_channel::<String>();
-    let outbox = Arc::new(Outbox::default());
+    let budget = Budget::new(QUEUE_LIMIT);
+    let outbox = Arc::new(Outbox {
+        state: Mutex::default(),
+        changed: Notify::new(),
+        budget: Arc::clone(&budget),
+    });
     let handle = tokio::spawn(async move {
         tokio::join!(
             gather(rx, Arc::clone(&outbox), first_seq),
@@ -111,6 +197,7 @@ pub fn start_after(controller: AgentApi, first_seq: u64) -> (LogSink, Shipper) {
         LogSink {
             tx,
             redactor: Default::default(),
+            budget,
         },
         Shipper { handle },
     )
@@ -126,11 +213,12 @@ impl Shipper {
 }
 
 /// Lines between the sink and the controller's acknowledgement.
-#[derive(Default)]
 struct Outbox {
     state: Mutex<OutboxState>,
     /// Wakes [`deliver`] in batch mode: new lines, or the end.
     changed: Notify,
+    /// Released as lines leave `unacked`.
+    budget: Arc<Budget>,
 }
 
 #[derive(Default)]
@@ -143,6 +231,10 @@ struct OutboxState {
     stream: Option<mpsc::UnboundedSender<Bytes>>,
     /// The sink is gone: no line will be added.
     closed: bool,
+    /// The controller refused the task's lines: new ones are dropped at
+    /// once (and released), so the build's output never waits for room
+    /// that cannot come.
+    refused: bool,
 }
 
 impl Outbox {
@@ -150,6 +242,22 @@ impl Outbox {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the first `n` unacknowledged lines (or those up to `seq`),
+    /// releasing their weight.
+    fn drop_front(&self, state: &mut OutboxState, n: usize, seq: u64) {
+        let mut bytes = 0;
+        for _ in 0..n {
+            match state.unacked.front() {
+                Some(l) if l.seq <= seq => {
+                    bytes += weight(&l.line);
+                    state.unacked.pop_front();
+                }
+                _ => break,
+            }
+        }
+        self.budget.release(bytes);
     }
 }
 
@@ -185,6 +293,12 @@ async fn gather(mut rx: mpsc::UnboundedReceiver<String>, outbox: Arc<Outbox>, fi
         last_sent = tokio::time::Instant::now();
         {
             let mut state = outbox.lock();
+            if state.refused {
+                outbox
+                    .budget
+                    .release(batch.drain(..).map(|l| weight(&l)).sum());
+                continue;
+            }
             let mut wire = Vec::new();
             for line in batch.drain(..) {
                 seq += 1;
@@ -280,7 +394,8 @@ async fn deliver(controller: AgentApi, outbox: Arc<Outbox>) {
                 eprintln!("bakery-agent: the controller refused log lines: {why}");
                 let mut state = outbox.lock();
                 state.stream = None;
-                state.unacked.clear();
+                state.refused = true;
+                outbox.drop_front(&mut state, usize::MAX, u64::MAX);
                 return;
             }
             StreamOpen::Failed(why) => why,
@@ -293,7 +408,7 @@ async fn deliver(controller: AgentApi, outbox: Arc<Outbox>) {
                 "bakery-agent: could not send {} log lines: {problem}",
                 state.unacked.len()
             );
-            state.unacked.clear();
+            outbox.drop_front(&mut state, usize::MAX, u64::MAX);
         }
         tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
     }
@@ -349,9 +464,7 @@ async fn read_acks(resp: reqwest::Response, outbox: &Outbox) -> Result<(), Strea
         pending.drain(..=end);
         if let Some(acked) = acked {
             let mut state = outbox.lock();
-            while state.unacked.front().is_some_and(|l| l.seq <= acked) {
-                state.unacked.pop_front();
-            }
+            outbox.drop_front(&mut state, usize::MAX, acked);
         }
     }
 }
@@ -380,8 +493,6 @@ async fn fall_back(controller: &AgentApi, outbox: &Outbox, why: &str) {
             eprintln!("bakery-agent: could not send log lines: {e}");
         }
         let mut state = outbox.lock();
-        for _ in 0..batch.len() {
-            state.unacked.pop_front();
-        }
+        outbox.drop_front(&mut state, batch.len(), u64::MAX);
     }
 }

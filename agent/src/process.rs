@@ -57,13 +57,18 @@ pub async fn run_watched(
                     watch(&line);
                 }
                 log.line(&line);
-                let mut t = tail
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                t.push_back(line);
-                if t.len() > tail_len {
-                    t.pop_front();
+                {
+                    let mut t = tail
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    t.push_back(line);
+                    if t.len() > tail_len {
+                        t.pop_front();
+                    }
                 }
+                // A full queue stops the reading: the command then waits
+                // on its pipe until the controller catches up.
+                log.room().await;
             }
         })
     };
@@ -123,5 +128,53 @@ async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) 
         if ended {
             return true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A controller that acknowledges nothing holds the command at its
+    /// pipe once the queue is full; room made lets it finish, every line
+    /// delivered.
+    #[tokio::test]
+    async fn a_full_log_queue_holds_the_command_back_and_loses_nothing() {
+        let (log, mut lines, budget) = LogSink::capture_within(64 << 10);
+        let mut cmd = Command::new("sh");
+        // 20,000 lines of ~100 bytes: 2 MB, far past the 64 KiB queue and
+        // the pipe's own 64 KiB.
+        cmd.args(["-c", "seq 1 20000 | sed 's/$/ xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx/'"]);
+        let run = tokio::spawn(async move { run_streaming(cmd, &log, 5).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!run.is_finished(), "the command was held back");
+        let queued = lines.len();
+        assert!(
+            queued > 0 && queued < 20_000,
+            "some lines queued, not all: {queued}"
+        );
+        // The shipper's part: release what is taken, as acknowledgements do.
+        let released = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 20_000 {
+                let mut bytes = 0;
+                while let Ok(line) = lines.try_recv() {
+                    bytes += crate::logs::weight(&line);
+                    got.push(line);
+                }
+                budget.release(bytes);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            got
+        });
+        let (status, _) = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+            .await
+            .expect("the command finishes once there is room")
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+        let got = released.await.unwrap();
+        assert_eq!(got.len(), 20_000);
+        assert!(got[19_999].starts_with("20000 "), "{}", got[19_999]);
     }
 }

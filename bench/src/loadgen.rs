@@ -44,6 +44,12 @@ struct Args {
     /// Directory holding bakery-controller and bakery-agent.
     #[arg(long)]
     bin_dir: PathBuf,
+    /// The controller on core 0 only, the agents on core 1 (`taskset`);
+    /// run the load generator itself on core 1 too (`taskset -c 1`). On two
+    /// shared cores the figure measures the machine as much as the
+    /// controller; pinned, the controller has one core of its own.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// What one follower saw.
@@ -92,10 +98,38 @@ async fn main() -> Result<()> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let mut controller = std::process::Command::new(args.bin_dir.join("bakery-controller"))
+    let mut command = std::process::Command::new(if args.pin {
+        PathBuf::from("taskset")
+    } else {
+        args.bin_dir.join("bakery-controller")
+    });
+    let mut agent = args.bin_dir.join("bakery-agent");
+    if args.pin {
+        command
+            .args(["-c", "0"])
+            .arg(args.bin_dir.join("bakery-controller"));
+        // Agents inherit the controller's core: a wrapper moves each to
+        // core 1. It runs outside the sandbox (which binds the agent
+        // executable itself), as load-mode agents build nothing.
+        let wrapper = data.path().join("agent-on-core-1");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec taskset -c 1 '{}' \"$@\"\n",
+                agent.display()
+            ),
+        )?;
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        command.env("LOCAL_AGENT_ISOLATION", "none");
+        agent = wrapper;
+    }
+    let mut controller = command
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("DATA_DIR", data.path())
-        .env("AGENT_BINARY", args.bin_dir.join("bakery-agent"))
+        .env("AGENT_BINARY", agent)
         .env("MAX_CONCURRENT_AGENTS", args.builds.to_string())
         .env("BAKERY_LOG", "warn")
         .env("BAKERY_AGENT_LOAD", format!("{}@{}", args.lines, args.rate))
