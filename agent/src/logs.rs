@@ -87,6 +87,8 @@ pub(crate) fn weight(line: &str) -> usize {
 pub struct LogSink {
     tx: mpsc::UnboundedSender<String>,
     redactor: std::sync::Arc<std::sync::RwLock<Redactor>>,
+    /// The agent's own directories, as the log names them instead.
+    paths: std::sync::Arc<std::sync::RwLock<Vec<(String, &'static str)>>>,
     budget: Arc<Budget>,
 }
 
@@ -99,6 +101,17 @@ impl LogSink {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut clean = redactor.redact(line.as_ref().trim_end_matches(['\r', '\n']));
+        drop(redactor);
+        for (path, name) in self
+            .paths
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            if clean.contains(path.as_str()) {
+                clean = clean.replace(path.as_str(), name);
+            }
+        }
         if clean.len() > MAX_LINE {
             // A minified file echoed by a RUN step is not worth megabytes of
             // log; the cut keeps every line within what the controller takes.
@@ -152,9 +165,30 @@ impl LogSink {
             redactor: std::sync::Arc::new(std::sync::RwLock::new(Redactor::new(
                 Vec::<String>::new(),
             ))),
+            paths: Default::default(),
             budget: Arc::clone(&budget),
         };
         (sink, rx, budget)
+    }
+
+    /// From now on the log names the unpacked context `<context>` and the
+    /// rest of the agent's work directory `<agent work dir>`: a builder's
+    /// error then reads `<context>/app.env`, not a temporary path of a
+    /// machine the user never sees.
+    pub fn set_paths(&self, context: &std::path::Path, work: &std::path::Path) {
+        let mut paths: Vec<(String, &'static str)> = [
+            (context.display().to_string(), "<context>"),
+            (work.display().to_string(), "<agent work dir>"),
+        ]
+        .into_iter()
+        .filter(|(p, _)| p.len() > 1)
+        .collect();
+        // The context lies in the work dir: the longer path first.
+        paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        *self
+            .paths
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = paths;
     }
 
     /// Secrets learnt after start-up (from the spec) are masked from then on.
@@ -197,6 +231,7 @@ pub fn start_after(controller: AgentApi, first_seq: u64) -> (LogSink, Shipper) {
         LogSink {
             tx,
             redactor: Default::default(),
+            paths: Default::default(),
             budget,
         },
         Shipper { handle },
@@ -494,5 +529,33 @@ async fn fall_back(controller: &AgentApi, outbox: &Outbox, why: &str) {
         }
         let mut state = outbox.lock();
         outbox.drop_front(&mut state, batch.len(), u64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// buildah names the context by the agent's own path; the user reads
+    /// `<context>`, and never the machine's temporary directories.
+    #[test]
+    fn the_agents_own_paths_are_named_not_shown() {
+        let (log, mut lines) = LogSink::capture();
+        log.set_paths(
+            std::path::Path::new("/tmp/data/work/b1-amd64/context"),
+            std::path::Path::new("/tmp/data/work/b1-amd64"),
+        );
+        log.line(r#"error building at STEP "COPY app.env /": checking on sources under "/tmp/data/work/b1-amd64/context": copier: stat: "/app.env": no such file or directory"#);
+        log.line("storage /tmp/data/work/b1-amd64/storage/overlay is full");
+        log.line("no path here");
+        assert_eq!(
+            lines.try_recv().unwrap(),
+            r#"error building at STEP "COPY app.env /": checking on sources under "<context>": copier: stat: "/app.env": no such file or directory"#
+        );
+        assert_eq!(
+            lines.try_recv().unwrap(),
+            "storage <agent work dir>/storage/overlay is full"
+        );
+        assert_eq!(lines.try_recv().unwrap(), "no path here");
     }
 }

@@ -51,6 +51,7 @@ pub(crate) async fn work(
         builder.describe()
     ));
     let context_dir = fetch_context(cfg, controller, &task, log).await?;
+    log.set_paths(&context_dir, &cfg.work_dir);
     let dockerfile = crate::context::dockerfile_path(&context_dir, &cfg.work_dir, &task.spec);
     let sources = sources::read(&dockerfile, &task);
     sources::check_emulation(&task, &sources)?;

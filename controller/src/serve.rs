@@ -39,9 +39,17 @@ use tower_service::Service;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most connections one address may have open that have not sent their
-/// first request's headers yet. A client sends them at once; a proxy in
-/// front (all connections from its address) too.
+/// first request's headers for [`PEER_GRACE`] or longer. A client sends
+/// them at once; a proxy in front (all connections from its address) too.
 pub const WAITING_PER_PEER: usize = 64;
+
+/// How long a connection may wait for its headers before it counts against
+/// [`WAITING_PER_PEER`]. A burst of real clients from one address (a
+/// thousand agents starting behind one load balancer, or on loopback)
+/// connects faster than the controller reads their headers: counting those
+/// young connections closed working agents' connections and failed their
+/// builds. Half-open connections are old by the time they matter.
+pub const PEER_GRACE: Duration = Duration::from_secs(1);
 
 /// What the listener allows.
 #[derive(Debug, Clone, Copy)]
@@ -187,14 +195,16 @@ async fn connection<I>(
 #[derive(Clone)]
 struct Waiting {
     cap: usize,
+    /// [`PEER_GRACE`], shorter in tests.
+    grace: Duration,
     state: Arc<Mutex<WaitState>>,
 }
 
 #[derive(Default)]
 struct WaitState {
     next: u64,
-    /// By arrival: the peer, and what closes its connection.
-    entries: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    /// By arrival: the peer, when it came, and what closes its connection.
+    entries: BTreeMap<u64, (IpAddr, std::time::Instant, CancellationToken)>,
     per_peer: HashMap<IpAddr, usize>,
 }
 
@@ -206,7 +216,7 @@ struct WaitingGuard {
 
 impl WaitState {
     fn remove(&mut self, id: u64) -> Option<CancellationToken> {
-        let (peer, token) = self.entries.remove(&id)?;
+        let (peer, _, token) = self.entries.remove(&id)?;
         if let Some(n) = self.per_peer.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
@@ -221,6 +231,7 @@ impl Waiting {
     fn new(cap: usize) -> Waiting {
         Waiting {
             cap,
+            grace: PEER_GRACE,
             state: Arc::default(),
         }
     }
@@ -230,17 +241,24 @@ impl Waiting {
     /// was closed to make room.
     fn enter(&self, peer: IpAddr) -> (WaitingGuard, CancellationToken, bool) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let oldest = if state.per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER {
-            state
-                .entries
-                .iter()
-                .find(|(_, (p, _))| *p == peer)
-                .map(|(id, _)| *id)
-        } else if state.entries.len() >= self.cap {
-            state.entries.keys().next().copied()
-        } else {
-            None
-        };
+        // The peer's oldest waiting connection, if it has too many and that
+        // one has waited past the grace; else the oldest of all when the
+        // pool is full.
+        let peer_oldest = (state.per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER)
+            .then(|| {
+                state
+                    .entries
+                    .iter()
+                    .find(|(_, (p, _, _))| *p == peer)
+                    .filter(|(_, (_, since, _))| since.elapsed() >= self.grace)
+                    .map(|(id, _)| *id)
+            })
+            .flatten();
+        let oldest = peer_oldest.or_else(|| {
+            (state.entries.len() >= self.cap)
+                .then(|| state.entries.keys().next().copied())
+                .flatten()
+        });
         let evicted = oldest.and_then(|id| state.remove(id)).is_some_and(|token| {
             token.cancel();
             true
@@ -248,7 +266,9 @@ impl Waiting {
         let id = state.next;
         state.next += 1;
         let token = CancellationToken::new();
-        state.entries.insert(id, (peer, token.clone()));
+        state
+            .entries
+            .insert(id, (peer, std::time::Instant::now(), token.clone()));
         *state.per_peer.entry(peer).or_default() += 1;
         let guard = WaitingGuard {
             id,
@@ -358,5 +378,49 @@ pub fn warn_if_exposed(config: &crate::Config, addr: SocketAddr, tls: bool, toke
             %addr,
             "serving plain HTTP beyond loopback: tokens and registry logins cross the network in clear unless a TLS-terminating proxy is in front; set TLS_CERT_FILE and TLS_KEY_FILE, or see docs/tls.md"
         );
+    }
+}
+
+#[cfg(test)]
+mod waiting_tests {
+    use super::*;
+
+    fn waiting(cap: usize, grace: Duration) -> Waiting {
+        Waiting {
+            cap,
+            grace,
+            state: Arc::default(),
+        }
+    }
+
+    /// A thousand agents behind one address connect at once: none of their
+    /// connections is closed for another.
+    #[test]
+    fn a_burst_from_one_address_is_not_cut() {
+        let w = waiting(8_192, Duration::from_secs(60));
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..1_000).map(|_| w.enter(peer)).collect();
+        assert!(held
+            .iter()
+            .all(|(_, token, evicted)| !evicted && !token.is_cancelled()));
+    }
+
+    /// Once they have waited past the grace, one address's half-open
+    /// connections make room for its new ones, oldest first; the pool's
+    /// own cap holds whatever their age.
+    #[test]
+    fn old_waiting_connections_of_one_address_make_room() {
+        let w = waiting(8_192, Duration::ZERO);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..WAITING_PER_PEER).map(|_| w.enter(peer)).collect();
+        let (_g, _t, evicted) = w.enter(peer);
+        assert!(evicted);
+        assert!(held[0].1.is_cancelled() && !held[1].1.is_cancelled());
+
+        let small = waiting(10, Duration::from_secs(60));
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let first: Vec<_> = (0..10).map(|_| small.enter(peer)).collect();
+        let (_g, _t, evicted) = small.enter(other);
+        assert!(evicted && first[0].1.is_cancelled());
     }
 }

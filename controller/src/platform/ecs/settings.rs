@@ -56,6 +56,23 @@ pub struct EcsSettings {
     pub agent_env: Vec<(String, String)>,
 }
 
+/// ECS_LAUNCH_TYPE, checked at start-up rather than by the first RunTask:
+/// agents run on Fargate, so FARGATE is the one launch type (EC2 and
+/// EXTERNAL have no Fargate task sizes; FARGATE_SPOT is a capacity
+/// provider, which the default strategy already uses).
+fn launch_type(value: Option<&str>) -> Result<Option<String>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("FARGATE") => Ok(Some("FARGATE".into())),
+        Some(v) if v.eq_ignore_ascii_case("FARGATE_SPOT") => Err(format!(
+            "ECS_LAUNCH_TYPE is `{v}`: FARGATE_SPOT is a capacity provider, not a launch type; unset ECS_LAUNCH_TYPE (bakery then uses FARGATE_SPOT through the cluster's capacity provider strategy for spot builds) or set it to FARGATE"
+        )),
+        Some(v) => Err(format!(
+            "ECS_LAUNCH_TYPE is `{v}`: bakery's agents run on Fargate; set it to FARGATE (for a cluster without capacity providers) or unset it"
+        )),
+    }
+}
+
 impl EcsSettings {
     /// Reads the ECS variables, naming every missing one at once.
     pub fn from_config(c: &Config) -> Result<EcsSettings, String> {
@@ -91,6 +108,7 @@ impl EcsSettings {
                 c.bakery_owner
             ));
         }
+        let launch_type = launch_type(c.ecs_launch_type.as_deref())?;
         let mut agent_env = Vec::new();
         if !c.insecure_registries.is_empty() {
             agent_env.push((
@@ -109,7 +127,7 @@ impl EcsSettings {
             log_group: c.ecs_log_group.clone(),
             region: c.aws_region.clone(),
             assign_public_ip: c.ecs_assign_public_ip,
-            launch_type: c.ecs_launch_type.clone(),
+            launch_type,
             owner: c.bakery_owner.clone(),
             poll_interval: c.ecs_poll_interval,
             agent_env,
@@ -152,4 +170,22 @@ pub fn agent_environment(settings: &EcsSettings, launch: &Launch) -> Vec<(String
     ));
     env.extend(settings.agent_env.iter().cloned());
     env
+}
+
+#[cfg(test)]
+mod launch_type_tests {
+    use super::launch_type;
+
+    #[test]
+    fn only_fargate_is_a_launch_type() {
+        assert_eq!(launch_type(None), Ok(None));
+        assert_eq!(launch_type(Some("fargate")), Ok(Some("FARGATE".into())));
+        let spot = launch_type(Some("FARGATE_SPOT")).unwrap_err();
+        assert!(
+            spot.contains("capacity provider, not a launch type"),
+            "{spot}"
+        );
+        let ec2 = launch_type(Some("EC2")).unwrap_err();
+        assert!(ec2.starts_with("ECS_LAUNCH_TYPE is `EC2`"), "{ec2}");
+    }
 }
