@@ -39,8 +39,9 @@ use tower_service::Service;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most connections one address may have open that have not sent their
-/// first request's headers for [`PEER_GRACE`] or longer. A client sends
-/// them at once; a proxy in front (all connections from its address) too.
+/// first request's headers for [`PEER_GRACE`] or longer, once the pool of
+/// such connections is half full. A client sends them at once; a proxy in
+/// front (all connections from its address) too.
 pub const WAITING_PER_PEER: usize = 64;
 
 /// How long a connection may wait for its headers before it counts against
@@ -241,10 +242,15 @@ impl Waiting {
     /// was closed to make room.
     fn enter(&self, peer: IpAddr) -> (WaitingGuard, CancellationToken, bool) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // The peer's oldest waiting connection, if it has too many and that
-        // one has waited past the grace; else the oldest of all when the
-        // pool is full.
-        let peer_oldest = (state.per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER)
+        // The peer's oldest waiting connection, if the pool is half full,
+        // the peer has too many, and that one has waited past the grace;
+        // else the oldest of all when the pool is full. (With the pool
+        // less than half full nobody is kept out: a thousand agents that
+        // connect at once to a controller too busy to read them for a
+        // second were cut as if half-open.)
+        let pressed = state.entries.len() >= self.cap / 2;
+        let over = state.per_peer.get(&peer).copied().unwrap_or(0) >= WAITING_PER_PEER;
+        let peer_oldest = (pressed && over)
             .then(|| {
                 state
                     .entries
@@ -393,11 +399,12 @@ mod waiting_tests {
         }
     }
 
-    /// A thousand agents behind one address connect at once: none of their
-    /// connections is closed for another.
+    /// A thousand agents behind one address connect at once, to a
+    /// controller too busy to read them within the grace: none of their
+    /// connections is closed for another while the pool is not half full.
     #[test]
     fn a_burst_from_one_address_is_not_cut() {
-        let w = waiting(8_192, Duration::from_secs(60));
+        let w = waiting(8_192, Duration::ZERO);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let held: Vec<_> = (0..1_000).map(|_| w.enter(peer)).collect();
         assert!(held
@@ -410,7 +417,7 @@ mod waiting_tests {
     /// own cap holds whatever their age.
     #[test]
     fn old_waiting_connections_of_one_address_make_room() {
-        let w = waiting(8_192, Duration::ZERO);
+        let w = waiting(2 * WAITING_PER_PEER, Duration::ZERO);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let held: Vec<_> = (0..WAITING_PER_PEER).map(|_| w.enter(peer)).collect();
         let (_g, _t, evicted) = w.enter(peer);
