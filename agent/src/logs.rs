@@ -100,18 +100,9 @@ impl LogSink {
             .redactor
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut clean = redactor.redact(line.as_ref().trim_end_matches(['\r', '\n']));
+        let clean = redactor.redact(line.as_ref().trim_end_matches(['\r', '\n']));
         drop(redactor);
-        for (path, name) in self
-            .paths
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            if clean.contains(path.as_str()) {
-                clean = clean.replace(path.as_str(), name);
-            }
-        }
+        let mut clean = self.name_paths(clean);
         if clean.len() > MAX_LINE {
             // A minified file echoed by a RUN step is not worth megabytes of
             // log; the cut keeps every line within what the controller takes.
@@ -181,7 +172,10 @@ impl LogSink {
             (work.display().to_string(), "<agent work dir>"),
         ]
         .into_iter()
-        .filter(|(p, _)| p.len() > 1)
+        .map(|(p, n)| (p.trim_end_matches('/').to_string(), n))
+        // Only absolute paths below the root: a short or relative one
+        // would match unrelated text.
+        .filter(|(p, _)| p.starts_with('/') && p.len() > 4)
         .collect();
         // The context lies in the work dir: the longer path first.
         paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
@@ -189,6 +183,37 @@ impl LogSink {
             .paths
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = paths;
+    }
+
+    /// `text` with the paths of [`LogSink::set_paths`] named, each where it
+    /// is a whole path (followed by `/`, a quote, a space, `:` or the end):
+    /// `<work>/contexts/0` is not `<context>s/0`.
+    pub fn name_paths(&self, text: String) -> String {
+        let paths = self
+            .paths
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut text = text;
+        for (path, name) in paths.iter() {
+            if !text.contains(path.as_str()) {
+                continue;
+            }
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find(path.as_str()) {
+                let after = &rest[at + path.len()..];
+                let whole = after
+                    .chars()
+                    .next()
+                    .is_none_or(|c| matches!(c, '/' | '"' | '\'' | ' ' | ':' | ')' | ']' | ','));
+                out.push_str(&rest[..at]);
+                out.push_str(if whole { name } else { path.as_str() });
+                rest = after;
+            }
+            out.push_str(rest);
+            text = out;
+        }
+        text
     }
 
     /// Secrets learnt after start-up (from the spec) are masked from then on.
@@ -547,6 +572,7 @@ mod tests {
         );
         log.line(r#"error building at STEP "COPY app.env /": checking on sources under "/tmp/data/work/b1-amd64/context": copier: stat: "/app.env": no such file or directory"#);
         log.line("storage /tmp/data/work/b1-amd64/storage/overlay is full");
+        log.line("named: /tmp/data/work/b1-amd64/contexts/0/x");
         log.line("no path here");
         assert_eq!(
             lines.try_recv().unwrap(),
@@ -555,6 +581,11 @@ mod tests {
         assert_eq!(
             lines.try_recv().unwrap(),
             "storage <agent work dir>/storage/overlay is full"
+        );
+        assert_eq!(
+            lines.try_recv().unwrap(),
+            "named: <agent work dir>/contexts/0/x",
+            "a named context is not taken for the context"
         );
         assert_eq!(lines.try_recv().unwrap(), "no path here");
     }

@@ -38,7 +38,7 @@ pub(crate) async fn script_step(
         return Err(AgentError::Step {
             what: what.to_string(),
             status: describe(status),
-            last_line: last_meaningful(&tail),
+            last_line: last_meaningful(&tail).map(|l| log.name_paths(l)),
         });
     }
     Ok(())
@@ -118,7 +118,7 @@ pub(crate) async fn run_builder_step(
         return Err(AgentError::Step {
             what: format!("{builder} {}", step.what),
             status: describe(status),
-            last_line: last_meaningful(&tail),
+            last_line: last_meaningful(&tail).map(|l| log.name_paths(l)),
         });
     }
     Ok(())

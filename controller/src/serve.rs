@@ -244,7 +244,8 @@ impl Waiting {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // The peer's oldest waiting connection, if the pool is half full,
         // the peer has too many, and that one has waited past the grace;
-        // else the oldest of all when the pool is full. (With the pool
+        // else, when the pool is full, the oldest of the address that holds
+        // the most. (With the pool
         // less than half full nobody is kept out: a thousand agents that
         // connect at once to a controller too busy to read them for a
         // second were cut as if half-open.)
@@ -260,9 +261,22 @@ impl Waiting {
                     .map(|(id, _)| *id)
             })
             .flatten();
+        // A full pool makes room at the expense of the address holding the
+        // most of it: one address cannot push out everybody else's.
         let oldest = peer_oldest.or_else(|| {
             (state.entries.len() >= self.cap)
-                .then(|| state.entries.keys().next().copied())
+                .then(|| {
+                    let heaviest = state
+                        .per_peer
+                        .iter()
+                        .max_by_key(|(_, n)| **n)
+                        .map(|(p, _)| *p)?;
+                    state
+                        .entries
+                        .iter()
+                        .find(|(_, (p, _, _))| *p == heaviest)
+                        .map(|(id, _)| *id)
+                })
                 .flatten()
         });
         let evicted = oldest.and_then(|id| state.remove(id)).is_some_and(|token| {
@@ -424,10 +438,15 @@ mod waiting_tests {
         assert!(evicted);
         assert!(held[0].1.is_cancelled() && !held[1].1.is_cancelled());
 
+        // A full pool: the address holding most of it gives way, even when
+        // another address's connection is older.
         let small = waiting(10, Duration::from_secs(60));
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        let first: Vec<_> = (0..10).map(|_| small.enter(peer)).collect();
+        let (other, third): (IpAddr, IpAddr) =
+            ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let earliest = small.enter(third);
+        let flood: Vec<_> = (0..9).map(|_| small.enter(peer)).collect();
         let (_g, _t, evicted) = small.enter(other);
-        assert!(evicted && first[0].1.is_cancelled());
+        assert!(evicted && flood[0].1.is_cancelled());
+        assert!(!earliest.1.is_cancelled(), "the lone older client stays");
     }
 }

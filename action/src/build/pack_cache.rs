@@ -31,7 +31,9 @@ impl PackCache {
     pub(super) fn from_env() -> PackCache {
         let dir = match std::env::var_os(ENV) {
             Some(v) if v == "off" || v == "0" || v == "false" => None,
-            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+            // A relative directory would land in a context and change it
+            // on every build: records only where an absolute path says.
+            Some(v) if !v.is_empty() => Some(PathBuf::from(v)).filter(|p| p.is_absolute()),
             _ => std::env::var_os("XDG_CACHE_HOME")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
@@ -49,6 +51,11 @@ impl PackCache {
     /// record that does not parse, or names no valid archive, is none).
     pub(super) fn get(&self, fp: &Fingerprint) -> Option<Packed> {
         let file = self.file(fp)?;
+        // A regular file of a sane size only (not a FIFO, not /dev/zero).
+        let meta = std::fs::symlink_metadata(&file).ok()?;
+        if !meta.is_file() || meta.len() > 1 << 20 {
+            return None;
+        }
         let text = std::fs::read(&file).ok()?;
         let packed = serde_json::from_slice::<Packed>(&text)
             .ok()
@@ -81,6 +88,13 @@ impl PackCache {
     }
 }
 
+/// A record's file name: 64 lowercase hex digits and `.json`.
+fn is_record_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_suffix(".json"))
+        .is_some_and(|d| d.len() == 64 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Removes records not written or read for [`KEEP`].
 fn prune(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -88,6 +102,11 @@ fn prune(dir: &std::path::Path) {
     };
     let now = SystemTime::now();
     for entry in entries.flatten() {
+        // Only what this module writes: a directory set by mistake to one
+        // that holds other files loses none of them.
+        if !is_record_name(&entry.file_name()) {
+            continue;
+        }
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -95,5 +114,32 @@ fn prune(dir: &std::path::Path) {
         if old {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache directory set by mistake to one with other files: pruning
+    /// touches records only.
+    #[test]
+    fn pruning_removes_old_records_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(format!("{}.json", "a".repeat(64)));
+        let other = dir.path().join(".bashrc");
+        for f in [&record, &other] {
+            std::fs::write(f, "{}").unwrap();
+            let old = SystemTime::now() - KEEP - Duration::from_secs(60);
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        prune(dir.path());
+        assert!(!record.exists(), "an old record is removed");
+        assert!(other.exists(), "a file that is not a record is kept");
     }
 }

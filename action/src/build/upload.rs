@@ -150,15 +150,16 @@ async fn one_context(
     done: &Contexts,
 ) -> Result<Uploaded> {
     let started = Instant::now();
-    let fp = {
+    let take_fingerprint = || {
         let (dir, df, opts) = (
             target.dir.to_path_buf(),
             target.dockerfile.to_string(),
             opts.clone(),
         );
         // An error here is the pack's to report, with its context.
-        tokio::task::spawn_blocking(move || fingerprint(&dir, &df, &opts).ok()).await?
+        tokio::task::spawn_blocking(move || fingerprint(&dir, &df, &opts).ok())
     };
+    let fp = take_fingerprint().await?;
     if let Some(packed) = fp.as_ref().and_then(|fp| cache.get(fp)) {
         if target.has(controller, &packed.key()).await? {
             warn(target.dir, &packed);
@@ -174,9 +175,14 @@ async fn one_context(
             });
         }
     }
-    let (path, packed) = pack(target, opts, tmp).await?;
+    let (path, packed) = pack(target, opts.clone(), tmp).await?;
+    // Recorded only when nothing changed while it was packed: a file made
+    // and removed meanwhile (an editor's lock file) leaves the metadata as
+    // it was but is in the archive.
     if let Some(fp) = &fp {
-        cache.put(fp, &packed);
+        if take_fingerprint().await?.as_ref() == Some(fp) {
+            cache.put(fp, &packed);
+        }
     }
     let key = packed.key();
     let uploaded = Uploaded {

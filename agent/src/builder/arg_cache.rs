@@ -45,6 +45,15 @@ const MAX_KEYS: usize = 64;
 /// anyway, so its own pull later finds them in storage).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// All the fetching before a build, at most: past it the build starts and
+/// buildah pulls what it needs itself.
+const PREFETCH_BUDGET: Duration = Duration::from_secs(300);
+
+/// Keeping the hint after a build, at most: the image is pushed already,
+/// and a slow registry must not hold the result (or turn it into a
+/// deadline failure).
+const RECORD_BUDGET: Duration = Duration::from_secs(60);
+
 /// The hints of one task: what buildah runs them with, and what the build
 /// has shown.
 pub struct ArgCache {
@@ -148,9 +157,21 @@ impl ArgCache {
     }
 
     /// Pulls the images the last build kept for its `ARG` steps into the
-    /// task's storage. Says how many it fetched; a first build (no hint)
-    /// says nothing.
+    /// task's storage, within [`PREFETCH_BUDGET`]. Says how many it
+    /// fetched; a first build (no hint) says nothing.
     pub async fn prefetch(&self, log: &LogSink) {
+        if tokio::time::timeout(PREFETCH_BUDGET, self.fetch(log))
+            .await
+            .is_err()
+        {
+            log.line(format!(
+                "layer cache: fetching the ARG steps' images took over {}s; the build goes on without the rest",
+                PREFETCH_BUDGET.as_secs()
+            ));
+        }
+    }
+
+    async fn fetch(&self, log: &LogSink) {
         let hint = format!("{}:{HINT_TAG}", self.repo);
         if self.run(&["pull", "-q", &hint]).await.is_err() {
             return;
@@ -162,6 +183,13 @@ impl ArgCache {
             .unwrap_or_default();
         let _ = self.run(&["rmi", &hint]).await;
         let keys = parse_label(&label);
+        if !keys.is_empty() {
+            log.line(format!(
+                "layer cache: fetching the images of {} ARG steps from {}",
+                keys.len(),
+                self.repo
+            ));
+        }
         let mut fetched = 0;
         for key in &keys {
             let image = format!("{}:{key}", self.repo);
@@ -194,7 +222,10 @@ impl ArgCache {
         if keys.is_empty() || *self.read.lock().unwrap_or_else(PoisonError::into_inner) == keys {
             return;
         }
-        if let Err(why) = self.write(&keys).await {
+        let written = tokio::time::timeout(RECORD_BUDGET, self.write(&keys))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer in {}s", RECORD_BUDGET.as_secs())));
+        if let Err(why) = written {
             log.line(format!(
                 "warning: layer cache: the hint for {} ARG steps was not kept in {}: {why} \
                  (the next build runs the steps after them again)",
