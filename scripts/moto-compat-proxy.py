@@ -20,6 +20,14 @@ moto sets no `stopCode`; a task stopped with the reason ECS gives a Spot
 interruption ("Your Spot Task was interrupted.") gets ECS's stopCode
 SpotInterruption in DescribeTasks, so a test can interrupt a task.
 
+PutSecretValue is answered as Secrets Manager does and moto does not: a
+ClientRequestToken that names an existing version of the secret is an
+idempotent retry, ignored when the value is the same (the version keeps its
+stages: an earlier version is NOT made current again) and refused with
+ResourceExistsException when it differs. moto instead rewrites the version
+and makes it current, which hid a controller that never wrote a password
+changed back to an earlier one.
+
 FORBID_HEAD=1 answers every S3 HEAD request 403, as S3 does when the caller
 may only PutObject.
 
@@ -91,6 +99,37 @@ def inject_failure(target, path):
 SPOT_REASON = "Your Spot Task was interrupted."
 
 
+def upstream_json(headers, target, doc):
+    """A JSON-protocol call to moto with the caller's headers: (status, body)."""
+    headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+    headers["X-Amz-Target"] = target
+    data = json.dumps(doc).encode()
+    req = urllib.request.Request(UPSTREAM + "/", data=data, headers=headers, method="POST")
+    try:
+        resp = urllib.request.urlopen(req)
+        return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def idempotent_put(headers, body):
+    """Secrets Manager's answer to a PutSecretValue that repeats an existing
+    version's token, or None when the token is new (moto can take it)."""
+    request = json.loads(body or b"{}")
+    token, secret = request.get("ClientRequestToken"), request.get("SecretId")
+    if not token or not secret:
+        return None
+    status, found = upstream_json(headers, "secretsmanager.DescribeSecret", {"SecretId": secret})
+    stages = (found.get("VersionIdsToStages") or {}).get(token) if status == 200 else None
+    if stages is None:
+        return None
+    _, version = upstream_json(headers, "secretsmanager.GetSecretValue", {"SecretId": secret, "VersionId": token})
+    if version.get("SecretString") != request.get("SecretString"):
+        return 400, {"__type": "ResourceExistsException",
+                     "message": "You can't modify an existing version, you can only create a new version."}
+    return 200, {"ARN": found["ARN"], "Name": found["Name"], "VersionId": token, "VersionStages": stages}
+
+
 def fix(doc):
     for task in doc.get("tasks", []) if isinstance(doc, dict) else []:
         if task.get("lastStatus") == "STOPPED" and (task.get("stoppedReason") or "").startswith(SPOT_REASON):
@@ -116,6 +155,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 "arn": "arn:aws:ecs:us-east-1:123456789012:container-instance/none",
                 "reason": "Capacity is unavailable at this time. Please try again later or in a different availability zone",
                 "detail": "injected by moto-compat-proxy (NO_CAPACITY) for " + request.get("taskDefinition", "")}]})
+        if target.endswith(".PutSecretValue"):
+            answer = idempotent_put(self.headers, body)
+            if answer:
+                return self.answer(*answer)
         # The watcher's DescribeTasks (the start-up sweep's asks for tags).
         describe = json.loads(body or b"{}") if target.endswith(".DescribeTasks") else {}
         if describe.get("tasks") and not describe.get("include") and take("missing"):

@@ -16,10 +16,14 @@
                        run a task tagged bakery:owner=OWNER ("-" for none) that
                        no journal knows, as a crashed controller leaves one;
                        print its ARN
-  secret URL NAME [VALUE]
-                       create the secret NAME with VALUE; without VALUE, print
+  secret URL NAME [VALUE...]
+                       create the secret NAME with the first VALUE, then add
+                       each later one as its new current version, each version
+                       with the request token bakery-controller would give it
+                       (the SHA-256 of the value, hex); without VALUE, print
                        its current value
 """
+import hashlib
 import json
 import sys
 import urllib.request
@@ -99,13 +103,20 @@ def orphan(endpoint, subnet, security_group, owner):
     print(ecs.run_task(**kw)["tasks"][0]["taskArn"])
 
 
-def secret(endpoint, name, value=None):
+def secret(endpoint, name, *values):
     sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")
-    if value is None:
-        print(sm.get_secret_value(SecretId=name)["SecretString"])
-    else:
-        sm.create_secret(Name=name, SecretString=value)
+    if not values:
+        # The version staged AWSCURRENT, named: it is what Secrets Manager
+        # returns by default and what ECS reads, but moto 5 returns the last
+        # version written instead once UpdateSecretVersionStage has moved
+        # AWSCURRENT elsewhere.
+        print(sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")["SecretString"])
+        return
+    token = lambda v: hashlib.sha256(v.encode()).hexdigest()
+    sm.create_secret(Name=name, SecretString=values[0], ClientRequestToken=token(values[0]))
+    for value in values[1:]:
+        sm.put_secret_value(SecretId=name, SecretString=value, ClientRequestToken=token(value))
 
 
 def stop(endpoint, task, reason):

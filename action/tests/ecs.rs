@@ -80,6 +80,15 @@ impl Ecs {
 
     /// With fault injection in the proxy (see scripts/moto-compat-proxy.py).
     fn start_with(pre: impl FnOnce(&str, &Value), proxy_env: &[(&str, &str)]) -> Ecs {
+        Ecs::start_full(pre, proxy_env, &[])
+    }
+
+    /// As [`Ecs::start_with`], the controller with `controller_env` too.
+    fn start_full(
+        pre: impl FnOnce(&str, &Value),
+        proxy_env: &[(&str, &str)],
+        controller_env: &[(&str, &str)],
+    ) -> Ecs {
         let registry = registry();
         let base = push_base_image(&registry);
         let moto = moto();
@@ -118,6 +127,8 @@ impl Ecs {
             ("AGENT_IMAGE_PASSWORD", IMAGE_PULL_SECRET),
             ("ECS_LOG_GROUP", "/bakery/agents"),
         ];
+        let mut env = env.to_vec();
+        env.extend_from_slice(controller_env);
         let controller = controller_on(port, &env);
         Ecs {
             requests,
@@ -483,11 +494,17 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
         |moto, fixture| {
             let subnet = fixture["subnet"].as_str().unwrap();
             let sg = fixture["security_group"].as_str().unwrap();
-            // An earlier start stored the agent image login with another password.
+            // Earlier starts stored the login this start is given, then
+            // another password: the login goes back to an earlier value
+            // (A→B→A), whose version exists and is not current. (The proxy
+            // answers PutSecretValue with that version's token as Secrets
+            // Manager does: an ignored retry.)
+            let login = serde_json::json!({"username": "puller", "password": IMAGE_PULL_SECRET});
             ecs_fixture(&[
                 "secret",
                 moto,
                 "bakery/agent-image-registry",
+                &login.to_string(),
                 r#"{"username":"puller","password":"old"}"#,
             ]);
             for owner in ["bakery", "-"] {
@@ -511,8 +528,19 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
     let login = ecs_fixture_text(&["secret", &ecs.moto.url(), "bakery/agent-image-registry"]);
     assert!(
         login.contains(IMAGE_PULL_SECRET),
-        "the changed password was written: {login}"
+        "the earlier password is current again: {login}"
     );
+    let moved = ecs
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["target"]
+                .as_str()
+                .unwrap()
+                .ends_with(".UpdateSecretVersionStage")
+        })
+        .count();
+    assert_eq!(moved, 1, "the earlier version was made current, not re-put");
     let repo = ecs.project();
     let id = ecs.submit(repo.path());
     let status = ecs.wait(&id, true);
@@ -580,6 +608,26 @@ fn a_task_that_stops_before_reporting_fails_the_build_with_the_ecs_reason() {
             .iter()
             .all(|t| t["lastStatus"] == "STOPPED"),
         "{dump}"
+    );
+}
+
+/// Tasks that run but whose agents never reach the controller (a security
+/// group that blocks them): the start timeout says so and names the
+/// address, rather than blaming the platform or the image.
+#[test]
+fn a_task_whose_agent_never_checks_in_is_explained_at_the_timeout() {
+    let mut ecs = Ecs::start_full(|_, _| {}, &[], &[("BUILD_TASK_TIMEOUT", "3s")]);
+    let repo = ecs.project();
+    let id = ecs.submit(repo.path());
+    let status = ecs.wait(&id, false);
+    assert_eq!(status["state"], "failed");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "did not start within BUILD_TASK_TIMEOUT (3s): the ECS task runs, but its agent never checked in with the controller at {} (CONTROLLER_URL)",
+            ecs.controller.url()
+        )),
+        "{error}"
     );
 }
 

@@ -316,25 +316,70 @@ fn k8s_build_runs_in_agent_pods_on_each_arch() {
     assert_eq!(kube.pod_names(), ["other-owner", "unrelated"]);
 }
 
+/// The kubelet evicting a pod for memory pressure.
+fn evicted() -> Value {
+    json!({
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": "The node was low on resource: memory. Container agent was using 2100Mi, which exceeds its request of 2048Mi.",
+        "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]
+    })
+}
+
+impl Kube {
+    /// The pod named `name`, once it exists.
+    fn wait_pod(&self, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(pod) = self
+                .pods()
+                .into_iter()
+                .find(|p| p["metadata"]["name"] == name)
+            {
+                return pod;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pod {name}: {:?}",
+                self.pod_names()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The build's log as `curl` reads it from the controller.
+    fn log(&self, id: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "20"])
+            .arg(format!("{}/v1/builds/{id}/logs", self.controller.url()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 #[test]
-fn an_evicted_pod_fails_its_build_at_once_with_the_reason() {
+fn an_evicted_pod_is_started_again_once_then_fails_the_build_with_the_reason() {
     let kube = Kube::start(&[], |_| {});
     let (id, _repo) = kube.submit("FROM scratch\nCOPY Dockerfile /\n");
-    let pods = kube.wait_pods(2);
-    let amd64 = pods
-        .iter()
-        .find(|p| p["metadata"]["labels"]["bakery.dev/arch"] == "amd64")
-        .unwrap();
-    let name = amd64["metadata"]["name"].as_str().unwrap();
-    kube.patch_status(
-        name,
-        json!({
-            "phase": "Failed",
-            "reason": "Evicted",
-            "message": "The node was low on resource: memory. Container agent was using 2100Mi, which exceeds its request of 2048Mi.",
-            "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]
-        }),
+    kube.wait_pods(2);
+    let first = format!("bakery-{id}-amd64");
+    kube.patch_status(&first, evicted());
+    // A second pod, under another name: the first is deleted, not reused.
+    let second = format!("bakery-{id}-amd64-2");
+    let pod = kube.wait_pod(&second);
+    assert_eq!(
+        pod["metadata"]["labels"]["bakery.dev/task"],
+        format!("{id}-amd64")
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kube.pod_names().contains(&first) {
+        assert!(Instant::now() < deadline, "the evicted pod was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(kube.status(&id)["state"], "running");
+    // Evicted again: there is no third pod.
+    kube.patch_status(&second, evicted());
     let started = Instant::now();
     let status = kube.wait_end(&id);
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -345,23 +390,77 @@ fn an_evicted_pod_fails_its_build_at_once_with_the_reason() {
             && error.contains("exit code 137 (OOMKilled)"),
         "{error}"
     );
+    let log = kube.log(&id);
+    assert_eq!(
+        log.matches("starting the amd64 agent again (once)").count(),
+        1,
+        "{log}"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(kube.pod_names().is_empty(), "both agent pods deleted");
+    assert!(kube.pod_names().is_empty(), "every agent pod deleted");
+}
+
+/// `kubectl drain` (or Karpenter consolidating a node) evicts the pod
+/// through the Eviction API: Kubernetes marks it with a DisruptionTarget
+/// condition and deletes it. The arch starts again and the build succeeds.
+#[test]
+fn a_pod_drained_off_its_node_is_started_again_and_the_build_succeeds() {
+    let mut kube = Kube::start(&[], |_| {});
+    let (id, _repo) = kube.submit("FROM scratch\nCOPY Dockerfile /\n");
+    let pods = kube.wait_pods(2);
+    let first = format!("bakery-{id}-amd64");
+    kube.patch_status(
+        &first,
+        json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
+            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]}),
+    );
+    curl_json(&[
+        "-X",
+        "DELETE",
+        &format!("{}/api/v1/namespaces/bakery/pods/{first}", kube.api.url()),
+    ]);
+    let second = kube.wait_pod(&format!("bakery-{id}-amd64-2"));
+    let arm64 = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["bakery.dev/arch"] == "arm64")
+        .unwrap()
+        .clone();
+    kube.run(&arm64);
+    kube.run(&second);
+    let status = kube.wait_end(&id);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let log = kube.log(&id);
+    assert!(
+        log.contains(
+            "the cluster took the pod away: EvictionByEvictionAPI: Eviction API: evicting"
+        ) && log.contains("starting the amd64 agent again (once)"),
+        "{log}"
+    );
+    let index = raw_manifest(&format!("{}/k8s/app:1", kube.registry.host()));
+    assert_eq!(image_entries(&index).len(), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(kube.pod_names().is_empty(), "every agent pod deleted");
 }
 
 #[test]
 fn a_pod_stuck_pulling_its_image_fails_at_the_task_timeout_with_the_reason() {
     let kube = Kube::start(&[("BUILD_TASK_TIMEOUT", "2s")], |_| {});
+    let waiting = |reason: &str, message: &str| {
+        json!({
+            "phase": "Pending",
+            "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                "state": {"waiting": {"reason": reason, "message": message}}}]
+        })
+    };
     let (id, _repo) = kube.submit("FROM scratch\nCOPY Dockerfile /\n");
     for pod in kube.wait_pods(2) {
         let name = pod["metadata"]["name"].as_str().unwrap();
         kube.patch_status(
             name,
-            json!({
-                "phase": "Pending",
-                "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.example/bakery-agent:test\""}}}]
-            }),
+            waiting(
+                "ImagePullBackOff",
+                "Back-off pulling image \"registry.example/bakery-agent:test\"",
+            ),
         );
     }
     let status = kube.wait_end(&id);
@@ -369,6 +468,28 @@ fn a_pod_stuck_pulling_its_image_fails_at_the_task_timeout_with_the_reason() {
     let error = status["error"].as_str().unwrap();
     assert!(
         error.contains("did not start within BUILD_TASK_TIMEOUT (2s): ImagePullBackOff: Back-off pulling image"),
+        "{error}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(kube.pod_names().is_empty());
+
+    // Pods that get past ContainerCreating and run, but whose agents never
+    // reach the controller: the stale reason is not blamed, the address is.
+    let (id, _repo) = kube.submit("FROM scratch\nCOPY Dockerfile /\n");
+    for pod in kube.wait_pods(2) {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        kube.patch_status(name, waiting("ContainerCreating", "creating"));
+        std::thread::sleep(Duration::from_millis(200));
+        kube.patch_status(name, json!({"phase": "Running", "containerStatuses": []}));
+    }
+    let status = kube.wait_end(&id);
+    assert_eq!(status["state"], "failed");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "did not start within BUILD_TASK_TIMEOUT (2s): its pod runs, but its agent never checked in with the controller at {} (CONTROLLER_URL)",
+            kube.controller.url()
+        )) && !error.contains("ContainerCreating"),
         "{error}"
     );
     std::thread::sleep(Duration::from_millis(300));

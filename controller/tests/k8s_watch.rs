@@ -132,6 +132,7 @@ async fn a_watch_that_expires_relists_and_still_reports_the_failed_pod() {
             memory: bakery_protocol::resources::Memory::from_mib(2048),
             disk: None,
             spot: false,
+            relaunch: false,
             env: Default::default(),
         })
         .await

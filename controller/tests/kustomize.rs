@@ -193,6 +193,7 @@ fn agent_pod() -> Value {
         memory: "2G".parse().unwrap(),
         disk: Some("50G".parse().unwrap()),
         spot: false,
+        relaunch: false,
         env: BTreeMap::from([(
             "BAKERY_TASK_ID".to_string(),
             "b0123456789ab-arm64".to_string(),

@@ -54,6 +54,10 @@ pub struct Launch {
     pub disk: Option<bakery_protocol::resources::Disk>,
     /// Run on Spot capacity where the platform has it (ECS Fargate Spot).
     pub spot: bool,
+    /// The task's second agent, after the platform took the first one's
+    /// capacity back: a platform that names agents after their task names
+    /// this one apart (the first may still exist, as an evicted pod does).
+    pub relaunch: bool,
     /// The agent's environment: controller URL, task id and token.
     pub env: BTreeMap<String, String>,
 }
@@ -92,7 +96,9 @@ pub enum ExitReason {
     Signal(i32),
     /// What the platform said: an ECS stop reason, a pod's phase and reason.
     Platform(String),
-    /// The platform took the capacity back (ECS: `stopCode` `SpotInterruption`):
+    /// The platform took the capacity back (ECS: `stopCode`
+    /// `SpotInterruption`; Kubernetes: an eviction, a node drain or
+    /// shutdown, a pod deleted by someone else):
     /// the agent did nothing wrong, so its task may run again on capacity
     /// that is not reclaimed ([`crate::state::Aggregate::agent_exited`]).
     Reclaimed(String),

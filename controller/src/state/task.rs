@@ -135,6 +135,11 @@ impl Task {
     pub fn wants_spot(&self) -> bool {
         self.request.spec.spot && !self.runtime.relaunched
     }
+    /// Whether its agent is the second, after the first one's capacity
+    /// was taken back ([`Task::relaunch`]).
+    pub fn is_relaunch(&self) -> bool {
+        self.runtime.relaunched
+    }
     /// When the agent was launched, if it was.
     pub fn launched_at(&self) -> Option<Instant> {
         self.runtime.launched_at

@@ -313,6 +313,32 @@ fn an_agent_reclaimed_by_spot_is_started_again_on_demand_once() {
     );
 }
 
+/// A Kubernetes eviction of an on-demand agent: started again, once, and
+/// the log does not speak of Spot.
+#[test]
+fn an_evicted_agent_not_on_spot_is_started_again_once() {
+    let now = Instant::now();
+    let mut b = Aggregate::new(
+        "b1".into(),
+        request(&[Arch::Amd64], true),
+        Platform::Local,
+        1 << 20,
+    );
+    running(&mut b, 0, now);
+    assert!(!b.task(0).is_relaunch());
+    b.agent_exited(0, &ExitReason::Reclaimed("pod failed: Evicted".into()));
+    assert!(!b.evaluate(now, &limits()), "the build goes on");
+    assert!(b.task(0).is_relaunch());
+    let log = log_text(&b);
+    assert!(
+        log.contains("pod failed: Evicted: the platform took the amd64 agent's capacity back before it reported; starting the amd64 agent again (once)"),
+        "{log}"
+    );
+    running(&mut b, 0, now);
+    b.agent_exited(0, &ExitReason::Reclaimed("pod failed: Evicted".into()));
+    assert!(b.evaluate(now, &limits()), "no third agent");
+}
+
 #[test]
 fn a_cancel_is_saved_before_it_is_acted_on() {
     let now = Instant::now();

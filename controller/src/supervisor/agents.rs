@@ -129,6 +129,7 @@ async fn launch_one(app: &App, build: &Build, index: usize) {
             memory: spec.memory.unwrap_or(app.config.default_build_memory),
             disk: spec.disk.or(app.config.default_build_disk),
             spot: task.wants_spot(),
+            relaunch: task.is_relaunch(),
             env: agent_environment(app, task),
         }
     };

@@ -261,11 +261,14 @@ resource "aws_iam_policy" "server" {
         Sid    = "AgentImageCredentials"
         Effect = "Allow"
         # Created from AGENT_IMAGE_USERNAME/PASSWORD on first start, and
-        # updated when the password changes; AGENT_IMAGE_SECRET_ARN is read.
+        # updated when the password changes (a password changed back to an
+        # earlier one makes that version current again:
+        # UpdateSecretVersionStage); AGENT_IMAGE_SECRET_ARN is read.
         Action = [
           "secretsmanager:CreateSecret",
           "secretsmanager:DescribeSecret",
           "secretsmanager:PutSecretValue",
+          "secretsmanager:UpdateSecretVersionStage",
         ]
         Resource = local.image_secret_arns
       },

@@ -167,14 +167,18 @@ impl AgentPlatform for EcsPlatform {
         let arn = self
             .run_until_placed(&launch, &definition, placement)
             .await?;
-        lock(&self.watched).insert(arn.clone(), WatchedTask::new(&launch.task_id));
+        let url = launch
+            .env
+            .get(bakery_protocol::api::agent_env::CONTROLLER_URL)
+            .map(String::as_str);
+        lock(&self.watched).insert(arn.clone(), WatchedTask::new(&launch.task_id, url));
         Ok(AgentHandle::new(arn))
     }
 
     async fn adopt(&self, task_id: &str, handle: &AgentHandle) -> Result<(), PlatformError> {
         // The watcher describes it at its next poll, and reports it if it
         // stopped while the controller was down.
-        lock(&self.watched).insert(handle.to_string(), WatchedTask::new(task_id));
+        lock(&self.watched).insert(handle.to_string(), WatchedTask::new(task_id, None));
         Ok(())
     }
 
@@ -188,6 +192,12 @@ impl AgentPlatform for EcsPlatform {
         send_stop(&self.client, &self.settings.cluster, handle.as_str())
             .await
             .map_err(PlatformError::Stop)
+    }
+
+    fn diagnosis(&self, handle: &AgentHandle) -> Option<String> {
+        lock(&self.watched)
+            .get(handle.as_str())
+            .and_then(|t| t.waiting().map(String::from))
     }
 }
 

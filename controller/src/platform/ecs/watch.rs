@@ -34,16 +34,70 @@ pub(super) struct WatchedTask {
     since: Instant,
     /// When bakery last asked ECS to stop it, if it did.
     stop_sent: Option<Instant>,
+    /// The controller address its agent was given (unknown for a task a
+    /// restarted controller adopted).
+    agent_url: Option<String>,
+    /// What the last DescribeTasks said it waits for, for the start
+    /// timeout's message.
+    waiting: Option<String>,
 }
 
 impl WatchedTask {
-    pub(super) fn new(task_id: &str) -> WatchedTask {
+    pub(super) fn new(task_id: &str, agent_url: Option<&str>) -> WatchedTask {
         WatchedTask {
             task_id: task_id.to_string(),
             since: Instant::now(),
             stop_sent: None,
+            agent_url: agent_url.map(String::from),
+            waiting: None,
         }
     }
+
+    /// What the task was last seen waiting for.
+    pub(super) fn waiting(&self) -> Option<&str> {
+        self.waiting.as_deref()
+    }
+}
+
+/// What a task that has not stopped waits for, as ECS describes it: still
+/// being placed, its network interface attached, its image pulled (ECS's
+/// status and the container's reason), or, once it runs, its agent
+/// reaching the controller.
+pub(super) fn waiting_for(task: &Task, agent_url: Option<&str>) -> String {
+    let status = task.last_status().unwrap_or("unknown");
+    if status == "RUNNING" {
+        let url = agent_url.map_or(String::new(), |u| format!(" at {u}"));
+        return format!(
+            "the ECS task runs, but its agent never checked in with the controller{url} (CONTROLLER_URL): check that the agents' subnets and security groups (ECS_SUBNETS, ECS_SECURITY_GROUPS) reach that address"
+        );
+    }
+    let mut note = format!(
+        "the ECS task is still {status} (desired {})",
+        task.desired_status().unwrap_or("RUNNING")
+    );
+    let interface = task
+        .attachments()
+        .iter()
+        .find(|a| a.r#type() == Some("ElasticNetworkInterface"));
+    if let Some(s) = interface.and_then(|a| a.status()) {
+        if s != "ATTACHED" {
+            note.push_str(&format!("; its network interface is {s}"));
+        }
+    }
+    let container = task
+        .containers()
+        .iter()
+        .find(|c| c.name() == Some(CONTAINER));
+    if let Some(r) = container.and_then(|c| c.reason()) {
+        note.push_str(&format!("; the agent container: {r}"));
+    }
+    if task.pull_started_at().is_some() && task.pull_stopped_at().is_none() {
+        note.push_str("; pulling the agent image (AGENT_IMAGE)");
+    }
+    if let Some(r) = task.stopped_reason() {
+        note.push_str(&format!("; {r}"));
+    }
+    note
 }
 
 /// Task ARN → what is known of it, for the tasks being watched.
@@ -162,6 +216,14 @@ pub(super) async fn watch(
                 .iter()
                 .partition(|t| t.last_status() == Some("STOPPED"));
             let stopped = ended.iter().map(|t| (arn(t), stop_reason(t))).collect();
+            {
+                let mut watched = lock(&watched);
+                for task in &running {
+                    if let Some(w) = watched.get_mut(&arn(task)) {
+                        w.waiting = Some(waiting_for(task, w.agent_url.as_deref()));
+                    }
+                }
+            }
             let running: Vec<String> = running.iter().map(|t| arn(t)).collect();
             let missing: Vec<String> = out
                 .failures()
@@ -229,6 +291,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_task_that_has_not_started_says_what_it_waits_for() {
+        use aws_sdk_ecs::types::{Attachment, Container};
+        let provisioning = Task::builder()
+            .last_status("PROVISIONING")
+            .desired_status("RUNNING")
+            .attachments(
+                Attachment::builder()
+                    .r#type("ElasticNetworkInterface")
+                    .status("PRECREATED")
+                    .build(),
+            )
+            .build();
+        assert_eq!(
+            waiting_for(&provisioning, None),
+            "the ECS task is still PROVISIONING (desired RUNNING); its network interface is PRECREATED"
+        );
+        let pulling = Task::builder()
+            .last_status("PENDING")
+            .pull_started_at(aws_sdk_ecs::primitives::DateTime::from_secs(1))
+            .containers(
+                Container::builder()
+                    .name(CONTAINER)
+                    .reason("ResourceInitializationError: unable to pull secrets")
+                    .build(),
+            )
+            .build();
+        let note = waiting_for(&pulling, None);
+        assert!(note.starts_with("the ECS task is still PENDING"), "{note}");
+        assert!(
+            note.contains(
+                "the agent container: ResourceInitializationError: unable to pull secrets"
+            ),
+            "{note}"
+        );
+        assert!(note.contains("pulling the agent image"), "{note}");
+        let running = Task::builder().last_status("RUNNING").build();
+        assert!(
+            waiting_for(&running, Some("http://10.0.0.5:8080")).contains(
+                "never checked in with the controller at http://10.0.0.5:8080 (CONTROLLER_URL)"
+            )
+        );
+    }
+
+    #[test]
     fn errors_back_off_by_doubling_up_to_a_minute() {
         let delays: Vec<Duration> = error_backoff(Duration::from_secs(5)).take(6).collect();
         assert_eq!(delays[0], Duration::from_secs(5));
@@ -239,7 +345,12 @@ mod tests {
 
     fn set(arns: &[&str]) -> HashMap<String, WatchedTask> {
         arns.iter()
-            .map(|a| ((*a).to_string(), WatchedTask::new(&format!("task-{a}"))))
+            .map(|a| {
+                (
+                    (*a).to_string(),
+                    WatchedTask::new(&format!("task-{a}"), None),
+                )
+            })
             .collect()
     }
 

@@ -8,8 +8,11 @@
 //! is gone.
 //!
 //! Pods are watched with kube's watcher (one watch for all agents of this
-//! controller, selected by label), not polled. A pod that fails or is
-//! evicted ends its task at once with Kubernetes' reason; a pod stuck in
+//! controller, selected by label), not polled. A pod that fails ends its
+//! task at once with Kubernetes' reason. A pod the cluster takes away
+//! (evicted, preempted, its node drained or shut down, deleted by someone
+//! else) is reported reclaimed: its task starts a second pod, once, and
+//! fails with the reason if that one is taken too. A pod stuck in
 //! Pending (unschedulable, image pull back-off) is reported with that reason
 //! when BUILD_TASK_TIMEOUT expires. At start-up, pods labelled as this
 //! controller's are orphans of an earlier run and are deleted; pods without
@@ -27,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-pub use pod::{agent_pod, pod_name, pod_outcome, PodOutcome};
+pub use pod::{agent_pod, exit_reason, pod_name, pod_outcome, PodOutcome};
 pub use settings::{
     AgentPodConfig, K8sSettings, ARCH_LABEL, BUILD_LABEL, MANAGED_BY, OWNER_LABEL, TASK_LABEL,
 };
@@ -37,7 +40,8 @@ use crate::config::Config;
 
 /// Pod name → task id, for the pods being watched.
 type Watched = Arc<Mutex<HashMap<String, String>>>;
-/// Pod name → the last Pending reason seen.
+/// Pod name → what its agent waits for: the last Pending reason seen, or
+/// (the pod runs) the controller address its agent has not reached yet.
 type Pending = Arc<Mutex<HashMap<String, String>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,11 +83,22 @@ impl K8sPlatform {
         if removed > 0 {
             tracing::info!(removed, "deleted orphaned agent pods of an earlier run");
         }
+        let (url, var) = match (&config.k8s_controller_url, &config.controller_url) {
+            (Some(url), _) => (url.as_str(), "K8S_CONTROLLER_URL"),
+            (None, url) => (url.as_deref().unwrap_or_default(), "CONTROLLER_URL"),
+        };
+        let running = format!(
+            "its pod runs, but its agent never checked in with the controller at {url} ({var}): check that pods in namespace {} reach that address (a Service's cluster DNS name, not localhost) and that a NetworkPolicy allows it",
+            platform.settings.namespace
+        );
         tokio::spawn(watch::watch(
             platform.pods.clone(),
             platform.settings.selector(),
-            Arc::clone(&platform.watched),
-            Arc::clone(&platform.pending),
+            watch::Shared {
+                watched: Arc::clone(&platform.watched),
+                pending: Arc::clone(&platform.pending),
+                running,
+            },
             exits,
             metrics,
         ));
@@ -132,7 +147,7 @@ impl AgentPlatform for K8sPlatform {
 
     async fn launch(&self, launch: Launch) -> Result<AgentHandle, PlatformError> {
         let pod = agent_pod(&self.settings, &launch);
-        let name = pod_name(&launch.task_id);
+        let name = pod_name(&launch.task_id, launch.relaunch);
         lock(&self.watched).insert(name.clone(), launch.task_id.clone());
         if let Err(e) = self.pods.create(&PostParams::default(), &pod).await {
             lock(&self.watched).remove(&name);
@@ -150,9 +165,17 @@ impl AgentPlatform for K8sPlatform {
         // The watch only reports changes: a pod that ended while the
         // controller was down changes no more, so look at it once now.
         let ended = match self.pods.get_opt(name).await {
-            Ok(None) => Some("the agent pod is gone".to_string()),
+            // Deleted while no controller watched: not by this one, which
+            // forgets a pod before it deletes it.
+            Ok(None) => Some(ExitReason::Reclaimed(
+                "the agent pod is gone (deleted while the controller was down)".to_string(),
+            )),
             Ok(Some(pod)) => match pod_outcome(&pod) {
-                PodOutcome::Ended { reason, .. } => Some(reason),
+                PodOutcome::Ended {
+                    success: false,
+                    reason,
+                } => Some(exit_reason(&pod, reason, false)),
+                PodOutcome::Ended { reason, .. } => Some(ExitReason::Platform(reason)),
                 _ => None,
             },
             Err(e) => {
@@ -166,7 +189,7 @@ impl AgentPlatform for K8sPlatform {
             lock(&self.watched).remove(name);
             let _ = self.exits.send(Exited {
                 task_id: task_id.to_string(),
-                reason: ExitReason::Platform(reason),
+                reason,
             });
         }
         Ok(())

@@ -10,12 +10,16 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::settings::{K8sSettings, ARCH_LABEL, BUILD_LABEL, MANAGED_BY, OWNER_LABEL, TASK_LABEL};
-use crate::platform::Launch;
+use crate::platform::{ExitReason, Launch};
 use bakery_protocol::api::agent_env::BuilderKind;
 
 /// The pod name of a task: task ids are `<build>-<arch>`, already DNS-safe.
-pub fn pod_name(task_id: &str) -> String {
-    format!("bakery-{task_id}")
+pub fn pod_name(task_id: &str, relaunch: bool) -> String {
+    if relaunch {
+        format!("bakery-{task_id}-2")
+    } else {
+        format!("bakery-{task_id}")
+    }
 }
 
 /// The agent pod of a task. Its environment holds no secret besides the
@@ -28,7 +32,7 @@ pub fn pod_name(task_id: &str) -> String {
 pub fn agent_pod(s: &K8sSettings, launch: &Launch) -> Pod {
     Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(&launch.task_id)),
+            name: Some(pod_name(&launch.task_id, launch.relaunch)),
             namespace: Some(s.namespace.clone()),
             labels: Some(labels(s, launch)),
             annotations: (!s.agent.annotations.is_empty()).then(|| s.agent.annotations.clone()),
@@ -223,4 +227,38 @@ pub fn pod_outcome(pod: &Pod) -> PodOutcome {
             PodOutcome::Pending(unschedulable)
         }
     }
+}
+
+/// How an agent pod that `ended` (as [`pod_outcome`] put it) is reported.
+/// Taken away by the cluster, the agent did nothing wrong and its task may
+/// start a second one ([`ExitReason::Reclaimed`]): the kubelet evicted it
+/// (node pressure), the scheduler preempted it, the node shut down, or it
+/// was deleted by someone else (a node drain, Karpenter consolidation, a
+/// spot node reclaimed; this controller forgets a pod before it deletes it
+/// itself). Kubernetes 1.26+ marks such a pod with a `DisruptionTarget`
+/// condition, which names the cause. Anything else is the platform's
+/// failure ([`ExitReason::Platform`]).
+pub fn exit_reason(pod: &Pod, ended: String, deleted: bool) -> ExitReason {
+    let status = pod.status.as_ref();
+    let condition = status.and_then(|s| s.conditions.as_ref()).and_then(|cs| {
+        cs.iter()
+            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    });
+    let evicted = matches!(
+        status.and_then(|s| s.reason.as_deref()),
+        Some("Evicted" | "Preempting" | "Terminated" | "NodeShutdown" | "NodeLost")
+    );
+    if let Some(c) = condition {
+        let cause = match (&c.reason, &c.message) {
+            (Some(r), Some(m)) => format!("{r}: {m}"),
+            (Some(r), None) => r.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => "DisruptionTarget".into(),
+        };
+        return ExitReason::Reclaimed(format!("{ended} (the cluster took the pod away: {cause})"));
+    }
+    if evicted || deleted || pod.metadata.deletion_timestamp.is_some() {
+        return ExitReason::Reclaimed(ended);
+    }
+    ExitReason::Platform(ended)
 }

@@ -73,3 +73,55 @@ fn ownership_needs_both_labels() {
         "app.kubernetes.io/managed-by=bakery,bakery.dev/owner=bakery"
     );
 }
+
+#[test]
+fn a_pod_the_cluster_took_away_is_reclaimed_and_a_failed_one_is_not() {
+    use super::pod::exit_reason;
+    use crate::platform::ExitReason;
+    let ended = || "pod failed: x".to_string();
+    let evicted = pod(serde_json::json!({"phase": "Failed", "reason": "Evicted"}));
+    assert_eq!(
+        exit_reason(&evicted, ended(), false),
+        ExitReason::Reclaimed(ended())
+    );
+    let shutdown = pod(
+        serde_json::json!({"phase": "Failed", "reason": "Terminated",
+        "message": "Pod was terminated in response to imminent node shutdown."}),
+    );
+    assert!(matches!(
+        exit_reason(&shutdown, ended(), false),
+        ExitReason::Reclaimed(_)
+    ));
+    let drained = pod(serde_json::json!({"phase": "Failed", "conditions": [{
+        "type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting"}]}));
+    assert_eq!(
+        exit_reason(&drained, ended(), false),
+        ExitReason::Reclaimed(
+            "pod failed: x (the cluster took the pod away: EvictionByEvictionAPI: Eviction API: evicting)"
+                .into()
+        )
+    );
+    // Deleted by someone else (this controller forgets a pod first).
+    let running = pod(serde_json::json!({"phase": "Running"}));
+    assert!(matches!(
+        exit_reason(&running, ended(), true),
+        ExitReason::Reclaimed(_)
+    ));
+    // The build's own failure, and a condition that is not true.
+    let failed = pod(
+        serde_json::json!({"phase": "Failed", "reason": "DeadlineExceeded",
+        "conditions": [{"type": "DisruptionTarget", "status": "False"}]}),
+    );
+    assert_eq!(
+        exit_reason(&failed, ended(), false),
+        ExitReason::Platform(ended())
+    );
+}
+
+#[test]
+fn a_second_agent_pod_has_a_name_of_its_own() {
+    use super::pod::pod_name;
+    assert_eq!(pod_name("b1-amd64", false), "bakery-b1-amd64");
+    assert_eq!(pod_name("b1-amd64", true), "bakery-b1-amd64-2");
+}

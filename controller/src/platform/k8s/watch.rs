@@ -11,21 +11,37 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 
-use super::pod::{pod_outcome, PodOutcome};
+use super::pod::{exit_reason, pod_outcome, PodOutcome};
 use super::{lock, Pending, Watched};
 use crate::platform::{ExitReason, ExitSender, Exited, Operation};
+
+/// What the watch shares with the platform.
+pub(super) struct Shared {
+    /// The pods to report on.
+    pub watched: Watched,
+    /// Where it notes what each pod's agent waits for.
+    pub pending: Pending,
+    /// The note for a pod that runs: the agent's next step is reaching the
+    /// controller, so a start timeout from then on is about that address.
+    pub running: String,
+}
 
 /// Follows every pod of this controller and reports agents that ended.
 pub(super) async fn watch(
     pods: Api<Pod>,
     selector: String,
-    watched: Watched,
-    pending: Pending,
+    shared: Shared,
     exits: ExitSender,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let Shared {
+        watched,
+        pending,
+        running,
+    } = shared;
     metrics.platform_operations("k8s", &[Operation::Watch]);
     let config = watcher::Config::default().labels(&selector);
+    let reaper = pods.clone();
     let mut stream = watcher(pods, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         let (pod, deleted) = match event {
@@ -45,20 +61,49 @@ pub(super) async fn watch(
             continue;
         };
         let ended = match pod_outcome(&pod) {
-            PodOutcome::Ended { reason, .. } => Some(reason),
-            _ if deleted => Some("the agent pod was deleted".to_string()),
+            PodOutcome::Ended {
+                success: false,
+                reason,
+            } => Some(exit_reason(&pod, reason, deleted)),
+            PodOutcome::Ended { reason, .. } => Some(ExitReason::Platform(reason)),
+            _ if deleted => Some(exit_reason(
+                &pod,
+                "the agent pod was deleted".to_string(),
+                true,
+            )),
             PodOutcome::Pending(Some(reason)) => {
                 lock(&pending).insert(name.clone(), reason);
                 None
             }
-            PodOutcome::Pending(None) | PodOutcome::Running => None,
+            PodOutcome::Running => {
+                // Kubernetes' reason for waiting no longer holds.
+                lock(&pending).insert(name.clone(), running.clone());
+                None
+            }
+            PodOutcome::Pending(None) => None,
         };
-        if let Some(reason) = ended {
-            lock(&watched).remove(&name);
-            let _ = exits.send(Exited {
-                task_id,
-                reason: ExitReason::Platform(reason),
-            });
+        let Some(reason) = ended else { continue };
+        lock(&watched).remove(&name);
+        lock(&pending).remove(&name);
+        if matches!(reason, ExitReason::Reclaimed(_)) && !deleted {
+            // The task starts a second pod and forgets this one: an
+            // evicted pod stays (Failed) until collected, so it goes now.
+            remove(&reaper, &name).await;
         }
+        let _ = exits.send(Exited { task_id, reason });
+    }
+}
+
+/// Deletes an ended pod the controller no longer tracks, bounded in time:
+/// the watch must go on. A failure is logged; the start-up sweep of pods
+/// no journal knows removes it later.
+async fn remove(pods: &Api<Pod>, name: &str) {
+    let params = kube::api::DeleteParams::default();
+    let delete = pods.delete(name, &params);
+    match tokio::time::timeout(std::time::Duration::from_secs(30), delete).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => {}
+        Ok(Err(e)) => tracing::warn!("deleting the reclaimed agent pod {name}: {e}"),
+        Err(_) => tracing::warn!("deleting the reclaimed agent pod {name}: no answer in 30 s"),
     }
 }

@@ -134,18 +134,24 @@ impl Aggregate {
 
     /// The platform reports task `index`'s agent gone (or not found again):
     /// the task fails at the next evaluation. An agent whose capacity was
-    /// reclaimed (a Spot interruption) before it reported is started again
-    /// instead, once, on demand: the build goes on as if the first agent had
-    /// been slow to start.
+    /// reclaimed (a Spot interruption, a Kubernetes eviction or node drain)
+    /// before it reported is started again instead, once (on demand, if the
+    /// first ran on Spot): the build goes on as if the first agent had been
+    /// slow to start.
     pub fn agent_exited(&mut self, index: usize, reason: &ExitReason) {
         if self.tasks[index].is_terminal() {
             return;
         }
         if matches!(reason, ExitReason::Reclaimed(_)) && self.may_relaunch(index) {
             let arch = self.tasks[index].arch();
+            let (whose, how) = if self.tasks[index].wants_spot() {
+                ("Spot took", " on demand")
+            } else {
+                ("the platform took", "")
+            };
             self.log(
                 index,
-                &format!("{reason}: Spot took the {arch} agent's capacity back before it reported; starting the {arch} agent again on demand (once)"),
+                &format!("{reason}: {whose} the {arch} agent's capacity back before it reported; starting the {arch} agent again{how} (once)"),
             );
             self.tasks[index].relaunch(crate::state::random_token());
             self.redactor = super::redactor_for(&self.tasks);
