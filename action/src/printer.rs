@@ -18,12 +18,49 @@ pub struct Printer {
     width: usize,
     color: bool,
     format: Option<LogFormat>,
-    colors: Mutex<HashMap<String, usize>>,
-    /// Last lines per task, shown again under a failure.
-    tails: Mutex<HashMap<String, Tail>>,
+    /// Each task's colour and last lines, and the buffers a line is
+    /// rendered in: one lock per line.
+    tasks: Mutex<Tasks>,
     ci: Arc<dyn CiSystem>,
     /// One CI log block (group/section) per task.
     blocks: Blocks,
+}
+
+/// What the printer keeps per task, by label (`service-arch`).
+#[derive(Default)]
+struct Tasks {
+    by_label: HashMap<String, TaskLog>,
+    /// The label of the line being printed and the line as printed: reused
+    /// from line to line, so that a line allocates nothing once they have
+    /// grown (a chatty build prints millions).
+    label: String,
+    rendered: String,
+}
+
+impl Tasks {
+    /// The task labelled `self.label`, first seen now or earlier.
+    fn current(&mut self) -> &mut TaskLog {
+        if !self.by_label.contains_key(&self.label) {
+            let color = self.by_label.len();
+            self.by_label.insert(
+                self.label.clone(),
+                TaskLog {
+                    color,
+                    tail: Tail::default(),
+                },
+            );
+        }
+        self.by_label
+            .get_mut(&self.label)
+            .expect("inserted above if absent")
+    }
+}
+
+struct TaskLog {
+    /// Its place in [`PALETTE`] (modulo), in the order tasks were first seen.
+    color: usize,
+    /// Last lines, shown again under a failure.
+    tail: Tail,
 }
 
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
@@ -50,8 +87,7 @@ impl Printer {
             width,
             color: format.is_none() && crate::colour(std::io::stdout().is_terminal()),
             format,
-            colors: Mutex::default(),
-            tails: Mutex::default(),
+            tasks: Mutex::default(),
             blocks: Blocks::new(Arc::clone(&ci)),
             ci,
         }
@@ -65,44 +101,42 @@ impl Printer {
     /// Prints one log line of `service`, in `format`, inside its
     /// task's CI log block; remembers it for [`Printer::tail`].
     pub fn line(&self, service: &str, event: &LogEvent) {
-        let label = format!("{service}-{}", event.arch);
-        let mut text = strip_ansi(&event.line);
         let quiet = crate::progress::display() == crate::progress::Display::Quiet;
-        {
-            let mut tails = self.tails.lock().expect("lock");
-            let tail = tails.entry(label.clone()).or_default();
-            let shown = tail.without_repeat(&text);
-            tail.push(&text);
-            if let Some(shown) = shown {
-                text = shown;
-            }
-        }
+        let mut tasks = self.tasks.lock().expect("lock");
+        let tasks = &mut *tasks;
+        tasks.label.clear();
+        tasks.label.push_str(service);
+        tasks.label.push('-');
+        tasks.label.push_str(event.arch.as_str());
+        let task = tasks.current();
+        let stripped = strip_ansi(&event.line);
+        let shown = task.tail.without_repeat(&stripped);
+        task.tail.push(&stripped);
         if quiet {
             // Kept for the summary's last lines; not shown.
             return;
         }
-        let rendered = match self.format {
+        let text = shown.as_deref().unwrap_or(&stripped);
+        let color = task.color;
+        let out = &mut tasks.rendered;
+        out.clear();
+        match self.format {
             Some(LogFormat::Json) => {
                 let mut v = serde_json::to_value(event).unwrap_or_default();
                 v["service"] = serde_json::json!(service);
-                format!("{v}\n")
+                out.push_str(&v.to_string());
+                out.push('\n');
             }
-            Some(LogFormat::Simple) => format!("{text}\n"),
-            _ if self.color => {
-                let n = {
-                    let mut colors = self.colors.lock().expect("lock");
-                    let next = colors.len();
-                    *colors.entry(label.clone()).or_insert(next)
-                };
-                format!(
-                    "\x1b[{}m{label:<w$} |\x1b[0m {text}\n",
-                    PALETTE[n % PALETTE.len()],
-                    w = self.width
-                )
+            Some(LogFormat::Simple) => {
+                out.push_str(text);
+                out.push('\n');
             }
-            _ => format!("{label:<w$} | {text}\n", w = self.width),
-        };
-        self.blocks.line(&label, &rendered);
+            _ => {
+                let color = self.color.then(|| PALETTE[color % PALETTE.len()]);
+                prefixed(out, &tasks.label, self.width, color, text);
+            }
+        }
+        self.blocks.line(&tasks.label, &tasks.rendered);
     }
 
     /// For each task of `service` still under way (`running`, with its
@@ -123,8 +157,9 @@ impl Printer {
         for (arch, state) in running {
             let label = format!("{service}-{arch}");
             let silent = {
-                let mut tails = self.tails.lock().expect("lock");
-                let tail = tails.entry(label.clone()).or_default();
+                let mut tasks = self.tasks.lock().expect("lock");
+                tasks.label.clone_from(&label);
+                let tail = &mut tasks.current().tail;
                 let heard = *tail.heard.get_or_insert(since);
                 if now.duration_since(heard) < after {
                     continue;
@@ -144,7 +179,11 @@ impl Printer {
                     serde_json::json!({"service": service, "arch": arch, "silent_seconds": silent.as_secs(), "state": state})
                 ),
                 Some(LogFormat::Simple) => format!("{text}\n"),
-                _ => format!("{label:<w$} | {text}\n", w = self.width),
+                _ => {
+                    let mut out = String::new();
+                    prefixed(&mut out, &label, self.width, None, &text);
+                    out
+                }
             };
             self.blocks.line(&label, &rendered);
             self.blocks.flush();
@@ -165,11 +204,12 @@ impl Printer {
     /// The last lines of task `label` (`service-arch`), with the Dockerfile step
     /// they belong to first when it has scrolled out: shown again under a failure.
     pub fn tail(&self, label: &str) -> Vec<String> {
-        self.tails
+        self.tasks
             .lock()
             .expect("lock")
+            .by_label
             .get(label)
-            .map(Tail::lines)
+            .map(|t| t.tail.lines())
             .unwrap_or_default()
     }
 
@@ -186,11 +226,12 @@ impl Printer {
 
     /// The last lines of every task's log.
     pub fn tails(&self) -> Tails {
-        self.tails
+        self.tasks
             .lock()
             .expect("lock")
+            .by_label
             .iter()
-            .map(|(k, v)| (k.clone(), v.lines()))
+            .map(|(k, v)| (k.clone(), v.tail.lines()))
             .collect()
     }
 
@@ -223,10 +264,15 @@ impl Tail {
         if crate::ci::github::locate::is_instruction(line) {
             self.step = Some(line.to_string());
         }
-        self.lines.push_back(line.to_string());
-        if self.lines.len() > Self::LINES {
-            self.lines.pop_front();
-        }
+        // The line that falls out lends its buffer to the one that comes in.
+        let mut slot = if self.lines.len() >= Self::LINES {
+            self.lines.pop_front().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        slot.clear();
+        slot.push_str(line);
+        self.lines.push_back(slot);
     }
 
     /// `error: … failed (exit code 1): <the builder's last line>` right
@@ -252,13 +298,64 @@ impl Tail {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
+/// `label | text`, the label padded to `width` and coloured with the SGR
+/// code `color` if any: `docker compose`'s prefix.
+fn prefixed(out: &mut String, label: &str, width: usize, color: Option<&str>, text: &str) {
+    if let Some(code) = color {
+        out.push_str("\x1b[");
+        out.push_str(code);
+        out.push('m');
+    }
+    out.push_str(label);
+    out.extend(std::iter::repeat_n(
+        ' ',
+        width.saturating_sub(label.chars().count()),
+    ));
+    out.push_str(" |");
+    if color.is_some() {
+        out.push_str("\x1b[0m");
+    }
+    out.push(' ');
+    out.push_str(text);
+    out.push('\n');
+}
+
+fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
     static ANSI: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").expect("valid regex")
     });
     // Most lines have no escape at all: no regex for them.
     if !s.contains('\x1b') {
-        return s.to_string();
+        return std::borrow::Cow::Borrowed(s);
     }
-    ANSI.replace_all(s, "").into_owned()
+    ANSI.replace_all(s, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_is_padded_and_coloured_as_compose_does() {
+        let mut out = String::new();
+        prefixed(&mut out, "web-amd64", 12, Some("36"), "hello");
+        assert_eq!(out, "\x1b[36mweb-amd64    |\x1b[0m hello\n");
+        out.clear();
+        prefixed(&mut out, "wide-label-arm64", 4, None, "x");
+        assert_eq!(out, format!("{:<4} | x\n", "wide-label-arm64"));
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_lines_and_the_last_step() {
+        let mut tail = Tail::default();
+        tail.push("STEP 1/2: RUN make");
+        for i in 0..100 {
+            tail.push(&format!("line {i}"));
+        }
+        let lines = tail.lines();
+        assert_eq!(lines.len(), Tail::LINES + 1);
+        assert_eq!(lines[0], "STEP 1/2: RUN make");
+        assert_eq!(lines[1], "line 85");
+        assert_eq!(lines.last().map(String::as_str), Some("line 99"));
+    }
 }

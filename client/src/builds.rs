@@ -199,7 +199,6 @@ impl Controller {
         failing_since: &mut Option<std::time::Instant>,
         on: &mut impl FnMut(Event),
     ) -> Result<Option<BuildStatus>, Error> {
-        use eventsource_stream::Eventsource;
         const WHAT: &str = "following the log";
         let mut request = self
             .http
@@ -208,37 +207,50 @@ impl Controller {
             request = request.header("Last-Event-ID", last_seq.to_string());
         }
         let resp = self.http.send(WHAT, request).await?;
-        let mut events = resp.bytes_stream().eventsource();
+        let mut body = resp.bytes_stream();
+        let mut decoder = crate::sse::SseDecoder::default();
         loop {
             // What is already read is handled before waiting for more;
             // waiting is announced, so output can be flushed once per read.
-            let next = match futures_util::FutureExt::now_or_never(events.next()) {
+            let next = match futures_util::FutureExt::now_or_never(body.next()) {
                 Some(next) => next,
                 None => {
                     on(Event::Idle);
-                    events.next().await
+                    body.next().await
                 }
             };
-            let Some(event) = next else { break };
-            let event = event.map_err(|e| Error::Unreachable {
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| Error::Unreachable {
                 what: WHAT,
                 base: self.http.base().to_string(),
                 message: e.to_string(),
             })?;
             *failing_since = None;
-            let decode = |e: serde_json::Error| Error::Decode {
-                what: WHAT,
-                message: e.to_string(),
-            };
-            match Event::parse(&event.event, &event.data).map_err(decode)? {
-                Some(Event::Log(line)) if line.seq <= *last_seq => {}
-                Some(Event::Log(line)) => {
-                    *last_seq = line.seq;
-                    on(Event::Log(line));
+            decoder.push(&chunk);
+            if decoder.unread() > crate::sse::MAX_LINE {
+                return Err(Error::Decode {
+                    what: WHAT,
+                    message: format!(
+                        "a line of the event stream is over {} bytes",
+                        crate::sse::MAX_LINE
+                    ),
+                });
+            }
+            while let Some(event) = decoder.next_event() {
+                let parsed = Event::parse(event.event, event.data).map_err(|e| Error::Decode {
+                    what: WHAT,
+                    message: e.to_string(),
+                })?;
+                match parsed {
+                    Some(Event::Log(line)) if line.seq <= *last_seq => {}
+                    Some(Event::Log(line)) => {
+                        *last_seq = line.seq;
+                        on(Event::Log(line));
+                    }
+                    Some(Event::End(status)) => return Ok(Some(status)),
+                    Some(event) => on(event),
+                    None => {}
                 }
-                Some(Event::End(status)) => return Ok(Some(status)),
-                Some(event) => on(event),
-                None => {}
             }
         }
         Ok(None)

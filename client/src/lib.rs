@@ -21,6 +21,7 @@ mod builds;
 mod error;
 mod events;
 mod http;
+mod sse;
 
 pub use agent::{AgentApi, StreamOpen};
 pub use builds::{Controller, FOLLOW_PATIENCE};
