@@ -375,6 +375,10 @@ fn ecs_builds_run_on_fargate_task_definitions_per_arch() {
         );
         assert_eq!(container["logConfiguration"]["logDriver"], "awslogs");
         assert_eq!(
+            container["linuxParameters"]["initProcessEnabled"], true,
+            "an init reaps what builds leave behind"
+        );
+        assert_eq!(
             container["logConfiguration"]["options"]["awslogs-group"],
             "/bakery/agents"
         );

@@ -151,8 +151,15 @@ impl Kube {
     }
 
     fn submit(&self, dockerfile_arm64: &str) -> (String, tempfile::TempDir) {
+        self.submit_both(
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo ok > /ok.txt\n",
+            dockerfile_arm64,
+        )
+    }
+
+    fn submit_both(&self, dockerfile: &str, dockerfile_arm64: &str) -> (String, tempfile::TempDir) {
         let repo = project(&[
-            ("Dockerfile", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo ok > /ok.txt\n"),
+            ("Dockerfile", dockerfile),
             ("Dockerfile.arm64", dockerfile_arm64),
             (
                 "config.yaml",
@@ -257,6 +264,10 @@ fn k8s_build_runs_in_agent_pods_on_each_arch() {
         assert_eq!(pod["metadata"]["labels"]["bakery.dev/build"], id.as_str());
         assert_eq!(pod["metadata"]["labels"]["bakery.dev/owner"], "bakery");
         assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(
+            spec["shareProcessNamespace"], true,
+            "the pause container is PID 1 and reaps"
+        );
         assert_eq!(
             spec["activeDeadlineSeconds"], 1200,
             "BUILD_TASK_TIMEOUT + BUILD_RESULT_TIMEOUT"
@@ -494,4 +505,71 @@ fn a_pod_stuck_pulling_its_image_fails_at_the_task_timeout_with_the_reason() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(kube.pod_names().is_empty());
+}
+
+/// A pod deleted mid-`RUN` (kubectl delete, a drain, a cancelled build):
+/// Kubernetes sends the agent, PID 1 of its container, SIGTERM. It stops
+/// the builder with everything the step started, says so in the build log,
+/// and exits at once rather than after the grace period.
+#[test]
+fn an_agent_told_to_stop_ends_its_build_s_processes_and_exits_at_once() {
+    let mut kube = Kube::start(&[], |_| {});
+    let marker = format!("{}", 40_000 + std::process::id() % 20_000);
+    let (id, _repo) = kube.submit_both(
+        &format!("ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN sleep {marker} & sleep {marker}\n"),
+        "FROM scratch\nCOPY Dockerfile /\n",
+    );
+    let pods = kube.wait_pods(2);
+    let amd64 = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["bakery.dev/arch"] == "amd64")
+        .unwrap()
+        .clone();
+    kube.run(&amd64);
+    let running = || {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("^sleep {marker}$")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running() < 2 {
+        assert!(Instant::now() < deadline, "the RUN step never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let agent = kube.agents.last_mut().unwrap();
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        if agent.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "the agent was still running 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(running(), 0, "the RUN step's processes were stopped too");
+    let status = kube.status(&id);
+    assert_eq!(
+        status["state"], "running",
+        "no result: the platform says why"
+    );
+    let cancel = Command::new("curl")
+        .args(["-fsS", "-X", "POST"])
+        .arg(format!("{}/v1/builds/{id}/cancel", kube.controller.url()))
+        .status()
+        .unwrap();
+    assert!(cancel.success());
+    kube.wait_end(&id);
+    let log = kube.log(&id);
+    assert!(
+        log.contains("bakery-agent: SIGTERM: the platform is stopping this agent"),
+        "{log}"
+    );
 }

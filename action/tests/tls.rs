@@ -31,7 +31,7 @@ fn text(out: &Output) -> String {
 }
 
 /// `bakery-controller` serving HTTPS with `tls`'s certificate; its local
-/// agents trust the CA through SSL_CERT_FILE.
+/// agents are given the CA (AGENT_CA_FILE) and trust nothing else for it.
 fn https_controller(tls: &Path, token: &str) -> (Server, String) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -41,7 +41,8 @@ fn https_controller(tls: &Path, token: &str) -> (Server, String) {
         .env("DATA_DIR", dir.path().join("data"))
         .env("TLS_CERT_FILE", tls.join("server.pem"))
         .env("TLS_KEY_FILE", tls.join("server.key"))
-        .env("SSL_CERT_FILE", tls.join("ca.pem"))
+        .env_remove("SSL_CERT_FILE")
+        .env("AGENT_CA_FILE", tls.join("ca.pem"))
         .env("CONTROLLER_TOKEN", token)
         .stdout(log.try_clone().unwrap())
         .stderr(log)

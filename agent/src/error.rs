@@ -57,6 +57,9 @@ pub enum AgentError {
     /// The agent's own deadline ([`bakery_protocol::api::agent_env::DEADLINE`]).
     #[error("the agent gave up after its deadline of {}s (the controller's task and result timeouts)", .0.as_secs())]
     Deadline(std::time::Duration),
+    /// The platform asked the agent to stop (the signal's name).
+    #[error("the platform is stopping this agent (a cancelled or failed build, a Spot interruption, a pod evicted or drained off its node); the build was stopped")]
+    Stopped(&'static str),
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {

@@ -58,25 +58,76 @@ pub struct AgentConfig {
     /// The seq its first log line follows (`BAKERY_FIRST_SEQ`): 0, or a
     /// reclaimed predecessor's last.
     pub first_seq: u64,
+    /// The certificates it trusts for the controller's HTTPS
+    /// (`BAKERY_CONTROLLER_CA`, PEM); `None`: the system's roots.
+    pub controller_ca: Option<String>,
 }
 
 /// How long an agent past its deadline tries to send its last lines and
 /// result.
 const LAST_WORD: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Resolves when the agent is asked to stop, naming the signal: SIGTERM
+/// (ECS StopTask and Spot interruptions, a pod deleted, evicted or drained,
+/// the local platform stopping it) or SIGINT (Ctrl-C). Without it the agent,
+/// PID 1 in its container, ignored SIGTERM and every stop waited out the
+/// whole grace period.
+async fn stop_requested() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
 /// Runs the task to the end and reports. Returns whether it succeeded.
 pub async fn run(cfg: AgentConfig) -> bool {
     let born = Instant::now();
-    let controller = AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token);
+    let controller = match &cfg.controller_ca {
+        None => AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token),
+        Some(pem) => match AgentApi::with_ca(&cfg.controller_url, &cfg.task_id, &cfg.token, pem) {
+            Ok(api) => api,
+            Err(e) => {
+                // Nothing can reach the controller to say so: the platform
+                // shows this line and the exit code.
+                eprintln!("bakery-agent: {e}");
+                return false;
+            }
+        },
+    };
     let (log, shipper) = logs::start_after(controller.clone(), cfg.first_seq);
     // Past the deadline the work (and the builder, killed on drop) is
     // abandoned and the failure reported, if anyone still listens.
-    let outcome = match cfg.deadline {
-        Some(limit) => tokio::time::timeout(limit, work::work(&cfg, &controller, &log, born))
-            .await
-            .unwrap_or(Err(AgentError::Deadline(limit))),
-        None => work::work(&cfg, &controller, &log, born).await,
+    let work = async {
+        match cfg.deadline {
+            Some(limit) => tokio::time::timeout(limit, work::work(&cfg, &controller, &log, born))
+                .await
+                .unwrap_or(Err(AgentError::Deadline(limit))),
+            None => work::work(&cfg, &controller, &log, born).await,
+        }
     };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        signal = stop_requested() => Err(AgentError::Stopped(signal)),
+    };
+    if let Err(AgentError::Stopped(signal)) = outcome {
+        // The work, and with it the builder's process group, is gone. No
+        // result: the platform says why the agent stopped (the controller
+        // starts a reclaimed arch again; a stop it asked for needs none).
+        log.line(format!(
+            "bakery-agent: {signal}: {}",
+            AgentError::Stopped(signal)
+        ));
+        let _ = tokio::time::timeout(LAST_WORD, shipper.finish(log)).await;
+        let _ = std::fs::remove_dir_all(&cfg.work_dir);
+        return false;
+    }
     let outcome_was_deadline = matches!(outcome, Err(AgentError::Deadline(_)));
     let result = match outcome {
         Ok(built) => AgentResult::Succeeded {

@@ -41,6 +41,7 @@ async fn main() -> ExitCode {
                     .map_err(|_| format!("{} is `{v}`, not a line number", agent_env::FIRST_SEQ))?,
                 Err(_) => 0,
             },
+            controller_ca: std::env::var(agent_env::CONTROLLER_CA).ok(),
             deadline: match std::env::var(agent_env::DEADLINE) {
                 Ok(v) => Some(std::time::Duration::from_secs(v.parse().map_err(|_| {
                     format!("{} is `{v}`, not a number of seconds", agent_env::DEADLINE)

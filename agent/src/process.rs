@@ -31,8 +31,12 @@ pub async fn run_watched(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group: what it starts (a RUN step's processes,
+        // buildah's helpers) is stopped with it.
+        .process_group(0);
     let mut child = cmd.spawn()?;
+    let group = child.id().map(Group);
     let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let pump = |stream: Option<Box<dyn AsyncRead + Send + Unpin>>| {
         let log = log.clone();
@@ -85,6 +89,9 @@ pub async fn run_watched(
             .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
     );
     let status = child.wait().await?;
+    // Before the output is drained to its end: a process the command left
+    // behind holding the pipes open would keep the pumps reading forever.
+    drop(group);
     let _ = out.await;
     let _ = err.await;
     let tail = tail
@@ -94,6 +101,23 @@ pub async fn run_watched(
         .cloned()
         .collect();
     Ok((status, tail))
+}
+
+/// A command's process group, killed when the command is done with or
+/// abandoned (the agent stopping, a deadline): `kill_on_drop` reaches only
+/// the command itself, and what it started would otherwise outlive it.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            // Gone already (ESRCH) is the usual case for a command that ended well.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Longest line kept whole; the rest of a longer one is skipped (the log

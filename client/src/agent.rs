@@ -49,8 +49,30 @@ pub struct AgentApi {
 impl AgentApi {
     /// The controller at `base`, for task `task` with its `token`.
     pub fn new(base: &str, task: &str, token: &str) -> AgentApi {
+        AgentApi::with_http(Http::new(base, Some(token), DEADLINES), task)
+    }
+
+    /// [`AgentApi::new`], trusting for the controller's HTTPS only the
+    /// certificates in `ca_pem` (the controller's AGENT_CA_FILE, given to
+    /// the agent as [`bakery_protocol::api::agent_env::CONTROLLER_CA`]).
+    pub fn with_ca(base: &str, task: &str, token: &str, ca_pem: &str) -> Result<AgentApi, Error> {
+        let roots = reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())
+            .ok()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| Error::Local {
+                what: "reading the controller's CA",
+                cause: std::io::Error::other(format!(
+                    "{} holds no PEM certificate",
+                    bakery_protocol::api::agent_env::CONTROLLER_CA
+                )),
+            })?;
+        let http = Http::with_roots(base, Some(token), DEADLINES, Some(roots));
+        Ok(AgentApi::with_http(http, task))
+    }
+
+    fn with_http(http: Http, task: &str) -> AgentApi {
         AgentApi {
-            http: Http::new(base, Some(token), DEADLINES),
+            http,
             task: task.to_string(),
             patience: Duration::from_secs(300),
             stream_answer: Duration::from_secs(10),

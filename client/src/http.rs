@@ -32,6 +32,17 @@ pub(crate) struct Http {
 
 impl Http {
     pub fn new(base: &str, token: Option<&str>, deadlines: Deadlines) -> Http {
+        Http::with_roots(base, token, deadlines, None)
+    }
+
+    /// [`Http::new`], trusting only `roots` (PEM certificates) for HTTPS
+    /// when given: a private CA, instead of the system's roots.
+    pub fn with_roots(
+        base: &str,
+        token: Option<&str>,
+        deadlines: Deadlines,
+        roots: Option<Vec<reqwest::Certificate>>,
+    ) -> Http {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             if let Ok(mut value) =
@@ -49,6 +60,8 @@ impl Http {
             // Plain HTTP needs no trust store: loading and parsing the
             // system's CA certificates was a good part of an agent's start.
             builder = builder.tls_certs_only(std::iter::empty());
+        } else if let Some(roots) = roots {
+            builder = builder.tls_certs_only(roots);
         }
         Http {
             client: builder

@@ -89,6 +89,9 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// TLS_KEY_FILE: the PEM private key of TLS_CERT_FILE.
     pub tls_key_file: Option<PathBuf>,
+    /// AGENT_CA_FILE: PEM CA certificates the agents trust for the
+    /// controller's HTTPS (a private CA), given to each agent.
+    pub agent_ca_file: Option<PathBuf>,
     /// MAX_CONNECTIONS: most client, agent and follower connections open
     /// at once. Default: the open-file limit (raised to its hard limit at
     /// start-up) less 256, at most 16,384.

@@ -66,6 +66,8 @@ pub struct App {
     pub config: Config,
     /// The URL agents are given to reach this controller.
     pub agent_url: String,
+    /// AGENT_CA_FILE's certificates (PEM), given to every agent.
+    pub agent_ca: Option<String>,
     /// Every build held: running ones, and finished ones until BUILD_RETENTION ends.
     pub builds: Arc<state::Registry>,
     /// The builds and their logs on disk (`<DATA_DIR>/builds.redb`): what a restart resumes from.
@@ -398,6 +400,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.tls_cert_file.as_deref(),
         config.tls_key_file.as_deref(),
     )?;
+    let agent_ca = config
+        .agent_ca_file
+        .as_deref()
+        .map(tls::agent_ca)
+        .transpose()?;
     let scheme = if certificates.is_some() {
         "https"
     } else {
@@ -457,6 +464,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         config,
         agent_url,
+        agent_ca,
         builds: Arc::new(state::Registry::default()),
         journal: Arc::clone(&journal),
         platforms,

@@ -174,3 +174,57 @@ pub fn from_config(
         )),
     }
 }
+
+/// Most PEM an agent is given: ECS allows 8 KiB for all of a task's
+/// overrides, the agent's environment included.
+const MAX_AGENT_CA: usize = 4 << 10;
+
+/// AGENT_CA_FILE: the CA certificates agents trust for this controller's
+/// HTTPS (and nothing else for it), checked once at start-up: PEM
+/// certificates, small enough to travel in an agent's environment.
+pub fn agent_ca(file: &Path) -> Result<String, TlsError> {
+    let at = |what: &str| TlsError(format!("AGENT_CA_FILE {}: {what}", file.display()));
+    let pem = read_bounded(file).map_err(|e| at(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| at(&e.to_string()))?;
+    if certs.is_empty() {
+        return Err(at("holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    if pem.len() > MAX_AGENT_CA {
+        return Err(at(&format!(
+            "is {} bytes; agents get it in their environment, which ECS limits: give only the CA that signed the controller's certificate (at most {} KiB)",
+            pem.len(),
+            MAX_AGENT_CA >> 10
+        )));
+    }
+    String::from_utf8(pem).map_err(|_| at("is not text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_ca_must_be_a_small_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "not a certificate\n").unwrap();
+        let e = agent_ca(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("AGENT_CA_FILE") && e.contains("holds no PEM certificate"),
+            "{e}"
+        );
+        // A throwaway self-signed certificate (its key was not kept).
+        let cert = include_str!("test-ca.pem").to_string();
+        std::fs::write(&file, &cert).unwrap();
+        assert_eq!(agent_ca(&file).unwrap(), cert);
+        std::fs::write(&file, cert.repeat(8)).unwrap();
+        let e = agent_ca(&file).unwrap_err().to_string();
+        assert!(e.contains("give only the CA"), "{e}");
+        let e = agent_ca(&dir.path().join("missing.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+    }
+}

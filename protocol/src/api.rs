@@ -435,6 +435,10 @@ pub mod agent_env {
     /// The task's own token, sent as the bearer token of
     /// every agent call (see above for what it can do).
     pub const TASK_TOKEN: &str = "BAKERY_TASK_TOKEN";
+    /// PEM certificates the agent trusts for the controller's HTTPS, and
+    /// nothing else for it: a private CA (the controller's AGENT_CA_FILE).
+    /// Unset: the system's roots.
+    pub const CONTROLLER_CA: &str = "BAKERY_CONTROLLER_CA";
     /// Which builder the agent runs: `kaniko` (the default when unset) or `buildah`.
     pub const BUILDER: &str = "BAKERY_BUILDER";
     /// The directory the agent unpacks and builds in; unset, a

@@ -176,6 +176,9 @@ fn agent_environment(app: &App, task: &crate::state::Task) -> BTreeMap<String, S
             deadline.as_secs().to_string(),
         ),
     ]);
+    if let Some(ca) = &app.agent_ca {
+        env.insert(agent_env::CONTROLLER_CA.to_string(), ca.clone());
+    }
     if task.lines_received() > 0 {
         env.insert(
             agent_env::FIRST_SEQ.to_string(),

@@ -146,6 +146,10 @@ impl EcsSettings {
     /// size: a change makes existing revisions stale.
     pub fn config_hash(&self) -> String {
         let parts = [
+            // What the code fixes in every revision changed (2: an init
+            // process): controllers of an earlier version registered
+            // revisions without it, which must not be taken for current.
+            TASK_DEFINITION_SHAPE,
             self.image.as_str(),
             self.exec_role_arn.as_deref().unwrap_or(""),
             self.task_role_arn.as_deref().unwrap_or(""),
@@ -156,6 +160,10 @@ impl EcsSettings {
         hex::encode(&Sha256::digest(parts.join("\n").as_bytes())[..8])
     }
 }
+
+/// The version of the fixed parts of the agent task definition, in
+/// [`EcsSettings::config_hash`]: bumped when they change.
+const TASK_DEFINITION_SHAPE: &str = "shape 2";
 
 /// The environment an agent task gets: never a secret besides its own token.
 pub fn agent_environment(settings: &EcsSettings, launch: &Launch) -> Vec<(String, String)> {

@@ -4,9 +4,9 @@
 //! deregistered at start-up when asked.
 
 use aws_sdk_ecs::types::{
-    Compatibility, ContainerDefinition, CpuArchitecture, LogConfiguration, LogDriver, NetworkMode,
-    OsFamily, RepositoryCredentials, RuntimePlatform, Tag, TaskDefinitionFamilyStatus,
-    TaskDefinitionField, TaskDefinitionStatus,
+    Compatibility, ContainerDefinition, CpuArchitecture, LinuxParameters, LogConfiguration,
+    LogDriver, NetworkMode, OsFamily, RepositoryCredentials, RuntimePlatform, Tag,
+    TaskDefinitionFamilyStatus, TaskDefinitionField, TaskDefinitionStatus,
 };
 use bakery_protocol::Arch;
 
@@ -142,7 +142,14 @@ impl EcsPlatform {
             .image(&s.image)
             .essential(true)
             .cpu(size.cpu_units as i32)
-            .memory(size.memory_mib as i32);
+            .memory(size.memory_mib as i32)
+            // An init as PID 1 (ECS's docker-init): it reaps what a build's
+            // processes leave behind, and passes SIGTERM to the agent.
+            .linux_parameters(
+                LinuxParameters::builder()
+                    .init_process_enabled(true)
+                    .build(),
+            );
         if let Some(arn) = &s.image_secret_arn {
             let creds = RepositoryCredentials::builder()
                 .credentials_parameter(arn)

@@ -41,6 +41,10 @@ pub fn agent_pod(s: &K8sSettings, launch: &Launch) -> Pod {
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
+            // The pod's pause container becomes PID 1 and reaps what a
+            // build's processes leave behind (the agent alone would not):
+            // the agent is the pod's only container, so it sees nothing new.
+            share_process_namespace: Some(true),
             security_context: Some(PodSecurityContext {
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
