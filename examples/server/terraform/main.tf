@@ -14,11 +14,13 @@ locals {
 # ---- cluster ---------------------------------------------------------------
 
 resource "aws_ecs_cluster" "bakery" {
-  name = "${var.name}-cluster"
+  count = var.ecs_agents ? 1 : 0
+  name  = "${var.name}-cluster"
 }
 
 resource "aws_ecs_cluster_capacity_providers" "bakery" {
-  cluster_name       = aws_ecs_cluster.bakery.name
+  count              = var.ecs_agents ? 1 : 0
+  cluster_name       = aws_ecs_cluster.bakery[0].name
   capacity_providers = ["FARGATE", "FARGATE_SPOT"]
 
   default_capacity_provider_strategy {
@@ -28,7 +30,7 @@ resource "aws_ecs_cluster_capacity_providers" "bakery" {
 }
 
 resource "aws_cloudwatch_log_group" "agents" {
-  count             = var.log_group == "" ? 0 : 1
+  count             = var.ecs_agents && var.log_group != "" ? 1 : 0
   name              = var.log_group
   retention_in_days = 14
 }
@@ -65,6 +67,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "contexts" {
 # ---- network: agents need egress only ---------------------------------------
 
 resource "aws_security_group" "agents" {
+  count       = var.ecs_agents ? 1 : 0
   name        = "${var.name}-agents"
   description = "bakery agents: outbound to S3, the controller and registries; no inbound"
   vpc_id      = var.vpc_id
@@ -91,12 +94,14 @@ data "aws_iam_policy_document" "ecs_tasks_trust" {
 }
 
 resource "aws_iam_role" "agent_execution" {
+  count              = var.ecs_agents ? 1 : 0
   name               = "${var.name}-agent-execution"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
 
 resource "aws_iam_role_policy_attachment" "agent_execution_managed" {
-  role       = aws_iam_role.agent_execution.name
+  count      = var.ecs_agents ? 1 : 0
+  role       = aws_iam_role.agent_execution[0].name
   policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 }
 
@@ -104,8 +109,9 @@ resource "aws_iam_role_policy_attachment" "agent_execution_managed" {
 # secret bakery-controller creates (${var.name}/agent-image-registry) or the
 # one AGENT_IMAGE_SECRET_ARN names. Harmless when the image is public.
 resource "aws_iam_role_policy" "agent_execution_image_secret" {
-  name = "agent-image-secret"
-  role = aws_iam_role.agent_execution.id
+  count = var.ecs_agents ? 1 : 0
+  name  = "agent-image-secret"
+  role  = aws_iam_role.agent_execution[0].id
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
@@ -120,6 +126,7 @@ resource "aws_iam_role_policy" "agent_execution_image_secret" {
 # ---- agent task role (the agent downloads its context) -----------------------
 
 resource "aws_iam_role" "agent_task" {
+  count              = var.ecs_agents ? 1 : 0
   name               = "${var.name}-agent-task"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
@@ -149,7 +156,8 @@ resource "aws_iam_policy" "read_contexts" {
 }
 
 resource "aws_iam_role_policy_attachment" "agent_task" {
-  role       = aws_iam_role.agent_task.name
+  count      = var.ecs_agents ? 1 : 0
+  role       = aws_iam_role.agent_task[0].name
   policy_arn = aws_iam_policy.read_contexts.arn
 }
 
@@ -211,7 +219,7 @@ resource "aws_iam_role_policy_attachment" "agent_pod" {
 # the two agent roles to ECS tasks only.
 
 locals {
-  cluster_arn       = aws_ecs_cluster.bakery.arn
+  cluster_arn       = one(aws_ecs_cluster.bakery[*].arn)
   image_secret_name = "${var.name}/agent-image-registry"
   image_secret_arns = compact([
     # Secrets Manager appends a random 6-character suffix to a secret's ARN.
@@ -221,6 +229,7 @@ locals {
 }
 
 resource "aws_iam_policy" "server" {
+  count       = var.ecs_agents ? 1 : 0
   name        = "${var.name}-server"
   description = "bakery-controller: run and clean up agent tasks on ECS"
   policy = jsonencode({
@@ -276,7 +285,7 @@ resource "aws_iam_policy" "server" {
         Sid      = "PassAgentRoles"
         Effect   = "Allow"
         Action   = ["iam:PassRole"]
-        Resource = [aws_iam_role.agent_execution.arn, aws_iam_role.agent_task.arn]
+        Resource = [aws_iam_role.agent_execution[0].arn, aws_iam_role.agent_task[0].arn]
         Condition = {
           StringEquals = { "iam:PassedToService" = "ecs-tasks.amazonaws.com" }
         }
@@ -293,8 +302,9 @@ resource "aws_iam_role" "server" {
 }
 
 resource "aws_iam_role_policy_attachment" "server" {
+  count      = var.ecs_agents ? 1 : 0
   role       = aws_iam_role.server.name
-  policy_arn = aws_iam_policy.server.arn
+  policy_arn = aws_iam_policy.server[0].arn
 }
 
 # ---- client (CI job) permissions ---------------------------------------------
@@ -322,4 +332,26 @@ resource "aws_iam_policy" "client" {
       },
     ]
   })
+}
+
+# ---- the controller's environment (outputs.tf, controller.tf) ---------------
+
+locals {
+  controller_env = merge(
+    {
+      AWS_REGION   = var.region
+      S3_REGION    = var.region
+      S3_BUCKET    = aws_s3_bucket.contexts.bucket
+      BAKERY_OWNER = var.name
+    },
+    var.ecs_agents ? {
+      ECS_CLUSTER          = aws_ecs_cluster.bakery[0].name
+      ECS_SUBNETS          = join(",", var.subnet_ids)
+      ECS_SECURITY_GROUPS  = aws_security_group.agents[0].id
+      ECS_EXEC_ROLE_ARN    = aws_iam_role.agent_execution[0].arn
+      ECS_TASK_ROLE_ARN    = aws_iam_role.agent_task[0].arn
+      ECS_LOG_GROUP        = var.log_group
+      ECS_ASSIGN_PUBLIC_IP = tostring(var.assign_public_ip)
+    } : {},
+  )
 }

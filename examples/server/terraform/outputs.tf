@@ -2,19 +2,7 @@
 
 output "controller_env" {
   description = "Environment variables for bakery-controller"
-  value = {
-    AWS_REGION           = var.region
-    S3_REGION            = var.region
-    S3_BUCKET            = aws_s3_bucket.contexts.bucket
-    ECS_CLUSTER          = aws_ecs_cluster.bakery.name
-    ECS_SUBNETS          = join(",", var.subnet_ids)
-    ECS_SECURITY_GROUPS  = aws_security_group.agents.id
-    ECS_EXEC_ROLE_ARN    = aws_iam_role.agent_execution.arn
-    ECS_TASK_ROLE_ARN    = aws_iam_role.agent_task.arn
-    ECS_LOG_GROUP        = var.log_group
-    ECS_ASSIGN_PUBLIC_IP = tostring(var.assign_public_ip)
-    BAKERY_OWNER         = var.name
-  }
+  value       = local.controller_env
 }
 
 output "server_role_arn" {
@@ -33,4 +21,14 @@ output "agent_pod_role_arn" {
 output "agent_image_secret_arn" {
   description = "AGENT_IMAGE_SECRET_ARN for the controller, when given"
   value       = var.agent_image_secret_arn
+}
+
+output "controller_url" {
+  description = "With controller_on_ecs: the URL CI jobs (the action's and component's controller-url) and agents reach the controller at"
+  value       = var.controller_on_ecs ? var.controller_url : null
+}
+
+output "controller_lb_dns_name" {
+  description = "With controller_on_ecs: the load balancer's DNS name, for the controller_url's DNS record (CNAME or alias)"
+  value       = one(aws_lb.controller[*].dns_name)
 }
