@@ -238,6 +238,44 @@ fn s3_contexts_are_uploaded_once_and_read_by_agents() {
     assert!(fourth.status.success(), "{}", text(&fourth));
     assert!(text(&fourth).contains("(uploaded)"), "{}", text(&fourth));
 
+    // Credentials from an AWS profile's `credential_process` (aws-vault,
+    // granted), not the environment: the client signs with what it prints.
+    let aws = tempfile::tempdir().unwrap();
+    let called = aws.path().join("called");
+    let script = aws.path().join("creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\necho '{{\"Version\": 1, \"AccessKeyId\": \"test\", \"SecretAccessKey\": \"test\"}}'\n",
+            called.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = aws.path().join("config");
+    std::fs::write(
+        &config,
+        format!("[profile ci]\ncredential_process = {}\n", script.display()),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let no_file = aws.path().join("none").display().to_string();
+    let mut profile_env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.starts_with("AWS_"))
+        .collect();
+    profile_env.extend([
+        ("AWS_CONFIG_FILE", config.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", no_file.as_str()),
+        ("AWS_PROFILE", "ci"),
+    ]);
+    std::fs::write(&file, "HELLO AGAIN\n").unwrap();
+    let fifth = bakery(repo.path(), &["build"], &profile_env);
+    assert!(fifth.status.success(), "{}", text(&fifth));
+    assert!(text(&fifth).contains("(uploaded)"), "{}", text(&fifth));
+    assert!(called.exists(), "the profile's credential_process ran");
+
     let listing = Command::new("curl")
         .args(["-fsS", &format!("{}/contexts?list-type=2", s3.url())])
         .output()
@@ -245,8 +283,8 @@ fn s3_contexts_are_uploaded_once_and_read_by_agents() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert_eq!(
         listing.matches("<Key>contexts/sha256-").count(),
-        2,
-        "one archive, then the edited one: {listing}"
+        3,
+        "one archive, then the two edited ones: {listing}"
     );
 }
 
