@@ -1,9 +1,11 @@
 //! examples/server/terraform is valid against the AWS provider's schema
 //! (`terraform validate`), and its setups plan as documented against a
 //! mocked provider (`terraform test`: Kubernetes-only without a VPC, ECS
-//! agents, the controller as an ECS service). Offline: the provider comes
-//! from a filesystem mirror (`terraform init -plugin-dir`). Where terraform
-//! or the mirror is absent, the test says it skipped and why.
+//! agents, the controller as an ECS service). Its IAM documents, applied
+//! against moto (a real state, every ARN filled in), pass parliament one by
+//! one (scripts/iam-lint.py). Offline: the provider comes from a filesystem
+//! mirror (`terraform init -plugin-dir`). Where terraform or the mirror is
+//! absent, the test says it skipped and why.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +27,15 @@ fn plugin_dir() -> Option<PathBuf> {
 }
 
 fn terraform(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("terraform")
+    terraform_with(dir, args, None)
+}
+
+fn terraform_with(dir: &Path, args: &[&str], stdout_to: Option<&Path>) -> String {
+    let mut cmd = Command::new("terraform");
+    if let Some(file) = stdout_to {
+        cmd.stdout(std::fs::File::create(file).unwrap());
+    }
+    let out = cmd
         .args(args)
         .arg("-no-color")
         .current_dir(dir)
@@ -74,6 +84,126 @@ fn the_terraform_example_validates_and_plans_each_setup() {
         test.contains("5 passed, 0 failed"),
         "every setup of tests/setups.tftest.hcl ran:\n{test}"
     );
+    iam_documents_pass_parliament(work.path());
+}
+
+/// Applies the IAM side of the ECS setup against moto and lints each
+/// document with parliament.
+fn iam_documents_pass_parliament(dir: &Path) {
+    let moto = Moto::start();
+    let url = &moto.url;
+    let network = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import boto3\nec2 = boto3.client('ec2', endpoint_url='{url}', region_name='eu-west-1', aws_access_key_id='test', aws_secret_access_key='test')\nvpc = ec2.create_vpc(CidrBlock='10.0.0.0/16')['Vpc']['VpcId']\nsubnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f'10.0.{{i}}.0/24')['Subnet']['SubnetId'] for i in (1, 2)]\nprint(vpc, ','.join(subnets))\n"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        network.status.success(),
+        "{}",
+        String::from_utf8_lossy(&network.stderr)
+    );
+    let network = String::from_utf8_lossy(&network.stdout).into_owned();
+    let (vpc, subnets) = network.trim().split_once(' ').unwrap();
+    // Only in the test's copy: the provider talks to moto.
+    let mut endpoints = String::new();
+    for service in ["ec2", "ecs", "iam", "s3", "sts", "cloudwatchlogs"] {
+        endpoints.push_str(&format!("    {service} = \"{url}\"\n"));
+    }
+    std::fs::write(
+        dir.join("moto_override.tf"),
+        format!(
+            "provider \"aws\" {{\n  region = var.region\n  access_key = \"test\"\n  secret_key = \"test\"\n  skip_credentials_validation = true\n  skip_metadata_api_check = true\n  s3_use_path_style = true\n  endpoints {{\n{endpoints}  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let subnet_ids = format!(
+        "subnet_ids=[{}]",
+        subnets
+            .split(',')
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let vpc_id = format!("vpc_id={vpc}");
+    let mut args = vec![
+        "apply",
+        "-auto-approve",
+        "-input=false",
+        "-var",
+        "region=eu-west-1",
+        "-var",
+        "context_bucket=contexts",
+        "-var",
+        &vpc_id,
+        "-var",
+        &subnet_ids,
+    ];
+    // The documents and what they name; not the bucket's lifecycle rule,
+    // which the provider waits a minute on against moto.
+    for target in [
+        "aws_iam_policy.server",
+        "aws_iam_policy.client",
+        "aws_iam_policy.read_contexts",
+        "aws_iam_role_policy.agent_execution_image_secret",
+        "aws_s3_bucket_policy.contexts_tls_only",
+    ] {
+        args.extend(["-target", target]);
+    }
+    terraform(dir, &args);
+    let state = dir.join("state.json");
+    terraform_with(dir, &["show", "-json"], Some(&state));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lint = Command::new("python3")
+        .arg(root.join("scripts/iam-lint.py"))
+        .arg(root.join("examples/server/terraform/parliament-allowed.txt"))
+        .stdin(std::fs::File::open(&state).unwrap())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&lint.stdout).into_owned() + &String::from_utf8_lossy(&lint.stderr);
+    assert!(lint.status.success(), "parliament:\n{text}");
+    assert!(
+        text.contains("checked aws_iam_policy.server[0]"),
+        "the server policy was linted:\n{text}"
+    );
+}
+
+/// A moto server on a free port, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server is installed (scripts/setup)");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Moto { child, url }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The example's `.tf` and `.tftest.hcl` files (no state, no `.terraform`).

@@ -49,6 +49,24 @@ resource "aws_s3_bucket_public_access_block" "contexts" {
   restrict_public_buckets = true
 }
 
+# Contexts travel over TLS only: plain-HTTP requests are refused whoever
+# makes them.
+resource "aws_s3_bucket_policy" "contexts_tls_only" {
+  bucket = aws_s3_bucket.contexts.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "DenyPlainHttp"
+      Effect    = "Deny"
+      Principal = "*"
+      Action    = "s3:*"
+      Resource  = [aws_s3_bucket.contexts.arn, "${aws_s3_bucket.contexts.arn}/*"]
+      Condition = { Bool = { "aws:SecureTransport" = "false" } }
+    }]
+  })
+  depends_on = [aws_s3_bucket_public_access_block.contexts]
+}
+
 resource "aws_s3_bucket_lifecycle_configuration" "contexts" {
   bucket = aws_s3_bucket.contexts.id
 
@@ -83,12 +101,24 @@ resource "aws_security_group" "agents" {
 
 # ---- agent execution role (ECS pulls the image, writes logs) -----------------
 
+# Tasks of this account only (the confused-deputy guard AWS recommends for
+# ecs-tasks.amazonaws.com).
 data "aws_iam_policy_document" "ecs_tasks_trust" {
   statement {
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
       identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:aws:ecs:${var.region}:${local.account}:*"]
     }
   }
 }
@@ -220,6 +250,7 @@ resource "aws_iam_role_policy_attachment" "agent_pod" {
 
 locals {
   cluster_arn       = one(aws_ecs_cluster.bakery[*].arn)
+  cluster_tasks     = "arn:aws:ecs:${var.region}:${local.account}:task/${var.name}-cluster/*"
   image_secret_name = "${var.name}/agent-image-registry"
   image_secret_arns = compact([
     # Secrets Manager appends a random 6-character suffix to a secret's ARN.
@@ -236,34 +267,72 @@ resource "aws_iam_policy" "server" {
     Version = "2012-10-17"
     Statement = [
       {
-        Sid    = "ManageAgentTaskDefinitions"
+        # Its own families only: <name>-agent-<arch>-<size>.
+        Sid      = "RegisterAgentTaskDefinitions"
+        Effect   = "Allow"
+        Action   = ["ecs:RegisterTaskDefinition"]
+        Resource = "arn:aws:ecs:${var.region}:${local.account}:task-definition/${var.name}-agent-*"
+      },
+      {
+        # These take no resource ARN (IAM's list for ECS).
+        Sid    = "FindAndCleanUpAgentTaskDefinitions"
         Effect = "Allow"
         Action = [
-          "ecs:RegisterTaskDefinition",
           "ecs:DescribeTaskDefinition",
           "ecs:DeregisterTaskDefinition",
           "ecs:ListTaskDefinitions",
           "ecs:ListTaskDefinitionFamilies",
-          # Task definitions and tasks are tagged with the owner at creation.
-          "ecs:TagResource",
         ]
         Resource = "*"
       },
       {
-        Sid    = "RunAgentTasksInThisCluster"
-        Effect = "Allow"
-        Action = [
-          "ecs:RunTask",
-          "ecs:DescribeTasks",
-          "ecs:ListTasks",
-          # Beyond the original README: bakery stops every task it started
-          # (success, failure, timeout, cancel) and, at start-up, the ones
-          # tagged with its owner that no build knows.
-          "ecs:StopTask",
-        ]
+        # Task definitions and tasks are tagged with the owner as they are
+        # created, and nothing else is tagged.
+        Sid      = "TagWhatItCreates"
+        Effect   = "Allow"
+        Action   = ["ecs:TagResource"]
+        Resource = "*"
+        Condition = {
+          StringEquals = { "ecs:CreateAction" = ["RunTask", "RegisterTaskDefinition"] }
+        }
+      },
+      {
+        # Its own task definitions only, in this cluster.
+        Sid      = "RunAgentTasksInThisCluster"
+        Effect   = "Allow"
+        Action   = ["ecs:RunTask"]
+        Resource = "arn:aws:ecs:${var.region}:${local.account}:task-definition/${var.name}-agent-*"
+        Condition = {
+          ArnEquals = { "ecs:cluster" = local.cluster_arn }
+        }
+      },
+      {
+        Sid      = "WatchTasksInThisCluster"
+        Effect   = "Allow"
+        Action   = ["ecs:DescribeTasks"]
+        Resource = local.cluster_tasks
+      },
+      {
+        # ListTasks names no task: ECS authorizes it on the cluster.
+        Sid      = "FindOrphansInThisCluster"
+        Effect   = "Allow"
+        Action   = ["ecs:ListTasks"]
         Resource = "*"
         Condition = {
           ArnEquals = { "ecs:cluster" = local.cluster_arn }
+        }
+      },
+      {
+        # Beyond the original README: bakery stops every task it started
+        # (success, failure, timeout, cancel) and, at start-up, the ones
+        # tagged with its owner that no build knows: its own tasks only.
+        Sid      = "StopOwnAgentTasks"
+        Effect   = "Allow"
+        Action   = ["ecs:StopTask"]
+        Resource = local.cluster_tasks
+        Condition = {
+          ArnEquals    = { "ecs:cluster" = local.cluster_arn }
+          StringEquals = { "aws:ResourceTag/bakery:owner" = var.name }
         }
       },
       {
@@ -309,6 +378,12 @@ resource "aws_iam_role_policy_attachment" "server" {
 
 # ---- client (CI job) permissions ---------------------------------------------
 
+# One prefix for every repository, not one each: contexts are content
+# addressed (contexts/sha256-<digest of the archive>), so identical contexts
+# are stored once, and a CI job can read another repository's context only
+# if it already knows the SHA-256 of that exact archive. A prefix per
+# repository would need keys bakery does not use and would store shared
+# contexts twice. What the client may touch is narrowed to that prefix.
 resource "aws_iam_policy" "client" {
   name        = "${var.name}-client"
   description = "bakery client: upload build contexts"
@@ -319,7 +394,7 @@ resource "aws_iam_policy" "client" {
         Sid      = "UploadBuildContext"
         Effect   = "Allow"
         Action   = ["s3:PutObject"]
-        Resource = "${aws_s3_bucket.contexts.arn}/*"
+        Resource = "${aws_s3_bucket.contexts.arn}/contexts/*"
       },
       {
         # Beyond the original README: the client asks (HeadObject) before it
@@ -327,8 +402,17 @@ resource "aws_iam_policy" "client" {
         # s3:GetObject, and s3:ListBucket makes a missing object a 404, not a 403.
         Sid      = "SkipUnchangedContexts"
         Effect   = "Allow"
-        Action   = ["s3:GetObject", "s3:ListBucket"]
-        Resource = [aws_s3_bucket.contexts.arn, "${aws_s3_bucket.contexts.arn}/*"]
+        Action   = ["s3:GetObject"]
+        Resource = "${aws_s3_bucket.contexts.arn}/contexts/*"
+      },
+      {
+        # Without a condition: S3 checks it for HeadObject with no prefix
+        # in the request, so an s3:prefix condition would make a missing
+        # context a 403 again. A listing shows content hashes only.
+        Sid      = "MissingContextsAre404"
+        Effect   = "Allow"
+        Action   = ["s3:ListBucket"]
+        Resource = aws_s3_bucket.contexts.arn
       },
     ]
   })
