@@ -1,7 +1,6 @@
 //! Build logs as `docker compose` prints them: one prefixed, coloured line
 //! per log line, each arch's run of lines in a CI log block.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +28,9 @@ pub struct Printer {
 /// What the printer keeps per task, by label (`service-arch`).
 #[derive(Default)]
 struct Tasks {
-    by_label: HashMap<String, TaskLog>,
+    /// In the order first seen. A build has a handful of tasks: comparing
+    /// labels is quicker than hashing one for every line.
+    by_label: Vec<(String, TaskLog)>,
     /// The label of the line being printed and the line as printed: reused
     /// from line to line, so that a line allocates nothing once they have
     /// grown (a chatty build prints millions).
@@ -40,19 +41,24 @@ struct Tasks {
 impl Tasks {
     /// The task labelled `self.label`, first seen now or earlier.
     fn current(&mut self) -> &mut TaskLog {
-        if !self.by_label.contains_key(&self.label) {
+        let at = if let Some(at) = self.by_label.iter().position(|(l, _)| *l == self.label) {
+            at
+        } else {
             let color = self.by_label.len();
-            self.by_label.insert(
-                self.label.clone(),
-                TaskLog {
-                    color,
-                    tail: Tail::default(),
-                },
-            );
-        }
+            let task = TaskLog {
+                color,
+                tail: Tail::default(),
+            };
+            self.by_label.push((self.label.clone(), task));
+            color
+        };
+        &mut self.by_label[at].1
+    }
+
+    fn get(&self, label: &str) -> Option<&TaskLog> {
         self.by_label
-            .get_mut(&self.label)
-            .expect("inserted above if absent")
+            .iter()
+            .find_map(|(l, task)| (l == label).then_some(task))
     }
 }
 
@@ -207,7 +213,6 @@ impl Printer {
         self.tasks
             .lock()
             .expect("lock")
-            .by_label
             .get(label)
             .map(|t| t.tail.lines())
             .unwrap_or_default()

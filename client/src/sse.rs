@@ -85,7 +85,13 @@ impl SseDecoder {
                     data: &self.data,
                 });
             }
-            let line = String::from_utf8_lossy(line);
+            // from_utf8 first: its ASCII fast path is several times quicker
+            // than the lossy decoder, which profiling found at a fifth of
+            // `bakery logs`' instructions.
+            let line = match std::str::from_utf8(line) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(line),
+            };
             let (field, value) = match line.split_once(':') {
                 Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
                 None => (&*line, ""),
