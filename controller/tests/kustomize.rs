@@ -1,6 +1,8 @@
 //! examples/server/k8s renders with `kubectl kustomize` into the objects the
 //! README lists, with least-privilege RBAC and settings the controller reads.
 
+mod checkers;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -422,4 +424,25 @@ fn pods_meet_the_pod_security_standards_the_namespace_sets() {
         "off"
     );
     assert!(ing["spec"]["tls"][0]["secretName"].is_string());
+}
+
+/// checkov's Kubernetes rules on the objects as applied: every finding is
+/// fixed or skipped on the object with a written reason (deploy.yaml).
+#[test]
+fn checkov_passes_on_the_rendered_objects() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/server/k8s");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl is installed (it renders the Kustomize example)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("rendered.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    checkers::checkov_passes(&["-f", file.to_str().unwrap(), "--framework", "kubernetes"]);
 }

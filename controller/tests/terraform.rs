@@ -7,6 +7,8 @@
 //! mirror (`terraform init -plugin-dir`). Where terraform or the mirror is
 //! absent, the test says it skipped and why.
 
+mod checkers;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,6 +87,16 @@ fn the_terraform_example_validates_and_plans_each_setup() {
         "every setup of tests/setups.tftest.hcl ran:\n{test}"
     );
     iam_documents_pass_parliament(work.path());
+    // checkov's Terraform rules: every finding fixed, or skipped in the
+    // resource with a written reason (`#checkov:skip=ID:reason`).
+    checkers::checkov_passes(&[
+        "-d",
+        example.to_str().unwrap(),
+        "--framework",
+        "terraform",
+        "--skip-path",
+        "tests",
+    ]);
 }
 
 /// Applies the IAM side of the ECS setup against moto and lints each

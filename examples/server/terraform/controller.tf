@@ -135,6 +135,7 @@ resource "aws_efs_access_point" "controller" {
 # ---- load balancer ----------------------------------------------------------------
 
 resource "aws_lb" "controller" {
+  #checkov:skip=CKV2_AWS_28:Every call is authenticated (OIDC or CONTROLLER_TOKEN) and rate-limited by the controller; a WAF is the operator's choice.
   count                      = local.controller
   name                       = "${var.name}-controller"
   load_balancer_type         = "application"
