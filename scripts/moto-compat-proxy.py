@@ -20,6 +20,9 @@ moto sets no `stopCode`; a task stopped with the reason ECS gives a Spot
 interruption ("Your Spot Task was interrupted.") gets ECS's stopCode
 SpotInterruption in DescribeTasks, so a test can interrupt a task.
 
+DescribeSecret lists only versions with a staging label, as Secrets Manager
+does (moto lists every version).
+
 PutSecretValue is answered as Secrets Manager does and moto does not: a
 ClientRequestToken that names an existing version of the secret is an
 idempotent retry, ignored when the value is the same (the version keeps its
@@ -130,6 +133,15 @@ def idempotent_put(headers, body):
     return 200, {"ARN": found["ARN"], "Name": found["Name"], "VersionId": token, "VersionStages": stages}
 
 
+def staged_only(doc):
+    """DescribeSecret as Secrets Manager answers it: VersionIdsToStages lists
+    the versions that have a staging label; moto lists unlabelled ones too."""
+    versions = doc.get("VersionIdsToStages")
+    if isinstance(versions, dict):
+        doc["VersionIdsToStages"] = {v: stages for v, stages in versions.items() if stages}
+    return doc
+
+
 def fix(doc):
     for task in doc.get("tasks", []) if isinstance(doc, dict) else []:
         if task.get("lastStatus") == "STOPPED" and (task.get("stoppedReason") or "").startswith(SPOT_REASON):
@@ -202,6 +214,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target", "")
         if target.endswith((".RunTask", ".DescribeTasks", ".StopTask")) and status == 200:
             data = json.dumps(fix(json.loads(data))).encode()
+        if target.endswith(".DescribeSecret") and status == 200:
+            data = json.dumps(staged_only(json.loads(data))).encode()
         self.send_response(status)
         for k, v in rheaders.items():
             if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):

@@ -499,10 +499,12 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
             let subnet = fixture["subnet"].as_str().unwrap();
             let sg = fixture["security_group"].as_str().unwrap();
             // Earlier starts stored the login this start is given, then
-            // another password: the login goes back to an earlier value
-            // (A→B→A), whose version exists and is not current. (The proxy
-            // answers PutSecretValue with that version's token as Secrets
-            // Manager does: an ignored retry.)
+            // two other passwords: the login goes back to an earlier value
+            // (A→B→C→A), whose version has lost every stage, so
+            // DescribeSecret no longer lists it. (The proxy answers as
+            // Secrets Manager does: DescribeSecret without unlabelled
+            // versions, and a PutSecretValue repeating A's token as an
+            // ignored retry.)
             let login = serde_json::json!({"username": "puller", "password": IMAGE_PULL_SECRET});
             ecs_fixture(&[
                 "secret",
@@ -510,6 +512,7 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
                 "bakery/agent-image-registry",
                 &login.to_string(),
                 r#"{"username":"puller","password":"old"}"#,
+                r#"{"username":"puller","password":"older"}"#,
             ]);
             for owner in ["bakery", "-"] {
                 let arn = ecs_fixture_text(&["orphan", moto, subnet, sg, owner]);
@@ -544,7 +547,10 @@ fn missing_tasks_no_capacity_and_orphans_are_handled_as_ecs_needs() {
                 .ends_with(".UpdateSecretVersionStage")
         })
         .count();
-    assert_eq!(moved, 1, "the earlier version was made current, not re-put");
+    assert_eq!(
+        moved, 1,
+        "the earlier version was made current (its stage moved)"
+    );
     let repo = ecs.project();
     let id = ecs.submit(repo.path());
     let status = ecs.wait(&id, true);

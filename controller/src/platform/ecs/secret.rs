@@ -93,7 +93,10 @@ impl Login {
     /// version (PutSecretValue makes it current). A login written before,
     /// then replaced (a password rotated and rotated back), has a version
     /// already: Secrets Manager ignores a PutSecretValue repeating its
-    /// token, so that version's current stage is moved back instead.
+    /// token, so the current stage is moved to that version instead, both
+    /// when DescribeSecret lists it and when it has lost every stage (and
+    /// so is listed no more) and the PutSecretValue answer says it is not
+    /// current.
     async fn make_current(
         self,
         sm: &aws_sdk_secretsmanager::Client,
@@ -103,30 +106,36 @@ impl Login {
         if versions.is_current(&self.token) {
             return Ok(());
         }
-        if versions.exists(&self.token) {
-            let mut update = sm
-                .update_secret_version_stage()
+        if !versions.exists(&self.token) {
+            let put = sm
+                .put_secret_value()
                 .secret_id(name)
-                .version_stage(CURRENT)
-                .move_to_version_id(&self.token);
-            if let Some(current) = versions.current() {
-                update = update.remove_from_version_id(current);
+                .client_request_token(&self.token)
+                .secret_string(&self.value)
+                .send()
+                .await
+                .map_err(|e| fail(format!("updating {name}: {}", sdk_error(&e))))?;
+            // A new version is current. A version that lost every stage
+            // (A->B->C->A: DescribeSecret no longer lists A) answers the
+            // repeated token as a retry, unchanged and not current.
+            if put.version_stages().iter().any(|s| s == CURRENT) {
+                return Ok(());
             }
-            update.send().await.map_err(|e| {
-                fail(format!(
-                    "making {name}'s earlier version current: {}",
-                    sdk_error(&e)
-                ))
-            })?;
-            return Ok(());
         }
-        sm.put_secret_value()
+        let mut update = sm
+            .update_secret_version_stage()
             .secret_id(name)
-            .client_request_token(&self.token)
-            .secret_string(self.value)
-            .send()
-            .await
-            .map_err(|e| fail(format!("updating {name}: {}", sdk_error(&e))))?;
+            .version_stage(CURRENT)
+            .move_to_version_id(&self.token);
+        if let Some(current) = versions.current() {
+            update = update.remove_from_version_id(current);
+        }
+        update.send().await.map_err(|e| {
+            fail(format!(
+                "making {name}'s earlier version current: {}",
+                sdk_error(&e)
+            ))
+        })?;
         Ok(())
     }
 }
