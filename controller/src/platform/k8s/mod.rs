@@ -185,8 +185,11 @@ impl AgentPlatform for K8sPlatform {
                 )))
             }
         };
-        if let Some(reason) = ended {
-            lock(&self.watched).remove(name);
+        // Once per pod: the watch may have reported it meanwhile.
+        if let Some(reason) = ended.filter(|_| lock(&self.watched).remove(name).is_some()) {
+            if matches!(reason, ExitReason::Reclaimed(_)) {
+                watch::reap(&self.pods, name.to_string());
+            }
             let _ = self.exits.send(Exited {
                 task_id: task_id.to_string(),
                 reason,

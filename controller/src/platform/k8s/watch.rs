@@ -83,20 +83,29 @@ pub(super) async fn watch(
             PodOutcome::Pending(None) => None,
         };
         let Some(reason) = ended else { continue };
-        lock(&watched).remove(&name);
+        // Once per pod: adopt() may have reported it meanwhile, and a
+        // second report would reach the task's next agent.
+        if lock(&watched).remove(&name).is_none() {
+            continue;
+        }
         lock(&pending).remove(&name);
         if matches!(reason, ExitReason::Reclaimed(_)) && !deleted {
-            // The task starts a second pod and forgets this one: an
-            // evicted pod stays (Failed) until collected, so it goes now.
-            remove(&reaper, &name).await;
+            reap(&reaper, name);
         }
         let _ = exits.send(Exited { task_id, reason });
     }
 }
 
-/// Deletes an ended pod the controller no longer tracks, bounded in time:
-/// the watch must go on. A failure is logged; the start-up sweep of pods
-/// no journal knows removes it later.
+/// Deletes, in the background, a reclaimed pod its task has replaced: an
+/// evicted pod stays (Failed) until collected. The watch goes on meanwhile.
+pub(super) fn reap(pods: &Api<Pod>, name: String) {
+    let pods = pods.clone();
+    tokio::spawn(async move { remove(&pods, &name).await });
+}
+
+/// Deletes an ended pod the controller no longer tracks, bounded in time.
+/// A failure is logged; the start-up sweep of pods no journal knows
+/// removes it later.
 async fn remove(pods: &Api<Pod>, name: &str) {
     let params = kube::api::DeleteParams::default();
     let delete = pods.delete(name, &params);
