@@ -1026,9 +1026,21 @@ fn secrets_appear_in_no_output_of_a_whole_build() {
 /// seconds, with the reason, not after BUILD_RESULT_TIMEOUT.
 #[test]
 fn a_killed_agent_fails_the_build_within_seconds() {
+    killed_agent(&[]);
+}
+
+/// Without the sandbox's PID namespace, what the agent's builder started
+/// (in process groups of their own) is found from the list the agent keeps
+/// beside its work dir, and ended with it.
+#[test]
+fn a_killed_unsandboxed_agent_leaves_no_builder_behind() {
+    killed_agent(&[("LOCAL_AGENT_ISOLATION", "none")]);
+}
+
+fn killed_agent(env: &[(&str, &str)]) {
     let registry = registry();
     let base = push_base_image(&registry);
-    let controller = controller(&[]);
+    let controller = controller(env);
     let repo = slow_project(&registry, &base, 3, "killed");
     let id = submit_detached(repo.path(), &controller.url());
     let data = controller.dir.path().join("data");

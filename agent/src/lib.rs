@@ -67,6 +67,12 @@ pub struct AgentConfig {
 /// result.
 const LAST_WORD: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Deletes the work dir and the list of command groups beside it.
+fn clean_up(work_dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(work_dir);
+    let _ = std::fs::remove_file(bakery_protocol::api::agent_env::groups_file(work_dir));
+}
+
 /// Resolves when the agent is asked to stop, naming the signal: SIGTERM
 /// (ECS StopTask and Spot interruptions, a pod deleted, evicted or drained,
 /// the local platform stopping it) or SIGINT (Ctrl-C). Without it the agent,
@@ -101,6 +107,7 @@ pub async fn run(cfg: AgentConfig) -> bool {
             }
         },
     };
+    process::record_groups_in(bakery_protocol::api::agent_env::groups_file(&cfg.work_dir));
     let (log, shipper) = logs::start_after(controller.clone(), cfg.first_seq);
     // Past the deadline the work (and the builder, killed on drop) is
     // abandoned and the failure reported, if anyone still listens.
@@ -112,9 +119,13 @@ pub async fn run(cfg: AgentConfig) -> bool {
             None => work::work(&cfg, &controller, &log, born).await,
         }
     };
+    // Listened to from here to the exit: a stop while the result is being
+    // reported ends the reporting too.
+    let stop = stop_requested();
+    tokio::pin!(stop);
     let outcome = tokio::select! {
         outcome = work => outcome,
-        signal = stop_requested() => Err(AgentError::Stopped(signal)),
+        signal = &mut stop => Err(AgentError::Stopped(signal)),
     };
     if let Err(AgentError::Stopped(signal)) = outcome {
         // The work, and with it the builder's process group, is gone. No
@@ -125,7 +136,7 @@ pub async fn run(cfg: AgentConfig) -> bool {
             AgentError::Stopped(signal)
         ));
         let _ = tokio::time::timeout(LAST_WORD, shipper.finish(log)).await;
-        let _ = std::fs::remove_dir_all(&cfg.work_dir);
+        clean_up(&cfg.work_dir);
         return false;
     }
     let outcome_was_deadline = matches!(outcome, Err(AgentError::Deadline(_)));
@@ -143,7 +154,7 @@ pub async fn run(cfg: AgentConfig) -> bool {
             // finished, or cancelled): nothing to report.
             eprintln!("bakery-agent: the controller refused this task: {message}");
             shipper.finish(log).await;
-            let _ = std::fs::remove_dir_all(&cfg.work_dir);
+            clean_up(&cfg.work_dir);
             return false;
         }
         Err(e) => {
@@ -156,8 +167,17 @@ pub async fn run(cfg: AgentConfig) -> bool {
     };
     let ok = matches!(result, AgentResult::Succeeded { .. });
     let report = async {
-        shipper.finish(log).await;
-        controller.result(&result).await
+        let report = async {
+            shipper.finish(log).await;
+            controller.result(&result).await
+        };
+        tokio::select! {
+            reported = report => reported,
+            signal = &mut stop => Err(bakery_client::Error::Local {
+                what: "reporting the result",
+                cause: std::io::Error::other(format!("{signal}: the platform is stopping this agent")),
+            }),
+        }
     };
     // Past its deadline the controller has given up on this task (or is
     // gone): a last word, briefly, rather than minutes of retries.
@@ -181,7 +201,7 @@ pub async fn run(cfg: AgentConfig) -> bool {
     // only, and a builder's storage can take seconds to delete. The local
     // platform deletes the work dir too once the agent is gone (it may be
     // stopped on the way); on ECS and Kubernetes it goes with the task.
-    let _ = std::fs::remove_dir_all(&cfg.work_dir);
+    clean_up(&cfg.work_dir);
     if let Err(e) = reported {
         eprintln!("bakery-agent: could not report the result: {e}");
         return false;

@@ -36,7 +36,7 @@ pub async fn run_watched(
         // buildah's helpers) is stopped with it.
         .process_group(0);
     let mut child = cmd.spawn()?;
-    let group = child.id().map(Group);
+    let group = child.id().and_then(Group::new);
     let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let pump = |stream: Option<Box<dyn AsyncRead + Send + Unpin>>| {
         let log = log.clone();
@@ -103,17 +103,42 @@ pub async fn run_watched(
     Ok((status, tail))
 }
 
+/// Where the agent lists the groups of its commands
+/// ([`bakery_protocol::api::agent_env::groups_file`]); set once by [`crate::run`].
+static GROUPS_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Lists every command's process group in `file` from now on.
+pub(crate) fn record_groups_in(file: std::path::PathBuf) {
+    let _ = GROUPS_FILE.set(file);
+}
+
 /// A command's process group, killed when the command is done with or
 /// abandoned (the agent stopping, a deadline): `kill_on_drop` reaches only
 /// the command itself, and what it started would otherwise outlive it.
-struct Group(u32);
+struct Group(i32);
+
+impl Group {
+    fn new(pid: u32) -> Option<Group> {
+        let pid = i32::try_from(pid).ok()?;
+        if let Some(file) = GROUPS_FILE.get() {
+            use std::io::Write;
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .and_then(|mut f| writeln!(f, "{pid}"));
+        }
+        Some(Group(pid))
+    }
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0) {
-            // Gone already (ESRCH) is the usual case for a command that ended well.
+        // Only while a process is in it: a group with none left may have
+        // had its id given to another program's group since.
+        if bakery_protocol::process_group::group_has_members(self.0) {
             let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(self.0),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }

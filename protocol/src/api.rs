@@ -444,6 +444,16 @@ pub mod agent_env {
     /// The directory the agent unpacks and builds in; unset, a
     /// `bakery-agent` directory under the system's temporary directory.
     pub const WORK_DIR: &str = "BAKERY_WORK_DIR";
+
+    /// Where an agent lists the process groups of the commands it runs
+    /// (one id a line), beside its work dir: each command leads a group of
+    /// its own, and a local platform that has to kill the agent ends those
+    /// groups too (on ECS and Kubernetes they die with the container).
+    pub fn groups_file(work_dir: &std::path::Path) -> std::path::PathBuf {
+        let mut name = work_dir.as_os_str().to_owned();
+        name.push(".groups");
+        name.into()
+    }
     /// Seconds after its start by which the agent gives up on its own
     /// (the task and result timeouts together): a controller that is gone
     /// cannot leave an agent, and on ECS a billing task, running.

@@ -18,6 +18,8 @@
 //! * [`redact`]: keeping secrets out of logs.
 //! * [`dockerfile`]: which images a Dockerfile pulls: the client checks
 //!   them before a build, the agent reports them after.
+//! * [`process_group`]: whether a process group still has a process, for
+//!   the agent and the local platform that kill them.
 
 pub mod annotations;
 pub mod api;
@@ -25,6 +27,7 @@ pub mod arch;
 pub mod context_key;
 pub mod dockerfile;
 pub mod image_platform;
+pub mod process_group;
 pub mod provenance;
 pub mod redact;
 pub mod reference;

@@ -28,6 +28,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bakery_protocol::process_group::group_has_members;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -329,6 +330,9 @@ impl AgentPlatform for LocalPlatform {
         } else {
             Ok(())
         };
+        // Each command the agent ran leads a group of its own (a RUN step's
+        // processes with it): those it left are ended too.
+        end_command_groups(&agent.work);
         // Nothing writes to the work dir any more. The build's end does not
         // wait for it to go: a builder's storage can take seconds to delete.
         let work = agent.work;
@@ -339,6 +343,21 @@ impl AgentPlatform for LocalPlatform {
         });
         killed
     }
+}
+
+/// Kills the process groups an agent with work dir `work` listed
+/// ([`agent_env::groups_file`]) that still have a process, and forgets the list.
+fn end_command_groups(work: &std::path::Path) {
+    let file = agent_env::groups_file(work);
+    let Ok(list) = std::fs::read_to_string(&file) else {
+        return;
+    };
+    for group in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if group > 1 && group_has_members(group) {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(&file);
 }
 
 /// A local agent's handle: `pid <pgid>` (the agent leads its group).
@@ -354,33 +373,6 @@ fn pid_of(handle: &AgentHandle) -> Result<i32, PlatformError> {
         .and_then(|p| p.parse().ok())
         .filter(|&p: &i32| p > 0)
         .ok_or_else(|| PlatformError::Config(format!("not a local agent handle: {handle}")))
-}
-
-/// Whether any live process is in process group `group`. While one is,
-/// the id cannot be given to another group.
-fn group_has_members(group: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true; // cannot tell: signal, as before
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            return false;
-        };
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                // After the parenthesised name: state, ppid, pgrp.
-                let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-                let state = fields.next()?;
-                let pgrp: i32 = fields.nth(1)?.parse().ok()?;
-                Some(pgrp == group && state != "Z" && state != "X")
-            })
-            .unwrap_or(false)
-    })
 }
 
 /// Deletes the agents' own logs (`<task>.log`) of forgotten builds.
@@ -441,23 +433,6 @@ fn emulated_here() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-
-    /// A group whose last process is gone is not signalled: its id may by
-    /// then be another program's group.
-    #[test]
-    fn a_group_counts_as_alive_only_while_a_process_is_in_it() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let group = child.id() as i32;
-        assert!(group_has_members(group));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(!group_has_members(group));
-    }
 
     #[test]
     fn only_the_agent_logs_of_forgotten_builds_are_deleted() {
