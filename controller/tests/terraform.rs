@@ -83,7 +83,7 @@ fn the_terraform_example_validates_and_plans_each_setup() {
     assert!(validate.contains("Success!"), "{validate}");
     let test = terraform(work.path(), &["test"]);
     assert!(
-        test.contains("5 passed, 0 failed"),
+        test.contains("6 passed, 0 failed"),
         "every setup of tests/setups.tftest.hcl ran:\n{test}"
     );
     iam_documents_pass_parliament(work.path());

@@ -37,6 +37,10 @@ resource "aws_vpc_security_group_ingress_rule" "lb_from_clients" {
   to_port           = 443
 }
 
+# Agents reach an internal load balancer from their security group. An
+# internet-facing one resolves to public addresses even inside the VPC, so
+# agents arrive from their NAT gateway's address: keep that address in
+# client_cidrs if you narrow it (or set lb_internal).
 resource "aws_vpc_security_group_ingress_rule" "lb_from_agents" {
   count                        = local.controller
   security_group_id            = aws_security_group.lb[0].id
@@ -108,8 +112,18 @@ resource "aws_efs_file_system" "controller" {
   tags           = { Name = "${var.name}-controller-data" }
 }
 
+# EFS takes one mount target per availability zone: the first of the
+# subnets in each zone.
+data "aws_subnet" "controller" {
+  for_each = var.controller_on_ecs ? toset(var.subnet_ids) : toset([])
+  id       = each.value
+}
+
 resource "aws_efs_mount_target" "controller" {
-  for_each        = var.controller_on_ecs ? toset(var.subnet_ids) : toset([])
+  for_each = {
+    for zone, ids in { for s in data.aws_subnet.controller : s.availability_zone => s.id... } :
+    zone => sort(ids)[0]
+  }
   file_system_id  = aws_efs_file_system.controller[0].id
   subnet_id       = each.value
   security_groups = [aws_security_group.efs[0].id]
@@ -247,8 +261,8 @@ resource "aws_ecs_task_definition" "controller" {
     image     = var.controller_image
     essential = true
     user      = "${local.controller_uid}:${local.controller_uid}"
-    # Fargate's longest: the controller stops its agents and saves the
-    # journal on SIGTERM.
+    # Fargate's longest: on SIGTERM the controller ends its streams and
+    # closes its journal; its agents go on, and the next task resumes them.
     stopTimeout            = 120
     readonlyRootFilesystem = true
     linuxParameters        = { initProcessEnabled = true }

@@ -265,7 +265,7 @@ resource "aws_iam_role_policy_attachment" "agent_pod" {
 #
 # Exactly the calls bakery-controller makes (the test suite checks every ECS
 # and Secrets Manager request it sends against this list):
-# task definitions (RegisterTaskDefinition takes no resource ARN), tasks in
+# its own task definitions (<name>-agent-*), tasks in
 # this cluster only, the agent image login under ${var.name}/, and passing
 # the two agent roles to ECS tasks only.
 

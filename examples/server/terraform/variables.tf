@@ -95,6 +95,12 @@ variable "controller_on_ecs" {
   type        = bool
   default     = false
   validation {
+    # Load balancer and target group names: letters, digits and hyphens,
+    # 32 at most, with "-controller" appended.
+    condition     = !var.controller_on_ecs || can(regex("^[A-Za-z0-9-]{1,21}$", var.name))
+    error_message = "controller_on_ecs needs a name of at most 21 letters, digits and hyphens (it names the load balancer)."
+  }
+  validation {
     condition     = !var.controller_on_ecs || (var.server_runs_on == "ecs" && var.ecs_agents)
     error_message = "controller_on_ecs needs server_runs_on = ecs (the controller's role is its task role) and ecs_agents (it runs in the agents' cluster)."
   }
@@ -141,9 +147,13 @@ variable "controller_url" {
 }
 
 variable "lb_subnet_ids" {
-  description = "With controller_on_ecs: the load balancer's subnets (public ones for CI runners outside the VPC); empty: subnet_ids"
+  description = "With controller_on_ecs: the load balancer's subnets, in two availability zones at least (public ones for CI runners outside the VPC); empty: subnet_ids"
   type        = list(string)
   default     = []
+  validation {
+    condition     = !var.controller_on_ecs || length(var.lb_subnet_ids) >= 2 || length(var.subnet_ids) >= 2
+    error_message = "An application load balancer needs subnets in two availability zones: give lb_subnet_ids (or subnet_ids) two or more."
+  }
 }
 
 variable "lb_internal" {
@@ -153,7 +163,7 @@ variable "lb_internal" {
 }
 
 variable "client_cidrs" {
-  description = "With controller_on_ecs: the addresses CI jobs reach the load balancer from. GitHub- and GitLab-hosted runners have no fixed range: the controller authenticates every call (OIDC or CONTROLLER_TOKEN)"
+  description = "With controller_on_ecs: the addresses CI jobs reach the load balancer from. GitHub- and GitLab-hosted runners have no fixed range: the controller authenticates every call (OIDC or CONTROLLER_TOKEN). With an internet-facing load balancer, agents arrive from their NAT gateway's address: keep it in the list"
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }
@@ -162,6 +172,10 @@ variable "controller_environment" {
   description = "With controller_on_ecs: more of the controller's environment (AGENT_IMAGE, OIDC_ISSUERS, OIDC_ALLOW…); the ECS, S3 and network settings are set from this module"
   type        = map(string)
   default     = {}
+  validation {
+    condition     = !contains(keys(var.controller_environment), "BAKERY_OWNER")
+    error_message = "BAKERY_OWNER is the variable name: the IAM policies are scoped to it."
+  }
 }
 
 variable "controller_secrets" {

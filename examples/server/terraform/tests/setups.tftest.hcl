@@ -137,3 +137,24 @@ run "controller_on_ecs" {
     error_message = "controller_url output"
   }
 }
+
+run "one_efs_mount_target_per_zone" {
+  command = apply
+  variables {
+    vpc_id            = "vpc-0abc"
+    subnet_ids        = ["subnet-0a", "subnet-0b"]
+    controller_on_ecs = true
+    controller_image  = "ghcr.io/example/bakery-controller:1"
+    certificate_arn   = "arn:aws:acm:eu-west-1:123456789012:certificate/abc"
+    controller_url    = "https://bakery.example.com"
+  }
+  # Both subnets in one zone: EFS would refuse a second mount target there.
+  override_data {
+    target = data.aws_subnet.controller
+    values = { availability_zone = "eu-west-1a" }
+  }
+  assert {
+    condition     = length(aws_efs_mount_target.controller) == 1
+    error_message = "one mount target per availability zone"
+  }
+}
