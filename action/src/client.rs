@@ -5,21 +5,51 @@ use anyhow::{bail, Context, Result};
 pub use bakery_client::{Controller, Event};
 
 /// CONTROLLER_TOKEN, or the content of CONTROLLER_TOKEN_FILE.
-fn client_token() -> Option<String> {
+fn client_token() -> Result<Option<String>> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    var("CONTROLLER_TOKEN").or_else(|| {
-        var("CONTROLLER_TOKEN_FILE")
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| t.trim().to_string())
-    })
+    token_from(
+        var("CONTROLLER_TOKEN"),
+        var("CONTROLLER_TOKEN_FILE").as_deref(),
+    )
+}
+
+/// The token given (`token`), else the one in the file named (`file`). A
+/// file that cannot be read is an error naming it: ignored, it left the
+/// user told to set CONTROLLER_TOKEN, which they thought they had.
+fn token_from(token: Option<String>, file: Option<&str>) -> Result<Option<String>> {
+    if token.is_some() {
+        return Ok(token);
+    }
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("CONTROLLER_TOKEN_FILE {file} cannot be read"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("CONTROLLER_TOKEN_FILE {file} is empty: write the controller's client token in it");
+    }
+    Ok(Some(token.to_string()))
 }
 
 /// A controller's URL that bakery will talk to: `https://`, or plain
 /// `http://` to a loopback address. Plain HTTP elsewhere would carry the
 /// client token, registry logins and build secrets in clear, so it takes
 /// `--insecure` (BAKERY_INSECURE=true).
-#[derive(Debug, Clone)]
-pub struct Remote(String);
+#[derive(Clone)]
+pub struct Remote {
+    url: String,
+    /// The client token (CONTROLLER_TOKEN or CONTROLLER_TOKEN_FILE), read
+    /// once, with the URL: a token file that is missing fails here.
+    token: Option<String>,
+}
+
+/// The URL only: the token is never printed.
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &bakery_protocol::redact::without_userinfo(&self.url))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Remote {
     /// Checks `url` (`insecure`: plain HTTP to any host is allowed).
@@ -41,12 +71,15 @@ impl Remote {
         if !parsed.username().is_empty() || parsed.password().is_some() {
             bail!("CONTROLLER_URL carries a user name or password; put the token in CONTROLLER_TOKEN instead");
         }
-        Ok(Remote(url.to_string()))
+        Ok(Remote {
+            url: url.to_string(),
+            token: client_token()?,
+        })
     }
 
     /// The URL as given.
     pub fn url(&self) -> &str {
-        &self.0
+        &self.url
     }
 }
 
@@ -61,12 +94,37 @@ fn is_loopback(url: &url::Url) -> bool {
 
 /// The controller at `remote`, with the client token when one is set.
 pub fn connect(remote: &Remote) -> Controller {
-    Controller::new(remote.url(), client_token().as_deref())
+    Controller::new(remote.url(), remote.token.as_deref())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_that_cannot_be_read_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("token");
+        let missing = missing.to_str().unwrap();
+        let e = format!("{:#}", token_from(None, Some(missing)).unwrap_err());
+        assert!(e.contains(missing) && e.contains("cannot be read"), "{e}");
+        std::fs::write(dir.path().join("token"), "  \n").unwrap();
+        let e = format!("{:#}", token_from(None, Some(missing)).unwrap_err());
+        assert!(e.contains("is empty"), "{e}");
+        std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+        assert_eq!(
+            token_from(None, Some(missing)).unwrap().as_deref(),
+            Some("s3cret-token")
+        );
+        // The variable wins, and the file is then not read at all.
+        assert_eq!(
+            token_from(Some("t".into()), Some("/nonexistent"))
+                .unwrap()
+                .as_deref(),
+            Some("t")
+        );
+        assert_eq!(token_from(None, None).unwrap(), None);
+    }
 
     #[test]
     fn plain_http_only_to_loopback_unless_insecure() {
