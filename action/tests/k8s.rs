@@ -323,8 +323,9 @@ fn k8s_build_runs_in_agent_pods_on_each_arch() {
     let index = raw_manifest(&format!("{}/k8s/app:1", kube.registry.host()));
     assert_eq!(image_entries(&index).len(), 2);
     // Our pods are deleted; the others stay.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(kube.pod_names(), ["other-owner", "unrelated"]);
+    wait_for("our pods deleted, the others kept", || {
+        kube.pod_names() == ["other-owner", "unrelated"]
+    });
 }
 
 /// The kubelet evicting a pod for memory pressure.
@@ -407,8 +408,7 @@ fn an_evicted_pod_is_started_again_once_then_fails_the_build_with_the_reason() {
         1,
         "{log}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(kube.pod_names().is_empty(), "every agent pod deleted");
+    wait_for("every agent pod deleted", || kube.pod_names().is_empty());
 }
 
 /// `kubectl drain` (or Karpenter consolidating a node) evicts the pod
@@ -449,8 +449,7 @@ fn a_pod_drained_off_its_node_is_started_again_and_the_build_succeeds() {
     );
     let index = raw_manifest(&format!("{}/k8s/app:1", kube.registry.host()));
     assert_eq!(image_entries(&index).len(), 2);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(kube.pod_names().is_empty(), "every agent pod deleted");
+    wait_for("every agent pod deleted", || kube.pod_names().is_empty());
 }
 
 #[test]
@@ -481,8 +480,7 @@ fn a_pod_stuck_pulling_its_image_fails_at_the_task_timeout_with_the_reason() {
         error.contains("did not start within BUILD_TASK_TIMEOUT (2s): ImagePullBackOff: Back-off pulling image"),
         "{error}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(kube.pod_names().is_empty());
+    wait_for("every agent pod deleted", || kube.pod_names().is_empty());
 
     // Pods that get past ContainerCreating and run, but whose agents never
     // reach the controller: the stale reason is not blamed, the address is.
@@ -503,8 +501,7 @@ fn a_pod_stuck_pulling_its_image_fails_at_the_task_timeout_with_the_reason() {
         )) && !error.contains("ContainerCreating"),
         "{error}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(kube.pod_names().is_empty());
+    wait_for("every agent pod deleted", || kube.pod_names().is_empty());
 }
 
 /// A pod deleted mid-`RUN` (kubectl delete, a drain, a cancelled build):

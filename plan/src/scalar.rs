@@ -115,3 +115,99 @@ pub fn compose_vars<'de, D: Deserializer<'de>>(
     }
     d.deserialize_option(OptVisitor)
 }
+
+/// A duration as Kaniko's and buildah's `--cache-ttl` read it (Go's
+/// `time.ParseDuration`: `24h`, `1h30m`, `1.5h`, `90s`), checked when the
+/// file is read: a value the builder refuses would otherwise fail the build
+/// inside the agent, after the context was uploaded.
+pub fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    // Checked inside the visitor, while the scalar is the parser's current
+    // event: the error then points at the value's own line.
+    struct Text;
+    impl Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration such as 24h")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            if is_go_duration(v) {
+                Ok(v.to_string())
+            } else {
+                Err(E::custom(format!(
+                    "`{v}` is not a duration: write a number and a unit, as in 24h, 1h30m, 90m or 1.5h (units ns, us, ms, s, m, h)"
+                )))
+            }
+        }
+    }
+    struct Maybe;
+    impl<'de> Visitor<'de> for Maybe {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration such as 24h")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+            d.deserialize_str(Text).map(Some)
+        }
+    }
+    d.deserialize_option(Maybe)
+}
+
+fn is_go_duration(text: &str) -> bool {
+    let rest = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if rest == "0" {
+        return true;
+    }
+    let mut rest = rest;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let number = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (digits, tail) = rest.split_at(number);
+        if digits.is_empty() || digits == "." || digits.matches('.').count() > 1 {
+            return false;
+        }
+        let Some(unit) = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
+            .into_iter()
+            .find(|u| tail.starts_with(u) && !(*u == "m" && tail.starts_with("ms")))
+        else {
+            return false;
+        };
+        rest = &tail[unit.len()..];
+    }
+    true
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::is_go_duration;
+
+    #[test]
+    fn durations_are_read_as_go_reads_them() {
+        for ok in [
+            "24h", "1h30m", "1.5h", "90s", "300ms", "0", "2h45m10s", "10us",
+        ] {
+            assert!(is_go_duration(ok), "{ok}");
+        }
+        for bad in [
+            "one day please",
+            "24",
+            "h",
+            "1d",
+            "",
+            "1..5h",
+            "1h 30m",
+            "24 h",
+        ] {
+            assert!(!is_go_duration(bad), "{bad}");
+        }
+    }
+}

@@ -118,7 +118,9 @@ pub struct Cache {
     /// The cache's base repository; each arch caches in `<repo>-<arch>`. Unset, or a
     /// bare registry host: `<destination repository>-cache`, in that registry.
     pub repo: Option<String>,
-    /// How long cached layers stay valid (`--cache-ttl`, such as `24h`).
+    /// How long cached layers stay valid (`--cache-ttl`, such as `24h`),
+    /// checked as the builders read it when the file is read.
+    #[serde(default, deserialize_with = "crate::scalar::go_duration")]
     pub ttl: Option<String>,
     /// Kaniko's `--cache-copy-layers`: cache the layers of `COPY` steps too.
     pub copy_layers: Option<bool>,

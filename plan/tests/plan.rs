@@ -1398,3 +1398,29 @@ fn no_cache_turns_off_the_files_cache() {
     let plan = Plan::resolve(&opts).unwrap();
     assert_eq!(plan.services[0].builds[0].spec.cache.enable, Some(false));
 }
+
+/// A cache TTL the builders would refuse fails `bakery plan`, at its line,
+/// not the build inside the agent after the upload.
+#[test]
+fn a_cache_ttl_that_is_not_a_duration_fails_at_its_line() {
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\n    cache:\n      enable: true\n      ttl: one day please\nbake:\n  - arch: amd64\n",
+        ),
+    ]);
+    let err = repo.config().unwrap_err().to_string();
+    assert!(
+        err.contains("config.yaml:6") && err.contains("`one day please` is not a duration"),
+        "{err}"
+    );
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            "global:\n  kaniko:\n    destination: r.io/app:v1\n    cache:\n      enable: true\n      ttl: 1h30m\nbake:\n  - arch: amd64\n",
+        ),
+    ]);
+    assert!(repo.config().is_ok());
+}

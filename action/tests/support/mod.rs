@@ -34,7 +34,7 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     path
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if ready() {
