@@ -10,7 +10,8 @@ use bakery_controller::platform::k8s::AgentPodConfig;
 use serde::Deserialize;
 use serde_json::Value;
 
-fn rendered() -> Vec<Value> {
+/// The example's objects as `kubectl kustomize` renders them (YAML).
+fn rendered_yaml() -> Vec<u8> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/server/k8s");
     let out = Command::new("kubectl")
         .arg("kustomize")
@@ -22,7 +23,11 @@ fn rendered() -> Vec<Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+    out.stdout
+}
+
+fn rendered() -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_slice(&rendered_yaml())
         .map(|doc| Value::deserialize(doc).unwrap())
         .collect()
 }
@@ -430,19 +435,8 @@ fn pods_meet_the_pod_security_standards_the_namespace_sets() {
 /// fixed or skipped on the object with a written reason (deploy.yaml).
 #[test]
 fn checkov_passes_on_the_rendered_objects() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/server/k8s");
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-        .expect("kubectl is installed (it renders the Kustomize example)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("rendered.yaml");
-    std::fs::write(&file, &out.stdout).unwrap();
+    std::fs::write(&file, rendered_yaml()).unwrap();
     checkers::checkov_passes(&["-f", file.to_str().unwrap(), "--framework", "kubernetes"]);
 }
