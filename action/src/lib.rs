@@ -13,7 +13,7 @@
 //!   need them and checked against the destination first;
 //! * [`preflight`]: the base-image check before anything is uploaded;
 //! * [`printer`] and [`render`]: what a person reads ([`blocks`]: one CI
-//!   log block per task); [`outcome`]: what the
+//!   log block per task, named by its [`task_label`]); [`outcome`]: what the
 //!   reports are made of; [`ci`]: GitHub and GitLab behind one trait (log
 //!   blocks, report files, commit checks and statuses).
 
@@ -31,6 +31,7 @@ pub mod preflight;
 pub mod printer;
 pub mod progress;
 pub mod render;
+pub mod task_label;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -11,6 +11,7 @@ use crate::blocks::Blocks;
 use crate::ci::{CiSystem, Tails};
 use crate::cli::LogFormat;
 use crate::outcome::ServiceResult;
+use crate::task_label::TaskLabel;
 
 /// Prints log lines with `docker compose`-style prefixes.
 pub struct Printer {
@@ -30,11 +31,11 @@ pub struct Printer {
 struct Tasks {
     /// In the order first seen. A build has a handful of tasks: comparing
     /// labels is quicker than hashing one for every line.
-    by_label: Vec<(String, TaskLog)>,
+    by_label: Vec<(TaskLabel, TaskLog)>,
     /// The label of the line being printed and the line as printed: reused
     /// from line to line, so that a line allocates nothing once they have
     /// grown (a chatty build prints millions).
-    label: String,
+    label: TaskLabel,
     rendered: String,
 }
 
@@ -55,7 +56,7 @@ impl Tasks {
         &mut self.by_label[at].1
     }
 
-    fn get(&self, label: &str) -> Option<&TaskLog> {
+    fn get(&self, label: &TaskLabel) -> Option<&TaskLog> {
         self.by_label
             .iter()
             .find_map(|(l, task)| (l == label).then_some(task))
@@ -110,10 +111,7 @@ impl Printer {
         let quiet = crate::progress::display() == crate::progress::Display::Quiet;
         let mut tasks = self.tasks.lock().expect("lock");
         let tasks = &mut *tasks;
-        tasks.label.clear();
-        tasks.label.push_str(service);
-        tasks.label.push('-');
-        tasks.label.push_str(event.arch.as_str());
+        tasks.label.set(service, event.arch);
         let task = tasks.current();
         let stripped = strip_ansi(&event.line);
         let shown = task.tail.without_repeat(&stripped);
@@ -139,10 +137,10 @@ impl Printer {
             }
             _ => {
                 let color = self.color.then(|| PALETTE[color % PALETTE.len()]);
-                prefixed(out, &tasks.label, self.width, color, text);
+                prefixed(out, tasks.label.as_str(), self.width, color, text);
             }
         }
-        self.blocks.line(&tasks.label, &tasks.rendered);
+        self.blocks.line(tasks.label.as_str(), &tasks.rendered);
     }
 
     /// For each task of `service` still under way (`running`, with its
@@ -161,7 +159,7 @@ impl Printer {
         }
         let now = std::time::Instant::now();
         for (arch, state) in running {
-            let label = format!("{service}-{arch}");
+            let label = TaskLabel::new(service, *arch);
             let silent = {
                 let mut tasks = self.tasks.lock().expect("lock");
                 tasks.label.clone_from(&label);
@@ -187,11 +185,11 @@ impl Printer {
                 Some(LogFormat::Simple) => format!("{text}\n"),
                 _ => {
                     let mut out = String::new();
-                    prefixed(&mut out, &label, self.width, None, &text);
+                    prefixed(&mut out, label.as_str(), self.width, None, &text);
                     out
                 }
             };
-            self.blocks.line(&label, &rendered);
+            self.blocks.line(label.as_str(), &rendered);
             self.blocks.flush();
         }
     }
@@ -199,17 +197,17 @@ impl Printer {
     /// The task of `service` for `arch` ended (`complete`: and its whole
     /// log has been delivered): its log block may close.
     pub fn task_ended(&self, service: &str, arch: bakery_protocol::Arch, complete: bool) {
-        let label = format!("{service}-{arch}");
+        let label = TaskLabel::new(service, arch);
         if complete {
-            self.blocks.task_complete(&label);
+            self.blocks.task_complete(label.as_str());
         } else {
-            self.blocks.task_ended(&label);
+            self.blocks.task_ended(label.as_str());
         }
     }
 
-    /// The last lines of task `label` (`service-arch`), with the Dockerfile step
-    /// they belong to first when it has scrolled out: shown again under a failure.
-    pub fn tail(&self, label: &str) -> Vec<String> {
+    /// The last lines of task `label`, with the Dockerfile step they
+    /// belong to first when it has scrolled out: shown again under a failure.
+    pub fn tail(&self, label: &TaskLabel) -> Vec<String> {
         self.tasks
             .lock()
             .expect("lock")

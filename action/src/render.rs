@@ -1,5 +1,6 @@
 //! Human-readable output.
 
+use crate::task_label::TaskLabel;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -146,7 +147,7 @@ pub fn print_summary(
             ]);
             if t.state == TaskState::Failed {
                 failures.push((
-                    format!("{service}-{}", t.arch),
+                    TaskLabel::new(service, t.arch).to_string(),
                     t.error.clone().unwrap_or_default(),
                     Some((service.as_str(), t.arch)),
                 ));
@@ -183,7 +184,9 @@ pub fn print_summary(
         out.push_str(&format!("multi-arch index {line}\n"));
     }
     for (label, error, task) in &failures {
-        let tail = printer.tail(label);
+        let tail = task
+            .map(|(service, arch)| printer.tail(&TaskLabel::new(service, arch)))
+            .unwrap_or_default();
         let at = task
             .and_then(|(service, arch)| {
                 crate::ci::github::locate::failed_line(plan, service, arch, error, &tail)
@@ -242,7 +245,7 @@ fn print_summary_json(
             .iter()
             .map(|t| {
                 let error = t.error.as_deref().unwrap_or_default();
-                let tail = printer.tail(&format!("{service}-{}", t.arch));
+                let tail = printer.tail(&TaskLabel::new(service, t.arch));
                 let at =
                     crate::ci::github::locate::failed_line(plan, service, t.arch, error, &tail);
                 serde_json::json!({

@@ -310,6 +310,14 @@ fn check_token(what: &str, token: &str) -> Result<(), ConfigError> {
 }
 
 impl Config {
+    /// How many agents may run at once on `platform`: MAX_CONCURRENT_AGENTS,
+    /// or 4 on the local platform (one machine) and 100 on a cloud one.
+    pub fn agent_slots(&self, platform: Platform) -> usize {
+        self.max_concurrent_agents
+            .unwrap_or(if platform == Platform::Local { 4 } else { 100 })
+            .max(1)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         Self::from_vars(std::env::vars())

@@ -61,6 +61,7 @@ pub async fn follow_logs(
         queued: String::new(),
         finished: false,
         stopping: app.stopping.clone(),
+        journal: Arc::clone(&app.journal),
     };
     let chunks = stream::unfold(follower, |mut f| async move {
         f.next().await.map(|c| (Ok::<_, Infallible>(c), f))
@@ -92,6 +93,11 @@ fn push_event(out: &mut String, name: &str, id: Option<u64>, data: &impl serde::
 /// lines each held ~75 MB).
 const FOLLOW_STEP: usize = 64;
 
+/// Most lines a follower reads from the journal at a time: rows hold ~100
+/// lines, so a read is a few rows, and what a lagging follower holds stays
+/// near [`FOLLOW_STEP`]'s.
+const JOURNAL_STEP: usize = 512;
+
 /// One client following one build's log.
 struct Follower {
     build: Arc<Build>,
@@ -105,6 +111,8 @@ struct Follower {
     finished: bool,
     /// The controller is stopping: the stream ends where it is.
     stopping: CancellationToken,
+    /// Where the lines no longer in memory are read from.
+    journal: Arc<crate::journal::Journal>,
 }
 
 impl Follower {
@@ -118,10 +126,17 @@ impl Follower {
                 return None;
             }
             let (cursor, queued) = (&mut self.cursor, &mut self.queued);
-            let (status, caught_up) = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
+            let snapshot = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
                 *cursor = line.seq;
                 push_event(queued, api::event::LOG, Some(line.seq), &line);
             });
+            if snapshot.saved_only {
+                if !self.read_saved().await {
+                    return None;
+                }
+                continue;
+            }
+            let (status, caught_up) = (snapshot.status, snapshot.caught_up);
             let terminal = status.state.is_terminal();
             // The end waits for the last lines to be saved (and sent).
             let hold = terminal && !caught_up;
@@ -152,5 +167,38 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Queues the next lines from the journal, where the lines no longer
+    /// in memory are. False if none could be read: the stream ends, and
+    /// the client reconnects from its last line.
+    async fn read_saved(&mut self) -> bool {
+        let (journal, id, after) = (
+            Arc::clone(&self.journal),
+            self.build.id.clone(),
+            self.cursor,
+        );
+        let read =
+            tokio::task::spawn_blocking(move || journal.read_lines(&id, after, JOURNAL_STEP)).await;
+        let lines = match read {
+            Ok(Ok(lines)) if !lines.is_empty() => lines,
+            Ok(Ok(_)) => {
+                tracing::error!(build = %self.build.id, after, "the journal holds no lines after this one, though the build has let go of them");
+                return false;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(build = %self.build.id, "reading saved lines: {e}");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(build = %self.build.id, "reading saved lines: {e}");
+                return false;
+            }
+        };
+        for line in &lines {
+            self.cursor = line.seq;
+            push_event(&mut self.queued, api::event::LOG, Some(line.seq), line);
+        }
+        true
     }
 }

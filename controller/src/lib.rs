@@ -96,7 +96,7 @@ pub struct App {
     /// holding the shutdown open.
     pub stopping: tokio_util::sync::CancellationToken,
     /// Idempotency-Key → build id, for builds still known.
-    pub idempotency: std::sync::Mutex<HashMap<String, String>>,
+
     /// Supervisors and the journal writer: ended with the controller, so
     /// that nothing of it (the journal file's lock included) outlives it.
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -281,13 +281,6 @@ fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
             app.config.build_log_limit,
         ));
         app.builds.insert(Arc::clone(&build));
-        let key = build.read().idempotency_key().map(str::to_string);
-        if let Some(key) = key {
-            app.idempotency
-                .lock()
-                .expect("lock")
-                .insert(key, build.id.clone());
-        }
         let status = build.status();
         if status.state.is_terminal() {
             continue;
@@ -335,16 +328,7 @@ async fn forget_old_builds(app: Arc<App>) {
 pub async fn forget_once(app: &App) {
     let retention = app.config.build_retention;
     let cutoff = bakery_protocol::api::now_ms().saturating_sub(retention.as_millis() as u64);
-    let gone: Vec<String> = app
-        .builds
-        .all()
-        .into_iter()
-        .filter(|b| {
-            let s = b.status();
-            s.state.is_terminal() && s.finished_ms.is_some_and(|f| f < cutoff)
-        })
-        .map(|b| b.id.clone())
-        .collect();
+    let gone = app.builds.finished_before(cutoff);
     match app.journal.forget(&gone) {
         Ok(()) if gone.is_empty() => {}
         Ok(()) => {
@@ -352,9 +336,6 @@ pub async fn forget_once(app: &App) {
                 app.builds.remove(id);
             }
             tracing::info!(removed = gone.len(), "forgot builds past BUILD_RETENTION");
-            let mut keys = app.idempotency.lock().expect("lock");
-            keys.retain(|_, id| !gone.contains(id));
-            drop(keys);
             platform::local::delete_agent_logs(&app.config.data_dir.join("work"), &gone);
         }
         Err(e) => tracing::warn!("cleaning up old builds: {e}"),
@@ -433,7 +414,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &config.data_dir.join("builds.redb"),
     )?);
     journal.set_flush_timeout(config.journal_timeout);
-    let restored = journal.load()?;
+    let restored = journal.load(state::log::TAIL_LINES)?;
     let keep: HashSet<String> = restored
         .iter()
         .filter(|r| !r.record.status.state.is_terminal())
@@ -469,7 +450,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         journal: Arc::clone(&journal),
         platforms,
         stopping: tokio_util::sync::CancellationToken::new(),
-        idempotency: Default::default(),
         background: Default::default(),
         supervisors: Default::default(),
     });

@@ -25,6 +25,7 @@ use bakery_protocol::api::AgentLine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::state::Build;
 use crate::App;
@@ -34,6 +35,14 @@ use crate::App;
 /// this much log is resent after a crash, and dropped as duplicates); each
 /// one wakes the agent, and a thousand agents sharing a machine felt that.
 pub const ACK_EVERY: Duration = Duration::from_secs(1);
+
+/// Most lines a build holds unsaved before its agents' streams wait for
+/// the journal: without it, agents faster than the disk filled the
+/// controller's memory (ten agents sending 1M lines each took it to 1.25
+/// GB). Waiting stops the reading, so the agent's queue fills and it holds
+/// the builder back (see the agent's QUEUE_LIMIT): no line is dropped. One
+/// commit saves all of them (~1 MB of lines).
+pub const UNSAVED_LIMIT: usize = 8192;
 
 /// Longest line accepted; the agent cuts its lines at 64 KiB, so more
 /// means a broken stream.
@@ -135,12 +144,29 @@ async fn read_lines(
             let seq = last.seq;
             progress.send_modify(|p| p.seq = p.seq.max(seq));
         }
-        if bad {
+        if bad || !wait_for_the_journal(&app.stopping, &build).await {
             break;
         }
     }
     progress.send_modify(|p| p.ended = true);
     ended.notify_one();
+}
+
+/// Waits while `build` holds more than [`UNSAVED_LIMIT`] unsaved lines.
+/// False if the controller is stopping meanwhile.
+async fn wait_for_the_journal(stopping: &CancellationToken, build: &Build) -> bool {
+    if build.unsaved_lines() <= UNSAVED_LIMIT {
+        return true;
+    }
+    // Woken when the journal saves lines (and on status changes).
+    let mut saved = build.subscribe();
+    while build.unsaved_lines() > UNSAVED_LIMIT {
+        tokio::select! {
+            changed = saved.changed() => if changed.is_err() { return false },
+            () = stopping.cancelled() => return false,
+        }
+    }
+    true
 }
 
 async fn acknowledge(
@@ -189,5 +215,60 @@ async fn acknowledge(
         if now.ended {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Journal;
+    use crate::state::Registry;
+
+    /// Agents faster than the disk once filled the controller's memory: a
+    /// stream now waits while its build holds too many unsaved lines, and
+    /// goes on once the journal has saved them.
+    #[tokio::test]
+    async fn a_stream_waits_while_its_build_holds_too_many_unsaved_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("builds.redb")).unwrap());
+        let spec = serde_json::json!({
+            "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
+            "credentials": [], "spot": false, "cache": {}, "cache_from": [],
+            "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
+            "no_push": false, "ignore_path": [], "extra_flags": []
+        });
+        let request = serde_json::from_value(serde_json::json!({
+            "service": "svc", "destination": null,
+            "tasks": [{"arch": "amd64", "push": null, "context_key": format!("contexts/sha256-{}.tar.gz", "0".repeat(64)), "spec": spec}]
+        }))
+        .unwrap();
+        let build = Arc::new(Build::new(
+            "bpressure".into(),
+            request,
+            bakery_protocol::Platform::Local,
+            Some(journal.signal()),
+            u64::MAX,
+        ));
+        let registry = Arc::new(Registry::default());
+        registry.insert(Arc::clone(&build));
+        let lines: Vec<AgentLine> = (1..=UNSAVED_LIMIT as u64 + 100)
+            .map(|seq| AgentLine {
+                seq,
+                line: format!("line {seq}"),
+            })
+            .collect();
+        build.append_agent_lines(0, &lines);
+        assert!(build.unsaved_lines() > UNSAVED_LIMIT, "the fault: nothing saved");
+
+        let stopping = CancellationToken::new();
+        let mut waiting = std::pin::pin!(wait_for_the_journal(&stopping, &build));
+        assert!(
+            futures_util::poll!(&mut waiting).is_pending(),
+            "the stream waits"
+        );
+        tokio::spawn(Arc::clone(&journal).run_writer(registry));
+        let went_on = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        assert_eq!(went_on, Ok(true), "it goes on once the lines are saved");
+        assert_eq!(build.unsaved_lines(), 0);
     }
 }

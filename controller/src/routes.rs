@@ -22,7 +22,7 @@ use bakery_protocol::ContextKey;
 
 use crate::agent_api::{self, require_task_token};
 use crate::auth::Caller;
-use crate::state::{new_build_id, Build};
+use crate::state::{new_build_id, Build, Reserved};
 use crate::App;
 
 /// Body limit of routes that take small JSON (status, cancel, results).
@@ -271,10 +271,7 @@ fn withdraw(app: &App, build: &Build, key: Option<&str>) {
         b.withdraw("the controller could not save this build in time, so it was never started");
     });
     if let Some(key) = key {
-        let mut keys = app.idempotency.lock().expect("lock");
-        if keys.get(key) == Some(&build.id) {
-            keys.remove(key);
-        }
+        app.builds.release_key(key, &build.id);
     }
 }
 
@@ -297,45 +294,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     }
 }
 
-/// What a create finds for its idempotency key.
-enum Reserved {
-    /// A new build, registered, under the key (if any).
-    New(Arc<Build>),
-    /// The build an earlier request with the key created.
-    Existing(Arc<Build>),
-}
-
 /// Takes the key for a new build of `request`, unless a build has it.
 fn reserve(app: &App, key: Option<&str>, request: &CreateBuild, caller: &Caller) -> Reserved {
-    let mut keys = app.idempotency.lock().expect("lock");
     // Defence in depth: scoped keys of two tenants never meet, but a build
     // the caller may not see is never handed to it.
-    let existing = key
-        .and_then(|k| keys.get(k))
-        .and_then(|id| app.builds.get(id))
-        .filter(|b| caller.may_access(b.read().created_by()));
-    if let Some(existing) = existing {
-        let withdrawn = {
-            let read = existing.read();
-            !read.acknowledged() && read.state().is_terminal()
-        };
-        if !withdrawn {
-            return Reserved::Existing(existing);
-        }
-    }
-    let build = Arc::new(Build::new(
-        new_build_id(),
-        request.clone(),
-        app.config.default_platform,
-        Some(app.journal.signal()),
-        app.config.build_log_limit,
-    ));
-    build.update(|b| b.set_origin(caller.creator().clone(), key.map(String::from)));
-    app.builds.insert(Arc::clone(&build));
-    if let Some(key) = key {
-        keys.insert(key.to_string(), build.id.clone());
-    }
-    Reserved::New(build)
+    let usable = |b: &Build| caller.may_access(b.read().created_by());
+    app.builds.reserve(key, usable, || {
+        let build = Arc::new(Build::new(
+            new_build_id(),
+            request.clone(),
+            app.config.default_platform,
+            Some(app.journal.signal()),
+            app.config.build_log_limit,
+        ));
+        build.update(|b| b.set_origin(caller.creator().clone(), key.map(String::from)));
+        build
+    })
 }
 
 /// The earlier build's id once its creation has settled: `None` when it

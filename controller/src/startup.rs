@@ -123,7 +123,7 @@ pub(crate) async fn start_platforms(
 }
 
 /// One slot per agent that may run at once on each platform
-/// (`MAX_CONCURRENT_AGENTS`; 4 locally, 100 on a cloud platform).
+/// ([`Config::agent_slots`]).
 pub(crate) fn agent_slots(
     config: &Config,
     platforms: &HashMap<Platform, Box<dyn AgentPlatform>>,
@@ -131,10 +131,10 @@ pub(crate) fn agent_slots(
     platforms
         .keys()
         .map(|p| {
-            let n = config
-                .max_concurrent_agents
-                .unwrap_or(if *p == Platform::Local { 4 } else { 100 });
-            (*p, Arc::new(tokio::sync::Semaphore::new(n.max(1))))
+            (
+                *p,
+                Arc::new(tokio::sync::Semaphore::new(config.agent_slots(*p))),
+            )
         })
         .collect()
 }

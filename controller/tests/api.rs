@@ -231,28 +231,99 @@ async fn open_log_stream(
     (tx, resp)
 }
 
-#[tokio::test]
-async fn the_log_stream_acknowledges_saved_lines_and_drops_resent_ones() {
-    use futures_util::StreamExt;
-    let h = Harness::new(
-        &curl_agent(r#"echo "$BAKERY_TASK_TOKEN" > "$BAKERY_WORK_DIR.token"; sleep 300"#),
-        &[],
-    )
-    .await;
-    let key = h.upload(b"ctx").await;
-    let id = h.create(&request(&key, &[Arch::Amd64])).await;
-    let task = format!("{id}-amd64");
+/// The token a [`TOKEN_AGENT`] wrote for `task`.
+async fn agent_token(h: &Harness, task: &str) -> String {
     let token_file = h.dir.path().join("data/work").join(format!("{task}.token"));
     let start = Instant::now();
-    let token = loop {
+    loop {
         match std::fs::read_to_string(&token_file) {
-            Ok(t) if t.ends_with('\n') => break t.trim().to_string(),
+            Ok(t) if t.ends_with('\n') => return t.trim().to_string(),
             _ => {
                 assert!(start.elapsed() < Duration::from_secs(10));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    };
+    }
+}
+
+/// An agent that leaves its token for the test to speak in its name.
+const TOKEN_AGENT: &str = r#"echo "$BAKERY_TASK_TOKEN" > "$BAKERY_WORK_DIR.token"; sleep 300"#;
+
+/// The text of every agent line of an SSE log body, with its seq.
+fn streamed_lines(text: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| Some((v["seq"].as_u64()?, v["line"].as_str()?.to_string())))
+        .filter(|(_, l)| l.starts_with("chatty "))
+        .collect()
+}
+
+/// A log far longer than what a build keeps in memory once saved: a
+/// follower from the first line, one from the middle, and one after a
+/// restart each get every line once, in order, the older ones read from
+/// the journal.
+#[tokio::test]
+async fn lines_no_longer_in_memory_are_served_from_the_journal() {
+    let mut h = Harness::new(&curl_agent(TOKEN_AGENT), &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let task = format!("{id}-amd64");
+    let token = agent_token(&h, &task).await;
+    const LINES: u64 = 3000;
+    let body: String = (1..=LINES)
+        .map(|n| stream_line(n, &format!("chatty {n}")))
+        .collect();
+    let resp = h
+        .http
+        .post(h.url(&format!("/v1/agent/tasks/{task}/log-stream")))
+        .bearer_auth(&token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let acked = resp.text().await.unwrap();
+    assert_eq!(acked.lines().last(), Some("3000"), "{acked}");
+    assert_eq!(h.cancel(&id).await, StatusCode::ACCEPTED);
+    h.wait_end(&id, Duration::from_secs(10)).await;
+    let build = h.app().builds.get(&id).unwrap();
+    let held_from = build.read().log_held_from();
+    assert!(
+        held_from > 2000,
+        "saved lines left memory: {held_from} not held"
+    );
+
+    let expected: Vec<(u64, String)> = (1..=LINES).map(|n| (n, format!("chatty {n}"))).collect();
+    let first = streamed_lines(&h.log_text(&id).await);
+    // The agent's lines follow the controller's own ("agent started").
+    let offset = first[0].0 - 1;
+    let renumbered: Vec<(u64, String)> =
+        first.iter().map(|(s, l)| (s - offset, l.clone())).collect();
+    assert_eq!(renumbered, expected);
+    let from_middle = h
+        .http
+        .get(h.url(&format!("/v1/builds/{id}/logs")))
+        .header("last-event-id", (offset + 1234).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(streamed_lines(&from_middle), first[1234..].to_vec());
+
+    h.restart(&[]).await;
+    assert_eq!(streamed_lines(&h.log_text(&id).await), first);
+}
+
+#[tokio::test]
+async fn the_log_stream_acknowledges_saved_lines_and_drops_resent_ones() {
+    use futures_util::StreamExt;
+    let h = Harness::new(&curl_agent(TOKEN_AGENT), &[]).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&request(&key, &[Arch::Amd64])).await;
+    let task = format!("{id}-amd64");
+    let token = agent_token(&h, &task).await;
 
     let wrong = h
         .http

@@ -361,8 +361,12 @@ sleep 300"#,
         !log.contains("line 40 of"),
         "lines past the limit are refused"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(no_agents_left(&h.data()), "the agent was stopped");
+    eventually(
+        "the agent is stopped",
+        Duration::from_secs(10),
+        async || no_agents_left(&h.data()),
+    )
+    .await;
 }
 
 /// A digest reported for a task that pushes nothing (the build's own code

@@ -135,13 +135,20 @@ async fn a_build_whose_creation_was_answered_503_never_runs() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("was not started"), "{body}");
     h.app().journal.set_flush_timeout(Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The record reaches the disk after the answer: the next flush waits
+    // for it, so the restart below reads it back.
+    h.app().journal.flush().await.unwrap();
     h.restart(&[]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let builds = h.app().builds.all();
-    assert_eq!(builds.len(), 1, "the record is there");
-    let status = builds[0].status();
-    assert_eq!(status.state, BuildState::Failed);
+    eventually(
+        "the record is read back, failed",
+        Duration::from_secs(10),
+        async || {
+            let builds = h.app().builds.all();
+            builds.len() == 1 && builds[0].status().state == BuildState::Failed
+        },
+    )
+    .await;
+    let status = h.app().builds.all()[0].status();
     assert!(status.error.unwrap().contains("never started"));
     let ran = std::fs::read_dir(h.dir.path().join("data/work")).is_ok_and(|d| {
         d.flatten()
@@ -182,6 +189,8 @@ async fn an_unacknowledged_build_in_the_journal_is_failed_on_restart_not_started
     let status = h.status("bghost").await;
     assert_eq!(status.state, BuildState::Failed, "{status:?}");
     assert!(status.error.unwrap().contains("never started"));
+    // Something that must not happen: no condition to wait for, so a
+    // grace period long enough for a started agent's first command.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!h.dir.path().join("data/work/bghost-amd64.ran").exists());
 }

@@ -5,7 +5,7 @@
 //! `running` → `success`/`failed`/`canceled`, linked to the job
 //! (`CI_JOB_URL`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -101,7 +101,7 @@ impl CiSystem for GitLab {
         &self,
         _plan: &Plan,
         results: &[ServiceResult],
-        _tails: &BTreeMap<String, Vec<String>>,
+        _tails: &super::Tails,
     ) -> std::io::Result<()> {
         match &self.dotenv {
             Some(path) => std::fs::write(path, dotenv_report(results)),
@@ -133,7 +133,7 @@ impl CiSystem for GitLab {
         &'a self,
         _plan: &'a Plan,
         status: &'a BuildStatus,
-        _tails: &'a BTreeMap<String, Vec<String>>,
+        _tails: &'a super::Tails,
     ) -> BoxFuture<'a, ()> {
         Box::pin(self.update(status))
     }

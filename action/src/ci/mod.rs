@@ -60,7 +60,7 @@ impl Reporting {
 }
 
 /// The last log lines of each `<service>-<arch>`.
-pub type Tails = BTreeMap<String, Vec<String>>;
+pub type Tails = BTreeMap<crate::task_label::TaskLabel, Vec<String>>;
 
 /// What a CI system shows of a build. Every method has a do-nothing default,
 /// so a system implements only what it has.

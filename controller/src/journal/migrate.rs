@@ -1,9 +1,11 @@
-//! Journals written before log rows (see [`super::rows`]) keyed chunks by
-//! build; they are converted in the transaction that opens them.
+//! Journals of earlier layouts, converted in the transaction that opens
+//! them: chunks keyed by build (before log rows, see [`super::rows`]), and
+//! log rows without their map ([`super::rows::LOG_MAP`]).
 
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
-use super::rows::{push_entry, LOG_ROWS};
+use super::rows::{decode_row, push_entry, push_map_entry, Chunk, Entry, LOG_MAP, LOG_ROWS};
+use super::JournalError;
 
 /// The layout before log rows: (build id, seq of the chunk's first line)
 /// → JSON chunk.
@@ -40,5 +42,25 @@ pub(super) fn migrate_keyed_logs(txn: &WriteTransaction) -> Result<(), redb::Err
         }
     }
     txn.delete_table(KEYED_LOGS)?;
+    Ok(())
+}
+
+/// Journals written before [`LOG_MAP`] have their rows read once, here,
+/// to write it; from then on a start-up reads the map, not the lines.
+pub(super) fn migrate_log_map(txn: &WriteTransaction) -> Result<(), JournalError> {
+    if txn.list_tables()?.any(|t| t.name() == LOG_MAP.name()) {
+        return Ok(());
+    }
+    let rows = txn.open_table(LOG_ROWS)?;
+    let mut map = txn.open_table(LOG_MAP)?;
+    for row in rows.iter()? {
+        let (key, row) = row?;
+        let mut value = Vec::new();
+        for (id, chunk) in decode_row(key.value(), row.value())? {
+            let chunk: Chunk = serde_json::from_slice(chunk)?;
+            push_map_entry(&mut value, id, Entry::of(&chunk.lines));
+        }
+        map.insert(key.value(), value.as_slice())?;
+    }
     Ok(())
 }

@@ -19,7 +19,7 @@ pub mod rows;
 mod vault;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -30,7 +30,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 pub use rows::encode_chunk;
-use rows::{for_each_entry, Chunk, RowIndex, LOG_ROWS};
+use rows::{RowIndex, LOG_MAP, LOG_ROWS};
 use vault::Vault;
 pub use writer::{Builds, Journaled, Signal, Unsaved};
 
@@ -91,6 +91,23 @@ impl From<redb::Error> for JournalError {
         JournalError::Db(e)
     }
 }
+
+/// redb's errors of each kind, as [`redb::Error`] holds them.
+macro_rules! from_redb {
+    ($($kind:ty),*) => {$(
+        impl From<$kind> for JournalError {
+            fn from(e: $kind) -> Self {
+                JournalError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 impl From<serde_json::Error> for JournalError {
     fn from(e: serde_json::Error) -> Self {
@@ -181,8 +198,13 @@ impl TaskRecord {
 pub struct Restored {
     /// The build's saved record, secrets put back from the vault.
     pub record: Record,
-    /// Its log, in order.
-    pub logs: Vec<LogEvent>,
+    /// The last lines of its log, in order (the rest stays on disk, read
+    /// by [`Journal::read_lines`]).
+    pub tail: Vec<LogEvent>,
+    /// How many lines its log has.
+    pub log_len: usize,
+    /// The bytes of their text.
+    pub log_bytes: u64,
     /// Each task's agent seq as of the last chunk.
     pub agent_seqs: Vec<u64>,
 }
@@ -242,6 +264,7 @@ impl Journal {
         let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(BUILDS).map_err(redb::Error::from)?;
         migrate::migrate_keyed_logs(&txn)?;
+        migrate::migrate_log_map(&txn)?;
         let next = txn
             .open_table(LOG_ROWS)
             .map_err(redb::Error::from)?
@@ -253,10 +276,7 @@ impl Journal {
             db: RwLock::new(Some(Arc::new(db))),
             open,
             signal: Arc::new(Signal::new()),
-            rows: Mutex::new(RowIndex {
-                next,
-                ..RowIndex::default()
-            }),
+            rows: Mutex::new(RowIndex::starting_at(next)),
             flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
             vault: Vault::none(),
         })
@@ -327,12 +347,12 @@ impl Journal {
         Arc::clone(&self.signal)
     }
 
-    /// Every saved build, oldest first.
-    pub fn load(&self) -> Result<Vec<Restored>, JournalError> {
+    /// Every saved build, oldest first, each with the last `tail` lines of
+    /// its log: what a restart reads does not grow with the lines kept.
+    pub fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError> {
         let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
         let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
-        let mut by_id = HashMap::new();
         for entry in builds.iter().map_err(redb::Error::from)? {
             let (id, value) = entry.map_err(redb::Error::from)?;
             let mut record: Record = serde_json::from_slice(value.value())?;
@@ -345,34 +365,51 @@ impl Journal {
                     version: record.version,
                 });
             }
-            by_id.insert(id.value().to_string(), out.len());
             out.push(Restored {
                 record,
-                logs: Vec::new(),
+                tail: Vec::new(),
+                log_len: 0,
+                log_bytes: 0,
                 agent_seqs: Vec::new(),
             });
         }
-        let mut index = RowIndex::default();
-        for_each_entry(&txn, |key, id, chunk| {
-            // Lines of a forgotten build, in a row shared with a kept one.
-            let Some(&i) = by_id.get(id) else {
-                return Ok(());
+        let ids: HashSet<&str> = out.iter().map(|r| r.record.status.id.as_str()).collect();
+        // Lines of a forgotten build, in a row shared with a kept one, are
+        // left out.
+        let (index, extents) = rows::scan_map(&txn, |id| ids.contains(id))?;
+        for build in &mut out {
+            let Some(extent) = extents.get(&build.record.status.id) else {
+                continue;
             };
-            index.seen(id, key);
-            let chunk: Chunk = serde_json::from_slice(chunk)?;
-            let build = &mut out[i];
-            // A commit that failed after all reached the disk may have been
-            // written again by its retry.
-            let saved = build.logs.last().map_or(0, |l| l.seq);
-            build
-                .logs
-                .extend(chunk.lines.into_iter().filter(|l| l.seq > saved));
-            build.agent_seqs = chunk.agent_seqs;
-            Ok(())
-        })?;
+            let tail = tail.max(1);
+            let after = extent.last_seq.saturating_sub(tail as u64);
+            let keys = index.rows_after(&build.record.status.id, after, tail);
+            let (mut lines, agent_seqs) =
+                rows::read_lines(&txn, &build.record.status.id, &keys, after, tail)?;
+            lines.drain(..lines.len().saturating_sub(tail));
+            build.tail = lines;
+            build.log_len = extent.last_seq as usize;
+            build.log_bytes = extent.bytes;
+            build.agent_seqs = agent_seqs.unwrap_or_default();
+        }
         self.rows().merge(index);
         out.sort_by_key(|r| r.record.status.created_ms);
         Ok(out)
+    }
+
+    /// Build `id`'s saved lines after seq `after`: `max` or more, up to the
+    /// end of the chunk (one commit's lines) that holds the `max`th. For a
+    /// follower behind the lines kept in memory. Blocks on the disk.
+    pub fn read_lines(
+        &self,
+        id: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<LogEvent>, JournalError> {
+        self.index_rows()?;
+        let keys = self.rows().rows_after(id, after, max);
+        let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
+        Ok(rows::read_lines(&txn, id, &keys, after, max)?.0)
     }
 
     fn rows(&self) -> MutexGuard<'_, RowIndex> {
@@ -386,13 +423,7 @@ impl Journal {
         }
         let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
         let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
-        let mut index = RowIndex::default();
-        for_each_entry(&txn, |key, id, _| {
-            if builds.get(id).map_err(redb::Error::from)?.is_some() {
-                index.seen(id, key);
-            }
-            Ok(())
-        })?;
+        let (index, _) = rows::scan_map(&txn, |id| builds.get(id).is_ok_and(|b| b.is_some()))?;
         self.rows().merge(index);
         Ok(())
     }
@@ -450,15 +481,17 @@ impl Journal {
             for id in ids {
                 builds.remove(id.as_str()).map_err(redb::Error::from)?;
             }
-            txn.open_table(LOG_ROWS)
-                .map_err(redb::Error::from)?
-                .retain_in(..kept_from, |_, _| false)
-                .map_err(redb::Error::from)?;
+            for table in [LOG_ROWS, LOG_MAP] {
+                txn.open_table(table)
+                    .map_err(redb::Error::from)?
+                    .retain_in(..kept_from, |_, _| false)
+                    .map_err(redb::Error::from)?;
+            }
         }
         txn.commit().map_err(redb::Error::from)?;
         let mut rows = self.rows();
         for id in ids {
-            rows.first.remove(id);
+            rows.remove(id);
             self.vault.remove(id);
         }
         Ok(())

@@ -5,9 +5,12 @@
 //! B-tree page of its own, and every commit rewrote them all: 1,000 chatty
 //! builds had the controller write ~70 MB/s to disk for 1.5 MB/s of lines
 //! (bench/RESULTS.md). Appended in key order, a commit rewrites the tree's
-//! last pages only. A build's lines are read back by scanning the rows in
-//! order, which happens once, at start-up; rows go oldest first, up to the
-//! first row of the oldest build kept ([`RowIndex`]).
+//! last pages only. Beside each row, [`LOG_MAP`] says which builds' lines
+//! it holds (seqs and bytes, not the lines): read at start-up, it tells
+//! where each build's lines are without reading them, so a restart costs
+//! the same with 10M retained lines as with none, and a follower reading
+//! an old part of a log reads just the rows holding it ([`RowIndex`]).
+//! Rows go oldest first, up to the first row of the oldest build kept.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,6 +22,10 @@ use super::JournalError;
 
 /// Commit number → each build's new lines in that commit ([`write_rows`]).
 pub(super) const LOG_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("log_rows");
+
+/// Row key → what the row of that key holds, one [`Entry`] per build
+/// (see [`push_map_entry`]): the index of [`LOG_ROWS`], written with it.
+pub(super) const LOG_MAP: TableDefinition<u64, &[u8]> = TableDefinition::new("log_map");
 
 /// Most bytes in a log row (but for a single larger entry).
 pub(super) const ROW_BYTES: usize = 16 << 10;
@@ -38,15 +45,48 @@ struct ChunkRef<'a> {
     lines: Vec<LogEventRef<'a>>,
 }
 
-/// Serialises lines as a chunk (see [`Chunk`]).
+/// Which lines a chunk holds, as [`LOG_MAP`] records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The seq of its first line.
+    pub first_seq: u64,
+    /// How many lines.
+    pub lines: u64,
+    /// The bytes of their text (for BUILD_LOG_LIMIT after a restart).
+    pub bytes: u64,
+}
+
+impl Entry {
+    /// What [`Chunk`] `lines` hold.
+    pub(super) fn of(lines: &[LogEvent]) -> Entry {
+        Entry {
+            first_seq: lines.first().map_or(0, |l| l.seq),
+            lines: lines.len() as u64,
+            bytes: lines.iter().map(|l| l.line.len() as u64).sum(),
+        }
+    }
+}
+
+/// Serialises lines as a chunk (see [`Chunk`]), with what it holds.
 pub fn encode_chunk<'a>(
     agent_seqs: &[u64],
     lines: impl Iterator<Item = LogEventRef<'a>>,
-) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&ChunkRef {
-        agent_seqs,
-        lines: lines.collect(),
-    })
+) -> Result<(Entry, Vec<u8>), serde_json::Error> {
+    let lines: Vec<LogEventRef<'a>> = lines.collect();
+    let entry = Entry {
+        first_seq: lines.first().map_or(0, |l| l.seq),
+        lines: lines.len() as u64,
+        bytes: lines.iter().map(|l| l.line.len() as u64).sum(),
+    };
+    Ok((entry, serde_json::to_vec(&ChunkRef { agent_seqs, lines })?))
+}
+
+/// Where some of a build's lines are: from `first_seq` on, in row `row`
+/// (up to the next span's first seq).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first_seq: u64,
+    row: u64,
 }
 
 /// Which log rows may go. Rows are written in key order and a build's lines
@@ -60,11 +100,22 @@ pub(super) struct RowIndex {
     pub next: u64,
     /// Build id → the key of the first row holding its lines.
     pub first: HashMap<String, u64>,
-    /// Whether `first` covers the rows on disk (filled by [`Journal::load`]).
+    /// Build id → where its lines are, in seq order (rows committed only).
+    spans: HashMap<String, Vec<Span>>,
+    /// Whether `first` and `spans` cover the rows on disk (filled by
+    /// [`super::Journal::load`]).
     pub complete: bool,
 }
 
 impl RowIndex {
+    /// An index whose next row is `next`, the rest to be filled by a scan.
+    pub(super) fn starting_at(next: u64) -> RowIndex {
+        RowIndex {
+            next,
+            ..RowIndex::default()
+        }
+    }
+
     /// Keys for the rows of a commit holding lines of `builds`: as many
     /// from the one returned on as there are builds (the most rows they can
     /// take, see [`write_rows`]; unused keys are skipped). None without
@@ -96,40 +147,197 @@ impl RowIndex {
         }
     }
 
-    /// Takes in what a scan of the rows on disk found (rows numbered
-    /// meanwhile are already here, with later keys).
+    /// Notes that committed row `row` holds `entry`'s lines of `id`.
+    pub(super) fn committed(&mut self, id: &str, entry: Entry, row: u64) {
+        self.seen(id, row);
+        let spans = self.spans.entry(id.to_string()).or_default();
+        // A commit retried after it reached the disk wrote these lines
+        // again: the later row is as good, the earlier one is kept.
+        if spans.last().is_none_or(|s| s.first_seq < entry.first_seq) {
+            spans.push(Span {
+                first_seq: entry.first_seq,
+                row,
+            });
+        }
+    }
+
+    /// The rows holding `id`'s lines after seq `after`, in order: as many as
+    /// hold the next `max` lines at least.
+    pub(super) fn rows_after(&self, id: &str, after: u64, max: usize) -> Vec<u64> {
+        let Some(spans) = self.spans.get(id) else {
+            return Vec::new();
+        };
+        let start = spans
+            .partition_point(|s| s.first_seq <= after + 1)
+            .saturating_sub(1);
+        let until = after.saturating_add(max as u64);
+        spans[start..]
+            .iter()
+            .take_while(|s| s.first_seq <= until)
+            .map(|s| s.row)
+            .collect()
+    }
+
+    /// Forgets build `id`'s rows (the build is forgotten).
+    pub(super) fn remove(&mut self, id: &str) {
+        self.first.remove(id);
+        self.spans.remove(id);
+    }
+
+    /// Takes in what a scan of [`LOG_MAP`] found (rows numbered or
+    /// committed meanwhile are already here, with later keys).
     pub(super) fn merge(&mut self, found: RowIndex) {
         for (id, key) in found.first {
             let first = self.first.entry(id).or_insert(key);
             *first = (*first).min(key);
         }
+        for (id, mut spans) in found.spans {
+            let mine = self.spans.entry(id).or_default();
+            spans.retain(|s| mine.first().is_none_or(|m| s.first_seq < m.first_seq));
+            spans.append(mine);
+            *mine = spans;
+        }
         self.complete = true;
     }
 }
 
-/// Hands `put` a commit's `(build id, chunk)` entries as log rows of at
-/// most [`ROW_BYTES`] (but for a single larger entry), so at most one row
-/// per entry, one row buffer at a time. Each entry is `[id length: u32 LE]
-/// [id][chunk length: u32 LE][chunk JSON]`: a length-prefixed frame, not
-/// JSON, since the chunks are JSON already and rows are written at every
-/// commit.
+/// Hands `put` a commit's `(build id, entry, chunk)` entries as log rows
+/// of at most [`ROW_BYTES`] (but for a single larger entry), so at most one
+/// row per entry, one row buffer at a time, each with its [`LOG_MAP`] value.
+/// Each entry is `[id length: u32 LE][id][chunk length: u32 LE][chunk
+/// JSON]`: a length-prefixed frame, not JSON, since the chunks are JSON
+/// already and rows are written at every commit.
 pub(super) fn write_rows<'a, E>(
-    entries: impl Iterator<Item = (&'a str, Vec<u8>)>,
-    mut put: impl FnMut(&[u8]) -> Result<(), E>,
+    entries: impl Iterator<Item = (&'a str, Entry, Vec<u8>)>,
+    mut put: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut row = Vec::with_capacity(ROW_BYTES);
-    for (id, chunk) in entries {
+    let mut map = Vec::new();
+    for (id, entry, chunk) in entries {
         if !row.is_empty() && row.len() + 8 + id.len() + chunk.len() > ROW_BYTES {
-            put(&row)?;
+            put(&row, &map)?;
             row.clear();
+            map.clear();
         }
         push_entry(&mut row, id, &chunk);
+        push_map_entry(&mut map, id, entry);
     }
     if row.is_empty() {
         Ok(())
     } else {
-        put(&row)
+        put(&row, &map)
     }
+}
+
+/// Appends `[id length: u32 LE][id][first seq, lines, bytes: u64 LE]`.
+pub(super) fn push_map_entry(map: &mut Vec<u8>, id: &str, entry: Entry) {
+    map.extend_from_slice(&(id.len() as u32).to_le_bytes());
+    map.extend_from_slice(id.as_bytes());
+    for n in [entry.first_seq, entry.lines, entry.bytes] {
+        map.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// The entries of [`LOG_MAP`] row `key` (see [`push_map_entry`]).
+pub(super) fn decode_map(key: u64, mut map: &[u8]) -> Result<Vec<(&str, Entry)>, JournalError> {
+    fn take<'a>(map: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
+        let part = map.get(..len)?;
+        *map = &map[len..];
+        Some(part)
+    }
+    fn number(map: &mut &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(take(map, 8)?.try_into().ok()?))
+    }
+    let mut entries = Vec::new();
+    while !map.is_empty() {
+        let entry = (|| {
+            let len = u32::from_le_bytes(take(&mut map, 4)?.try_into().ok()?) as usize;
+            let id = std::str::from_utf8(take(&mut map, len)?).ok()?;
+            let [first_seq, lines, bytes] =
+                [number(&mut map)?, number(&mut map)?, number(&mut map)?];
+            Some((
+                id,
+                Entry {
+                    first_seq,
+                    lines,
+                    bytes,
+                },
+            ))
+        })();
+        entries.push(entry.ok_or(JournalError::Row(key))?);
+    }
+    Ok(entries)
+}
+
+/// How much of a build's log is saved, as [`scan_map`] adds it up.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Extent {
+    /// The seq of its last line (its length: seqs start at 1).
+    pub last_seq: u64,
+    /// The bytes of its lines' text.
+    pub bytes: u64,
+}
+
+/// What [`LOG_MAP`] says of the builds `keep` accepts: where their lines
+/// are, and how much of each log is saved. Reads no line.
+pub(super) fn scan_map(
+    txn: &redb::ReadTransaction,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(RowIndex, HashMap<String, Extent>), JournalError> {
+    let map = txn.open_table(LOG_MAP).map_err(redb::Error::from)?;
+    let mut index = RowIndex::default();
+    let mut extents: HashMap<String, Extent> = HashMap::new();
+    for row in map.iter().map_err(redb::Error::from)? {
+        let (key, value) = row.map_err(redb::Error::from)?;
+        for (id, entry) in decode_map(key.value(), value.value())? {
+            if !keep(id) || entry.lines == 0 {
+                continue;
+            }
+            index.committed(id, entry, key.value());
+            let extent = extents.entry(id.to_string()).or_default();
+            let last = entry.first_seq + entry.lines - 1;
+            // Lines written twice (a retried commit) count once.
+            if entry.first_seq > extent.last_seq {
+                extent.bytes += entry.bytes;
+            }
+            extent.last_seq = extent.last_seq.max(last);
+        }
+    }
+    Ok((index, extents))
+}
+
+/// Build `id`'s lines after seq `after` in rows `keys`, in whole chunks
+/// until there are `max` or more (parsing a chunk for part of it, a reader
+/// of a long log parsed each chunk many times over), and the agent seqs of
+/// the last chunk read.
+pub(super) fn read_lines(
+    txn: &redb::ReadTransaction,
+    id: &str,
+    keys: &[u64],
+    after: u64,
+    max: usize,
+) -> Result<(Vec<LogEvent>, Option<Vec<u64>>), JournalError> {
+    let rows = txn.open_table(LOG_ROWS).map_err(redb::Error::from)?;
+    let mut out: Vec<LogEvent> = Vec::new();
+    let mut agent_seqs = None;
+    for &key in keys {
+        let Some(row) = rows.get(key).map_err(redb::Error::from)? else {
+            continue;
+        };
+        for (_, chunk) in decode_row(key, row.value())?
+            .into_iter()
+            .filter(|(entry, _)| *entry == id)
+        {
+            let chunk: Chunk = serde_json::from_slice(chunk)?;
+            let from = out.last().map_or(after, |l| l.seq);
+            out.extend(chunk.lines.into_iter().filter(|l| l.seq > from));
+            agent_seqs = Some(chunk.agent_seqs);
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok((out, agent_seqs))
 }
 
 pub(super) fn push_entry(row: &mut Vec<u8>, id: &str, chunk: &[u8]) {
@@ -137,22 +345,6 @@ pub(super) fn push_entry(row: &mut Vec<u8>, id: &str, chunk: &[u8]) {
         row.extend_from_slice(&(part.len() as u32).to_le_bytes());
         row.extend_from_slice(part);
     }
-}
-
-/// Calls `f` with each entry of each log row, in order: (row key, build id,
-/// chunk).
-pub(super) fn for_each_entry(
-    txn: &redb::ReadTransaction,
-    mut f: impl FnMut(u64, &str, &[u8]) -> Result<(), JournalError>,
-) -> Result<(), JournalError> {
-    let rows = txn.open_table(LOG_ROWS).map_err(redb::Error::from)?;
-    for row in rows.iter().map_err(redb::Error::from)? {
-        let (key, row) = row.map_err(redb::Error::from)?;
-        for (id, chunk) in decode_row(key.value(), row.value())? {
-            f(key.value(), id, chunk)?;
-        }
-    }
-    Ok(())
 }
 
 /// The entries of row `key` (see [`write_rows`]).

@@ -1,7 +1,7 @@
 //! The journal on its own: what is written reads back the same.
 
 use super::migrate::KEYED_LOGS;
-use super::rows::{decode_row, write_rows, ROW_BYTES};
+use super::rows::{decode_row, write_rows, Chunk, Entry, ROW_BYTES};
 use super::*;
 use crate::state::{Build, Registry};
 use bakery_protocol::api::{AgentLine, BuildState};
@@ -12,15 +12,7 @@ use redb::{ReadableTableMetadata, TableHandle};
 /// retention pass does.
 fn forget_older_than(journal: &Journal, registry: &Registry, retention: Duration) -> Vec<String> {
     let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-    let old: Vec<String> = registry
-        .all()
-        .into_iter()
-        .filter(|b| {
-            let s = b.status();
-            s.state.is_terminal() && s.finished_ms.is_some_and(|f| f < cutoff)
-        })
-        .map(|b| b.id.clone())
-        .collect();
+    let old = registry.finished_before(cutoff);
     journal.forget(&old).unwrap();
     for id in &old {
         registry.remove(id);
@@ -61,11 +53,12 @@ type Saved = (String, Vec<(u64, String)>, Vec<u64>);
 fn reopened(path: &Path) -> Vec<Saved> {
     Journal::open(path)
         .unwrap()
-        .load()
+        .load(usize::MAX)
         .unwrap()
         .into_iter()
         .map(|r| {
-            let lines = r.logs.into_iter().map(|l| (l.seq, l.line)).collect();
+            assert_eq!(r.tail.len(), r.log_len);
+            let lines = r.tail.into_iter().map(|l| (l.seq, l.line)).collect();
             (r.record.status.id, lines, r.agent_seqs)
         })
         .collect()
@@ -231,6 +224,7 @@ async fn a_journal_of_chunks_keyed_by_build_is_moved_into_rows_when_opened() {
             }
         }
         txn.delete_table(LOG_ROWS).unwrap();
+        txn.delete_table(LOG_MAP).unwrap();
         txn.commit().unwrap();
     }
     assert_eq!(rows(&path, KEYED_LOGS), 6);
@@ -252,7 +246,12 @@ async fn a_journal_of_chunks_keyed_by_build_is_moved_into_rows_when_opened() {
 
 fn encoded<'a>(entries: impl Iterator<Item = (&'a str, Vec<u8>)>) -> Vec<Vec<u8>> {
     let mut rows = Vec::new();
-    write_rows(entries, |row| {
+    let none = Entry {
+        first_seq: 1,
+        lines: 0,
+        bytes: 0,
+    };
+    write_rows(entries.map(|(id, chunk)| (id, none, chunk)), |row, _| {
         rows.push(row.to_vec());
         Ok::<_, ()>(())
     })
@@ -392,7 +391,7 @@ async fn the_writer_recovers_from_a_failed_write_by_reopening() {
     drop((a, b, registry));
     drop(Arc::try_unwrap(journal).ok().expect("no one else holds it"));
 
-    let saved = Journal::open(&path).unwrap().load().unwrap();
+    let saved = Journal::open(&path).unwrap().load(usize::MAX).unwrap();
     let states: Vec<(String, BuildState)> = saved
         .iter()
         .map(|r| (r.record.status.id.clone(), r.record.status.state))
@@ -470,7 +469,7 @@ async fn secrets_live_beside_the_journal_never_in_it() {
         !holds(&path, PASSWORD) && !holds(&path, SECRET) && !holds(&path, KEY),
         "not in the database"
     );
-    let restored = Journal::open(&path).unwrap().load().unwrap();
+    let restored = Journal::open(&path).unwrap().load(usize::MAX).unwrap();
     let spec = &restored[0].record.request.tasks[0].spec;
     assert_eq!(spec.credentials[0].password.expose(), PASSWORD);
     assert_eq!(spec.secrets[0].value.expose(), SECRET);
@@ -487,4 +486,102 @@ async fn secrets_live_beside_the_journal_never_in_it() {
     journal.commit_dirty(registry.as_ref()).await.unwrap();
     assert!(!vault.exists(), "a finished build's vault file is deleted");
     assert!(!holds(&path, PASSWORD) && !holds(&path, SECRET));
+}
+
+/// A build whose log is far longer than what is kept in memory: a restart
+/// reads its tail (and how long it is) without reading the rest, and the
+/// rest is read from where it is, whatever the step.
+#[tokio::test]
+async fn a_restart_reads_the_tail_and_the_rest_is_read_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("builds.redb");
+    let registry = Arc::new(Registry::default());
+    {
+        let journal = Journal::open(&path).unwrap();
+        let builds = ["a", "b"].map(|id| add_build(&registry, &journal, id));
+        // 40 commits of 25 lines for each build: 1,000 lines each.
+        for batch in 0..40u64 {
+            for b in &builds {
+                let lines: Vec<AgentLine> = (1..=25)
+                    .map(|i| {
+                        let seq = batch * 25 + i;
+                        AgentLine {
+                            seq,
+                            line: format!("{} {seq}", b.id),
+                        }
+                    })
+                    .collect();
+                b.append_agent_lines(0, &lines);
+            }
+            journal.commit_dirty(registry.as_ref()).await.unwrap();
+        }
+        // Saved lines left memory, but the last TAIL_LINES.
+        let held = builds[0].read().log_held_from();
+        assert_eq!(held, 1000 - crate::state::log::TAIL_LINES);
+    }
+    let journal = Journal::open(&path).unwrap();
+    let restored = journal.load(10).unwrap();
+    let a = restored.iter().find(|r| r.record.status.id == "a").unwrap();
+    let seqs: Vec<u64> = a.tail.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, (991..=1000).collect::<Vec<_>>());
+    assert_eq!(a.log_len, 1000);
+    let bytes: u64 = (1..=1000).map(|s| format!("a {s}").len() as u64).sum();
+    assert_eq!(a.log_bytes, bytes);
+    assert_eq!(a.agent_seqs, vec![1000]);
+    // Any window, from any line, across the rows: whole chunks (of 25
+    // lines here) until there are enough.
+    for (after, max, end) in [
+        (0, 1000, 1000),
+        (0, 7, 25),
+        (24, 1, 25),
+        (25, 30, 75),
+        (990, 512, 1000),
+        (999, 5, 1000),
+        (1000, 5, 1000),
+    ] {
+        let lines = journal.read_lines("b", after, max).unwrap();
+        let expected: Vec<(u64, String)> =
+            (after + 1..=end).map(|s| (s, format!("b {s}"))).collect();
+        let got: Vec<(u64, String)> = lines.into_iter().map(|l| (l.seq, l.line)).collect();
+        assert_eq!(got, expected, "after {after}, {max} at most");
+    }
+    assert!(journal.read_lines("nobody", 0, 10).unwrap().is_empty());
+}
+
+/// Journals written before the row map: it is written from the rows when
+/// the journal opens, and reads back the same.
+#[tokio::test]
+async fn rows_without_their_map_are_mapped_when_the_journal_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("builds.redb");
+    let registry = Arc::new(Registry::default());
+    {
+        let journal = Journal::open(&path).unwrap();
+        let b = add_build(&registry, &journal, "old");
+        for seq in 1..=5u64 {
+            b.append_agent_lines(
+                0,
+                &[AgentLine {
+                    seq,
+                    line: format!("old {seq}"),
+                }],
+            );
+            journal.commit_dirty(registry.as_ref()).await.unwrap();
+        }
+    }
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(
+            txn.delete_table(LOG_MAP).unwrap(),
+            "the map was there to remove"
+        );
+        txn.commit().unwrap();
+    }
+    let expected: Vec<(u64, String)> = (1..=5).map(|s| (s, format!("old {s}"))).collect();
+    assert_eq!(
+        reopened(&path),
+        vec![("old".to_string(), expected, vec![5])]
+    );
+    assert_eq!(rows(&path, LOG_MAP), 5);
 }

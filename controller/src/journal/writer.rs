@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::rows::{write_rows, LOG_ROWS};
+use super::rows::{decode_map, write_rows, Entry, LOG_MAP, LOG_ROWS};
 use super::vault::Vault;
 use super::{Journal, JournalError, Record, BUILDS};
 
@@ -48,7 +48,7 @@ pub struct Unsaved {
     /// The build's record, when more than its log changed.
     pub record: Option<Record>,
     /// The new lines as a journal chunk ([`super::rows::encode_chunk`]).
-    pub chunk: Option<Vec<u8>>,
+    pub chunk: Option<(Entry, Vec<u8>)>,
     /// How many lines the build holds once this is saved.
     pub logs_end: usize,
 }
@@ -184,44 +184,61 @@ impl Journal {
                 .filter(|p| p.chunk.is_some())
                 .map(|p| p.build.id()),
         );
-        let written = tokio::task::spawn_blocking(move || -> Result<Vec<Pending>, redb::Error> {
-            let mut batch = batch;
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(BUILDS)?;
-                for p in &batch {
-                    if let Some(record) = &p.record {
-                        table.insert(p.build.id(), record.as_slice())?;
+        type Landed = Vec<(String, Entry, u64)>;
+        let written =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<Pending>, Landed), JournalError> {
+                let mut batch = batch;
+                let mut landed = Vec::new();
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(BUILDS)?;
+                    for p in &batch {
+                        if let Some(record) = &p.record {
+                            table.insert(p.build.id(), record.as_slice())?;
+                        }
+                    }
+                    if let Some(mut key) = row_key {
+                        let mut rows = txn.open_table(LOG_ROWS)?;
+                        let mut map = txn.open_table(LOG_MAP)?;
+                        // Each chunk is freed once copied (a retry serialises
+                        // its lines again): a commit's lines are held once,
+                        // not twice, at 1,000 chatty builds tens of MB.
+                        let chunks = batch.iter_mut().filter_map(|p| {
+                            let (entry, chunk) = p.chunk.take()?;
+                            Some((p.build.id(), entry, chunk))
+                        });
+                        write_rows(chunks, |row, entries| {
+                            rows.insert(key, row)?;
+                            map.insert(key, entries)?;
+                            for (id, entry) in decode_map(key, entries)? {
+                                landed.push((id.to_string(), entry, key));
+                            }
+                            key += 1;
+                            Ok::<_, JournalError>(())
+                        })?;
                     }
                 }
-                if let Some(mut key) = row_key {
-                    let mut rows = txn.open_table(LOG_ROWS)?;
-                    // Each chunk is freed once copied (a retry serialises
-                    // its lines again): a commit's lines are held once,
-                    // not twice, at 1,000 chatty builds tens of MB.
-                    let chunks = batch
-                        .iter_mut()
-                        .filter_map(|p| Some((p.build.id(), p.chunk.take()?)));
-                    write_rows(chunks, |row| {
-                        rows.insert(key, row)?;
-                        key += 1;
-                        Ok::<_, redb::Error>(())
-                    })?;
-                }
-            }
-            txn.commit()?;
-            Ok(batch)
-        })
-        .await;
+                txn.commit()?;
+                Ok((batch, landed))
+            })
+            .await;
         let error = match written {
-            Ok(Ok(batch)) => {
+            Ok(Ok((batch, landed))) => {
                 let carried = batch.len();
+                // Where the lines are, before followers are told they are
+                // saved (and the build lets go of them).
+                {
+                    let mut rows = self.rows();
+                    for (id, entry, key) in &landed {
+                        rows.committed(id, *entry, *key);
+                    }
+                }
                 for p in batch {
                     p.build.set_persisted(p.logs_end);
                 }
                 return Ok(carried);
             }
-            Ok(Err(e)) => JournalError::Db(e),
+            Ok(Err(e)) => e,
             Err(join) => JournalError::Db(redb::Error::Io(std::io::Error::other(join))),
         };
         // Nothing of the transaction is on disk, as a rule: the retry saves
@@ -238,8 +255,8 @@ impl Journal {
 struct Pending {
     build: Arc<dyn Journaled>,
     record: Option<Vec<u8>>,
-    /// The new lines as a JSON chunk.
-    chunk: Option<Vec<u8>>,
+    /// The new lines as a JSON chunk, and which they are.
+    chunk: Option<(Entry, Vec<u8>)>,
     logs_end: usize,
 }
 

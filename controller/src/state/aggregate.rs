@@ -17,6 +17,7 @@ use bakery_protocol::spec::Credential;
 use bakery_protocol::validate;
 use bakery_protocol::Platform;
 
+use super::log::{Log, StoredLine};
 use super::task::Task;
 
 /// What a transition changed, and so who must hear of it.
@@ -29,17 +30,6 @@ pub(super) enum Change {
     /// State: the journal rewrites the record; the supervisor, followers
     /// and clients waiting on the status are woken.
     State,
-}
-
-/// A log line as kept in memory: its task by index, its seq by position.
-/// Every build's whole log stays in memory for followers and `bakery logs`,
-/// so at 1,000 concurrent builds these are most of the controller's RSS; a
-/// [`bakery_protocol::api::LogEvent`] is made only to send.
-#[derive(Debug, Clone)]
-struct StoredLine {
-    task: u32,
-    line: Box<str>,
-    ms: u64,
 }
 
 /// The build-wide part of the status.
@@ -116,9 +106,7 @@ pub struct Aggregate {
     asks: IndexAsks,
     head: Head,
     tasks: Vec<Task>,
-    logs: Vec<StoredLine>,
-    /// Bytes of log held, against `log_limit`.
-    log_bytes: u64,
+    logs: Log,
     /// Most log bytes the build may hold (BUILD_LOG_LIMIT).
     log_limit: u64,
     /// A cancel the supervisor acts on: saved before it is set.
@@ -174,8 +162,7 @@ impl Aggregate {
             asks,
             head,
             tasks,
-            logs: Vec::new(),
-            log_bytes: 0,
+            logs: Log::default(),
             log_limit,
             cancel_requested: false,
             cancel_pending: false,
@@ -303,18 +290,30 @@ impl Aggregate {
         self.tasks.iter().any(|t| t.runtime.result_saving)
     }
 
-    /// How many log lines the build holds.
+    /// How many log lines the build has.
     pub fn log_len(&self) -> usize {
         self.logs.len()
     }
 
+    /// The position of the first line in memory: the ones before it are
+    /// saved, and read from the journal.
+    pub fn log_held_from(&self) -> usize {
+        self.logs.held_from()
+    }
+
+    /// The journal saved the first `saved` lines: most of them leave memory.
+    pub(in crate::state) fn let_go_of_lines(&mut self, saved: usize) {
+        self.logs.let_go(saved);
+    }
+
     /// Lines `from..to` (0-based positions) as followers and the journal
-    /// receive them.
+    /// receive them; those no longer in memory ([`Self::log_held_from`])
+    /// are left out.
     pub fn events(&self, from: usize, to: usize) -> impl Iterator<Item = LogEventRef<'_>> {
-        self.logs[from..to].iter().enumerate().map(move |(i, l)| {
+        self.logs.range(from, to).map(move |(position, l)| {
             let task = &self.tasks[l.task as usize];
             LogEventRef {
-                seq: (from + i) as u64 + 1,
+                seq: position as u64 + 1,
                 task: task.id(),
                 arch: task.arch(),
                 line: &l.line,
@@ -351,7 +350,6 @@ impl Aggregate {
     /// Appends a line on behalf of task `index`, redacted.
     pub fn log(&mut self, index: usize, line: &str) {
         let line = self.redactor.redact(line);
-        self.log_bytes += line.len() as u64;
         self.logs.push(StoredLine {
             task: index as u32,
             line: line.into_boxed_str(),
@@ -374,7 +372,7 @@ impl Aggregate {
             if l.seq <= self.tasks[index].runtime.agent_seq {
                 continue;
             }
-            if self.log_bytes + l.line.len() as u64 > self.log_limit {
+            if self.logs.bytes() + l.line.len() as u64 > self.log_limit {
                 let error = format!(
                     "the build log passed BUILD_LOG_LIMIT ({} bytes); the build was stopped (print less, e.g. quieter package installs, or raise BUILD_LOG_LIMIT on the controller)",
                     self.log_limit

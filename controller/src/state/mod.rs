@@ -14,6 +14,9 @@
 //! followers shared one channel and split the lines between them).
 
 mod aggregate;
+pub(crate) mod log;
+mod registry;
+pub use registry::{Registry, Reserved};
 mod secret_book;
 mod task;
 #[cfg(test)]
@@ -25,7 +28,6 @@ pub use secret_book::SecretBook;
 pub use task::Task;
 pub use token::TaskToken;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -94,7 +96,7 @@ impl Build {
         journal: Option<Arc<journal::Signal>>,
         log_limit: u64,
     ) -> Build {
-        let persisted = saved.logs.len();
+        let persisted = saved.log_len;
         let aggregate = Aggregate::restore(saved, log_limit);
         Build::around(aggregate, journal, persisted, false)
     }
@@ -240,6 +242,15 @@ impl Build {
         self.persisted.load(Ordering::SeqCst)
     }
 
+    /// Lines the build holds that the journal has not saved yet (none
+    /// without a journal: nothing would save them).
+    pub fn unsaved_lines(&self) -> usize {
+        match self.journal {
+            Some(_) => self.lock().log_len().saturating_sub(self.persisted()),
+            None => 0,
+        }
+    }
+
     /// Lines after `seq`, and the status as of the same moment. With a
     /// journal, only lines already on disk: a line a follower has seen must
     /// keep its seq through a crash, or a resumed follower would see it
@@ -247,23 +258,47 @@ impl Build {
     /// At most `max` lines, each handed to `each` under the lock (nothing
     /// is copied): a follower that is behind catches up in steps, and holds
     /// one step's events, not the whole backlog, at a time.
-    /// The flag says whether these are all the lines there are.
+    /// Lines no longer in memory are not handed out: the snapshot says so
+    /// ([`Snapshot::saved_only`]), and the caller reads them from the
+    /// journal.
     pub fn snapshot_after(
         &self,
         seq: u64,
         max: usize,
         each: impl FnMut(LogEventRef<'_>),
-    ) -> (BuildStatus, bool) {
+    ) -> Snapshot {
         let inner = self.lock();
         let visible = match self.journal {
             Some(_) => self.persisted().min(inner.log_len()),
             None => inner.log_len(),
         };
         let start = (seq as usize).min(visible);
+        if start < inner.log_held_from() {
+            return Snapshot {
+                status: inner.status(),
+                caught_up: false,
+                saved_only: true,
+            };
+        }
         let end = visible.min(start.saturating_add(max));
         inner.events(start, end).for_each(each);
-        (inner.status(), end == inner.log_len())
+        Snapshot {
+            status: inner.status(),
+            caught_up: end == inner.log_len(),
+            saved_only: false,
+        }
     }
+}
+
+/// What [`Build::snapshot_after`] saw.
+pub struct Snapshot {
+    /// The status as of the lines handed out.
+    pub status: BuildStatus,
+    /// Whether those were all the lines there are.
+    pub caught_up: bool,
+    /// The next lines are no longer in memory: none were handed out, and
+    /// they are read from the journal ([`journal::Journal::read_lines`]).
+    pub saved_only: bool,
 }
 
 impl journal::Journaled for Build {
@@ -283,6 +318,7 @@ impl journal::Journaled for Build {
     fn set_persisted(&self, lines: usize) {
         let before = self.persisted.swap(lines, Ordering::SeqCst);
         if before != lines {
+            self.lock().let_go_of_lines(lines);
             self.changed.send_modify(|v| *v += 1);
         }
     }
@@ -296,92 +332,6 @@ impl journal::Builds for Registry {
         self.all()
             .into_iter()
             .map(|b| b as Arc<dyn journal::Journaled>)
-            .collect()
-    }
-}
-
-/// Every build this controller knows, and which task belongs to which.
-#[derive(Debug, Default)]
-pub struct Registry {
-    builds: Mutex<HashMap<String, Arc<Build>>>,
-    tasks: Mutex<HashMap<String, (Arc<Build>, usize)>>,
-    /// The running builds' secrets, masked in every build's agent lines.
-    secrets: Arc<SecretBook>,
-}
-
-impl Registry {
-    /// Adds a build, and its tasks by task id.
-    pub fn insert(&self, build: Arc<Build>) {
-        let (task_ids, secrets, running): (Vec<String>, Vec<String>, bool) = {
-            let read = build.read();
-            let ids = read.tasks().iter().map(|t| t.id().to_string()).collect();
-            let secrets = read
-                .requests()
-                .flat_map(|t| bakery_protocol::redact::secret_forms(&t.spec))
-                .collect();
-            (ids, secrets, !read.state().is_terminal())
-        };
-        if running {
-            self.secrets.add(&build.id, secrets);
-        }
-        let _ = build.book.set(Arc::clone(&self.secrets));
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, id) in task_ids.into_iter().enumerate() {
-            tasks.insert(id, (Arc::clone(&build), i));
-        }
-        drop(tasks);
-        self.builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(build.id.clone(), build);
-    }
-
-    /// Forgets a finished build (and its tasks).
-    pub fn remove(&self, id: &str) {
-        let removed = self
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.secrets.remove(id);
-        if let Some(build) = removed {
-            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            for t in build.read().tasks() {
-                tasks.remove(t.id());
-            }
-        }
-    }
-
-    /// The running builds' secrets.
-    pub fn secrets(&self) -> &SecretBook {
-        &self.secrets
-    }
-
-    /// The build `id`, if it is held.
-    pub fn get(&self, id: &str) -> Option<Arc<Build>> {
-        self.builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-
-    /// The build that has the task `task_id`, and the task's position in it.
-    pub fn task(&self, task_id: &str) -> Option<(Arc<Build>, usize)> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(task_id)
-            .cloned()
-    }
-
-    /// Every build held, in no particular order.
-    pub fn all(&self) -> Vec<Arc<Build>> {
-        self.builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
             .collect()
     }
 }

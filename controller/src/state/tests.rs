@@ -473,7 +473,9 @@ fn a_restored_build_is_the_build_that_was_saved() {
     let restored = Aggregate::restore(
         crate::journal::Restored {
             record: b.record(),
-            logs: b
+            log_len: b.log_len(),
+            log_bytes: 5,
+            tail: b
                 .events(0, b.log_len())
                 .map(|e| bakery_protocol::api::LogEvent {
                     seq: e.seq,

@@ -48,10 +48,7 @@ pub(super) async fn next_slot(
 
 /// How many slots a platform has in all.
 pub(super) fn slots_of(app: &App, platform: Platform) -> usize {
-    app.config
-        .max_concurrent_agents
-        .unwrap_or(if platform == Platform::Local { 4 } else { 100 })
-        .max(1)
+    app.config.agent_slots(platform)
 }
 
 /// Takes slots for the tasks that wait for one, in order, and launches

@@ -1,7 +1,7 @@
 //! What GitHub shows of a run: step outputs, the job summary, and error
 //! annotations at the Dockerfile line a build failed on.
 
-use std::collections::BTreeMap;
+use crate::task_label::TaskLabel;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -78,10 +78,7 @@ fn image_names(plan: &Plan, service: &str, destination: Option<&str>) -> String 
 
 /// The job summary: a row per service × arch, the indexes, and for each
 /// failure the error and the last log lines.
-pub fn markdown_summary(
-    results: &[ServiceResult],
-    tails: &BTreeMap<String, Vec<String>>,
-) -> String {
+pub fn markdown_summary(results: &[ServiceResult], tails: &crate::ci::Tails) -> String {
     let mut md = String::from(
         "### bakery\n\n| service | arch | status | duration | digest |\n|---|---|---|---|---|\n",
     );
@@ -113,7 +110,7 @@ pub fn markdown_summary(
                 t.arch
             );
             if t.state == TaskState::Failed {
-                let label = format!("{service}-{}", t.arch);
+                let label = TaskLabel::new(service, t.arch);
                 let tail = tails.get(&label).map(|l| l.join("\n")).unwrap_or_default();
                 let fence = fence_for(&tail);
                 let _ = write!(
@@ -181,14 +178,14 @@ pub fn annotations(
     plan: &Plan,
     results: &[ServiceResult],
     workspace: &Path,
-    tails: &BTreeMap<String, Vec<String>>,
+    tails: &crate::ci::Tails,
 ) -> Vec<Annotation> {
     let mut out = Vec::new();
     for (service, status) in submitted(results) {
         for t in status.tasks.iter().filter(|t| t.state == TaskState::Failed) {
             let message = t.error.clone().unwrap_or_else(|| "failed".into());
             let tail = tails
-                .get(&format!("{service}-{}", t.arch))
+                .get(&TaskLabel::new(service, t.arch))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let at = failed_line(plan, service, t.arch, &message, tail);

@@ -2,8 +2,9 @@
 //! (request, status, each task's runtime) and, at start-up, the build
 //! rebuilt from the record and the lines saved beside it.
 
-use super::{redactor_for, Aggregate, Change, Head, IndexAsks, StoredLine};
+use super::{redactor_for, Aggregate, Change, Head, IndexAsks};
 use crate::journal::{self, Record, TaskRecord};
+use crate::state::log::{Log, StoredLine};
 use crate::state::task::{Runtime, Task};
 
 impl Aggregate {
@@ -11,7 +12,9 @@ impl Aggregate {
     pub(in crate::state) fn restore(saved: journal::Restored, log_limit: u64) -> Self {
         let journal::Restored {
             record,
-            logs,
+            tail,
+            log_len,
+            log_bytes,
             agent_seqs,
         } = saved;
         let Record {
@@ -45,8 +48,7 @@ impl Aggregate {
                 },
             })
             .collect();
-        let log_bytes = logs.iter().map(|e| e.line.len() as u64).sum();
-        let logs = logs
+        let tail = tail
             .into_iter()
             .map(|e| StoredLine {
                 task: tasks.iter().position(|t| t.id() == e.task).unwrap_or(0) as u32,
@@ -54,6 +56,7 @@ impl Aggregate {
                 ms: e.ms,
             })
             .collect();
+        let logs = Log::restored(log_len, log_bytes, tail);
         let redactor = redactor_for(&tasks);
         Aggregate {
             id: status.id,
@@ -75,7 +78,6 @@ impl Aggregate {
             },
             tasks,
             logs,
-            log_bytes,
             log_limit,
             cancel_requested,
             cancel_pending: false,
