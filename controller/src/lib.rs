@@ -95,8 +95,6 @@ pub struct App {
     /// streams end (and reconnect to the next controller) instead of
     /// holding the shutdown open.
     pub stopping: tokio_util::sync::CancellationToken,
-    /// Idempotency-Key → build id, for builds still known.
-
     /// Supervisors and the journal writer: ended with the controller, so
     /// that nothing of it (the journal file's lock included) outlives it.
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,

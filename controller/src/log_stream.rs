@@ -258,7 +258,10 @@ mod tests {
             })
             .collect();
         build.append_agent_lines(0, &lines);
-        assert!(build.unsaved_lines() > UNSAVED_LIMIT, "the fault: nothing saved");
+        assert!(
+            build.unsaved_lines() > UNSAVED_LIMIT,
+            "the fault: nothing saved"
+        );
 
         let stopping = CancellationToken::new();
         let mut waiting = std::pin::pin!(wait_for_the_journal(&stopping, &build));

@@ -45,15 +45,19 @@ pub(super) fn migrate_keyed_logs(txn: &WriteTransaction) -> Result<(), redb::Err
     Ok(())
 }
 
-/// Journals written before [`LOG_MAP`] have their rows read once, here,
-/// to write it; from then on a start-up reads the map, not the lines.
+/// Rows without their [`LOG_MAP`] entry are read once, here, to write it:
+/// every row of a journal from before the map, and the rows an older
+/// controller appended (a rollback, then this version again). From then on
+/// a start-up reads the map, not the lines.
 pub(super) fn migrate_log_map(txn: &WriteTransaction) -> Result<(), JournalError> {
-    if txn.list_tables()?.any(|t| t.name() == LOG_MAP.name()) {
-        return Ok(());
-    }
     let rows = txn.open_table(LOG_ROWS)?;
     let mut map = txn.open_table(LOG_MAP)?;
-    for row in rows.iter()? {
+    let mapped = map.last()?.map(|(key, _)| key.value());
+    let unmapped = match mapped {
+        Some(last) => rows.range(last + 1..)?,
+        None => rows.range(0..)?,
+    };
+    for row in unmapped {
         let (key, row) = row?;
         let mut value = Vec::new();
         for (id, chunk) in decode_row(key.value(), row.value())? {

@@ -71,6 +71,15 @@ pub enum JournalError {
     /// The log row with this key is shorter than its header says.
     #[error("build journal: log row {0} is cut short; move the file aside to start empty")]
     Row(u64),
+    /// A build's saved lines do not follow on from where a reader asked
+    /// (its rows were removed meanwhile: the build was forgotten).
+    #[error("build journal: build {build}'s lines after {after} are no longer there (past BUILD_RETENTION?)")]
+    Gap {
+        /// The build being read.
+        build: String,
+        /// The line the read was to follow.
+        after: u64,
+    },
     /// A change was not committed within JOURNAL_TIMEOUT (this long); the request is answered 503.
     #[error("the build journal did not confirm the write within {0:?}")]
     Timeout(Duration),
@@ -239,8 +248,9 @@ impl Journal {
         let file: PathBuf = path.to_path_buf();
         // redb caches up to 1 GiB of pages by default, and keeps what a
         // commit wrote: under 1,000 chatty builds that is every log line a
-        // second time in RSS. The journal only appends, and reads once at
-        // start-up, so a small cache costs nothing.
+        // second time in RSS. The journal appends; what it reads (the map at
+        // start-up, old lines for followers that are behind) is read once,
+        // in order, so a small cache costs little.
         let opener: Opener = Box::new(move || {
             redb::Builder::new()
                 .set_cache_size(JOURNAL_CACHE_BYTES)

@@ -151,13 +151,15 @@ impl RowIndex {
     pub(super) fn committed(&mut self, id: &str, entry: Entry, row: u64) {
         self.seen(id, row);
         let spans = self.spans.entry(id.to_string()).or_default();
-        // A commit retried after it reached the disk wrote these lines
-        // again: the later row is as good, the earlier one is kept.
-        if spans.last().is_none_or(|s| s.first_seq < entry.first_seq) {
-            spans.push(Span {
+        match spans.last_mut() {
+            // A commit retried after it reached the disk wrote these lines
+            // again, and maybe more: the later row holds them all.
+            Some(last) if last.first_seq == entry.first_seq => last.row = row,
+            Some(last) if last.first_seq > entry.first_seq => {}
+            _ => spans.push(Span {
                 first_seq: entry.first_seq,
                 row,
-            });
+            }),
         }
     }
 
@@ -168,14 +170,18 @@ impl RowIndex {
             return Vec::new();
         };
         let start = spans
-            .partition_point(|s| s.first_seq <= after + 1)
+            .partition_point(|s| s.first_seq <= after.saturating_add(1))
             .saturating_sub(1);
         let until = after.saturating_add(max as u64);
-        spans[start..]
+        let mut rows: Vec<u64> = spans[start..]
             .iter()
             .take_while(|s| s.first_seq <= until)
             .map(|s| s.row)
-            .collect()
+            .collect();
+        // Journals converted from chunks keyed by build hold a build's
+        // chunks in one row.
+        rows.dedup();
+        rows
     }
 
     /// Forgets build `id`'s rows (the build is forgotten).
@@ -276,6 +282,24 @@ pub(super) struct Extent {
     pub last_seq: u64,
     /// The bytes of its lines' text.
     pub bytes: u64,
+    /// The last entry counted, which a retried commit may write again.
+    last: Option<Entry>,
+}
+
+impl Extent {
+    fn add(&mut self, entry: Entry) {
+        match self.last {
+            // The same commit again (retried after it reached the disk):
+            // its lines count once, as the later (fuller) entry says.
+            Some(last) if last.first_seq == entry.first_seq => {
+                self.bytes = self.bytes - last.bytes + entry.bytes;
+            }
+            Some(last) if last.first_seq > entry.first_seq => return,
+            _ => self.bytes += entry.bytes,
+        }
+        self.last = Some(entry);
+        self.last_seq = entry.first_seq + entry.lines - 1;
+    }
 }
 
 /// What [`LOG_MAP`] says of the builds `keep` accepts: where their lines
@@ -294,13 +318,7 @@ pub(super) fn scan_map(
                 continue;
             }
             index.committed(id, entry, key.value());
-            let extent = extents.entry(id.to_string()).or_default();
-            let last = entry.first_seq + entry.lines - 1;
-            // Lines written twice (a retried commit) count once.
-            if entry.first_seq > extent.last_seq {
-                extent.bytes += entry.bytes;
-            }
-            extent.last_seq = extent.last_seq.max(last);
+            extents.entry(id.to_string()).or_default().add(entry);
         }
     }
     Ok((index, extents))
@@ -309,7 +327,10 @@ pub(super) fn scan_map(
 /// Build `id`'s lines after seq `after` in rows `keys`, in whole chunks
 /// until there are `max` or more (parsing a chunk for part of it, a reader
 /// of a long log parsed each chunk many times over), and the agent seqs of
-/// the last chunk read.
+/// the last chunk read. Chunks that end before `after` are skipped by their
+/// [`LOG_MAP`] entry, unparsed. The lines returned follow `after` without a
+/// gap, or this is an error: a row gone (the build was forgotten meanwhile)
+/// or out of step with its map is never a silent hole in a log.
 pub(super) fn read_lines(
     txn: &redb::ReadTransaction,
     id: &str,
@@ -317,24 +338,44 @@ pub(super) fn read_lines(
     after: u64,
     max: usize,
 ) -> Result<(Vec<LogEvent>, Option<Vec<u64>>), JournalError> {
-    let rows = txn.open_table(LOG_ROWS).map_err(redb::Error::from)?;
+    let rows = txn.open_table(LOG_ROWS)?;
+    let map = txn.open_table(LOG_MAP)?;
     let mut out: Vec<LogEvent> = Vec::new();
     let mut agent_seqs = None;
-    for &key in keys {
-        let Some(row) = rows.get(key).map_err(redb::Error::from)? else {
-            continue;
+    let gap = || JournalError::Gap {
+        build: id.to_string(),
+        after,
+    };
+    'rows: for &key in keys {
+        let (Some(row), Some(entries)) = (rows.get(key)?, map.get(key)?) else {
+            return Err(gap());
         };
-        for (_, chunk) in decode_row(key, row.value())?
-            .into_iter()
-            .filter(|(entry, _)| *entry == id)
-        {
-            let chunk: Chunk = serde_json::from_slice(chunk)?;
-            let from = out.last().map_or(after, |l| l.seq);
-            out.extend(chunk.lines.into_iter().filter(|l| l.seq > from));
-            agent_seqs = Some(chunk.agent_seqs);
+        let chunks = decode_row(key, row.value())?;
+        let entries = decode_map(key, entries.value())?;
+        if chunks.len() != entries.len() {
+            return Err(JournalError::Row(key));
         }
-        if out.len() >= max {
-            break;
+        for ((_, chunk), (_, entry)) in chunks
+            .into_iter()
+            .zip(entries)
+            .filter(|((chunk_id, _), _)| *chunk_id == id)
+        {
+            let from = out.last().map_or(after, |l| l.seq);
+            if entry.first_seq + entry.lines <= from + 1 {
+                continue;
+            }
+            let chunk: Chunk = serde_json::from_slice(chunk)?;
+            for line in chunk.lines.into_iter().filter(|l| l.seq > from) {
+                let expected = out.last().map_or(after, |l| l.seq) + 1;
+                if line.seq != expected {
+                    return Err(gap());
+                }
+                out.push(line);
+            }
+            agent_seqs = Some(chunk.agent_seqs);
+            if out.len() >= max {
+                break 'rows;
+            }
         }
     }
     Ok((out, agent_seqs))

@@ -585,3 +585,86 @@ async fn rows_without_their_map_are_mapped_when_the_journal_opens() {
     );
     assert_eq!(rows(&path, LOG_MAP), 5);
 }
+
+/// Writes row `key` by hand: `id`'s lines `seqs`, with its map entry
+/// unless `mapped` is false (as an older controller wrote rows).
+fn put_row(path: &Path, key: u64, id: &str, seqs: std::ops::RangeInclusive<u64>, mapped: bool) {
+    use super::rows::{encode_chunk, push_entry, push_map_entry};
+    let lines: Vec<bakery_protocol::api::LogEvent> = seqs
+        .map(|seq| bakery_protocol::api::LogEvent {
+            seq,
+            task: format!("{id}-amd64"),
+            arch: bakery_protocol::Arch::Amd64,
+            line: format!("{id} {seq}"),
+            ms: 0,
+        })
+        .collect();
+    let last = lines.last().unwrap().seq;
+    let refs = lines.iter().map(|l| bakery_protocol::api::LogEventRef {
+        seq: l.seq,
+        task: &l.task,
+        arch: l.arch,
+        line: &l.line,
+        ms: l.ms,
+    });
+    let (entry, chunk) = encode_chunk(&[last], refs).unwrap();
+    let (mut row, mut map) = (Vec::new(), Vec::new());
+    push_entry(&mut row, id, &chunk);
+    push_map_entry(&mut map, id, entry);
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(LOG_ROWS)
+        .unwrap()
+        .insert(key, row.as_slice())
+        .unwrap();
+    if mapped {
+        txn.open_table(LOG_MAP)
+            .unwrap()
+            .insert(key, map.as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// A commit that failed after all reached the disk, then its retry (the
+/// same first line, more lines), then rows an older controller appended
+/// without their map (a rollback and back): every line reads back once,
+/// in order, and the log's length and size count each line once.
+#[tokio::test]
+async fn a_landed_retry_and_rows_without_a_map_read_back_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("builds.redb");
+    let registry = Arc::new(Registry::default());
+    {
+        let journal = Journal::open(&path).unwrap();
+        let b = add_build(&registry, &journal, "r");
+        let lines: Vec<AgentLine> = (1..=3)
+            .map(|seq| AgentLine {
+                seq,
+                line: format!("r {seq}"),
+            })
+            .collect();
+        b.append_agent_lines(0, &lines);
+        journal.commit_dirty(registry.as_ref()).await.unwrap();
+    }
+    // Lines 4-5 landed, and the retry wrote 4-7 in the next row.
+    put_row(&path, 100, "r", 4..=5, true);
+    put_row(&path, 101, "r", 4..=7, true);
+    // An older controller appended 8-9 without a map entry.
+    put_row(&path, 102, "r", 8..=9, false);
+    let journal = Journal::open(&path).unwrap();
+    let restored = journal.load(4).unwrap();
+    let seqs: Vec<u64> = restored[0].tail.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [6, 7, 8, 9]);
+    assert_eq!(restored[0].log_len, 9);
+    let bytes: u64 = (1..=9).map(|s| format!("r {s}").len() as u64).sum();
+    assert_eq!(restored[0].log_bytes, bytes, "each line counted once");
+    assert_eq!(restored[0].agent_seqs, [9]);
+    let all: Vec<u64> = journal
+        .read_lines("r", 0, 100)
+        .unwrap()
+        .iter()
+        .map(|l| l.seq)
+        .collect();
+    assert_eq!(all, (1..=9).collect::<Vec<_>>());
+}

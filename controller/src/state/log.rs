@@ -39,9 +39,10 @@ pub(super) struct Log {
 impl Log {
     /// A log read back from the journal: `len` lines of `bytes`, the last
     /// of them `tail`.
-    pub fn restored(len: usize, bytes: u64, tail: Vec<StoredLine>) -> Log {
+    pub fn restored(len: usize, bytes: u64, mut tail: Vec<StoredLine>) -> Log {
+        tail.drain(..tail.len().saturating_sub(len));
         Log {
-            base: len - tail.len().min(len),
+            base: len - tail.len(),
             held: tail.into(),
             bytes,
         }

@@ -9,9 +9,10 @@
 //! a transition under the lock and then wakes whoever must hear of it and
 //! has the journal save it; [`Build::read`] gives a read-only view.
 //!
-//! Each build keeps its whole log, so any number of followers can read it
-//! from any point: every follower sees every line (the original tool's
-//! followers shared one channel and split the lines between them).
+//! Any number of followers can read a build's log from any point: every
+//! follower sees every line (the original tool's followers shared one
+//! channel and split the lines between them). The recent lines are in
+//! memory, the older ones in the journal ([`log`]).
 
 mod aggregate;
 pub(crate) mod log;
@@ -318,7 +319,10 @@ impl journal::Journaled for Build {
     fn set_persisted(&self, lines: usize) {
         let before = self.persisted.swap(lines, Ordering::SeqCst);
         if before != lines {
-            self.lock().let_go_of_lines(lines);
+            // What the commit before this one saved: a follower that keeps
+            // up has sent that much and reads this commit's lines from
+            // memory, however many there are.
+            self.lock().let_go_of_lines(before);
             self.changed.send_modify(|v| *v += 1);
         }
     }

@@ -89,11 +89,13 @@ impl Registry {
         self.insert_under(self.keys(), build);
     }
 
+    /// Adds `build` while `keys` is held: the key and the build appear
+    /// together, so a create with the same key never finds the key and not
+    /// its build.
     fn insert_under(&self, mut keys: MutexGuard<'_, HashMap<String, String>>, build: Arc<Build>) {
         if let Some(key) = build.read().idempotency_key() {
             keys.insert(key.to_string(), build.id.clone());
         }
-        drop(keys);
         let (task_ids, secrets, running): (Vec<String>, Vec<String>, bool) = {
             let read = build.read();
             let ids = read.tasks().iter().map(|t| t.id().to_string()).collect();
@@ -116,6 +118,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(build.id.clone(), build);
+        drop(keys);
     }
 
     /// Forgets a finished build (its tasks, and its idempotency key).
