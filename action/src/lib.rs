@@ -5,7 +5,8 @@
 //!
 //! Read top-down:
 //!
-//! * [`cli`]: the flags, each also an environment variable;
+//! * [`cli`]: the flags, each also an environment variable; [`client`]:
+//!   the controller's URL and the client token;
 //! * [`input`]: flags to a [`bakery_plan::Plan`];
 //! * [`build`]: `bakery build` (upload, submit, follow, cancel);
 //!   [`commands`]: `logs`, `status`, `plan`, `pack`;
@@ -15,7 +16,9 @@
 //! * [`printer`] and [`render`]: what a person reads ([`blocks`]: one CI
 //!   log block per task, named by its [`task_label`]); [`outcome`]: what the
 //!   reports are made of; [`ci`]: GitHub and GitLab behind one trait (log
-//!   blocks, report files, commit checks and statuses).
+//!   blocks, report files, commit checks and statuses); [`progress`]: bars
+//!   and heartbeats for long steps; [`hints`]: what to do about a failure
+//!   the builder's words do not explain.
 
 pub mod blocks;
 pub mod build;

@@ -7,6 +7,12 @@
 //! with a daemonless [`builder`] (`step`), runs the post-script, and
 //! returns the pushed digest for `run` to report. Every line printed on the
 //! way is redacted and streamed to the controller as it happens ([`logs`]).
+//!
+//! Beside them: `sources` reads what a Dockerfile pulls before it runs, and
+//! `registries` asks each registry once how to reach it; `secrets` writes
+//! build secrets as files for the builder; `process` runs a command and
+//! streams its lines; `error` says what stopped a build and where; `load`
+//! is the controller benchmark's stand-in build.
 
 pub mod builder;
 mod context;

@@ -15,6 +15,10 @@
 //!
 //! Every call has a deadline; nothing here can wait forever on a
 //! controller that accepts a connection and never answers.
+//!
+//! Modules: `builds` and `agent` hold those two clients, over `http` (the
+//! deadlines, base URL and retries they share); `events` and `sse` decode a
+//! log stream; `error` is [`Error`].
 
 mod agent;
 mod builds;

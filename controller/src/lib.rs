@@ -18,7 +18,8 @@
 //!   [`serve`] and [`tls`]: the listener, its limits and its HTTPS.
 //! * [`verify`]: each pushed image is the architecture it was built for.
 //! * [`index`]: joining per-arch images into the multi-arch index;
-//!   [`provenance`]: the SLSA attestation listed beside each image.
+//!   [`provenance`]: the SLSA attestation listed beside each image;
+//!   `replicate`: the images copied into a build's other repositories.
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
 

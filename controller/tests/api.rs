@@ -289,9 +289,11 @@ async fn lines_no_longer_in_memory_are_served_from_the_journal() {
     // Saved before the cancel's lines were: once those are saved too,
     // all but the last lines leave memory.
     let build = h.app().builds.get(&id).unwrap();
-    eventually("saved lines leave memory", Duration::from_secs(10), async || {
-        build.read().log_held_from() > 2000
-    })
+    eventually(
+        "saved lines leave memory",
+        Duration::from_secs(10),
+        async || build.read().log_held_from() > 2000,
+    )
     .await;
 
     let expected: Vec<(u64, String)> = (1..=LINES).map(|n| (n, format!("chatty {n}"))).collect();

@@ -4,6 +4,10 @@
 //! times normalised), so the archive's SHA-256 names it in object storage and
 //! an unchanged context is never uploaded twice. The tree is streamed file by
 //! file through the compressor and never held in memory.
+//!
+//! Modules: `ignore` is `.dockerignore` with Docker's semantics; `tree`
+//! walks a context once into the entries it sends, in archive order;
+//! `fingerprint` recognises an unchanged context from file metadata alone.
 
 mod fingerprint;
 mod ignore;

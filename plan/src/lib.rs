@@ -8,7 +8,10 @@
 //!   (the config model and merge rules) and [`compose`] (compose import and
 //!   interpolation).
 //! * [`error`] holds the located errors every user-facing failure becomes;
-//!   [`location`] finds the line and column of any value in a YAML file.
+//!   [`location`] finds the line and column of any value in a YAML file;
+//!   `yaml` parses typed YAML with those errors, `scalar` reads YAML
+//!   scalars as text (and checks durations), `secrets` reads build secrets
+//!   as buildx names them.
 //!
 //! Nothing here talks to a network: the client calls it before it contacts
 //! anything, so bad input fails fast and nothing is left half-uploaded.

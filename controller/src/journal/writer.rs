@@ -184,44 +184,7 @@ impl Journal {
                 .filter(|p| p.chunk.is_some())
                 .map(|p| p.build.id()),
         );
-        type Landed = Vec<(String, Entry, u64)>;
-        let written =
-            tokio::task::spawn_blocking(move || -> Result<(Vec<Pending>, Landed), JournalError> {
-                let mut batch = batch;
-                let mut landed = Vec::new();
-                let txn = db.begin_write()?;
-                {
-                    let mut table = txn.open_table(BUILDS)?;
-                    for p in &batch {
-                        if let Some(record) = &p.record {
-                            table.insert(p.build.id(), record.as_slice())?;
-                        }
-                    }
-                    if let Some(mut key) = row_key {
-                        let mut rows = txn.open_table(LOG_ROWS)?;
-                        let mut map = txn.open_table(LOG_MAP)?;
-                        // Each chunk is freed once copied (a retry serialises
-                        // its lines again): a commit's lines are held once,
-                        // not twice, at 1,000 chatty builds tens of MB.
-                        let chunks = batch.iter_mut().filter_map(|p| {
-                            let (entry, chunk) = p.chunk.take()?;
-                            Some((p.build.id(), entry, chunk))
-                        });
-                        write_rows(chunks, |row, entries| {
-                            rows.insert(key, row)?;
-                            map.insert(key, entries)?;
-                            for (id, entry) in decode_map(key, entries)? {
-                                landed.push((id.to_string(), entry, key));
-                            }
-                            key += 1;
-                            Ok::<_, JournalError>(())
-                        })?;
-                    }
-                }
-                txn.commit()?;
-                Ok((batch, landed))
-            })
-            .await;
+        let written = tokio::task::spawn_blocking(move || write_batch(&db, batch, row_key)).await;
         let error = match written {
             Ok(Ok((batch, landed))) => {
                 let carried = batch.len();
@@ -249,6 +212,50 @@ impl Journal {
         }
         Err(error)
     }
+}
+
+/// Each build's lines as a commit wrote them: (build id, entry, row key).
+type Landed = Vec<(String, Entry, u64)>;
+
+/// Writes `batch` in one transaction: records, and log rows from key
+/// `row_key` on with their map entries. Blocks on the disk.
+fn write_batch(
+    db: &redb::Database,
+    mut batch: Vec<Pending>,
+    row_key: Option<u64>,
+) -> Result<(Vec<Pending>, Landed), JournalError> {
+    let mut landed = Vec::new();
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(BUILDS)?;
+        for p in &batch {
+            if let Some(record) = &p.record {
+                table.insert(p.build.id(), record.as_slice())?;
+            }
+        }
+        if let Some(mut key) = row_key {
+            let mut rows = txn.open_table(LOG_ROWS)?;
+            let mut map = txn.open_table(LOG_MAP)?;
+            // Each chunk is freed once copied (a retry serialises its lines
+            // again): a commit's lines are held once, not twice, at 1,000
+            // chatty builds tens of MB.
+            let chunks = batch.iter_mut().filter_map(|p| {
+                let (entry, chunk) = p.chunk.take()?;
+                Some((p.build.id(), entry, chunk))
+            });
+            write_rows(chunks, |row, entries| {
+                rows.insert(key, row)?;
+                map.insert(key, entries)?;
+                for (id, entry) in decode_map(key, entries)? {
+                    landed.push((id.to_string(), entry, key));
+                }
+                key += 1;
+                Ok::<_, JournalError>(())
+            })?;
+        }
+    }
+    txn.commit()?;
+    Ok((batch, landed))
 }
 
 /// One build's share of a commit.
