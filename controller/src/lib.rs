@@ -47,6 +47,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::task::JoinSet;
+
 use bakery_protocol::Platform;
 
 pub use config::Config;
@@ -60,6 +62,10 @@ const MAX_CONTEXT_BYTES: u64 = 8 << 30;
 /// How long a stopping controller waits for its connections to end once
 /// it has told every stream to end: then it exits regardless.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long [`Running::shutdown`] waits for every build's agents to be
+/// stopped, all builds together.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Everything the handlers and supervisors share.
 pub struct App {
@@ -96,11 +102,12 @@ pub struct App {
     /// streams end (and reconnect to the next controller) instead of
     /// holding the shutdown open.
     pub stopping: tokio_util::sync::CancellationToken,
-    /// Supervisors and the journal writer: ended with the controller, so
-    /// that nothing of it (the journal file's lock included) outlives it.
-    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// One per unfinished build.
-    supervisors: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The journal writer and the periodic passes: ended with the
+    /// controller, so that nothing of it (the journal file's lock
+    /// included) outlives it.
+    background: std::sync::Mutex<JoinSet<()>>,
+    /// One per unfinished build, under one shutdown deadline.
+    supervisors: std::sync::Mutex<JoinSet<()>>,
 }
 
 /// A controller serving on a socket.
@@ -163,15 +170,20 @@ impl Running {
             build.update(|b| b.cancel());
         }
         // Each supervisor ends once its agents are stopped (and its index,
-        // if it was writing one, is written).
-        let supervisors = std::mem::take(&mut *self.app.supervisors.lock().expect("lock"));
-        for task in supervisors {
-            if tokio::time::timeout(std::time::Duration::from_secs(60), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a build did not finish stopping within 60 s");
-            }
+        // if it was writing one, is written): one deadline for all of them,
+        // so a hung platform costs the shutdown 60 s, not 60 s per build.
+        let mut supervisors = std::mem::take(&mut *self.app.supervisors.lock().expect("lock"));
+        let all_ended = tokio::time::timeout(STOP_GRACE, async {
+            while supervisors.join_next().await.is_some() {}
+        })
+        .await;
+        if all_ended.is_err() {
+            tracing::warn!(
+                "{} builds did not finish stopping within {} s",
+                supervisors.len(),
+                STOP_GRACE.as_secs()
+            );
+            supervisors.abort_all();
         }
         self.stop_serving().await;
     }
@@ -213,15 +225,10 @@ impl Running {
         if let Err(e) = self.app.journal.flush().await {
             tracing::error!("{e}");
         }
-        let mut tasks = std::mem::take(&mut *self.app.background.lock().expect("lock"));
-        tasks.extend(std::mem::take(
-            &mut *self.app.supervisors.lock().expect("lock"),
-        ));
-        for task in &tasks {
-            task.abort();
-        }
-        for task in tasks {
-            let _ = task.await;
+        for set in [&self.app.background, &self.app.supervisors] {
+            let mut tasks = std::mem::take(&mut *set.lock().expect("lock"));
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         self.app.journal.close();
     }
@@ -261,12 +268,14 @@ impl App {
 }
 
 fn push_task(
-    list: &std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    set: &std::sync::Mutex<JoinSet<()>>,
     work: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let mut tasks = list.lock().expect("lock");
-    tasks.retain(|t| !t.is_finished());
-    tasks.push(tokio::spawn(work));
+    let mut tasks = set.lock().expect("lock");
+    // Ended tasks are let go of here: a controller that runs for months
+    // holds the ones still running.
+    while tasks.try_join_next().is_some() {}
+    tasks.spawn(work);
 }
 
 /// Puts the journal's builds back in the registry and resumes the unfinished
@@ -328,17 +337,39 @@ pub async fn forget_once(app: &App) {
     let retention = app.config.build_retention;
     let cutoff = bakery_protocol::api::now_ms().saturating_sub(retention.as_millis() as u64);
     let gone = app.builds.finished_before(cutoff);
-    match app.journal.forget(&gone) {
-        Ok(()) if gone.is_empty() => {}
-        Ok(()) => {
+    if gone.is_empty() {
+        return forget_contexts(app).await;
+    }
+    // A write transaction and file deletions: on the blocking pool, not a
+    // runtime worker that requests are waiting for.
+    let (journal, work, ids) = (
+        Arc::clone(&app.journal),
+        app.config.data_dir.join("work"),
+        gone.clone(),
+    );
+    let forgotten = tokio::task::spawn_blocking(move || {
+        journal.forget(&ids)?;
+        platform::local::delete_agent_logs(&work, &ids);
+        Ok::<_, journal::JournalError>(())
+    })
+    .await;
+    match forgotten {
+        Ok(Ok(())) => {
             for id in &gone {
                 app.builds.remove(id);
             }
             tracing::info!(removed = gone.len(), "forgot builds past BUILD_RETENTION");
-            platform::local::delete_agent_logs(&app.config.data_dir.join("work"), &gone);
         }
+        Ok(Err(e)) => tracing::warn!("cleaning up old builds: {e}"),
         Err(e) => tracing::warn!("cleaning up old builds: {e}"),
     }
+    forget_contexts(app).await;
+}
+
+/// Deletes the contexts on the controller's disk that no kept build uses
+/// (with S3, the bucket's lifecycle rule does).
+async fn forget_contexts(app: &App) {
+    let retention = app.config.build_retention;
     if app.config.s3_bucket.is_none() {
         let used: HashSet<bakery_protocol::ContextKey> = app
             .builds
