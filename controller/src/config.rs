@@ -309,6 +309,10 @@ fn check_token(what: &str, token: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// How envy names a field in its errors (`missing value for field x`);
+/// [`Config::from_vars`] names the variable instead. Pinned by a test.
+const ENVY_FIELD: &str = r"field `?([a-z0-9_]+)`?";
+
 impl Config {
     /// How many agents may run at once on `platform`: MAX_CONCURRENT_AGENTS,
     /// or 4 on the local platform (one machine) and 100 on a cloud one.
@@ -344,7 +348,7 @@ impl Config {
                     return ConfigError(format!("{}: {text}", names.join(" or ")));
                 }
             }
-            let upper = regex::Regex::new(r"field `?([a-z0-9_]+)`?")
+            let upper = regex::Regex::new(ENVY_FIELD)
                 .map(|re| {
                     re.replace_all(&text, |c: &regex::Captures| {
                         format!("variable {}", c[1].to_uppercase())
@@ -509,5 +513,34 @@ mod tests {
             assert!(e.contains(var) && e.contains("zero"), "{e}");
         }
         assert!(config(&[("BUILD_RETENTION", "0s")]).is_ok());
+    }
+
+    /// [`Config::from_vars`] reads envy's words: a parse error names the
+    /// variable itself, a missing one is `field x`, rewritten to name the
+    /// variable. An envy upgrade that changes them fails here, by name,
+    /// instead of leaving users a lowercase field name.
+    #[test]
+    fn the_envy_words_read_are_pinned() {
+        let raw = envy::from_iter::<_, Config>([(
+            "MAX_CONCURRENT_AGENTS".to_string(),
+            "many".to_string(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            raw,
+            "invalid digit found in string while parsing value 'many' provided by MAX_CONCURRENT_AGENTS"
+        );
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Needs {
+            needed_value: String,
+        }
+        let missing = envy::from_iter::<_, Needs>(std::iter::empty::<(String, String)>())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(missing, "missing value for field needed_value");
+        let rewritten = regex::Regex::new(ENVY_FIELD).unwrap();
+        assert!(rewritten.is_match(&missing));
     }
 }

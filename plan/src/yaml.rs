@@ -110,6 +110,37 @@ mod tests {
         assert!(d.hint.as_deref().unwrap().contains("`arm64`"), "{d:?}");
     }
 
+    /// This module reads serde's and serde_yaml_ng's own words (the
+    /// `UNKNOWN` and `AT_LINE` patterns): an upgrade that changes them
+    /// fails here, by name, rather than turning located errors with a
+    /// suggestion into bare ones.
+    #[test]
+    fn the_third_party_words_this_module_reads_are_pinned() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Known {
+            known: Option<u8>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Known,
+        }
+        let top = serde_yaml_ng::from_str::<Known>("other: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(top, "unknown field `other`, expected `known`");
+        let text = serde_yaml_ng::from_str::<Outer>("inner:\n  other: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            text,
+            "inner: unknown field `other`, expected `known` at line 2 column 3"
+        );
+        assert!(UNKNOWN.is_match(&AT_LINE.replace_all(&text, "")));
+    }
+
     fn err(text: &str) -> crate::error::Diagnostic {
         let e = parse::<Settings>(Path::new("c.yaml"), text).unwrap_err();
         e.diagnostic().expect("located").clone()

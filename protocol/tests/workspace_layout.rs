@@ -2,7 +2,8 @@
 //! every crate's `lib.rs` map names each of its modules, no source file is
 //! over 600 lines, and no function is over 80 lines but the ones listed
 //! below, each with why it is still long; docs/development.md's figure is
-//! the one this test counts. (In `bakery-protocol` because every crate
+//! the one this test counts; docs/testing.md lists every test file. (In
+//! `bakery-protocol` because every crate
 //! depends on it: it is the workspace's root, not because it is about the
 //! protocol.)
 
@@ -187,6 +188,34 @@ fn files_and_functions_stay_short_and_the_docs_say_how_many_do_not() {
     assert!(
         development.contains(&figure),
         "docs/development.md should say: {figure}"
+    );
+}
+
+#[test]
+fn every_test_file_is_in_the_testing_map() {
+    let map = std::fs::read_to_string(workspace().join("docs/testing.md")).unwrap();
+    let mut missing = Vec::new();
+    for krate in std::fs::read_dir(workspace()).unwrap().flatten() {
+        let Ok(tests) = std::fs::read_dir(krate.path().join("tests")) else {
+            continue;
+        };
+        for test in tests.flatten() {
+            let path = test.path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let file = path
+                    .strip_prefix(workspace())
+                    .unwrap()
+                    .display()
+                    .to_string();
+                if !map.contains(&format!("[`{file}`]")) {
+                    missing.push(file);
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "test files docs/testing.md does not list: {missing:?}"
     );
 }
 
