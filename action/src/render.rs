@@ -119,98 +119,18 @@ pub fn print_summary(
     if printer.json() {
         return print_summary_json(plan, results, printer, started);
     }
-    let mut rows = vec![["SERVICE", "ARCH", "STATUS", "DURATION", "DIGEST"].map(String::from)];
-    let mut failures = Vec::new();
-    let mut indexes = Vec::new();
-    for ServiceResult { service, status } in results {
-        let Some(status) = status else {
-            rows.push([
-                service.clone(),
-                "-".into(),
-                "skipped".into(),
-                "-".into(),
-                "-".into(),
-            ]);
-            continue;
-        };
-        for t in &status.tasks {
-            let secs = match (t.started_ms, t.finished_ms) {
-                (Some(s), Some(f)) => format!("{:.1}s", f.saturating_sub(s) as f64 / 1000.0),
-                _ => "-".into(),
-            };
-            rows.push([
-                service.clone(),
-                t.arch.to_string(),
-                task_word(t.state, t.push.is_some()).into(),
-                secs,
-                t.digest.clone().unwrap_or_else(|| "-".into()),
-            ]);
-            if t.state == TaskState::Failed {
-                failures.push((
-                    TaskLabel::new(service, t.arch).to_string(),
-                    t.error.clone().unwrap_or_default(),
-                    Some((service.as_str(), t.arch)),
-                ));
-            }
-        }
-        match (&status.destination, &status.index_digest, status.state) {
-            (Some(dest), Some(digest), _) => indexes.push(format!("{service}: {dest} → {digest}")),
-            (_, _, BuildState::Failed)
-                if !status.tasks.iter().any(|t| t.state == TaskState::Failed) =>
-            {
-                failures.push((
-                    service.clone(),
-                    status.error.clone().unwrap_or_default(),
-                    None,
-                ));
-            }
-            _ => {}
-        }
-    }
+    let summary = Summary::of(results);
     let mut out = String::from("\n");
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    for line in &indexes {
+    push_table(&mut out, &summary.rows);
+    for line in &summary.indexes {
         out.push_str(&format!("multi-arch index {line}\n"));
     }
-    for (label, error, task) in &failures {
-        let tail = task
-            .map(|(service, arch)| printer.tail(&TaskLabel::new(service, arch)))
-            .unwrap_or_default();
-        let at = task
-            .and_then(|(service, arch)| {
-                crate::ci::github::locate::failed_line(plan, service, arch, error, &tail)
-            })
-            .map(|(df, line)| format!(" at {}:{line}", shown_path(&df)))
-            .unwrap_or_default();
-        out.push_str(&format!("\n{label} failed{at}: {error}\n"));
-        if let Some(hint) =
-            task.and_then(|(service, arch)| failure_hint(plan, service, arch, error, &tail))
-        {
-            out.push_str(&format!("  hint: {hint}\n"));
-        }
-        // The error is the builder's last line: shown once, above.
-        let tail: Vec<&String> = tail.iter().filter(|l| !repeats(l, error)).collect();
-        if !tail.is_empty() {
-            out.push_str(&format!("last lines of {label}:\n"));
-            for l in tail {
-                out.push_str(&format!("  {l}\n"));
-            }
-        }
+    for failure in &summary.failures {
+        push_failure(&mut out, plan, printer, failure);
     }
     out.push_str(&format!(
         "\n{} in {:.1}s\n",
-        if failures.is_empty() {
+        if summary.failures.is_empty() {
             "finished"
         } else {
             "failed"
@@ -220,6 +140,126 @@ pub fn print_summary(
     // Not print!: a closed stdout (`bakery build | head -1`) must not end
     // the build's clean-up in a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+}
+
+/// What the summary shows, gathered from the results.
+struct Summary<'a> {
+    /// The table, its header first.
+    rows: Vec<[String; 5]>,
+    /// `service: destination → digest`, per index written.
+    indexes: Vec<String>,
+    failures: Vec<Failure<'a>>,
+}
+
+/// A failed arch, or a build that failed without one.
+struct Failure<'a> {
+    /// The task's label, or the service's name.
+    name: String,
+    error: String,
+    /// The failed arch, if one did.
+    task: Option<(&'a str, bakery_protocol::Arch)>,
+}
+
+impl<'a> Summary<'a> {
+    fn of(results: &'a [ServiceResult]) -> Summary<'a> {
+        let mut summary = Summary {
+            rows: vec![["SERVICE", "ARCH", "STATUS", "DURATION", "DIGEST"].map(String::from)],
+            indexes: Vec::new(),
+            failures: Vec::new(),
+        };
+        for ServiceResult { service, status } in results {
+            let Some(status) = status else {
+                let dash = || "-".to_string();
+                summary
+                    .rows
+                    .push([service.clone(), dash(), "skipped".into(), dash(), dash()]);
+                continue;
+            };
+            for t in &status.tasks {
+                let secs = match (t.started_ms, t.finished_ms) {
+                    (Some(s), Some(f)) => format!("{:.1}s", f.saturating_sub(s) as f64 / 1000.0),
+                    _ => "-".into(),
+                };
+                summary.rows.push([
+                    service.clone(),
+                    t.arch.to_string(),
+                    task_word(t.state, t.push.is_some()).into(),
+                    secs,
+                    t.digest.clone().unwrap_or_else(|| "-".into()),
+                ]);
+                if t.state == TaskState::Failed {
+                    summary.failures.push(Failure {
+                        name: TaskLabel::new(service, t.arch).to_string(),
+                        error: t.error.clone().unwrap_or_default(),
+                        task: Some((service.as_str(), t.arch)),
+                    });
+                }
+            }
+            match (&status.destination, &status.index_digest, status.state) {
+                (Some(dest), Some(digest), _) => {
+                    summary
+                        .indexes
+                        .push(format!("{service}: {dest} → {digest}"));
+                }
+                (_, _, BuildState::Failed)
+                    if !status.tasks.iter().any(|t| t.state == TaskState::Failed) =>
+                {
+                    summary.failures.push(Failure {
+                        name: service.clone(),
+                        error: status.error.clone().unwrap_or_default(),
+                        task: None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        summary
+    }
+}
+
+/// The rows as columns padded to their widest cell.
+fn push_table(out: &mut String, rows: &[[String; 5]]) {
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+}
+
+/// A failure: where in the Dockerfile, the error, a hint, and the arch's
+/// last lines (without the error again).
+fn push_failure(out: &mut String, plan: &Plan, printer: &Printer, failure: &Failure<'_>) {
+    let Failure { name, error, task } = failure;
+    let tail = task
+        .map(|(service, arch)| printer.tail(&TaskLabel::new(service, arch)))
+        .unwrap_or_default();
+    let at = task
+        .and_then(|(service, arch)| {
+            crate::ci::github::locate::failed_line(plan, service, arch, error, &tail)
+        })
+        .map(|(df, line)| format!(" at {}:{line}", shown_path(&df)))
+        .unwrap_or_default();
+    out.push_str(&format!("\n{name} failed{at}: {error}\n"));
+    if let Some(hint) =
+        task.and_then(|(service, arch)| failure_hint(plan, service, arch, error, &tail))
+    {
+        out.push_str(&format!("  hint: {hint}\n"));
+    }
+    // The error is the builder's last line: shown once, above.
+    let tail: Vec<&String> = tail.iter().filter(|l| !repeats(l, error)).collect();
+    if !tail.is_empty() {
+        out.push_str(&format!("last lines of {name}:\n"));
+        for l in tail {
+            out.push_str(&format!("  {l}\n"));
+        }
+    }
 }
 
 /// The summary in `--log-format json`: one object per service (its

@@ -101,17 +101,8 @@ async fn stop_requested() -> &'static str {
 /// Runs the task to the end and reports. Returns whether it succeeded.
 pub async fn run(cfg: AgentConfig) -> bool {
     let born = Instant::now();
-    let controller = match &cfg.controller_ca {
-        None => AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token),
-        Some(pem) => match AgentApi::with_ca(&cfg.controller_url, &cfg.task_id, &cfg.token, pem) {
-            Ok(api) => api,
-            Err(e) => {
-                // Nothing can reach the controller to say so: the platform
-                // shows this line and the exit code.
-                eprintln!("bakery-agent: {e}");
-                return false;
-            }
-        },
+    let Some(controller) = connect(&cfg) else {
+        return false;
     };
     process::record_groups_in(bakery_protocol::api::agent_env::groups_file(&cfg.work_dir));
     let (log, shipper) = logs::start_after(controller.clone(), cfg.first_seq);
@@ -145,64 +136,14 @@ pub async fn run(cfg: AgentConfig) -> bool {
         clean_up(&cfg.work_dir);
         return false;
     }
-    let outcome_was_deadline = matches!(outcome, Err(AgentError::Deadline(_)));
-    let result = match outcome {
-        Ok(built) => AgentResult::Succeeded {
-            digest: built.digest,
-            bases: built.bases,
-        },
-        Err(AgentError::Controller(bakery_client::Error::Refused {
-            status, message, ..
-        })) if status == reqwest::StatusCode::CONFLICT
-            || status == reqwest::StatusCode::UNAUTHORIZED =>
-        {
-            // The controller does not want this agent (already checked in,
-            // finished, or cancelled): nothing to report.
-            eprintln!("bakery-agent: the controller refused this task: {message}");
-            shipper.finish(log).await;
-            clean_up(&cfg.work_dir);
-            return false;
-        }
-        Err(e) => {
-            // Not logged here: the controller logs the reported error as
-            // the task's last line, and a line here would print it twice.
-            AgentResult::Failed {
-                error: e.to_string(),
-            }
-        }
+    let past_deadline = matches!(outcome, Err(AgentError::Deadline(_)));
+    let Some(result) = result_of(outcome) else {
+        shipper.finish(log).await;
+        clean_up(&cfg.work_dir);
+        return false;
     };
     let ok = matches!(result, AgentResult::Succeeded { .. });
-    let report = async {
-        let report = async {
-            shipper.finish(log).await;
-            controller.result(&result).await
-        };
-        tokio::select! {
-            reported = report => reported,
-            signal = &mut stop => Err(bakery_client::Error::Local {
-                what: "reporting the result",
-                cause: std::io::Error::other(format!("{signal}: the platform is stopping this agent")),
-            }),
-        }
-    };
-    // Past its deadline the controller has given up on this task (or is
-    // gone): a last word, briefly, rather than minutes of retries.
-    let reported = if outcome_was_deadline {
-        tokio::time::timeout(LAST_WORD, report)
-            .await
-            .unwrap_or_else(|_| {
-                Err(bakery_client::Error::Local {
-                    what: "reporting the result",
-                    cause: std::io::Error::other(format!(
-                        "no answer within {}s after the agent's deadline",
-                        LAST_WORD.as_secs()
-                    )),
-                })
-            })
-    } else {
-        report.await
-    };
-
+    let reported = report(&controller, shipper, log, &result, &mut stop, past_deadline).await;
     // After the report, not before: the build's end waits for the report
     // only, and a builder's storage can take seconds to delete. The local
     // platform deletes the work dir too once the agent is gone (it may be
@@ -213,4 +154,86 @@ pub async fn run(cfg: AgentConfig) -> bool {
         return false;
     }
     ok
+}
+
+/// The controller's API for this task, trusting BAKERY_CONTROLLER_CA if
+/// set. None if that CA cannot be read: said on stderr, since nothing can
+/// reach the controller to say so (the platform shows the line and the
+/// exit code).
+fn connect(cfg: &AgentConfig) -> Option<AgentApi> {
+    match &cfg.controller_ca {
+        None => Some(AgentApi::new(&cfg.controller_url, &cfg.task_id, &cfg.token)),
+        Some(pem) => match AgentApi::with_ca(&cfg.controller_url, &cfg.task_id, &cfg.token, pem) {
+            Ok(api) => Some(api),
+            Err(e) => {
+                eprintln!("bakery-agent: {e}");
+                None
+            }
+        },
+    }
+}
+
+/// What to report of the work's outcome; None when the controller refused
+/// the task (already checked in, finished, or cancelled): nothing to report.
+fn result_of(outcome: Result<work::Built, AgentError>) -> Option<AgentResult> {
+    match outcome {
+        Ok(built) => Some(AgentResult::Succeeded {
+            digest: built.digest,
+            bases: built.bases,
+        }),
+        Err(AgentError::Controller(bakery_client::Error::Refused {
+            status, message, ..
+        })) if status == reqwest::StatusCode::CONFLICT
+            || status == reqwest::StatusCode::UNAUTHORIZED =>
+        {
+            eprintln!("bakery-agent: the controller refused this task: {message}");
+            None
+        }
+        // Not logged here: the controller logs the reported error as the
+        // task's last line, and a line here would print it twice.
+        Err(e) => Some(AgentResult::Failed {
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// Ships the last lines and reports `result`, until `stop` (the platform
+/// stopping the agent) or, `past_deadline`, for [`LAST_WORD`] at most: the
+/// controller has given up on this task (or is gone), so a last word,
+/// briefly, rather than minutes of retries.
+async fn report(
+    controller: &AgentApi,
+    shipper: logs::Shipper,
+    log: logs::LogSink,
+    result: &AgentResult,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
+    past_deadline: bool,
+) -> Result<(), bakery_client::Error> {
+    let report = async {
+        let report = async {
+            shipper.finish(log).await;
+            controller.result(result).await
+        };
+        tokio::select! {
+            reported = report => reported,
+            signal = stop => Err(bakery_client::Error::Local {
+                what: "reporting the result",
+                cause: std::io::Error::other(format!("{signal}: the platform is stopping this agent")),
+            }),
+        }
+    };
+    if !past_deadline {
+        return report.await;
+    }
+    tokio::time::timeout(LAST_WORD, report)
+        .await
+        .unwrap_or_else(|_| {
+            Err(bakery_client::Error::Local {
+                what: "reporting the result",
+                cause: std::io::Error::other(format!(
+                    "no answer within {}s after the agent's deadline",
+                    LAST_WORD.as_secs()
+                )),
+            })
+        })
 }

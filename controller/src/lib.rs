@@ -395,49 +395,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // kube and the AWS SDK both use rustls: pick its crypto provider once,
     // or the first TLS client panics on the ambiguity.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let listener =
-        serve::listen(&config.listen_addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen_addr.clone(),
-                source,
-            })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+    let listen_error = |source| StartError::Listen {
         addr: config.listen_addr.clone(),
         source,
-    })?;
-    // Configuration mistakes first: they need no journal or platform to report.
-    let certificates = tls::from_config(
-        config.tls_cert_file.as_deref(),
-        config.tls_key_file.as_deref(),
-    )?;
-    let agent_ca = config
-        .agent_ca_file
-        .as_deref()
-        .map(tls::agent_ca)
-        .transpose()?;
-    let scheme = if certificates.is_some() {
-        "https"
-    } else {
-        "http"
     };
-    let agent_url = config
-        .controller_url
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{addr}"));
-    let client_token = config.client_token()?;
-    serve::warn_if_exposed(
-        &config,
-        addr,
-        certificates.is_some(),
-        client_token.is_some(),
-    );
-    let oidc = auth::oidc::Oidc::from_config(
-        &config.oidc_issuers,
-        &config.oidc_audience,
-        &config.oidc_allow,
-    )
-    .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
+    let listener = serve::listen(&config.listen_addr)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    // Configuration mistakes first: they need no journal or platform to report.
+    let edge = Edge::from_config(&config, addr)?;
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
     let journal = Arc::new(journal::Journal::open(
@@ -453,29 +420,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(metrics::Metrics::new());
     let platforms = startup::start_platforms(&config, exit_tx, &keep, &metrics).await?;
-    startup::check_local_trust(&config, &platforms, oidc.is_some())?;
-    let s3 = match config.s3() {
-        Some(location) => {
-            let store =
-                bakery_store::S3Store::connect(bakery_store::S3Settings::from_location(&location))
-                    .await;
-            tracing::info!(bucket = %location.bucket, region = ?store.location().region, "build contexts in S3");
-            Some(store)
-        }
-        None => None,
-    };
+    startup::check_local_trust(&config, &platforms, edge.oidc.is_some())?;
+    let s3 = connect_s3(&config).await;
     let slots = startup::agent_slots(&config, &platforms);
     let app = Arc::new(App {
-        client_token,
-        oidc,
+        client_token: edge.client_token,
+        oidc: edge.oidc,
         refusals: auth::Refusals::default(),
         slots,
         disk: store::DiskStore::new(&config.data_dir, MAX_CONTEXT_BYTES),
         s3,
         metrics,
         config,
-        agent_url,
-        agent_ca,
+        agent_url: edge.agent_url,
+        agent_ca: edge.agent_ca,
         builds: Arc::new(state::Registry::default()),
         journal: Arc::clone(&journal),
         platforms,
@@ -487,6 +445,73 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
     resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));
+    Ok(serve_app(app, listener, addr, edge.certificates))
+}
+
+/// What the controller shows the network, from its configuration: checked
+/// before anything else starts.
+struct Edge {
+    certificates: Option<Arc<tls::Certificates>>,
+    agent_ca: Option<String>,
+    agent_url: String,
+    client_token: Option<bakery_protocol::spec::Secret>,
+    oidc: Option<auth::oidc::Oidc>,
+}
+
+impl Edge {
+    fn from_config(config: &Config, addr: SocketAddr) -> Result<Edge, StartError> {
+        let certificates = tls::from_config(
+            config.tls_cert_file.as_deref(),
+            config.tls_key_file.as_deref(),
+        )?;
+        let agent_ca = config
+            .agent_ca_file
+            .as_deref()
+            .map(tls::agent_ca)
+            .transpose()?;
+        let scheme = if certificates.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let agent_url = config
+            .controller_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let client_token = config.client_token()?;
+        serve::warn_if_exposed(config, addr, certificates.is_some(), client_token.is_some());
+        let oidc = auth::oidc::Oidc::from_config(
+            &config.oidc_issuers,
+            &config.oidc_audience,
+            &config.oidc_allow,
+        )
+        .map_err(|e| StartError::Config(config::ConfigError::new(e)))?;
+        Ok(Edge {
+            certificates,
+            agent_ca,
+            agent_url,
+            client_token,
+            oidc,
+        })
+    }
+}
+
+/// The contexts bucket, when S3 is configured.
+async fn connect_s3(config: &Config) -> Option<bakery_store::S3Store> {
+    let location = config.s3()?;
+    let store =
+        bakery_store::S3Store::connect(bakery_store::S3Settings::from_location(&location)).await;
+    tracing::info!(bucket = %location.bucket, region = ?store.location().region, "build contexts in S3");
+    Some(store)
+}
+
+/// Serves `app`'s routes on `listener` (over TLS with `certificates`).
+fn serve_app(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    certificates: Option<Arc<tls::Certificates>>,
+) -> Running {
     let limits = serve::Limits {
         max_connections: app
             .config
@@ -502,11 +527,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         serve::serve(listener, routes::router(Arc::clone(&app)), acceptor, limits);
     let names: Vec<&str> = app.platforms.values().map(|p| p.name()).collect();
     tracing::info!(%addr, tls, max_connections = limits.max_connections, platforms = ?names, default = %app.config.default_platform, "controller listening");
-    Ok(Running {
+    Running {
         app,
         addr,
         server,
         shutdown,
         tls,
-    })
+    }
 }

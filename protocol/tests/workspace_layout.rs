@@ -20,13 +20,10 @@ const FUNCTION_LINES: usize = 80;
 /// function not listed passes the limit.
 const STILL_LONG: &[(&str, &str, usize)] = &[
     ("agent/src/work.rs", "work", 85),
-    ("agent/src/lib.rs", "run", 115),
     ("agent/src/builder/kaniko.rs", "steps", 85),
     ("plan/src/compose/load.rs", "resolve_extends", 95),
     ("plan/src/compose/load.rs", "include_entry", 81),
-    ("action/src/render.rs", "print_summary", 111),
     ("controller/src/index.rs", "write_checked", 92),
-    ("controller/src/lib.rs", "start", 119),
 ];
 
 fn workspace() -> PathBuf {
