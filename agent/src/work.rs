@@ -21,6 +21,32 @@ pub(crate) struct Built {
     pub bases: Vec<String>,
 }
 
+impl Built {
+    /// A run that built nothing (load mode).
+    fn nothing() -> Built {
+        Built {
+            digest: None,
+            bases: Vec::new(),
+        }
+    }
+}
+
+/// Runs the build's pre- or post-script (`which`), if it has one.
+async fn run_script(
+    which: &'static str,
+    script: Option<&str>,
+    cfg: &AgentConfig,
+    context_dir: &std::path::Path,
+    task: &AgentTask,
+    log: &LogSink,
+) -> Result<(), AgentError> {
+    let Some(script) = script else {
+        return Ok(());
+    };
+    log.line(format!("running {which}"));
+    script_step(which, script, &cfg.work_dir, context_dir, task, log).await
+}
+
 pub(crate) async fn work(
     cfg: &AgentConfig,
     controller: &AgentApi,
@@ -37,10 +63,7 @@ pub(crate) async fn work(
             load.per_second
         ));
         load::run(load, log).await;
-        return Ok(Built {
-            digest: None,
-            bases: Vec::new(),
-        });
+        return Ok(Built::nothing());
     }
     let builder = builder::for_agent(cfg.builder, cfg.buildah_storage, &cfg.work_dir);
     log.line(format!(
@@ -66,18 +89,8 @@ pub(crate) async fn work(
         crate::registries::PROBE_TIMEOUT,
     )
     .await?;
-    if let Some(script) = &task.spec.pre_script {
-        log.line("running pre-script");
-        script_step(
-            "pre-script",
-            script,
-            &cfg.work_dir,
-            &context_dir,
-            &task,
-            log,
-        )
-        .await?;
-    }
+    let script = |which, script| run_script(which, script, cfg, &context_dir, &task, log);
+    script("pre-script", task.spec.pre_script.as_deref()).await?;
     let job = Job {
         task: &task,
         context_dir: &context_dir,
@@ -89,18 +102,7 @@ pub(crate) async fn work(
     };
     build(builder.as_ref(), &job, log, born).await?;
     let digest = pushed_digest(&job)?;
-    if let Some(script) = &task.spec.post_script {
-        log.line("running post-script");
-        script_step(
-            "post-script",
-            script,
-            &cfg.work_dir,
-            &context_dir,
-            &task,
-            log,
-        )
-        .await?;
-    }
+    script("post-script", task.spec.post_script.as_deref()).await?;
     Ok(Built {
         digest,
         bases: sources.bases,

@@ -242,45 +242,7 @@ pub async fn write_checked(
 ) -> Result<String, IndexError> {
     let reference = parse_reference(destination)?;
     let auth = &auth_for(credentials, reference.registry());
-    let attestations = &extras.attestations;
-    let mut manifests: Vec<serde_json::Value> = checked
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let mut entry = json!({
-                "mediaType": c.media_type,
-                "digest": c.digest,
-                "size": c.size,
-                "platform": c.platform.to_json(),
-            });
-            if let Some(a) = extras
-                .descriptor_annotations
-                .get(i)
-                .filter(|a| !a.is_empty())
-            {
-                entry["annotations"] = json!(a);
-            }
-            entry
-        })
-        .collect();
-    manifests.extend(attestations.iter().map(Attestation::index_entry));
-    // Annotations, like attestations, are OCI's: a Docker manifest list has none.
-    let index_type = if attestations.is_empty()
-        && extras.index_annotations.is_empty()
-        && extras.descriptor_annotations.iter().all(BTreeMap::is_empty)
-        && checked
-            .iter()
-            .all(|c| c.media_type == IMAGE_MANIFEST_MEDIA_TYPE)
-    {
-        IMAGE_MANIFEST_LIST_MEDIA_TYPE
-    } else {
-        OCI_IMAGE_INDEX_MEDIA_TYPE
-    };
-    let mut index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests});
-    if !extras.index_annotations.is_empty() {
-        index["annotations"] = json!(extras.index_annotations);
-    }
-    let body = serde_json::to_vec(&index).expect("json values serialise");
+    let (index_type, body) = index_document(checked, extras);
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let content_type = index_type
         .parse()
@@ -322,6 +284,51 @@ pub async fn write_checked(
         })?;
     }
     Ok(digest)
+}
+
+/// The index itself: its media type and JSON, listing `checked`'s images
+/// (with their annotations) and the attestations. A Docker manifest list
+/// unless OCI's annotations or attestations need an OCI index.
+fn index_document(checked: &[crate::verify::Checked], extras: &Extras) -> (&'static str, Vec<u8>) {
+    let attestations = &extras.attestations;
+    let mut manifests: Vec<serde_json::Value> = checked
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut entry = json!({
+                "mediaType": c.media_type,
+                "digest": c.digest,
+                "size": c.size,
+                "platform": c.platform.to_json(),
+            });
+            if let Some(a) = extras
+                .descriptor_annotations
+                .get(i)
+                .filter(|a| !a.is_empty())
+            {
+                entry["annotations"] = json!(a);
+            }
+            entry
+        })
+        .collect();
+    manifests.extend(attestations.iter().map(Attestation::index_entry));
+    let index_type = if attestations.is_empty()
+        && extras.index_annotations.is_empty()
+        && extras.descriptor_annotations.iter().all(BTreeMap::is_empty)
+        && checked
+            .iter()
+            .all(|c| c.media_type == IMAGE_MANIFEST_MEDIA_TYPE)
+    {
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE
+    } else {
+        OCI_IMAGE_INDEX_MEDIA_TYPE
+    };
+    let mut index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests});
+    if !extras.index_annotations.is_empty() {
+        index["annotations"] = json!(extras.index_annotations);
+    }
+    let body = serde_json::to_vec(&index).expect("json values serialise");
+    (index_type, body)
 }
 
 /// What an index holds besides its images.

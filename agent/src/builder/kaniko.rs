@@ -54,24 +54,7 @@ impl Builder for Kaniko {
         for (k, v) in &spec.labels {
             a.push(format!("--label={k}={v}"));
         }
-        if spec.cache.enable == Some(true) {
-            a.push("--cache=true".into());
-            if let Some(repo) = &spec.cache.repo {
-                a.push(format!("--cache-repo={repo}"));
-            }
-            if let Some(ttl) = &spec.cache.ttl {
-                a.push(format!("--cache-ttl={ttl}"));
-            }
-            if spec.cache.copy_layers == Some(true) {
-                a.push("--cache-copy-layers".into());
-            }
-            if let Some(run) = spec.cache.run_layers {
-                a.push(format!("--cache-run-layers={run}"));
-            }
-            if let Some(compressed) = spec.cache.compressed {
-                a.push(format!("--compressed-caching={compressed}"));
-            }
-        }
+        a.extend(cache_flags(&spec.cache));
         if let Some(c) = spec.compression {
             a.push(format!("--compression={c}"));
         }
@@ -106,4 +89,29 @@ impl Builder for Kaniko {
             what: "build and push",
         }])
     }
+}
+
+/// Kaniko's layer cache flags, when the cache is on.
+fn cache_flags(cache: &bakery_protocol::spec::Cache) -> Vec<String> {
+    let mut a = Vec::new();
+    if cache.enable != Some(true) {
+        return a;
+    }
+    a.push("--cache=true".into());
+    if let Some(repo) = &cache.repo {
+        a.push(format!("--cache-repo={repo}"));
+    }
+    if let Some(ttl) = &cache.ttl {
+        a.push(format!("--cache-ttl={ttl}"));
+    }
+    if cache.copy_layers == Some(true) {
+        a.push("--cache-copy-layers".into());
+    }
+    if let Some(run) = cache.run_layers {
+        a.push(format!("--cache-run-layers={run}"));
+    }
+    if let Some(compressed) = cache.compressed {
+        a.push(format!("--compressed-caching={compressed}"));
+    }
+    a
 }

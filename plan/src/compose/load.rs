@@ -188,28 +188,8 @@ fn resolve_extends(source: &Source, name: &str, walk: &mut Walk<'_>) -> Result<V
         return Ok(service);
     };
     let at = source.location_of(&format!("services.{name}.extends"));
-    if chain.len() >= MAX_EXTENDS_DEPTH {
-        return Err(PlanError::invalid_with_hint(
-            at,
-            format!("`extends` goes more than {MAX_EXTENDS_DEPTH} services deep"),
-            "extend a service nearer the root of the chain",
-        ));
-    }
     let file = canonical(&source.path);
-    if let Some(first) = chain
-        .iter()
-        .position(|l| l.file == file && l.service == name)
-    {
-        let links: Vec<String> = chain[first..]
-            .iter()
-            .map(|l| format!("`{}` ({})", l.service, l.at))
-            .collect();
-        return Err(PlanError::invalid_with_hint(
-            chain[first].at.clone(),
-            format!("`extends` makes a cycle: {} → `{name}`", links.join(" → ")),
-            "remove the `extends` of one of these services",
-        ));
-    }
+    check_chain(chain, &file, name, &at)?;
     let (base_file, base) = extends_target(extends).ok_or_else(|| {
         PlanError::invalid_with_hint(
             at.clone(),
@@ -236,22 +216,7 @@ fn resolve_extends(source: &Source, name: &str, walk: &mut Walk<'_>) -> Result<V
         None => source,
     };
     if base_source.service(&base).is_none() {
-        let hint = match did_you_mean(&base, base_source.service_names()) {
-            Some(best) => format!("did you mean `{best}`?"),
-            None => format!(
-                "the services of {} are: {}",
-                base_source.path.display(),
-                base_source.service_names().join(", ")
-            ),
-        };
-        return Err(PlanError::invalid_with_hint(
-            at,
-            format!(
-                "`{name}` extends `{base}`, which {} does not define",
-                base_source.path.display()
-            ),
-            hint,
-        ));
+        return Err(unknown_base(base_source, name, &base, at));
     }
     walk.chain.push(Link {
         file,
@@ -275,6 +240,53 @@ fn resolve_extends(source: &Source, name: &str, walk: &mut Walk<'_>) -> Result<V
         map.remove("extends");
     }
     Ok(merge_services(base_value, own))
+}
+
+/// Refuses an `extends` chain that is too deep, or that comes back to
+/// `name` in `file` (naming every link of the cycle).
+fn check_chain(chain: &[Link], file: &Path, name: &str, at: &Location) -> Result<(), PlanError> {
+    if chain.len() >= MAX_EXTENDS_DEPTH {
+        return Err(PlanError::invalid_with_hint(
+            at.clone(),
+            format!("`extends` goes more than {MAX_EXTENDS_DEPTH} services deep"),
+            "extend a service nearer the root of the chain",
+        ));
+    }
+    if let Some(first) = chain
+        .iter()
+        .position(|l| l.file == file && l.service == name)
+    {
+        let links: Vec<String> = chain[first..]
+            .iter()
+            .map(|l| format!("`{}` ({})", l.service, l.at))
+            .collect();
+        return Err(PlanError::invalid_with_hint(
+            chain[first].at.clone(),
+            format!("`extends` makes a cycle: {} → `{name}`", links.join(" → ")),
+            "remove the `extends` of one of these services",
+        ));
+    }
+    Ok(())
+}
+
+/// `name` extends `base`, which `source` does not define.
+fn unknown_base(source: &Source, name: &str, base: &str, at: Location) -> PlanError {
+    let hint = match did_you_mean(base, source.service_names()) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => format!(
+            "the services of {} are: {}",
+            source.path.display(),
+            source.service_names().join(", ")
+        ),
+    };
+    PlanError::invalid_with_hint(
+        at,
+        format!(
+            "`{name}` extends `{base}`, which {} does not define",
+            source.path.display()
+        ),
+        hint,
+    )
 }
 
 /// `extends: name` or `extends: {service: name, file: path}`.
@@ -422,30 +434,7 @@ fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)
                 }
                 _ => return Err(form()),
             };
-            let typed = |what: &str| {
-                (
-                    format!("`{what}` of an `include` entry is not a path"),
-                    format!("write `{what}: ./dir`"),
-                )
-            };
-            let project = match m.get("project_directory") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(d)) => Some(d.clone()),
-                Some(_) => return Err(typed("project_directory")),
-            };
-            let env_files = match m.get("env_file") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::String(f)) => vec![f.clone()],
-                Some(Value::Sequence(list)) => list
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(String::from)
-                            .ok_or_else(|| typed("env_file"))
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(_) => return Err(typed("env_file")),
-            };
+            let (project, env_files) = include_dirs(m)?;
             (path, project, env_files)
         }
         _ => return Err(form()),
@@ -467,6 +456,38 @@ fn include_entry(entry: &Value, base: &Path) -> Result<Include, (String, String)
         env_files,
         default_env_file,
     })
+}
+
+/// An `include` mapping's `project_directory` and `env_file` (one or a
+/// list), as written.
+fn include_dirs(
+    m: &serde_yaml_ng::Mapping,
+) -> Result<(Option<String>, Vec<String>), (String, String)> {
+    let typed = |what: &str| {
+        (
+            format!("`{what}` of an `include` entry is not a path"),
+            format!("write `{what}: ./dir`"),
+        )
+    };
+    let project = match m.get("project_directory") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(d.clone()),
+        Some(_) => return Err(typed("project_directory")),
+    };
+    let env_files = match m.get("env_file") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(f)) => vec![f.clone()],
+        Some(Value::Sequence(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| typed("env_file"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(typed("env_file")),
+    };
+    Ok((project, env_files))
 }
 
 /// A service name is one service in the whole project: compose refuses an
