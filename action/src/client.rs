@@ -6,7 +6,7 @@ pub use bakery_client::{Controller, Event};
 
 /// CONTROLLER_TOKEN, or the content of CONTROLLER_TOKEN_FILE.
 fn client_token() -> Result<Option<String>> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let var = |k: &str| crate::env::ClientEnv::current().var(k);
     token_from(
         var("CONTROLLER_TOKEN"),
         var("CONTROLLER_TOKEN_FILE").as_deref(),

@@ -91,7 +91,7 @@ fn secrets(items: &[String]) -> Result<Vec<SecretRef>> {
     trimmed(items)
         .iter()
         .map(|s| {
-            SecretRef::parse(s, |var| std::env::var_os(var).is_some())
+            SecretRef::parse(s, |var| crate::env::ClientEnv::current().is_set(var))
                 .map_err(|m| anyhow::anyhow!("--secret `{s}`: {m}"))
         })
         .collect()

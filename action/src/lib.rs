@@ -5,8 +5,9 @@
 //!
 //! Read top-down:
 //!
-//! * [`cli`]: the flags, each also an environment variable; [`client`]:
-//!   the controller's URL and the client token;
+//! * [`cli`]: the flags, each also an environment variable; [`env`]: the
+//!   environment, read once; [`client`]: the controller's URL and the
+//!   client token;
 //! * [`input`]: flags to a [`bakery_plan::Plan`];
 //! * [`build`]: `bakery build` (upload, submit, follow, cancel);
 //!   [`commands`]: `logs`, `status`, `plan`, `pack`;
@@ -26,6 +27,7 @@ pub mod ci;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod env;
 pub mod hints;
 pub mod input;
 pub mod logins;
@@ -59,7 +61,7 @@ pub fn print_error(e: &anyhow::Error) {
 /// `NO_COLOR` (set, not empty) turns it off, else only on a terminal
 /// (no-color.org, bixense.com/clicolors).
 pub fn colour(is_terminal: bool) -> bool {
-    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let set = |k: &str| env::ClientEnv::current().var_os(k);
     if set("CLICOLOR_FORCE").is_some_and(|v| v != "0") {
         return true;
     }

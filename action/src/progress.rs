@@ -47,8 +47,8 @@ pub fn every() -> Duration {
 /// go without output before the client says it is still going; `None`
 /// when set to 0 (never).
 pub fn heartbeat() -> Option<Duration> {
-    let secs = std::env::var("BAKERY_HEARTBEAT")
-        .ok()
+    let secs = crate::env::ClientEnv::current()
+        .var("BAKERY_HEARTBEAT")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .unwrap_or(30.0);

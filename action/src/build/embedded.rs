@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 pub(super) async fn start_embedded(
 ) -> Result<(bakery_controller::Running, Option<tempfile::TempDir>)> {
     let mut config = bakery_controller::Config::from_env()?;
-    let data = if std::env::var_os("DATA_DIR").is_none() {
+    let data = if crate::env::ClientEnv::current()
+        .var_os("DATA_DIR")
+        .is_none()
+    {
         let dir = tempfile::Builder::new()
             .prefix("bakery-embedded-")
             .tempdir()

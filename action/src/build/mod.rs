@@ -60,9 +60,7 @@ pub enum Target {
 /// `--detach`, was submitted).
 pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result<bool> {
     let started = std::time::Instant::now();
-    let insecure = bakery_protocol::registry::parse_list(
-        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
-    );
+    let insecure = crate::env::ClientEnv::current().insecure_registries();
     check_logins(&mut plan, &insecure).await?;
     check_bases(&plan, &insecure).await?;
     let mut embedded = None;
@@ -132,10 +130,8 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
 /// `bakery plan`'s check of the base images: with the runner's logins
 /// (for private bases), without asking whether they may push.
 pub async fn check_plan_bases(plan: &mut Plan) -> Result<()> {
-    let insecure = bakery_protocol::registry::parse_list(
-        &std::env::var("INSECURE_REGISTRIES").unwrap_or_default(),
-    );
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let insecure = crate::env::ClientEnv::current().insecure_registries();
+    let env = crate::env::ClientEnv::current().text_vars();
     let (_, warnings) = crate::logins::attach(plan, &env).await?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -163,7 +159,7 @@ async fn check_bases(plan: &Plan, insecure: &[String]) -> Result<()> {
 /// asks each destination registry whether its login may push: a missing or
 /// refused login fails before anything is uploaded.
 async fn check_logins(plan: &mut Plan, insecure: &[String]) -> Result<()> {
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let env = crate::env::ClientEnv::current().text_vars();
     let (logins, warnings) = crate::logins::attach(plan, &env).await?;
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -29,15 +29,16 @@ pub(super) struct PackCache {
 impl PackCache {
     /// The record `BAKERY_PACK_CACHE` (or the user's cache directory) names.
     pub(super) fn from_env() -> PackCache {
-        let dir = match std::env::var_os(ENV) {
+        let env = crate::env::ClientEnv::current();
+        let dir = match env.var_os(ENV) {
             Some(v) if v == "off" || v == "0" || v == "false" => None,
             // A relative directory would land in a context and change it
             // on every build: records only where an absolute path says.
             Some(v) if !v.is_empty() => Some(PathBuf::from(v)).filter(|p| p.is_absolute()),
-            _ => std::env::var_os("XDG_CACHE_HOME")
-                .filter(|v| !v.is_empty())
+            _ => env
+                .var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .or_else(|| env.var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .map(|c| c.join("bakery").join("packed")),
         };
         PackCache { dir }

@@ -48,7 +48,7 @@ pub(super) fn secret_files_in(protected: &[PathBuf], context: &std::path::Path) 
 
 /// The build secrets' files and the runner's login files, resolved.
 fn protected_files(plan: &Plan) -> Vec<PathBuf> {
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env: HashMap<String, String> = crate::env::ClientEnv::current().text_vars();
     plan.builds()
         .flat_map(|(_, b)| b.secret_files.iter().cloned())
         .chain(crate::logins::login_files(&env))

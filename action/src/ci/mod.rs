@@ -17,6 +17,7 @@
 pub mod github;
 pub mod gitlab;
 
+use crate::env::ClientEnv;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -150,9 +151,9 @@ pub(crate) fn check_name(service: &str) -> String {
 }
 
 /// An environment variable, unset when empty (CI systems export empty
-/// variables freely).
+/// variables freely), from the environment read once ([`ClientEnv`]).
 pub(crate) fn var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
+    ClientEnv::current().var(k)
 }
 
 /// Appends `text` to a report file the CI system also writes to.
