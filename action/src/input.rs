@@ -44,6 +44,7 @@ pub fn plan(input: &Input) -> Result<Plan> {
         profiles: trimmed(&input.profiles),
         inline,
         overrides,
+        env: crate::env::ClientEnv::current().text_vars(),
         ..PlanOptions::new(&input.repo)
     };
     let mut plan = Plan::resolve(&opts)?;

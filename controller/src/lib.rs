@@ -108,6 +108,9 @@ pub struct App {
     background: std::sync::Mutex<JoinSet<()>>,
     /// One per unfinished build, under one shutdown deadline.
     supervisors: std::sync::Mutex<JoinSet<()>>,
+    /// Held by a retention pass while it writes (on the blocking pool),
+    /// and by the shutdown before it closes the journal.
+    retention: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A controller serving on a socket.
@@ -225,11 +228,20 @@ impl Running {
         if let Err(e) = self.app.journal.flush().await {
             tracing::error!("{e}");
         }
-        for set in [&self.app.background, &self.app.supervisors] {
-            let mut tasks = std::mem::take(&mut *set.lock().expect("lock"));
+        // Everything at once, then waited for: nothing changes a build
+        // after the journal writer is gone.
+        let mut sets: Vec<JoinSet<()>> = [&self.app.background, &self.app.supervisors]
+            .map(|set| std::mem::take(&mut *set.lock().expect("lock")))
+            .into();
+        for tasks in &mut sets {
             tasks.abort_all();
+        }
+        for tasks in &mut sets {
             while tasks.join_next().await.is_some() {}
         }
+        // A retention pass on the blocking pool outlives its aborted task:
+        // the journal closes (and compacts) once it is done.
+        let _retention = self.app.retention.lock().await;
         self.app.journal.close();
     }
 }
@@ -341,23 +353,27 @@ pub async fn forget_once(app: &App) {
         return forget_contexts(app).await;
     }
     // A write transaction and file deletions: on the blocking pool, not a
-    // runtime worker that requests are waiting for.
-    let (journal, work, ids) = (
+    // runtime worker that requests are waiting for. The registry lets go
+    // of the builds as soon as their rows are gone.
+    let (journal, builds, work, ids) = (
         Arc::clone(&app.journal),
+        Arc::clone(&app.builds),
         app.config.data_dir.join("work"),
         gone.clone(),
     );
+    let writing = Arc::clone(&app.retention).lock_owned().await;
     let forgotten = tokio::task::spawn_blocking(move || {
+        let _writing = writing;
         journal.forget(&ids)?;
+        for id in &ids {
+            builds.remove(id);
+        }
         platform::local::delete_agent_logs(&work, &ids);
         Ok::<_, journal::JournalError>(())
     })
     .await;
     match forgotten {
         Ok(Ok(())) => {
-            for id in &gone {
-                app.builds.remove(id);
-            }
             tracing::info!(removed = gone.len(), "forgot builds past BUILD_RETENTION");
         }
         Ok(Err(e)) => tracing::warn!("cleaning up old builds: {e}"),
@@ -440,6 +456,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stopping: tokio_util::sync::CancellationToken::new(),
         background: Default::default(),
         supervisors: Default::default(),
+        retention: Default::default(),
     });
     app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds) as Arc<dyn journal::Builds>));
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));

@@ -34,11 +34,12 @@ impl PackCache {
             Some(v) if v == "off" || v == "0" || v == "false" => None,
             // A relative directory would land in a context and change it
             // on every build: records only where an absolute path says.
-            Some(v) if !v.is_empty() => Some(PathBuf::from(v)).filter(|p| p.is_absolute()),
-            _ => env
+            Some(v) => Some(PathBuf::from(v)).filter(|p| p.is_absolute()),
+            None => env
                 .var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .or_else(|| env.var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .filter(|c| c.is_absolute())
                 .map(|c| c.join("bakery").join("packed")),
         };
         PackCache { dir }
