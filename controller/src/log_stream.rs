@@ -231,20 +231,9 @@ mod tests {
     async fn a_stream_waits_while_its_build_holds_too_many_unsaved_lines() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Arc::new(Journal::open(&dir.path().join("builds.redb")).unwrap());
-        let spec = serde_json::json!({
-            "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
-            "credentials": [], "spot": false, "cache": {}, "cache_from": [],
-            "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
-            "no_push": false, "ignore_path": [], "extra_flags": []
-        });
-        let request = serde_json::from_value(serde_json::json!({
-            "service": "svc", "destination": null,
-            "tasks": [{"arch": "amd64", "push": null, "context_key": format!("contexts/sha256-{}.tar.gz", "0".repeat(64)), "spec": spec}]
-        }))
-        .unwrap();
         let build = Arc::new(Build::new(
             "bpressure".into(),
-            request,
+            crate::journal::tests::request(),
             bakery_protocol::Platform::Local,
             Some(journal.signal()),
             u64::MAX,

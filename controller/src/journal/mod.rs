@@ -551,4 +551,6 @@ pub fn ms_from_instant(at: std::time::Instant) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+mod read_tests;
+#[cfg(test)]
+pub(crate) mod tests;
