@@ -59,11 +59,24 @@ pub struct Entry {
 impl Entry {
     /// What [`Chunk`] `lines` hold.
     pub(super) fn of(lines: &[LogEvent]) -> Entry {
-        Entry {
-            first_seq: lines.first().map_or(0, |l| l.seq),
-            lines: lines.len() as u64,
-            bytes: lines.iter().map(|l| l.line.len() as u64).sum(),
+        Entry::from_lines(lines.iter().map(|l| (l.seq, l.line.len())))
+    }
+
+    /// What lines of these (seq, text length) hold, in order.
+    fn from_lines(lines: impl Iterator<Item = (u64, usize)>) -> Entry {
+        let mut entry = Entry {
+            first_seq: 0,
+            lines: 0,
+            bytes: 0,
+        };
+        for (seq, len) in lines {
+            if entry.lines == 0 {
+                entry.first_seq = seq;
+            }
+            entry.lines += 1;
+            entry.bytes += len as u64;
         }
+        entry
     }
 }
 
@@ -73,11 +86,7 @@ pub fn encode_chunk<'a>(
     lines: impl Iterator<Item = LogEventRef<'a>>,
 ) -> Result<(Entry, Vec<u8>), serde_json::Error> {
     let lines: Vec<LogEventRef<'a>> = lines.collect();
-    let entry = Entry {
-        first_seq: lines.first().map_or(0, |l| l.seq),
-        lines: lines.len() as u64,
-        bytes: lines.iter().map(|l| l.line.len() as u64).sum(),
-    };
+    let entry = Entry::from_lines(lines.iter().map(|l| (l.seq, l.line.len())));
     Ok((entry, serde_json::to_vec(&ChunkRef { agent_seqs, lines })?))
 }
 
@@ -341,6 +350,8 @@ pub(super) fn read_lines(
     let rows = txn.open_table(LOG_ROWS)?;
     let map = txn.open_table(LOG_MAP)?;
     let mut out: Vec<LogEvent> = Vec::new();
+    // The seq of the last line taken.
+    let mut last = after;
     let mut agent_seqs = None;
     let gap = || JournalError::Gap {
         build: id.to_string(),
@@ -360,16 +371,16 @@ pub(super) fn read_lines(
             .zip(entries)
             .filter(|((chunk_id, _), _)| *chunk_id == id)
         {
-            let from = out.last().map_or(after, |l| l.seq);
-            if entry.first_seq + entry.lines <= from + 1 {
+            if entry.first_seq + entry.lines <= last + 1 {
                 continue;
             }
             let chunk: Chunk = serde_json::from_slice(chunk)?;
-            for line in chunk.lines.into_iter().filter(|l| l.seq > from) {
-                let expected = out.last().map_or(after, |l| l.seq) + 1;
-                if line.seq != expected {
+            let taken = last;
+            for line in chunk.lines.into_iter().filter(|l| l.seq > taken) {
+                if line.seq != last + 1 {
                     return Err(gap());
                 }
+                last = line.seq;
                 out.push(line);
             }
             agent_seqs = Some(chunk.agent_seqs);
