@@ -17,6 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bakery_protocol::api::{AgentLogs, AgentResult, AgentTask, ContextSource};
+use bakery_protocol::object::Object;
 use bakery_protocol::Platform;
 
 use crate::auth::bearer;
@@ -143,9 +144,15 @@ pub async fn agent_context(
 pub async fn agent_logs(
     State(app): State<Arc<App>>,
     Extension(AgentAuth { build, index }): Extension<AgentAuth>,
-    batch: std::result::Result<Json<AgentLogs>, JsonRejection>,
+    batch: std::result::Result<Json<Object<AgentLogs>>, JsonRejection>,
 ) -> Result<StatusCode> {
-    let Json(batch) = batch?;
+    let Json(Object(batch)) = batch?;
+    if batch.lines.iter().any(|l| l.seq == 0) {
+        return Err(Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a line's seq counts from 1",
+        ));
+    }
     let added = build
         .append_agent_lines(index, &batch.lines)
         .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "this task has ended"))?;
@@ -173,9 +180,9 @@ pub async fn agent_log_stream(
 pub async fn agent_result(
     State(app): State<Arc<App>>,
     Extension(AgentAuth { build, index }): Extension<AgentAuth>,
-    result: std::result::Result<Json<AgentResult>, JsonRejection>,
+    result: std::result::Result<Json<Object<AgentResult>>, JsonRejection>,
 ) -> Result<StatusCode> {
-    let Json(result) = result?;
+    let Json(Object(result)) = result?;
     let recorded = build.update(|b| b.record_result(index, result));
     if let Err(e) = durable(&app).await {
         build.update(|b| b.undo_result(index));

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bakery_protocol::api::AgentLine;
+use bakery_protocol::object::Object;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
@@ -126,9 +127,10 @@ async fn read_lines(
         let mut batch: Vec<AgentLine> = Vec::with_capacity(raws.len());
         let mut bad = false;
         for raw in raws.into_iter().filter(|r| !r.is_empty()) {
-            match serde_json::from_slice::<AgentLine>(raw) {
-                Ok(line) => batch.push(line),
-                Err(e) => {
+            match serde_json::from_slice::<Object<AgentLine>>(raw) {
+                Ok(Object(line)) if line.seq > 0 => batch.push(line),
+                parsed => {
+                    let e = parsed.map_or_else(|e| e.to_string(), |_| "seq 0".into());
                     tracing::warn!("build {}: agent log stream: {e}; stream closed", build.id);
                     bad = true;
                     break;

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use bakery_protocol::api::{ApiError, BuildStatus, ContextStore, CreateBuild, Created, Info};
+use bakery_protocol::object::Object;
 use bakery_protocol::validate;
 use bakery_protocol::ContextKey;
 
@@ -229,9 +230,9 @@ async fn create_build(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    request: std::result::Result<Json<CreateBuild>, JsonRejection>,
+    request: std::result::Result<Json<Object<CreateBuild>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Created>)> {
-    let Json(request) = request?;
+    let Json(Object(request)) = request?;
     validate::check_create(&request)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     check_platforms_and_contexts(&app, &request).await?;

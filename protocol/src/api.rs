@@ -67,10 +67,15 @@ pub struct CreateBuild {
     #[serde(default)]
     pub tags: Vec<String>,
     /// One task per arch, each arch at most once.
+    #[serde(deserialize_with = "crate::object::objects")]
     pub tasks: Vec<TaskRequest>,
     /// The SLSA provenance attestation to attach to each pushed image;
     /// `None` attaches none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::object::optional_object"
+    )]
     pub provenance: Option<crate::provenance::Provenance>,
     /// Annotations on the multi-arch index (`index:` level).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -98,6 +103,7 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_bytes: Option<u64>,
     /// The fully resolved build the agent runs.
+    #[serde(deserialize_with = "crate::object::object")]
     pub spec: BuildSpec,
 }
 
@@ -376,6 +382,7 @@ pub enum ContextSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentLogs {
     /// The lines of this batch, in order.
+    #[serde(deserialize_with = "crate::object::objects")]
     pub lines: Vec<AgentLine>,
 }
 

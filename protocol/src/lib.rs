@@ -15,6 +15,8 @@
 //! * [`annotations`]: OCI annotations by level (manifest, index, descriptor).
 //! * [`provenance`]: the SLSA provenance a build asks for, and its source.
 //! * [`validate`]: what the controller checks of requests and reports.
+//! * [`object`]: JSON objects only where a struct crosses the wire (serde
+//!   would also read an array).
 //! * [`redact`]: keeping secrets out of logs.
 //! * [`dockerfile`]: which images a Dockerfile pulls: the client checks
 //!   them before a build, the agent reports them after.
@@ -27,6 +29,7 @@ pub mod arch;
 pub mod context_key;
 pub mod dockerfile;
 pub mod image_platform;
+pub mod object;
 pub mod process_group;
 pub mod provenance;
 pub mod redact;

@@ -16,7 +16,7 @@ pub struct Provenance {
     /// How much it records.
     pub mode: ProvenanceMode,
     /// The source the build came from, as the CI job describes it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::object::object")]
     pub source: Source,
 }
 

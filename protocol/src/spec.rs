@@ -47,17 +47,26 @@ pub struct BuildSpec {
     pub post_script: Option<String>,
     /// Registry logins for pulling bases, pushing and the cache repository,
     /// written to a Docker `config.json` only the builder reads.
+    #[serde(deserialize_with = "crate::object::objects")]
     pub credentials: Vec<Credential>,
     /// Build secrets for `RUN --mount=type=secret,id=…`: travel like
     /// registry passwords (fetched once by the agent, forgotten when the
     /// build ends, masked in every log line).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::object::objects"
+    )]
     pub secrets: Vec<BuildSecret>,
     /// SSH keys for `RUN --mount=type=ssh[,id=…]` (buildah's `--ssh
     /// id=<key file>`): each a private key's content, travelling and
     /// forgotten like a build secret. Kaniko has no SSH mounts: the
     /// controller refuses them for its agents.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::object::objects"
+    )]
     pub ssh: Vec<BuildSecret>,
     /// Named build contexts (`FROM <name>`, `COPY --from=<name>`),
     /// buildah's `--build-context`. Kaniko has none: the controller
@@ -76,6 +85,7 @@ pub struct BuildSpec {
     /// (ECS Fargate Spot); other platforms ignore it.
     pub spot: bool,
     /// The registry layer cache, per arch.
+    #[serde(deserialize_with = "crate::object::object")]
     pub cache: Cache,
     /// More images whose layers the builder may reuse (compose
     /// `cache_from`): buildah's `--cache-from`; Kaniko takes none.
