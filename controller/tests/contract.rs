@@ -108,15 +108,23 @@ async fn the_controller_keeps_its_openapi_description() {
     let reports = tempfile::tempdir().unwrap();
     let binary = schemathesis_binary();
     let h_url = h.url("");
+    let description = here.join("../../openapi.yaml");
+    // Run in a scratch directory: schemathesis and Python leave files
+    // where they run.
     let out = tokio::process::Command::new(&binary)
-        .current_dir(&here)
-        .args(["run", "../../openapi.yaml", "--url", &h_url])
+        .current_dir(reports.path())
+        .arg("--config-file")
+        .arg(here.join("schemathesis.toml"))
+        .arg("run")
+        .arg(&description)
+        .args(["--url", &h_url])
         .args(["--workers", "2", "--request-timeout", "10"])
         .args(["--report", "har", "--report-dir"])
-        .arg(reports.path())
+        .arg(reports.path().join("har"))
         .args(["--no-color"])
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("PYTHONPATH", &here)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("CONTRACT_CLIENT_TOKEN", token)
         .env("CONTRACT_TASK_ID", task)
         .env("CONTRACT_TASK_TOKEN", task_token)
@@ -136,7 +144,7 @@ async fn the_controller_keeps_its_openapi_description() {
     // It reached what matters, not only the doors: builds it created, the
     // id routes through the links with a live id, the agent routes past
     // the token check.
-    let seen = exchanges(reports.path());
+    let seen = exchanges(&reports.path().join("har"));
     let hit = |method: &str, prefix: &str, ok: &dyn Fn(u64) -> bool| {
         seen.iter()
             .any(|(m, p, s)| m == method && p.starts_with(prefix) && ok(*s))
