@@ -23,9 +23,6 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
         },
         context_bytes: None,
         spec: BuildSpec {
-            platform: None,
-            dockerfile: "docker/Dockerfile".into(),
-            dockerfile_beside: false,
             target: Some("runtime".into()),
             build_args: [("VERSION".to_string(), "1.2".to_string())].into(),
             labels: [("team".to_string(), "core".to_string())].into(),
@@ -34,17 +31,6 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
                 "app".to_string(),
             )]
             .into(),
-            ssh: Vec::new(),
-            build_contexts: Default::default(),
-            env: Default::default(),
-            pre_script: None,
-            post_script: None,
-            credentials: vec![],
-            secrets: vec![],
-            cpu: None,
-            memory: None,
-            disk: None,
-            spot: false,
             cache: Cache {
                 enable: Some(true),
                 repo: Some("r.io/cache/app".into()),
@@ -57,12 +43,11 @@ fn task(arch: Arch, push: Option<&str>) -> AgentTask {
             snapshot_mode: Some(bakery_protocol::SnapshotMode::Redo),
             use_new_run: true,
             cleanup: true,
-            custom_platform: arch.platform().into(),
-            no_push: false,
             ignore_path: vec!["/var/cache".into()],
             extra_flags: vec!["--verbosity=debug".into()],
             compression: Some(Compression::Zstd),
             compression_level: Some(3),
+            ..BuildSpec::new("docker/Dockerfile", arch)
         },
     }
 }

@@ -405,35 +405,8 @@ fn request(key: &bakery_protocol::ContextKey, i: usize) -> CreateBuild {
 
 fn spec() -> BuildSpec {
     BuildSpec {
-        platform: None,
-        dockerfile: "Dockerfile".into(),
-        dockerfile_beside: false,
-        target: None,
-        build_args: Default::default(),
-        labels: Default::default(),
-        annotations: Default::default(),
-        ssh: Vec::new(),
-        build_contexts: Default::default(),
-        env: Default::default(),
-        pre_script: None,
-        post_script: None,
-        credentials: vec![],
-        secrets: vec![],
-        cpu: None,
-        memory: None,
-        disk: None,
-        spot: false,
-        cache: Default::default(),
-        cache_from: vec![],
-        snapshot_mode: None,
-        use_new_run: false,
-        cleanup: false,
-        custom_platform: "linux/amd64".into(),
         no_push: true,
-        ignore_path: vec![],
-        extra_flags: vec![],
-        compression: None,
-        compression_level: None,
+        ..BuildSpec::new("Dockerfile", bakery_protocol::Arch::Amd64)
     }
 }
 

@@ -209,6 +209,45 @@ pub const CONTEXTS_BESIDE: &str = ".bakery-contexts";
 pub const DOCKERFILE_BESIDE: &str = ".bakery-dockerfile";
 
 impl BuildSpec {
+    /// A build of `dockerfile` for `arch` that asks for nothing else: no
+    /// args, logins, secrets or cache, the controller's default platform
+    /// and sizes, pushed. The planner sets every field itself (a new
+    /// field must be decided there); tests, benchmarks and tools start
+    /// from this and change what they test.
+    pub fn new(dockerfile: impl Into<String>, arch: crate::Arch) -> BuildSpec {
+        BuildSpec {
+            platform: None,
+            dockerfile: dockerfile.into(),
+            dockerfile_beside: false,
+            target: None,
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            env: BTreeMap::new(),
+            pre_script: None,
+            post_script: None,
+            credentials: Vec::new(),
+            secrets: Vec::new(),
+            ssh: Vec::new(),
+            build_contexts: BTreeMap::new(),
+            cpu: None,
+            memory: None,
+            disk: None,
+            spot: false,
+            cache: Cache::default(),
+            cache_from: Vec::new(),
+            snapshot_mode: None,
+            use_new_run: false,
+            cleanup: false,
+            custom_platform: arch.platform().to_string(),
+            no_push: false,
+            ignore_path: Vec::new(),
+            extra_flags: Vec::new(),
+            compression: None,
+            compression_level: None,
+        }
+    }
+
     /// Every value that must not reach a log: registry passwords, build
     /// secrets and SSH keys.
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {

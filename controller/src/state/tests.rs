@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bakery_protocol::api::{
     AgentLine, AgentResult, BuildState, CreateBuild, TaskRequest, TaskState,
 };
-use bakery_protocol::spec::BuildSpec;
+use bakery_protocol::spec::{BuildSpec, Credential, Secret};
 use bakery_protocol::{Arch, Platform};
 use tokio::sync::Semaphore;
 
@@ -19,14 +19,14 @@ use crate::platform::{AgentHandle, ExitReason};
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn spec(arch: Arch) -> BuildSpec {
-    serde_json::from_value(serde_json::json!({
-        "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
-        "credentials": [{"registry": "r.example", "username": "u", "password": "hunter2-password"}],
-        "spot": false, "cache": {}, "cache_from": [],
-        "use_new_run": false, "cleanup": false, "custom_platform": arch.platform(),
-        "no_push": false, "ignore_path": [], "extra_flags": []
-    }))
-    .unwrap()
+    BuildSpec {
+        credentials: vec![Credential {
+            registry: "r.example".into(),
+            username: "u".into(),
+            password: Secret::new("hunter2-password"),
+        }],
+        ..BuildSpec::new("Dockerfile", arch)
+    }
 }
 
 fn request(arches: &[Arch], push: bool) -> CreateBuild {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bakery_controller::Config;
 use bakery_protocol::api::{BuildStatus, CreateBuild, TaskRequest};
-use bakery_protocol::spec::{Cache, Credential, Secret};
+use bakery_protocol::spec::{Credential, Secret};
 use bakery_protocol::Arch;
 use bakery_protocol::BuildSpec;
 use reqwest::StatusCode;
@@ -183,39 +183,12 @@ impl Harness {
 
 pub fn spec() -> BuildSpec {
     BuildSpec {
-        platform: None,
-        dockerfile: "Dockerfile".into(),
-        dockerfile_beside: false,
-        target: None,
-        build_args: Default::default(),
-        labels: Default::default(),
-        annotations: Default::default(),
-        ssh: Vec::new(),
-        build_contexts: Default::default(),
-        env: Default::default(),
-        pre_script: None,
-        post_script: None,
         credentials: vec![Credential {
             registry: "r.example".into(),
             username: "u".into(),
             password: Secret::new("top-secret-pw"),
         }],
-        secrets: vec![],
-        cpu: None,
-        memory: None,
-        disk: None,
-        spot: false,
-        cache: Cache::default(),
-        cache_from: vec![],
-        snapshot_mode: None,
-        use_new_run: false,
-        cleanup: false,
-        custom_platform: "linux/amd64".into(),
-        no_push: false,
-        ignore_path: vec![],
-        extra_flags: vec![],
-        compression: None,
-        compression_level: None,
+        ..BuildSpec::new("Dockerfile", Arch::Amd64)
     }
 }
 

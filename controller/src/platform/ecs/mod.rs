@@ -27,6 +27,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_ecs::operation::stop_task::StopTaskError;
 use aws_sdk_ecs::Client;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
@@ -201,7 +202,7 @@ impl AgentPlatform for EcsPlatform {
     }
 }
 
-/// StopTask; a task ECS no longer has, or has stopped, is stopped.
+/// StopTask; a task ECS no longer has is stopped.
 pub(super) async fn send_stop(client: &Client, cluster: &str, arn: &str) -> Result<(), String> {
     match client
         .stop_task()
@@ -212,15 +213,25 @@ pub(super) async fn send_stop(client: &Client, cluster: &str, arn: &str) -> Resu
         .await
     {
         Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(task_is_gone) => Ok(()),
         Err(e) => {
             let message = sdk_error(&e);
-            if message.contains("not found") || message.contains("STOPPED") {
-                Ok(())
-            } else {
-                tracing::warn!("StopTask {arn}: {message}; sent again at the next poll");
-                Err(format!("StopTask {arn}: {message}"))
-            }
+            tracing::warn!("StopTask {arn}: {message}; sent again at the next poll");
+            Err(format!("StopTask {arn}: {message}"))
         }
+    }
+}
+
+/// Whether StopTask failed because ECS no longer has the task: its
+/// `InvalidParameterException` with "The referenced task was not found."
+/// (a stopped task ECS still has is stopped again without an error). The
+/// error's type is checked first; the words are ECS's, pinned by a test.
+fn task_is_gone(e: &StopTaskError) -> bool {
+    match e {
+        StopTaskError::InvalidParameterException(p) => p
+            .message()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("task was not found")),
+        _ => false,
     }
 }
 

@@ -104,3 +104,31 @@ fn disk_maps_to_fargate_ephemeral_storage() {
     let e = fargate_disk(gib(500)).unwrap_err();
     assert!(e.contains("200 GiB"), "{e}");
 }
+
+/// StopTask of a task ECS no longer has answers InvalidParameterException,
+/// "The referenced task was not found." (ECS's words): that task is
+/// stopped. The same words in another error type, or another
+/// InvalidParameterException, are not.
+#[test]
+fn stop_task_reads_a_gone_task_by_its_error_type() {
+    use aws_sdk_ecs::operation::stop_task::StopTaskError;
+    use aws_sdk_ecs::types::error::{ClientException, InvalidParameterException};
+    let gone = StopTaskError::InvalidParameterException(
+        InvalidParameterException::builder()
+            .message("The referenced task was not found.")
+            .build(),
+    );
+    assert!(super::task_is_gone(&gone));
+    let other = StopTaskError::InvalidParameterException(
+        InvalidParameterException::builder()
+            .message("Long arn format must be used for tagging operations")
+            .build(),
+    );
+    assert!(!super::task_is_gone(&other));
+    let client = StopTaskError::ClientException(
+        ClientException::builder()
+            .message("The referenced task was not found.")
+            .build(),
+    );
+    assert!(!super::task_is_gone(&client));
+}
