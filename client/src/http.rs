@@ -155,16 +155,7 @@ pub(crate) async fn json<T: serde::de::DeserializeOwned>(
 /// A transport error with its causes, on one line: reqwest's own text
 /// ("error sending request") says nothing without them.
 pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
+    let mut text = bakery_protocol::error_chain::flatten(e);
     if e.is_timeout() && !text.contains("timed out") {
         text.push_str(" (timed out)");
     }

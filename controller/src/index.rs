@@ -421,15 +421,5 @@ fn is_transient(e: &OciDistributionError) -> bool {
 /// reqwest's own message ("error sending request") hides the cause
 /// ("Connection refused"): walk the chain.
 fn describe(e: &OciDistributionError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+    bakery_protocol::error_chain::flatten(e)
 }

@@ -110,6 +110,13 @@ pub struct Kaniko {
 }
 
 /// The `kaniko.cache:` block: a registry-backed layer cache.
+///
+/// Not [`bakery_protocol::Cache`], though the fields match: this is what
+/// the user wrote (a base repository, or none; a duration checked with its
+/// file and line while the file is read; layers that overlay one another),
+/// and the planner resolves it into the protocol's per-arch cache
+/// (`<repo>-<arch>`, [`From`] below) that the agent runs with. One type for
+/// both would let an unresolved base repository reach an agent.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cache {

@@ -18,6 +18,7 @@
 //! * [`object`]: JSON objects only where a struct crosses the wire (serde
 //!   would also read an array).
 //! * [`redact`]: keeping secrets out of logs.
+//! * [`error_chain`]: an error and its causes on one line, for messages.
 //! * [`dockerfile`]: which images a Dockerfile pulls: the client checks
 //!   them before a build, the agent reports them after.
 //! * [`process_group`]: whether a process group still has a process, for
@@ -28,6 +29,7 @@ pub mod api;
 pub mod arch;
 pub mod context_key;
 pub mod dockerfile;
+pub mod error_chain;
 pub mod image_platform;
 pub mod object;
 pub mod process_group;

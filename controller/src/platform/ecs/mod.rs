@@ -129,16 +129,7 @@ impl EcsPlatform {
 /// An SDK error as the chain of its messages. Never the `Debug` form: that
 /// carries the raw HTTP response, which can echo request data back.
 fn sdk_error<E: std::error::Error + 'static>(e: &E) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
+    bakery_protocol::error_chain::flatten(e)
 }
 
 #[async_trait::async_trait]
