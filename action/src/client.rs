@@ -4,12 +4,13 @@
 use anyhow::{bail, Context, Result};
 pub use bakery_client::{Controller, Event};
 
+use crate::env::ClientEnv;
+
 /// CONTROLLER_TOKEN, or the content of CONTROLLER_TOKEN_FILE.
-fn client_token() -> Result<Option<String>> {
-    let var = |k: &str| crate::env::ClientEnv::current().var(k);
+fn client_token(env: &ClientEnv) -> Result<Option<String>> {
     token_from(
-        var("CONTROLLER_TOKEN"),
-        var("CONTROLLER_TOKEN_FILE").as_deref(),
+        env.var("CONTROLLER_TOKEN"),
+        env.var("CONTROLLER_TOKEN_FILE").as_deref(),
     )
 }
 
@@ -52,8 +53,9 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Checks `url` (`insecure`: plain HTTP to any host is allowed).
-    pub fn new(url: &str, insecure: bool) -> Result<Remote> {
+    /// Checks `url` (`insecure`: plain HTTP to any host is allowed) and
+    /// reads the client token from `env`.
+    pub fn new(url: &str, insecure: bool, env: &ClientEnv) -> Result<Remote> {
         // Messages never repeat a password written into the URL.
         let shown = bakery_protocol::redact::without_userinfo(url);
         let parsed = url::Url::parse(url).with_context(|| {
@@ -73,7 +75,7 @@ impl Remote {
         }
         Ok(Remote {
             url: url.to_string(),
-            token: client_token()?,
+            token: client_token(env)?,
         })
     }
 
@@ -126,6 +128,22 @@ mod tests {
         assert_eq!(token_from(None, None).unwrap(), None);
     }
 
+    /// The token comes from the environment given, not the process's: a
+    /// token file that cannot be read fails with its name.
+    #[test]
+    fn the_token_is_read_from_the_environment_given() {
+        let url = "https://bakery.example.com";
+        let env = ClientEnv::from_vars([("CONTROLLER_TOKEN", "tok-from-the-map")]);
+        let remote = Remote::new(url, false, &env).unwrap();
+        assert_eq!(remote.token.as_deref(), Some("tok-from-the-map"));
+        let missing = "/nonexistent/bakery-token";
+        let env = ClientEnv::from_vars([("CONTROLLER_TOKEN_FILE", missing)]);
+        let e = format!("{:#}", Remote::new(url, false, &env).unwrap_err());
+        assert!(e.contains(missing) && e.contains("cannot be read"), "{e}");
+        let none = Remote::new(url, false, &ClientEnv::default()).unwrap();
+        assert_eq!(none.token, None);
+    }
+
     #[test]
     fn plain_http_only_to_loopback_unless_insecure() {
         for ok in [
@@ -134,17 +152,22 @@ mod tests {
             "http://localhost:8080",
             "http://[::1]:8080",
         ] {
-            assert!(Remote::new(ok, false).is_ok(), "{ok}");
+            assert!(
+                Remote::new(ok, false, &ClientEnv::default()).is_ok(),
+                "{ok}"
+            );
         }
-        let e = Remote::new("http://bakery.example.com", false).unwrap_err();
+        let e = Remote::new("http://bakery.example.com", false, &ClientEnv::default()).unwrap_err();
         assert!(e.to_string().contains("--insecure"), "{e}");
-        assert!(Remote::new("http://bakery.example.com", true).is_ok());
-        assert!(Remote::new("http://localhost.example.com", false).is_err());
-        assert!(Remote::new("ftp://x", true).is_err());
-        assert!(Remote::new("https://u:p@x", false).is_err());
-        assert!(Remote::new("bakery.example.com", false).is_err());
+        assert!(Remote::new("http://bakery.example.com", true, &ClientEnv::default()).is_ok());
+        assert!(Remote::new("http://localhost.example.com", false, &ClientEnv::default()).is_err());
+        assert!(Remote::new("ftp://x", true, &ClientEnv::default()).is_err());
+        assert!(Remote::new("https://u:p@x", false, &ClientEnv::default()).is_err());
+        assert!(Remote::new("bakery.example.com", false, &ClientEnv::default()).is_err());
         for url in ["htp://user:hunter2@x", "http://x:hunter2@[::1"] {
-            let e = Remote::new(url, false).unwrap_err().to_string();
+            let e = Remote::new(url, false, &ClientEnv::default())
+                .unwrap_err()
+                .to_string();
             assert!(!e.contains("hunter2"), "{e}");
         }
     }

@@ -34,7 +34,11 @@ pub async fn logs(
 ) -> Result<ExitCode> {
     let controller = controller(url, "logs")?;
     let service = controller.status(id).await?.service;
-    let printer = Printer::standalone(&service, format, crate::ci::detect(false).await);
+    let printer = Printer::standalone(
+        &service,
+        format,
+        crate::ci::detect(crate::env::ClientEnv::current(), false).await,
+    );
     let status = controller
         .follow(id, |event| match event {
             Event::Log(line) => printer.line(&service, &line),

@@ -53,7 +53,11 @@ pub fn print_error(e: &anyhow::Error) {
         .downcast_ref::<bakery_plan::PlanError>()
         .and_then(bakery_plan::PlanError::diagnostic)
     {
-        ci::github::annotate(d, "bakery: invalid build configuration");
+        ci::github::annotate(
+            env::ClientEnv::current(),
+            d,
+            "bakery: invalid build configuration",
+        );
     }
 }
 
@@ -93,7 +97,7 @@ pub async fn run(mut cli: Cli) -> Result<ExitCode> {
         .as_deref()
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| client::Remote::new(u, cli.insecure))
+        .map(|u| client::Remote::new(u, cli.insecure, env::ClientEnv::current()))
         .transpose()?;
     match command {
         Command::Build { detach, codec, .. } => {

@@ -47,7 +47,7 @@ impl Asks {
         Ok(Asks {
             provenance: input.provenance.0.map(|mode| Provenance {
                 mode,
-                source: Source::from_env(crate::ci::var),
+                source: Source::from_env(|k| crate::env::ClientEnv::current().var(k)),
             }),
             annotations,
             contexts: NamedContexts::parse(&input.build_contexts)?,

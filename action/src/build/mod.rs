@@ -68,7 +68,11 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         Target::Remote(remote) => client::connect(&remote),
         Target::Embedded => {
             let running = embedded::start_embedded().await?;
-            let controller = client::connect(&client::Remote::new(&running.0.url(), false)?);
+            let controller = client::connect(&client::Remote::new(
+                &running.0.url(),
+                false,
+                crate::env::ClientEnv::current(),
+            )?);
             embedded = Some(running);
             controller
         }
@@ -87,7 +91,7 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         &opts.asks,
     )
     .await?;
-    let ci = crate::ci::detect(true).await;
+    let ci = crate::ci::detect(crate::env::ClientEnv::current(), true).await;
     let run = Run {
         plan: &plan,
         controller: &controller,
@@ -146,7 +150,7 @@ async fn check_bases(plan: &Plan, insecure: &[String]) -> Result<()> {
     }
     for p in &problems {
         eprintln!("error: {p}");
-        crate::ci::github::annotate(p, "bakery: base image");
+        crate::ci::github::annotate(crate::env::ClientEnv::current(), p, "bakery: base image");
     }
     bail!(
         "{} base image problem{}: nothing was uploaded or built",

@@ -16,7 +16,8 @@ use futures_util::future::BoxFuture;
 use gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
 use gitlab::api::AsyncQuery;
 
-use super::{var, CiSystem};
+use super::CiSystem;
+use crate::env::ClientEnv;
 use crate::outcome::{submitted, ServiceResult};
 
 /// GitLab CI as bakery reports to it.
@@ -30,16 +31,15 @@ impl GitLab {
     /// Reads the job's environment: a dotenv report when `GITLAB_CI=true`,
     /// and commit statuses when `with_statuses` and `BAKERY_GITLAB_TOKEN`
     /// allow (a failure to set them up is a warning).
-    pub async fn from_env(with_statuses: bool) -> GitLab {
-        let dotenv = (var("GITLAB_CI").as_deref() == Some("true")).then(|| {
-            var("BAKERY_DOTENV")
-                .unwrap_or_else(|| "bakery.env".into())
-                .into()
+    pub async fn from_env(env: &ClientEnv, with_statuses: bool) -> GitLab {
+        let dotenv = (env.var("GITLAB_CI").as_deref() == Some("true")).then(|| {
+            env.var_os("BAKERY_DOTENV")
+                .map_or_else(|| "bakery.env".into(), PathBuf::from)
         });
         let mut statuses = None;
-        if let Some(token) = var("BAKERY_GITLAB_TOKEN").filter(|_| with_statuses) {
+        if let Some(token) = env.var("BAKERY_GITLAB_TOKEN").filter(|_| with_statuses) {
             // Setting up the client asks the API: bounded like every call.
-            match tokio::time::timeout(super::REPORT_TIMEOUT, Statuses::new(&token)).await {
+            match tokio::time::timeout(super::REPORT_TIMEOUT, Statuses::new(env, &token)).await {
                 Ok(Ok(s)) => statuses = Some(s),
                 Ok(Err(e)) => tracing::warn!("GitLab commit statuses disabled: {e}"),
                 Err(_) => tracing::warn!(
@@ -196,12 +196,15 @@ struct Statuses {
     /// The pipeline the statuses belong to, so GitLab shows them on it.
     pipeline: Option<u64>,
     job_url: Option<String>,
+    /// `BAKERY_CHECK_NAME`: matrix jobs' statuses apart.
+    label: Option<String>,
     /// (service, arch) → last state sent.
     sent: Mutex<HashMap<(String, String), CommitStatusState>>,
 }
 
 impl Statuses {
-    async fn new(token: &str) -> Result<Statuses, String> {
+    async fn new(env: &ClientEnv, token: &str) -> Result<Statuses, String> {
+        let var = |k: &str| env.var(k);
         let server = var("CI_SERVER_URL").ok_or("CI_SERVER_URL is not set")?;
         let project = var("CI_PROJECT_ID").ok_or("CI_PROJECT_ID is not set")?;
         let sha = var("CI_COMMIT_SHA").ok_or("CI_COMMIT_SHA is not set")?;
@@ -225,6 +228,7 @@ impl Statuses {
                 .or_else(|| var("CI_COMMIT_REF_NAME")),
             pipeline: var("CI_PIPELINE_ID").and_then(|p| p.parse().ok()),
             job_url: var("CI_JOB_URL"),
+            label: var("BAKERY_CHECK_NAME"),
             sent: Mutex::default(),
         })
     }
@@ -242,7 +246,7 @@ impl Statuses {
             if self.sent.lock().expect("lock").get(&key) == Some(&state) {
                 continue;
             }
-            let name = match crate::ci::var("BAKERY_CHECK_NAME") {
+            let name = match &self.label {
                 Some(n) => format!("bakery/{}/{}/{}", status.service, n.trim(), task.arch),
                 None => format!("bakery/{}/{}", status.service, task.arch),
             };

@@ -124,15 +124,15 @@ impl CiSystem for Plain {}
 /// The CI system the environment describes. `with_statuses` is false for
 /// commands that only read a build (`bakery logs`), which must not touch the
 /// commit's checks.
-pub async fn detect(with_statuses: bool) -> Arc<dyn CiSystem> {
+pub async fn detect(env: &ClientEnv, with_statuses: bool) -> Arc<dyn CiSystem> {
     // The API clients (octocrab, gitlab) use rustls; one provider for both.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let is = |k: &str| var(k).as_deref() == Some("true");
-    let token = |k: &str| with_statuses && var(k).is_some();
+    let is = |k: &str| env.var(k).as_deref() == Some("true");
+    let token = |k: &str| with_statuses && env.var(k).is_some();
     if is("GITHUB_ACTIONS") || token("BAKERY_GITHUB_TOKEN") {
-        Arc::new(github::GitHub::from_env(with_statuses))
+        Arc::new(github::GitHub::from_env(env, with_statuses))
     } else if is("GITLAB_CI") || token("BAKERY_GITLAB_TOKEN") {
-        Arc::new(gitlab::GitLab::from_env(with_statuses).await)
+        Arc::new(gitlab::GitLab::from_env(env, with_statuses).await)
     } else {
         Arc::new(Plain)
     }
@@ -142,18 +142,12 @@ pub async fn detect(with_statuses: bool) -> Arc<dyn CiSystem> {
 /// called: `bakery: <service>`, and with `BAKERY_CHECK_NAME` (the action's
 /// and component's `check-name`) ` (<name>)` after it, so that matrix jobs
 /// building the same service report separately instead of overwriting
-/// one another.
-pub(crate) fn check_name(service: &str) -> String {
-    match var("BAKERY_CHECK_NAME") {
+/// one another. `label` is `BAKERY_CHECK_NAME`.
+pub(crate) fn check_name(service: &str, label: Option<&str>) -> String {
+    match label {
         Some(name) => format!("bakery: {service} ({})", name.trim()),
         None => format!("bakery: {service}"),
     }
-}
-
-/// An environment variable, unset when empty (CI systems export empty
-/// variables freely), from the environment read once ([`ClientEnv`]).
-pub(crate) fn var(k: &str) -> Option<String> {
-    ClientEnv::current().var(k)
 }
 
 /// Appends `text` to a report file the CI system also writes to.

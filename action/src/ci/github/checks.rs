@@ -13,7 +13,7 @@ use octocrab::params::checks::{
 };
 
 use super::report::Annotation;
-use crate::ci::var;
+use crate::env::ClientEnv;
 
 /// `BAKERY_GITHUB_TOKEN` with `GITHUB_REPOSITORY` and the commit
 /// (`BAKERY_GITHUB_SHA`, else `GITHUB_SHA`).
@@ -23,12 +23,15 @@ pub(super) struct Checks {
     repo: String,
     sha: String,
     details_url: Option<String>,
+    /// `BAKERY_CHECK_NAME`, see [`crate::ci::check_name`].
+    label: Option<String>,
     /// Build id → check run.
     runs: Mutex<HashMap<String, CheckRunId>>,
 }
 
 impl Checks {
-    pub(super) fn new(token: &str, repository: &str) -> Result<Checks, String> {
+    pub(super) fn new(env: &ClientEnv, token: &str, repository: &str) -> Result<Checks, String> {
+        let var = |k: &str| env.var(k);
         let (owner, repo) = repository
             .split_once('/')
             .ok_or_else(|| format!("GITHUB_REPOSITORY `{repository}` is not owner/repo"))?;
@@ -57,6 +60,7 @@ impl Checks {
             repo: repo.to_string(),
             sha,
             details_url,
+            label: var("BAKERY_CHECK_NAME"),
             runs: Mutex::default(),
         })
     }
@@ -64,7 +68,10 @@ impl Checks {
     pub(super) async fn start(&self, status: &BuildStatus) -> Result<(), octocrab::Error> {
         let checks = self.client.checks(&self.owner, &self.repo);
         let mut request = checks
-            .create_check_run(crate::ci::check_name(&status.service), &self.sha)
+            .create_check_run(
+                crate::ci::check_name(&status.service, self.label.as_deref()),
+                &self.sha,
+            )
             .status(CheckRunStatus::InProgress)
             .external_id(status.id.clone());
         if let Some(url) = &self.details_url {

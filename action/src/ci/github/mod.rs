@@ -15,7 +15,8 @@ use bakery_plan::Plan;
 use bakery_protocol::api::BuildStatus;
 use futures_util::future::BoxFuture;
 
-use super::{append, var, CiSystem, Tails};
+use super::{append, CiSystem, Tails};
+use crate::env::ClientEnv;
 use crate::outcome::ServiceResult;
 use checks::Checks;
 pub use locate::locate;
@@ -26,55 +27,52 @@ pub struct GitHub {
     /// In a workflow step: the files the runner reads after the step.
     files: Option<StepFiles>,
     checks: Option<Checks>,
+    /// The checkout annotation paths are relative to.
+    workspace: PathBuf,
 }
 
 /// What the runner hands a step.
 struct StepFiles {
     output: Option<PathBuf>,
     summary: Option<PathBuf>,
-    /// The checkout annotation paths are relative to.
-    workspace: PathBuf,
 }
 
 impl GitHub {
     /// What the environment configures; check runs only when `with_checks`.
-    pub fn from_env(with_checks: bool) -> GitHub {
-        let files = (var("GITHUB_ACTIONS").as_deref() == Some("true")).then(|| StepFiles {
-            output: var("GITHUB_OUTPUT").map(PathBuf::from),
-            summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
-            workspace: workspace(),
+    pub fn from_env(env: &ClientEnv, with_checks: bool) -> GitHub {
+        let files = (env.var("GITHUB_ACTIONS").as_deref() == Some("true")).then(|| StepFiles {
+            output: env.var_os("GITHUB_OUTPUT").map(PathBuf::from),
+            summary: env.var_os("GITHUB_STEP_SUMMARY").map(PathBuf::from),
         });
         let mut checks = None;
         if let (Some(token), Some(repository), true) = (
-            var("BAKERY_GITHUB_TOKEN"),
-            var("GITHUB_REPOSITORY"),
+            env.var("BAKERY_GITHUB_TOKEN"),
+            env.var("GITHUB_REPOSITORY"),
             with_checks,
         ) {
-            match Checks::new(&token, &repository) {
+            match Checks::new(env, &token, &repository) {
                 Ok(c) => checks = Some(c),
                 Err(e) => tracing::warn!("GitHub check runs disabled: {e}"),
             }
         }
-        GitHub { files, checks }
-    }
-
-    fn workspace(&self) -> PathBuf {
-        self.files
-            .as_ref()
-            .map_or_else(workspace, |f| f.workspace.clone())
+        GitHub {
+            files,
+            checks,
+            workspace: workspace(env),
+        }
     }
 }
 
 /// In a workflow step, prints `d` as an annotation at its place too.
-pub fn annotate(d: &bakery_plan::Diagnostic, title: &str) {
-    if var("GITHUB_ACTIONS").as_deref() == Some("true") {
-        println!("{}", report::diagnostic_command(d, &workspace(), title));
+pub fn annotate(env: &ClientEnv, d: &bakery_plan::Diagnostic, title: &str) {
+    if env.var("GITHUB_ACTIONS").as_deref() == Some("true") {
+        println!("{}", report::diagnostic_command(d, &workspace(env), title));
     }
 }
 
 /// `GITHUB_WORKSPACE`, else the working directory.
-fn workspace() -> PathBuf {
-    var("GITHUB_WORKSPACE")
+fn workspace(env: &ClientEnv) -> PathBuf {
+    env.var_os("GITHUB_WORKSPACE")
         .map(PathBuf::from)
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_default()
@@ -113,7 +111,7 @@ impl CiSystem for GitHub {
         let Some(files) = &self.files else {
             return Ok(());
         };
-        for a in annotations(plan, results, &files.workspace, tails) {
+        for a in annotations(plan, results, &self.workspace, tails) {
             println!("{}", a.workflow_command());
         }
         if let Some(path) = &files.output {
@@ -150,7 +148,7 @@ impl CiSystem for GitHub {
             };
             let one = [ServiceResult::ended(status.service.clone(), status.clone())];
             let summary = markdown_summary(&one, tails);
-            let annotations = annotations(plan, &one, &self.workspace(), tails);
+            let annotations = annotations(plan, &one, &self.workspace, tails);
             if let Err(e) = checks.complete(status, &summary, &annotations).await {
                 tracing::warn!(
                     "could not complete the GitHub check run: {}",
@@ -158,5 +156,29 @@ impl CiSystem for GitHub {
                 );
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The step's files and the workspace come from the environment
+    /// given; outside a workflow step (GITHUB_ACTIONS unset) there are none.
+    #[test]
+    fn a_step_is_read_from_the_environment_given() {
+        let env = ClientEnv::from_vars([
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_OUTPUT", "/runner/out"),
+            ("GITHUB_STEP_SUMMARY", "/runner/summary"),
+            ("GITHUB_WORKSPACE", "/runner/work/app"),
+        ]);
+        let github = GitHub::from_env(&env, false);
+        assert_eq!(github.workspace, PathBuf::from("/runner/work/app"));
+        let files = github.files.unwrap();
+        assert_eq!(files.output, Some(PathBuf::from("/runner/out")));
+        assert_eq!(files.summary, Some(PathBuf::from("/runner/summary")));
+        let outside = ClientEnv::from_vars([("GITHUB_OUTPUT", "/runner/out")]);
+        assert!(GitHub::from_env(&outside, false).files.is_none());
     }
 }
