@@ -21,22 +21,22 @@
 //!   and heartbeats for long steps; [`hints`]: what to do about a failure
 //!   the builder's words do not explain.
 
-pub mod blocks;
-pub mod build;
-pub mod ci;
+mod blocks;
+mod build;
+mod ci;
 pub mod cli;
-pub mod client;
-pub mod commands;
-pub mod env;
-pub mod hints;
-pub mod input;
-pub mod logins;
-pub mod outcome;
-pub mod preflight;
-pub mod printer;
-pub mod progress;
-pub mod render;
-pub mod task_label;
+mod client;
+mod commands;
+mod env;
+mod hints;
+mod input;
+mod logins;
+mod outcome;
+mod preflight;
+mod printer;
+mod progress;
+mod render;
+mod task_label;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -23,23 +23,23 @@
 //! * [`store`]: contexts on the controller's disk, when there is no S3.
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
 
-pub mod agent_api;
-pub mod auth;
-pub mod config;
-pub mod follow;
+mod agent_api;
+mod auth;
+mod config;
+mod follow;
 pub mod index;
 pub mod journal;
-pub mod log_stream;
+mod log_stream;
 pub mod metrics;
 pub mod platform;
-pub mod provenance;
-pub mod replicate;
-pub mod routes;
+mod provenance;
+mod replicate;
+mod routes;
 pub mod serve;
 mod startup;
 pub mod state;
-pub mod store;
-pub mod supervisor;
+mod store;
+mod supervisor;
 pub mod tls;
 pub mod verify;
 
@@ -70,38 +70,38 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Everything the handlers and supervisors share.
 pub struct App {
     /// The configuration it was started with.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The URL agents are given to reach this controller.
-    pub agent_url: String,
+    pub(crate) agent_url: String,
     /// AGENT_CA_FILE's certificates (PEM), given to every agent.
-    pub agent_ca: Option<String>,
+    pub(crate) agent_ca: Option<String>,
     /// Every build held: running ones, and finished ones until BUILD_RETENTION ends.
-    pub builds: Arc<state::Registry>,
+    pub(crate) builds: Arc<state::Registry>,
     /// The builds and their logs on disk (`<DATA_DIR>/builds.redb`): what a restart resumes from.
-    pub journal: Arc<journal::Journal>,
+    pub(crate) journal: Arc<journal::Journal>,
     /// The platforms this controller can run agents on: DEFAULT_PLATFORM,
     /// plus ECS when ECS_CLUSTER is set (and k8s when configured).
-    pub platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
+    pub(crate) platforms: HashMap<Platform, Box<dyn AgentPlatform>>,
     /// Contexts uploaded to the controller itself, when there is no S3 bucket.
-    pub disk: store::DiskStore,
+    pub(crate) disk: store::DiskStore,
     /// Contexts in S3 (read on behalf of local agents, which get no cloud
     /// credentials of the controller's), connected at start-up so that the
     /// region it resolves is the one clients and agents are told.
     s3: Option<bakery_store::S3Store>,
     /// The Prometheus series `/metrics` exposes.
-    pub metrics: Arc<metrics::Metrics>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// What clients must present, if anything.
-    pub client_token: Option<bakery_protocol::spec::Secret>,
+    pub(crate) client_token: Option<bakery_protocol::spec::Secret>,
     /// OpenID Connect ID tokens accepted instead, if configured.
-    pub oidc: Option<auth::oidc::Oidc>,
+    pub(crate) oidc: Option<auth::oidc::Oidc>,
     /// Refused authentications, logged at a bounded rate.
-    pub refusals: auth::Refusals,
+    pub(crate) refusals: auth::Refusals,
     /// Agent slots per platform (MAX_CONCURRENT_AGENTS).
-    pub slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
+    pub(crate) slots: HashMap<Platform, Arc<tokio::sync::Semaphore>>,
     /// Cancelled when the controller stops: log followers and agents' log
     /// streams end (and reconnect to the next controller) instead of
     /// holding the shutdown open.
-    pub stopping: tokio_util::sync::CancellationToken,
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
     /// The journal writer and the periodic passes: ended with the
     /// controller, so that nothing of it (the journal file's lock
     /// included) outlives it.
@@ -243,6 +243,32 @@ impl Running {
         // the journal closes (and compacts) once it is done.
         let _retention = self.app.retention.lock().await;
         self.app.journal.close();
+    }
+}
+
+/// What tests and operators' tools may read of the shared state; the
+/// handlers and supervisors reach the fields themselves.
+impl App {
+    /// Every build held, running and retained.
+    pub fn builds(&self) -> &state::Registry {
+        &self.builds
+    }
+
+    /// The build journal.
+    pub fn journal(&self) -> &journal::Journal {
+        &self.journal
+    }
+
+    /// Agent slots free on `platform` now; `None` for a platform it does
+    /// not run.
+    pub fn free_agent_slots(&self, platform: Platform) -> Option<usize> {
+        self.slots.get(&platform).map(|s| s.available_permits())
+    }
+
+    /// How many times the OpenID Connect keys of `issuer` were fetched;
+    /// `None` without OIDC.
+    pub fn oidc_key_fetches(&self, issuer: &str) -> Option<u64> {
+        self.oidc.as_ref().map(|o| o.key_fetches(issuer))
     }
 }
 

@@ -14,7 +14,7 @@
 use bakery_protocol::provenance::{Provenance, ProvenanceMode};
 use bakery_protocol::spec::BuildSpec;
 use bakery_protocol::{ContextKey, Platform};
-use oci_client::manifest::{OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
+use oci_client::manifest::OCI_IMAGE_MEDIA_TYPE;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -251,10 +251,6 @@ impl Attestation {
         })
     }
 }
-
-/// The index type when attestations are listed: BuildKit writes an OCI
-/// index, whatever the images' own manifests are.
-pub const INDEX_WITH_ATTESTATIONS: &str = OCI_IMAGE_INDEX_MEDIA_TYPE;
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -288,7 +288,7 @@ async fn lines_no_longer_in_memory_are_served_from_the_journal() {
     h.wait_end(&id, Duration::from_secs(10)).await;
     // Saved before the cancel's lines were: once those are saved too,
     // all but the last lines leave memory.
-    let build = h.app().builds.get(&id).unwrap();
+    let build = h.app().builds().get(&id).unwrap();
     eventually(
         "saved lines leave memory",
         Duration::from_secs(10),

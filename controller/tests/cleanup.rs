@@ -111,7 +111,7 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
     );
     h.restart(&[]).await;
     let app = h.app();
-    let build = app.builds.get(&id).unwrap();
+    let build = app.builds().get(&id).unwrap();
     let read = build.read();
     let password = read.credentials()[0].password.expose().to_string();
     assert_eq!(password, "", "the password is gone");
@@ -197,7 +197,7 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
         .unwrap()
         .trim()
         .to_string();
-    h.app().journal.flush().await.unwrap();
+    h.app().journal().flush().await.unwrap();
     let journal = std::fs::read(h.dir.path().join("data/builds.redb")).unwrap();
     let holds = |needle: &[u8]| journal.windows(needle.len()).any(|w| w == needle);
     let hash = {
@@ -212,7 +212,7 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
     // A restarted controller takes the agent's token by its hash, and
     // not the hash itself.
     h.restart(&[]).await;
-    let build = h.app().builds.get(&id).unwrap();
+    let build = h.app().builds().get(&id).unwrap();
     assert!(build.read().agent_may_speak(0, &token));
     assert!(!build.read().agent_may_speak(0, &hash));
     std::fs::write(work.join(format!("{id}-amd64.go")), "").unwrap();

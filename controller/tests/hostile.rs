@@ -127,7 +127,7 @@ async fn the_controller_checks_every_build_request_itself() {
         assert!(text.contains(field), "{field}: {text}");
         assert!(!text.contains('\n'), "{field}: {text:?}");
     }
-    assert!(h.app().builds.all().is_empty(), "nothing was created");
+    assert!(h.app().builds().all().is_empty(), "nothing was created");
     // The unchanged request is fine.
     h.create(&request(&key, &[Arch::Amd64])).await;
 }
@@ -420,13 +420,13 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
     let alpha = h.create(&with_password("alpha-password-1")).await;
     let beta = h.create(&with_password("beta-password-22")).await;
     assert_eq!(
-        h.app().builds.secrets().builds(),
+        h.app().builds().secrets().builds(),
         2,
         "both running builds' secrets are held"
     );
     for id in [&alpha, &beta] {
         eventually("the leak is logged", Duration::from_secs(10), async || {
-            h.app().builds.get(id).unwrap().read().log_len() > 3
+            h.app().builds().get(id).unwrap().read().log_len() > 3
         })
         .await;
     }
@@ -444,7 +444,7 @@ curl -fsS -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeed
         );
     }
     assert_eq!(
-        h.app().builds.secrets().builds(),
+        h.app().builds().secrets().builds(),
         0,
         "ended builds leave the book"
     );

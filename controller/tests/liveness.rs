@@ -55,7 +55,9 @@ async fn eight_two_arch_builds_under_the_default_four_slots_all_finish() {
     }
     // Never more than four agents at once: every slot was given back.
     assert_eq!(
-        h.app().slots[&bakery_protocol::Platform::Local].available_permits(),
+        h.app()
+            .free_agent_slots(bakery_protocol::Platform::Local)
+            .unwrap(),
         4
     );
     assert!(no_agents_left(&h.data()));
@@ -119,7 +121,7 @@ async fn a_build_whose_creation_was_answered_503_never_runs() {
     let mut h = Harness::new(&format!("{marker}\nsleep 30"), &[]).await;
     let key = h.upload(b"ctx").await;
     // The fault: the journal confirms nothing in time.
-    h.app().journal.set_flush_timeout(Duration::ZERO);
+    h.app().journal().set_flush_timeout(Duration::ZERO);
     let resp = h
         .http
         .post(h.url("/v1/builds"))
@@ -134,21 +136,21 @@ async fn a_build_whose_creation_was_answered_503_never_runs() {
     );
     let body = resp.text().await.unwrap();
     assert!(body.contains("was not started"), "{body}");
-    h.app().journal.set_flush_timeout(Duration::from_secs(10));
+    h.app().journal().set_flush_timeout(Duration::from_secs(10));
     // The record reaches the disk after the answer: the next flush waits
     // for it, so the restart below reads it back.
-    h.app().journal.flush().await.unwrap();
+    h.app().journal().flush().await.unwrap();
     h.restart(&[]).await;
     eventually(
         "the record is read back, failed",
         Duration::from_secs(10),
         async || {
-            let builds = h.app().builds.all();
+            let builds = h.app().builds().all();
             builds.len() == 1 && builds[0].status().state == BuildState::Failed
         },
     )
     .await;
-    let status = h.app().builds.all()[0].status();
+    let status = h.app().builds().all()[0].status();
     assert!(status.error.unwrap().contains("never started"));
     let ran = std::fs::read_dir(h.dir.path().join("data/work")).is_ok_and(|d| {
         d.flatten()
@@ -220,7 +222,7 @@ async fn a_retried_create_with_the_same_idempotency_key_gets_the_same_build() {
     let (s2, again) = create(request(&key, &[Arch::Amd64])).await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(first["id"], again["id"]);
-    assert_eq!(h.app().builds.all().len(), 1, "one build, not two");
+    assert_eq!(h.app().builds().all().len(), 1, "one build, not two");
     let (s3, other) = create(request(&key, &[Arch::Arm64])).await;
     assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
     assert!(other["error"].as_str().unwrap().contains("Idempotency-Key"));
@@ -253,7 +255,7 @@ sleep 300"#;
     })
     .await;
 
-    h.app().journal.set_flush_timeout(Duration::ZERO);
+    h.app().journal().set_flush_timeout(Duration::ZERO);
     assert_eq!(
         h.cancel(&id).await,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -279,7 +281,7 @@ sleep 300"#;
         "the unsaved check-in was undone"
     );
 
-    h.app().journal.set_flush_timeout(Duration::from_secs(10));
+    h.app().journal().set_flush_timeout(Duration::from_secs(10));
     eventually("the agent checks in", Duration::from_secs(15), async || {
         h.status(&id).await.tasks[0].state == TaskState::Running
     })
@@ -380,7 +382,7 @@ sleep 300"#,
     })
     .await;
     let work = h.dir.path().join(format!("data/work/{id}-amd64"));
-    h.app().journal.set_flush_timeout(Duration::ZERO);
+    h.app().journal().set_flush_timeout(Duration::ZERO);
     std::fs::write(work.with_extension("go"), "").unwrap();
     let codes = work.with_extension("codes");
     eventually(
@@ -397,7 +399,7 @@ sleep 300"#,
         "the unsaved result was undone"
     );
     assert!(!no_agents_left(&h.data()), "the agent was not stopped");
-    h.app().journal.set_flush_timeout(Duration::from_secs(10));
+    h.app().journal().set_flush_timeout(Duration::from_secs(10));
     let status = h.wait_end(&id, Duration::from_secs(20)).await;
     assert_eq!(status.state, BuildState::Succeeded);
     // The build succeeding is the retry being taken. The agent may be
@@ -431,8 +433,8 @@ async fn concurrent_creates_with_one_idempotency_key_make_one_build() {
         };
         assert_eq!(id(a.unwrap()).await, id(b.unwrap()).await, "round {round}");
     }
-    assert_eq!(h.app().builds.all().len(), 20);
-    for b in h.app().builds.all() {
+    assert_eq!(h.app().builds().all().len(), 20);
+    for b in h.app().builds().all() {
         h.cancel(&b.id).await;
     }
 }

@@ -308,7 +308,7 @@ async fn a_hanging_issuer_is_asked_once_and_holds_up_no_other() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(asked.elapsed() < Duration::from_secs(1));
     assert_eq!(slow.hits(), 1, "no fetch within the backoff");
-    assert_eq!(running.app.oidc.as_ref().unwrap().key_fetches(&slow.url), 1);
+    assert_eq!(running.app.oidc_key_fetches(&slow.url).unwrap(), 1);
     // Keys once fetched serve while their issuer hangs.
     healthy.hang.store(true, Ordering::SeqCst);
     assert_eq!(call(&info, &healthy.token(claims)).await.0, StatusCode::OK);
@@ -499,7 +499,7 @@ async fn a_ci_tenant_sees_and_cancels_only_its_own_builds() {
     assert_eq!(cancel.send().await.unwrap().status(), StatusCode::NOT_FOUND);
     assert!(!running
         .app
-        .builds
+        .builds()
         .get(&id)
         .unwrap()
         .status()

@@ -129,11 +129,6 @@ impl NamedContexts {
         self.dirs.iter().map(|(_, d)| d.clone()).collect()
     }
 
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.images.is_empty()
-    }
-
     /// The spec's map: each directory by its position in [`Self::pack`].
     pub fn spec(&self) -> BTreeMap<String, NamedContext> {
         let mut out: BTreeMap<String, NamedContext> = self

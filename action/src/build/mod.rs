@@ -14,7 +14,7 @@ mod pack_cache;
 mod upload;
 
 pub use asks::Asks;
-pub use upload::{large_context_warning, LARGE_CONTEXT};
+pub use upload::large_context_warning;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -19,8 +19,7 @@ use super::{append, CiSystem, Tails};
 use crate::env::ClientEnv;
 use crate::outcome::ServiceResult;
 use checks::Checks;
-pub use locate::locate;
-pub use report::{annotations, github_outputs, markdown_summary, Annotation};
+pub use report::{annotations, github_outputs, markdown_summary};
 
 /// GitHub Actions as bakery reports to it.
 pub struct GitHub {
