@@ -1424,3 +1424,54 @@ fn a_cache_ttl_that_is_not_a_duration_fails_at_its_line() {
     ]);
     assert!(repo.config().is_ok());
 }
+
+/// What the controller refuses, `bakery plan` refuses with the file and
+/// line (#39 item 5): the same rules, run on the spec the plan would send.
+#[test]
+fn values_the_controller_refuses_are_refused_where_they_are_written() {
+    let config = |yaml: &str| {
+        Repo::new(&[("Dockerfile", "FROM alpine\n"), ("config.yaml", yaml)])
+            .config()
+            .unwrap_err()
+    };
+    let base = "global:\n  kaniko:\n    destination: r.io/app:v1\n";
+    assert_located(
+        config(&format!("{base}    build-args:\n      \"BAD NAME\": x\n")),
+        "config.yaml",
+        5,
+        "build-args.BAD NAME: a name must be",
+    );
+    assert_located(
+        config(&format!(
+            "{base}bake:\n  - arch: amd64\n    kaniko:\n      labels:\n        org.example.ok: y\n        \"a=b\": x\n"
+        )),
+        "config.yaml",
+        9,
+        "labels.a=b",
+    );
+    assert_located(
+        config(&format!("{base}    target: \"a\\tb\"\n")),
+        "config.yaml",
+        4,
+        "target: `a\\tb` has control characters",
+    );
+    assert_located(
+        config(&format!("{base}    extra-flags: [\"--a\\nb\"]\n")),
+        "config.yaml",
+        4,
+        "extra-flags",
+    );
+    let compose = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: r.io/app:v1\n    build:\n      context: .\n      args:\n        \"NO SPACES\": x\n",
+        ),
+    ]);
+    assert_located(
+        compose.compose("compose.yaml", &[]).unwrap_err(),
+        "compose.yaml",
+        7,
+        "build-args.NO SPACES",
+    );
+}

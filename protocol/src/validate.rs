@@ -178,7 +178,10 @@ fn tag_reference(field: &str, text: &str) -> Result<ImageRef, Invalid> {
     ImageRef::parse(text).map_err(|e| invalid(field, e))
 }
 
-fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
+/// Checks one task's spec; `at` prefixes the field names (`spec` gives
+/// `spec.build_args.X`). The planner runs it too, so that `bakery plan`
+/// refuses, with the file and line, what the controller would.
+pub fn check_spec(spec: &BuildSpec, at: &str) -> Result<(), Invalid> {
     let f = |name: &str| format!("{at}.{name}");
     check_relative_path(&f("dockerfile"), &spec.dockerfile)?;
     if spec.dockerfile_beside {

@@ -42,6 +42,20 @@ impl Resolver<'_> {
         let mut spec = spec(merged, kaniko, dockerfile, cache, arch, no_push);
         spec.secrets = secrets;
         spec.dockerfile_beside = dockerfile_outside.is_some();
+        // The controller's own rules, here with the file and line: plan
+        // and build never disagree about a value.
+        bakery_protocol::validate::check_spec(&spec, "spec").map_err(|invalid| {
+            let field = invalid
+                .field
+                .strip_prefix("spec.")
+                .unwrap_or(&invalid.field);
+            let (key, rest) = field.split_at(field.find(['.', '[']).unwrap_or(field.len()));
+            PlanError::invalid_with_hint(
+                spec_origin(layers, &invalid.field),
+                format!("{}{rest}: {}", key.replace('_', "-"), invalid.message),
+                "the controller would refuse the build: change the value here",
+            )
+        })?;
         let build = ArchBuild {
             arch,
             push: push.map(|p| p.to_string()),
@@ -328,4 +342,57 @@ pub(super) fn extra_tags(
             Ok(r.to_string())
         })
         .collect()
+}
+
+/// Where the value a spec check names (`spec.build_args.NAME`,
+/// `spec.target`, ...) was written: the most specific layer that has its
+/// key, else the entry.
+fn spec_origin(layers: &[Layer], field: &str) -> Location {
+    let rest = field.strip_prefix("spec.").unwrap_or(field);
+    let (name, below) = rest.split_once('.').unwrap_or((rest, ""));
+    let name = name.split('[').next().unwrap_or(name);
+    // The key's own path, and the value's below it (map keys may hold
+    // dots: `nearest` finds the closest written part of it).
+    let paths = |layer: &Layer| -> Option<(String, String)> {
+        let key = match (layer.kind, name) {
+            (_, "env") => "env",
+            (_, "pre_script") => "pre-script",
+            (_, "post_script") => "post-script",
+            (_, "credentials") => "kaniko-credentials",
+            (_, "secrets") => "secrets",
+            (LayerKind::Config, "build_args") => "kaniko.build-args",
+            (LayerKind::Config, "labels") => "kaniko.labels",
+            (LayerKind::Config, "target") => "kaniko.target",
+            (LayerKind::Config, "cache_from") => "kaniko.cache-from",
+            (LayerKind::Config, "dockerfile") => "kaniko.dockerfile",
+            (LayerKind::Compose, "build_args") => "build.args",
+            (LayerKind::Compose, "labels") => "build.labels",
+            (LayerKind::Compose, "target") => "build.target",
+            (LayerKind::Compose, "cache_from") => "build.cache_from",
+            (LayerKind::Compose, "dockerfile") => "build.dockerfile",
+            (_, "extra_flags") => "kaniko.extra-flags",
+            (_, "ignore_path") => "kaniko.ignore-path",
+            (_, "cache") => "kaniko.cache",
+            (_, "custom_platform") => "kaniko.custom-platform",
+            _ => return None,
+        };
+        let base = format!("{}.{key}", layer.prefix);
+        let full = if below.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}.{below}")
+        };
+        Some((base, full))
+    };
+    layers
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let (base, full) = paths(l)?;
+            l.locations.key(&base).is_some().then(|| l.location(&full))
+        })
+        .unwrap_or_else(|| {
+            let top = layers.last().expect("at least one layer");
+            top.location(&top.prefix)
+        })
 }
