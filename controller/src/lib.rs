@@ -6,7 +6,8 @@
 //! * [`routes`]: the HTTP API: the router, authentication, and the
 //!   client's endpoints (create, status, cancel, contexts); [`follow`]: a
 //!   build's log as server-sent events; [`agent_api`]: the agent's
-//!   endpoints (spec, context, logs, result).
+//!   endpoints (spec, context, logs, result); [`create`]: a checked
+//!   build request registered, saved and started, once per idempotency key.
 //! * [`log_stream`]: an agent's log as one long request, acknowledged as
 //!   it is saved.
 //! * [`state`]: builds, tasks and their logs in memory.
@@ -26,6 +27,7 @@
 mod agent_api;
 mod auth;
 mod config;
+mod create;
 mod follow;
 pub mod index;
 pub mod journal;

@@ -23,7 +23,7 @@ use bakery_protocol::ContextKey;
 
 use crate::agent_api::{self, require_task_token};
 use crate::auth::Caller;
-use crate::state::{new_build_id, Build, Reserved};
+use crate::state::Build;
 use crate::App;
 
 /// Body limit of routes that take small JSON (status, cancel, results).
@@ -156,7 +156,7 @@ async fn openapi() -> Response {
 }
 
 /// An API error: a status and a message for the caller.
-pub struct Failure(StatusCode, String);
+pub struct Failure(pub(crate) StatusCode, pub(crate) String);
 
 impl Failure {
     /// A failure answered with `status` and `message` (as `{"error": message}`).
@@ -221,11 +221,7 @@ async fn info(State(app): State<Arc<App>>) -> Json<Info> {
     })
 }
 
-/// `POST /v1/builds`. Creation is atomic from the client's view: the id
-/// goes out only once the build is saved, and a build whose creation was
-/// answered with an error never runs (it is saved as not acknowledged, and
-/// a controller that restarts fails such builds instead of starting them).
-/// A client that retries with the same `Idempotency-Key` gets the same build.
+/// `POST /v1/builds`: the request checked, then [`crate::create`].
 async fn create_build(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -237,43 +233,8 @@ async fn create_build(
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     check_platforms_and_contexts(&app, &request).await?;
     let key = idempotency_key(&headers)?.map(|k| caller.scoped_key(&k));
-    // A key is taken, and its build registered, in one step: two requests
-    // with the same key at once get one build.
-    let build = loop {
-        match reserve(&app, key.as_deref(), &request, &caller) {
-            Reserved::New(build) => break build,
-            Reserved::Existing(build) => {
-                if let Some(id) = same_build(&app, &build, &request).await? {
-                    return Ok((StatusCode::CREATED, Json(Created { id })));
-                }
-                // Its creation failed (the key is free again): ours is new.
-            }
-        }
-    };
-    let id = build.id.clone();
-    // The id goes out only once the build would survive a restart.
-    if let Err(e) = durable(&app).await {
-        withdraw(&app, &build, key.as_deref());
-        return Err(Failure::new(
-            e.0,
-            format!("{}; the build was not started, submit it again", e.1),
-        ));
-    }
-    build.update(|b| b.acknowledge());
-    tracing::info!(build = %id, service = %build.status().service, by = %caller.creator(), "build created");
-    app.spawn_supervisor(crate::supervisor::run(Arc::clone(&app), build));
+    let id = crate::create::create(&app, &caller, key.as_deref(), request).await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
-}
-
-/// A build whose creation failed: it ends as failed (saved so, in time)
-/// and is never started; its idempotency key is free for the retry.
-fn withdraw(app: &App, build: &Build, key: Option<&str>) {
-    build.update(|b| {
-        b.withdraw("the controller could not save this build in time, so it was never started");
-    });
-    if let Some(key) = key {
-        app.builds.release_key(key, &build.id);
-    }
 }
 
 /// The `Idempotency-Key` header, if sent: printable, at most 255 characters.
@@ -293,71 +254,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
             ),
         )),
     }
-}
-
-/// Takes the key for a new build of `request`, unless a build has it.
-fn reserve(app: &App, key: Option<&str>, request: &CreateBuild, caller: &Caller) -> Reserved {
-    // Defence in depth: scoped keys of two tenants never meet, but a build
-    // the caller may not see is never handed to it.
-    let usable = |b: &Build| caller.may_access(b.read().created_by());
-    app.builds.reserve(key, usable, || {
-        let build = Arc::new(Build::new(
-            new_build_id(),
-            request.clone(),
-            app.config.default_platform,
-            Some(app.journal.signal()),
-            app.config.build_log_limit,
-        ));
-        build.update(|b| b.set_origin(caller.creator().clone(), key.map(String::from)));
-        build
-    })
-}
-
-/// The earlier build's id once its creation has settled: `None` when it
-/// failed (withdrawn), an error when the key came with another request.
-async fn same_build(app: &App, build: &Build, request: &CreateBuild) -> Result<Option<String>> {
-    if !same_request(&build.read().request(), request) {
-        return Err(Failure::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "this Idempotency-Key was used for a different build request; use a new key",
-        ));
-    }
-    // The first request may still be saving: wait for its outcome.
-    let mut changed = build.subscribe_state();
-    let deadline = tokio::time::Instant::now() + app.journal.flush_timeout() * 2;
-    loop {
-        {
-            let read = build.read();
-            if read.acknowledged() {
-                return Ok(Some(build.id.clone()));
-            }
-            if read.state().is_terminal() {
-                return Ok(None);
-            }
-        }
-        if tokio::time::timeout_at(deadline, changed.changed())
-            .await
-            .is_err()
-        {
-            return Err(Failure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "an earlier request with this Idempotency-Key is still being saved; retry",
-            ));
-        }
-    }
-}
-
-/// Two requests are the same build when they differ at most in registry
-/// passwords and secret values (a finished build forgets those).
-fn same_request(a: &CreateBuild, b: &CreateBuild) -> bool {
-    let strip = |r: &CreateBuild| {
-        let mut r = r.clone();
-        for t in &mut r.tasks {
-            t.spec.forget_secrets();
-        }
-        r
-    };
-    strip(a) == strip(b)
 }
 
 /// Every task's platform runs here, and every context is where the agent
