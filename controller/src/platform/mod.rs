@@ -155,6 +155,13 @@ impl Operation {
 pub type ExitSender = mpsc::UnboundedSender<Exited>;
 
 /// Why a platform could not be set up, or could not start or stop an agent.
+///
+/// The SDK's error arrives here as text ([`bakery_protocol::error_chain`]):
+/// what decides anything is read from the typed error before that (ECS's
+/// capacity shortage, a task StopTask no longer finds, a pod already
+/// gone), and these end as a task's error, shown to the user. A chained
+/// `#[source]` as well would print the cause twice in the binaries'
+/// `{:#}` chains.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
     /// The platform's settings are missing or wrong, or its API cannot be reached at start-up.

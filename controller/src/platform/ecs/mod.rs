@@ -37,7 +37,6 @@ pub use settings::{agent_environment, EcsSettings, CONFIG_TAG, CONTAINER, OWNER_
 
 use super::{AgentHandle, AgentPlatform, ExitSender, Launch, PlatformError};
 use crate::config::Config;
-use placement::is_capacity_shortage;
 use watch::{lock, mark_stopping, Watched, WatchedTask};
 
 /// The ECS platform: each agent a Fargate task of its arch,
@@ -247,8 +246,8 @@ impl EcsPlatform {
             self.throttle.acquire().await;
             let e = match self.run_task(launch, definition, &placement).await {
                 Ok(arn) => return Ok(arn),
-                Err(e) if is_capacity_shortage(&e) => e,
-                Err(e) => return Err(PlatformError::Launch(e)),
+                Err(e) if e.is_capacity_shortage() => e,
+                Err(e) => return Err(PlatformError::Launch(e.to_string())),
             };
             if let Some(on_demand) = placement.on_demand() {
                 tracing::warn!(task = %launch.task_id, "Fargate Spot has no capacity ({e}); running on demand");

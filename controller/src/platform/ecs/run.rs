@@ -8,10 +8,42 @@ use aws_sdk_ecs::types::{
     EphemeralStorage, KeyValuePair, LaunchType, NetworkConfiguration, Tag, TaskOverride,
 };
 
-use super::placement::Placement;
+use super::placement::{is_capacity_shortage, Placement};
 use super::settings::{agent_environment, CONTAINER, OWNER_TAG};
 use super::{sdk_error, EcsPlatform};
 use crate::platform::Launch;
+
+/// Why RunTask started no task.
+#[derive(Debug)]
+pub(super) enum RunFailure {
+    /// The request failed: refused, unreachable, or not made.
+    Request(String),
+    /// ECS answered, placing nothing: its `failures[]`, each reason and
+    /// detail (a capacity shortage is one of these, not an error).
+    NotPlaced(Vec<String>),
+}
+
+impl RunFailure {
+    /// "No capacity now" ([`is_capacity_shortage`] on a failure ECS
+    /// listed), which passes; anything else will not.
+    pub(super) fn is_capacity_shortage(&self) -> bool {
+        match self {
+            RunFailure::NotPlaced(reasons) => reasons.iter().any(|r| is_capacity_shortage(r)),
+            RunFailure::Request(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunFailure::Request(e) => f.write_str(e),
+            RunFailure::NotPlaced(reasons) => {
+                write!(f, "RunTask started nothing: {}", reasons.join("; "))
+            }
+        }
+    }
+}
 
 impl EcsPlatform {
     /// Starts the agent task of `launch`; its ARN, or why nothing started.
@@ -20,7 +52,7 @@ impl EcsPlatform {
         launch: &Launch,
         definition: &str,
         placement: &Placement,
-    ) -> Result<String, String> {
+    ) -> Result<String, RunFailure> {
         let s = &self.settings;
         let mut request = self
             .client
@@ -28,8 +60,8 @@ impl EcsPlatform {
             .cluster(&s.cluster)
             .task_definition(definition)
             .count(1)
-            .network_configuration(self.network_configuration()?)
-            .overrides(self.overrides(launch)?)
+            .network_configuration(self.network_configuration().map_err(RunFailure::Request)?)
+            .overrides(self.overrides(launch).map_err(RunFailure::Request)?)
             .started_by(
                 format!("bakery/{}", launch.build_id)
                     .chars()
@@ -48,7 +80,7 @@ impl EcsPlatform {
                 .capacity_provider(provider.as_str())
                 .weight(1)
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| RunFailure::Request(e.to_string()))?;
             request = request.capacity_provider_strategy(item);
         }
         if let Some(lt) = &placement.launch_type {
@@ -57,24 +89,24 @@ impl EcsPlatform {
         let out = request
             .send()
             .await
-            .map_err(|e| format!("RunTask: {}", sdk_error(&e)))?;
+            .map_err(|e| RunFailure::Request(format!("RunTask: {}", sdk_error(&e))))?;
         if let Some(task) = out.tasks().first().and_then(|t| t.task_arn()) {
             return Ok(task.to_string());
         }
-        let reasons: Vec<String> = out
-            .failures()
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {}",
-                    f.reason().unwrap_or("unknown"),
-                    f.detail().unwrap_or("")
-                )
-                .trim()
-                .to_string()
-            })
-            .collect();
-        Err(format!("RunTask started nothing: {}", reasons.join("; ")))
+        Err(RunFailure::NotPlaced(
+            out.failures()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {}",
+                        f.reason().unwrap_or("unknown"),
+                        f.detail().unwrap_or("")
+                    )
+                    .trim()
+                    .to_string()
+                })
+                .collect(),
+        ))
     }
 
     fn network_configuration(&self) -> Result<NetworkConfiguration, String> {

@@ -132,3 +132,21 @@ fn stop_task_reads_a_gone_task_by_its_error_type() {
     );
     assert!(!super::task_is_gone(&client));
 }
+
+/// A capacity shortage is read from the failures ECS lists, never from a
+/// request error that happens to use the words.
+#[test]
+fn capacity_shortage_is_a_placement_failure_not_an_error_text() {
+    use super::run::RunFailure;
+    let spot = RunFailure::NotPlaced(vec![
+        "Capacity is unavailable at this time. Please try again later or in a different availability zone".into(),
+    ]);
+    assert!(spot.is_capacity_shortage());
+    assert!(spot
+        .to_string()
+        .starts_with("RunTask started nothing: Capacity"));
+    let setup = RunFailure::NotPlaced(vec!["MISSING".into()]);
+    assert!(!setup.is_capacity_shortage());
+    let error = RunFailure::Request("RunTask: capacity is unavailable (a proxy's words)".into());
+    assert!(!error.is_capacity_shortage());
+}
