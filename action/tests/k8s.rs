@@ -384,11 +384,7 @@ fn an_evicted_pod_is_started_again_once_then_fails_the_build_with_the_reason() {
         pod["metadata"]["labels"]["bakery.dev/task"],
         format!("{id}-amd64")
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while kube.pod_names().contains(&first) {
-        assert!(Instant::now() < deadline, "the evicted pod was not deleted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("the evicted pod deleted", || !kube.pod_names().contains(&first));
     assert_eq!(kube.status(&id)["state"], "running");
     // Evicted again: there is no third pod.
     kube.patch_status(&second, evicted());
