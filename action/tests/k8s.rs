@@ -384,7 +384,9 @@ fn an_evicted_pod_is_started_again_once_then_fails_the_build_with_the_reason() {
         pod["metadata"]["labels"]["bakery.dev/task"],
         format!("{id}-amd64")
     );
-    wait_for("the evicted pod deleted", || !kube.pod_names().contains(&first));
+    wait_for("the evicted pod deleted", || {
+        !kube.pod_names().contains(&first)
+    });
     assert_eq!(kube.status(&id)["state"], "running");
     // Evicted again: there is no third pod.
     kube.patch_status(&second, evicted());

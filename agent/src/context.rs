@@ -203,15 +203,7 @@ mod tests {
         std::fs::create_dir_all(context.join(CONTEXTS_BESIDE)).unwrap();
         std::fs::create_dir_all(&work).unwrap();
         std::os::unix::fs::symlink("/", context.join(CONTEXTS_BESIDE).join("0")).unwrap();
-        let mut spec: BuildSpec = serde_json::from_value(serde_json::json!({
-            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
-            "labels": {}, "env": {}, "pre_script": null, "post_script": null,
-            "credentials": [], "cpu": null, "memory": null, "spot": false, "cache": {},
-            "cache_from": [], "snapshot_mode": null, "use_new_run": false, "cleanup": false,
-            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [],
-            "extra_flags": []
-        }))
-        .unwrap();
+        let mut spec = BuildSpec::new("Dockerfile", bakery_protocol::Arch::Amd64);
         spec.build_contexts
             .insert("shared".into(), NamedContext::Archive(0));
         let e = take_named(&context, &work, &spec).unwrap_err().to_string();

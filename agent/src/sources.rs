@@ -165,14 +165,7 @@ mod tests {
     ) -> (tempfile::TempDir, AgentTask) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-        let mut spec: bakery_protocol::BuildSpec = serde_json::from_value(serde_json::json!({
-            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
-            "labels": {}, "env": {}, "pre_script": null, "post_script": null, "credentials": [],
-            "cpu": null, "memory": null, "spot": false, "cache": {}, "cache_from": [],
-            "snapshot_mode": null, "use_new_run": false, "cleanup": false,
-            "custom_platform": arch.platform(), "no_push": false, "ignore_path": [], "extra_flags": []
-        }))
-        .unwrap();
+        let mut spec = bakery_protocol::BuildSpec::new("Dockerfile", arch);
         spec.build_args = build_args
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

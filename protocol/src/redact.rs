@@ -132,16 +132,21 @@ mod tests {
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"a"), "YQ==");
-        let spec: crate::spec::BuildSpec = serde_json::from_value(serde_json::json!({
-            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
-            "labels": {}, "env": {}, "pre_script": null, "post_script": null,
-            "credentials": [{"registry": "r.io", "username": "ci", "password": "hunter2-pw"}],
-            "cpu": null, "memory": null, "spot": false, "cache": {}, "cache_from": [],
-            "snapshot_mode": null, "use_new_run": false, "cleanup": false,
-            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [], "extra_flags": [],
-            "ssh": [{"id": "default", "value": "-----BEGIN KEY-----\nc2VjcmV0LWtleS1ib2R5\n-----END KEY-----\n"}]
-        }))
-        .unwrap();
+        use crate::spec::{BuildSecret, BuildSpec, Credential, Secret};
+        let spec = BuildSpec {
+            credentials: vec![Credential {
+                registry: "r.io".into(),
+                username: "ci".into(),
+                password: Secret::new("hunter2-pw"),
+            }],
+            ssh: vec![BuildSecret {
+                id: "default".into(),
+                value: Secret::new(
+                    "-----BEGIN KEY-----\nc2VjcmV0LWtleS1ib2R5\n-----END KEY-----\n",
+                ),
+            }],
+            ..BuildSpec::new("Dockerfile", crate::Arch::Amd64)
+        };
         let r = Redactor::for_spec(&spec);
         // An SSH key's lines, each: a script that cats the key file logs
         // them one at a time.

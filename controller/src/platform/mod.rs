@@ -214,15 +214,7 @@ mod tests {
 
     #[test]
     fn kaniko_platforms_refuse_what_kaniko_cannot_build() {
-        let mut spec: bakery_protocol::BuildSpec = serde_json::from_value(serde_json::json!({
-            "platform": null, "dockerfile": "Dockerfile", "target": null, "build_args": {},
-            "labels": {}, "env": {}, "pre_script": null, "post_script": null,
-            "credentials": [], "cpu": null, "memory": null, "spot": false, "cache": {},
-            "cache_from": [], "snapshot_mode": null, "use_new_run": false, "cleanup": false,
-            "custom_platform": "linux/amd64", "no_push": false, "ignore_path": [],
-            "extra_flags": []
-        }))
-        .unwrap();
+        let mut spec = bakery_protocol::BuildSpec::new("Dockerfile", bakery_protocol::Arch::Amd64);
         let ecs = builder_of(bakery_protocol::Platform::Ecs);
         let local = builder_of(bakery_protocol::Platform::Local);
         assert_eq!(unsupported(ecs, &spec), None);

@@ -44,14 +44,13 @@ fn relative_paths_stay_inside() {
 
 #[test]
 fn secrets_have_plain_unique_ids_and_bounded_values() {
-    let spec: BuildSpec = serde_json::from_value(serde_json::json!({
-        "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
-        "credentials": [], "spot": false, "cache": {}, "cache_from": [],
-        "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
-        "no_push": false, "ignore_path": [], "extra_flags": [],
-        "secrets": [{"id": "npm.rc_1-x", "value": "v"}]
-    }))
-    .unwrap();
+    let spec = BuildSpec {
+        secrets: vec![crate::spec::BuildSecret {
+            id: "npm.rc_1-x".into(),
+            value: crate::spec::Secret::new("v"),
+        }],
+        ..BuildSpec::new("Dockerfile", crate::Arch::Amd64)
+    };
     assert!(check_secrets(&spec.secrets, "s").is_ok());
     let with = |id: &str, value: String| {
         let mut s = spec.clone();
@@ -73,14 +72,17 @@ fn secrets_have_plain_unique_ids_and_bounded_values() {
 #[test]
 fn named_contexts_have_plain_names_and_real_images() {
     use crate::spec::NamedContext;
-    let spec: BuildSpec = serde_json::from_value(serde_json::json!({
-        "dockerfile": "Dockerfile", "build_args": {}, "labels": {}, "env": {},
-        "credentials": [], "spot": false, "cache": {}, "cache_from": [],
-        "use_new_run": false, "cleanup": false, "custom_platform": "linux/amd64",
-        "no_push": false, "ignore_path": [], "extra_flags": [],
-        "build_contexts": {"shared": {"archive": 0}, "docker.io/library/alpine:3.20": {"docker-image": "r.io/alpine:3.20"}}
-    }))
-    .unwrap();
+    let spec = BuildSpec {
+        build_contexts: [
+            ("shared".to_string(), NamedContext::Archive(0)),
+            (
+                "docker.io/library/alpine:3.20".to_string(),
+                NamedContext::DockerImage("r.io/alpine:3.20".into()),
+            ),
+        ]
+        .into(),
+        ..BuildSpec::new("Dockerfile", crate::Arch::Amd64)
+    };
     assert!(check_contexts(&spec, "s").is_ok());
     let with = |name: &str, c: NamedContext| {
         let mut s = spec.clone();
