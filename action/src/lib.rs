@@ -5,20 +5,20 @@
 //!
 //! Read top-down:
 //!
-//! * [`cli`]: the flags, each also an environment variable; [`env`]: the
-//!   environment, read once; [`client`]: the controller's URL and the
+//! * [`cli`]: the flags, each also an environment variable; `env`: the
+//!   environment, read once; `client`: the controller's URL and the
 //!   client token;
-//! * [`input`]: flags to a [`bakery_plan::Plan`];
-//! * [`build`]: `bakery build` (upload, submit, follow, cancel);
-//!   [`commands`]: `logs`, `status`, `plan`, `pack`;
-//! * [`logins`]: the runner's registry logins, sent with the builds that
+//! * `input`: flags to a [`bakery_plan::Plan`];
+//! * `build`: `bakery build` (upload, submit, follow, cancel);
+//!   `commands`: `logs`, `status`, `plan`, `pack`;
+//! * `logins`: the runner's registry logins, sent with the builds that
 //!   need them and checked against the destination first;
-//! * [`preflight`]: the base-image check before anything is uploaded;
-//! * [`printer`] and [`render`]: what a person reads ([`blocks`]: one CI
-//!   log block per task, named by its [`task_label`]); [`outcome`]: what the
-//!   reports are made of; [`ci`]: GitHub and GitLab behind one trait (log
-//!   blocks, report files, commit checks and statuses); [`progress`]: bars
-//!   and heartbeats for long steps; [`hints`]: what to do about a failure
+//! * `preflight`: the base-image check before anything is uploaded;
+//! * `printer` and `render`: what a person reads (`blocks`: one CI
+//!   log block per task, named by its `task_label`); `outcome`: what the
+//!   reports are made of; `ci`: GitHub and GitLab behind one trait (log
+//!   blocks, report files, commit checks and statuses); `progress`: bars
+//!   and heartbeats for long steps; `hints`: what to do about a failure
 //!   the builder's words do not explain.
 
 mod blocks;

@@ -2,26 +2,26 @@
 //!
 //! Read top-down:
 //!
-//! * [`config`]: the environment variables it reads.
-//! * [`routes`]: the HTTP API: the router, authentication, and the
-//!   client's endpoints (create, status, cancel, contexts); [`follow`]: a
-//!   build's log as server-sent events; [`agent_api`]: the agent's
-//!   endpoints (spec, context, logs, result); [`create`]: a checked
+//! * `config`: the environment variables it reads.
+//! * `routes`: the HTTP API: the router, authentication, and the
+//!   client's endpoints (create, status, cancel, contexts); `follow`: a
+//!   build's log as server-sent events; `agent_api`: the agent's
+//!   endpoints (spec, context, logs, result); `create`: a checked
 //!   build request registered, saved and started, once per idempotency key.
-//! * [`log_stream`]: an agent's log as one long request, acknowledged as
+//! * `log_stream`: an agent's log as one long request, acknowledged as
 //!   it is saved.
 //! * [`state`]: builds, tasks and their logs in memory.
 //! * [`journal`]: the same on disk, so a restart resumes every build.
-//! * [`supervisor`]: one build from launch through timeouts to cleanup.
+//! * `supervisor`: one build from launch through timeouts to cleanup.
 //! * [`platform`]: where agents run, behind one trait (`local` here);
 //!   `startup` starts the configured ones.
-//! * [`auth`]: who is calling, and which builds they may touch;
+//! * `auth`: who is calling, and which builds they may touch;
 //!   [`serve`] and [`tls`]: the listener, its limits and its HTTPS.
 //! * [`verify`]: each pushed image is the architecture it was built for.
 //! * [`index`]: joining per-arch images into the multi-arch index;
-//!   [`provenance`]: the SLSA attestation listed beside each image;
+//!   `provenance`: the SLSA attestation listed beside each image;
 //!   `replicate`: the images copied into a build's other repositories.
-//! * [`store`]: contexts on the controller's disk, when there is no S3.
+//! * `store`: contexts on the controller's disk, when there is no S3.
 //! * [`metrics`]: what `/metrics` exposes to Prometheus.
 
 mod agent_api;

@@ -29,20 +29,35 @@ fn schemathesis_binary() -> PathBuf {
     tools.join("schemathesis/bin/st")
 }
 
-/// The first agent the controller starts writes its task id and token where
-/// the test reads them, and stays up for schemathesis to call as that
-/// agent; every later agent (the builds schemathesis creates) fails at once.
+/// The first two agents the controller starts write their task id and
+/// token where the test reads them (`agent-1`, `agent-2`), and stay up
+/// for schemathesis to call as them, until the controller stops them (or,
+/// if the test fails first, for the run's own 10-minute bound); every later
+/// agent (the builds schemathesis creates) fails at once.
 fn agent_script(dir: &Path) -> String {
-    let file = dir.join("first-agent");
     format!(
-        r#"f="{file}"
-if mkdir "$f.lock" 2>/dev/null; then
-  printf '%s %s' "$BAKERY_TASK_ID" "$BAKERY_TASK_TOKEN" > "$f.tmp" && mv "$f.tmp" "$f"
-  sleep 120
-fi
+        r#"for n in 1 2; do
+  f="{dir}/agent-$n"
+  if mkdir "$f.lock" 2>/dev/null; then
+    printf '%s %s' "$BAKERY_TASK_ID" "$BAKERY_TASK_TOKEN" > "$f.tmp" && mv "$f.tmp" "$f"
+    sleep 600
+  fi
+done
 exit 1"#,
-        file = file.display()
+        dir = dir.display()
     )
+}
+
+/// The task id and token agent `n` wrote.
+async fn live_agent(dir: &Path, n: u32) -> (String, String) {
+    let file = dir.join(format!("agent-{n}"));
+    support::eventually("an agent's token", Duration::from_secs(30), async || {
+        file.exists()
+    })
+    .await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (task, token) = text.split_once(' ').unwrap();
+    (task.to_string(), token.to_string())
 }
 
 /// What the run sent and got, from its HAR report: (method, path, status).
@@ -86,23 +101,21 @@ async fn the_controller_keeps_its_openapi_description() {
         .await
         .unwrap();
     assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
-    let created = http
-        .post(h.url("/v1/builds"))
-        .bearer_auth(token)
-        .json(&support::unpushed_request(CONTEXT_KEY, &[Arch::Amd64]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
-    let first = h.dir.path().join("first-agent");
-    support::eventually(
-        "the first agent's token",
-        Duration::from_secs(30),
-        async || first.exists(),
-    )
-    .await;
-    let agent = std::fs::read_to_string(&first).unwrap();
-    let (task, task_token) = agent.split_once(' ').unwrap();
+    let mut agents = Vec::new();
+    for n in 1..=2 {
+        let created = http
+            .post(h.url("/v1/builds"))
+            .bearer_auth(token)
+            .json(&support::unpushed_request(CONTEXT_KEY, &[Arch::Amd64]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+        agents.push(live_agent(h.dir.path(), n).await);
+    }
+    let [(task, task_token), (result_task, result_token)] = &agents[..] else {
+        unreachable!("two agents")
+    };
 
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let reports = tempfile::tempdir().unwrap();
@@ -128,6 +141,8 @@ async fn the_controller_keeps_its_openapi_description() {
         .env("CONTRACT_CLIENT_TOKEN", token)
         .env("CONTRACT_TASK_ID", task)
         .env("CONTRACT_TASK_TOKEN", task_token)
+        .env("CONTRACT_RESULT_TASK_ID", result_task)
+        .env("CONTRACT_RESULT_TASK_TOKEN", result_token)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(600), out)
@@ -165,13 +180,29 @@ async fn the_controller_keeps_its_openapi_description() {
             "{method} /v1/builds/{{id}}{suffix} never answered 2xx:\n{text}"
         );
     }
-    let agent_prefix = format!("/v1/agent/tasks/{task}/");
-    assert!(
-        hit("GET", &agent_prefix, &|s| s != 401),
-        "the agent routes were never passed the token check:\n{text}"
-    );
+    for (method, route) in [
+        ("GET", format!("/v1/agent/tasks/{task}/spec")),
+        ("GET", format!("/v1/agent/tasks/{task}/context")),
+        ("POST", format!("/v1/agent/tasks/{task}/logs")),
+        ("POST", format!("/v1/agent/tasks/{task}/log-stream")),
+        ("POST", format!("/v1/agent/tasks/{result_task}/result")),
+    ] {
+        assert!(
+            hit(method, &route, &|s| s != 401),
+            "{method} {route} was never passed the token check:\n{text}"
+        );
+    }
     assert!(
         text.contains("API Links:    3 covered / 3 selected"),
         "the stateful phase did not follow every link:\n{text}"
     );
+
+    // The two agents held up for the run are stopped with the controller.
+    let dir = h.dir.path().display().to_string();
+    let mut h = h;
+    h.running.take().unwrap().shutdown().await;
+    support::eventually("no agent left", Duration::from_secs(30), async || {
+        support::no_agents_left(&dir)
+    })
+    .await;
 }

@@ -1472,6 +1472,30 @@ fn values_the_controller_refuses_are_refused_where_they_are_written() {
         compose.compose("compose.yaml", &[]).unwrap_err(),
         "compose.yaml",
         7,
-        "build-args.NO SPACES",
+        "build.args.NO SPACES",
     );
+    // Maps merge key by key: the layer that wrote the bad key is named,
+    // not the more specific one that has the block too.
+    assert_located(
+        config(&format!(
+            "{base}    build-args:\n      \"BAD NAME\": x\nbake:\n  - arch: amd64\n    kaniko:\n      build-args:\n        OK: y\n"
+        )),
+        "config.yaml",
+        5,
+        "kaniko.build-args.BAD NAME",
+    );
+    // A flag's value is the command line's, not the file's.
+    let repo = Repo::new(&[
+        ("Dockerfile", "FROM alpine\n"),
+        (
+            "config.yaml",
+            &format!("{base}    build-args:\n      OK: y\n"),
+        ),
+    ]);
+    let mut opts = repo.opts();
+    opts.overrides.build_args = [("A B".to_string(), "1".to_string())].into();
+    let err = bakery_plan::Plan::resolve(&opts).unwrap_err();
+    let d = err.diagnostic().unwrap();
+    assert_eq!(d.location, bakery_plan::Location::command_line(), "{d}");
+    assert!(d.to_string().contains("build-args.A B"), "{d}");
 }

@@ -45,14 +45,10 @@ impl Resolver<'_> {
         // The controller's own rules, here with the file and line: plan
         // and build never disagree about a value.
         bakery_protocol::validate::check_spec(&spec, "spec").map_err(|invalid| {
-            let field = invalid
-                .field
-                .strip_prefix("spec.")
-                .unwrap_or(&invalid.field);
-            let (key, rest) = field.split_at(field.find(['.', '[']).unwrap_or(field.len()));
+            let (location, key) = spec_origin(layers, &invalid.field);
             PlanError::invalid_with_hint(
-                spec_origin(layers, &invalid.field),
-                format!("{}{rest}: {}", key.replace('_', "-"), invalid.message),
+                location,
+                format!("{key}: {}", invalid.message),
                 "the controller would refuse the build: change the value here",
             )
         })?;
@@ -345,54 +341,81 @@ pub(super) fn extra_tags(
 }
 
 /// Where the value a spec check names (`spec.build_args.NAME`,
-/// `spec.target`, ...) was written: the most specific layer that has its
-/// key, else the entry.
-fn spec_origin(layers: &[Layer], field: &str) -> Location {
+/// `spec.target`, ...) was set, and how that place calls it: the most
+/// specific layer whose own settings hold it (the map key itself where
+/// there is one, else the field), the command line for a flag, else the
+/// entry.
+fn spec_origin(layers: &[Layer], field: &str) -> (Location, String) {
     let rest = field.strip_prefix("spec.").unwrap_or(field);
     let (name, below) = rest.split_once('.').unwrap_or((rest, ""));
     let name = name.split('[').next().unwrap_or(name);
-    // The key's own path, and the value's below it (map keys may hold
-    // dots: `nearest` finds the closest written part of it).
-    let paths = |layer: &Layer| -> Option<(String, String)> {
-        let key = match (layer.kind, name) {
-            (_, "env") => "env",
-            (_, "pre_script") => "pre-script",
-            (_, "post_script") => "post-script",
-            (_, "credentials") => "kaniko-credentials",
-            (_, "secrets") => "secrets",
-            (LayerKind::Config, "build_args") => "kaniko.build-args",
-            (LayerKind::Config, "labels") => "kaniko.labels",
-            (LayerKind::Config, "target") => "kaniko.target",
-            (LayerKind::Config, "cache_from") => "kaniko.cache-from",
-            (LayerKind::Config, "dockerfile") => "kaniko.dockerfile",
-            (LayerKind::Compose, "build_args") => "build.args",
-            (LayerKind::Compose, "labels") => "build.labels",
-            (LayerKind::Compose, "target") => "build.target",
-            (LayerKind::Compose, "cache_from") => "build.cache_from",
-            (LayerKind::Compose, "dockerfile") => "build.dockerfile",
-            (_, "extra_flags") => "kaniko.extra-flags",
-            (_, "ignore_path") => "kaniko.ignore-path",
-            (_, "cache") => "kaniko.cache",
-            (_, "custom_platform") => "kaniko.custom-platform",
-            _ => return None,
-        };
-        let base = format!("{}.{key}", layer.prefix);
-        let full = if below.is_empty() {
-            base.clone()
-        } else {
-            format!("{base}.{below}")
-        };
-        Some((base, full))
+    let top = layers.last().expect("at least one layer");
+    let Some(setting) = setting_of(name) else {
+        return (top.location(&top.prefix), rest.to_string());
     };
-    layers
-        .iter()
-        .rev()
-        .find_map(|l| {
-            let (base, full) = paths(l)?;
-            l.locations.key(&base).is_some().then(|| l.location(&full))
-        })
-        .unwrap_or_else(|| {
-            let top = layers.last().expect("at least one layer");
-            top.location(&top.prefix)
-        })
+    let holds = |layer: &Layer, key: bool| {
+        let settings = serde_json::to_value(&layer.settings).unwrap_or_default();
+        match settings.pointer(setting) {
+            Some(serde_json::Value::Object(map)) if key => map.contains_key(below),
+            Some(serde_json::Value::Null) | None => false,
+            Some(_) => !key,
+        }
+    };
+    let layer = (!below.is_empty())
+        .then(|| layers.iter().rev().find(|l| holds(l, true)))
+        .flatten()
+        .or_else(|| layers.iter().rev().find(|l| holds(l, false)));
+    let Some(layer) = layer else {
+        return (top.location(&top.prefix), rest.to_string());
+    };
+    let key = yaml_key(layer.kind, setting);
+    let shown = if below.is_empty() {
+        key
+    } else {
+        format!("{key}.{below}")
+    };
+    if layer.flags {
+        return (Location::command_line(), shown);
+    }
+    (layer.location(&format!("{}.{shown}", layer.prefix)), shown)
+}
+
+/// Where a spec field is held in [`Settings`] (as JSON, kebab-case: the
+/// names config.yaml uses).
+fn setting_of(spec_field: &str) -> Option<&'static str> {
+    Some(match spec_field {
+        "env" => "/env",
+        "pre_script" => "/pre-script",
+        "post_script" => "/post-script",
+        "credentials" => "/kaniko-credentials",
+        "secrets" => "/secrets",
+        "build_args" => "/kaniko/build-args",
+        "labels" => "/kaniko/labels",
+        "target" => "/kaniko/target",
+        "cache_from" => "/kaniko/cache-from",
+        "dockerfile" => "/kaniko/dockerfile",
+        "extra_flags" => "/kaniko/extra-flags",
+        "ignore_path" => "/kaniko/ignore-path",
+        "cache" => "/kaniko/cache",
+        "custom_platform" => "/kaniko/custom-platform",
+        _ => return None,
+    })
+}
+
+/// The YAML key of a setting in a layer's file: config.yaml's own, or the
+/// compose key it was read from.
+fn yaml_key(kind: LayerKind, setting: &str) -> String {
+    let compose = match setting {
+        "/kaniko/build-args" => Some("build.args"),
+        "/kaniko/labels" => Some("build.labels"),
+        "/kaniko/target" => Some("build.target"),
+        "/kaniko/cache-from" => Some("build.cache_from"),
+        "/kaniko/dockerfile" => Some("build.dockerfile"),
+        "/secrets" => Some("build.secrets"),
+        _ => None,
+    };
+    match (kind, compose) {
+        (LayerKind::Compose, Some(key)) => key.to_string(),
+        _ => setting.trim_start_matches('/').replace('/', "."),
+    }
 }

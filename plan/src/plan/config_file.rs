@@ -125,6 +125,7 @@ impl ConfigFile {
             locations: &self.locations,
             prefix,
             kind: LayerKind::Config,
+            flags: false,
         }
     }
 }

@@ -29,6 +29,9 @@ pub(super) struct Layer<'a> {
     pub(super) locations: &'a Locations,
     pub(super) prefix: String,
     pub(super) kind: LayerKind,
+    /// The command line's flags, not a file: errors about the values they
+    /// set point at the command line.
+    pub(super) flags: bool,
 }
 
 impl Layer<'_> {

@@ -131,6 +131,7 @@ impl Resolver<'_> {
             locations: &locations,
             prefix: String::new(),
             kind: LayerKind::Config,
+            flags: false,
         };
         let mut builds = Vec::new();
         for arch in arches {
@@ -187,6 +188,7 @@ impl Resolver<'_> {
                 locations: &compose.locations,
                 prefix: prefix.clone(),
                 kind: LayerKind::Compose,
+                flags: false,
             });
             if let Some(config) = self.config {
                 if let Some((i, bake)) = config.bake_for(arch) {
@@ -291,6 +293,7 @@ impl Resolver<'_> {
             locations: top.locations,
             prefix: top.prefix.clone(),
             kind: top.kind,
+            flags: true,
         };
         layers.push(layer);
     }

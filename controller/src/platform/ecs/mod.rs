@@ -214,10 +214,12 @@ pub(super) async fn send_stop(client: &Client, cluster: &str, arn: &str) -> Resu
 
 /// Whether StopTask failed because ECS no longer has the task: its
 /// `InvalidParameterException` with "The referenced task was not found."
-/// (a stopped task ECS still has is stopped again without an error). The
-/// error's type is checked first; the words are ECS's, pinned by a test.
+/// (a stopped task ECS still has is stopped again without an error), or
+/// the cluster itself is gone, with every task in it. The error's type is
+/// checked first; the words are ECS's, pinned by a test.
 fn task_is_gone(e: &StopTaskError) -> bool {
     match e {
+        StopTaskError::ClusterNotFoundException(_) => true,
         StopTaskError::InvalidParameterException(p) => p
             .message()
             .is_some_and(|m| m.to_ascii_lowercase().contains("task was not found")),

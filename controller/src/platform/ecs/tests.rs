@@ -131,6 +131,12 @@ fn stop_task_reads_a_gone_task_by_its_error_type() {
             .build(),
     );
     assert!(!super::task_is_gone(&client));
+    let no_cluster = StopTaskError::ClusterNotFoundException(
+        aws_sdk_ecs::types::error::ClusterNotFoundException::builder()
+            .message("Cluster not found.")
+            .build(),
+    );
+    assert!(super::task_is_gone(&no_cluster));
 }
 
 /// A capacity shortage is read from the failures ECS lists, never from a
