@@ -7,10 +7,23 @@
 use crate::spec::REDACTED;
 
 /// Replaces each known secret value with `***`.
+///
+/// Every line of every build passes through one (in the agent and again in
+/// the controller): the secrets are one automaton, built once, that a line
+/// is scanned with once, not one search per secret per line. Secrets too
+/// large for a small automaton (key files, certificates: an automaton
+/// takes tens of bytes per byte of pattern) are searched one by one.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
+    /// Leftmost-longest, so a secret containing another is masked whole;
+    /// `None` without secrets, or when they are searched one by one.
+    matcher: Option<aho_corasick::AhoCorasick>,
+    /// Longest first, when there is no automaton.
     secrets: Vec<String>,
 }
+
+/// The most secret bytes put in one automaton.
+const AUTOMATON_BYTES: usize = 64 << 10;
 
 impl Redactor {
     /// Values shorter than 4 characters are not redacted: masking every `a`
@@ -28,7 +41,19 @@ impl Redactor {
         // Longest first, so a secret containing another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
-        Redactor { secrets }
+        let small = secrets.iter().map(String::len).sum::<usize>() <= AUTOMATON_BYTES;
+        let matcher = (small && !secrets.is_empty())
+            .then(|| {
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                    .build(&secrets)
+                    .ok()
+            })
+            .flatten();
+        if matcher.is_some() {
+            secrets.clear();
+        }
+        Redactor { matcher, secrets }
     }
 
     /// The secrets of a build spec, in every form [`secret_forms`] lists.
@@ -38,6 +63,17 @@ impl Redactor {
 
     /// The line with every known secret replaced by [`crate::spec::REDACTED`].
     pub fn redact(&self, line: &str) -> String {
+        if let Some(m) = &self.matcher {
+            if !m.is_match(line) {
+                return line.to_string();
+            }
+            let mut out = String::with_capacity(line.len());
+            m.replace_all_with(line, &mut out, |_, _, out| {
+                out.push_str(REDACTED);
+                true
+            });
+            return out;
+        }
         let mut out = line.to_string();
         for s in &self.secrets {
             if out.contains(s.as_str()) {
@@ -125,6 +161,25 @@ mod tests {
             "pw=*** and ***"
         );
         assert_eq!(r.redact("ab stays"), "ab stays");
+    }
+
+    /// Small secrets are one automaton; secrets too large for one are
+    /// searched one by one; both mask the same.
+    #[test]
+    fn large_secrets_are_masked_without_an_automaton() {
+        let small = Redactor::new(["hunter2", "hunter2-extended"]);
+        assert!(small.matcher.is_some() && small.secrets.is_empty());
+        let key = "k".repeat(AUTOMATON_BYTES + 1);
+        let large = Redactor::new(["hunter2", "hunter2-extended", key.as_str()]);
+        assert!(large.matcher.is_none() && large.secrets.len() == 3);
+        for r in [&small, &large] {
+            assert_eq!(
+                r.redact("pw=hunter2-extended and hunter2 and hunter"),
+                "pw=*** and *** and hunter"
+            );
+        }
+        assert_eq!(large.redact(&format!("[{key}]")), "[***]");
+        assert_eq!(Redactor::default().redact("hunter2"), "hunter2");
     }
 
     #[test]
