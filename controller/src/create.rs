@@ -41,10 +41,7 @@ pub async fn create(
     // The id goes out only once the build would survive a restart.
     if let Err(e) = durable(app).await {
         withdraw(app, &build, key);
-        return Err(Failure::new(
-            e.0,
-            format!("{}; the build was not started, submit it again", e.1),
-        ));
+        return Err(e.adding("the build was not started, submit it again"));
     }
     build.update(|b| b.acknowledge());
     tracing::info!(build = %id, service = %build.status().service, by = %caller.creator(), "build created");

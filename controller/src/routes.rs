@@ -156,7 +156,7 @@ async fn openapi() -> Response {
 }
 
 /// An API error: a status and a message for the caller.
-pub struct Failure(pub(crate) StatusCode, pub(crate) String);
+pub struct Failure(StatusCode, String);
 
 impl Failure {
     /// A failure answered with `status` and `message` (as `{"error": message}`).
@@ -166,6 +166,10 @@ impl Failure {
     /// The message the caller is sent.
     pub fn message(&self) -> &str {
         &self.1
+    }
+    /// The same answer, its message followed by `more` (what it meant here).
+    pub fn adding(self, more: &str) -> Self {
+        Failure(self.0, format!("{}; {more}", self.1))
     }
     fn not_found(what: &str, id: &str) -> Self {
         let shown: String = id.chars().take(80).flat_map(char::escape_default).collect();

@@ -6,9 +6,10 @@
 //! routes with a real task token. Its configuration (and the only statuses
 //! it is told to accept, each with why) is in tests/schemathesis/.
 
+mod checkers;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bakery_protocol::Arch;
@@ -20,14 +21,6 @@ use support::Harness;
 const CONTEXT: &[u8] = b"bakery schemathesis context\n";
 const CONTEXT_KEY: &str =
     "contexts/sha256-130f8105ec521169d9188939b6edd09f84e7ac84a2bad0e06696fd736c59fa3a.tar.gz";
-
-fn schemathesis_binary() -> PathBuf {
-    let tools = std::env::var_os("BAKERY_TOOLS_DIR").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bakery/tools"),
-        PathBuf::from,
-    );
-    tools.join("schemathesis/bin/st")
-}
 
 /// The first two agents the controller starts write their task id and
 /// token where the test reads them (`agent-1`, `agent-2`), and stay up
@@ -119,7 +112,7 @@ async fn the_controller_keeps_its_openapi_description() {
 
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let reports = tempfile::tempdir().unwrap();
-    let binary = schemathesis_binary();
+    let binary = checkers::tool("schemathesis/bin/st");
     let h_url = h.url("");
     let description = here.join("../../openapi.yaml");
     // Run in a scratch directory: schemathesis and Python leave files

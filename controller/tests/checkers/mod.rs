@@ -1,15 +1,24 @@
-//! Third-party checkers the example tests run: checkov, from the virtualenv
-//! scripts/setup makes for it.
+//! Third-party checkers the tests run from the virtualenvs scripts/setup
+//! makes for them: checkov (the examples), schemathesis (the API).
+
+// Each test file that declares this module uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
 
-fn checkov_binary() -> PathBuf {
+/// `relative` under the tools directory scripts/setup installs into
+/// (BAKERY_TOOLS_DIR, else ~/.cache/bakery/tools).
+pub fn tool(relative: &str) -> PathBuf {
     let tools = std::env::var_os("BAKERY_TOOLS_DIR").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bakery/tools"),
         PathBuf::from,
     );
-    tools.join("checkov/bin/checkov")
+    tools.join(relative)
+}
+
+fn checkov_binary() -> PathBuf {
+    tool("checkov/bin/checkov")
 }
 
 /// Runs checkov with `args` (what to scan, the framework), offline, and
