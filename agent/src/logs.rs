@@ -20,6 +20,7 @@ use bakery_protocol::api::AgentLine;
 use bakery_protocol::redact::Redactor;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use memchr::memmem::Finder;
 use tokio::sync::{mpsc, Notify};
 
 use bakery_client::{AgentApi, StreamOpen};
@@ -88,7 +89,7 @@ pub struct LogSink {
     tx: mpsc::UnboundedSender<String>,
     redactor: std::sync::Arc<std::sync::RwLock<Redactor>>,
     /// The agent's own directories, as the log names them instead.
-    paths: std::sync::Arc<std::sync::RwLock<Vec<(String, &'static str)>>>,
+    paths: std::sync::Arc<std::sync::RwLock<Vec<(Finder<'static>, &'static str)>>>,
     budget: Arc<Budget>,
 }
 
@@ -179,10 +180,15 @@ impl LogSink {
         .collect();
         // The context lies in the work dir: the longer path first.
         paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        // Searchers built once: building one per line was the agent's
+        // largest cost on a chatty build.
         *self
             .paths
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = paths;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = paths
+            .into_iter()
+            .map(|(p, n)| (Finder::new(p.as_bytes()).into_owned(), n))
+            .collect();
     }
 
     /// `text` with the paths of [`LogSink::set_paths`] named, each where it
@@ -194,20 +200,22 @@ impl LogSink {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut text = text;
-        for (path, name) in paths.iter() {
-            if !text.contains(path.as_str()) {
+        for (finder, name) in paths.iter() {
+            if finder.find(text.as_bytes()).is_none() {
                 continue;
             }
+            // The needle is a whole `&str`, so every match is on char boundaries.
+            let len = finder.needle().len();
             let mut out = String::with_capacity(text.len());
             let mut rest = text.as_str();
-            while let Some(at) = rest.find(path.as_str()) {
-                let after = &rest[at + path.len()..];
+            while let Some(at) = finder.find(rest.as_bytes()) {
+                let after = &rest[at + len..];
                 let whole = after
                     .chars()
                     .next()
                     .is_none_or(|c| matches!(c, '/' | '"' | '\'' | ' ' | ':' | ')' | ']' | ','));
                 out.push_str(&rest[..at]);
-                out.push_str(if whole { name } else { path.as_str() });
+                out.push_str(if whole { name } else { &rest[at..at + len] });
                 rest = after;
             }
             out.push_str(rest);
@@ -558,35 +566,7 @@ async fn fall_back(controller: &AgentApi, outbox: &Outbox, why: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod cost_tests;
 
-    /// buildah names the context by the agent's own path; the user reads
-    /// `<context>`, and never the machine's temporary directories.
-    #[test]
-    fn the_agents_own_paths_are_named_not_shown() {
-        let (log, mut lines) = LogSink::capture();
-        log.set_paths(
-            std::path::Path::new("/tmp/data/work/b1-amd64/context"),
-            std::path::Path::new("/tmp/data/work/b1-amd64"),
-        );
-        log.line(r#"error building at STEP "COPY app.env /": checking on sources under "/tmp/data/work/b1-amd64/context": copier: stat: "/app.env": no such file or directory"#);
-        log.line("storage /tmp/data/work/b1-amd64/storage/overlay is full");
-        log.line("named: /tmp/data/work/b1-amd64/contexts/0/x");
-        log.line("no path here");
-        assert_eq!(
-            lines.try_recv().unwrap(),
-            r#"error building at STEP "COPY app.env /": checking on sources under "<context>": copier: stat: "/app.env": no such file or directory"#
-        );
-        assert_eq!(
-            lines.try_recv().unwrap(),
-            "storage <agent work dir>/storage/overlay is full"
-        );
-        assert_eq!(
-            lines.try_recv().unwrap(),
-            "named: <agent work dir>/contexts/0/x",
-            "a named context is not taken for the context"
-        );
-        assert_eq!(lines.try_recv().unwrap(), "no path here");
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,10 @@
 //! exactly once. When the controller stops, every follower's stream ends
 //! (without `end`), so that a rollout is not held open by the clients
 //! watching it: they reconnect to the next controller and resume.
+//!
+//! The same [`Follower`] also serves a reader in this process
+//! ([`LocalFollow`], the embedded controller's own client) with typed
+//! events: no JSON, HTTP or SSE between a build and its printer.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,7 +20,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use bakery_protocol::api::{self, BuildStatus};
+use bakery_protocol::api::{self, BuildStatus, LogEvent, LogEventRef};
 use futures_util::stream;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -53,18 +57,11 @@ pub async fn follow_logs(
     // Produced as the connection reads: no task or channel between the
     // build and the socket, and every event made at once goes out as one
     // chunk (a client that reads a long log pays per chunk, not per line).
-    let follower = Follower {
-        changed: build.subscribe(),
-        build,
-        cursor: after,
-        last_status: None,
-        queued: String::new(),
-        finished: false,
-        stopping: app.stopping.clone(),
-        journal: Arc::clone(&app.journal),
-    };
+    let follower = Follower::<Sse>::new(&app, build, after);
     let chunks = stream::unfold(follower, |mut f| async move {
-        f.next().await.map(|c| (Ok::<_, Infallible>(c), f))
+        f.next()
+            .await
+            .map(|c| (Ok::<_, Infallible>(Bytes::from(c.0)), f))
     });
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -88,6 +85,93 @@ fn push_event(out: &mut String, name: &str, id: Option<u64>, data: &impl serde::
     out.push_str("\n\n");
 }
 
+/// Where a [`Follower`] puts the events it makes, until its reader takes
+/// them all at once.
+trait Queue: Default {
+    fn log(&mut self, line: LogEventRef<'_>);
+    /// A status change; `end`: the final one.
+    fn status(&mut self, end: bool, status: &BuildStatus);
+    /// A quiet stream says it is alive.
+    fn keep_alive(&mut self);
+    fn is_empty(&self) -> bool;
+}
+
+/// Events as the text of server-sent events, for a connection.
+#[derive(Default)]
+struct Sse(String);
+
+impl Queue for Sse {
+    fn log(&mut self, line: LogEventRef<'_>) {
+        push_event(&mut self.0, api::event::LOG, Some(line.seq), &line);
+    }
+    fn status(&mut self, end: bool, status: &BuildStatus) {
+        let name = if end {
+            api::event::END
+        } else {
+            api::event::STATUS
+        };
+        push_event(&mut self.0, name, None, status);
+    }
+    fn keep_alive(&mut self) {
+        self.0.push_str(":\n\n");
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One event of a build's log, as [`LocalFollow`] hands it out: what the
+/// SSE stream carries, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followed {
+    /// A log line.
+    Log(LogEvent),
+    /// The build's status, whenever a task or the build changes state.
+    Status(BuildStatus),
+    /// The final status: nothing follows it.
+    End(BuildStatus),
+}
+
+impl Queue for Vec<Followed> {
+    fn log(&mut self, line: LogEventRef<'_>) {
+        self.push(Followed::Log(line.to_event()));
+    }
+    fn status(&mut self, end: bool, status: &BuildStatus) {
+        let status = status.clone();
+        self.push(if end {
+            Followed::End(status)
+        } else {
+            Followed::Status(status)
+        });
+    }
+    fn keep_alive(&mut self) {}
+    fn is_empty(&self) -> bool {
+        Vec::is_empty(self)
+    }
+}
+
+/// A build's log followed inside this process: the events of
+/// `GET /v1/builds/{id}/logs`, in batches, without encoding them.
+pub struct LocalFollow(futures_util::stream::BoxStream<'static, Vec<Followed>>);
+
+impl LocalFollow {
+    pub(crate) fn new(app: &crate::App, build: Arc<Build>, after: u64) -> LocalFollow {
+        let follower = Follower::<Vec<Followed>>::new(app, build, after);
+        LocalFollow(Box::pin(stream::unfold(follower, |mut f| async move {
+            f.next().await.map(|batch| (batch, f))
+        })))
+    }
+
+    /// The events made since the last call, waiting for some when there
+    /// are none; `None` once [`Followed::End`] was handed out or the
+    /// controller is stopping. A batch may be empty (a quiet stream's
+    /// keep-alive). Dropping the future loses nothing: a read it started
+    /// goes on, and the next call takes its lines.
+    pub async fn next(&mut self) -> Option<Vec<Followed>> {
+        futures_util::StreamExt::next(&mut self.0).await
+    }
+}
+
 /// Most lines a follower takes from its build at a time: what a follower
 /// that falls behind holds in memory (a thousand lagging followers of 256
 /// lines each held ~75 MB).
@@ -99,14 +183,14 @@ const FOLLOW_STEP: usize = 64;
 const JOURNAL_STEP: usize = 512;
 
 /// One client following one build's log.
-struct Follower {
+struct Follower<Q> {
     build: Arc<Build>,
     changed: tokio::sync::watch::Receiver<u64>,
     /// The seq of the last line sent.
     cursor: u64,
     last_status: Option<BuildStatus>,
-    /// Events made and not yet taken by the connection, as text.
-    queued: String,
+    /// Events made and not yet taken by the reader.
+    queued: Q,
     /// The `end` event is queued: nothing follows it.
     finished: bool,
     /// The controller is stopping: the stream ends where it is.
@@ -115,12 +199,26 @@ struct Follower {
     journal: Arc<crate::journal::Journal>,
 }
 
-impl Follower {
+impl<Q: Queue> Follower<Q> {
+    /// Follows `build` from after line `after`.
+    fn new(app: &crate::App, build: Arc<Build>, after: u64) -> Follower<Q> {
+        Follower {
+            changed: build.subscribe(),
+            build,
+            cursor: after,
+            last_status: None,
+            queued: Q::default(),
+            finished: false,
+            stopping: app.stopping.clone(),
+            journal: Arc::clone(&app.journal),
+        }
+    }
+
     /// The next chunk: every event made since the last one.
-    async fn next(&mut self) -> Option<Bytes> {
+    async fn next(&mut self) -> Option<Q> {
         loop {
             if !self.queued.is_empty() {
-                return Some(Bytes::from(std::mem::take(&mut self.queued)));
+                return Some(std::mem::take(&mut self.queued));
             }
             if self.finished || self.stopping.is_cancelled() {
                 return None;
@@ -128,7 +226,7 @@ impl Follower {
             let (cursor, queued) = (&mut self.cursor, &mut self.queued);
             let snapshot = self.build.snapshot_after(*cursor, FOLLOW_STEP, |line| {
                 *cursor = line.seq;
-                push_event(queued, api::event::LOG, Some(line.seq), &line);
+                queued.log(line);
             });
             if snapshot.saved_only {
                 if !self.read_saved().await {
@@ -141,12 +239,7 @@ impl Follower {
             // The end waits for the last lines to be saved (and sent).
             let hold = terminal && !caught_up;
             if !hold && self.last_status.as_ref() != Some(&status) {
-                let name = if terminal {
-                    api::event::END
-                } else {
-                    api::event::STATUS
-                };
-                push_event(&mut self.queued, name, None, &status);
+                self.queued.status(terminal, &status);
                 self.last_status = Some(status);
             }
             if terminal && !hold {
@@ -163,7 +256,11 @@ impl Follower {
                         }
                     }
                     () = self.stopping.cancelled() => return None,
-                    () = tokio::time::sleep(KEEP_ALIVE) => return Some(Bytes::from_static(b":\n\n")),
+                    () = tokio::time::sleep(KEEP_ALIVE) => {
+                        let mut alive = Q::default();
+                        alive.keep_alive();
+                        return Some(alive);
+                    }
                 }
             }
         }
@@ -197,7 +294,7 @@ impl Follower {
         };
         for line in &lines {
             self.cursor = line.seq;
-            push_event(&mut self.queued, api::event::LOG, Some(line.seq), line);
+            self.queued.log(line.borrowed());
         }
         true
     }

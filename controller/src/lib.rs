@@ -54,6 +54,7 @@ use tokio::task::JoinSet;
 use bakery_protocol::Platform;
 
 pub use config::Config;
+pub use follow::{Followed, LocalFollow};
 use platform::AgentPlatform;
 
 /// Largest context upload (when contexts are kept on the controller):
@@ -159,6 +160,16 @@ impl Running {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// Follows build `id`'s log from its first line, inside this process:
+    /// what `GET /v1/builds/{id}/logs` sends, typed. The embedded
+    /// controller's client reads its builds so; encoding each line as an
+    /// event, sending it over loopback HTTP and decoding it again cost that
+    /// client as much as printing it. `None`: no such build.
+    pub fn follow(&self, id: &str) -> Option<LocalFollow> {
+        let build = self.app.builds.get(id)?;
+        Some(LocalFollow::new(&self.app, build, 0))
     }
 
     /// Cancels unfinished builds, waits for their agents to be stopped, and

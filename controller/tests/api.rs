@@ -314,9 +314,43 @@ async fn lines_no_longer_in_memory_are_served_from_the_journal() {
         .await
         .unwrap();
     assert_eq!(streamed_lines(&from_middle), first[1234..].to_vec());
+    // The embedded controller's own client reads the same log in process.
+    assert_eq!(local_lines(&h, &id).await, first);
 
     h.restart(&[]).await;
     assert_eq!(streamed_lines(&h.log_text(&id).await), first);
+    assert_eq!(local_lines(&h, &id).await, first);
+}
+
+/// The `chatty` lines of build `id` as an in-process follower gets them,
+/// which must end with the final status.
+async fn local_lines(h: &Harness, id: &str) -> Vec<(u64, String)> {
+    use bakery_controller::Followed;
+    let mut log = h
+        .running
+        .as_ref()
+        .unwrap()
+        .follow(id)
+        .expect("a known build");
+    let mut lines = Vec::new();
+    let mut end = None;
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(10), log.next())
+        .await
+        .expect("the in-process log ends")
+    {
+        for event in batch {
+            assert!(end.is_none(), "{event:?} after the end");
+            match event {
+                Followed::Log(l) if l.line.starts_with("chatty ") => lines.push((l.seq, l.line)),
+                Followed::End(status) => end = Some(status),
+                _ => {}
+            }
+        }
+    }
+    let end = end.expect("the in-process log ends with the final status");
+    assert!(end.state.is_terminal(), "{end:?}");
+    assert!(h.running.as_ref().unwrap().follow("b-none").is_none());
+    lines
 }
 
 #[tokio::test]

@@ -321,6 +321,32 @@ pub struct LogEventRef<'a> {
     pub ms: u64,
 }
 
+impl LogEventRef<'_> {
+    /// The owned event, for a reader that keeps it (an in-process follower).
+    pub fn to_event(self) -> LogEvent {
+        LogEvent {
+            seq: self.seq,
+            task: self.task.to_string(),
+            arch: self.arch,
+            line: self.line.to_string(),
+            ms: self.ms,
+        }
+    }
+}
+
+impl LogEvent {
+    /// The same event, borrowed.
+    pub fn borrowed(&self) -> LogEventRef<'_> {
+        LogEventRef {
+            seq: self.seq,
+            task: &self.task,
+            arch: self.arch,
+            line: &self.line,
+            ms: self.ms,
+        }
+    }
+}
+
 /// Names of the server-sent events of `GET /v1/builds/{id}/logs`.
 pub mod event {
     /// A [`super::LogEvent`]; its SSE id is the seq.
@@ -546,13 +572,8 @@ mod tests {
             line: "step \"1\"\tdone".into(),
             ms: 1_700_000_000_000,
         };
-        let borrowed = LogEventRef {
-            seq: owned.seq,
-            task: &owned.task,
-            arch: owned.arch,
-            line: &owned.line,
-            ms: owned.ms,
-        };
+        let borrowed = owned.borrowed();
+        assert_eq!(borrowed.to_event(), owned);
         let json = serde_json::to_string(&borrowed).unwrap();
         assert_eq!(json, serde_json::to_string(&owned).unwrap());
         assert_eq!(serde_json::from_str::<LogEvent>(&json).unwrap(), owned);

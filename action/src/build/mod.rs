@@ -95,6 +95,7 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     let run = Run {
         plan: &plan,
         controller: &controller,
+        embedded: embedded.as_ref().map(|(running, _)| running),
         contexts: &contexts,
         printer: Printer::new(&plan, opts.format, ci.clone()),
         ci,
@@ -221,6 +222,9 @@ async fn interrupted() -> i32 {
 struct Run<'a> {
     plan: &'a Plan,
     controller: &'a Controller,
+    /// The controller in this process, if it is one: logs are read from it
+    /// directly.
+    embedded: Option<&'a bakery_controller::Running>,
     contexts: &'a Contexts,
     printer: Printer,
     /// Where the commit's checks or statuses go.
@@ -310,30 +314,32 @@ impl Run<'_> {
         // updates end when it does.
         let running = &running;
         let follow = async move {
-            self.controller
-                .follow(id, |event| match event {
-                    Event::Log(line) => self.printer.line(service, &line),
-                    Event::Status(status) => {
-                        for task in status.tasks.iter().filter(|t| t.state.is_terminal()) {
-                            self.printer.task_ended(service, task.arch, false);
-                        }
-                        *running.lock().expect("lock") = status
-                            .tasks
-                            .iter()
-                            .filter(|t| !t.state.is_terminal())
-                            .map(|t| (t.arch, t.state))
-                            .collect();
-                        let _ = tx.send(status);
+            let on = |event| match event {
+                Event::Log(line) => self.printer.line(service, &line),
+                Event::Status(status) => {
+                    for task in status.tasks.iter().filter(|t| t.state.is_terminal()) {
+                        self.printer.task_ended(service, task.arch, false);
                     }
-                    Event::End(status) => {
-                        for task in &status.tasks {
-                            self.printer.task_ended(service, task.arch, true);
-                        }
-                        let _ = tx.send(status);
+                    *running.lock().expect("lock") = status
+                        .tasks
+                        .iter()
+                        .filter(|t| !t.state.is_terminal())
+                        .map(|t| (t.arch, t.state))
+                        .collect();
+                    let _ = tx.send(status);
+                }
+                Event::End(status) => {
+                    for task in &status.tasks {
+                        self.printer.task_ended(service, task.arch, true);
                     }
-                    Event::Idle => self.printer.flush(),
-                })
-                .await
+                    let _ = tx.send(status);
+                }
+                Event::Idle => self.printer.flush(),
+            };
+            match self.embedded {
+                Some(running) => embedded::follow(running, id, on).await,
+                None => Ok(self.controller.follow(id, on).await?),
+            }
         };
         let updates = async {
             while let Some(status) = rx.recv().await {

@@ -90,7 +90,11 @@ pub const PLATFORM_ARGS: [&str; 7] = [
 /// only the user's own args, and is dropped (`None`) when none is left.
 pub fn user_line(line: &str) -> Option<String> {
     const WARNING: &str = "one or more build args were not consumed: [";
-    let Some(at) = line.find(WARNING) else {
+    // Built once: a searcher built per line cost more than the rest of
+    // the agent's work on a chatty build's line.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(WARNING));
+    let Some(at) = FINDER.find(line.as_bytes()) else {
         return Some(line.to_string());
     };
     let listed = &line[at + WARNING.len()..];
