@@ -44,17 +44,15 @@ pub async fn run_watched(
         let watch = watch.clone();
         tokio::spawn(async move {
             let Some(stream) = stream else { return };
-            let mut reader = BufReader::new(stream);
+            // A pipe holds 64 KiB: read it whole, not 8 KiB at a time.
+            let mut reader = BufReader::with_capacity(64 << 10, stream);
             let mut buf = Vec::new();
             while next_line(&mut reader, &mut buf).await {
                 let text = String::from_utf8_lossy(&buf);
                 // Progress bars redraw with \r: keep the last state of the line.
-                let line = text
-                    .rsplit('\r')
-                    .find(|s| !s.is_empty())
-                    .unwrap_or("")
-                    .to_string();
-                let Some(line) = crate::builder::user_line(&line) else {
+                let line = text.rsplit('\r').find(|s| !s.is_empty()).unwrap_or("");
+                // Borrowed until the tail keeps it: one copy per line.
+                let Some(line) = crate::builder::user_line(line) else {
                     continue;
                 };
                 if let Some(watch) = &watch {
@@ -65,7 +63,7 @@ pub async fn run_watched(
                     let mut t = tail
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    t.push_back(line);
+                    t.push_back(line.into_owned());
                     if t.len() > tail_len {
                         t.pop_front();
                     }
@@ -166,7 +164,7 @@ async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) 
             Err(_) => return any,
         };
         any = true;
-        let (part, done) = match chunk.iter().position(|b| *b == b'\n') {
+        let (part, done) = match memchr::memchr(b'\n', chunk) {
             Some(at) => (&chunk[..at], at + 1),
             None => (chunk, chunk.len()),
         };

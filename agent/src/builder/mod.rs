@@ -88,18 +88,18 @@ pub const PLATFORM_ARGS: [&str; 7] = [
 /// `[Warning] one or more build args were not consumed: [TARGETARCH …]`
 /// about the platform args bakery passes to every build; the warning names
 /// only the user's own args, and is dropped (`None`) when none is left.
-pub fn user_line(line: &str) -> Option<String> {
+pub fn user_line(line: &str) -> Option<std::borrow::Cow<'_, str>> {
     const WARNING: &str = "one or more build args were not consumed: [";
     // Built once: a searcher built per line cost more than the rest of
     // the agent's work on a chatty build's line.
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(WARNING));
     let Some(at) = FINDER.find(line.as_bytes()) else {
-        return Some(line.to_string());
+        return Some(line.into());
     };
     let listed = &line[at + WARNING.len()..];
     let Some(end) = listed.find(']') else {
-        return Some(line.to_string());
+        return Some(line.into());
     };
     let users: Vec<&str> = listed[..end]
         .split_whitespace()
@@ -108,12 +108,15 @@ pub fn user_line(line: &str) -> Option<String> {
     if users.is_empty() {
         return None;
     }
-    Some(format!(
-        "{}{WARNING}{}{}",
-        &line[..at],
-        users.join(" "),
-        &listed[end..]
-    ))
+    Some(
+        format!(
+            "{}{WARNING}{}{}",
+            &line[..at],
+            users.join(" "),
+            &listed[end..]
+        )
+        .into(),
+    )
 }
 
 #[cfg(test)]
