@@ -22,14 +22,14 @@ const LINES: usize = 20_000;
 /// 15,300 of one built per line.
 const MAX_PER_LINE: u64 = 11_000;
 
-/// The workload the guard counts: `BAKERY_COST_LINES` builder lines, each
+/// The workload the guard counts: `bakery_cost_lines` builder lines, each
 /// as the agent takes it from the builder's output (the warning filter,
 /// then the sink: redaction, the agent's paths, the queue). Ignored unless
 /// run by [`instructions_per_line_are_bounded`].
 #[test]
 #[ignore = "run under callgrind by instructions_per_line_are_bounded"]
 fn line_workload() {
-    let lines: usize = std::env::var("BAKERY_COST_LINES")
+    let lines: usize = std::env::var("bakery_cost_lines")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
@@ -71,7 +71,7 @@ fn instructions(lines: usize) -> u64 {
             "--ignored",
             "--test-threads=1",
         ])
-        .env("BAKERY_COST_LINES", lines.to_string())
+        .env("bakery_cost_lines", lines.to_string())
         .output()
         .expect("valgrind runs (scripts/setup installs it)");
     assert!(
