@@ -163,8 +163,10 @@ impl LocalFollow {
     }
 
     /// The events made since the last call, waiting for some when there
-    /// are none; `None` once [`Followed::End`] was handed out or the
-    /// controller is stopping. A batch may be empty (a quiet stream's
+    /// are none; `None` once [`Followed::End`] was handed out, when the
+    /// controller is stopping, or when lines no longer in memory could not
+    /// be read from the journal (its log says why; follow again after the
+    /// last line to retry). A batch may be empty (a quiet stream's
     /// keep-alive). Dropping the future loses nothing: a read it started
     /// goes on, and the next call takes its lines.
     pub async fn next(&mut self) -> Option<Vec<Followed>> {

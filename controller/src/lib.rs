@@ -162,14 +162,15 @@ impl Running {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// Follows build `id`'s log from its first line, inside this process:
-    /// what `GET /v1/builds/{id}/logs` sends, typed. The embedded
-    /// controller's client reads its builds so; encoding each line as an
-    /// event, sending it over loopback HTTP and decoding it again cost that
-    /// client as much as printing it. `None`: no such build.
-    pub fn follow(&self, id: &str) -> Option<LocalFollow> {
+    /// Follows build `id`'s log after line `after` (0: from the first),
+    /// inside this process: what `GET /v1/builds/{id}/logs` sends, typed.
+    /// The embedded controller's client reads its builds so; encoding each
+    /// line as an event, sending it over loopback HTTP and decoding it
+    /// again cost that client as much as printing it. `None`: no such
+    /// build.
+    pub fn follow(&self, id: &str, after: u64) -> Option<LocalFollow> {
         let build = self.app.builds.get(id)?;
-        Some(LocalFollow::new(&self.app, build, 0))
+        Some(LocalFollow::new(&self.app, build, after))
     }
 
     /// Cancels unfinished builds, waits for their agents to be stopped, and

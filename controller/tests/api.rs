@@ -314,23 +314,28 @@ async fn lines_no_longer_in_memory_are_served_from_the_journal() {
         .await
         .unwrap();
     assert_eq!(streamed_lines(&from_middle), first[1234..].to_vec());
-    // The embedded controller's own client reads the same log in process.
-    assert_eq!(local_lines(&h, &id).await, first);
+    // The embedded controller's own client reads the same log in process,
+    // and resumes after a line as a reconnecting client does.
+    assert_eq!(local_lines(&h, &id, 0).await, first);
+    assert_eq!(
+        local_lines(&h, &id, offset + 1234).await,
+        first[1234..].to_vec()
+    );
 
     h.restart(&[]).await;
     assert_eq!(streamed_lines(&h.log_text(&id).await), first);
-    assert_eq!(local_lines(&h, &id).await, first);
+    assert_eq!(local_lines(&h, &id, 0).await, first);
 }
 
-/// The `chatty` lines of build `id` as an in-process follower gets them,
-/// which must end with the final status.
-async fn local_lines(h: &Harness, id: &str) -> Vec<(u64, String)> {
+/// The `chatty` lines of build `id` after line `after` as an in-process
+/// follower gets them, which must end with the final status.
+async fn local_lines(h: &Harness, id: &str, after: u64) -> Vec<(u64, String)> {
     use bakery_controller::Followed;
     let mut log = h
         .running
         .as_ref()
         .unwrap()
-        .follow(id)
+        .follow(id, after)
         .expect("a known build");
     let mut lines = Vec::new();
     let mut end = None;
@@ -349,7 +354,7 @@ async fn local_lines(h: &Harness, id: &str) -> Vec<(u64, String)> {
     }
     let end = end.expect("the in-process log ends with the final status");
     assert!(end.state.is_terminal(), "{end:?}");
-    assert!(h.running.as_ref().unwrap().follow("b-none").is_none());
+    assert!(h.running.as_ref().unwrap().follow("b-none", 0).is_none());
     lines
 }
 

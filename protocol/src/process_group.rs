@@ -42,14 +42,14 @@ mod tests {
         assert!(!group_has_members(0) && !group_has_members(1));
     }
 
-    /// Read syscalls this thread has made (a count, not a time).
-    fn reads_so_far() -> u64 {
+    /// Read syscalls this thread has made (a count, not a time); `None`
+    /// where the kernel keeps no such count (no task I/O accounting).
+    fn reads_so_far() -> Option<u64> {
         std::fs::read_to_string("/proc/thread-self/io")
-            .unwrap()
+            .ok()?
             .lines()
             .find_map(|l| l.strip_prefix("syscr: "))
             .and_then(|n| n.trim().parse().ok())
-            .unwrap()
     }
 
     /// A controller stops each of its agents with this check: reading
@@ -57,12 +57,17 @@ mod tests {
     /// (a sixth of the controller's CPU in the 1,000-build benchmark).
     #[test]
     fn the_check_reads_no_files() {
-        let before = reads_so_far();
+        let Some(before) = reads_so_far() else {
+            eprintln!(
+                "skipped: this kernel counts no read syscalls per thread (/proc/thread-self/io)"
+            );
+            return;
+        };
         for group in 2..1002 {
             let _ = group_has_members(group);
         }
         // Reading the counter itself takes a few reads (to the file's end).
-        let reads = reads_so_far() - before;
+        let reads = reads_so_far().unwrap() - before;
         assert!(reads <= 10, "{reads} reads for 1,000 checks");
     }
 }

@@ -1,5 +1,7 @@
 //! The controller a build without CONTROLLER_URL starts in this process.
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use bakery_protocol::api::BuildStatus;
 
@@ -38,16 +40,51 @@ pub(super) async fn start_embedded(
 /// Follows build `id` on the controller in this process, as
 /// `Controller::follow` does over HTTP: `on` gets each line and status,
 /// and `Event::Idle` whenever nothing more is ready (the printer flushes
-/// there); the final status is returned, not handed to `on`.
+/// there); the final status is returned, not handed to `on`. A log that
+/// ends early (a line could not be read back from the journal) is followed
+/// again after its last line, with the HTTP client's back-off and patience.
 pub(super) async fn follow(
     running: &bakery_controller::Running,
     id: &str,
     mut on: impl FnMut(Event),
 ) -> Result<BuildStatus> {
+    let mut last_seq = 0;
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let log = running
+            .follow(id, last_seq)
+            .with_context(|| format!("build {id} is not known to the embedded controller"))?;
+        let before = last_seq;
+        if let Some(end) = follow_once(log, &mut last_seq, &mut on).await {
+            return Ok(end);
+        }
+        on(Event::Idle);
+        if last_seq > before {
+            failing_since = None;
+            delay = Duration::from_millis(200);
+        }
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > bakery_client::FOLLOW_PATIENCE {
+            bail!(
+                "the log of build {id} could not be read after line {last_seq} for {} s (the controller's log says why)",
+                bakery_client::FOLLOW_PATIENCE.as_secs()
+            );
+        }
+        tracing::warn!("log of build {id} interrupted; resuming after line {last_seq}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One pass of [`follow`]: `Some` final status, or `None` if the log ended
+/// without one.
+async fn follow_once(
+    mut log: bakery_controller::LocalFollow,
+    last_seq: &mut u64,
+    on: &mut impl FnMut(Event),
+) -> Option<BuildStatus> {
     use bakery_controller::Followed;
-    let mut log = running
-        .follow(id)
-        .with_context(|| format!("build {id} is not known to the embedded controller"))?;
     loop {
         // What is ready is printed before waiting for more, and the wait
         // is announced, so output is written once per wait, not per line.
@@ -57,17 +94,20 @@ pub(super) async fn follow(
                 on(Event::Idle);
                 log.next().await
             }
-        };
-        let Some(batch) = batch else {
-            on(Event::Idle);
-            bail!("the embedded controller stopped before build {id} ended");
-        };
+        }?;
         for event in batch {
             match event {
-                Followed::Log(line) => on(Event::Log(line)),
+                Followed::Log(line) => {
+                    *last_seq = line.seq;
+                    on(Event::Log(line));
+                }
                 Followed::Status(status) => on(Event::Status(status)),
-                Followed::End(status) => return Ok(status),
+                Followed::End(status) => return Some(status),
             }
         }
+        // A follower that is behind always has lines ready: the status
+        // reports, heartbeat, other services and Ctrl-C beside it get their
+        // turn.
+        tokio::task::consume_budget().await;
     }
 }

@@ -324,7 +324,8 @@ impl AgentPlatform for LocalPlatform {
         // by now be another program's group.
         let killed = if group_has_members(agent.group) {
             match killpg(group, Signal::SIGKILL) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                // EPERM: the id is another user's group by now, not ours.
+                Ok(()) | Err(nix::errno::Errno::ESRCH | nix::errno::Errno::EPERM) => Ok(()),
                 Err(e) => Err(PlatformError::Stop(e.to_string())),
             }
         } else {
@@ -371,7 +372,8 @@ fn pid_of(handle: &AgentHandle) -> Result<i32, PlatformError> {
         .as_str()
         .strip_prefix("pid ")
         .and_then(|p| p.parse().ok())
-        .filter(|&p: &i32| p > 0)
+        // Never 1: a signal to group 1 is a signal to every process.
+        .filter(|&p: &i32| p > 1)
         .ok_or_else(|| PlatformError::Config(format!("not a local agent handle: {handle}")))
 }
 
