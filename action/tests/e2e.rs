@@ -364,16 +364,24 @@ fn slow_project(registry: &Server, base: &str, lines: u32, name: &str) -> tempfi
 
 #[test]
 fn interrupting_the_client_cancels_the_build_and_stops_agents() {
-    interrupt_cancels("INT");
+    interrupt_cancels("INT", false);
 }
 
 /// CI systems cancel a job with SIGTERM.
 #[test]
 fn terminating_the_client_cancels_the_build_and_stops_agents() {
-    interrupt_cancels("TERM");
+    interrupt_cancels("TERM", false);
 }
 
-fn interrupt_cancels(signal: &str) {
+/// Without CONTROLLER_URL the agents are this process's: none may outlive
+/// it (they did, for up to ~10 s, until the embedded controller was shut
+/// down on the interrupted path as on the others).
+#[test]
+fn terminating_the_client_stops_its_embedded_agents_before_it_exits() {
+    interrupt_cancels("TERM", true);
+}
+
+fn interrupt_cancels(signal: &str, embedded: bool) {
     let registry = registry();
     let base = push_base_image(&registry);
     let controller = controller(&[]);
@@ -381,10 +389,18 @@ fn interrupt_cancels(signal: &str) {
     // In a GitHub Actions step: the summary and outputs are written even so.
     let step = tempfile::tempdir().unwrap();
     let (outputs, summary) = (step.path().join("output"), step.path().join("summary"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bakery"))
+    let embedded_data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bakery"));
+    if embedded {
+        command
+            .env_remove("CONTROLLER_URL")
+            .env("DATA_DIR", embedded_data.path());
+    } else {
+        command.env("CONTROLLER_URL", controller.url());
+    }
+    let mut child = command
         .current_dir(repo.path())
         .arg("build")
-        .env("CONTROLLER_URL", controller.url())
         .env("GITHUB_ACTIONS", "true")
         .env("GITHUB_OUTPUT", &outputs)
         .env("GITHUB_STEP_SUMMARY", &summary)
@@ -404,7 +420,11 @@ fn interrupt_cancels(signal: &str) {
         );
         assert!(Instant::now() < deadline);
     }
-    let data = controller.dir.path().join("data");
+    let data = if embedded {
+        embedded_data.path().to_path_buf()
+    } else {
+        controller.dir.path().join("data")
+    };
     assert!(
         !processes_mentioning(data.to_str().unwrap()).is_empty(),
         "the agent runs"
@@ -422,6 +442,10 @@ fn interrupt_cancels(signal: &str) {
     );
     let outputs = std::fs::read_to_string(&outputs).unwrap_or_default();
     assert!(outputs.contains(r#""state":"cancelled""#), "{outputs}");
+    if embedded {
+        let left = processes_mentioning(data.to_str().unwrap());
+        assert!(left.is_empty(), "outlived bakery: {left:?}");
+    }
     // Agents gone within 10 s of the interrupt.
     loop {
         let left = processes_mentioning(data.to_str().unwrap());

@@ -103,31 +103,16 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
         reporting: crate::ci::Reporting::default(),
         asks: &opts.asks,
     };
-    let results = tokio::select! {
-        r = run.all(&opts) => r?,
-        signal = interrupted() => {
-            // The job still gets its summary and outputs, saying cancelled.
-            let results = run.cancel().await;
-            run.conclude_cancelled(&results).await;
-            run.printer.end_block();
-            crate::render::print_summary(&plan, &results, &run.printer, started);
-            run.printer.report(&plan, &results);
-            return Err(Cancelled(signal).into());
-        }
-    };
-    let Some(results) = results else {
-        return Ok(true);
-    };
-    run.printer.end_block();
-    crate::render::print_summary(&plan, &results, &run.printer, started);
-    run.printer.report(&plan, &results);
+    let outcome = run.finish(&opts, started).await;
+    drop(run);
     if let Some((running, data)) = embedded {
-        // The agents this process started are stopped before it exits (and
-        // before their data dir goes): nothing runs when nobody builds.
+        // The agents this process started are stopped before it exits,
+        // whether the run succeeded, failed or was interrupted (and before
+        // their data dir goes): nothing runs when nobody builds.
         let _ = tokio::time::timeout(Duration::from_secs(15), running.shutdown()).await;
         drop(data);
     }
-    Ok(results.iter().all(ServiceResult::succeeded))
+    outcome
 }
 
 /// Every base image has the platform it is pulled for, or nothing is
@@ -238,6 +223,31 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Runs every build and prints the summary, or on SIGTERM or Ctrl-C
+    /// cancels them and prints it saying so; `Ok(true)` when every build
+    /// succeeded (or, with `--detach`, was submitted).
+    async fn finish(&self, opts: &BuildOptions, started: std::time::Instant) -> Result<bool> {
+        let results = tokio::select! {
+            r = self.all(opts) => r?,
+            signal = interrupted() => {
+                // The job still gets its summary and outputs, saying cancelled.
+                let results = self.cancel().await;
+                self.conclude_cancelled(&results).await;
+                self.printer.end_block();
+                crate::render::print_summary(self.plan, &results, &self.printer, started);
+                self.printer.report(self.plan, &results);
+                return Err(Cancelled(signal).into());
+            }
+        };
+        let Some(results) = results else {
+            return Ok(true);
+        };
+        self.printer.end_block();
+        crate::render::print_summary(self.plan, &results, &self.printer, started);
+        self.printer.report(self.plan, &results);
+        Ok(results.iter().all(ServiceResult::succeeded))
+    }
+
     /// Every service's result; `None` with `--detach` (ids printed).
     async fn all(&self, opts: &BuildOptions) -> Result<Option<Vec<ServiceResult>>> {
         if !(opts.detach || opts.async_mode) {
