@@ -108,8 +108,12 @@ pub async fn build(mut plan: Plan, target: Target, opts: BuildOptions) -> Result
     if let Some((running, data)) = embedded {
         // The agents this process started are stopped before it exits,
         // whether the run succeeded, failed or was interrupted (and before
-        // their data dir goes): nothing runs when nobody builds.
-        let _ = tokio::time::timeout(Duration::from_secs(15), running.shutdown()).await;
+        // their data dir goes): nothing runs when nobody builds. A second
+        // signal meanwhile ends the wait, as a second Ctrl-C does in docker.
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(15), running.shutdown()) => {}
+            _ = interrupted() => eprintln!("interrupted again: not waiting for the agents to stop"),
+        }
         drop(data);
     }
     outcome
