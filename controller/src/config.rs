@@ -66,6 +66,10 @@ pub struct Config {
     /// Where the controller keeps contexts (without S3) and agent work dirs.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// DATABASE_URL: `postgres://USER:PASSWORD@HOST:PORT/DATABASE` keeps
+    /// builds and logs in PostgreSQL instead of the journal file in
+    /// DATA_DIR (docs/state.md). A secret: it may hold a password.
+    pub database_url: Option<bakery_protocol::spec::Secret>,
     /// How long finished builds (status and log) are kept, in memory and in
     /// the journal in DATA_DIR, for `bakery logs` / `status` to read.
     #[serde(default = "one_day", deserialize_with = "duration_or_zero")]

@@ -256,7 +256,8 @@ impl Running {
         // A retention pass on the blocking pool outlives its aborted task:
         // the journal closes (and compacts) once it is done.
         let _retention = self.app.retention.lock().await;
-        self.app.journal.close();
+        let journal = Arc::clone(&self.app.journal);
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
     }
 }
 
@@ -463,11 +464,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let edge = Edge::from_config(&config, addr)?;
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
-    let journal = Arc::new(journal::Journal::open(
-        &config.data_dir.join("builds.redb"),
-    )?);
+    let journal = Arc::new(startup::open_journal(&config).await?);
     journal.set_flush_timeout(config.journal_timeout);
-    let restored = journal.load(state::log::TAIL_LINES)?;
+    let restored = {
+        let journal = Arc::clone(&journal);
+        tokio::task::spawn_blocking(move || journal.load(state::log::TAIL_LINES))
+            .await
+            .map_err(|e| journal::JournalError::Db(redb::Error::Io(std::io::Error::other(e))))??
+    };
     let keep: HashSet<String> = restored
         .iter()
         .filter(|r| !r.record.status.state.is_terminal())

@@ -138,3 +138,30 @@ pub(crate) fn agent_slots(
         })
         .collect()
 }
+
+/// The journal DATABASE_URL names, or the embedded one in DATA_DIR.
+// Without PostgreSQL nothing here waits, but the signature is the same.
+#[cfg_attr(not(feature = "postgres"), allow(clippy::unused_async))]
+pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Journal, StartError> {
+    let Some(url) = &config.database_url else {
+        return Ok(crate::journal::Journal::open(
+            &config.data_dir.join("builds.redb"),
+        )?);
+    };
+    #[cfg(feature = "postgres")]
+    return Ok(crate::journal::Journal::connect(
+        url.expose(),
+        &config.data_dir,
+        crate::journal::postgres::OWNER_WAIT,
+    )
+    .await?);
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = url;
+        Err(StartError::Journal(crate::journal::JournalError::Postgres(
+            "DATABASE_URL is set, but this controller was built without PostgreSQL \
+             (the `postgres` feature of bakery-controller): run bakery-controller, or unset it"
+                .into(),
+        )))
+    }
+}

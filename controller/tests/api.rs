@@ -265,7 +265,29 @@ fn streamed_lines(text: &str) -> Vec<(u64, String)> {
 /// the journal.
 #[tokio::test]
 async fn lines_no_longer_in_memory_are_served_from_the_journal() {
-    let mut h = Harness::new(&curl_agent(TOKEN_AGENT), &[]).await;
+    lines_no_longer_in_memory_are_served_from(&[]).await;
+}
+
+/// The same with DATABASE_URL: older lines and the restart's come from
+/// PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_no_longer_in_memory_are_served_from_postgresql() {
+    let server = support::postgres::Server::start();
+    let url = server.database();
+    lines_no_longer_in_memory_are_served_from(&[("DATABASE_URL", &url)]).await;
+    let records = server.psql(
+        &url,
+        "SELECT convert_from(record, 'UTF8') FROM bakery_builds",
+    );
+    assert!(records.contains("\"r.example\""), "{records}");
+    assert!(
+        !records.contains("top-secret-pw"),
+        "a password in the database: {records}"
+    );
+}
+
+async fn lines_no_longer_in_memory_are_served_from(env: &[(&str, &str)]) {
+    let mut h = Harness::new(&curl_agent(TOKEN_AGENT), env).await;
     let key = h.upload(b"ctx").await;
     let id = h.create(&request(&key, &[Arch::Amd64])).await;
     let task = format!("{id}-amd64");
@@ -667,7 +689,23 @@ async fn agents_beyond_the_cap_wait_in_a_queue_instead_of_failing() {
 /// until BUILD_RETENTION has passed.
 #[tokio::test]
 async fn finished_builds_survive_a_restart_until_their_retention_ends() {
-    let mut h = Harness::new("echo dying >&2; exit 3", &[]).await;
+    finished_builds_survive_a_restart_until_their_retention_ends_in(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_builds_survive_a_restart_until_their_retention_ends_in_postgresql() {
+    let server = support::postgres::Server::start();
+    let url = server.database();
+    finished_builds_survive_a_restart_until_their_retention_ends_in(&[("DATABASE_URL", &url)])
+        .await;
+    assert_eq!(
+        server.psql(&url, "SELECT count(*) FROM bakery_builds"),
+        "0\n"
+    );
+}
+
+async fn finished_builds_survive_a_restart_until_their_retention_ends_in(env: &[(&str, &str)]) {
+    let mut h = Harness::new("echo dying >&2; exit 3", env).await;
     let key = h.upload(b"ctx").await;
     let id = h.create(&request(&key, &[Arch::Amd64])).await;
     let before = h.wait_end(&id, Duration::from_secs(10)).await;

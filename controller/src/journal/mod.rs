@@ -14,31 +14,26 @@
 //! ([`crate::forget_once`]); the journal knows builds only through
 //! [`Journaled`], never the controller's state.
 
+mod embedded;
 mod migrate;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod rows;
 mod vault;
 mod writer;
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bakery_protocol::api::{now_ms, BuildStatus, CreateBuild, LogEvent};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+pub use embedded::{Embedded, Opener};
 pub use rows::encode_chunk;
-use rows::{RowIndex, LOG_MAP, LOG_ROWS};
 use vault::Vault;
 pub use writer::{Builds, Journaled, Signal, Unsaved};
-
-/// The journal's page cache (see [`Journal::open`]).
-const JOURNAL_CACHE_BYTES: usize = 16 << 20;
-
-/// Build id → [`Record`] as JSON.
-const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
 
 /// How long a handler waits for its change to reach the disk before it
 /// answers 503 (the agent retries; the client sees an error it can retry),
@@ -80,6 +75,10 @@ pub enum JournalError {
         /// The line the read was to follow.
         after: u64,
     },
+    /// PostgreSQL (DATABASE_URL) refused, or could not be reached; the
+    /// server's own message, never the URL (it may hold a password).
+    #[error("state database: {0}")]
+    Postgres(String),
     /// A change was not committed within JOURNAL_TIMEOUT (this long); the request is answered 503.
     #[error("the build journal did not confirm the write within {0:?}")]
     Timeout(Duration),
@@ -218,124 +217,106 @@ pub struct Restored {
     pub agent_seqs: Vec<u64>,
 }
 
-/// Opens the database file: at start-up, and again after an I/O error.
-pub type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
+impl Restored {
+    /// A build with no lines read back yet.
+    pub(crate) fn new(record: Record) -> Restored {
+        Restored {
+            record,
+            tail: Vec::new(),
+            log_len: 0,
+            log_bytes: 0,
+            agent_seqs: Vec::new(),
+        }
+    }
+}
 
-/// The build journal: a redb database holding every build's record and log,
+/// Where builds are kept: the embedded file ([`Embedded`]) or, with
+/// DATABASE_URL, PostgreSQL ([`postgres::Postgres`]). Every method blocks
+/// (on the disk, or on the database's answer): the journal calls them from
+/// the blocking pool.
+pub trait Storage: Send + Sync {
+    /// Every saved build with the last `tail` lines of its log (records as
+    /// saved: secrets still blanked, versions not yet checked).
+    fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError>;
+    /// Build `id`'s saved lines after seq `after`: `max` or more, up to the
+    /// end of the chunk that holds the `max`th, following `after` without a
+    /// gap (or [`JournalError::Gap`]).
+    fn read_lines(&self, id: &str, after: u64, max: usize) -> Result<Vec<LogEvent>, JournalError>;
+    /// Saves `batch` atomically: all of it, or none (the writer retries).
+    fn write(&self, batch: &mut [writer::Pending]) -> Result<(), JournalError>;
+    /// Removes the builds `ids` and their lines.
+    fn forget(&self, ids: &[String]) -> Result<(), JournalError>;
+    /// Gets ready again after a failed write (reopens, reconnects).
+    fn reopen(&self) -> Result<(), JournalError>;
+    /// Lets go of the storage when the controller stops.
+    fn close(&self);
+    /// The backend itself, for tests that look inside it.
+    #[cfg(test)]
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The build journal: every build's record and log in a [`Storage`],
 /// written by one background writer that batches changes into commits.
 pub struct Journal {
-    /// The open database: `None` only while it is being reopened.
-    db: RwLock<Option<Arc<Database>>>,
-    open: Opener,
+    storage: Arc<dyn Storage>,
     signal: Arc<Signal>,
-    rows: Mutex<RowIndex>,
     /// How long [`Journal::flush`] waits for its commit, in milliseconds.
     flush_timeout_ms: AtomicU64,
-    /// Where the records' secrets go instead of the database.
+    /// Where the records' secrets go instead of the storage.
     vault: Vault,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal file, with permissions for its owner
-    /// only from the first byte. Registry passwords and build secrets of
-    /// unfinished builds go to [`vault`] files beside it, never into it.
+    /// Opens (or creates) the embedded journal file. Registry passwords and
+    /// build secrets of unfinished builds go to [`vault`] files beside it,
+    /// never into it.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let open_error = |source: redb::Error| JournalError::Open {
-            path: path.display().to_string(),
-            cause: source,
-        };
-        create_private(path).map_err(|e| open_error(redb::Error::Io(e)))?;
-        let file: PathBuf = path.to_path_buf();
-        // redb caches up to 1 GiB of pages by default, and keeps what a
-        // commit wrote: under 1,000 chatty builds that is every log line a
-        // second time in RSS. The journal appends; what it reads (the map at
-        // start-up, old lines for followers that are behind) is read once,
-        // in order, so a small cache costs little.
-        let opener: Opener = Box::new(move || {
-            redb::Builder::new()
-                .set_cache_size(JOURNAL_CACHE_BYTES)
-                .create(&file)
-                .map_err(redb::Error::from)
-        });
-        let mut journal = Journal::open_with(opener).map_err(|e| match e {
-            JournalError::Db(source) => open_error(source),
-            other => other,
-        })?;
+        let mut journal = Journal::over(Arc::new(Embedded::open(path)?));
         journal.vault = Vault::beside(path);
-        restrict_permissions(path);
         Ok(journal)
     }
 
-    /// Opens the journal `open` opens (a test's storage backend that fails
-    /// on demand, say), preparing its tables.
+    /// Opens the embedded journal `open` opens (a test's storage backend
+    /// that fails on demand, say).
     pub fn open_with(open: Opener) -> Result<Journal, JournalError> {
-        let db = open()?;
-        // Both tables exist from the start, so readers never see "no table".
-        let txn = db.begin_write().map_err(redb::Error::from)?;
-        txn.open_table(BUILDS).map_err(redb::Error::from)?;
-        migrate::migrate_keyed_logs(&txn)?;
-        migrate::migrate_log_map(&txn)?;
-        let next = txn
-            .open_table(LOG_ROWS)
-            .map_err(redb::Error::from)?
-            .last()
-            .map_err(redb::Error::from)?
-            .map_or(0, |(key, _)| key.value() + 1);
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(Journal {
-            db: RwLock::new(Some(Arc::new(db))),
-            open,
+        Ok(Journal::over(Arc::new(Embedded::open_with(open)?)))
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings its schema
+    /// up to date. Secrets of unfinished builds go to [`vault`] files in
+    /// `data_dir`, never into the database.
+    /// A database another controller uses is waited for, up to `owner_wait`
+    /// ([`postgres::OWNER_WAIT`] at start-up).
+    #[cfg(feature = "postgres")]
+    pub async fn connect(
+        url: &str,
+        data_dir: &Path,
+        owner_wait: Duration,
+    ) -> Result<Journal, JournalError> {
+        let storage = postgres::Postgres::connect(url, owner_wait).await?;
+        let mut journal = Journal::over(Arc::new(storage));
+        journal.vault = Vault::beside(&data_dir.join("builds"));
+        Ok(journal)
+    }
+
+    fn over(storage: Arc<dyn Storage>) -> Journal {
+        Journal {
+            storage,
             signal: Arc::new(Signal::new()),
-            rows: Mutex::new(RowIndex::starting_at(next)),
             flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
             vault: Vault::none(),
-        })
-    }
-
-    /// The open database.
-    fn db(&self) -> Result<Arc<Database>, JournalError> {
-        self.db
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| JournalError::Db(redb::Error::PreviousIo))
-    }
-
-    /// Closes the database and opens it again: after an I/O error (a full
-    /// disk) redb refuses every transaction until it is reopened, and
-    /// recovers what it had committed when it is. A reader that still holds
-    /// the old one makes this fail; the writer tries again.
-    fn reopen(&self) -> Result<(), JournalError> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(db) = slot.take() {
-            match Arc::try_unwrap(db) {
-                Ok(db) => drop(db),
-                Err(shared) => {
-                    *slot = Some(shared);
-                    return Err(JournalError::Db(redb::Error::DatabaseAlreadyOpen));
-                }
-            }
         }
-        *slot = Some(Arc::new((self.open)()?));
-        tracing::info!("reopened the build journal");
-        Ok(())
     }
 
-    /// Compacts the file and closes it, when nothing else holds it: the
-    /// pages of records rewritten since (a finished build's, without its
-    /// registry passwords) are reused or cut off rather than left holding
-    /// the old bytes. Called when the controller stops.
+    /// The storage the journal writes to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Lets go of the storage (compacting the embedded file, when nothing
+    /// else holds it). Called when the controller stops.
     pub fn close(&self) {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let Some(db) = slot.take() else { return };
-        match Arc::try_unwrap(db) {
-            Ok(mut db) => {
-                if let Err(e) = db.compact() {
-                    tracing::debug!("compacting the build journal: {e}");
-                }
-            }
-            Err(shared) => *slot = Some(shared),
-        }
+        self.storage.close();
     }
 
     /// Sets how long a flush waits for its commit before it fails
@@ -359,83 +340,35 @@ impl Journal {
 
     /// Every saved build, oldest first, each with the last `tail` lines of
     /// its log: what a restart reads does not grow with the lines kept.
+    /// Blocks on the storage.
     pub fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError> {
-        let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
-        let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
-        let mut out = Vec::new();
-        for entry in builds.iter().map_err(redb::Error::from)? {
-            let (id, value) = entry.map_err(redb::Error::from)?;
-            let mut record: Record = serde_json::from_slice(value.value())?;
+        let mut out = self.storage.load(tail)?;
+        for build in &mut out {
+            let id = build.record.status.id.clone();
             self.vault
-                .unseal(id.value(), &mut record)
+                .unseal(&id, &mut build.record)
                 .map_err(|e| JournalError::Db(redb::Error::Io(e)))?;
-            if record.version > RECORD_VERSION {
+            if build.record.version > RECORD_VERSION {
                 return Err(JournalError::Version {
-                    build: id.value().to_string(),
-                    version: record.version,
+                    build: id,
+                    version: build.record.version,
                 });
             }
-            out.push(Restored {
-                record,
-                tail: Vec::new(),
-                log_len: 0,
-                log_bytes: 0,
-                agent_seqs: Vec::new(),
-            });
         }
-        let ids: HashSet<&str> = out.iter().map(|r| r.record.status.id.as_str()).collect();
-        // Lines of a forgotten build, in a row shared with a kept one, are
-        // left out.
-        let (index, extents) = rows::scan_map(&txn, |id| ids.contains(id))?;
-        for build in &mut out {
-            let Some(extent) = extents.get(&build.record.status.id) else {
-                continue;
-            };
-            let tail = tail.max(1);
-            let after = extent.last_seq.saturating_sub(tail as u64);
-            let keys = index.rows_after(&build.record.status.id, after, tail);
-            let (mut lines, agent_seqs) =
-                rows::read_lines(&txn, &build.record.status.id, &keys, after, tail)?;
-            lines.drain(..lines.len().saturating_sub(tail));
-            build.tail = lines;
-            build.log_len = extent.last_seq as usize;
-            build.log_bytes = extent.bytes;
-            build.agent_seqs = agent_seqs.unwrap_or_default();
-        }
-        self.rows().merge(index);
         out.sort_by_key(|r| r.record.status.created_ms);
         Ok(out)
     }
 
     /// Build `id`'s saved lines after seq `after`: `max` or more, up to the
     /// end of the chunk (one commit's lines) that holds the `max`th. For a
-    /// follower behind the lines kept in memory. Blocks on the disk.
+    /// follower behind the lines kept in memory. Blocks on the storage.
     pub fn read_lines(
         &self,
         id: &str,
         after: u64,
         max: usize,
     ) -> Result<Vec<LogEvent>, JournalError> {
-        self.index_rows()?;
-        let keys = self.rows().rows_after(id, after, max);
-        let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
-        Ok(rows::read_lines(&txn, id, &keys, after, max)?.0)
-    }
-
-    fn rows(&self) -> MutexGuard<'_, RowIndex> {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Fills the row index where [`Journal::load`] has not.
-    fn index_rows(&self) -> Result<(), JournalError> {
-        if self.rows().complete {
-            return Ok(());
-        }
-        let txn = self.db()?.begin_read().map_err(redb::Error::from)?;
-        let builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
-        let (index, _) = rows::scan_map(&txn, |id| builds.get(id).is_ok_and(|b| b.is_some()))?;
-        self.rows().merge(index);
-        Ok(())
+        self.storage.read_lines(id, after, max)
     }
 
     /// Waits until every change made before this call is on disk, which
@@ -476,65 +409,16 @@ impl Journal {
     }
 
     /// Removes the builds `ids` (finished ones the caller no longer keeps)
-    /// and the log rows only they still need.
+    /// and their lines. Blocks on the storage.
     pub fn forget(&self, ids: &[String]) -> Result<(), JournalError> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.index_rows()?;
-        // Under the lock that new rows are numbered under: a row written
-        // after this is numbered from here on.
-        let kept_from = self.rows().kept_from(ids);
-        let txn = self.db()?.begin_write().map_err(redb::Error::from)?;
-        {
-            let mut builds = txn.open_table(BUILDS).map_err(redb::Error::from)?;
-            for id in ids {
-                builds.remove(id.as_str()).map_err(redb::Error::from)?;
-            }
-            for table in [LOG_ROWS, LOG_MAP] {
-                txn.open_table(table)
-                    .map_err(redb::Error::from)?
-                    .retain_in(..kept_from, |_, _| false)
-                    .map_err(redb::Error::from)?;
-            }
-        }
-        txn.commit().map_err(redb::Error::from)?;
-        let mut rows = self.rows();
+        self.storage.forget(ids)?;
         for id in ids {
-            rows.remove(id);
             self.vault.remove(id);
         }
         Ok(())
-    }
-}
-
-/// Creates the journal's directory (0700) and an empty file (0600) if
-/// they do not exist, so that the file is never readable by others, not
-/// even between its creation and a chmod; redb initialises an empty file.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!("cannot restrict {} to its owner: {e}", path.display());
     }
 }
 

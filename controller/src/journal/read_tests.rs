@@ -1,10 +1,12 @@
 //! The journal's log reads: a restart's tail, a follower's window, and
 //! journals written before the row map or by a retried commit.
 
+use super::rows::{LOG_MAP, LOG_ROWS};
 use super::tests::{add_build, reopened, rows};
 use super::*;
 use crate::state::Registry;
 use bakery_protocol::api::AgentLine;
+use redb::Database;
 
 /// A build whose log is far longer than what is kept in memory: a restart
 /// reads its tail (and how long it is) without reading the rest, and the

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::rows::{decode_map, write_rows, Entry, LOG_MAP, LOG_ROWS};
+use super::rows::Entry;
 use super::vault::Vault;
-use super::{Journal, JournalError, Record, BUILDS};
+use super::{Journal, JournalError, Record};
 
 /// Least time between the starts of two commits of log lines. Each commit
 /// costs an fsync and a B-tree update whatever it holds; under many chatty
@@ -146,8 +146,11 @@ impl Journal {
                         let pause = delays.next().unwrap_or(Duration::from_secs(5));
                         tracing::error!("saving builds failed, retrying in {pause:?}: {e}");
                         tokio::time::sleep(pause).await;
-                        if let Err(e) = self.reopen() {
-                            tracing::error!("reopening the build journal: {e}");
+                        let storage = Arc::clone(&self.storage);
+                        match tokio::task::spawn_blocking(move || storage.reopen()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::error!("reopening the build journal: {e}"),
+                            Err(e) => tracing::error!("reopening the build journal: {e}"),
                         }
                     }
                 }
@@ -157,8 +160,6 @@ impl Journal {
 
     /// Returns how many builds the commit carried.
     pub(super) async fn commit_dirty(&self, builds: &dyn Builds) -> Result<usize, JournalError> {
-        // Before anything is taken: a build taken is no longer dirty.
-        let db = self.db()?;
         let mut batch: Vec<Pending> = Vec::new();
         for build in builds.journaled() {
             match Pending::take(Arc::clone(&build), &self.vault) {
@@ -178,24 +179,12 @@ impl Journal {
             return Ok(0);
         }
         let taken: Vec<Arc<dyn Journaled>> = batch.iter().map(|p| Arc::clone(&p.build)).collect();
-        let row_key = self.rows().assign(
-            batch
-                .iter()
-                .filter(|p| p.chunk.is_some())
-                .map(|p| p.build.id()),
-        );
-        let written = tokio::task::spawn_blocking(move || write_batch(&db, batch, row_key)).await;
+        let storage = Arc::clone(&self.storage);
+        let written =
+            tokio::task::spawn_blocking(move || storage.write(&mut batch).map(|()| batch)).await;
         let error = match written {
-            Ok(Ok((batch, landed))) => {
+            Ok(Ok(batch)) => {
                 let carried = batch.len();
-                // Where the lines are, before followers are told they are
-                // saved (and the build lets go of them).
-                {
-                    let mut rows = self.rows();
-                    for (id, entry, key) in &landed {
-                        rows.committed(id, *entry, *key);
-                    }
-                }
                 for p in batch {
                     p.build.set_persisted(p.logs_end);
                 }
@@ -204,9 +193,9 @@ impl Journal {
             Ok(Err(e)) => e,
             Err(join) => JournalError::Db(redb::Error::Io(std::io::Error::other(join))),
         };
-        // Nothing of the transaction is on disk, as a rule: the retry saves
-        // these builds whole (should a failed commit have reached the disk
-        // after all, reading back drops the lines written twice).
+        // Nothing of the transaction is saved, as a rule: the retry saves
+        // these builds whole (should a failed commit have been saved after
+        // all, reading back drops the lines written twice).
         for b in &taken {
             b.mark_dirty();
         }
@@ -214,56 +203,13 @@ impl Journal {
     }
 }
 
-/// Each build's lines as a commit wrote them: (build id, entry, row key).
-type Landed = Vec<(String, Entry, u64)>;
-
-/// Writes `batch` in one transaction: records, and log rows from key
-/// `row_key` on with their map entries. Blocks on the disk.
-fn write_batch(
-    db: &redb::Database,
-    mut batch: Vec<Pending>,
-    row_key: Option<u64>,
-) -> Result<(Vec<Pending>, Landed), JournalError> {
-    let mut landed = Vec::new();
-    let txn = db.begin_write()?;
-    {
-        let mut table = txn.open_table(BUILDS)?;
-        for p in &batch {
-            if let Some(record) = &p.record {
-                table.insert(p.build.id(), record.as_slice())?;
-            }
-        }
-        if let Some(mut key) = row_key {
-            let mut rows = txn.open_table(LOG_ROWS)?;
-            let mut map = txn.open_table(LOG_MAP)?;
-            // Each chunk is freed once copied (a retry serialises its lines
-            // again): a commit's lines are held once, not twice, at 1,000
-            // chatty builds tens of MB.
-            let chunks = batch.iter_mut().filter_map(|p| {
-                let (entry, chunk) = p.chunk.take()?;
-                Some((p.build.id(), entry, chunk))
-            });
-            write_rows(chunks, |row, entries| {
-                rows.insert(key, row)?;
-                map.insert(key, entries)?;
-                for (id, entry) in decode_map(key, entries)? {
-                    landed.push((id.to_string(), entry, key));
-                }
-                key += 1;
-                Ok::<_, JournalError>(())
-            })?;
-        }
-    }
-    txn.commit()?;
-    Ok((batch, landed))
-}
-
-/// One build's share of a commit.
-struct Pending {
-    build: Arc<dyn Journaled>,
-    record: Option<Vec<u8>>,
+/// One build's share of a commit, as [`super::Storage::write`] saves it.
+pub struct Pending {
+    pub(super) build: Arc<dyn Journaled>,
+    /// The record as JSON, secrets blanked, if it changed.
+    pub(super) record: Option<Vec<u8>>,
     /// The new lines as a JSON chunk, and which they are.
-    chunk: Option<(Entry, Vec<u8>)>,
+    pub(super) chunk: Option<(Entry, Vec<u8>)>,
     logs_end: usize,
 }
 

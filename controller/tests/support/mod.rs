@@ -14,10 +14,14 @@ use bakery_protocol::Arch;
 use bakery_protocol::BuildSpec;
 use reqwest::StatusCode;
 
+pub mod postgres;
+
 pub struct Harness {
     pub running: Option<bakery_controller::Running>,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// The environment it started with, kept on restarts (DATABASE_URL).
+    env: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -46,6 +50,10 @@ impl Harness {
             running: Some(running),
             dir,
             http: reqwest::Client::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -70,7 +78,8 @@ impl Harness {
     }
 
     /// Stops this controller the way SIGTERM does (builds left to resume)
-    /// and starts another on the same DATA_DIR.
+    /// and starts another on the same DATA_DIR, with the environment it
+    /// started with and `env` over it.
     pub async fn restart(&mut self, env: &[(&str, &str)]) {
         self.restart_after(env, || {}).await;
     }
@@ -79,7 +88,14 @@ impl Harness {
     pub async fn restart_after(&mut self, env: &[(&str, &str)], meanwhile: impl FnOnce()) {
         self.running.take().unwrap().suspend().await;
         meanwhile();
-        let config = Harness::config(self.dir.path(), env);
+        let mut vars: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| !env.iter().any(|(over, _)| over == k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        vars.extend_from_slice(env);
+        let config = Harness::config(self.dir.path(), &vars);
         self.running = Some(bakery_controller::start(config).await.unwrap());
     }
 
