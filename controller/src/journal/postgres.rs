@@ -20,6 +20,7 @@ use std::time::Duration;
 use bakery_protocol::api::LogEvent;
 use tokio::runtime::Handle;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::rows::Chunk;
@@ -187,40 +188,49 @@ impl Storage for Postgres {
         Ok(self.read(id, after, max)?.0)
     }
 
+    /// One statement per table whatever the batch holds (arrays unnested
+    /// by the server): under 1,000 chatty builds a commit carries hundreds
+    /// of chunks, and a round trip each was the cost.
     fn write(&self, batch: &mut [Pending]) -> Result<(), JournalError> {
+        let mut records = (Vec::new(), Vec::new());
+        let mut chunks = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in batch.iter_mut() {
+            let id = p.build.id().to_string();
+            if let Some(bytes) = p.record.take() {
+                records.0.push(id.clone());
+                records.1.push(bytes);
+            }
+            if let Some((entry, bytes)) = p.chunk.take() {
+                chunks.0.push(id);
+                chunks.1.push(entry.first_seq as i64);
+                chunks.2.push(entry.lines as i64);
+                chunks.3.push(entry.bytes as i64);
+                chunks.4.push(bytes);
+            }
+        }
         let mut client = self.writer();
         self.run(async {
             let txn = client.transaction().await?;
-            let record = txn
-                .prepare(
-                    "INSERT INTO bakery_builds (id, record) VALUES ($1, $2) \
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                )
-                .await?;
+            let record_params: [&(dyn ToSql + Sync); 2] = [&records.0, &records.1];
+            let chunk_params: [&(dyn ToSql + Sync); 5] =
+                [&chunks.0, &chunks.1, &chunks.2, &chunks.3, &chunks.4];
+            let saving_records = txn.execute(
+                "INSERT INTO bakery_builds (id, record) \
+                 SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                &record_params,
+            );
             // A retried commit that had been saved after all writes the
             // same first line again, with as many lines or more.
-            let chunk = txn
-                .prepare(
-                    "INSERT INTO bakery_log_chunks (build_id, first_seq, lines, bytes, chunk) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (build_id, first_seq) DO UPDATE \
-                     SET lines = EXCLUDED.lines, bytes = EXCLUDED.bytes, chunk = EXCLUDED.chunk",
-                )
-                .await?;
-            for p in batch.iter_mut() {
-                let id = p.build.id();
-                if let Some(bytes) = &p.record {
-                    txn.execute(&record, &[&id, bytes]).await?;
-                }
-                if let Some((entry, bytes)) = p.chunk.take() {
-                    let (first, lines, size) = (
-                        entry.first_seq as i64,
-                        entry.lines as i64,
-                        entry.bytes as i64,
-                    );
-                    txn.execute(&chunk, &[&id, &first, &lines, &size, &bytes])
-                        .await?;
-                }
-            }
+            let saving_chunks = txn.execute(
+                "INSERT INTO bakery_log_chunks (build_id, first_seq, lines, bytes, chunk) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                 $5::bytea[]) ON CONFLICT (build_id, first_seq) DO UPDATE \
+                 SET lines = EXCLUDED.lines, bytes = EXCLUDED.bytes, chunk = EXCLUDED.chunk",
+                &chunk_params,
+            );
+            // Sent together: one round trip for both.
+            tokio::try_join!(saving_records, saving_chunks)?;
             txn.commit().await?;
             Ok(())
         })

@@ -195,3 +195,71 @@ async fn a_server_that_never_answers_fails_the_start_in_time_without_the_passwor
         "{e}"
     );
 }
+
+/// Lines `seqs` of build `id` as an agent sends them.
+fn agent_lines(id: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<AgentLine> {
+    seqs.map(|seq| AgentLine {
+        seq,
+        line: format!("{id} {seq}"),
+    })
+    .collect()
+}
+
+/// A commit reported failed may have been saved after all: its retry
+/// writes the same first line again, with more lines, and the log reads
+/// back with each line once and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_saved_after_all_and_retried_leaves_each_line_once() {
+    use bakery_protocol::api::LogEvent;
+    let server = server::Server::start();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::default());
+    let journal = connect(&url, dir.path()).await;
+    let b = add_build(&registry, &journal, "r");
+    b.append_agent_lines(0, &agent_lines("r", 1..=3));
+    journal.commit_dirty(registry.as_ref()).await.unwrap();
+    // The first attempt at lines 4-5, as it reached the database.
+    let landed: Vec<LogEvent> = (4..=5)
+        .map(|seq| LogEvent {
+            seq,
+            task: "r-amd64".into(),
+            arch: bakery_protocol::Arch::Amd64,
+            line: format!("r {seq}"),
+            ms: 0,
+        })
+        .collect();
+    let (entry, chunk) =
+        super::super::encode_chunk(&[5], landed.iter().map(LogEvent::borrowed)).unwrap();
+    server.psql(
+        &url,
+        &format!(
+            "INSERT INTO bakery_log_chunks VALUES ('r', {}, {}, {}, decode('{}', 'hex'))",
+            entry.first_seq,
+            entry.lines,
+            entry.bytes,
+            hex::encode(chunk)
+        ),
+    );
+    b.append_agent_lines(0, &agent_lines("r", 4..=7));
+    journal.commit_dirty(registry.as_ref()).await.unwrap();
+
+    let j = Arc::clone(&journal);
+    let restored = tokio::task::spawn_blocking(move || j.load(4))
+        .await
+        .unwrap()
+        .unwrap();
+    let tail: Vec<u64> = restored[0].tail.iter().map(|l| l.seq).collect();
+    assert_eq!(tail, [4, 5, 6, 7]);
+    assert_eq!(restored[0].log_len, 7);
+    let bytes: u64 = (1..=7).map(|s| format!("r {s}").len() as u64).sum();
+    assert_eq!(restored[0].log_bytes, bytes, "each line counted once");
+    assert_eq!(restored[0].agent_seqs, [7]);
+    let j = Arc::clone(&journal);
+    let all = tokio::task::spawn_blocking(move || j.read_lines("r", 0, 100))
+        .await
+        .unwrap()
+        .unwrap();
+    let seqs: Vec<u64> = all.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+}
