@@ -70,6 +70,9 @@ pub struct Config {
     /// builds and logs in PostgreSQL instead of the journal file in
     /// DATA_DIR (docs/state.md). A secret: it may hold a password.
     pub database_url: Option<bakery_protocol::spec::Secret>,
+    /// DATABASE_CA_FILE: the PEM CA that signed the database server's
+    /// certificate, for `sslmode=require` (default: the system's roots).
+    pub database_ca_file: Option<PathBuf>,
     /// How long finished builds (status and log) are kept, in memory and in
     /// the journal in DATA_DIR, for `bakery logs` / `status` to read.
     #[serde(default = "one_day", deserialize_with = "duration_or_zero")]

@@ -151,6 +151,7 @@ pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Jour
     #[cfg(feature = "postgres")]
     return Ok(crate::journal::Journal::connect(
         url.expose(),
+        config.database_ca_file.as_deref(),
         &config.data_dir,
         crate::journal::postgres::OWNER_WAIT,
     )

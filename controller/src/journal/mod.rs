@@ -282,18 +282,20 @@ impl Journal {
         Ok(Journal::over(Arc::new(Embedded::open_with(open)?)))
     }
 
-    /// Connects to the PostgreSQL database at `url` and brings its schema
-    /// up to date. Secrets of unfinished builds go to [`vault`] files in
+    /// Connects to the PostgreSQL database at `url` (over TLS verified
+    /// against `ca_file` with `sslmode=require`) and brings its schema up
+    /// to date. Secrets of unfinished builds go to [`vault`] files in
     /// `data_dir`, never into the database.
     /// A database another controller uses is waited for, up to `owner_wait`
     /// ([`postgres::OWNER_WAIT`] at start-up).
     #[cfg(feature = "postgres")]
     pub async fn connect(
         url: &str,
+        ca_file: Option<&Path>,
         data_dir: &Path,
         owner_wait: Duration,
     ) -> Result<Journal, JournalError> {
-        let storage = postgres::Postgres::connect(url, owner_wait).await?;
+        let storage = postgres::Postgres::connect(url, ca_file, owner_wait).await?;
         let mut journal = Journal::over(Arc::new(storage));
         journal.vault = Vault::beside(&data_dir.join("builds"));
         Ok(journal)

@@ -14,18 +14,19 @@
 //! runs its queries on the runtime that connected, with a deadline
 //! ([`QUERY_TIMEOUT`]).
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bakery_protocol::api::LogEvent;
 use tokio::runtime::Handle;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use super::rows::Chunk;
 use super::writer::Pending;
 use super::{JournalError, Record, Restored, Storage};
+use transport::Transport;
 
 /// Each schema version and the SQL that reaches it from the one before.
 /// A version, once released, is never edited: changes are a new version.
@@ -63,6 +64,7 @@ const CHUNKS_PER_QUERY: i64 = 64;
 /// A connection pair to one database: the writer's, and the readers'.
 pub struct Postgres {
     config: Config,
+    transport: Transport,
     runtime: Handle,
     /// Transactions (the writer's commits, forgetting) take it whole.
     writer: Mutex<Client>,
@@ -73,26 +75,23 @@ pub struct Postgres {
 impl Postgres {
     /// Connects to `url` and brings its schema up to date. The URL is
     /// never part of an error: it may hold a password.
-    pub async fn connect(url: &str, owner_wait: Duration) -> Result<Postgres, JournalError> {
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        owner_wait: Duration,
+    ) -> Result<Postgres, JournalError> {
         let mut config: Config = url.parse().map_err(|e| {
             JournalError::Postgres(format!(
                 "DATABASE_URL is not a PostgreSQL connection URL ({e}); \
                  expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
             ))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(JournalError::Postgres(
-                "DATABASE_URL asks for TLS (sslmode=require), which this controller does not \
-                 speak to PostgreSQL yet: reach the database over a private network with \
-                 sslmode=disable or prefer"
-                    .into(),
-            ));
-        }
+        let transport = Transport::for_config(&config, ca_file)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives(true).keepalives_idle(KEEPALIVE);
-        let mut writer = open_client(&config).await?;
+        let mut writer = transport.connect(&config, connect_limit(&config)).await?;
         migrate(&mut writer).await?;
         let delays = backon::ConstantBuilder::default()
             .with_delay(Duration::from_millis(500))
@@ -104,9 +103,10 @@ impl Postgres {
                 tracing::info!("waiting for another controller to let go of the state database");
             })
             .await?;
-        let reader = open_client(&config).await?;
+        let reader = transport.connect(&config, connect_limit(&config)).await?;
         Ok(Postgres {
             config,
+            transport,
             runtime: Handle::current(),
             writer: Mutex::new(writer),
             reader: RwLock::new(Arc::new(reader)),
@@ -257,8 +257,12 @@ impl Storage for Postgres {
     fn reopen(&self) -> Result<(), JournalError> {
         let (writer, reader) = self.run(async {
             Ok((
-                open_client(&self.config).await?,
-                open_client(&self.config).await?,
+                self.transport
+                    .connect(&self.config, connect_limit(&self.config))
+                    .await?,
+                self.transport
+                    .connect(&self.config, connect_limit(&self.config))
+                    .await?,
             ))
         })?;
         *self.writer() = writer;
@@ -339,27 +343,12 @@ impl Postgres {
     }
 }
 
-/// Connects, the connection's task spawned on this runtime.
-async fn open_client(config: &Config) -> Result<Client, JournalError> {
-    // connect_timeout bounds the socket's connect only: a server (or a
-    // proxy) that accepts and never answers is bounded here.
-    let limit = config
+/// How long connecting may take: `connect_timeout`, or [`CONNECT_TIMEOUT`].
+fn connect_limit(config: &Config) -> Duration {
+    config
         .get_connect_timeout()
         .copied()
-        .unwrap_or(CONNECT_TIMEOUT);
-    let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
-        .await
-        .map_err(|_| {
-            JournalError::Postgres(format!(
-                "the server did not answer within {limit:?} (connect_timeout)"
-            ))
-        })??;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("state database connection: {}", describe(&e));
-        }
-    });
-    Ok(client)
+        .unwrap_or(CONNECT_TIMEOUT)
 }
 
 /// How a refusal for [`OWNER_LOCK`] begins (retried until [`OWNER_WAIT`]).
@@ -442,3 +431,4 @@ impl From<tokio_postgres::Error> for JournalError {
 
 #[cfg(test)]
 mod tests;
+mod transport;

@@ -17,6 +17,17 @@ pub struct Server {
 impl Server {
     /// Initialises and starts a cluster, trusting local connections.
     pub fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// The same, taking TCP connections over TLS only, with the
+    /// certificate and key `scripts/dev-tls` made in `certs`
+    /// (`server.pem`, `server.key`).
+    pub fn start_tls(certs: &std::path::Path) -> Server {
+        Server::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<&std::path::Path>) -> Server {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let root = is_root();
@@ -46,6 +57,28 @@ impl Server {
         );
         // A free port: taken by the kernel, released, and used at once
         // (a clash fails the start, which is retried).
+        if let Some(certs) = tls {
+            for file in ["server.pem", "server.key"] {
+                let to = data.join(file);
+                std::fs::copy(certs.join(file), &to).unwrap();
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
+                if root {
+                    chown_to_postgres(&to);
+                }
+            }
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str(
+                "\nssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+            // TCP only over TLS: a client in the clear is refused.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+        }
         let mut server = Server { dir, bin, port: 0 };
         for _ in 0..5 {
             server.port = std::net::TcpListener::bind("127.0.0.1:0")

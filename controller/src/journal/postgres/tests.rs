@@ -38,7 +38,7 @@ async fn saved(journal: &Arc<Journal>) -> Vec<(String, Vec<(u64, String)>, Vec<u
 }
 
 async fn connect(url: &str, dir: &std::path::Path) -> Arc<Journal> {
-    Arc::new(Journal::connect(url, dir, WAIT).await.unwrap())
+    Arc::new(Journal::connect(url, None, dir, WAIT).await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +117,8 @@ async fn two_controllers_starting_at_once_on_an_empty_database_migrate_it_once_a
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = tokio::join!(
-        Journal::connect(&url, dir.path(), WAIT),
-        Journal::connect(&url, dir.path(), WAIT)
+        Journal::connect(&url, None, dir.path(), WAIT),
+        Journal::connect(&url, None, dir.path(), WAIT)
     );
     // Both migrate safely; one runs, the other is told why it may not.
     let (running, refused) = match (a, b) {
@@ -136,7 +136,7 @@ async fn two_controllers_starting_at_once_on_an_empty_database_migrate_it_once_a
     // Once the first is gone, the database is free again.
     drop(running);
     let start = Instant::now();
-    while let Err(e) = Journal::connect(&url, dir.path(), WAIT).await {
+    while let Err(e) = Journal::connect(&url, None, dir.path(), WAIT).await {
         assert!(start.elapsed() < Duration::from_secs(10), "{e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -147,9 +147,13 @@ async fn a_database_a_newer_controller_migrated_is_refused_by_name() {
     let server = server::Server::start();
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
-    drop(Journal::connect(&url, dir.path(), WAIT).await.unwrap());
+    drop(
+        Journal::connect(&url, None, dir.path(), WAIT)
+            .await
+            .unwrap(),
+    );
     server.psql(&url, "INSERT INTO bakery_schema (version) VALUES (2)");
-    let e = Journal::connect(&url, dir.path(), WAIT)
+    let e = Journal::connect(&url, None, dir.path(), WAIT)
         .await
         .err()
         .unwrap()
@@ -169,7 +173,7 @@ async fn a_server_that_never_answers_fails_the_start_in_time_without_the_passwor
     let url = format!("postgres://bakery:hunter2@127.0.0.1:{port}/db?connect_timeout=1");
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let e = Journal::connect(&url, dir.path(), WAIT)
+    let e = Journal::connect(&url, None, dir.path(), WAIT)
         .await
         .err()
         .unwrap()
@@ -185,11 +189,16 @@ async fn a_server_that_never_answers_fails_the_start_in_time_without_the_passwor
         "{e}"
     );
 
-    let e = Journal::connect("postgres://bakery:hunter2@db:notaport/x", dir.path(), WAIT)
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Journal::connect(
+        "postgres://bakery:hunter2@db:notaport/x",
+        None,
+        dir.path(),
+        WAIT,
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         e.contains("not a PostgreSQL connection URL") && !e.contains("hunter2"),
         "{e}"
@@ -262,4 +271,60 @@ async fn a_commit_saved_after_all_and_retried_leaves_each_line_once() {
         .unwrap();
     let seqs: Vec<u64> = all.iter().map(|l| l.seq).collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+}
+
+/// A server that takes TCP over TLS only, with a certificate of a CA of
+/// the test's own (scripts/dev-tls): with `sslmode=require` and that CA the
+/// controller connects; without the CA it is refused, saying what to set;
+/// in the clear the server refuses it (so the first connection was TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_verifies_the_server_against_database_ca_file() {
+    let certs = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-tls");
+    let made = std::process::Command::new("bash")
+        .arg(script)
+        .arg(certs.path())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let server = server::Server::start_tls(certs.path());
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+
+    let tls = format!("{url}?sslmode=require");
+    let journal = Journal::connect(&tls, Some(&ca), dir.path(), WAIT).await;
+    assert!(journal.is_ok(), "{:?}", journal.err());
+    drop(journal);
+
+    let e = Journal::connect(&tls, None, dir.path(), WAIT)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("certificate") && e.contains("set DATABASE_CA_FILE"),
+        "{e}"
+    );
+    let e = Journal::connect(&format!("{url}?sslmode=disable"), None, dir.path(), WAIT)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no encryption"), "{e}");
+
+    let e = Journal::connect(
+        &tls,
+        Some(&dir.path().join("missing.pem")),
+        dir.path(),
+        WAIT,
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("DATABASE_CA_FILE") && e.contains("missing.pem"),
+        "{e}"
+    );
 }
