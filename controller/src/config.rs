@@ -73,6 +73,10 @@ pub struct Config {
     /// DATABASE_CA_FILE: the PEM CA that signed the database server's
     /// certificate, for `sslmode=require` (default: the system's roots).
     pub database_ca_file: Option<PathBuf>,
+    /// STATE_KEY: 32 random bytes, base64 (`openssl rand -base64 32`), that
+    /// seal unfinished builds' registry passwords and build secrets into
+    /// the database (DATABASE_URL) instead of files in DATA_DIR.
+    pub state_key: Option<bakery_protocol::spec::Secret>,
     /// How long finished builds (status and log) are kept, in memory and in
     /// the journal in DATA_DIR, for `bakery logs` / `status` to read.
     #[serde(default = "one_day", deserialize_with = "duration_or_zero")]

@@ -143,19 +143,36 @@ pub(crate) fn agent_slots(
 // Without PostgreSQL nothing here waits, but the signature is the same.
 #[cfg_attr(not(feature = "postgres"), allow(clippy::unused_async))]
 pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Journal, StartError> {
+    if config.state_key.is_some() && config.database_url.is_none() {
+        return Err(StartError::Journal(crate::journal::JournalError::Secrets(
+            "STATE_KEY seals build secrets into the database DATABASE_URL names, and it is \
+             not set: set DATABASE_URL, or unset STATE_KEY (the embedded journal keeps \
+             secrets in DATA_DIR/secrets)"
+                .into(),
+        )));
+    }
     let Some(url) = &config.database_url else {
         return Ok(crate::journal::Journal::open(
             &config.data_dir.join("builds.redb"),
         )?);
     };
     #[cfg(feature = "postgres")]
-    return Ok(crate::journal::Journal::connect(
-        url.expose(),
-        config.database_ca_file.as_deref(),
-        &config.data_dir,
-        crate::journal::postgres::OWNER_WAIT,
-    )
-    .await?);
+    {
+        let state_key = match &config.state_key {
+            Some(text) => Some(
+                crate::journal::sealing::StateKey::from_base64(text.expose())
+                    .map_err(crate::journal::JournalError::Secrets)?,
+            ),
+            None => None,
+        };
+        let target = crate::journal::postgres::Target {
+            url: url.expose().to_string(),
+            ca_file: config.database_ca_file.clone(),
+            owner_wait: crate::journal::postgres::OWNER_WAIT,
+            state_key,
+        };
+        Ok(crate::journal::Journal::connect(target, &config.data_dir).await?)
+    }
     #[cfg(not(feature = "postgres"))]
     {
         let _ = url;

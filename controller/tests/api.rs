@@ -270,6 +270,7 @@ async fn lines_no_longer_in_memory_are_served_from_the_journal() {
 
 /// The same with DATABASE_URL: older lines and the restart's come from
 /// PostgreSQL.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_no_longer_in_memory_are_served_from_postgresql() {
     let server = support::postgres::Server::start();
@@ -692,6 +693,7 @@ async fn finished_builds_survive_a_restart_until_their_retention_ends() {
     finished_builds_survive_a_restart_until_their_retention_ends_in(&[]).await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_builds_survive_a_restart_until_their_retention_ends_in_postgresql() {
     let server = support::postgres::Server::start();

@@ -70,6 +70,21 @@ async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
     let id = id.unwrap();
     let status = h.wait_end(&id, Duration::from_secs(20)).await;
     assert_eq!(status.state, BuildState::Succeeded);
+    // The controller took the database's lock again with its new session:
+    // a second controller is still refused it.
+    let second = bakery_controller::journal::postgres::Target {
+        url: url.clone(),
+        ca_file: None,
+        owner_wait: Duration::from_secs(1),
+        state_key: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let refused = bakery_controller::journal::Journal::connect(second, dir.path()).await;
+    let e = refused.err().expect("refused").to_string();
+    assert!(
+        e.contains("another controller is using this database"),
+        "{e}"
+    );
     h.restart(&[]).await;
     assert_eq!(h.status(&id).await.state, BuildState::Succeeded);
 }

@@ -13,7 +13,7 @@ use crate::client::Event;
 /// a later one (its agents end with this process).
 pub(super) async fn start_embedded(
 ) -> Result<(bakery_controller::Running, Option<tempfile::TempDir>)> {
-    let mut config = bakery_controller::Config::from_env()?;
+    let mut config = for_this_process(bakery_controller::Config::from_env()?);
     let data = if crate::env::ClientEnv::current()
         .var_os("DATA_DIR")
         .is_none()
@@ -27,14 +27,24 @@ pub(super) async fn start_embedded(
     } else {
         None
     };
-    config.listen_addr = "127.0.0.1:0".into();
-    config.controller_url = None;
-    config.default_platform = bakery_protocol::Platform::Local;
-    config.s3_bucket = None;
     let running = bakery_controller::start(config)
         .await
         .context("starting the embedded controller")?;
     Ok((running, data))
+}
+
+/// What of the environment's controller settings an embedded controller
+/// must not take: a CI job's DATABASE_URL or S3_BUCKET are the app's own
+/// (its tests' database), never this process's state.
+fn for_this_process(mut config: bakery_controller::Config) -> bakery_controller::Config {
+    config.listen_addr = "127.0.0.1:0".into();
+    config.controller_url = None;
+    config.default_platform = bakery_protocol::Platform::Local;
+    config.s3_bucket = None;
+    config.database_url = None;
+    config.database_ca_file = None;
+    config.state_key = None;
+    config
 }
 
 /// Follows build `id` on the controller in this process, as
@@ -109,5 +119,29 @@ async fn follow_once(
         // reports, heartbeat, other services and Ctrl-C beside it get their
         // turn.
         tokio::task::consume_budget().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A CI job's own database and bucket stay the job's: the embedded
+    /// controller keeps its state in its temp dir (it once created its
+    /// tables in the app's test database when DATABASE_URL was set).
+    #[test]
+    fn the_embedded_controller_takes_no_database_or_bucket_from_the_environment() {
+        let config = bakery_controller::Config::from_vars([
+            (
+                "DATABASE_URL".to_string(),
+                "postgres://app:pw@db/app_test".to_string(),
+            ),
+            ("STATE_KEY".to_string(), "a2V5".to_string()),
+            ("DATABASE_CA_FILE".to_string(), "/ca.pem".to_string()),
+            ("S3_BUCKET".to_string(), "apps-bucket".to_string()),
+        ])
+        .unwrap();
+        assert!(config.database_url.is_some(), "read from the environment");
+        let config = super::for_this_process(config);
+        assert!(config.database_url.is_none() && config.state_key.is_none());
+        assert!(config.database_ca_file.is_none() && config.s3_bucket.is_none());
     }
 }

@@ -14,7 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::rows::{self, decode_map, write_rows, RowIndex, LOG_MAP, LOG_ROWS};
 use super::writer::Pending;
-use super::{migrate, JournalError, Record, Restored, Storage};
+use super::{migrate, JournalError, Loaded, Record, Restored, Storage};
 
 /// The journal's page cache (see [`Embedded::open`]).
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
@@ -110,7 +110,7 @@ impl Embedded {
 }
 
 impl Storage for Embedded {
-    fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError> {
+    fn load(&self, tail: usize) -> Result<Vec<Loaded>, JournalError> {
         let txn = self.db()?.begin_read()?;
         let builds = txn.open_table(BUILDS)?;
         let mut out = Vec::new();
@@ -139,7 +139,8 @@ impl Storage for Embedded {
             build.agent_seqs = agent_seqs.unwrap_or_default();
         }
         self.rows().merge(index);
-        Ok(out)
+        // Its secrets are in files beside it, never in it.
+        Ok(out.into_iter().map(|r| (r, None)).collect())
     }
 
     fn read_lines(&self, id: &str, after: u64, max: usize) -> Result<Vec<LogEvent>, JournalError> {
@@ -150,6 +151,8 @@ impl Storage for Embedded {
     }
 
     fn write(&self, batch: &mut [Pending]) -> Result<(), JournalError> {
+        // Secrets go to files beside it: its vault never seals them.
+        debug_assert!(batch.iter().all(|p| p.secrets.is_none()));
         let db = self.db()?;
         let row_key = self.rows().assign(
             batch

@@ -19,6 +19,7 @@ mod migrate;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod rows;
+pub mod sealing;
 mod vault;
 mod writer;
 
@@ -75,6 +76,10 @@ pub enum JournalError {
         /// The line the read was to follow.
         after: u64,
     },
+    /// A build's saved secrets could not be read back (a STATE_KEY that
+    /// is not the one that sealed them, a file that does not parse).
+    #[error("build secrets: {0}")]
+    Secrets(String),
     /// PostgreSQL (DATABASE_URL) refused, or could not be reached; the
     /// server's own message, never the URL (it may hold a password).
     #[error("state database: {0}")]
@@ -230,14 +235,19 @@ impl Restored {
     }
 }
 
+/// A build as a [`Storage`] reads it back, and its sealed secrets where
+/// the storage keeps them ([`sealing`]).
+pub type Loaded = (Restored, Option<Vec<u8>>);
+
 /// Where builds are kept: the embedded file ([`Embedded`]) or, with
 /// DATABASE_URL, PostgreSQL ([`postgres::Postgres`]). Every method blocks
 /// (on the disk, or on the database's answer): the journal calls them from
 /// the blocking pool.
 pub trait Storage: Send + Sync {
     /// Every saved build with the last `tail` lines of its log (records as
-    /// saved: secrets still blanked, versions not yet checked).
-    fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError>;
+    /// saved: secrets still blanked, versions not yet checked), and its
+    /// sealed secrets where the storage keeps them.
+    fn load(&self, tail: usize) -> Result<Vec<Loaded>, JournalError>;
     /// Build `id`'s saved lines after seq `after`: `max` or more, up to the
     /// end of the chunk that holds the `max`th, following `after` without a
     /// gap (or [`JournalError::Gap`]).
@@ -282,22 +292,22 @@ impl Journal {
         Ok(Journal::over(Arc::new(Embedded::open_with(open)?)))
     }
 
-    /// Connects to the PostgreSQL database at `url` (over TLS verified
-    /// against `ca_file` with `sslmode=require`) and brings its schema up
-    /// to date. Secrets of unfinished builds go to [`vault`] files in
-    /// `data_dir`, never into the database.
-    /// A database another controller uses is waited for, up to `owner_wait`
-    /// ([`postgres::OWNER_WAIT`] at start-up).
+    /// Connects to the PostgreSQL database `target` names (over TLS
+    /// verified against its CA file with `sslmode=require`) and brings its
+    /// schema up to date. Secrets of unfinished builds are sealed into the
+    /// database with its STATE_KEY, or without one go to [`vault`] files in
+    /// `data_dir`.
     #[cfg(feature = "postgres")]
     pub async fn connect(
-        url: &str,
-        ca_file: Option<&Path>,
+        mut target: postgres::Target,
         data_dir: &Path,
-        owner_wait: Duration,
     ) -> Result<Journal, JournalError> {
-        let storage = postgres::Postgres::connect(url, ca_file, owner_wait).await?;
+        let storage = postgres::Postgres::connect(&target).await?;
         let mut journal = Journal::over(Arc::new(storage));
-        journal.vault = Vault::beside(&data_dir.join("builds"));
+        journal.vault = match target.state_key.take() {
+            Some(key) => Vault::sealed(key),
+            None => Vault::beside(&data_dir.join("builds")),
+        };
         Ok(journal)
     }
 
@@ -344,18 +354,19 @@ impl Journal {
     /// its log: what a restart reads does not grow with the lines kept.
     /// Blocks on the storage.
     pub fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError> {
-        let mut out = self.storage.load(tail)?;
-        for build in &mut out {
+        let mut out = Vec::new();
+        for (mut build, sealed) in self.storage.load(tail)? {
             let id = build.record.status.id.clone();
             self.vault
-                .unseal(&id, &mut build.record)
-                .map_err(|e| JournalError::Db(redb::Error::Io(e)))?;
+                .unseal_from(&id, &mut build.record, sealed.as_deref())
+                .map_err(JournalError::Secrets)?;
             if build.record.version > RECORD_VERSION {
                 return Err(JournalError::Version {
                     build: id,
                     version: build.record.version,
                 });
             }
+            out.push(build);
         }
         out.sort_by_key(|r| r.record.status.created_ms);
         Ok(out)

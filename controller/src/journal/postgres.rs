@@ -5,7 +5,7 @@
 //! What is saved is the embedded journal's, row for row: each build's
 //! record (secrets blanked, in the vault as with the embedded file) and
 //! each commit's lines of it as one chunk ([`super::rows::encode_chunk`]).
-//! The schema is versioned ([`MIGRATIONS`]): a controller brings an older
+//! The schema is versioned ([`schema`]): a controller brings an older
 //! database up to date at start-up under an advisory lock, so two that
 //! start at once apply each step once, and refuses a database a newer
 //! controller has moved on.
@@ -14,7 +14,7 @@
 //! runs its queries on the runtime that connected, with a deadline
 //! ([`QUERY_TIMEOUT`]).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -25,23 +25,11 @@ use tokio_postgres::{Client, Config};
 
 use super::rows::Chunk;
 use super::writer::Pending;
-use super::{JournalError, Record, Restored, Storage};
+use super::{JournalError, Loaded, Record, Restored, Storage};
 use transport::Transport;
 
-/// Each schema version and the SQL that reaches it from the one before.
-/// A version, once released, is never edited: changes are a new version.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/schema.sql"))];
-
-/// The advisory lock migrations run under ("bakery" in ASCII).
-const MIGRATION_LOCK: i64 = 0x62_61_6b_65_72_79;
-
-/// The advisory lock a controller holds on its database for as long as it
-/// runs (one above [`MIGRATION_LOCK`]): until replicas share a database
-/// (docs/state.md), a second controller on it would resume, supervise and
-/// delete as orphans the first one's agents.
-const OWNER_LOCK: i64 = MIGRATION_LOCK + 1;
-
-/// How long a starting controller waits for [`OWNER_LOCK`]: a rollout's
+/// How long a starting controller waits for the database's lock
+/// ([`schema::own`]): a rollout's
 /// new controller for the old one to stop, or any for the server to notice
 /// that a controller on a lost node is gone ([`KEEPALIVE`]).
 pub const OWNER_WAIT: Duration = Duration::from_secs(45);
@@ -49,7 +37,7 @@ pub const OWNER_WAIT: Duration = Duration::from_secs(45);
 /// TCP keepalive on both ends of each connection: the server ends the
 /// session of a controller that vanished (and with it its lock) within
 /// ~30 s rather than the kernel's two hours.
-const KEEPALIVE: Duration = Duration::from_secs(15);
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// How long one call may wait on the server before it fails (the writer
 /// retries, reconnecting; a follower's read answers an error).
@@ -57,6 +45,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long connecting may take, unless DATABASE_URL says (connect_timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many builds one retention transaction forgets.
+const FORGET_BATCH: usize = 200;
 
 /// How many chunks a read asks for at a time.
 const CHUNKS_PER_QUERY: i64 = 64;
@@ -72,37 +63,45 @@ pub struct Postgres {
     reader: RwLock<Arc<Client>>,
 }
 
+/// Where the state database is and how to use it: DATABASE_URL,
+/// DATABASE_CA_FILE and STATE_KEY. No `Debug`: the URL may hold a password.
+pub struct Target {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB[?sslmode=require]`.
+    pub url: String,
+    /// The CA the server's certificate must chain to (`sslmode=require`).
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for another controller to let go of the database
+    /// ([`OWNER_WAIT`] at start-up).
+    pub owner_wait: Duration,
+    /// Seals build secrets into the database; without it they stay in
+    /// files in DATA_DIR.
+    pub state_key: Option<super::sealing::StateKey>,
+}
+
 impl Postgres {
-    /// Connects to `url` and brings its schema up to date. The URL is
-    /// never part of an error: it may hold a password.
-    pub async fn connect(
-        url: &str,
-        ca_file: Option<&Path>,
-        owner_wait: Duration,
-    ) -> Result<Postgres, JournalError> {
-        let mut config: Config = url.parse().map_err(|e| {
-            JournalError::Postgres(format!(
-                "DATABASE_URL is not a PostgreSQL connection URL ({e}); \
-                 expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
-            ))
-        })?;
-        let transport = Transport::for_config(&config, ca_file)?;
+    /// Connects to `target`'s database and brings its schema up to date.
+    /// The URL is never part of an error: it may hold a password.
+    pub async fn connect(target: &Target) -> Result<Postgres, JournalError> {
+        let (mut config, ca_file) = transport::parse(&target.url, target.ca_file.as_deref())?;
+        let transport = Transport::for_config(&config, ca_file.as_deref())?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives(true).keepalives_idle(KEEPALIVE);
         let mut writer = transport.connect(&config, connect_limit(&config)).await?;
-        migrate(&mut writer).await?;
+        // Owned before migrated: a new version never changes the schema
+        // under an old controller still running on it.
         let delays = backon::ConstantBuilder::default()
             .with_delay(Duration::from_millis(500))
-            .with_max_times((owner_wait.as_millis() / 500) as usize);
-        let owning = || own(&writer);
+            .with_max_times((target.owner_wait.as_millis() / 500) as usize);
+        let owning = || deadline(schema::own(&writer));
         backon::Retryable::retry(owning, delays)
-            .when(|e| matches!(e, JournalError::Postgres(m) if m.starts_with(HELD)))
+            .when(schema::held)
             .notify(|_, _| {
                 tracing::info!("waiting for another controller to let go of the state database");
             })
             .await?;
+        deadline(schema::migrate(&mut writer)).await?;
         let reader = transport.connect(&config, connect_limit(&config)).await?;
         Ok(Postgres {
             config,
@@ -120,33 +119,47 @@ impl Postgres {
         &self,
         work: impl std::future::Future<Output = Result<T, JournalError>>,
     ) -> Result<T, JournalError> {
-        self.runtime.block_on(async {
-            tokio::time::timeout(QUERY_TIMEOUT, work)
-                .await
-                .map_err(|_| JournalError::Timeout(QUERY_TIMEOUT))?
-        })
+        self.runtime.block_on(deadline(work))
     }
 
     fn writer(&self) -> MutexGuard<'_, Client> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn reader(&self) -> Arc<Client> {
-        Arc::clone(&self.reader.read().unwrap_or_else(|p| p.into_inner()))
+    /// The readers' connection, connected again if the server closed it
+    /// (an idle timeout, a proxy's cut): commits that succeed never make
+    /// the writer reopen it.
+    fn reader(&self) -> Result<Arc<Client>, JournalError> {
+        let client = Arc::clone(&self.reader.read().unwrap_or_else(|p| p.into_inner()));
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        let fresh = Arc::new(
+            self.run(
+                self.transport
+                    .connect(&self.config, connect_limit(&self.config)),
+            )?,
+        );
+        *self.reader.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh);
+        Ok(fresh)
     }
 }
 
 impl Storage for Postgres {
-    fn load(&self, tail: usize) -> Result<Vec<Restored>, JournalError> {
-        let client = self.reader();
+    fn load(&self, tail: usize) -> Result<Vec<Loaded>, JournalError> {
+        let client = self.reader()?;
         let mut out = Vec::new();
         self.run(async {
-            for row in client
-                .query("SELECT record FROM bakery_builds", &[])
-                .await?
-            {
+            let rows = client
+                .query(
+                    "SELECT b.record, s.sealed FROM bakery_builds b \
+                     LEFT JOIN bakery_secrets s ON s.build_id = b.id",
+                    &[],
+                )
+                .await?;
+            for row in rows {
                 let record: Record = serde_json::from_slice(row.get::<_, &[u8]>(0))?;
-                out.push(Restored::new(record));
+                out.push((Restored::new(record), row.get::<_, Option<Vec<u8>>>(1)));
             }
             Ok(())
         })?;
@@ -168,7 +181,7 @@ impl Storage for Postgres {
                 })
                 .collect::<std::collections::HashMap<_, _>>())
         })?;
-        for build in &mut out {
+        for (build, _) in &mut out {
             let Some(&(last, bytes)) = extents.get(&build.record.status.id) else {
                 continue;
             };
@@ -189,84 +202,91 @@ impl Storage for Postgres {
     }
 
     /// One statement per table whatever the batch holds (arrays unnested
-    /// by the server): under 1,000 chatty builds a commit carries hundreds
-    /// of chunks, and a round trip each was the cost.
+    /// by the server), all sent together: under 1,000 chatty builds a
+    /// commit carries hundreds of chunks, and a round trip each was the cost.
     fn write(&self, batch: &mut [Pending]) -> Result<(), JournalError> {
-        let mut records = (Vec::new(), Vec::new());
-        let mut chunks = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for p in batch.iter_mut() {
-            let id = p.build.id().to_string();
-            if let Some(bytes) = p.record.take() {
-                records.0.push(id.clone());
-                records.1.push(bytes);
-            }
-            if let Some((entry, bytes)) = p.chunk.take() {
-                chunks.0.push(id);
-                chunks.1.push(entry.first_seq as i64);
-                chunks.2.push(entry.lines as i64);
-                chunks.3.push(entry.bytes as i64);
-                chunks.4.push(bytes);
-            }
-        }
+        let c = Columns::of(batch);
         let mut client = self.writer();
         self.run(async {
             let txn = client.transaction().await?;
-            let record_params: [&(dyn ToSql + Sync); 2] = [&records.0, &records.1];
-            let chunk_params: [&(dyn ToSql + Sync); 5] =
-                [&chunks.0, &chunks.1, &chunks.2, &chunks.3, &chunks.4];
-            let saving_records = txn.execute(
-                "INSERT INTO bakery_builds (id, record) \
-                 SELECT * FROM unnest($1::text[], $2::bytea[]) \
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                &record_params,
-            );
-            // A retried commit that had been saved after all writes the
-            // same first line again, with as many lines or more.
-            let saving_chunks = txn.execute(
-                "INSERT INTO bakery_log_chunks (build_id, first_seq, lines, bytes, chunk) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
-                 $5::bytea[]) ON CONFLICT (build_id, first_seq) DO UPDATE \
-                 SET lines = EXCLUDED.lines, bytes = EXCLUDED.bytes, chunk = EXCLUDED.chunk",
-                &chunk_params,
-            );
-            // Sent together: one round trip for both.
-            tokio::try_join!(saving_records, saving_chunks)?;
+            let records: [&(dyn ToSql + Sync); 2] = [&c.record_ids, &c.records];
+            let chunks: [&(dyn ToSql + Sync); 5] =
+                [&c.chunk_ids, &c.firsts, &c.lines, &c.bytes, &c.chunks];
+            let secrets: [&(dyn ToSql + Sync); 2] = [&c.secret_ids, &c.secrets];
+            let cleared: [&(dyn ToSql + Sync); 1] = [&c.cleared];
+            tokio::try_join!(
+                txn.execute(
+                    "INSERT INTO bakery_builds (id, record) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    &records,
+                ),
+                // A retried commit that had been saved after all writes the
+                // same first line again, with as many lines or more.
+                txn.execute(
+                    "INSERT INTO bakery_log_chunks (build_id, first_seq, lines, bytes, chunk) \
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
+                     $4::bigint[], $5::bytea[]) ON CONFLICT (build_id, first_seq) DO UPDATE \
+                     SET lines = EXCLUDED.lines, bytes = EXCLUDED.bytes, chunk = EXCLUDED.chunk",
+                    &chunks,
+                ),
+                txn.execute(
+                    "INSERT INTO bakery_secrets (build_id, sealed) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                     ON CONFLICT (build_id) DO UPDATE SET sealed = EXCLUDED.sealed",
+                    &secrets,
+                ),
+                txn.execute(
+                    "DELETE FROM bakery_secrets WHERE build_id = ANY($1)",
+                    &cleared
+                ),
+            )?;
             txn.commit().await?;
             Ok(())
         })
     }
 
+    /// In transactions of [`FORGET_BATCH`] builds: a retention pass after
+    /// a long outage may forget thousands, and one statement over all of
+    /// them would outlast [`QUERY_TIMEOUT`] while commits wait behind it.
     fn forget(&self, ids: &[String]) -> Result<(), JournalError> {
-        let mut client = self.writer();
-        self.run(async {
-            let txn = client.transaction().await?;
-            txn.execute(
-                "DELETE FROM bakery_log_chunks WHERE build_id = ANY($1)",
-                &[&ids],
-            )
-            .await?;
-            txn.execute("DELETE FROM bakery_builds WHERE id = ANY($1)", &[&ids])
-                .await?;
-            txn.commit().await?;
-            Ok(())
-        })
+        for batch in ids.chunks(FORGET_BATCH) {
+            let mut client = self.writer();
+            self.run(async {
+                let txn = client.transaction().await?;
+                for table in ["bakery_secrets", "bakery_log_chunks"] {
+                    let sql = format!("DELETE FROM {table} WHERE build_id = ANY($1)");
+                    txn.execute(&sql, &[&batch]).await?;
+                }
+                txn.execute("DELETE FROM bakery_builds WHERE id = ANY($1)", &[&batch])
+                    .await?;
+                txn.commit().await?;
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
-    /// Connects again: a connection the server closed, or one a timed-out
-    /// call left mid-answer, is never reused.
+    /// Connects the writer again if the server closed its connection, and
+    /// takes the database's lock on the new session. A writer whose
+    /// connection is still open keeps it: its session holds the lock (the
+    /// server's statement_timeout ends what it was waiting on, and its
+    /// keepalive a connection the network lost).
     fn reopen(&self) -> Result<(), JournalError> {
-        let (writer, reader) = self.run(async {
-            Ok((
-                self.transport
-                    .connect(&self.config, connect_limit(&self.config))
-                    .await?,
-                self.transport
-                    .connect(&self.config, connect_limit(&self.config))
-                    .await?,
-            ))
+        if !self.writer().is_closed() {
+            return Ok(());
+        }
+        let writer = self.run(async {
+            let writer = self
+                .transport
+                .connect(&self.config, connect_limit(&self.config))
+                .await?;
+            // Another controller may have taken the database meanwhile:
+            // then this one saves nothing (its requests answer 503).
+            schema::own(&writer).await?;
+            Ok(writer)
         })?;
         *self.writer() = writer;
-        *self.reader.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reader);
         tracing::info!("reconnected to the state database");
         Ok(())
     }
@@ -292,6 +312,52 @@ impl Storage for Postgres {
     }
 }
 
+/// A commit's rows as the columns its statements unnest.
+#[derive(Default)]
+struct Columns {
+    record_ids: Vec<String>,
+    records: Vec<Vec<u8>>,
+    chunk_ids: Vec<String>,
+    firsts: Vec<i64>,
+    lines: Vec<i64>,
+    bytes: Vec<i64>,
+    chunks: Vec<Vec<u8>>,
+    secret_ids: Vec<String>,
+    secrets: Vec<Vec<u8>>,
+    /// Builds whose secrets are gone (they ended).
+    cleared: Vec<String>,
+}
+
+impl Columns {
+    /// Takes what `batch` saves (the chunks are moved, not copied).
+    fn of(batch: &mut [Pending]) -> Columns {
+        let mut c = Columns::default();
+        for p in batch.iter_mut() {
+            let id = p.build.id().to_string();
+            if let Some(bytes) = p.record.take() {
+                c.record_ids.push(id.clone());
+                c.records.push(bytes);
+            }
+            match p.secrets.take() {
+                Some(blob) if blob.is_empty() => c.cleared.push(id.clone()),
+                Some(blob) => {
+                    c.secret_ids.push(id.clone());
+                    c.secrets.push(blob);
+                }
+                None => {}
+            }
+            if let Some((entry, bytes)) = p.chunk.take() {
+                c.chunk_ids.push(id);
+                c.firsts.push(entry.first_seq as i64);
+                c.lines.push(entry.lines as i64);
+                c.bytes.push(entry.bytes as i64);
+                c.chunks.push(bytes);
+            }
+        }
+        c
+    }
+}
+
 impl Postgres {
     /// Build `id`'s lines after `after`, as [`Storage::read_lines`], and the
     /// agent seqs of the last chunk read.
@@ -301,7 +367,7 @@ impl Postgres {
         after: u64,
         max: usize,
     ) -> Result<(Vec<LogEvent>, Option<Vec<u64>>), JournalError> {
-        let client = self.reader();
+        let client = self.reader()?;
         let gap = || JournalError::Gap {
             build: id.to_string(),
             after,
@@ -343,72 +409,21 @@ impl Postgres {
     }
 }
 
+/// `work` within [`QUERY_TIMEOUT`].
+async fn deadline<T>(
+    work: impl std::future::Future<Output = Result<T, JournalError>>,
+) -> Result<T, JournalError> {
+    tokio::time::timeout(QUERY_TIMEOUT, work)
+        .await
+        .map_err(|_| JournalError::Timeout(QUERY_TIMEOUT))?
+}
+
 /// How long connecting may take: `connect_timeout`, or [`CONNECT_TIMEOUT`].
 fn connect_limit(config: &Config) -> Duration {
     config
         .get_connect_timeout()
         .copied()
         .unwrap_or(CONNECT_TIMEOUT)
-}
-
-/// How a refusal for [`OWNER_LOCK`] begins (retried until [`OWNER_WAIT`]).
-const HELD: &str = "another controller is using this database";
-
-/// Takes [`OWNER_LOCK`] on `client`'s session, or says who holds it.
-async fn own(client: &Client) -> Result<(), JournalError> {
-    // The server's side of the keepalive (settable per session).
-    let idle = KEEPALIVE.as_secs();
-    client
-        .batch_execute(&format!(
-            "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = 5; \
-             SET tcp_keepalives_count = 3"
-        ))
-        .await?;
-    let owned: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
-        .await?
-        .get(0);
-    if owned {
-        return Ok(());
-    }
-    Err(JournalError::Postgres(format!(
-        "{HELD} (it holds bakery's lock on it): one controller per database for now \
-         (docs/state.md). Stop the other one, or point DATABASE_URL at another database"
-    )))
-}
-
-/// Applies the migrations the database lacks, in one transaction under
-/// [`MIGRATION_LOCK`]: a second controller starting at once waits, then
-/// finds them applied. A database of a newer schema is refused by name.
-async fn migrate(client: &mut Client) -> Result<(), JournalError> {
-    let txn = client.transaction().await?;
-    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    txn.batch_execute("CREATE TABLE IF NOT EXISTS bakery_schema (version integer NOT NULL)")
-        .await?;
-    let current: i32 = txn
-        .query_one("SELECT coalesce(max(version), 0) FROM bakery_schema", &[])
-        .await?
-        .get(0);
-    let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-    if current > latest {
-        return Err(JournalError::Postgres(format!(
-            "the state database's schema is version {current}, newer than this controller's \
-             {latest}: a newer controller has used it. Run that version (or newer), or point \
-             DATABASE_URL at another database"
-        )));
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        txn.batch_execute(sql).await?;
-        txn.execute(
-            "INSERT INTO bakery_schema (version) VALUES ($1)",
-            &[version],
-        )
-        .await?;
-        tracing::info!(version, "migrated the state database");
-    }
-    txn.commit().await?;
-    Ok(())
 }
 
 /// The server's own message where there is one (tokio-postgres shows "db
@@ -429,6 +444,7 @@ impl From<tokio_postgres::Error> for JournalError {
     }
 }
 
+mod schema;
 #[cfg(test)]
 mod tests;
 mod transport;

@@ -40,6 +40,28 @@ pub(crate) fn request() -> CreateBuild {
         .unwrap()
 }
 
+/// A request whose task has a registry password, a build secret and an
+/// SSH key.
+pub(super) fn request_with_secrets(password: &str, secret: &str, key: &str) -> CreateBuild {
+    use bakery_protocol::spec::{BuildSecret, Credential, Secret};
+    let mut req = request();
+    let spec = &mut req.tasks[0].spec;
+    spec.credentials.push(Credential {
+        registry: "r.io".into(),
+        username: "u".into(),
+        password: Secret::new(password),
+    });
+    spec.secrets.push(BuildSecret {
+        id: "npm".into(),
+        value: Secret::new(secret),
+    });
+    spec.ssh.push(BuildSecret {
+        id: "default".into(),
+        value: Secret::new(key),
+    });
+    req
+}
+
 pub(super) fn add_build(registry: &Registry, journal: &Journal, id: &str) -> Arc<Build> {
     let build = Arc::new(Build::new(
         id.into(),
@@ -429,29 +451,7 @@ async fn secrets_live_beside_the_journal_never_in_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("builds.redb");
     let registry = Arc::new(Registry::default());
-    let mut req = request();
-    req.tasks[0]
-        .spec
-        .credentials
-        .push(bakery_protocol::spec::Credential {
-            registry: "r.io".into(),
-            username: "u".into(),
-            password: bakery_protocol::spec::Secret::new(PASSWORD),
-        });
-    req.tasks[0]
-        .spec
-        .secrets
-        .push(bakery_protocol::spec::BuildSecret {
-            id: "npm".into(),
-            value: bakery_protocol::spec::Secret::new(SECRET),
-        });
-    req.tasks[0]
-        .spec
-        .ssh
-        .push(bakery_protocol::spec::BuildSecret {
-            id: "default".into(),
-            value: bakery_protocol::spec::Secret::new(KEY),
-        });
+    let req = request_with_secrets(PASSWORD, SECRET, KEY);
     let holds = |file: &Path, needle: &str| {
         std::fs::read(file).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
     };

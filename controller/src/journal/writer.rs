@@ -210,6 +210,9 @@ pub struct Pending {
     pub(super) record: Option<Vec<u8>>,
     /// The new lines as a JSON chunk, and which they are.
     pub(super) chunk: Option<(Entry, Vec<u8>)>,
+    /// The build's secrets sealed for the database, when the vault seals
+    /// (empty: it has none left).
+    pub(super) secrets: Option<Vec<u8>>,
     logs_end: usize,
 }
 
@@ -225,19 +228,20 @@ impl Pending {
             chunk,
             logs_end,
         } = build.unsaved(from)?;
-        let record = match record {
+        let (record, secrets) = match record {
             Some(mut r) => {
-                vault
+                let secrets = vault
                     .seal(build.id(), &mut r)
                     .map_err(|e| JournalError::Db(redb::Error::Io(e)))?;
-                Some(serde_json::to_vec(&r)?)
+                (Some(serde_json::to_vec(&r)?), secrets)
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Some(Pending {
             build,
             record,
             chunk,
+            secrets,
             logs_end,
         }))
     }

@@ -9,6 +9,7 @@ use bakery_protocol::api::{AgentLine, BuildState};
 
 use super::super::tests::{add_build, forget_older_than};
 use super::super::Journal;
+use super::Target;
 use crate::state::Registry;
 
 /// How long a test's controller waits for the database's lock.
@@ -37,8 +38,18 @@ async fn saved(journal: &Arc<Journal>) -> Vec<(String, Vec<(u64, String)>, Vec<u
     out
 }
 
+/// How a test's controller reaches database `url`.
+fn target(url: &str) -> Target {
+    Target {
+        url: url.to_string(),
+        ca_file: None,
+        owner_wait: WAIT,
+        state_key: None,
+    }
+}
+
 async fn connect(url: &str, dir: &std::path::Path) -> Arc<Journal> {
-    Arc::new(Journal::connect(url, None, dir, WAIT).await.unwrap())
+    Arc::new(Journal::connect(target(url), dir).await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +128,8 @@ async fn two_controllers_starting_at_once_on_an_empty_database_migrate_it_once_a
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = tokio::join!(
-        Journal::connect(&url, None, dir.path(), WAIT),
-        Journal::connect(&url, None, dir.path(), WAIT)
+        Journal::connect(target(&url), dir.path()),
+        Journal::connect(target(&url), dir.path())
     );
     // Both migrate safely; one runs, the other is told why it may not.
     let (running, refused) = match (a, b) {
@@ -130,13 +141,13 @@ async fn two_controllers_starting_at_once_on_an_empty_database_migrate_it_once_a
         "{refused}"
     );
     assert_eq!(
-        server.psql(&url, "SELECT version FROM bakery_schema"),
-        "1\n"
+        server.psql(&url, "SELECT version FROM bakery_schema ORDER BY version"),
+        "1\n2\n"
     );
     // Once the first is gone, the database is free again.
     drop(running);
     let start = Instant::now();
-    while let Err(e) = Journal::connect(&url, None, dir.path(), WAIT).await {
+    while let Err(e) = Journal::connect(target(&url), dir.path()).await {
         assert!(start.elapsed() < Duration::from_secs(10), "{e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -147,19 +158,15 @@ async fn a_database_a_newer_controller_migrated_is_refused_by_name() {
     let server = server::Server::start();
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
-    drop(
-        Journal::connect(&url, None, dir.path(), WAIT)
-            .await
-            .unwrap(),
-    );
-    server.psql(&url, "INSERT INTO bakery_schema (version) VALUES (2)");
-    let e = Journal::connect(&url, None, dir.path(), WAIT)
+    drop(Journal::connect(target(&url), dir.path()).await.unwrap());
+    server.psql(&url, "INSERT INTO bakery_schema (version) VALUES (99)");
+    let e = Journal::connect(target(&url), dir.path())
         .await
         .err()
         .unwrap()
         .to_string();
     assert!(
-        e.contains("schema is version 2, newer than this controller's 1")
+        e.contains("schema is version 99, newer than this controller's 2")
             && e.contains("Run that version"),
         "{e}"
     );
@@ -173,7 +180,7 @@ async fn a_server_that_never_answers_fails_the_start_in_time_without_the_passwor
     let url = format!("postgres://bakery:hunter2@127.0.0.1:{port}/db?connect_timeout=1");
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let e = Journal::connect(&url, None, dir.path(), WAIT)
+    let e = Journal::connect(target(&url), dir.path())
         .await
         .err()
         .unwrap()
@@ -190,10 +197,8 @@ async fn a_server_that_never_answers_fails_the_start_in_time_without_the_passwor
     );
 
     let e = Journal::connect(
-        "postgres://bakery:hunter2@db:notaport/x",
-        None,
+        target("postgres://bakery:hunter2@db:notaport/x"),
         dir.path(),
-        WAIT,
     )
     .await
     .err()
@@ -293,11 +298,18 @@ async fn sslmode_require_verifies_the_server_against_database_ca_file() {
     let ca = certs.path().join("ca.pem");
 
     let tls = format!("{url}?sslmode=require");
-    let journal = Journal::connect(&tls, Some(&ca), dir.path(), WAIT).await;
+    let journal = Journal::connect(
+        Target {
+            ca_file: Some(ca.clone()),
+            ..target(&tls)
+        },
+        dir.path(),
+    )
+    .await;
     assert!(journal.is_ok(), "{:?}", journal.err());
     drop(journal);
 
-    let e = Journal::connect(&tls, None, dir.path(), WAIT)
+    let e = Journal::connect(target(&tls), dir.path())
         .await
         .err()
         .unwrap()
@@ -306,25 +318,118 @@ async fn sslmode_require_verifies_the_server_against_database_ca_file() {
         e.contains("certificate") && e.contains("set DATABASE_CA_FILE"),
         "{e}"
     );
-    let e = Journal::connect(&format!("{url}?sslmode=disable"), None, dir.path(), WAIT)
+    let e = Journal::connect(target(&format!("{url}?sslmode=disable")), dir.path())
         .await
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("no encryption"), "{e}");
 
-    let e = Journal::connect(
-        &tls,
-        Some(&dir.path().join("missing.pem")),
-        dir.path(),
-        WAIT,
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    let missing = Target {
+        ca_file: Some(dir.path().join("missing.pem")),
+        ..target(&tls)
+    };
+    let e = Journal::connect(missing, dir.path())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("DATABASE_CA_FILE") && e.contains("missing.pem"),
         "{e}"
+    );
+}
+
+/// With STATE_KEY an unfinished build's secrets are saved in the database,
+/// sealed: in no record, in no file, read back with the key, refused with
+/// another key, and gone once the build ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_state_key_secrets_are_sealed_into_the_database() {
+    use crate::journal::sealing::StateKey;
+    use base64::Engine;
+    const PASSWORD: &str = "sealed-Registry-Pw-1";
+    let key = |byte: u8| {
+        let text = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+        Some(StateKey::from_base64(&text).unwrap())
+    };
+    let with_key = |url: &str, byte: u8| Target {
+        state_key: key(byte),
+        ..target(url)
+    };
+    let server = server::Server::start();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::default());
+    let journal = Arc::new(
+        Journal::connect(with_key(&url, 1), dir.path())
+            .await
+            .unwrap(),
+    );
+    let request = super::super::tests::request_with_secrets(PASSWORD, "s-2", "k-3");
+    let build = Arc::new(crate::state::Build::new(
+        "s1".into(),
+        request,
+        bakery_protocol::Platform::Local,
+        Some(journal.signal()),
+        u64::MAX,
+    ));
+    registry.insert(Arc::clone(&build));
+    journal.commit_dirty(registry.as_ref()).await.unwrap();
+    let everything = "SELECT encode(record, 'escape') FROM bakery_builds \
+                      UNION ALL SELECT encode(sealed, 'escape') FROM bakery_secrets";
+    let stored = server.psql(&url, everything);
+    assert!(
+        !stored.contains(PASSWORD) && !stored.contains("s-2"),
+        "{stored}"
+    );
+    assert_eq!(
+        server.psql(&url, "SELECT count(*) FROM bakery_secrets"),
+        "1\n"
+    );
+    assert!(!dir.path().join("secrets").exists(), "no file for them");
+    drop(journal);
+
+    let load = |byte: u8| {
+        let (url, dir) = (url.clone(), dir.path().to_path_buf());
+        async move {
+            let journal = Arc::new(Journal::connect(with_key(&url, byte), &dir).await.unwrap());
+            let j = Arc::clone(&journal);
+            tokio::task::spawn_blocking(move || j.load(10))
+                .await
+                .unwrap()
+        }
+    };
+    let restored = load(1).await.unwrap();
+    let spec = &restored[0].record.request.tasks[0].spec;
+    assert_eq!(spec.credentials[0].password.expose(), PASSWORD);
+    assert_eq!(spec.secrets[0].value.expose(), "s-2");
+    assert_eq!(spec.ssh[0].value.expose(), "k-3");
+    let e = load(2).await.err().unwrap().to_string();
+    assert!(
+        e.contains("STATE_KEY does not open build s1's secrets"),
+        "{e}"
+    );
+    let keyless = Arc::new(Journal::connect(target(&url), dir.path()).await.unwrap());
+    let e = tokio::task::spawn_blocking(move || keyless.load(10))
+        .await
+        .unwrap()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("sealed in the database and STATE_KEY is not set"),
+        "{e}"
+    );
+
+    let journal = Arc::new(
+        Journal::connect(with_key(&url, 1), dir.path())
+            .await
+            .unwrap(),
+    );
+    build.update(|b| b.finish_build(bakery_protocol::api::BuildState::Succeeded, None));
+    journal.commit_dirty(registry.as_ref()).await.unwrap();
+    assert_eq!(
+        server.psql(&url, "SELECT count(*) FROM bakery_secrets"),
+        "0\n"
     );
 }

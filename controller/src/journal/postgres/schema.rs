@@ -1,0 +1,101 @@
+//! The database's schema and who may use it: versioned migrations applied
+//! at start-up, and the lock one controller holds on the database for as
+//! long as it runs.
+
+use tokio_postgres::Client;
+
+use super::super::JournalError;
+
+/// Each schema version and the SQL that reaches it from the one before.
+/// A version, once released, is never edited: changes are a new version.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("1-builds.sql")),
+    (2, include_str!("2-secrets.sql")),
+];
+
+/// The advisory lock migrations run under ("bakery" in ASCII).
+const MIGRATION_LOCK: i64 = 0x62_61_6b_65_72_79;
+
+/// The advisory lock a controller holds on its database for as long as it
+/// runs (one above [`MIGRATION_LOCK`]): until replicas share a database
+/// (docs/state.md), a second controller on it would resume, supervise and
+/// delete as orphans the first one's agents.
+const OWNER_LOCK: i64 = MIGRATION_LOCK + 1;
+
+/// How a refusal for [`OWNER_LOCK`] begins (retried until the owner wait).
+const HELD: &str = "another controller is using this database";
+
+/// Takes [`OWNER_LOCK`] on `client`'s session, or says who holds it.
+pub(super) async fn own(client: &Client) -> Result<(), JournalError> {
+    let owned: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
+        .await?
+        .get(0);
+    if owned {
+        return Ok(());
+    }
+    Err(JournalError::Postgres(format!(
+        "{HELD} (it holds bakery's lock on it): one controller per database for now \
+         (docs/state.md). Stop the other one, or point DATABASE_URL at another database"
+    )))
+}
+
+/// Whether `e` is [`own`]'s refusal, which is worth waiting out.
+pub(super) fn held(e: &JournalError) -> bool {
+    matches!(e, JournalError::Postgres(m) if m.starts_with(HELD))
+}
+
+/// Applies the migrations the database lacks, in one transaction under
+/// [`MIGRATION_LOCK`]: a second controller starting at once waits, then
+/// finds them applied. A database of a newer schema is refused by name.
+/// Once migrated, the user needs no CREATE privilege: nothing is created.
+pub(super) async fn migrate(client: &mut Client) -> Result<(), JournalError> {
+    let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if version(client).await? == Some(latest) {
+        return Ok(());
+    }
+    let txn = client.transaction().await?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let current = match version(&txn).await? {
+        Some(v) => v,
+        None => {
+            txn.batch_execute("CREATE TABLE bakery_schema (version integer NOT NULL)")
+                .await?;
+            0
+        }
+    };
+    if current > latest {
+        return Err(JournalError::Postgres(format!(
+            "the state database's schema is version {current}, newer than this controller's \
+             {latest}: a newer controller has used it. Run that version (or newer), or point \
+             DATABASE_URL at another database"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        txn.batch_execute(sql).await?;
+        txn.execute(
+            "INSERT INTO bakery_schema (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tracing::info!(version, "migrated the state database");
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The schema's version, `None` before the first migration.
+async fn version(client: &impl tokio_postgres::GenericClient) -> Result<Option<i32>, JournalError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('bakery_schema') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT coalesce(max(version), 0) FROM bakery_schema", &[])
+        .await?;
+    Ok(Some(row.get(0)))
+}
