@@ -12,7 +12,14 @@ use serde_json::Value;
 
 /// The example's objects as `kubectl kustomize` renders them (YAML).
 fn rendered_yaml() -> Vec<u8> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/server/k8s");
+    rendered_yaml_of("k8s")
+}
+
+/// Example `name` under examples/server (the base, or an overlay of it).
+fn rendered_yaml_of(name: &str) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/server")
+        .join(name);
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(&dir)
@@ -27,7 +34,11 @@ fn rendered_yaml() -> Vec<u8> {
 }
 
 fn rendered() -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_slice(&rendered_yaml())
+    parse(&rendered_yaml())
+}
+
+fn parse(yaml: &[u8]) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_slice(yaml)
         .map(|doc| Value::deserialize(doc).unwrap())
         .collect()
 }
@@ -216,11 +227,13 @@ fn agent_pod() -> Value {
 fn every_object_and_the_agent_pod_pass_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
-    for (i, object) in rendered().iter().chain([&agent_pod()]).enumerate() {
+    let postgres = parse(&rendered_yaml_of("k8s-postgres"));
+    let objects = rendered().into_iter().chain(postgres).chain([agent_pod()]);
+    for (i, object) in objects.enumerate() {
         let file = dir.path().join(format!("{i}.yaml"));
         // JSON (a YAML subset): a YAML writer leaves `off` unquoted, which
         // YAML 1.1 readers take for false.
-        std::fs::write(&file, serde_json::to_string(object).unwrap()).unwrap();
+        std::fs::write(&file, serde_json::to_string(&object).unwrap()).unwrap();
         files.push(file);
     }
     for version in [Some("1.29.0"), None] {
@@ -438,5 +451,61 @@ fn checkov_passes_on_the_rendered_objects() {
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("rendered.yaml");
     std::fs::write(&file, rendered_yaml()).unwrap();
+    checkers::checkov_passes(&["-f", file.to_str().unwrap(), "--framework", "kubernetes"]);
+}
+
+/// The PostgreSQL overlay (examples/server/k8s-postgres, docs/state.md): the
+/// base without its volume, the database's settings in a Secret of their
+/// own that the controller reads, still one replica replaced whole; and
+/// checkov passes on it as on the base.
+#[test]
+fn the_postgres_overlay_needs_no_volume_and_its_secret_is_read() {
+    let yaml = rendered_yaml_of("k8s-postgres");
+    let objects = parse(&yaml);
+    assert!(
+        !objects.iter().any(|o| o["kind"] == "PersistentVolumeClaim"),
+        "no volume claim"
+    );
+    let deploy = find(&objects, "Deployment", "bakery-server");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let data = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .unwrap();
+    assert!(data["emptyDir"].is_object() && data.get("persistentVolumeClaim").is_none());
+    let state = find(&objects, "Secret", "bakery-state");
+    let name = state["metadata"]["name"].as_str().unwrap();
+    let from: Vec<&str> = pod["containers"][0]["envFrom"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["secretRef"]["name"].as_str().unwrap())
+        .collect();
+    // The base's settings and the database's.
+    let base = |n: &&str| n.starts_with("bakery-") && !n.starts_with("bakery-state");
+    assert!(from.contains(&name) && from.iter().any(base), "{from:?}");
+    let vars: Vec<(String, String)> = state["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            // kubectl folds a long value over lines.
+            let text: String = v.as_str().unwrap().split_whitespace().collect();
+            let value = String::from_utf8(base64_decode(&text)).unwrap();
+            (k.clone(), value)
+        })
+        .collect();
+    let keys: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["DATABASE_URL", "STATE_KEY"]);
+    let config = bakery_controller::Config::from_vars(vars).unwrap();
+    assert!(config.database_url.is_some() && config.state_key.is_some());
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("rendered.yaml");
+    std::fs::write(&file, &yaml).unwrap();
     checkers::checkov_passes(&["-f", file.to_str().unwrap(), "--framework", "kubernetes"]);
 }
