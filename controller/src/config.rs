@@ -70,6 +70,12 @@ pub struct Config {
     /// builds and logs in PostgreSQL instead of the journal file in
     /// DATA_DIR (docs/state.md). A secret: it may hold a password.
     pub database_url: Option<bakery_protocol::spec::Secret>,
+    /// STANDBY: with DATABASE_URL, wait for as long as it takes for the
+    /// controller that holds the database to stop, then take over its
+    /// builds (docs/state.md). Meanwhile `/healthz` answers 200 and
+    /// everything else 503.
+    #[serde(default)]
+    pub standby: bool,
     /// DATABASE_CA_FILE: the PEM CA that signed the database server's
     /// certificate, for `sslmode=require` (default: the system's roots).
     pub database_ca_file: Option<PathBuf>,

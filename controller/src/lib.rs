@@ -38,6 +38,7 @@ mod provenance;
 mod replicate;
 mod routes;
 pub mod serve;
+mod standby;
 mod startup;
 pub mod state;
 mod store;
@@ -331,50 +332,6 @@ fn push_task(
     tasks.spawn(work);
 }
 
-/// Puts the journal's builds back in the registry and resumes the unfinished
-/// ones. A build on a platform this controller no longer runs fails, named.
-fn resume_builds(app: &Arc<App>, restored: Vec<journal::Restored>) {
-    let mut resumed = 0;
-    for saved in restored {
-        let build = Arc::new(state::Build::restore(
-            saved,
-            Some(app.journal.signal()),
-            app.config.build_log_limit,
-        ));
-        app.builds.insert(Arc::clone(&build));
-        let status = build.status();
-        if status.state.is_terminal() {
-            continue;
-        }
-        if !build.read().acknowledged() {
-            // Saved, but its creation was answered 503 (or not at all): the
-            // client was not told it exists, so it must not run.
-            build.update(|b| b.withdraw("the controller stopped before it confirmed this build to the client, so it was never started; submit it again"));
-            continue;
-        }
-        if let Some(missing) = status
-            .tasks
-            .iter()
-            .find(|t| !app.platforms.contains_key(&t.platform))
-        {
-            let error = format!(
-                "the controller restarted without the {} platform this build's {} agent runs on",
-                missing.platform, missing.arch
-            );
-            build.update(|b| b.fail(error));
-            continue;
-        }
-        resumed += 1;
-        app.spawn_supervisor(supervisor::resume(Arc::clone(app), build));
-    }
-    if resumed > 0 {
-        tracing::info!(
-            resumed,
-            "resuming the builds an earlier run left unfinished"
-        );
-    }
-}
-
 /// Drops finished builds older than BUILD_RETENTION, hourly, with what
 /// they left on the controller's disk: the local agents' own logs, and
 /// contexts that no build still kept refers to.
@@ -464,7 +421,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let edge = Edge::from_config(&config, addr)?;
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
+    // A standby answers as one until the database is free (standby.rs).
+    let (listener, standby) =
+        standby::start_if(config.standby, listener, edge.certificates.as_ref())
+            .map_err(listen_error)?;
     let journal = Arc::new(startup::open_journal(&config).await?);
+    if let Some(standby) = standby {
+        standby.take_over().await;
+    }
     journal.set_flush_timeout(config.journal_timeout);
     let restored = {
         let journal = Arc::clone(&journal);
@@ -504,7 +468,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds) as Arc<dyn journal::Builds>));
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
-    resume_builds(&app, restored);
+    startup::resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));
     Ok(serve_app(app, listener, addr, edge.certificates))
 }

@@ -58,9 +58,16 @@ async fn run() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = bakery_controller::Config::from_env()?;
-    let running = bakery_controller::start(config)
-        .await
-        .context("starting the controller")?;
+    // A signal while starting ends the process: a standby may wait for
+    // hours (STANDBY), and a start is safe to abandon at any point.
+    let running = tokio::select! {
+        started = bakery_controller::start(config) => started.context("starting the controller")?,
+        _ = int.recv() => return Ok(()),
+        _ = term.recv() => {
+            tracing::info!("stopped before it started serving");
+            return Ok(());
+        }
+    };
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}

@@ -9,7 +9,7 @@ use bakery_protocol::Platform;
 
 use crate::platform::local::LocalPlatform;
 use crate::platform::{self, AgentPlatform, Operation};
-use crate::{config, metrics, Config, StartError};
+use crate::{config, metrics, App, Config, StartError};
 
 /// Starts one agent platform. ECS and Kubernetes are cargo features (on in
 /// `bakery-controller`, off in the controller the CI client embeds): a
@@ -151,6 +151,13 @@ pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Jour
                 .into(),
         )));
     }
+    if config.standby && config.database_url.is_none() {
+        return Err(StartError::Journal(crate::journal::JournalError::Postgres(
+            "STANDBY waits for the controller that holds the state database DATABASE_URL \
+             names, and it is not set: set DATABASE_URL, or unset STANDBY"
+                .into(),
+        )));
+    }
     let Some(url) = &config.database_url else {
         return Ok(crate::journal::Journal::open(
             &config.data_dir.join("builds.redb"),
@@ -168,7 +175,8 @@ pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Jour
         let target = crate::journal::postgres::Target {
             url: url.expose().to_string(),
             ca_file: config.database_ca_file.clone(),
-            owner_wait: crate::journal::postgres::OWNER_WAIT,
+            // A standby waits for as long as it takes.
+            owner_wait: (!config.standby).then_some(crate::journal::postgres::OWNER_WAIT),
             state_key,
         };
         Ok(crate::journal::Journal::connect(target, &config.data_dir).await?)
@@ -181,5 +189,49 @@ pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Jour
              (the `postgres` feature of bakery-controller): run bakery-controller, or unset it"
                 .into(),
         )))
+    }
+}
+
+/// Puts the journal's builds back in the registry and resumes the unfinished
+/// ones. A build on a platform this controller no longer runs fails, named.
+pub(crate) fn resume_builds(app: &Arc<App>, restored: Vec<crate::journal::Restored>) {
+    let mut resumed = 0;
+    for saved in restored {
+        let build = Arc::new(crate::state::Build::restore(
+            saved,
+            Some(app.journal.signal()),
+            app.config.build_log_limit,
+        ));
+        app.builds.insert(Arc::clone(&build));
+        let status = build.status();
+        if status.state.is_terminal() {
+            continue;
+        }
+        if !build.read().acknowledged() {
+            // Saved, but its creation was answered 503 (or not at all): the
+            // client was not told it exists, so it must not run.
+            build.update(|b| b.withdraw("the controller stopped before it confirmed this build to the client, so it was never started; submit it again"));
+            continue;
+        }
+        if let Some(missing) = status
+            .tasks
+            .iter()
+            .find(|t| !app.platforms.contains_key(&t.platform))
+        {
+            let error = format!(
+                "the controller restarted without the {} platform this build's {} agent runs on",
+                missing.platform, missing.arch
+            );
+            build.update(|b| b.fail(error));
+            continue;
+        }
+        resumed += 1;
+        app.spawn_supervisor(crate::supervisor::resume(Arc::clone(app), build));
+    }
+    if resumed > 0 {
+        tracing::info!(
+            resumed,
+            "resuming the builds an earlier run left unfinished"
+        );
     }
 }

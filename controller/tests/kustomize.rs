@@ -455,9 +455,9 @@ fn checkov_passes_on_the_rendered_objects() {
 }
 
 /// The PostgreSQL overlay (examples/server/k8s-postgres, docs/state.md): the
-/// base without its volume, the database's settings in a Secret of their
-/// own that the controller reads, still one replica replaced whole; and
-/// checkov passes on it as on the base.
+/// base without its volume, two replicas (one a standby) kept one at a
+/// time through a drain, the database's settings in a Secret of their own
+/// that the controller reads; and checkov passes on it as on the base.
 #[test]
 fn the_postgres_overlay_needs_no_volume_and_its_secret_is_read() {
     let yaml = rendered_yaml_of("k8s-postgres");
@@ -467,8 +467,9 @@ fn the_postgres_overlay_needs_no_volume_and_its_secret_is_read() {
         "no volume claim"
     );
     let deploy = find(&objects, "Deployment", "bakery-server");
-    assert_eq!(deploy["spec"]["replicas"], 1);
-    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(deploy["spec"]["replicas"], 2, "one active, one standby");
+    let pdb = find(&objects, "PodDisruptionBudget", "bakery-server");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
     let pod = &deploy["spec"]["template"]["spec"];
     let data = pod["volumes"]
         .as_array()
@@ -500,9 +501,9 @@ fn the_postgres_overlay_needs_no_volume_and_its_secret_is_read() {
         })
         .collect();
     let keys: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["DATABASE_URL", "STATE_KEY"]);
+    assert_eq!(keys, ["DATABASE_URL", "STANDBY", "STATE_KEY"]);
     let config = bakery_controller::Config::from_vars(vars).unwrap();
-    assert!(config.database_url.is_some() && config.state_key.is_some());
+    assert!(config.database_url.is_some() && config.state_key.is_some() && config.standby);
 
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("rendered.yaml");

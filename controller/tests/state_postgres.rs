@@ -75,7 +75,7 @@ async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
     let second = bakery_controller::journal::postgres::Target {
         url: url.clone(),
         ca_file: None,
-        owner_wait: Duration::from_secs(1),
+        owner_wait: Some(Duration::from_secs(1)),
         state_key: None,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -87,4 +87,302 @@ async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
     );
     h.restart(&[]).await;
     assert_eq!(h.status(&id).await.state, BuildState::Succeeded);
+}
+
+/// A TCP relay to whichever port the test names: the one address agents
+/// and clients know, in front of two controllers.
+struct Relay {
+    port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(AtomicU16::new(target));
+        let to = std::sync::Arc::clone(&target);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let port = to.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { port, target }
+    }
+
+    fn send_to(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// STANDBY: a second controller on the same database waits, alive but
+/// not ready, answering 503; when the first stops (a rollout, a drained
+/// node), it takes the database and the build over: its agent, still
+/// running, reports to it through the same address and the build ends
+/// as succeeded, its log read back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_a_running_build_when_the_active_controller_stops() {
+    let server = postgres::Server::start();
+    let url = server.database();
+    let standby_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay = Relay::start(0).await;
+    let shared = format!("http://127.0.0.1:{}", relay.port);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("CONTROLLER_URL", shared.as_str()),
+    ];
+    let mut h = Harness::new(&succeeding_agent("3"), &env).await;
+    let active_port: u16 = h.url("").rsplit(':').next().unwrap().parse().unwrap();
+    relay.send_to(active_port);
+
+    let mut vars = env.to_vec();
+    let listen = format!("127.0.0.1:{standby_port}");
+    vars.extend([("STANDBY", "true"), ("LISTEN_ADDR", listen.as_str())]);
+    let config = Harness::config(h.dir.path(), &vars);
+    let standby = tokio::spawn(bakery_controller::start(config));
+    let standby_url = format!("http://127.0.0.1:{standby_port}");
+    let http = reqwest::Client::new();
+    eventually("the standby answers", Duration::from_secs(10), async || {
+        let health = http.get(format!("{standby_url}/healthz")).send().await;
+        health.is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let ready = http
+        .get(format!("{standby_url}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let create = http
+        .post(format!("{standby_url}/v1/builds"))
+        .json(&unpushed_request(
+            &format!("contexts/sha256-{}.tar.gz", "0".repeat(64)),
+            &[Arch::Amd64],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(create.headers()["retry-after"], "5");
+    assert!(create.text().await.unwrap().contains("standby"));
+
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    eventually("the agent checks in", Duration::from_secs(10), async || {
+        h.status(&id).await.tasks[0].state == bakery_protocol::api::TaskState::Running
+    })
+    .await;
+    // The active controller stops as on SIGTERM; its agent runs on.
+    let stopped = Instant::now();
+    h.running.take().unwrap().suspend().await;
+    relay.send_to(standby_port);
+    let running = tokio::time::timeout(Duration::from_secs(20), standby)
+        .await
+        .expect("the standby takes over within 20 s")
+        .unwrap()
+        .expect("the standby starts");
+    println!(
+        "takeover: {:?} after the active controller stopped",
+        stopped.elapsed()
+    );
+    let taken = running
+        .app
+        .builds()
+        .get(&id)
+        .expect("the build was taken over");
+    assert!(
+        !taken.status().state.is_terminal(),
+        "taken over while it ran"
+    );
+    h.running = Some(running);
+    let status = h.wait_end(&id, Duration::from_secs(20)).await;
+    assert_eq!(status.state, BuildState::Succeeded, "{status:?}");
+    let log = h.log_text(&id).await;
+    assert!(log.contains("agent started"), "the log read back: {log}");
+}
+
+/// A child process killed when dropped: a failed test leaves none running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A controller process with `env`, its output in `log`.
+fn controller_process(env: &[(&str, String)], log: &std::path::Path) -> Killed {
+    let out = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_bakery-controller"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("LOCAL_AGENT_ISOLATION", "none")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .map(Killed)
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `GET http://127.0.0.1:{port}{path}` answers `code`.
+async fn answers(port: u16, path: &str, code: StatusCode) -> bool {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await;
+    r.is_ok_and(|r| r.status() == code)
+}
+
+/// Build `id`'s status as the controller on `port` answers it.
+async fn status_on(port: u16, id: &str) -> Option<bakery_protocol::api::BuildStatus> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/v1/builds/{id}"))
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Uploads a context and creates an unpushed one-arch build through `base`.
+async fn create_through(base: &str) -> String {
+    use sha2::Digest;
+    let http = reqwest::Client::new();
+    let body = b"ctx".to_vec();
+    let key = format!(
+        "contexts/sha256-{}.tar.gz",
+        hex::encode(sha2::Sha256::digest(&body))
+    );
+    let put = http
+        .put(format!("{base}/v1/contexts/{key}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/builds"))
+        .json(&unpushed_request(&key, &[Arch::Amd64]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().unwrap().to_string()
+}
+
+/// The active controller process is killed (SIGKILL: a node lost, an OOM
+/// kill) while its agent runs: the standby process takes the database over
+/// as soon as the server sees the dead session end, adopts the agent, and
+/// the build succeeds through the same address. The takeover time is
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_controller_is_killed() {
+    let server = postgres::Server::start();
+    let url = server.database();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent.sh");
+    std::fs::write(&agent, format!("#!/bin/sh\n{}\n", succeeding_agent("4"))).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (a, b) = (free_port(), free_port());
+    let relay = Relay::start(a).await;
+    let shared = format!("http://127.0.0.1:{}", relay.port);
+    let env = |port: u16, standby: bool| {
+        vec![
+            ("DATABASE_URL", url.clone()),
+            ("CONTROLLER_URL", shared.clone()),
+            ("DATA_DIR", dir.path().join("data").display().to_string()),
+            ("AGENT_BINARY", agent.display().to_string()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("STANDBY", standby.to_string()),
+        ]
+    };
+    let mut active = controller_process(&env(a, false), &dir.path().join("a.log"));
+    eventually(
+        "the active controller is ready",
+        Duration::from_secs(20),
+        async || answers(a, "/readyz", StatusCode::OK).await,
+    )
+    .await;
+    let mut standby = controller_process(&env(b, true), &dir.path().join("b.log"));
+    eventually(
+        "the standby is alive",
+        Duration::from_secs(20),
+        async || answers(b, "/healthz", StatusCode::OK).await,
+    )
+    .await;
+    assert!(answers(b, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await);
+
+    let id = create_through(&shared).await;
+    // Killed once the agent has its spec: had its answer been cut off too,
+    // a real agent would ask again; this stand-in would exit.
+    let spec = dir.path().join(format!("data/work/{id}-amd64.spec"));
+    eventually(
+        "the agent has its spec",
+        Duration::from_secs(10),
+        async || std::fs::metadata(&spec).is_ok_and(|m| m.len() > 0),
+    )
+    .await;
+    active.0.kill().unwrap();
+    let killed = Instant::now();
+    active.0.wait().unwrap();
+    relay.send_to(b);
+    eventually(
+        "the standby takes over",
+        Duration::from_secs(40),
+        async || answers(b, "/readyz", StatusCode::OK).await,
+    )
+    .await;
+    println!("takeover: {:?} after SIGKILL", killed.elapsed());
+    let taken = status_on(b, &id)
+        .await
+        .expect("the standby knows the build");
+    let logs = || {
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        let work = std::fs::read_dir(dir.path().join("data/work"))
+            .map(|d| {
+                let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).unwrap_or_default();
+                d.flatten()
+                    .map(|e| format!("{:?}: {}", e.path(), read(e.path())))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        format!(
+            "a.log:\n{}\nb.log:\n{}\nthe agent's files:\n{work}",
+            read("a.log"),
+            read("b.log")
+        )
+    };
+    assert!(
+        !taken.state.is_terminal(),
+        "taken over while it ran: {taken:?}\n{}",
+        logs()
+    );
+    eventually("the build succeeds", Duration::from_secs(30), async || {
+        status_on(b, &id)
+            .await
+            .is_some_and(|s| s.state == BuildState::Succeeded)
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(standby.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(standby.0.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(!log.contains("postgres://"), "no URL in the log: {log}");
 }

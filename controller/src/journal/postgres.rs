@@ -71,8 +71,9 @@ pub struct Target {
     /// The CA the server's certificate must chain to (`sslmode=require`).
     pub ca_file: Option<PathBuf>,
     /// How long to wait for another controller to let go of the database
-    /// ([`OWNER_WAIT`] at start-up).
-    pub owner_wait: Duration,
+    /// ([`OWNER_WAIT`] at start-up); `None`: for as long as it takes (a
+    /// standby).
+    pub owner_wait: Option<Duration>,
     /// Seals build secrets into the database; without it they stay in
     /// files in DATA_DIR.
     pub state_key: Option<super::sealing::StateKey>,
@@ -91,14 +92,21 @@ impl Postgres {
         let mut writer = transport.connect(&config, connect_limit(&config)).await?;
         // Owned before migrated: a new version never changes the schema
         // under an old controller still running on it.
-        let delays = backon::ConstantBuilder::default()
-            .with_delay(Duration::from_millis(500))
-            .with_max_times((target.owner_wait.as_millis() / 500) as usize);
+        let delays = backon::ConstantBuilder::default().with_delay(Duration::from_millis(500));
+        let delays = match target.owner_wait {
+            Some(wait) => delays.with_max_times((wait.as_millis() / 500) as usize),
+            None => delays.without_max_times(),
+        };
         let owning = || deadline(schema::own(&writer));
+        let mut told = false;
         backon::Retryable::retry(owning, delays)
             .when(schema::held)
             .notify(|_, _| {
-                tracing::info!("waiting for another controller to let go of the state database");
+                if !std::mem::replace(&mut told, true) {
+                    tracing::info!(
+                        "waiting for another controller to let go of the state database"
+                    );
+                }
             })
             .await?;
         deadline(schema::migrate(&mut writer)).await?;

@@ -73,6 +73,8 @@ impl Harness {
             // (action/tests/isolation.rs).
             ("LOCAL_AGENT_ISOLATION".to_string(), "none".to_string()),
         ];
+        // What the test gives wins over these defaults.
+        vars.retain(|(k, _)| !env.iter().any(|(given, _)| given == k));
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Config::from_vars(vars).unwrap()
     }

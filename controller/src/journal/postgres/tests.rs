@@ -43,7 +43,7 @@ fn target(url: &str) -> Target {
     Target {
         url: url.to_string(),
         ca_file: None,
-        owner_wait: WAIT,
+        owner_wait: Some(WAIT),
         state_key: None,
     }
 }
