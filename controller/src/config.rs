@@ -76,6 +76,11 @@ pub struct Config {
     /// everything else 503.
     #[serde(default)]
     pub standby: bool,
+    /// REPLICA_URL: where other controllers reach this one
+    /// (`http://$(POD_IP):8080`). The one holding the database publishes
+    /// it, and standbys forward every request there instead of answering
+    /// 503 (docs/state.md).
+    pub replica_url: Option<String>,
     /// DATABASE_CA_FILE: the PEM CA that signed the database server's
     /// certificate, for `sslmode=require` (default: the system's roots).
     pub database_ca_file: Option<PathBuf>,

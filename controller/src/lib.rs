@@ -29,6 +29,7 @@ mod auth;
 mod config;
 mod create;
 mod follow;
+mod forward;
 pub mod index;
 pub mod journal;
 mod log_stream;
@@ -422,9 +423,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Builds an earlier run left behind: their agents may still be running,
     // and must be neither deleted as orphans nor started twice.
     // A standby answers as one until the database is free (standby.rs).
-    let (listener, standby) =
-        standby::start_if(config.standby, listener, edge.certificates.as_ref())
-            .map_err(listen_error)?;
+    let forwarder = startup::forwarder(&config)?;
+    let (listener, standby) = standby::start_if(
+        config.standby,
+        listener,
+        edge.certificates.as_ref(),
+        forwarder,
+    )
+    .map_err(listen_error)?;
     let journal = Arc::new(startup::open_journal(&config).await?);
     if let Some(standby) = standby {
         standby.take_over().await;

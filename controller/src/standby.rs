@@ -3,9 +3,11 @@
 //! its builds (it loads them, adopts their agents, enforces their
 //! deadlines) and serves.
 //!
-//! While it waits it answers on its address so that an orchestrator can
-//! tell it is alive but not the one to send work to: `/healthz` 200,
-//! everything else (`/readyz` included) 503 with a `Retry-After`, so a
+//! While it waits it answers on its address: `/healthz` 200 (alive).
+//! Where the active controller published its REPLICA_URL, the standby
+//! forwards every other request there ([`crate::forward`]) and `/readyz`
+//! answers 200, so any replica serves any request; where it did not,
+//! everything else (`/readyz` included) is 503 with a `Retry-After`, so a
 //! load balancer routes to the active controller and an agent or client
 //! that reaches the standby retries.
 
@@ -19,6 +21,7 @@ use axum::{Json, Router};
 use bakery_protocol::api::ApiError;
 use tokio::net::TcpListener;
 
+use crate::forward::{self, Forwarder};
 use crate::{serve, tls};
 
 /// What a standby answers to anything but `/healthz`.
@@ -40,6 +43,7 @@ pub(crate) fn start_if(
     standby: bool,
     listener: TcpListener,
     certificates: Option<&Arc<tls::Certificates>>,
+    forwarder: Option<Arc<Forwarder>>,
 ) -> std::io::Result<(TcpListener, Option<Standby>)> {
     if !standby {
         return Ok((listener, None));
@@ -47,9 +51,16 @@ pub(crate) fn start_if(
     let socket = listener.into_std()?;
     let later = TcpListener::from_std(socket.try_clone()?)?;
     let now = TcpListener::from_std(socket)?;
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(waiting);
+    let router: Router = match forwarder {
+        Some(forwarder) => Router::new()
+            .route("/healthz", get(alive))
+            .route("/readyz", get(ready))
+            .fallback(forward::forward)
+            .with_state(forwarder),
+        None => Router::new()
+            .route("/healthz", get(alive))
+            .fallback(waiting),
+    };
     let acceptor = certificates.map(tls::Certificates::acceptor);
     let limits = serve::Limits {
         max_connections: 256,
@@ -72,6 +83,21 @@ impl Standby {
             server.abort();
         }
         tracing::info!("standby: the state database is free; taking over its builds");
+    }
+}
+
+async fn alive() -> &'static str {
+    "ok\n"
+}
+
+/// Ready while there is an active controller to forward to.
+async fn ready(
+    axum::extract::State(to): axum::extract::State<Arc<Forwarder>>,
+) -> axum::response::Response {
+    if to.ready() {
+        "ready (a standby, forwarding to the active controller)\n".into_response()
+    } else {
+        waiting().await.into_response()
     }
 }
 

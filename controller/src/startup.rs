@@ -165,20 +165,8 @@ pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Jour
     };
     #[cfg(feature = "postgres")]
     {
-        let state_key = match &config.state_key {
-            Some(text) => Some(
-                crate::journal::sealing::StateKey::from_base64(text.expose())
-                    .map_err(crate::journal::JournalError::Secrets)?,
-            ),
-            None => None,
-        };
-        let target = crate::journal::postgres::Target {
-            url: url.expose().to_string(),
-            ca_file: config.database_ca_file.clone(),
-            // A standby waits for as long as it takes.
-            owner_wait: (!config.standby).then_some(crate::journal::postgres::OWNER_WAIT),
-            state_key,
-        };
+        let _ = url;
+        let target = postgres_target(config)?;
         Ok(crate::journal::Journal::connect(target, &config.data_dir).await?)
     }
     #[cfg(not(feature = "postgres"))]
@@ -234,4 +222,47 @@ pub(crate) fn resume_builds(app: &Arc<App>, restored: Vec<crate::journal::Restor
             "resuming the builds an earlier run left unfinished"
         );
     }
+}
+
+/// How to reach the state database DATABASE_URL names.
+#[cfg(feature = "postgres")]
+fn postgres_target(config: &Config) -> Result<crate::journal::postgres::Target, StartError> {
+    use crate::journal::{sealing::StateKey, JournalError};
+    let url = config.database_url.as_ref().ok_or_else(|| {
+        StartError::Journal(JournalError::Postgres("DATABASE_URL is not set".into()))
+    })?;
+    let state_key = match &config.state_key {
+        Some(text) => Some(StateKey::from_base64(text.expose()).map_err(JournalError::Secrets)?),
+        None => None,
+    };
+    Ok(crate::journal::postgres::Target {
+        url: url.expose().to_string(),
+        ca_file: config.database_ca_file.clone(),
+        // A standby waits for as long as it takes.
+        owner_wait: (!config.standby).then_some(crate::journal::postgres::OWNER_WAIT),
+        state_key,
+        replica_url: config.replica_url.clone(),
+    })
+}
+
+/// What a standby forwards requests with: to the URL the active controller
+/// published (REPLICA_URL), read from the database.
+// Without PostgreSQL there is never one, but the signature is the same.
+#[cfg_attr(not(feature = "postgres"), allow(clippy::unnecessary_wraps))]
+pub(crate) fn forwarder(
+    config: &Config,
+) -> Result<Option<Arc<crate::forward::Forwarder>>, StartError> {
+    if !config.standby || config.database_url.is_none() {
+        return Ok(None);
+    }
+    #[cfg(feature = "postgres")]
+    {
+        let active = crate::journal::postgres::ActiveUrl::watch(&postgres_target(config)?)?;
+        let forwarder = crate::forward::Forwarder::new(move || active.current()).map_err(|e| {
+            StartError::Journal(crate::journal::JournalError::Postgres(e.to_string()))
+        })?;
+        Ok(Some(Arc::new(forwarder)))
+    }
+    #[cfg(not(feature = "postgres"))]
+    Ok(None)
 }

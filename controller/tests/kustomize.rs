@@ -478,6 +478,19 @@ fn the_postgres_overlay_needs_no_volume_and_its_secret_is_read() {
         .find(|v| v["name"] == "data")
         .unwrap();
     assert!(data["emptyDir"].is_object() && data.get("persistentVolumeClaim").is_none());
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let replica = env.iter().find(|e| e["name"] == "REPLICA_URL").unwrap();
+    assert_eq!(replica["value"], "http://$(POD_IP):8080");
+    let pod_ip = env.iter().position(|e| e["name"] == "POD_IP").unwrap();
+    let position = env.iter().position(|e| e["name"] == "REPLICA_URL").unwrap();
+    assert!(
+        pod_ip < position,
+        "POD_IP is defined before REPLICA_URL uses it"
+    );
+    assert!(
+        env.iter().any(|e| e["name"] == "DATA_DIR"),
+        "the base's env stays"
+    );
     let state = find(&objects, "Secret", "bakery-state");
     let name = state["metadata"]["name"].as_str().unwrap();
     let from: Vec<&str> = pod["containers"][0]["envFrom"]

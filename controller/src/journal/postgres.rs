@@ -77,6 +77,9 @@ pub struct Target {
     /// Seals build secrets into the database; without it they stay in
     /// files in DATA_DIR.
     pub state_key: Option<super::sealing::StateKey>,
+    /// Where other controllers reach this one (REPLICA_URL), published once
+    /// it holds the database, for standbys to forward requests to.
+    pub replica_url: Option<String>,
 }
 
 impl Postgres {
@@ -110,6 +113,7 @@ impl Postgres {
             })
             .await?;
         deadline(schema::migrate(&mut writer)).await?;
+        deadline(schema::publish(&writer, target.replica_url.as_deref())).await?;
         let reader = transport.connect(&config, connect_limit(&config)).await?;
         Ok(Postgres {
             config,
@@ -424,6 +428,60 @@ async fn deadline<T>(
     tokio::time::timeout(QUERY_TIMEOUT, work)
         .await
         .map_err(|_| JournalError::Timeout(QUERY_TIMEOUT))?
+}
+
+/// The URL the controller holding the database published, as a standby
+/// sees it: read every [`WATCH_EVERY`] on a connection of its own, until
+/// dropped.
+pub struct ActiveUrl {
+    url: Arc<RwLock<Option<String>>>,
+    watching: tokio::task::JoinHandle<()>,
+}
+
+/// How often a standby reads where the active controller is.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+impl ActiveUrl {
+    /// Starts watching `target`'s database. Fails only on a URL that does
+    /// not parse; an unreachable server is retried.
+    pub fn watch(target: &Target) -> Result<ActiveUrl, JournalError> {
+        let (mut config, ca_file) = transport::parse(&target.url, target.ca_file.as_deref())?;
+        let transport = Transport::for_config(&config, ca_file.as_deref())?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let url = Arc::new(RwLock::new(None));
+        let seen = Arc::clone(&url);
+        let watching = tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            loop {
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    client = transport
+                        .connect(&config, connect_limit(&config))
+                        .await
+                        .ok();
+                }
+                let now = match &client {
+                    Some(c) => deadline(schema::active_url(c)).await.unwrap_or(None),
+                    None => None,
+                };
+                *seen.write().unwrap_or_else(|p| p.into_inner()) = now;
+                tokio::time::sleep(WATCH_EVERY).await;
+            }
+        });
+        Ok(ActiveUrl { url, watching })
+    }
+
+    /// Where the active controller answers, as last read.
+    pub fn current(&self) -> Option<String> {
+        self.url.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for ActiveUrl {
+    fn drop(&mut self) {
+        self.watching.abort();
+    }
 }
 
 /// How long connecting may take: `connect_timeout`, or [`CONNECT_TIMEOUT`].

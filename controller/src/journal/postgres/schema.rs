@@ -11,6 +11,7 @@ use super::super::JournalError;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("1-builds.sql")),
     (2, include_str!("2-secrets.sql")),
+    (3, include_str!("3-active.sql")),
 ];
 
 /// The advisory lock migrations run under ("bakery" in ASCII).
@@ -38,6 +39,53 @@ pub(super) async fn own(client: &Client) -> Result<(), JournalError> {
         "{HELD} (it holds bakery's lock on it): one controller per database for now \
          (docs/state.md). Stop the other one, or point DATABASE_URL at another database"
     )))
+}
+
+/// Publishes where the controller that now holds the database answers
+/// (`url`, its REPLICA_URL), or that it cannot be reached (none): standbys
+/// forward requests there.
+pub(super) async fn publish(client: &Client, url: Option<&str>) -> Result<(), JournalError> {
+    match url {
+        Some(url) => {
+            let since = bakery_protocol::api::now_ms() as i64;
+            client
+                .execute(
+                    "INSERT INTO bakery_active (url, since_ms) VALUES ($1, $2) \
+                     ON CONFLICT (singleton) DO UPDATE SET url = $1, since_ms = $2",
+                    &[&url, &since],
+                )
+                .await?;
+        }
+        None => {
+            client.execute("DELETE FROM bakery_active", &[]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The URL the controller holding the database published, while it holds
+/// it (none before the first migration too).
+pub(super) async fn active_url(client: &Client) -> Result<Option<String>, JournalError> {
+    let row = client
+        .query_one("SELECT to_regclass('bakery_active') IS NOT NULL", &[])
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    // Only while its controller still holds the lock: a dead one's URL
+    // stays in the table until the next controller takes over, but the
+    // server frees its lock as soon as its session ends. (An advisory lock
+    // on a bigint key shows as its high and low halves.)
+    let (high, low) = (OWNER_LOCK >> 32, OWNER_LOCK & 0xffff_ffff);
+    let rows = client
+        .query(
+            "SELECT url FROM bakery_active WHERE EXISTS (SELECT 1 FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid::bigint = $1 AND objid::bigint = $2 \
+             AND objsubid = 1 AND granted)",
+            &[&high, &low],
+        )
+        .await?;
+    Ok(rows.first().map(|r| r.get(0)))
 }
 
 /// Whether `e` is [`own`]'s refusal, which is worth waiting out.

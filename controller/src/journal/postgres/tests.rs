@@ -45,6 +45,7 @@ fn target(url: &str) -> Target {
         ca_file: None,
         owner_wait: Some(WAIT),
         state_key: None,
+        replica_url: None,
     }
 }
 
