@@ -418,7 +418,7 @@ async fn a_standby_forwards_an_agents_log_stream_and_a_followers_log() {
         ("LISTEN_ADDR", listen_a.as_str()),
         ("REPLICA_URL", replica_a.as_str()),
     ];
-    let mut h = Harness::new(&curl_agent(TOKEN_AGENT), &env).await;
+    let h = Harness::new(&curl_agent(TOKEN_AGENT), &env).await;
     let listen_b = format!("127.0.0.1:{b}");
     let vars = [
         ("DATABASE_URL", url.as_str()),
