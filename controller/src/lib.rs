@@ -164,6 +164,13 @@ impl Running {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// Resolves once another controller has taken the state database (a
+    /// standby, after this one was cut off from it): the caller stops this
+    /// one as on SIGTERM, leaving the builds and their agents to the other.
+    pub async fn database_lost(&self) {
+        self.app.journal.lost().await;
+    }
+
     /// Follows build `id`'s log after line `after` (0: from the first),
     /// inside this process: what `GET /v1/builds/{id}/logs` sends, typed.
     /// The embedded controller's client reads its builds so; encoding each
@@ -473,6 +480,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         retention: Default::default(),
     });
     app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds) as Arc<dyn journal::Builds>));
+    app.spawn(Arc::clone(&journal).watch_storage());
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
     startup::resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));

@@ -71,6 +71,7 @@ async fn run() -> anyhow::Result<()> {
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        () = running.database_lost() => {}
     }
     // A restart (a deploy, a moved pod) must not cost anyone their build:
     // agents keep running and the next start resumes what is unfinished.

@@ -509,3 +509,43 @@ async fn a_standby_forwards_an_agents_log_stream_and_a_followers_log() {
     assert_eq!(chatty.len(), 1000, "every line once, through the standby");
     standby.abort();
 }
+
+/// A controller cut off from the database long enough for another to take
+/// it (here: the server restarted, and a second controller took the lock
+/// before this one reconnected) learns it while idle, within seconds, and
+/// says so: `Running::database_lost` resolves (the binary then stops as on
+/// SIGTERM, leaving builds and agents to the other), and nothing it is
+/// asked to save is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_lost_the_database_to_another_knows_it() {
+    let server = postgres::Server::start();
+    let url = server.database();
+    let env = [("DATABASE_URL", url.as_str()), ("JOURNAL_TIMEOUT", "2s")];
+    let h = Harness::new(&succeeding_agent("0.2"), &env).await;
+    server.stop();
+    server.resume();
+    let other = bakery_controller::journal::postgres::Target {
+        url: url.clone(),
+        ca_file: None,
+        owner_wait: Some(Duration::from_secs(2)),
+        state_key: None,
+        replica_url: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _taken = bakery_controller::journal::Journal::connect(other, dir.path())
+        .await
+        .expect("the lock died with the server: another controller takes it");
+    let running = h.running.as_ref().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), running.database_lost())
+        .await
+        .expect("the first controller learns it lost the database");
+    let key = h.upload(b"ctx").await;
+    let resp = h
+        .http
+        .post(h.url("/v1/builds"))
+        .json(&unpushed_request(&key, &[Arch::Amd64]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

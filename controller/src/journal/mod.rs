@@ -41,6 +41,10 @@ pub use writer::{Builds, Journaled, Signal, Unsaved};
 /// unless JOURNAL_TIMEOUT says otherwise.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often [`Journal::watch_storage`] checks the storage is still this
+/// controller's.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// The version of [`Record`] this controller writes. A record of a newer
 /// version (a controller rolled back) is refused by name rather than read
 /// wrongly.
@@ -80,6 +84,10 @@ pub enum JournalError {
     /// is not the one that sealed them, a file that does not parse).
     #[error("build secrets: {0}")]
     Secrets(String),
+    /// Another controller holds the state database's lock (one active
+    /// controller per database; docs/state.md).
+    #[error("another controller is using this database (it holds bakery's lock on it): one active controller per database (docs/state.md). Stop the other one, point DATABASE_URL at another database, or set STANDBY=true to wait for it")]
+    Held,
     /// PostgreSQL (DATABASE_URL) refused, or could not be reached; the
     /// server's own message, never the URL (it may hold a password).
     #[error("state database: {0}")]
@@ -258,6 +266,11 @@ pub trait Storage: Send + Sync {
     fn forget(&self, ids: &[String]) -> Result<(), JournalError>;
     /// Gets ready again after a failed write (reopens, reconnects).
     fn reopen(&self) -> Result<(), JournalError>;
+    /// Checks, now and then, that the storage is still this controller's
+    /// ([`JournalError::Held`] when another has taken it).
+    fn check(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// Lets go of the storage when the controller stops.
     fn close(&self);
     /// The backend itself, for tests that look inside it.
@@ -270,6 +283,9 @@ pub trait Storage: Send + Sync {
 pub struct Journal {
     storage: Arc<dyn Storage>,
     signal: Arc<Signal>,
+    /// Set once another controller has taken the storage (a standby, after
+    /// this one lost its connection for longer than the server waited).
+    lost: tokio::sync::watch::Sender<bool>,
     /// How long [`Journal::flush`] waits for its commit, in milliseconds.
     flush_timeout_ms: AtomicU64,
     /// Where the records' secrets go instead of the storage.
@@ -315,8 +331,41 @@ impl Journal {
         Journal {
             storage,
             signal: Arc::new(Signal::new()),
+            lost: tokio::sync::watch::channel(false).0,
             flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
             vault: Vault::none(),
+        }
+    }
+
+    /// Resolves once another controller has taken the storage: this one
+    /// must stop acting on its builds (they are the other's now).
+    pub async fn lost(&self) {
+        let mut lost = self.lost.subscribe();
+        let _ = lost.wait_for(|l| *l).await;
+    }
+
+    /// Records that another controller took the storage, saying so once.
+    fn mark_lost(&self, e: &JournalError) {
+        if !self.lost.send_replace(true) {
+            tracing::error!(
+                "{e}: this controller lost the state database and stops acting on its builds"
+            );
+        }
+    }
+
+    /// Checks the storage every [`CHECK_EVERY`] until another controller
+    /// has taken it ([`Journal::lost`]).
+    pub async fn watch_storage(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            let storage = Arc::clone(&self.storage);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || storage.check()).await {
+                if matches!(e, JournalError::Held) {
+                    self.mark_lost(&e);
+                    return;
+                }
+                tracing::warn!("checking the state database: {e}");
+            }
         }
     }
 

@@ -303,6 +303,14 @@ impl Storage for Postgres {
         Ok(())
     }
 
+    /// A writer connection the server closed (a restart, a network that
+    /// lost it) is connected again, and the lock taken again, now rather
+    /// than at the next commit: a controller that lost the database to a
+    /// standby learns it while idle too.
+    fn check(&self) -> Result<(), JournalError> {
+        self.reopen()
+    }
+
     /// Lets go of the database for the next controller (a rollout's): its
     /// lock is released now, not when the connections close.
     fn close(&self) {

@@ -149,6 +149,7 @@ impl Journal {
                         let storage = Arc::clone(&self.storage);
                         match tokio::task::spawn_blocking(move || storage.reopen()).await {
                             Ok(Ok(())) => {}
+                            Ok(Err(e @ JournalError::Held)) => self.mark_lost(&e),
                             Ok(Err(e)) => tracing::error!("reopening the build journal: {e}"),
                             Err(e) => tracing::error!("reopening the build journal: {e}"),
                         }

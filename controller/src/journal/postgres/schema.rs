@@ -23,9 +23,6 @@ const MIGRATION_LOCK: i64 = 0x62_61_6b_65_72_79;
 /// delete as orphans the first one's agents.
 const OWNER_LOCK: i64 = MIGRATION_LOCK + 1;
 
-/// How a refusal for [`OWNER_LOCK`] begins (retried until the owner wait).
-const HELD: &str = "another controller is using this database";
-
 /// Takes [`OWNER_LOCK`] on `client`'s session, or says who holds it.
 pub(super) async fn own(client: &Client) -> Result<(), JournalError> {
     let owned: bool = client
@@ -33,12 +30,10 @@ pub(super) async fn own(client: &Client) -> Result<(), JournalError> {
         .await?
         .get(0);
     if owned {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(JournalError::Held)
     }
-    Err(JournalError::Postgres(format!(
-        "{HELD} (it holds bakery's lock on it): one controller per database for now \
-         (docs/state.md). Stop the other one, or point DATABASE_URL at another database"
-    )))
 }
 
 /// Publishes where the controller that now holds the database answers
@@ -90,7 +85,7 @@ pub(super) async fn active_url(client: &Client) -> Result<Option<String>, Journa
 
 /// Whether `e` is [`own`]'s refusal, which is worth waiting out.
 pub(super) fn held(e: &JournalError) -> bool {
-    matches!(e, JournalError::Postgres(m) if m.starts_with(HELD))
+    matches!(e, JournalError::Held)
 }
 
 /// Applies the migrations the database lacks, in one transaction under

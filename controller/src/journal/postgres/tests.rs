@@ -143,7 +143,7 @@ async fn two_controllers_starting_at_once_on_an_empty_database_migrate_it_once_a
     );
     assert_eq!(
         server.psql(&url, "SELECT version FROM bakery_schema ORDER BY version"),
-        "1\n2\n"
+        "1\n2\n3\n"
     );
     // Once the first is gone, the database is free again.
     drop(running);
@@ -167,7 +167,7 @@ async fn a_database_a_newer_controller_migrated_is_refused_by_name() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("schema is version 99, newer than this controller's 2")
+        e.contains("schema is version 99, newer than this controller's 3")
             && e.contains("Run that version"),
         "{e}"
     );
