@@ -38,15 +38,43 @@ pub async fn create(
         }
     };
     let id = build.id.clone();
-    // The id goes out only once the build would survive a restart.
+    // The id goes out only once the build would survive a restart. Should
+    // the client give up meanwhile (this request is dropped mid-wait), the
+    // build is withdrawn as if the wait had failed: never left registered,
+    // unacknowledged and unsupervised.
+    let mut unsettled = Unsettled {
+        app,
+        build: &build,
+        key,
+        settled: false,
+    };
     if let Err(e) = durable(app).await {
-        withdraw(app, &build, key);
+        drop(unsettled);
         return Err(e.adding("the build was not started, submit it again"));
     }
+    unsettled.settled = true;
+    drop(unsettled);
     build.update(|b| b.acknowledge());
     tracing::info!(build = %id, service = %build.status().service, by = %caller.creator(), "build created");
     app.spawn_supervisor(crate::supervisor::run(Arc::clone(app), build));
     Ok(id)
+}
+
+/// A build between its registration and its acknowledgement, withdrawn
+/// when dropped unless settled.
+struct Unsettled<'a> {
+    app: &'a App,
+    build: &'a Build,
+    key: Option<&'a str>,
+    settled: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            withdraw(self.app, self.build, self.key);
+        }
+    }
 }
 
 /// A build whose creation failed: it ends as failed (saved so, in time)

@@ -68,7 +68,9 @@ pub(crate) async fn forward(State(to): State<Arc<Forwarder>>, request: Request) 
         return unavailable("a standby forwarded this request to another standby");
     }
     let Some(active) = (to.active)() else {
-        return unavailable("no controller holds the state database yet");
+        return unavailable(
+            "no controller that holds the state database published a REPLICA_URL to forward to",
+        );
     };
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

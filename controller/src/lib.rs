@@ -11,7 +11,9 @@
 //! * `log_stream`: an agent's log as one long request, acknowledged as
 //!   it is saved.
 //! * [`state`]: builds, tasks and their logs in memory.
-//! * [`journal`]: the same on disk, so a restart resumes every build.
+//! * [`journal`]: the same on disk or in PostgreSQL, so a restart resumes
+//!   every build; `standby`: a controller waiting to take the database
+//!   over, and `forward`: the requests it sends on to the active one.
 //! * `supervisor`: one build from launch through timeouts to cleanup.
 //! * [`platform`]: where agents run, behind one trait (`local` here);
 //!   `startup` starts the configured ones.

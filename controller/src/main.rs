@@ -78,7 +78,7 @@ async fn run() -> anyhow::Result<()> {
     let left = running.suspend().await;
     tracing::info!(
         unfinished = left,
-        "stopped; unfinished builds resume when a controller starts on the same DATA_DIR"
+        "stopped; unfinished builds resume when a controller starts on the same DATA_DIR (or DATABASE_URL)"
     );
     Ok(())
 }

@@ -119,16 +119,18 @@ async fn healthz() -> &'static str {
 }
 
 /// Readiness: the journal accepts writes, so a build submitted now can be
-/// acknowledged (a full or read-only disk makes this fail, and a load
-/// balancer stops sending builds here).
+/// acknowledged (a full or read-only disk, or a database that does not
+/// answer, makes this fail, and a load balancer stops sending builds here).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match tokio::time::timeout(std::time::Duration::from_secs(5), app.journal.flush()).await {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), app.journal.ready()).await {
         Ok(Ok(())) => "ready\n".into_response(),
-        Ok(Err(e)) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
-            .into_response(),
+        Ok(Err(e)) => {
+            Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response()
+        }
         Err(_) => Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the build journal did not commit within 5 s (is DATA_DIR's disk full or slow?)",
+            "not ready: the build journal did not commit within 5 s (builds.redb: is DATA_DIR's \
+             disk full or slow? DATABASE_URL: is the database reachable?)",
         )
         .into_response(),
     }

@@ -13,8 +13,8 @@ use bakery_protocol::Arch;
 use reqwest::StatusCode;
 use support::*;
 
-/// The database stops: a new build is answered 503 within JOURNAL_TIMEOUT
-/// (not a hang), /readyz says not ready; when it is back, the controller
+/// The database stops: /readyz says not ready at once, even idle; a new
+/// build is answered 503 within JOURNAL_TIMEOUT (not a hang); when it is back, the controller
 /// reconnects on its own and the next build runs to the end and is saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
@@ -25,6 +25,13 @@ async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
     let key = h.upload(b"ctx").await;
 
     server.stop();
+    // Idle, nothing to save: readiness still asks the server.
+    let ready = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "idle and not ready"
+    );
     let start = Instant::now();
     let resp = h
         .http
@@ -548,4 +555,40 @@ async fn a_controller_that_lost_the_database_to_another_knows_it() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A client that gives up while its new build waits to be saved (the
+/// database is down) leaves no build behind running, unacknowledged and
+/// unsupervised: the dropped request withdraws it. (Found by trying the
+/// PostgreSQL backend: such a build sat "starting" past
+/// BUILD_TASK_TIMEOUT until a restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_the_client_gave_up_on_is_withdrawn() {
+    let server = postgres::Server::start();
+    let url = server.database();
+    let env = [("DATABASE_URL", url.as_str()), ("JOURNAL_TIMEOUT", "20s")];
+    let h = Harness::new(&succeeding_agent("0.2"), &env).await;
+    let key = h.upload(b"ctx").await;
+    server.stop();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(h.url("/v1/builds"))
+        .json(&unpushed_request(&key, &[Arch::Amd64]))
+        .send()
+        .await;
+    assert!(sent.is_err_and(|e| e.is_timeout()), "the client gave up");
+    let builds = h.app().builds();
+    eventually(
+        "the build is withdrawn",
+        Duration::from_secs(5),
+        async || {
+            let all = builds.all();
+            !all.is_empty() && all.iter().all(|b| b.status().state == BuildState::Failed)
+        },
+    )
+    .await;
+    server.resume();
 }

@@ -1,15 +1,18 @@
-//! Builds on disk, so that a controller restart loses none of them.
+//! Builds saved, so that a controller restart loses none of them.
 //!
-//! An embedded database (redb, one file in DATA_DIR) rather than the object
-//! store or the orchestrator's objects: it works the same on every platform,
-//! needs no server, and commits a batch atomically, which is what makes
+//! Two backends behind [`Storage`]: an embedded database ([`embedded`]:
+//! redb, one file in DATA_DIR, no server), and PostgreSQL ([`postgres`],
+//! DATABASE_URL) for controllers that must not lose their state with
+//! their volume. Both commit a batch atomically, which is what makes
 //! "every log line exactly once" hold across a crash.
 //!
-//! Read top-down: [`Journal`] opens the file, reads it back at start-up
+//! Read top-down: [`Journal`] opens its storage, reads it back at start-up
 //! ([`Journal::load`]), makes callers wait for their change to be saved
 //! ([`Journal::flush`]) and removes what it is told to forget. Its one
 //! [`writer`] group-commits every build that changed; [`rows`] is how log
-//! lines are laid out; [`migrate`] converts journals of earlier versions.
+//! lines are laid out; [`migrate`] converts journals of earlier versions;
+//! [`vault`] keeps builds' secrets out of the records, in files or sealed
+//! for the database ([`sealing`]).
 //! What is kept, and for how long, is decided by the caller
 //! ([`crate::forget_once`]); the journal knows builds only through
 //! [`Journaled`], never the controller's state.
@@ -266,6 +269,11 @@ pub trait Storage: Send + Sync {
     fn forget(&self, ids: &[String]) -> Result<(), JournalError>;
     /// Gets ready again after a failed write (reopens, reconnects).
     fn reopen(&self) -> Result<(), JournalError>;
+    /// Whether the storage answers now, for readiness: a commit with
+    /// nothing to save proves nothing about a database server.
+    fn ping(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// Checks, now and then, that the storage is still this controller's
     /// ([`JournalError::Held`] when another has taken it).
     fn check(&self) -> Result<(), JournalError> {
@@ -335,6 +343,16 @@ impl Journal {
             flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
             vault: Vault::none(),
         }
+    }
+
+    /// Ready for a build to be submitted: what was changed is saved, and
+    /// the storage answers (the database server, when there is one).
+    pub async fn ready(&self) -> Result<(), JournalError> {
+        self.flush().await?;
+        let storage = Arc::clone(&self.storage);
+        tokio::task::spawn_blocking(move || storage.ping())
+            .await
+            .map_err(|e| JournalError::Postgres(e.to_string()))?
     }
 
     /// Resolves once another controller has taken the storage: this one

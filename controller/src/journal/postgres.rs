@@ -34,10 +34,12 @@ use transport::Transport;
 /// that a controller on a lost node is gone ([`KEEPALIVE`]).
 pub const OWNER_WAIT: Duration = Duration::from_secs(45);
 
-/// TCP keepalive on both ends of each connection: the server ends the
-/// session of a controller that vanished (and with it its lock) within
-/// ~30 s rather than the kernel's two hours.
-pub(super) const KEEPALIVE: Duration = Duration::from_secs(15);
+/// TCP keepalive on both ends of each connection (an idle probe after
+/// this, then 3 more 3 s apart; and data unacknowledged for 15 s ends it):
+/// the server ends the session of a controller that vanished, and with it
+/// its lock, within ~15 s rather than the kernel's two hours, and so a
+/// standby takes over (transport.rs sets the server's side).
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// How long one call may wait on the server before it fails (the writer
 /// retries, reconnecting; a follower's read answers an error).
@@ -91,7 +93,11 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        config.keepalives(true).keepalives_idle(KEEPALIVE);
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE)
+            .keepalives_interval(Duration::from_secs(3))
+            .keepalives_retries(3);
         let mut writer = transport.connect(&config, connect_limit(&config)).await?;
         // Owned before migrated: a new version never changes the schema
         // under an old controller still running on it.
@@ -115,6 +121,13 @@ impl Postgres {
         deadline(schema::migrate(&mut writer)).await?;
         deadline(schema::publish(&writer, target.replica_url.as_deref())).await?;
         let reader = transport.connect(&config, connect_limit(&config)).await?;
+        tracing::info!(
+            hosts = ?config.get_hosts(),
+            ports = ?config.get_ports(),
+            database = config.get_dbname().unwrap_or("(the user's)"),
+            tls = matches!(transport, Transport::Tls(_)),
+            "state in PostgreSQL"
+        );
         Ok(Postgres {
             config,
             transport,
@@ -301,6 +314,22 @@ impl Storage for Postgres {
         *self.writer() = writer;
         tracing::info!("reconnected to the state database");
         Ok(())
+    }
+
+    /// The writer's connection answers a query (readiness): an idle
+    /// controller's commits succeed with nothing to save even while the
+    /// server is down.
+    fn ping(&self) -> Result<(), JournalError> {
+        let writer = self.writer();
+        if writer.is_closed() {
+            return Err(JournalError::Postgres(
+                "the connection to the state database is closed; reconnecting".into(),
+            ));
+        }
+        self.run(async {
+            writer.simple_query("SELECT 1").await?;
+            Ok(())
+        })
     }
 
     /// A writer connection the server closed (a restart, a network that

@@ -31,8 +31,14 @@ impl StateKey {
             .decode(text.trim())
             .map_err(|_| "STATE_KEY is not base64; make one with `openssl rand -base64 32`")?;
         let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| {
+            let hex = text.trim().len() == 64 && text.trim().bytes().all(|b| b.is_ascii_hexdigit());
+            let looks = if hex {
+                " (it looks like hex: base64 is wanted)"
+            } else {
+                ""
+            };
             format!(
-                "STATE_KEY is {} bytes, not 32; make one with `openssl rand -base64 32`",
+                "STATE_KEY is {} bytes, not 32{looks}; make one with `openssl rand -base64 32`",
                 bytes.len()
             )
         })?;

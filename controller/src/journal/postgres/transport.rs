@@ -25,8 +25,9 @@ use super::{describe, JournalError};
 /// left waiting on an answer nobody reads), and a transaction left open; the
 /// keepalive is the server's side of the one the controller sets.
 const SESSION: &str = "SET statement_timeout = '25s'; SET lock_timeout = '20s'; \
-     SET idle_in_transaction_session_timeout = '60s'; SET tcp_keepalives_idle = 15; \
-     SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
+     SET idle_in_transaction_session_timeout = '60s'; SET tcp_keepalives_idle = 5; \
+     SET tcp_keepalives_interval = 3; SET tcp_keepalives_count = 3; \
+     SET tcp_user_timeout = 15000";
 
 /// DATABASE_URL as tokio-postgres reads it, with what libpq users write
 /// that it does not know: `sslmode=verify-full` or `verify-ca` (read as
