@@ -342,6 +342,16 @@ fn push_task(
     tasks.spawn(work);
 }
 
+/// Once the state database is lost to another controller (or, fencing,
+/// out of reach), stops every build's supervisor at once: no launch, stop
+/// or deadline of this controller's may touch builds that are the other's.
+async fn fence(app: Arc<App>) {
+    app.journal.lost().await;
+    let mut supervisors = std::mem::take(&mut *app.supervisors.lock().expect("lock"));
+    supervisors.abort_all();
+    while supervisors.join_next().await.is_some() {}
+}
+
 /// Drops finished builds older than BUILD_RETENTION, hourly, with what
 /// they left on the controller's disk: the local agents' own logs, and
 /// contexts that no build still kept refers to.
@@ -483,6 +493,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     app.spawn(Arc::clone(&journal).run_writer(Arc::clone(&app.builds) as Arc<dyn journal::Builds>));
     app.spawn(Arc::clone(&journal).watch_storage());
+    app.spawn(fence(Arc::clone(&app)));
     app.spawn(supervisor::watch_exits(Arc::clone(&app), exit_rx));
     startup::resume_builds(&app, restored);
     app.spawn(forget_old_builds(Arc::clone(&app)));

@@ -68,11 +68,11 @@ async fn run() -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        () = running.database_lost() => {}
-    }
+    let lost = tokio::select! {
+        _ = int.recv() => false,
+        _ = term.recv() => false,
+        () = running.database_lost() => true,
+    };
     // A restart (a deploy, a moved pod) must not cost anyone their build:
     // agents keep running and the next start resumes what is unfinished.
     let left = running.suspend().await;
@@ -80,5 +80,10 @@ async fn run() -> anyhow::Result<()> {
         unfinished = left,
         "stopped; unfinished builds resume when a controller starts on the same DATA_DIR (or DATABASE_URL)"
     );
+    // Not a clean stop: an orchestrator's restart policy brings it back,
+    // as a standby of the controller that took the database.
+    if lost {
+        anyhow::bail!("stopped: this controller lost the state database (see the log above)");
+    }
     Ok(())
 }

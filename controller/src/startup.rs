@@ -167,7 +167,11 @@ pub(crate) async fn open_journal(config: &Config) -> Result<crate::journal::Jour
     {
         let _ = url;
         let target = postgres_target(config)?;
-        Ok(crate::journal::Journal::connect(target, &config.data_dir).await?)
+        let journal = crate::journal::Journal::connect(target, &config.data_dir).await?;
+        // One of several controllers on the database: stop acting when cut
+        // off from it, before a standby takes it over.
+        journal.set_fence(config.standby);
+        Ok(journal)
     }
     #[cfg(not(feature = "postgres"))]
     {
@@ -242,6 +246,7 @@ fn postgres_target(config: &Config) -> Result<crate::journal::postgres::Target, 
         owner_wait: (!config.standby).then_some(crate::journal::postgres::OWNER_WAIT),
         state_key,
         replica_url: config.replica_url.clone(),
+        takeover_wait: crate::journal::postgres::FENCE_WAIT,
     })
 }
 

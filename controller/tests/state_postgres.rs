@@ -85,6 +85,7 @@ async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
         owner_wait: Some(Duration::from_secs(1)),
         state_key: None,
         replica_url: None,
+        takeover_wait: Duration::ZERO,
     };
     let dir = tempfile::tempdir().unwrap();
     let refused = bakery_controller::journal::Journal::connect(second, dir.path()).await;
@@ -307,7 +308,13 @@ async fn a_standby_takes_over_when_the_active_controller_is_killed() {
     let url = server.database();
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("agent.sh");
-    std::fs::write(&agent, format!("#!/bin/sh\n{}\n", succeeding_agent("4"))).unwrap();
+    // It reports as a real agent does, retrying while no controller
+    // answers (the standby waits before it takes over from a crash).
+    let patient = curl_agent(
+        r#"sleep 4
+curl -fsS --retry 40 --retry-all-errors --retry-delay 1 -H "$auth" -H 'content-type: application/json' -d '{"outcome":"succeeded","digest":null}' "$base/result" || exit 8"#,
+    );
+    std::fs::write(&agent, format!("#!/bin/sh\n{patient}\n")).unwrap();
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (a, b) = (free_port(), free_port());
     let relay = Relay::start(b).await;
@@ -537,6 +544,7 @@ async fn a_controller_that_lost_the_database_to_another_knows_it() {
         owner_wait: Some(Duration::from_secs(2)),
         state_key: None,
         replica_url: None,
+        takeover_wait: Duration::ZERO,
     };
     let dir = tempfile::tempdir().unwrap();
     let _taken = bakery_controller::journal::Journal::connect(other, dir.path())
@@ -591,4 +599,94 @@ async fn a_create_the_client_gave_up_on_is_withdrawn() {
     )
     .await;
     server.resume();
+}
+
+/// A relay to PostgreSQL that can go silent: connections stay open and
+/// nothing passes either way, as a network partition looks.
+struct Blackhole {
+    port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start(to: u16) -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = std::sync::Arc::clone(&silent);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (a_read, a_write) = inbound.into_split();
+                let (b_read, b_write) = outbound.into_split();
+                tokio::spawn(pass(a_read, b_write, std::sync::Arc::clone(&cut)));
+                tokio::spawn(pass(b_read, a_write, std::sync::Arc::clone(&cut)));
+            }
+        });
+        Blackhole { port, silent }
+    }
+
+    fn go_silent(&self) {
+        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends, dropping what comes once `cut`.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if !cut.load(std::sync::atomic::Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// One of several controllers on a database (STANDBY) fences itself when
+/// cut off from it: the connection silent (a partition, nothing refused),
+/// within FENCE_AFTER and a check it counts the database lost and stops
+/// every build's supervisor, before a standby could take the builds over.
+/// A lone controller (no STANDBY) waits such an outage out instead
+/// (`a_database_outage_is_answered_503_and_its_end_needs_no_restart`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_capable_controller_cut_off_from_the_database_fences_itself() {
+    let server = postgres::Server::start();
+    let url = server.database();
+    let db_port: u16 = url
+        .split(':')
+        .nth(2)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let hole = Blackhole::start(db_port).await;
+    let through = url.replace(&format!(":{db_port}/"), &format!(":{}/", hole.port));
+    let env = [("DATABASE_URL", through.as_str()), ("STANDBY", "true")];
+    let h = Harness::new(&succeeding_agent("30"), &env).await;
+    let key = h.upload(b"ctx").await;
+    let id = h.create(&unpushed_request(&key, &[Arch::Amd64])).await;
+    hole.go_silent();
+    let cut = Instant::now();
+    let running = h.running.as_ref().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), running.database_lost())
+        .await
+        .expect("the controller fences itself");
+    println!("fenced {:?} after the database went silent", cut.elapsed());
+    assert!(
+        cut.elapsed() >= Duration::from_secs(6),
+        "not before FENCE_AFTER"
+    );
+    assert!(
+        !h.status(&id).await.state.is_terminal(),
+        "its build is left as it was"
+    );
 }

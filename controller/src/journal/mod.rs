@@ -46,7 +46,14 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often [`Journal::watch_storage`] checks the storage is still this
 /// controller's.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a fencing controller goes without its storage answering
+/// before it counts it lost: well under the ~14 s the server takes to end
+/// a silent session (postgres.rs, KEEPALIVE), and under the wait of a
+/// controller taking over from one that did not let go cleanly
+/// ([`postgres::FENCE_WAIT`]).
+pub const FENCE_AFTER: Duration = Duration::from_secs(8);
 
 /// The version of [`Record`] this controller writes. A record of a newer
 /// version (a controller rolled back) is refused by name rather than read
@@ -294,6 +301,8 @@ pub struct Journal {
     /// Set once another controller has taken the storage (a standby, after
     /// this one lost its connection for longer than the server waited).
     lost: tokio::sync::watch::Sender<bool>,
+    /// Whether being cut off from the storage counts as losing it.
+    fence: std::sync::atomic::AtomicBool,
     /// How long [`Journal::flush`] waits for its commit, in milliseconds.
     flush_timeout_ms: AtomicU64,
     /// Where the records' secrets go instead of the storage.
@@ -340,6 +349,7 @@ impl Journal {
             storage,
             signal: Arc::new(Signal::new()),
             lost: tokio::sync::watch::channel(false).0,
+            fence: std::sync::atomic::AtomicBool::new(false),
             flush_timeout_ms: AtomicU64::new(FLUSH_TIMEOUT.as_millis() as u64),
             vault: Vault::none(),
         }
@@ -372,19 +382,39 @@ impl Journal {
     }
 
     /// Checks the storage every [`CHECK_EVERY`] until another controller
-    /// has taken it ([`Journal::lost`]).
+    /// has taken it ([`Journal::lost`]). A fencing controller (one of
+    /// several on a database, STANDBY) also counts the storage lost once it
+    /// has not answered for [`FENCE_AFTER`]: a standby may take it over
+    /// soon after (docs/state.md), and by then this one must have stopped
+    /// acting.
     pub async fn watch_storage(self: Arc<Self>) {
+        let mut answered = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
             let storage = Arc::clone(&self.storage);
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || storage.check()).await {
-                if matches!(e, JournalError::Held) {
-                    self.mark_lost(&e);
-                    return;
-                }
-                tracing::warn!("checking the state database: {e}");
+            // A check that does not end in time counts as no answer (a
+            // reconnection may take longer, and is seen at the next one).
+            let checking = tokio::task::spawn_blocking(move || storage.check());
+            match tokio::time::timeout(CHECK_EVERY * 2, checking).await {
+                Ok(Ok(Ok(()))) => answered = tokio::time::Instant::now(),
+                Ok(Ok(Err(e @ JournalError::Held))) => return self.mark_lost(&e),
+                Ok(Ok(Err(e))) => tracing::warn!("checking the state database: {e}"),
+                Ok(Err(e)) => tracing::warn!("checking the state database: {e}"),
+                Err(_) => tracing::warn!("checking the state database: no answer"),
+            }
+            if self.fence.load(Ordering::SeqCst) && answered.elapsed() >= FENCE_AFTER {
+                let why = JournalError::Postgres(format!(
+                    "no answer for {FENCE_AFTER:?}, and a standby may take the database over"
+                ));
+                return self.mark_lost(&why);
             }
         }
+    }
+
+    /// Makes this controller stop acting once cut off from its storage for
+    /// [`FENCE_AFTER`] (STANDBY: one of several on a database).
+    pub fn set_fence(&self, fence: bool) {
+        self.fence.store(fence, Ordering::SeqCst);
     }
 
     /// The storage the journal writes to.

@@ -48,6 +48,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take, unless DATABASE_URL says (connect_timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a readiness or fencing check waits for the server.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many builds one retention transaction forgets.
 const FORGET_BATCH: usize = 200;
 
@@ -58,6 +61,8 @@ const CHUNKS_PER_QUERY: i64 = 64;
 pub struct Postgres {
     config: Config,
     transport: Transport,
+    /// The epoch this controller took the database at ([`schema::publish`]).
+    epoch: i64,
     runtime: Handle,
     /// Transactions (the writer's commits, forgetting) take it whole.
     writer: Mutex<Client>,
@@ -82,7 +87,16 @@ pub struct Target {
     /// Where other controllers reach this one (REPLICA_URL), published once
     /// it holds the database, for standbys to forward requests to.
     pub replica_url: Option<String>,
+    /// How long to wait, having taken the database from a controller that
+    /// did not let go cleanly, before acting on its builds: longer than
+    /// that one takes to fence itself ([`FENCE_WAIT`] at start-up).
+    pub takeover_wait: Duration,
 }
+
+/// How long a controller taking over from one that did not let go cleanly
+/// waits before acting: that one, cut off from the database, stops acting
+/// within [`super::FENCE_AFTER`] and a check (docs/state.md).
+pub const FENCE_WAIT: Duration = Duration::from_secs(12);
 
 impl Postgres {
     /// Connects to `target`'s database and brings its schema up to date.
@@ -97,7 +111,8 @@ impl Postgres {
             .keepalives(true)
             .keepalives_idle(KEEPALIVE)
             .keepalives_interval(Duration::from_secs(3))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(15));
         let mut writer = transport.connect(&config, connect_limit(&config)).await?;
         // Owned before migrated: a new version never changes the schema
         // under an old controller still running on it.
@@ -119,7 +134,18 @@ impl Postgres {
             })
             .await?;
         deadline(schema::migrate(&mut writer)).await?;
-        deadline(schema::publish(&writer, target.replica_url.as_deref())).await?;
+        // Published only after the wait: meanwhile standbys keep
+        // forwarding to the one that held it (and retrying), not here.
+        let clean = deadline(schema::released(&writer)).await?;
+        if !clean && !target.takeover_wait.is_zero() {
+            tracing::warn!(
+                wait = ?target.takeover_wait,
+                "the controller that held the state database did not let go of it cleanly: \
+                 waiting for it to have stopped acting before taking its builds over"
+            );
+            tokio::time::sleep(target.takeover_wait).await;
+        }
+        let epoch = deadline(schema::publish(&writer, target.replica_url.as_deref())).await?;
         let reader = transport.connect(&config, connect_limit(&config)).await?;
         tracing::info!(
             hosts = ?config.get_hosts(),
@@ -131,6 +157,7 @@ impl Postgres {
         Ok(Postgres {
             config,
             transport,
+            epoch,
             runtime: Handle::current(),
             writer: Mutex::new(writer),
             reader: RwLock::new(Arc::new(reader)),
@@ -307,8 +334,16 @@ impl Storage for Postgres {
                 .connect(&self.config, connect_limit(&self.config))
                 .await?;
             // Another controller may have taken the database meanwhile:
-            // then this one saves nothing (its requests answer 503).
+            // then this one saves nothing (its requests answer 503). Had
+            // that one also let go since, the lock is free but the state
+            // moved on: the epoch says so, and this one lost it all the same.
             schema::own(&writer).await?;
+            if schema::epoch(&writer).await? != Some(self.epoch) {
+                writer
+                    .batch_execute("SELECT pg_advisory_unlock_all()")
+                    .await?;
+                return Err(JournalError::Held);
+            }
             Ok(writer)
         })?;
         *self.writer() = writer;
@@ -326,8 +361,10 @@ impl Storage for Postgres {
                 "the connection to the state database is closed; reconnecting".into(),
             ));
         }
-        self.run(async {
-            writer.simple_query("SELECT 1").await?;
+        self.runtime.block_on(async {
+            tokio::time::timeout(PING_TIMEOUT, writer.simple_query("SELECT 1"))
+                .await
+                .map_err(|_| JournalError::Timeout(PING_TIMEOUT))??;
             Ok(())
         })
     }
@@ -337,7 +374,25 @@ impl Storage for Postgres {
     /// than at the next commit: a controller that lost the database to a
     /// standby learns it while idle too.
     fn check(&self) -> Result<(), JournalError> {
-        self.reopen()
+        // A commit in flight holds the writer: if it has not ended by the
+        // next check either, the server is not answering.
+        let writer = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(JournalError::Timeout(PING_TIMEOUT));
+            }
+        };
+        if writer.is_closed() {
+            drop(writer);
+            return self.reopen();
+        }
+        self.runtime.block_on(async {
+            tokio::time::timeout(PING_TIMEOUT, writer.simple_query("SELECT 1"))
+                .await
+                .map_err(|_| JournalError::Timeout(PING_TIMEOUT))??;
+            Ok(())
+        })
     }
 
     /// Lets go of the database for the next controller (a rollout's): its
@@ -345,6 +400,7 @@ impl Storage for Postgres {
     fn close(&self) {
         let writer = self.writer();
         let released = self.run(async {
+            schema::release(&writer, self.epoch).await?;
             writer
                 .batch_execute("SELECT pg_advisory_unlock_all()")
                 .await?;
@@ -467,60 +523,6 @@ async fn deadline<T>(
         .map_err(|_| JournalError::Timeout(QUERY_TIMEOUT))?
 }
 
-/// The URL the controller holding the database published, as a standby
-/// sees it: read every [`WATCH_EVERY`] on a connection of its own, until
-/// dropped.
-pub struct ActiveUrl {
-    url: Arc<RwLock<Option<String>>>,
-    watching: tokio::task::JoinHandle<()>,
-}
-
-/// How often a standby reads where the active controller is.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
-
-impl ActiveUrl {
-    /// Starts watching `target`'s database. Fails only on a URL that does
-    /// not parse; an unreachable server is retried.
-    pub fn watch(target: &Target) -> Result<ActiveUrl, JournalError> {
-        let (mut config, ca_file) = transport::parse(&target.url, target.ca_file.as_deref())?;
-        let transport = Transport::for_config(&config, ca_file.as_deref())?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let url = Arc::new(RwLock::new(None));
-        let seen = Arc::clone(&url);
-        let watching = tokio::spawn(async move {
-            let mut client: Option<Client> = None;
-            loop {
-                if client.as_ref().is_none_or(Client::is_closed) {
-                    client = transport
-                        .connect(&config, connect_limit(&config))
-                        .await
-                        .ok();
-                }
-                let now = match &client {
-                    Some(c) => deadline(schema::active_url(c)).await.unwrap_or(None),
-                    None => None,
-                };
-                *seen.write().unwrap_or_else(|p| p.into_inner()) = now;
-                tokio::time::sleep(WATCH_EVERY).await;
-            }
-        });
-        Ok(ActiveUrl { url, watching })
-    }
-
-    /// Where the active controller answers, as last read.
-    pub fn current(&self) -> Option<String> {
-        self.url.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl Drop for ActiveUrl {
-    fn drop(&mut self) {
-        self.watching.abort();
-    }
-}
-
 /// How long connecting may take: `connect_timeout`, or [`CONNECT_TIMEOUT`].
 fn connect_limit(config: &Config) -> Duration {
     config
@@ -547,7 +549,10 @@ impl From<tokio_postgres::Error> for JournalError {
     }
 }
 
+mod active;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod transport;
+
+pub use active::ActiveUrl;

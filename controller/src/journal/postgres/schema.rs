@@ -36,25 +36,46 @@ pub(super) async fn own(client: &Client) -> Result<(), JournalError> {
     }
 }
 
-/// Publishes where the controller that now holds the database answers
-/// (`url`, its REPLICA_URL), or that it cannot be reached (none): standbys
-/// forward requests there.
-pub(super) async fn publish(client: &Client, url: Option<&str>) -> Result<(), JournalError> {
-    match url {
-        Some(url) => {
-            let since = bakery_protocol::api::now_ms() as i64;
-            client
-                .execute(
-                    "INSERT INTO bakery_active (url, since_ms) VALUES ($1, $2) \
-                     ON CONFLICT (singleton) DO UPDATE SET url = $1, since_ms = $2",
-                    &[&url, &since],
-                )
-                .await?;
-        }
-        None => {
-            client.execute("DELETE FROM bakery_active", &[]).await?;
-        }
-    }
+/// Whether the controller that held the database before let go of it
+/// cleanly (or there was none).
+pub(super) async fn released(client: &Client) -> Result<bool, JournalError> {
+    let rows = client
+        .query("SELECT released FROM bakery_active", &[])
+        .await?;
+    Ok(rows.first().is_none_or(|r| r.get(0)))
+}
+
+/// Records that this controller now holds the database: where it answers
+/// (`url`, its REPLICA_URL, or none), not yet released; returns the new
+/// epoch.
+pub(super) async fn publish(client: &Client, url: Option<&str>) -> Result<i64, JournalError> {
+    let since = bakery_protocol::api::now_ms() as i64;
+    let row = client
+        .query_one(
+            "INSERT INTO bakery_active (url, epoch, released, since_ms) VALUES ($1, 1, false, $2) \
+             ON CONFLICT (singleton) DO UPDATE SET url = $1, epoch = bakery_active.epoch + 1, \
+             released = false, since_ms = $2 RETURNING epoch",
+            &[&url, &since],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The epoch the database is at: another controller held it since this
+/// one's if it moved on.
+pub(super) async fn epoch(client: &Client) -> Result<Option<i64>, JournalError> {
+    let rows = client.query("SELECT epoch FROM bakery_active", &[]).await?;
+    Ok(rows.first().map(|r| r.get(0)))
+}
+
+/// Marks epoch `epoch` let go of cleanly (the controller stops).
+pub(super) async fn release(client: &Client, epoch: i64) -> Result<(), JournalError> {
+    client
+        .execute(
+            "UPDATE bakery_active SET released = true WHERE epoch = $1",
+            &[&epoch],
+        )
+        .await?;
     Ok(())
 }
 
@@ -74,9 +95,10 @@ pub(super) async fn active_url(client: &Client) -> Result<Option<String>, Journa
     let (high, low) = (OWNER_LOCK >> 32, OWNER_LOCK & 0xffff_ffff);
     let rows = client
         .query(
-            "SELECT url FROM bakery_active WHERE EXISTS (SELECT 1 FROM pg_locks \
-             WHERE locktype = 'advisory' AND classid::bigint = $1 AND objid::bigint = $2 \
-             AND objsubid = 1 AND granted)",
+            "SELECT url FROM bakery_active WHERE url IS NOT NULL AND EXISTS (SELECT 1 \
+             FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1 \
+             AND objid::bigint = $2 AND objsubid = 1 AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
             &[&high, &low],
         )
         .await?;

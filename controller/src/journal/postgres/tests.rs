@@ -46,6 +46,7 @@ fn target(url: &str) -> Target {
         owner_wait: Some(WAIT),
         state_key: None,
         replica_url: None,
+        takeover_wait: Duration::ZERO,
     }
 }
 
