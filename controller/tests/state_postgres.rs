@@ -99,36 +99,49 @@ async fn a_database_outage_is_answered_503_and_its_end_needs_no_restart() {
 }
 
 /// A TCP relay to whichever port the test names: the one address agents
-/// and clients know, in front of two controllers.
+/// and clients know, in front of two controllers; or, in front of
+/// PostgreSQL, one that can go silent (connections stay open and nothing
+/// passes either way, as a network partition looks).
 struct Relay {
     port: u16,
     target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
     async fn start(target: u16) -> Relay {
-        use std::sync::atomic::{AtomicU16, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+        use std::sync::Arc;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let target = std::sync::Arc::new(AtomicU16::new(target));
-        let to = std::sync::Arc::clone(&target);
+        let target = Arc::new(AtomicU16::new(target));
+        let silent = Arc::new(AtomicBool::new(false));
+        let (to, cut) = (Arc::clone(&target), Arc::clone(&silent));
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let port = to.load(Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let (a_read, a_write) = inbound.into_split();
+                let (b_read, b_write) = outbound.into_split();
+                tokio::spawn(pass(a_read, b_write, Arc::clone(&cut)));
+                tokio::spawn(pass(b_read, a_write, Arc::clone(&cut)));
             }
         });
-        Relay { port, target }
+        Relay {
+            port,
+            target,
+            silent,
+        }
     }
 
     fn send_to(&self, port: u16) {
         self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn go_silent(&self) {
+        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -601,38 +614,6 @@ async fn a_create_the_client_gave_up_on_is_withdrawn() {
     server.resume();
 }
 
-/// A relay to PostgreSQL that can go silent: connections stay open and
-/// nothing passes either way, as a network partition looks.
-struct Blackhole {
-    port: u16,
-    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Blackhole {
-    async fn start(to: u16) -> Blackhole {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cut = std::sync::Arc::clone(&silent);
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
-                    continue;
-                };
-                let (a_read, a_write) = inbound.into_split();
-                let (b_read, b_write) = outbound.into_split();
-                tokio::spawn(pass(a_read, b_write, std::sync::Arc::clone(&cut)));
-                tokio::spawn(pass(b_read, a_write, std::sync::Arc::clone(&cut)));
-            }
-        });
-        Blackhole { port, silent }
-    }
-
-    fn go_silent(&self) {
-        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Copies `from` to `to` until either ends, dropping what comes once `cut`.
 async fn pass(
     mut from: tokio::net::tcp::OwnedReadHalf,
@@ -668,7 +649,7 @@ async fn a_standby_capable_controller_cut_off_from_the_database_fences_itself() 
         .and_then(|rest| rest.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap();
-    let hole = Blackhole::start(db_port).await;
+    let hole = Relay::start(db_port).await;
     let through = url.replace(&format!(":{db_port}/"), &format!(":{}/", hole.port));
     let env = [("DATABASE_URL", through.as_str()), ("STANDBY", "true")];
     let h = Harness::new(&succeeding_agent("30"), &env).await;

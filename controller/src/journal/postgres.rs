@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config};
 
-use super::rows::Chunk;
+use super::rows::{self, Chunk};
 use super::writer::Pending;
 use super::{JournalError, Loaded, Record, Restored, Storage};
 use transport::Transport;
@@ -494,15 +494,7 @@ impl Postgres {
             let more = rows.len() as i64 == CHUNKS_PER_QUERY;
             for row in &rows {
                 let chunk: Chunk = serde_json::from_slice(row.get::<_, &[u8]>(0))?;
-                let taken = last;
-                for line in chunk.lines.into_iter().filter(|l| l.seq > taken) {
-                    if line.seq != last + 1 {
-                        return Err(gap());
-                    }
-                    last = line.seq;
-                    out.push(line);
-                }
-                agent_seqs = Some(chunk.agent_seqs);
+                agent_seqs = Some(rows::follow_on(chunk, &mut last, &mut out, gap)?);
                 if out.len() >= max {
                     return Ok((out, agent_seqs));
                 }

@@ -375,21 +375,33 @@ pub(super) fn read_lines(
                 continue;
             }
             let chunk: Chunk = serde_json::from_slice(chunk)?;
-            let taken = last;
-            for line in chunk.lines.into_iter().filter(|l| l.seq > taken) {
-                if line.seq != last + 1 {
-                    return Err(gap());
-                }
-                last = line.seq;
-                out.push(line);
-            }
-            agent_seqs = Some(chunk.agent_seqs);
+            agent_seqs = Some(follow_on(chunk, &mut last, &mut out, gap)?);
             if out.len() >= max {
                 break 'rows;
             }
         }
     }
     Ok((out, agent_seqs))
+}
+
+/// Appends the lines of `chunk` after `*last` to `out`, each following on
+/// from the one before (a hole is `gap()`: a read never skips a line);
+/// returns the chunk's agent seqs. Both backends read chunks this way.
+pub(super) fn follow_on(
+    chunk: Chunk,
+    last: &mut u64,
+    out: &mut Vec<LogEvent>,
+    gap: impl Fn() -> JournalError,
+) -> Result<Vec<u64>, JournalError> {
+    let taken = *last;
+    for line in chunk.lines.into_iter().filter(|l| l.seq > taken) {
+        if line.seq != *last + 1 {
+            return Err(gap());
+        }
+        *last = line.seq;
+        out.push(line);
+    }
+    Ok(chunk.agent_seqs)
 }
 
 pub(super) fn push_entry(row: &mut Vec<u8>, id: &str, chunk: &[u8]) {
