@@ -102,17 +102,7 @@ impl Postgres {
     /// Connects to `target`'s database and brings its schema up to date.
     /// The URL is never part of an error: it may hold a password.
     pub async fn connect(target: &Target) -> Result<Postgres, JournalError> {
-        let (mut config, ca_file) = transport::parse(&target.url, target.ca_file.as_deref())?;
-        let transport = Transport::for_config(&config, ca_file.as_deref())?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        config
-            .keepalives(true)
-            .keepalives_idle(KEEPALIVE)
-            .keepalives_interval(Duration::from_secs(3))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(15));
+        let (config, transport) = reach(target)?;
         let mut writer = transport.connect(&config, connect_limit(&config)).await?;
         // Owned before migrated: a new version never changes the schema
         // under an old controller still running on it.
@@ -361,12 +351,7 @@ impl Storage for Postgres {
                 "the connection to the state database is closed; reconnecting".into(),
             ));
         }
-        self.runtime.block_on(async {
-            tokio::time::timeout(PING_TIMEOUT, writer.simple_query("SELECT 1"))
-                .await
-                .map_err(|_| JournalError::Timeout(PING_TIMEOUT))??;
-            Ok(())
-        })
+        answers(&self.runtime, &writer)
     }
 
     /// A writer connection the server closed (a restart, a network that
@@ -387,12 +372,7 @@ impl Storage for Postgres {
             drop(writer);
             return self.reopen();
         }
-        self.runtime.block_on(async {
-            tokio::time::timeout(PING_TIMEOUT, writer.simple_query("SELECT 1"))
-                .await
-                .map_err(|_| JournalError::Timeout(PING_TIMEOUT))??;
-            Ok(())
-        })
+        answers(&self.runtime, &writer)
     }
 
     /// Lets go of the database for the next controller (a rollout's): its
@@ -513,6 +493,34 @@ async fn deadline<T>(
     tokio::time::timeout(QUERY_TIMEOUT, work)
         .await
         .map_err(|_| JournalError::Timeout(QUERY_TIMEOUT))?
+}
+
+/// How to reach `target`'s database: its URL read, TLS as it asks, and the
+/// deadlines and keepalive every connection of a controller has.
+fn reach(target: &Target) -> Result<(Config, Transport), JournalError> {
+    let (mut config, ca_file) = transport::parse(&target.url, target.ca_file.as_deref())?;
+    let transport = Transport::for_config(&config, ca_file.as_deref())?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE)
+        .keepalives_interval(Duration::from_secs(3))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(15));
+    Ok((config, transport))
+}
+
+/// Whether `client` answers a query within [`PING_TIMEOUT`], from the
+/// blocking pool on `runtime`.
+fn answers(runtime: &Handle, client: &Client) -> Result<(), JournalError> {
+    runtime.block_on(async {
+        tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1"))
+            .await
+            .map_err(|_| JournalError::Timeout(PING_TIMEOUT))??;
+        Ok(())
+    })
 }
 
 /// How long connecting may take: `connect_timeout`, or [`CONNECT_TIMEOUT`].

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::transport::{self, Transport};
-use super::{connect_limit, deadline, schema, Target, CONNECT_TIMEOUT, KEEPALIVE};
+use super::{connect_limit, deadline, reach, schema, Target};
 use crate::journal::JournalError;
 
 /// The URL the controller holding the database published, as a standby
@@ -25,14 +24,7 @@ impl ActiveUrl {
     /// Starts watching `target`'s database. Fails only on a URL that does
     /// not parse; an unreachable server is retried.
     pub fn watch(target: &Target) -> Result<ActiveUrl, JournalError> {
-        let (mut config, ca_file) = transport::parse(&target.url, target.ca_file.as_deref())?;
-        let transport = Transport::for_config(&config, ca_file.as_deref())?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        config
-            .keepalives_idle(KEEPALIVE)
-            .tcp_user_timeout(Duration::from_secs(15));
+        let (config, transport) = reach(target)?;
         let url = Arc::new(RwLock::new(None));
         let seen = Arc::clone(&url);
         let watching = tokio::spawn(async move {
